@@ -1,0 +1,161 @@
+// Package spec defines the user-facing resource documents (Pool, Job) and
+// parses them strictly from YAML: an unknown or mistyped field is an error
+// that names the field and its line, so nothing half-understood is stored.
+package spec
+
+import "time"
+
+// APIVersion is the only apiVersion accepted in documents.
+const APIVersion = "spotml/v1"
+
+// Kinds of documents.
+const (
+	KindPool = "Pool"
+	KindJob  = "Job"
+)
+
+// Priorities of pools.
+const (
+	PrioritySpot     = "spot"
+	PriorityOnDemand = "ondemand"
+)
+
+// Eviction policies of spot pools.
+const (
+	EvictionDelete     = "delete"
+	EvictionDeallocate = "deallocate"
+)
+
+// Upload conditions for output files.
+const (
+	UploadOnSuccess = "onSuccess"
+	UploadOnFailure = "onFailure"
+	UploadAlways    = "always"
+)
+
+// Notice formats a local spot pool publishes its eviction notices in.
+const (
+	NoticeAzure = "azure"
+	NoticeAWS   = "aws"
+	NoticeGCP   = "gcp"
+)
+
+// Metadata names a document.
+type Metadata struct {
+	Name   string            `yaml:"name" json:"name"`
+	Labels map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// Pool is a group of nodes of one shape from one provider.
+type Pool struct {
+	APIVersion string   `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string   `yaml:"kind" json:"kind"`
+	Metadata   Metadata `yaml:"metadata" json:"metadata"`
+	Spec       PoolSpec `yaml:"spec" json:"spec"`
+}
+
+// PoolSpec is what a user asks of a pool.
+type PoolSpec struct {
+	Provider       string   `yaml:"provider" json:"provider"`
+	Priority       string   `yaml:"priority" json:"priority"`
+	InstanceType   string   `yaml:"instanceType" json:"instanceType"`
+	Zones          []string `yaml:"zones,omitempty" json:"zones,omitempty"`
+	Min            int      `yaml:"min" json:"min"`
+	Max            int      `yaml:"max" json:"max"`
+	EvictionPolicy string   `yaml:"evictionPolicy,omitempty" json:"evictionPolicy,omitempty"`
+	// PricePerHour overrides the price table's price for this pool's priority.
+	PricePerHour *float64 `yaml:"pricePerHour,omitempty" json:"pricePerHour,omitempty"`
+	// OnDemandPricePerHour overrides the on-demand price used for the
+	// "same work on demand" comparison.
+	OnDemandPricePerHour *float64 `yaml:"onDemandPricePerHour,omitempty" json:"onDemandPricePerHour,omitempty"`
+	// Capacity overrides what the instance type table says a node offers.
+	Capacity  *Resources `yaml:"capacity,omitempty" json:"capacity,omitempty"`
+	StartTask *StartTask `yaml:"startTask,omitempty" json:"startTask,omitempty"`
+	// IdleTimeout is how long a node may sit without tasks before the
+	// autoscaler removes it (above min). Default 60s.
+	IdleTimeout Duration `yaml:"idleTimeout,omitempty" json:"idleTimeout,omitempty"`
+
+	// The simulated spot market of a local spot pool.
+	EvictionRate     float64  `yaml:"evictionRate,omitempty" json:"evictionRate,omitempty"`         // evictions per node-hour
+	Notice           Duration `yaml:"notice,omitempty" json:"notice,omitempty"`                     // default 30s
+	CapacityShortage float64  `yaml:"capacityShortage,omitempty" json:"capacityShortage,omitempty"` // probability a launch fails
+	NoticeFormat     string   `yaml:"noticeFormat,omitempty" json:"noticeFormat,omitempty"`         // azure (default) | aws | gcp
+}
+
+// StartTask runs on each node as it joins, before it takes work.
+type StartTask struct {
+	Command Command           `yaml:"command" json:"command"`
+	Env     map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
+}
+
+// Job is batch work: a list of tasks or count copies of a template.
+type Job struct {
+	APIVersion string   `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string   `yaml:"kind" json:"kind"`
+	Metadata   Metadata `yaml:"metadata" json:"metadata"`
+	Spec       JobSpec  `yaml:"spec" json:"spec"`
+}
+
+// JobSpec is what a user asks of a job.
+type JobSpec struct {
+	// Pool names the pool the tasks run in; Priority selects any pool of
+	// that priority instead. Tasks may override both.
+	Pool     string     `yaml:"pool,omitempty" json:"pool,omitempty"`
+	Priority string     `yaml:"priority,omitempty" json:"priority,omitempty"`
+	Tasks    []TaskSpec `yaml:"tasks,omitempty" json:"tasks,omitempty"`
+	Count    int        `yaml:"count,omitempty" json:"count,omitempty"`
+	Template *TaskSpec  `yaml:"template,omitempty" json:"template,omitempty"`
+}
+
+// TaskSpec is one command with its files, checkpoint and limits.
+type TaskSpec struct {
+	Name          string            `yaml:"name,omitempty" json:"name,omitempty"`
+	Command       Command           `yaml:"command" json:"command"`
+	Env           map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
+	ResourceFiles []ResourceFile    `yaml:"resourceFiles,omitempty" json:"resourceFiles,omitempty"`
+	OutputFiles   []OutputFile      `yaml:"outputFiles,omitempty" json:"outputFiles,omitempty"`
+	Checkpoint    *Checkpoint       `yaml:"checkpoint,omitempty" json:"checkpoint,omitempty"`
+	MaxRetries    int               `yaml:"maxRetries,omitempty" json:"maxRetries,omitempty"`
+	Resources     Resources         `yaml:"resources,omitempty" json:"resources,omitempty"`
+	Pool          string            `yaml:"pool,omitempty" json:"pool,omitempty"`
+	Priority      string            `yaml:"priority,omitempty" json:"priority,omitempty"`
+}
+
+// ResourceFile is downloaded from blob storage into the task's working
+// directory before the command starts.
+type ResourceFile struct {
+	Source string `yaml:"source" json:"source"` // blob URL, or a path in the default store
+	Path   string `yaml:"path" json:"path"`     // relative to the working directory
+}
+
+// OutputFile uploads each file matching Pattern (relative to the working
+// directory) to Destination + its relative path.
+type OutputFile struct {
+	Pattern     string `yaml:"pattern" json:"pattern"`
+	Destination string `yaml:"destination" json:"destination"`
+	Upload      string `yaml:"upload,omitempty" json:"upload,omitempty"` // default onSuccess
+}
+
+// Checkpoint is a directory the agent keeps in blob storage while the task
+// runs, and restores before a retry.
+type Checkpoint struct {
+	Path     string   `yaml:"path" json:"path"`                             // relative to the working directory
+	Interval Duration `yaml:"interval,omitempty" json:"interval,omitempty"` // default 30s
+}
+
+// Resources a task needs or a node offers.
+type Resources struct {
+	CPU    float64 `yaml:"cpu,omitempty" json:"cpu,omitempty"`
+	Memory Bytes   `yaml:"memory,omitempty" json:"memory,omitempty"`
+	GPU    int     `yaml:"gpu,omitempty" json:"gpu,omitempty"`
+}
+
+// Duration is a time.Duration written as "30s", "2m".
+type Duration struct{ time.Duration }
+
+// Bytes is a size written as 512Mi, 2Gi, 1G or a plain number of bytes.
+type Bytes int64
+
+// Command is argv. In YAML it is a list of strings, or a single string that
+// runs through /bin/sh -c.
+type Command []string
