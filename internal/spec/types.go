@@ -73,11 +73,11 @@ type PoolSpec struct {
 	StartTask *StartTask `yaml:"startTask,omitempty" json:"startTask,omitempty"`
 	// IdleTimeout is how long a node may sit without tasks before the
 	// autoscaler removes it (above min). Default 60s.
-	IdleTimeout Duration `yaml:"idleTimeout,omitempty" json:"idleTimeout,omitempty"`
+	IdleTimeout Duration `yaml:"idleTimeout,omitempty" json:"idleTimeout,omitzero"`
 
 	// The simulated spot market of a local spot pool.
 	EvictionRate     float64  `yaml:"evictionRate,omitempty" json:"evictionRate,omitempty"`         // evictions per node-hour
-	Notice           Duration `yaml:"notice,omitempty" json:"notice,omitempty"`                     // default 30s
+	Notice           Duration `yaml:"notice,omitempty" json:"notice,omitzero"`                      // default 30s
 	CapacityShortage float64  `yaml:"capacityShortage,omitempty" json:"capacityShortage,omitempty"` // probability a launch fails
 	NoticeFormat     string   `yaml:"noticeFormat,omitempty" json:"noticeFormat,omitempty"`         // azure (default) | aws | gcp
 }
@@ -139,8 +139,8 @@ type OutputFile struct {
 // Checkpoint is a directory the agent keeps in blob storage while the task
 // runs, and restores before a retry.
 type Checkpoint struct {
-	Path     string   `yaml:"path" json:"path"`                             // relative to the working directory
-	Interval Duration `yaml:"interval,omitempty" json:"interval,omitempty"` // default 30s
+	Path     string   `yaml:"path" json:"path"`                            // relative to the working directory
+	Interval Duration `yaml:"interval,omitempty" json:"interval,omitzero"` // default 30s
 }
 
 // Resources a task needs or a node offers.

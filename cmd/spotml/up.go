@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spotml/spotml/internal/agent"
+	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/provider/local"
+	"github.com/spotml/spotml/internal/server"
+	"github.com/spotml/spotml/internal/store"
+)
+
+type serverFlags struct {
+	data        string
+	addr        string
+	heartbeat   time.Duration
+	nodeTimeout time.Duration
+	interval    time.Duration
+	logLevel    string
+}
+
+func (f *serverFlags) bind(c *cobra.Command) {
+	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: database, blobs, tokens, node work directories")
+	c.Flags().StringVar(&f.addr, "addr", "127.0.0.1:8080", "address of the API")
+	c.Flags().DurationVar(&f.heartbeat, "heartbeat", time.Second, "how often agents heartbeat")
+	c.Flags().DurationVar(&f.nodeTimeout, "node-timeout", 15*time.Second, "heartbeat silence after which a node is lost and its tasks requeued")
+	c.Flags().DurationVar(&f.interval, "reconcile-interval", 500*time.Millisecond, "how often the control loops run")
+	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func newUpCmd(stdout, stderr io.Writer, withLocal bool) *cobra.Command {
+	var f serverFlags
+	use, short := "server", "Run the control plane only (no local nodes)"
+	if withLocal {
+		use, short = "up", "Run everything on this machine: control plane, local spot market and nodes"
+	}
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, f.logLevel)
+			if err != nil {
+				return err
+			}
+			return serve(c.Context(), f, withLocal, log, stdout)
+		},
+	}
+	f.bind(c)
+	return c
+}
+
+// serve runs the control plane (and, for up, the local provider) until ctx
+// ends.
+func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger, stdout io.Writer) error {
+	data, err := filepath.Abs(f.data)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return fmt.Errorf("--data: %w", err)
+	}
+	st, err := store.Open(ctx, filepath.Join(data, "spotml.db"), time.Now)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	token, err := st.Secret(ctx, "token")
+	if err != nil {
+		return err
+	}
+	joinToken, err := st.Secret(ctx, "join-token")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(data, "token"), []byte(token+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(data, "join-token"), []byte(joinToken+"\n"), 0o600); err != nil {
+		return err
+	}
+	blobs, err := blob.NewStore("file://" + filepath.Join(data, "blobs"))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		return fmt.Errorf("--addr: %w", err)
+	}
+	url := "http://" + ln.Addr().String()
+
+	providers := map[string]control.Provider{}
+	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now}
+	var loc *local.Local
+	if withLocal {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		loc = local.New(st, local.Config{Binary: self, ServerURL: url, DataDir: data, JoinToken: joinToken}, log, time.Now)
+		providers[local.Name] = loc
+		cfg.Evictor, cfg.Metadata, cfg.MetadataPrefix = loc, loc.Metadata(), local.MetadataPrefix
+	}
+	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout})
+	cfg.Plane = plane
+	srv := &http.Server{Handler: server.New(cfg), ReadHeaderTimeout: 10 * time.Second}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error { return plane.Run(gctx) })
+	if loc != nil {
+		g.Go(func() error { return loc.Run(gctx) })
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	fmt.Fprintf(stdout, "spotml is up\n  API:    %s\n  token:  %s\n  data:   %s\n", url, filepath.Join(data, "token"), data)
+	log.Info("control plane started", "api", url, "data", data)
+	err = g.Wait()
+	if loc != nil {
+		stopLocalNodes(st, loc, log)
+	}
+	return err
+}
+
+// stopLocalNodes ends the local nodes when spotml up stops on purpose: they
+// are processes of this machine and would otherwise linger. (A crash leaves
+// them running; the next start adopts them.)
+func stopLocalNodes(st *store.Store, loc *local.Local, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nodes, err := st.ListNodes(ctx)
+	if err != nil {
+		log.Error("list nodes at shutdown", "err", err)
+		return
+	}
+	for _, n := range nodes {
+		if !store.Live(n.State) {
+			continue
+		}
+		if err := st.EndNode(ctx, n.Name, store.NodeTerminated, "spotml up stopped"); err != nil {
+			log.Error("end node at shutdown", "node", n.Name, "err", err)
+		}
+		loc.Stop(ctx, n)
+	}
+}
+
+func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
+	var cfg agent.Config
+	var logLevel string
+	c := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent (started by providers on each node)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.JoinToken = getenv("SPOTML_JOIN_TOKEN")
+			if cfg.JoinToken == "" {
+				return errors.New("SPOTML_JOIN_TOKEN is not set: agents join with the control plane's join token (DATA_DIR/join-token)")
+			}
+			if cfg.Node == "" || cfg.WorkDir == "" {
+				return errors.New("--node and --workdir are required")
+			}
+			return agent.New(cfg, log, time.Now).Run(c.Context())
+		},
+	}
+	c.Flags().StringVar(&cfg.Server, "server", "http://127.0.0.1:8080", "control plane URL")
+	c.Flags().StringVar(&cfg.Node, "node", "", "this node's name")
+	c.Flags().StringVar(&cfg.WorkDir, "workdir", "", "this node's work directory")
+	c.Flags().StringVar(&cfg.MetadataURL, "metadata-url", "", "base URL of the instance metadata endpoint to watch for eviction notices")
+	c.Flags().StringVar(&cfg.MetadataFormat, "metadata-format", "azure", "azure, aws or gcp")
+	c.Flags().DurationVar(&cfg.NoticePoll, "notice-poll", time.Second, "how often to poll for an eviction notice")
+	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return c
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/client"
+	"github.com/spotml/spotml/internal/cost"
+	"github.com/spotml/spotml/internal/store"
+)
+
+func newWaitCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
+	var timeout time.Duration
+	var quiet bool
+	c := &cobra.Command{
+		Use:   "wait job NAME",
+		Short: "Wait for a job, showing progress; exit 0 only when every task succeeded (1: failed, 2: timed out)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			if k, _ := kindOf(args[0]); k != "jobs" {
+				return fmt.Errorf("wait %s: only jobs can be waited for (spotml wait job NAME)", args[0])
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			var progress io.Writer = stderr
+			if quiet {
+				progress = io.Discard
+			}
+			return waitJob(c, cl, args[1], timeout, progress, stdout)
+		},
+	}
+	c.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (exit 2); 0 waits forever")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress line")
+	return c
+}
+
+func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Duration, progress, stdout io.Writer) error {
+	ctx := c.Context()
+	start := time.Now()
+	tty := false
+	if f, ok := progress.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		tty = true
+	}
+	last := ""
+	var lastErr error
+	for {
+		var j store.Job
+		err := cl.Do(ctx, http.MethodGet, api.Prefix+"/jobs/"+url.PathEscape(name), nil, &j)
+		if client.Code(err) == http.StatusNotFound {
+			return exitError{1, err}
+		}
+		if err != nil {
+			// The control plane may be restarting: keep waiting, but say so.
+			if lastErr == nil {
+				fmt.Fprintf(progress, "\nwaiting for the control plane: %v\n", err)
+			}
+			lastErr = err
+		} else {
+			lastErr = nil
+			var s cost.Summary
+			cl.Do(ctx, http.MethodGet, api.Prefix+"/cost", nil, &s)
+			line := progressLine(j, s, time.Since(start))
+			if tty {
+				fmt.Fprintf(progress, "\r\033[K%s", line)
+			} else if line != last {
+				fmt.Fprintln(progress, line)
+			}
+			last = line
+			switch j.State {
+			case store.JobSucceeded:
+				if tty {
+					fmt.Fprintln(progress)
+				}
+				fmt.Fprintf(stdout, "job/%s succeeded: %d tasks, %d evictions survived\n", name, len(j.Tasks), j.Evictions)
+				return nil
+			case store.JobFailed:
+				if tty {
+					fmt.Fprintln(progress)
+				}
+				var failed []string
+				for _, t := range j.Tasks {
+					if t.State == store.TaskFailed {
+						failed = append(failed, fmt.Sprintf("%s (exit %d: %s)", t.Name, t.ExitCode, t.Message))
+					}
+				}
+				return exitError{1, fmt.Errorf("job/%s failed: %s; see spotml logs %s/TASK --stderr", name, strings.Join(failed, ", "), name)}
+			}
+		}
+		if timeout > 0 && time.Since(start) > timeout {
+			if tty {
+				fmt.Fprintln(progress)
+			}
+			return exitError{2, fmt.Errorf("job/%s still %s after %s", name, j.State, timeout)}
+		}
+		select {
+		case <-ctx.Done():
+			return exitError{2, errors.New("interrupted")}
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// progressLine is a bar with the figures a spot user watches.
+func progressLine(j store.Job, s cost.Summary, elapsed time.Duration) string {
+	n := len(j.Tasks)
+	done := j.Counts[store.TaskSucceeded] + j.Counts[store.TaskFailed]
+	const width = 24
+	fill := 0
+	if n > 0 {
+		fill = width * done / n
+	}
+	bar := strings.Repeat("#", fill) + strings.Repeat(".", width-fill)
+	return fmt.Sprintf("[%s] %d/%d tasks done, %d running, %d pending, %d evictions | cost $%.4f (on-demand $%.4f) | %s",
+		bar, done, n, j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
+}

@@ -1,0 +1,316 @@
+// Package agent is the spotml node agent: it joins the control plane,
+// heartbeats, runs the task attempts the control plane assigns as child
+// processes (each in its own process group, output captured), moves files
+// to and from blob storage, keeps checkpoints there, and watches the
+// instance metadata endpoint for an eviction notice. On a notice it tells
+// the control plane at once, stops its tasks (SIGTERM, then SIGKILL just
+// before the notice runs out), saves their checkpoints and takes no more
+// work.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/client"
+	"github.com/spotml/spotml/internal/notice"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// Config says who the agent is and where things are.
+type Config struct {
+	Server         string
+	JoinToken      string
+	Node           string
+	WorkDir        string
+	MetadataURL    string // base URL of the instance metadata endpoint
+	MetadataFormat string // azure, aws, gcp
+	NoticePoll     time.Duration
+	LogUpload      time.Duration // how often running logs go to blob storage; default 3s
+}
+
+// Agent runs one node.
+type Agent struct {
+	cfg   Config
+	api   *client.Client
+	log   *slog.Logger
+	now   func() time.Time
+	blobs *blob.Store
+
+	mu       sync.Mutex
+	running  map[int64]*attempt
+	deadline time.Time // eviction deadline once a notice arrived
+	drainCh  chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New returns an agent.
+func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
+	if cfg.NoticePoll == 0 {
+		cfg.NoticePoll = time.Second
+	}
+	if cfg.LogUpload == 0 {
+		cfg.LogUpload = 3 * time.Second
+	}
+	return &Agent{cfg: cfg, api: client.New(cfg.Server, cfg.JoinToken), log: log.With("node", cfg.Node), now: now,
+		running: map[int64]*attempt{}, drainCh: make(chan struct{})}
+}
+
+// errNodeEnded means the control plane says this node is gone.
+var errNodeEnded = errors.New("node ended")
+
+// Run joins and works until ctx ends or the control plane ends the node.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		a.wg.Wait()
+	}()
+	reg, err := a.register(ctx)
+	if err != nil {
+		return err
+	}
+	a.blobs, err = blob.NewStore(reg.BlobURL)
+	if err != nil {
+		return err
+	}
+	if reg.StartTask != nil {
+		if err := a.runStartTask(ctx, reg); err != nil {
+			return err
+		}
+	}
+	if a.cfg.MetadataURL != "" {
+		w, err := notice.NewWatcher(a.cfg.MetadataFormat, a.cfg.MetadataURL, &http.Client{Timeout: 5 * time.Second}, a.now)
+		if err != nil {
+			return err
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			notice.Watch(ctx, w, a.cfg.NoticePoll, a.log, func(n notice.Notice) { a.onNotice(ctx, n) })
+		}()
+	}
+	interval := reg.HeartbeatInterval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		err := a.heartbeat(ctx)
+		if errors.Is(err, errNodeEnded) {
+			a.log.Info("control plane ended this node; stopping")
+			a.stopAll()
+			return nil
+		}
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("heartbeat failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			a.stopAll()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) register(ctx context.Context) (api.RegisterResponse, error) {
+	var resp api.RegisterResponse
+	for {
+		err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/register", api.RegisterRequest{Node: a.cfg.Node, PID: os.Getpid()}, &resp)
+		if err == nil {
+			a.log.Info("joined", "blob", resp.BlobURL, "heartbeat", resp.HeartbeatInterval)
+			return resp, nil
+		}
+		if c := client.Code(err); c == http.StatusConflict || c == http.StatusNotFound || c == http.StatusUnauthorized {
+			return resp, fmt.Errorf("join refused: %w", err)
+		}
+		a.log.Warn("cannot join yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return resp, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) runStartTask(ctx context.Context, reg api.RegisterResponse) error {
+	st := reg.StartTask
+	if len(st.Command) == 0 {
+		return nil
+	}
+	dir := filepath.Join(a.cfg.WorkDir, "starttask")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, st.Command[0], st.Command[1:]...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "SPOTML_NODE="+a.cfg.Node)
+	for k, v := range st.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	os.WriteFile(filepath.Join(dir, "output.log"), out, 0o644)
+	if err != nil {
+		return fmt.Errorf("start task %q failed: %w (output in %s)", strings.Join(st.Command, " "), err, filepath.Join(dir, "output.log"))
+	}
+	return nil
+}
+
+// heartbeat reports what runs and reconciles with what should run.
+func (a *Agent) heartbeat(ctx context.Context) error {
+	a.mu.Lock()
+	req := api.HeartbeatRequest{Node: a.cfg.Node, Ready: true}
+	for id, at := range a.running {
+		req.Running = append(req.Running, api.RunningTask{TaskID: id, Attempt: at.as.Attempt})
+	}
+	a.mu.Unlock()
+	var resp api.HeartbeatResponse
+	err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/heartbeat", req, &resp)
+	if c := client.Code(err); c == http.StatusConflict || c == http.StatusNotFound {
+		return errNodeEnded
+	}
+	if err != nil {
+		return err
+	}
+	want := map[int64]api.Assignment{}
+	for _, as := range resp.Tasks {
+		want[as.TaskID] = as
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, at := range a.running {
+		if as, ok := want[id]; !ok || as.Attempt != at.as.Attempt {
+			if !at.reporting() {
+				a.log.Info("attempt no longer assigned; stopping it", "task", at.as.Job+"/"+at.as.Task, "attempt", at.as.Attempt)
+				at.cancel()
+			}
+		}
+	}
+	if !a.deadline.IsZero() {
+		return nil // draining: no new work
+	}
+	ids := make([]int64, 0, len(want))
+	for id := range want {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		if at, ok := a.running[id]; ok && at.as.Attempt == want[id].Attempt {
+			continue
+		}
+		if _, ok := a.running[id]; ok {
+			continue // the old attempt is still stopping; start at the next beat
+		}
+		at := newAttempt(a, want[id])
+		a.running[id] = at
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			at.run(ctx)
+			a.mu.Lock()
+			if a.running[id] == at {
+				delete(a.running, id)
+			}
+			a.mu.Unlock()
+			a.writePIDs()
+		}()
+	}
+	return nil
+}
+
+// onNotice is called once when the watcher sees an eviction notice.
+func (a *Agent) onNotice(ctx context.Context, n notice.Notice) {
+	a.mu.Lock()
+	if !a.deadline.IsZero() {
+		a.mu.Unlock()
+		return
+	}
+	a.deadline = n.Deadline
+	close(a.drainCh)
+	a.mu.Unlock()
+	a.log.Warn("eviction notice", "deadline", n.Deadline, "format", n.Format, "detail", n.Detail)
+	// Tell the control plane first: it stops placing work here and can
+	// launch a replacement while we drain.
+	for i := 0; i < 5; i++ {
+		err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/notice",
+			api.NoticeRequest{Node: a.cfg.Node, Deadline: n.Deadline, Format: n.Format, Detail: n.Detail}, nil)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		a.log.Warn("cannot report notice; retrying", "err", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// draining returns the eviction deadline, zero if none.
+func (a *Agent) draining() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.deadline
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	for _, at := range a.running {
+		at.cancel()
+	}
+	a.mu.Unlock()
+}
+
+// writePIDs records the task process groups so that whoever kills this
+// node (the local provider) can kill its tasks too.
+func (a *Agent) writePIDs() {
+	a.mu.Lock()
+	var b strings.Builder
+	for _, at := range a.running {
+		if pg := at.pgid(); pg > 0 {
+			b.WriteString(strconv.Itoa(pg) + "\n")
+		}
+	}
+	a.mu.Unlock()
+	tmp := filepath.Join(a.cfg.WorkDir, "tasks.pids.tmp")
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err == nil {
+		os.Rename(tmp, filepath.Join(a.cfg.WorkDir, "tasks.pids"))
+	}
+}
+
+// report sends an attempt's end until the control plane takes it (it may
+// be restarting) or ctx ends.
+func (a *Agent) report(ctx context.Context, as api.Assignment, outcome string, code int, msg string) {
+	req := api.ReportRequest{Node: a.cfg.Node, Attempt: as.Attempt, Outcome: outcome, ExitCode: code, Message: msg}
+	path := fmt.Sprintf("%s/agent/tasks/%d/report", api.Prefix, as.TaskID)
+	for delay := 200 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+		err := a.api.Do(ctx, http.MethodPost, path, req, nil)
+		if err == nil {
+			a.log.Info("attempt reported", "task", as.Job+"/"+as.Task, "attempt", as.Attempt, "outcome", outcome, "exit", code)
+			return
+		}
+		if c := client.Code(err); c >= 400 && c < 500 && c != http.StatusTooManyRequests {
+			a.log.Error("report refused", "task", as.Job+"/"+as.Task, "err", err)
+			return
+		}
+		a.log.Warn("cannot report; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+var _ = store.OutcomeSucceeded // outcomes are the store's

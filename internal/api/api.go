@@ -1,0 +1,108 @@
+// Package api holds the JSON messages of the REST API that are not stored
+// objects: the agent protocol and request bodies. The server, the agent
+// and the CLI client share them.
+package api
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/spotml/spotml/internal/spec"
+)
+
+// Prefix is where the versioned REST API lives.
+const Prefix = "/api/v1"
+
+// RegisterRequest is an agent joining.
+type RegisterRequest struct {
+	Node string `json:"node"`
+	PID  int    `json:"pid"`
+}
+
+// RegisterResponse tells a joining agent how to work.
+type RegisterResponse struct {
+	BlobURL           string          `json:"blobURL"` // the default blob store
+	HeartbeatInterval time.Duration   `json:"heartbeatInterval"`
+	StartTask         *spec.StartTask `json:"startTask,omitempty"`
+}
+
+// HeartbeatRequest says an agent is alive and what it runs.
+type HeartbeatRequest struct {
+	Node    string        `json:"node"`
+	Ready   bool          `json:"ready"` // start task done, takes work
+	Running []RunningTask `json:"running,omitempty"`
+}
+
+// RunningTask is one attempt an agent runs.
+type RunningTask struct {
+	TaskID  int64 `json:"taskId"`
+	Attempt int   `json:"attempt"`
+}
+
+// HeartbeatResponse is the full set of attempts the node should run now
+// (level-triggered: the agent starts what is missing and stops the rest).
+type HeartbeatResponse struct {
+	Tasks []Assignment `json:"tasks"`
+}
+
+// Assignment is one task attempt placed on a node.
+type Assignment struct {
+	TaskID  int64         `json:"taskId"`
+	Attempt int           `json:"attempt"`
+	Job     string        `json:"job"`
+	JobUID  string        `json:"jobUid"`
+	Task    string        `json:"task"`
+	Index   int           `json:"index"`
+	Spec    spec.TaskSpec `json:"spec"`
+}
+
+// ReportRequest is how an attempt ended.
+type ReportRequest struct {
+	Node     string `json:"node"`
+	Attempt  int    `json:"attempt"`
+	Outcome  string `json:"outcome"` // succeeded, failed, preempted
+	ExitCode int    `json:"exitCode"`
+	Message  string `json:"message,omitempty"`
+}
+
+// NoticeRequest is an agent passing on the eviction notice it read.
+type NoticeRequest struct {
+	Node     string    `json:"node"`
+	Deadline time.Time `json:"deadline"`
+	Format   string    `json:"format"`
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// ApplyRequest carries one or more spec files to store together (all or
+// nothing); errors name the file, line and field.
+type ApplyRequest struct {
+	Files []File `json:"files"`
+}
+
+// File is one named YAML file.
+type File struct {
+	Name string `json:"name"`
+	Data string `json:"data"`
+}
+
+// EvictRequest asks the local provider to evict a node.
+type EvictRequest struct {
+	Notice string `json:"notice,omitempty"` // a duration, e.g. "30s"; empty: the pool's notice
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Paths of blobs the agent writes and the server reads.
+
+// LogLocation is where an attempt's stdout or stderr is kept.
+func LogLocation(job, jobUID, task string, attempt int, stream string) string {
+	return "logs/" + job + "/" + jobUID + "/" + task + "/attempt-" + strconv.Itoa(attempt) + "/" + stream + ".log"
+}
+
+// CheckpointLocation is where a task's checkpoint directory is kept.
+func CheckpointLocation(job, jobUID, task string) string {
+	return "checkpoints/" + job + "/" + jobUID + "/" + task
+}

@@ -1,0 +1,252 @@
+// Package blob moves job inputs, outputs and checkpoints between local
+// directories and blob storage.
+//
+// A location names a place in blob storage. It is either a full URL
+// (file:///abs/dir/sub/, mem://bucket/prefix) or a slash-separated path with
+// no scheme, which is relative to the Store's default URL ("outputs/job1/").
+// A location that ends in "/" is a directory (a key prefix); one that does not
+// names a single object, except where a method says it takes a directory.
+//
+// Only the file and mem schemes are built in. file:// stores objects as plain
+// files (no metadata sidecars) and writes each one to a temporary file next to
+// it before renaming, so readers never see half an object. mem:// buckets live
+// as long as the Store that opened them; mem://a and mem://b are different
+// buckets.
+package blob
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/fileblob"
+	"gocloud.dev/blob/memblob"
+	"gocloud.dev/gcerrors"
+)
+
+// Store resolves blob locations. A location is either a full URL
+// (file:///abs/dir/sub/, mem://bucket/prefix) or a path without a scheme,
+// which is relative to the default store (e.g. "outputs/job1/").
+//
+// A Store is safe for concurrent use.
+type Store struct {
+	defaultURL string
+	def        ref
+
+	mu  sync.Mutex
+	mem map[string]*blob.Bucket // mem:// buckets by host name, kept for the Store's life
+}
+
+// SchemeError reports a location whose URL scheme has no driver built into
+// this binary.
+type SchemeError struct {
+	Scheme string
+}
+
+func (e *SchemeError) Error() string {
+	return "scheme " + e.Scheme + " is not built in yet (built in: file, mem)"
+}
+
+// NewStore returns a Store whose schemeless locations are relative to
+// defaultURL, e.g. "file:///work/spotml-data/blobs". For file:// the
+// directory is created if it is missing.
+func NewStore(defaultURL string) (*Store, error) {
+	if !hasScheme(defaultURL) {
+		return nil, fmt.Errorf("default blob store %q: want a URL such as file:///var/lib/spotml/blobs or mem://test", defaultURL)
+	}
+	s := &Store{mem: map[string]*blob.Bucket{}}
+	def, err := s.resolve(defaultURL)
+	if err != nil {
+		return nil, fmt.Errorf("default blob store: %w", err)
+	}
+	def.key = dirKey(def.key)
+	if def.scheme == fileblob.Scheme {
+		if err := os.MkdirAll(def.filePath(), 0o755); err != nil {
+			return nil, fmt.Errorf("default blob store %q: %w", defaultURL, err)
+		}
+	}
+	s.def = def
+	s.defaultURL = def.url()
+	return s, nil
+}
+
+// DefaultURL returns the URL that schemeless locations are relative to, in
+// canonical form without a trailing slash.
+func (s *Store) DefaultURL() string { return s.defaultURL }
+
+// Open returns a bucket rooted at the location, which is taken as a
+// directory whether or not it ends in "/". The caller closes it.
+func (s *Store) Open(ctx context.Context, location string) (*blob.Bucket, error) {
+	r, err := s.resolve(location)
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.root(r)
+	if err != nil {
+		return nil, err
+	}
+	if p := dirKey(r.key); p != "" {
+		return blob.PrefixedBucket(b, p), nil
+	}
+	return b, nil
+}
+
+// Join returns location with elem appended, slash-separated and cleaned. The
+// result ends in "/" when the last non-empty element does (or, with no
+// elements, when location does). Join does not check that the result stays
+// inside the store; resolving it does.
+func (s *Store) Join(location string, elem ...string) string {
+	if hasScheme(location) {
+		if u, err := url.Parse(location); err == nil {
+			u.Path = "/" + joinPath(strings.TrimPrefix(u.Path, "/"), elem...)
+			u.RawPath = ""
+			return u.String()
+		}
+	}
+	return joinPath(location, elem...)
+}
+
+// IsNotExist reports whether err says that an object, a location or a local
+// file does not exist.
+func IsNotExist(err error) bool {
+	if err == nil {
+		return false
+	}
+	return errors.Is(err, fs.ErrNotExist) || gcerrors.Code(err) == gcerrors.NotFound
+}
+
+// ref is a resolved location: which bucket, and the key inside it.
+type ref struct {
+	scheme string // "file" or "mem"
+	host   string // mem bucket name; always "" for file
+	key    string // slash-separated, no leading "/"; a trailing "/" marks a directory
+}
+
+// filePath is the local path of a file ref. File buckets are rooted at "/",
+// so the key is the absolute path without its leading slash.
+func (r ref) filePath() string { return filepath.FromSlash("/" + r.key) }
+
+func (r ref) url() string {
+	u := url.URL{Scheme: r.scheme, Host: r.host, Path: "/" + strings.TrimSuffix(r.key, "/")}
+	return u.String()
+}
+
+// with returns r with key replaced.
+func (r ref) with(key string) ref {
+	r.key = key
+	return r
+}
+
+func (s *Store) resolve(location string) (ref, error) {
+	if !hasScheme(location) {
+		return s.resolveRelative(location)
+	}
+	u, err := url.Parse(location)
+	if err != nil {
+		return ref{}, fmt.Errorf("blob location %q: %w", location, err)
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return ref{}, fmt.Errorf("blob location %q: query parameters and fragments are not supported", location)
+	}
+	r := ref{scheme: u.Scheme, key: cleanKey(u.Path)}
+	switch u.Scheme {
+	case fileblob.Scheme:
+		if u.Host != "" && u.Host != "localhost" {
+			return ref{}, fmt.Errorf("blob location %q: a file URL needs an absolute path, as in file:///%s%s", location, u.Host, u.Path)
+		}
+	case memblob.Scheme:
+		r.host = u.Host
+	default:
+		return ref{}, fmt.Errorf("blob location %q: %w", location, &SchemeError{Scheme: u.Scheme})
+	}
+	return r, nil
+}
+
+func (s *Store) resolveRelative(location string) (ref, error) {
+	if strings.HasPrefix(location, "/") {
+		return ref{}, fmt.Errorf("blob location %q has no scheme: write file://%s for a local directory, or drop the leading / for a path in the default store", location, location)
+	}
+	if c := path.Clean(location); c == ".." || strings.HasPrefix(c, "../") {
+		return ref{}, fmt.Errorf("blob location %q leaves the default store", location)
+	}
+	return s.def.with(joinPath(s.def.key, location)), nil
+}
+
+// root opens the whole bucket that r lives in. Keys passed to it are r.key
+// and keys derived from it.
+func (s *Store) root(r ref) (*blob.Bucket, error) {
+	switch r.scheme {
+	case fileblob.Scheme:
+		// Rooted at "/" so that a location is just a key and reading a
+		// location that does not exist yet lists nothing rather than failing
+		// to open a directory. NoTempDir keeps the temporary file on the same
+		// file system as its object, so the final rename cannot fail with a
+		// cross-device link; stray temporary files are hidden by listObjects.
+		return fileblob.OpenBucket("/", &fileblob.Options{
+			NoTempDir: true,
+			Metadata:  fileblob.MetadataDontWrite,
+		})
+	case memblob.Scheme:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		b := s.mem[r.host]
+		if b == nil {
+			b = memblob.OpenBucket(nil)
+			s.mem[r.host] = b
+		}
+		return blob.NewBucket(sharedBucket{b}), nil
+	}
+	return nil, &SchemeError{Scheme: r.scheme}
+}
+
+var schemeRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9+.-]*://`)
+
+func hasScheme(location string) bool { return schemeRE.MatchString(location) }
+
+// cleanKey turns a URL path into a key: cleaned, without a leading "/",
+// keeping a trailing "/". ".." cannot climb above the root.
+func cleanKey(p string) string {
+	dir := strings.HasSuffix(p, "/")
+	k := strings.TrimPrefix(path.Clean("/"+p), "/")
+	if dir && k != "" {
+		k += "/"
+	}
+	return k
+}
+
+// dirKey returns key as a directory prefix: "" stays "", anything else ends
+// in "/".
+func dirKey(key string) string {
+	if key == "" || strings.HasSuffix(key, "/") {
+		return key
+	}
+	return key + "/"
+}
+
+// joinPath joins slash-separated paths like path.Join, but keeps a trailing
+// "/" from the last non-empty element and returns "" rather than ".".
+func joinPath(base string, elem ...string) string {
+	trailing := strings.HasSuffix(base, "/")
+	for _, e := range elem {
+		if e != "" {
+			trailing = strings.HasSuffix(e, "/")
+		}
+	}
+	p := path.Join(append([]string{base}, elem...)...)
+	if p == "." || p == "" {
+		return ""
+	}
+	if trailing && p != "/" {
+		p += "/"
+	}
+	return p
+}

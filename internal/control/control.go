@@ -1,0 +1,422 @@
+// Package control runs the control plane's reconcilers: the batch
+// scheduler, node liveness, and pool scaling. Each pass re-reads the whole
+// state from the store and acts on the difference (level-triggered), so a
+// restarted control plane simply carries on.
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spotml/spotml/internal/cost"
+	"github.com/spotml/spotml/internal/sched"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// ErrNoCapacity is what a provider returns when the market has no capacity
+// for a launch right now; the scaler retries later.
+var ErrNoCapacity = errors.New("no capacity")
+
+// Provider creates and removes nodes of one kind (local processes,
+// Kubernetes pods, cloud VMs).
+type Provider interface {
+	// Launch starts the agent of a node that is already recorded in the
+	// store (state provisioning) and returns where it runs.
+	Launch(ctx context.Context, pool spec.Pool, node store.Node) (Launched, error)
+	// Stop makes sure the node and everything it runs is gone.
+	Stop(ctx context.Context, node store.Node) error
+}
+
+// Launched says where a launched node runs.
+type Launched struct {
+	PID     int    // agent process, for local nodes
+	WorkDir string // the node's disk, for local nodes
+}
+
+// Options tunes the control loops. Zero values get defaults.
+type Options struct {
+	Interval         time.Duration // between reconcile passes; default 500ms
+	NodeTimeout      time.Duration // heartbeat silence before a node is lost; default 15s
+	ProvisionTimeout time.Duration // provisioning before a node is lost; default 120s
+}
+
+// Plane is the control plane's set of reconcilers.
+type Plane struct {
+	store     *store.Store
+	providers map[string]Provider
+	log       *slog.Logger
+	now       func() time.Time
+	opt       Options
+	kick      chan struct{}
+
+	mu      sync.Mutex
+	backoff map[string]time.Time // pool -> no launch before
+	fails   map[string]int
+}
+
+// New returns a control plane over st using the given providers by name.
+func New(st *store.Store, providers map[string]Provider, log *slog.Logger, now func() time.Time, opt Options) *Plane {
+	if opt.Interval == 0 {
+		opt.Interval = 500 * time.Millisecond
+	}
+	if opt.NodeTimeout == 0 {
+		opt.NodeTimeout = 15 * time.Second
+	}
+	if opt.ProvisionTimeout == 0 {
+		opt.ProvisionTimeout = 120 * time.Second
+	}
+	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt,
+		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}}
+}
+
+// Kick asks for a reconcile pass soon (after a submit, a report, a notice).
+func (p *Plane) Kick() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles until ctx ends.
+func (p *Plane) Run(ctx context.Context) error {
+	t := time.NewTicker(p.opt.Interval)
+	defer t.Stop()
+	for {
+		if err := p.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			p.log.Error("reconcile failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-p.kick:
+		}
+	}
+}
+
+// Reconcile runs one pass of every loop.
+func (p *Plane) Reconcile(ctx context.Context) error {
+	return errors.Join(p.checkLiveness(ctx), p.schedule(ctx), p.scalePools(ctx))
+}
+
+// checkLiveness ends nodes whose agent went silent; their tasks requeue.
+func (p *Plane) checkLiveness(ctx context.Context) error {
+	nodes, err := p.store.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	now := p.now()
+	var errs []error
+	for _, n := range nodes {
+		var why string
+		switch {
+		case n.State == store.NodeProvisioning && n.HeartbeatAt.IsZero() && now.Sub(n.StateAt) > p.opt.ProvisionTimeout:
+			why = fmt.Sprintf("agent did not join within %s", p.opt.ProvisionTimeout)
+		case store.Live(n.State) && !n.HeartbeatAt.IsZero() && now.Sub(n.HeartbeatAt) > p.opt.NodeTimeout:
+			why = fmt.Sprintf("no heartbeat for %s", now.Sub(n.HeartbeatAt).Round(time.Second))
+		default:
+			continue
+		}
+		p.log.Warn("node lost", "node", n.Name, "why", why)
+		if err := p.store.EndNode(ctx, n.Name, store.NodeLost, why); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, p.stop(ctx, n))
+	}
+	return errors.Join(errs...)
+}
+
+// schedule assigns pending tasks to nodes with room.
+func (p *Plane) schedule(ctx context.Context) error {
+	pending, err := p.store.PendingTasks(ctx)
+	if err != nil || len(pending) == 0 {
+		return err
+	}
+	nodes, err := p.store.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	running, err := p.store.RunningTasks(ctx)
+	if err != nil {
+		return err
+	}
+	snap := Snapshot(pending, nodes, running)
+	plan := sched.Schedule(snap)
+	if len(plan.Assignments) == 0 {
+		return nil
+	}
+	as := make([]store.Assignment, len(plan.Assignments))
+	for i, a := range plan.Assignments {
+		as[i] = store.Assignment{TaskID: a.TaskID, Node: a.Node}
+	}
+	n, err := p.store.Assign(ctx, as)
+	if err != nil {
+		return err
+	}
+	p.log.Debug("scheduled", "assigned", n, "planned", len(as), "unplaced", plan.Unplaced)
+	return nil
+}
+
+// Snapshot builds the scheduler's input: the queue and the free room of
+// every ready node without a notice.
+func Snapshot(pending []store.Task, nodes []store.Node, running []store.Task) sched.Snapshot {
+	used := map[string]spec.Resources{}
+	count := map[string]int{}
+	for _, t := range running {
+		u := used[t.Node]
+		u.CPU += t.Req.CPU
+		u.Memory += t.Req.Memory
+		u.GPU += t.Req.GPU
+		used[t.Node] = u
+		count[t.Node]++
+	}
+	var s sched.Snapshot
+	for _, n := range nodes {
+		if n.State != store.NodeReady || !n.NoticeDeadline.IsZero() {
+			continue
+		}
+		u := used[n.Name]
+		s.Nodes = append(s.Nodes, sched.Node{Name: n.Name, Pool: n.Pool, Priority: n.Priority, Zone: n.Zone, Running: count[n.Name],
+			Free: spec.Resources{CPU: n.Capacity.CPU - u.CPU, Memory: n.Capacity.Memory - u.Memory, GPU: n.Capacity.GPU - u.GPU}})
+	}
+	for _, t := range pending {
+		s.Pending = append(s.Pending, sched.Task{ID: t.ID, Order: t.Order, Pool: t.Pool, Priority: t.Priority, Req: t.Req})
+	}
+	return s
+}
+
+// scalePools keeps every pool at the size its tasks need.
+func (p *Plane) scalePools(ctx context.Context) error {
+	pools, err := p.store.ListPools(ctx)
+	if err != nil {
+		return err
+	}
+	nodes, err := p.store.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	pending, err := p.store.PendingTasks(ctx)
+	if err != nil {
+		return err
+	}
+	running, err := p.store.RunningTasks(ctx)
+	if err != nil {
+		return err
+	}
+	now := p.now()
+	var errs []error
+
+	// Idle bookkeeping for scale-down, and nodes of deleted pools.
+	byName := map[string]spec.Pool{}
+	specs := make([]spec.Pool, 0, len(pools))
+	caps := map[string]spec.Resources{}
+	for _, pl := range pools {
+		byName[pl.Spec.Metadata.Name] = pl.Spec
+		specs = append(specs, pl.Spec)
+		c, err := NodeCapacity(pl.Spec)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		caps[pl.Spec.Metadata.Name] = c
+	}
+	for i, n := range nodes {
+		if _, ok := byName[n.Pool]; !ok && store.Live(n.State) {
+			errs = append(errs, p.terminate(ctx, n, "pool deleted"))
+			continue
+		}
+		if n.State == store.NodeReady && n.Tasks == 0 && n.IdleSince.IsZero() {
+			nodes[i].IdleSince = now
+			errs = append(errs, p.store.SetIdle(ctx, n.Name, now))
+		}
+	}
+
+	nodeByName := map[string]store.Node{}
+	for _, n := range nodes {
+		nodeByName[n.Name] = n
+	}
+	for _, plan := range PlanPools(specs, caps, nodes, pending, running, now) {
+		pool := byName[plan.Pool]
+		for _, name := range plan.Terminate {
+			errs = append(errs, p.terminate(ctx, nodeByName[name], "idle for "+pool.Spec.IdleTimeout.String()))
+		}
+		if plan.Launch == 0 && len(plan.Restart) == 0 {
+			continue
+		}
+		if p.inBackoff(plan.Pool, now) {
+			continue
+		}
+		for _, name := range plan.Restart {
+			errs = append(errs, p.launch(ctx, pool, nodeByName[name], true))
+		}
+		zones := zoneCounts(pool, nodes)
+		for range min(plan.Launch, 10) {
+			n := p.newNode(pool, caps[plan.Pool], zones)
+			if err := p.launch(ctx, pool, n, false); err != nil {
+				errs = append(errs, err)
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Plane) inBackoff(pool string, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return now.Before(p.backoff[pool])
+}
+
+// launch starts a new node (or restarts a deallocated one). A launch the
+// market refuses backs the pool off exponentially.
+func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restart bool) error {
+	prov, ok := p.providers[pool.Spec.Provider]
+	if !ok {
+		return fmt.Errorf("pool %s: provider %q is not running in this control plane", pool.Metadata.Name, pool.Spec.Provider)
+	}
+	if restart {
+		if err := p.store.RestartNode(ctx, n.Name, 0); err != nil {
+			return err
+		}
+	} else if err := p.store.CreateNode(ctx, n); err != nil {
+		return err
+	}
+	at, err := prov.Launch(ctx, pool, n)
+	if errors.Is(err, ErrNoCapacity) {
+		p.mu.Lock()
+		p.fails[pool.Metadata.Name]++
+		delay := min(time.Second<<min(p.fails[pool.Metadata.Name]-1, 5), 30*time.Second)
+		p.backoff[pool.Metadata.Name] = p.now().Add(delay)
+		p.mu.Unlock()
+		end := p.store.DeleteNode(ctx, n.Name)
+		if restart {
+			end = p.store.EndNode(ctx, n.Name, store.NodeDeallocated, "restart refused: no capacity")
+		}
+		if end != nil {
+			return end
+		}
+		return p.store.AddEvent(ctx, "LaunchFailed", "pool/"+pool.Metadata.Name, "NoCapacity",
+			fmt.Sprintf("%s; retrying in %s", err, delay))
+	}
+	if err != nil {
+		p.store.EndNode(ctx, n.Name, store.NodeTerminated, "LaunchFailed: "+err.Error())
+		return fmt.Errorf("launch %s: %w", n.Name, err)
+	}
+	p.mu.Lock()
+	p.fails[pool.Metadata.Name] = 0
+	p.mu.Unlock()
+	return p.store.SetNodeProcess(ctx, n.Name, at.PID, at.WorkDir)
+}
+
+func (p *Plane) terminate(ctx context.Context, n store.Node, why string) error {
+	if err := p.store.EndNode(ctx, n.Name, store.NodeTerminated, why); err != nil {
+		return err
+	}
+	return p.stop(ctx, n)
+}
+
+func (p *Plane) stop(ctx context.Context, n store.Node) error {
+	pools, err := p.store.ListPools(ctx)
+	if err != nil {
+		return err
+	}
+	provider := "local"
+	for _, pl := range pools {
+		if pl.Spec.Metadata.Name == n.Pool {
+			provider = pl.Spec.Spec.Provider
+		}
+	}
+	if prov, ok := p.providers[provider]; ok {
+		return prov.Stop(ctx, n)
+	}
+	return nil
+}
+
+func (p *Plane) newNode(pool spec.Pool, capacity spec.Resources, zones map[string]int) store.Node {
+	zone := ""
+	for _, z := range pool.Spec.Zones { // the zone with fewest live nodes
+		if zone == "" || zones[z] < zones[zone] {
+			zone = z
+		}
+	}
+	zones[zone]++
+	price, onDemand := Prices(pool)
+	return store.Node{
+		Name:          pool.Metadata.Name + "-" + suffix(),
+		Pool:          pool.Metadata.Name,
+		Priority:      pool.Spec.Priority,
+		Zone:          zone,
+		InstanceType:  pool.Spec.InstanceType,
+		Capacity:      capacity,
+		PricePerHour:  price,
+		OnDemandPrice: onDemand,
+	}
+}
+
+func zoneCounts(pool spec.Pool, nodes []store.Node) map[string]int {
+	m := map[string]int{}
+	for _, n := range nodes {
+		if n.Pool == pool.Metadata.Name && store.Live(n.State) {
+			m[n.Zone]++
+		}
+	}
+	return m
+}
+
+func suffix() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	var b strings.Builder
+	for range 4 {
+		b.WriteByte(alphabet[rand.IntN(len(alphabet))])
+	}
+	return b.String()
+}
+
+// NodeCapacity is what one node of the pool offers: the pool's capacity
+// override, else its instance type's.
+func NodeCapacity(p spec.Pool) (spec.Resources, error) {
+	if p.Spec.Capacity != nil {
+		return *p.Spec.Capacity, nil
+	}
+	it, ok := cost.Lookup(p.Spec.InstanceType)
+	if !ok {
+		return spec.Resources{}, fmt.Errorf("pool %s: spec.instanceType %q is not in the price table (%s); set spec.capacity and spec.pricePerHour for it",
+			p.Metadata.Name, p.Spec.InstanceType, strings.Join(sortedTypes(), ", "))
+	}
+	return spec.Resources{CPU: it.CPU, Memory: it.Memory, GPU: it.GPU}, nil
+}
+
+// Prices are the pool's price per node-hour and the on-demand price of the
+// same node, for the saving comparison.
+func Prices(p spec.Pool) (price, onDemand float64) {
+	it, _ := cost.Lookup(p.Spec.InstanceType)
+	onDemand = it.OnDemandPerHour
+	price = it.SpotPerHour
+	if p.Spec.Priority == spec.PriorityOnDemand {
+		price = it.OnDemandPerHour
+	}
+	if p.Spec.OnDemandPricePerHour != nil {
+		onDemand = *p.Spec.OnDemandPricePerHour
+	}
+	if p.Spec.PricePerHour != nil {
+		price = *p.Spec.PricePerHour
+		if p.Spec.Priority == spec.PriorityOnDemand && p.Spec.OnDemandPricePerHour == nil {
+			onDemand = price
+		}
+	}
+	return price, onDemand
+}
+
+func sortedTypes() []string {
+	t := cost.Types()
+	sort.Strings(t)
+	return t
+}

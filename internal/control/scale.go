@@ -1,0 +1,132 @@
+package control
+
+import (
+	"math"
+	"sort"
+	"time"
+
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// PoolPlan is what the pool scaler decided for one pool: launch Launch new
+// nodes (restarting deallocated ones first), remove the named idle nodes.
+type PoolPlan struct {
+	Pool      string
+	Demand    int // nodes the tasks need, before min/max
+	Target    int
+	Live      int // nodes counted toward the target (no notice)
+	Launch    int
+	Restart   []string
+	Terminate []string
+}
+
+// PlanPools decides the size of every pool from its tasks, like Azure
+// Batch's `$TargetNodes = min(max, $PendingTasks)` formula but in node
+// units: the nodes needed to hold the pending and running tasks, kept
+// within min and max. It is pure: state in, plan out.
+func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []store.Node, pending, running []store.Task, now time.Time) []PoolPlan {
+	// Demand per pool, in summed resources.
+	demand := map[string]*spec.Resources{}
+	for _, p := range pools {
+		demand[p.Metadata.Name] = &spec.Resources{}
+	}
+	add := func(pool string, r spec.Resources) {
+		if d := demand[pool]; d != nil {
+			d.CPU += r.CPU
+			d.Memory += r.Memory
+			d.GPU += r.GPU
+		}
+	}
+	nodePool := map[string]string{}
+	for _, n := range nodes {
+		nodePool[n.Name] = n.Pool
+	}
+	for _, t := range running {
+		add(nodePool[t.Node], t.Req)
+	}
+	for _, t := range pending {
+		add(poolFor(t, pools), t.Req)
+	}
+
+	var plans []PoolPlan
+	for _, p := range pools {
+		name := p.Metadata.Name
+		c := capacity[name]
+		d := demand[name]
+		need := 0
+		for _, q := range []float64{ratio(d.CPU, c.CPU), ratio(float64(d.Memory), float64(c.Memory)), ratio(float64(d.GPU), float64(c.GPU))} {
+			need = max(need, int(math.Ceil(q-1e-9)))
+		}
+		plan := PoolPlan{Pool: name, Demand: need, Target: min(max(need, p.Spec.Min), p.Spec.Max)}
+		var idle []store.Node
+		var deallocated []string
+		for _, n := range nodes {
+			if n.Pool != name {
+				continue
+			}
+			switch {
+			case n.State == store.NodeDeallocated:
+				deallocated = append(deallocated, n.Name)
+			case store.Live(n.State) && n.NoticeDeadline.IsZero():
+				plan.Live++
+				idleFor := p.Spec.IdleTimeout.Duration
+				if n.State == store.NodeReady && n.Tasks == 0 && !n.IdleSince.IsZero() && now.Sub(n.IdleSince) >= idleFor {
+					idle = append(idle, n)
+				}
+			}
+		}
+		if plan.Live < plan.Target {
+			want := plan.Target - plan.Live
+			sort.Strings(deallocated)
+			for _, d := range deallocated {
+				if want == 0 {
+					break
+				}
+				plan.Restart = append(plan.Restart, d)
+				want--
+			}
+			plan.Launch = want
+		}
+		if plan.Live > plan.Target {
+			// Remove the nodes idle longest first.
+			sort.Slice(idle, func(i, j int) bool { return idle[i].IdleSince.Before(idle[j].IdleSince) })
+			for _, n := range idle[:min(len(idle), plan.Live-plan.Target)] {
+				plan.Terminate = append(plan.Terminate, n.Name)
+			}
+		}
+		plans = append(plans, plan)
+	}
+	return plans
+}
+
+func ratio(a, b float64) float64 {
+	if a <= 0 {
+		return 0
+	}
+	if b <= 0 {
+		return 1e9 // cannot fit; capped by max
+	}
+	return a / b
+}
+
+// poolFor says which pool a pending task's demand counts toward: its own
+// pool, else the first pool (spot before on-demand, then by name) whose
+// priority matches and that may grow.
+func poolFor(t store.Task, pools []spec.Pool) string {
+	if t.Pool != "" {
+		return t.Pool
+	}
+	best := ""
+	bestSpot := false
+	for _, p := range pools {
+		if p.Spec.Max == 0 || (t.Priority != "" && p.Spec.Priority != t.Priority) {
+			continue
+		}
+		spot := p.Spec.Priority == spec.PrioritySpot
+		if best == "" || (spot && !bestSpot) || (spot == bestSpot && p.Metadata.Name < best) {
+			best, bestSpot = p.Metadata.Name, spot
+		}
+	}
+	return best
+}

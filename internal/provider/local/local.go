@@ -1,0 +1,261 @@
+// Package local is the provider that runs nodes as agent processes on this
+// machine and simulates the spot market around them: random evictions at a
+// pool's rate, eviction notices published through simulated instance
+// metadata endpoints (Azure, AWS or GCP format), the kill when the notice
+// runs out, and launches refused for lack of capacity.
+package local
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/notice"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// Name is the provider name pools use.
+const Name = "local"
+
+// MetadataPrefix is where the control plane's HTTP server mounts Metadata.
+const MetadataPrefix = "/imds"
+
+// Config says how to start agents.
+type Config struct {
+	Binary    string // the spotml executable
+	ServerURL string // the control plane as agents reach it
+	DataDir   string // node work directories go under DataDir/nodes
+	JoinToken string
+	Interval  time.Duration // market tick; default 250ms
+	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
+	AgentArgs []string
+}
+
+// Local is the local provider.
+type Local struct {
+	store    *store.Store
+	metadata *notice.Server
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+var _ control.Provider = (*Local)(nil)
+
+// New returns a local provider.
+func New(st *store.Store, cfg Config, log *slog.Logger, now func() time.Time) *Local {
+	if cfg.Interval == 0 {
+		cfg.Interval = 250 * time.Millisecond
+	}
+	return &Local{store: st, metadata: notice.NewServer(now), cfg: cfg, log: log, now: now}
+}
+
+// Metadata is the handler serving every local node's instance metadata;
+// mount it under MetadataPrefix.
+func (l *Local) Metadata() *notice.Server { return l.metadata }
+
+// Launch starts a node's agent process. A spot pool's capacityShortage is
+// the chance the market refuses the launch.
+func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (control.Launched, error) {
+	if pool.Spec.Priority == spec.PrioritySpot && rand.Float64() < pool.Spec.CapacityShortage {
+		return control.Launched{}, fmt.Errorf("%w: no spot capacity for %s in zone %q now", control.ErrNoCapacity, pool.Spec.InstanceType, n.Zone)
+	}
+	wd := filepath.Join(l.cfg.DataDir, "nodes", n.Name)
+	if err := os.MkdirAll(wd, 0o755); err != nil {
+		return control.Launched{}, err
+	}
+	format := pool.Spec.NoticeFormat
+	if format == "" {
+		format = spec.NoticeAzure
+	}
+	l.metadata.Register(n.Name, format)
+	logf, err := os.OpenFile(filepath.Join(wd, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return control.Launched{}, err
+	}
+	defer logf.Close()
+	args := append([]string{"agent",
+		"--server", l.cfg.ServerURL,
+		"--node", n.Name,
+		"--workdir", wd,
+		"--metadata-url", notice.BaseURL(l.cfg.ServerURL+MetadataPrefix, n.Name),
+		"--metadata-format", format,
+	}, l.cfg.AgentArgs...)
+	cmd := exec.Command(l.cfg.Binary, args...)
+	cmd.Env = append(os.Environ(), "SPOTML_JOIN_TOKEN="+l.cfg.JoinToken)
+	cmd.Dir = wd
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so that a kill takes the node and not us, and
+	// it outlives a control plane restart like a real machine would.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return control.Launched{}, fmt.Errorf("start agent for %s: %w", n.Name, err)
+	}
+	go cmd.Wait() // reap
+	l.log.Info("node launched", "node", n.Name, "pid", cmd.Process.Pid, "zone", n.Zone)
+	return control.Launched{PID: cmd.Process.Pid, WorkDir: wd}, nil
+}
+
+// Stop kills a node: its agent and every task process group it recorded,
+// as a machine being taken away would.
+func (l *Local) Stop(ctx context.Context, n store.Node) error {
+	l.metadata.Clear(n.Name)
+	killNode(n)
+	return nil
+}
+
+// killNode kills the agent's process group and its tasks' groups. The pid
+// is checked against /proc so that a pid reused after a restart of this
+// machine's processes is never hit.
+func killNode(n store.Node) {
+	if n.PID > 0 && isAgentOf(n.PID, n.Name) {
+		syscall.Kill(-n.PID, syscall.SIGKILL)
+	}
+	if n.WorkDir == "" {
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(n.WorkDir, "tasks.pids"))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pgid, err := strconv.Atoi(f); err == nil && pgid > 1 {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+		}
+	}
+}
+
+func isAgentOf(pid int, node string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := bytes.Split(b, []byte{0})
+	for i, a := range args {
+		if string(a) == "--node" && i+1 < len(args) && string(args[i+1]) == node {
+			return true
+		}
+	}
+	return false
+}
+
+// Evict gives a node an eviction notice; it is killed when the notice runs
+// out. Only spot nodes of local pools can be evicted.
+func (l *Local) Evict(ctx context.Context, name string, noticeFor time.Duration) error {
+	n, err := l.store.GetNode(ctx, name)
+	if err != nil {
+		return err
+	}
+	pool, err := l.store.GetPool(ctx, n.Pool)
+	if err != nil {
+		return fmt.Errorf("node %s: its pool is gone: %w", name, err)
+	}
+	if pool.Spec.Spec.Provider != Name {
+		return fmt.Errorf("node %s is in pool %s of provider %q; only local nodes can be evicted: %w", name, n.Pool, pool.Spec.Spec.Provider, store.ErrConflict)
+	}
+	if !store.Live(n.State) {
+		return fmt.Errorf("node %s is already %s: %w", name, n.State, store.ErrConflict)
+	}
+	if noticeFor <= 0 {
+		noticeFor = pool.Spec.Spec.Notice.Duration
+	}
+	deadline := l.now().Add(noticeFor)
+	if _, err := l.store.SetNotice(ctx, name, deadline, "provider"); err != nil {
+		return err
+	}
+	l.publish(n.Name, deadline, pool.Spec)
+	return nil
+}
+
+func (l *Local) publish(node string, deadline time.Time, pool spec.Pool) {
+	action := "terminate"
+	if pool.Spec.EvictionPolicy == spec.EvictionDeallocate {
+		action = "stop"
+	}
+	l.metadata.Set(node, deadline, action)
+}
+
+// Run runs the simulated market until ctx ends.
+func (l *Local) Run(ctx context.Context) error {
+	t := time.NewTicker(l.cfg.Interval)
+	defer t.Stop()
+	last := l.now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		now := l.now()
+		if err := l.tick(ctx, now.Sub(last)); err != nil && ctx.Err() == nil {
+			l.log.Error("market tick failed", "err", err)
+		}
+		last = now
+	}
+}
+
+// tick publishes the notices the store holds (so a restarted control plane
+// serves them again), ends nodes whose notice ran out, and draws random
+// evictions at each spot pool's rate.
+func (l *Local) tick(ctx context.Context, dt time.Duration) error {
+	pools, err := l.store.ListPools(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]spec.Pool{}
+	for _, p := range pools {
+		if p.Spec.Spec.Provider == Name {
+			byName[p.Spec.Metadata.Name] = p.Spec
+		}
+	}
+	nodes, err := l.store.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	now := l.now()
+	for _, n := range nodes {
+		pool, ok := byName[n.Pool]
+		if !ok || !store.Live(n.State) {
+			continue
+		}
+		format := pool.Spec.NoticeFormat
+		if format == "" {
+			format = spec.NoticeAzure
+		}
+		l.metadata.Register(n.Name, format)
+		switch {
+		case !n.NoticeDeadline.IsZero() && !now.Before(n.NoticeDeadline):
+			state, reason := store.NodePreempted, "SpotEviction: notice ran out, node taken back"
+			if pool.Spec.EvictionPolicy == spec.EvictionDeallocate {
+				state, reason = store.NodeDeallocated, "SpotEviction: notice ran out, node deallocated (disk kept)"
+			}
+			killNode(n)
+			l.metadata.Clear(n.Name)
+			if err := l.store.EndNode(ctx, n.Name, state, reason); err != nil {
+				return err
+			}
+			l.log.Info("node evicted", "node", n.Name, "state", state)
+		case !n.NoticeDeadline.IsZero():
+			l.publish(n.Name, n.NoticeDeadline, pool)
+		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.EvictionRate > 0:
+			if rand.Float64() < pool.Spec.EvictionRate*dt.Hours() {
+				if err := l.Evict(ctx, n.Name, 0); err != nil {
+					return err
+				}
+				l.log.Info("market evicts node", "node", n.Name, "notice", pool.Spec.Notice.Duration)
+			}
+		}
+	}
+	return nil
+}

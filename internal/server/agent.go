@@ -1,0 +1,91 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/store"
+)
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
+	var req api.RegisterRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	n, err := s.cfg.Store.GetNode(r.Context(), req.Node)
+	if err != nil {
+		return err
+	}
+	if !store.Live(n.State) {
+		return fmt.Errorf("node %s is %s and cannot join: %w", n.Name, n.State, store.ErrConflict)
+	}
+	resp := api.RegisterResponse{BlobURL: s.cfg.Blobs.DefaultURL(), HeartbeatInterval: s.cfg.HeartbeatInterval}
+	if p, err := s.cfg.Store.GetPool(r.Context(), n.Pool); err == nil {
+		resp.StartTask = p.Spec.Spec.StartTask
+	}
+	if err := s.cfg.Store.AddEvent(r.Context(), "Joined", "node/"+n.Name, "AgentRegistered", fmt.Sprintf("pid %d", req.PID)); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// heartbeat answers with every attempt the node should run. An ended node
+// gets 409 so its agent stops.
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
+	var req api.HeartbeatRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	n, err := s.cfg.Store.Heartbeat(r.Context(), req.Node, req.Ready)
+	if err != nil {
+		return err
+	}
+	if n.StateAt.Equal(n.HeartbeatAt) { // just became ready
+		s.kick()
+	}
+	tasks, err := s.cfg.Store.NodeTasks(r.Context(), req.Node)
+	if err != nil {
+		return err
+	}
+	resp := api.HeartbeatResponse{Tasks: []api.Assignment{}}
+	for _, t := range tasks {
+		resp.Tasks = append(resp.Tasks, api.Assignment{TaskID: t.ID, Attempt: t.Attempt, Job: t.Job, JobUID: t.JobUID,
+			Task: t.Name, Index: t.Index, Spec: t.Spec})
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil {
+		return badRequest{fmt.Errorf("task id %q is not a number", r.PathValue("id"))}
+	}
+	var req api.ReportRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	ok, err := s.cfg.Store.Report(r.Context(), id, req.Node, req.Attempt, req.Outcome, req.ExitCode, req.Message)
+	if err != nil {
+		return err
+	}
+	s.kick()
+	writeJSON(w, http.StatusOK, map[string]bool{"accepted": ok})
+	return nil
+}
+
+func (s *Server) notice(w http.ResponseWriter, r *http.Request) error {
+	var req api.NoticeRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if _, err := s.cfg.Store.SetNotice(r.Context(), req.Node, req.Deadline, "agent"); err != nil {
+		return err
+	}
+	s.kick()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

@@ -1,0 +1,481 @@
+// Package server is the control plane's REST API: the JSON endpoints the
+// CLI uses, the agent protocol, and the mapping of domain errors to HTTP
+// status codes (the only place that mapping happens).
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/cost"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// Evictor evicts a node with a notice (the local provider's market).
+type Evictor interface {
+	Evict(ctx context.Context, node string, notice time.Duration) error
+}
+
+// Config wires the server.
+type Config struct {
+	Store             *store.Store
+	Blobs             *blob.Store
+	Plane             *control.Plane // kicked after changes; may be nil
+	Evictor           Evictor        // may be nil: evict answers 501
+	Metadata          http.Handler   // simulated instance metadata, mounted at MetadataPrefix; may be nil
+	MetadataPrefix    string
+	Token             string // admin token: every /api/v1 path
+	JoinToken         string // agents: /api/v1/agent paths only
+	HeartbeatInterval time.Duration
+	Log               *slog.Logger
+	Now               func() time.Time
+}
+
+// Server is the control plane's HTTP handler.
+type Server struct {
+	cfg Config
+	mux *http.ServeMux
+}
+
+// New returns the handler.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func (s *Server) routes() {
+	admin := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+		s.mux.Handle(pattern, s.auth(false, h))
+	}
+	agent := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+		s.mux.Handle(pattern, s.auth(true, h))
+	}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	if s.cfg.Metadata != nil {
+		s.mux.Handle(s.cfg.MetadataPrefix+"/", http.StripPrefix(s.cfg.MetadataPrefix, s.cfg.Metadata))
+	}
+	p := api.Prefix
+	admin("POST "+p+"/apply", s.apply)
+	admin("GET "+p+"/pools", s.listPools)
+	admin("GET "+p+"/pools/{name}", s.getPool)
+	admin("DELETE "+p+"/pools/{name}", s.deletePool)
+	admin("GET "+p+"/nodes", s.listNodes)
+	admin("GET "+p+"/nodes/{name}", s.getNode)
+	admin("POST "+p+"/nodes/{name}/evict", s.evict)
+	admin("GET "+p+"/jobs", s.listJobs)
+	admin("GET "+p+"/jobs/{name}", s.getJob)
+	admin("DELETE "+p+"/jobs/{name}", s.deleteJob)
+	admin("GET "+p+"/jobs/{name}/tasks/{task}/logs", s.logs)
+	admin("GET "+p+"/events", s.events)
+	admin("GET "+p+"/cost", s.cost)
+	agent("POST "+p+"/agent/register", s.register)
+	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
+	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
+	agent("POST "+p+"/agent/notice", s.notice)
+	// Anything else under the API prefix still needs a token, then 404s.
+	admin(p+"/", func(w http.ResponseWriter, r *http.Request) error {
+		return fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, store.ErrNotFound)
+	})
+}
+
+// auth checks the bearer token. Agent paths take the join token or the
+// admin token; everything else only the admin token.
+func (s *Server) auth(agentPath bool, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		valid := ok && (equal(got, s.cfg.Token) || (agentPath && equal(got, s.cfg.JoinToken)))
+		if !valid {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="spotml"`)
+			writeJSON(w, http.StatusUnauthorized, api.Error{Error: "missing or wrong API token: send 'Authorization: Bearer TOKEN' with the token from DATA_DIR/token (the CLI reads SPOTML_TOKEN or that file)"})
+			return
+		}
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func equal(a, b string) bool {
+	return b != "" && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+// badRequest marks an error as the client's fault.
+type badRequest struct{ err error }
+
+func (b badRequest) Error() string { return b.err.Error() }
+func (b badRequest) Unwrap() error { return b.err }
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusInternalServerError
+	var br badRequest
+	var se *spec.Error
+	switch {
+	case errors.As(err, &br), errors.As(err, &se):
+		code = http.StatusBadRequest
+	case errors.Is(err, store.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, store.ErrConflict):
+		code = http.StatusConflict
+	case errors.Is(err, errNotImplemented):
+		code = http.StatusNotImplemented
+	}
+	if code == http.StatusInternalServerError {
+		s.cfg.Log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, code, api.Error{Error: err.Error()})
+}
+
+var errNotImplemented = errors.New("not available in this control plane")
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest{fmt.Errorf("request body: %w", err)}
+	}
+	return nil
+}
+
+func (s *Server) kick() {
+	if s.cfg.Plane != nil {
+		s.cfg.Plane.Kick()
+	}
+}
+
+// apply takes multi-document YAML, checks every document (syntax, fields,
+// and references between them) and stores all of them or none.
+func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	if err != nil {
+		return badRequest{fmt.Errorf("request body: %w", err)}
+	}
+	files := []api.File{{Name: r.URL.Query().Get("source"), Data: string(body)}}
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		var req api.ApplyRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return badRequest{fmt.Errorf("request body: %w", err)}
+		}
+		files = req.Files
+	}
+	var pools []spec.Pool
+	var jobs []spec.Job
+	var errs []error
+	for _, f := range files {
+		docs, err := spec.Parse([]byte(f.Data))
+		if err != nil {
+			errs = append(errs, prefixSource(f.Name, err))
+			continue
+		}
+		for _, d := range docs {
+			switch {
+			case d.Pool != nil:
+				pools = append(pools, *d.Pool)
+			case d.Job != nil:
+				jobs = append(jobs, *d.Job)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return badRequest{err}
+	}
+	if err := s.checkRefs(r.Context(), pools, jobs); err != nil {
+		return badRequest{err}
+	}
+	res, err := s.cfg.Store.Apply(r.Context(), pools, jobs)
+	if err != nil {
+		return err
+	}
+	s.kick()
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func prefixSource(source string, err error) error {
+	if source == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", source, err)
+}
+
+// checkRefs checks what one document cannot check alone: instance types
+// exist in the price table, jobs name pools that exist (stored or in the
+// same apply), and every task fits on a node of the pools it may use.
+func (s *Server) checkRefs(ctx context.Context, pools []spec.Pool, jobs []spec.Job) error {
+	stored, err := s.cfg.Store.ListPools(ctx)
+	if err != nil {
+		return err
+	}
+	all := map[string]spec.Pool{}
+	for _, p := range stored {
+		all[p.Spec.Metadata.Name] = p.Spec
+	}
+	var errs []error
+	for _, p := range pools {
+		if _, err := control.NodeCapacity(p); err != nil {
+			errs = append(errs, err)
+		}
+		all[p.Metadata.Name] = p
+	}
+	for _, j := range jobs {
+		for i, t := range j.ExpandTasks() {
+			field := fmt.Sprintf("job %s: spec.tasks[%d]", j.Metadata.Name, i)
+			if j.Spec.Template != nil {
+				field = fmt.Sprintf("job %s: spec.template", j.Metadata.Name)
+			}
+			if t.Pool != "" {
+				if _, ok := all[t.Pool]; !ok {
+					errs = append(errs, fmt.Errorf("%s.pool: no pool named %q; apply the pool first or in the same file (spotml get pools lists them)", field, t.Pool))
+					break
+				}
+			}
+			fits := false
+			var offered []string
+			for name, p := range all {
+				if (t.Pool != "" && name != t.Pool) || (t.Priority != "" && p.Spec.Priority != t.Priority) {
+					continue
+				}
+				c, err := control.NodeCapacity(p)
+				if err != nil {
+					continue
+				}
+				offered = append(offered, fmt.Sprintf("%s: cpu %g, memory %s, gpu %d", name, c.CPU, c.Memory, c.GPU))
+				if t.Resources.CPU <= c.CPU && t.Resources.Memory <= c.Memory && t.Resources.GPU <= c.GPU {
+					fits = true
+				}
+			}
+			if !fits {
+				if len(offered) == 0 {
+					errs = append(errs, fmt.Errorf("%s: no pool matches (pool %q, priority %q); apply a pool first", field, t.Pool, t.Priority))
+				} else {
+					errs = append(errs, fmt.Errorf("%s.resources: cpu %g, memory %s, gpu %d is more than one node offers (%s); lower the request or use a larger instanceType",
+						field, t.Resources.CPU, t.Resources.Memory, t.Resources.GPU, strings.Join(offered, "; ")))
+				}
+				break
+			}
+			if j.Spec.Template != nil {
+				break // every copy is the same
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) listPools(w http.ResponseWriter, r *http.Request) error {
+	ps, err := s.cfg.Store.ListPools(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, nonNil(ps))
+	return nil
+}
+
+func (s *Server) getPool(w http.ResponseWriter, r *http.Request) error {
+	p, err := s.cfg.Store.GetPool(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, p)
+	return nil
+}
+
+func (s *Server) deletePool(w http.ResponseWriter, r *http.Request) error {
+	if err := s.cfg.Store.DeletePool(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	s.kick()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) error {
+	ns, err := s.cfg.Store.ListNodes(r.Context())
+	if err != nil {
+		return err
+	}
+	if r.URL.Query().Get("all") != "true" {
+		live := ns[:0]
+		for _, n := range ns {
+			if store.Live(n.State) {
+				live = append(live, n)
+			}
+		}
+		ns = live
+	}
+	writeJSON(w, http.StatusOK, nonNil(ns))
+	return nil
+}
+
+func (s *Server) getNode(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.cfg.Store.GetNode(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (s *Server) evict(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Evictor == nil {
+		return fmt.Errorf("evict: %w (it needs the local provider: run spotml up)", errNotImplemented)
+	}
+	var req api.EvictRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return err
+		}
+	}
+	var d time.Duration
+	if req.Notice != "" {
+		var err error
+		d, err = time.ParseDuration(req.Notice)
+		if err != nil || d <= 0 {
+			return badRequest{fmt.Errorf("notice: %q is not a positive duration; write it like 30s or 2m", req.Notice)}
+		}
+	}
+	if err := s.cfg.Evictor.Evict(r.Context(), r.PathValue("name"), d); err != nil {
+		return err
+	}
+	n, err := s.cfg.Store.GetNode(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	s.kick()
+	writeJSON(w, http.StatusAccepted, n)
+	return nil
+}
+
+func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
+	js, err := s.cfg.Store.ListJobs(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, nonNil(js))
+	return nil
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
+	j, err := s.cfg.Store.GetJob(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, j)
+	return nil
+}
+
+func (s *Server) deleteJob(w http.ResponseWriter, r *http.Request) error {
+	if err := s.cfg.Store.DeleteJob(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	s.kick()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// logs streams a task's stdout or stderr: every attempt in order, each
+// behind a header line, or one attempt with ?attempt=N.
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.cfg.Store.GetTask(r.Context(), r.PathValue("name"), r.PathValue("task"))
+	if err != nil {
+		return err
+	}
+	stream := r.URL.Query().Get("stream")
+	if stream == "" {
+		stream = "stdout"
+	}
+	if stream != "stdout" && stream != "stderr" {
+		return badRequest{fmt.Errorf("stream: %q is not stdout or stderr", stream)}
+	}
+	first, last := 1, t.Attempt
+	if a := r.URL.Query().Get("attempt"); a != "" {
+		n, err := strconv.Atoi(a)
+		if err != nil || n < 1 || n > t.Attempt {
+			return badRequest{fmt.Errorf("attempt: %q is not an attempt of this task (1..%d)", a, t.Attempt)}
+		}
+		first, last = n, n
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	for a := first; a <= last; a++ {
+		b, err := s.cfg.Blobs.ReadAll(r.Context(), api.LogLocation(t.Job, t.JobUID, t.Name, a, stream))
+		if blob.IsNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if first != last {
+			fmt.Fprintf(w, "----- attempt %d -----\n", a)
+		}
+		w.Write(b)
+	}
+	return nil
+}
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.EventFilter{Kind: q.Get("kind"), Object: q.Get("object")}
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return badRequest{fmt.Errorf("after: %q is not an event id", v)}
+		}
+		f.AfterID = n
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return badRequest{fmt.Errorf("limit: %q is not a count", v)}
+		}
+		f.Limit = n
+	}
+	es, err := s.cfg.Store.ListEvents(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, nonNil(es))
+	return nil
+}
+
+func (s *Server) cost(w http.ResponseWriter, r *http.Request) error {
+	runs, err := s.cfg.Store.Runs(r.Context())
+	if err != nil {
+		return err
+	}
+	us := make([]cost.Usage, len(runs))
+	for i, u := range runs {
+		us[i] = cost.Usage{Node: u.Node, Pool: u.Pool, Priority: u.Priority, Start: u.Start, End: u.End,
+			PricePerHour: u.PricePerHour, OnDemandPerHour: u.OnDemandPerHour}
+	}
+	writeJSON(w, http.StatusOK, cost.Summarize(us, s.cfg.Now()))
+	return nil
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

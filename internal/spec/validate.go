@@ -1,0 +1,435 @@
+package spec
+
+import (
+	"fmt"
+	"path"
+	"strings"
+	"time"
+)
+
+// ProviderLocal is the only provider so far: nodes are processes on this
+// machine, and spot evictions are simulated.
+const ProviderLocal = "local"
+
+// Limits checked by Validate.
+const (
+	// MaxNameLen bounds metadata.name: node names are built as
+	// <pool>-<suffix> and must stay valid DNS labels.
+	MaxNameLen     = 40
+	MaxTaskNameLen = 63
+	MaxCount       = 100000
+	MaxRetries     = 100
+)
+
+// Defaults filled in by Default.
+const (
+	DefaultIdleTimeout        = 60 * time.Second
+	DefaultNotice             = 30 * time.Second
+	DefaultCheckpointInterval = 30 * time.Second
+)
+
+// Default fills in what a pool leaves out. It is idempotent, and leaves the
+// spot-only fields of an on-demand pool empty.
+func (p *Pool) Default() {
+	s := &p.Spec
+	if s.EvictionPolicy == "" {
+		s.EvictionPolicy = EvictionDelete
+	}
+	if s.IdleTimeout.Duration == 0 {
+		s.IdleTimeout.Duration = DefaultIdleTimeout
+	}
+	if s.Priority == PrioritySpot {
+		if s.Notice.Duration == 0 {
+			s.Notice.Duration = DefaultNotice
+		}
+		if s.NoticeFormat == "" {
+			s.NoticeFormat = NoticeAzure
+		}
+	}
+}
+
+// Validate checks a pool, before or after Default. Its error is an *Error
+// whose fields have no lines; Parse adds them.
+func (p *Pool) Validate() error {
+	var errs fieldErrors
+	errs.header(p.APIVersion, p.Kind, KindPool, p.Metadata)
+	s := &p.Spec
+	switch s.Provider {
+	case ProviderLocal:
+	case "":
+		errs.add("spec.provider", "required; use %q", ProviderLocal)
+	default:
+		errs.add("spec.provider", "%q is not supported yet; use %q", s.Provider, ProviderLocal)
+	}
+	if s.Priority == "" {
+		errs.add("spec.priority", "required; use %q or %q", PrioritySpot, PriorityOnDemand)
+	} else {
+		errs.priority("spec.priority", s.Priority)
+	}
+	if s.InstanceType == "" {
+		errs.add("spec.instanceType", "required")
+	}
+	for i, z := range s.Zones {
+		if z == "" {
+			errs.add(fmt.Sprintf("spec.zones[%d]", i), "must not be empty")
+		}
+	}
+	if s.Min < 0 {
+		errs.add("spec.min", "must not be negative, got %d", s.Min)
+	}
+	switch {
+	case s.Max < 1:
+		errs.add("spec.max", "must be at least 1, got %d", s.Max)
+	case s.Max < s.Min:
+		errs.add("spec.max", "must be at least min (%d), got %d", s.Min, s.Max)
+	}
+	switch s.EvictionPolicy {
+	case "", EvictionDelete, EvictionDeallocate:
+	default:
+		errs.add("spec.evictionPolicy", "%q is not a policy; use %q or %q", s.EvictionPolicy, EvictionDelete, EvictionDeallocate)
+	}
+	errs.nonNegative("spec.pricePerHour", s.PricePerHour)
+	errs.nonNegative("spec.onDemandPricePerHour", s.OnDemandPricePerHour)
+	if s.Capacity != nil {
+		errs.resources("spec.capacity", *s.Capacity)
+	}
+	if s.StartTask != nil {
+		if len(s.StartTask.Command) == 0 {
+			errs.add("spec.startTask.command", "required")
+		}
+		errs.env("spec.startTask.env", s.StartTask.Env)
+	}
+	if s.IdleTimeout.Duration < 0 {
+		errs.add("spec.idleTimeout", "must not be negative, got %s", s.IdleTimeout)
+	}
+
+	if s.Priority == PriorityOnDemand {
+		// The simulated market is a spot pool's; on demand it would be
+		// silently ignored, so it is refused.
+		spotOnly := func(field string, set bool) {
+			if set {
+				errs.add(field, "only allowed when priority is %q", PrioritySpot)
+			}
+		}
+		spotOnly("spec.evictionRate", s.EvictionRate != 0)
+		spotOnly("spec.capacityShortage", s.CapacityShortage != 0)
+		spotOnly("spec.notice", s.Notice.Duration != 0)
+		spotOnly("spec.noticeFormat", s.NoticeFormat != "")
+		return errs.err()
+	}
+	if !(s.EvictionRate >= 0) {
+		errs.add("spec.evictionRate", "must not be negative, got %g", s.EvictionRate)
+	}
+	if !(s.CapacityShortage >= 0 && s.CapacityShortage <= 1) {
+		errs.add("spec.capacityShortage", "is a probability between 0 and 1, got %g", s.CapacityShortage)
+	}
+	if s.Notice.Duration < 0 {
+		errs.add("spec.notice", "must be positive, got %s", s.Notice)
+	}
+	switch s.NoticeFormat {
+	case "", NoticeAzure, NoticeAWS, NoticeGCP:
+	default:
+		errs.add("spec.noticeFormat", "%q is not a notice format; use %q, %q or %q", s.NoticeFormat, NoticeAzure, NoticeAWS, NoticeGCP)
+	}
+	return errs.err()
+}
+
+// Default fills in what the tasks or the template leave out. Job-level pool
+// and priority are not copied into tasks; ExpandTasks does that.
+func (j *Job) Default() {
+	for i := range j.Spec.Tasks {
+		j.Spec.Tasks[i].defaults()
+	}
+	if j.Spec.Template != nil {
+		j.Spec.Template.defaults()
+	}
+}
+
+// Validate checks a job, before or after Default. Its error is an *Error
+// whose fields have no lines; Parse adds them.
+func (j *Job) Validate() error {
+	var errs fieldErrors
+	errs.header(j.APIVersion, j.Kind, KindJob, j.Metadata)
+	s := &j.Spec
+	errs.priority("spec.priority", s.Priority)
+	if s.Pool != "" {
+		errs.name("spec.pool", s.Pool, MaxNameLen)
+	}
+
+	hasTasks := s.Tasks != nil
+	switch {
+	case hasTasks && (s.Count != 0 || s.Template != nil):
+		const msg = "not allowed with tasks; use either tasks, or count and template"
+		if s.Count != 0 {
+			errs.add("spec.count", msg)
+		}
+		if s.Template != nil {
+			errs.add("spec.template", msg)
+		}
+	case hasTasks && len(s.Tasks) == 0:
+		errs.add("spec.tasks", "must not be empty")
+	case hasTasks:
+	case s.Count == 0 && s.Template == nil:
+		errs.add("spec", "needs tasks, or count and template")
+	case s.Template == nil:
+		errs.add("spec.template", "required with count")
+	case s.Count == 0:
+		errs.add("spec.count", "required with template; how many tasks to make from it")
+	case s.Count < 1 || s.Count > MaxCount:
+		errs.add("spec.count", "must be between 1 and %d, got %d", MaxCount, s.Count)
+	}
+
+	first := map[string]int{} // task name -> index
+	for i := range s.Tasks {
+		t := &s.Tasks[i]
+		at := fmt.Sprintf("spec.tasks[%d]", i)
+		if t.Name == "" {
+			errs.add(at+".name", "required")
+		} else if errs.name(at+".name", t.Name, MaxTaskNameLen) {
+			if k, dup := first[t.Name]; dup {
+				errs.add(at+".name", "%q is already the name of spec.tasks[%d]", t.Name, k)
+			} else {
+				first[t.Name] = i
+			}
+		}
+		errs.task(at, t)
+	}
+	if t := s.Template; t != nil {
+		if t.Name != "" {
+			errs.add("spec.template.name", "not allowed in a template; its tasks are named task-0, task-1, …")
+		}
+		errs.task("spec.template", t)
+	}
+	return errs.err()
+}
+
+// ExpandTasks returns the tasks a job runs, defaulted, each with the job's
+// pool and priority unless it sets its own: the tasks as listed, or count
+// copies of the template named task-0, task-1, …. The tasks share nothing
+// with j.
+func (j *Job) ExpandTasks() []TaskSpec {
+	s := &j.Spec
+	var out []TaskSpec
+	add := func(t TaskSpec) {
+		t.defaults()
+		if t.Pool == "" {
+			t.Pool = s.Pool
+		}
+		if t.Priority == "" {
+			t.Priority = s.Priority
+		}
+		out = append(out, t)
+	}
+	switch {
+	case len(s.Tasks) > 0:
+		out = make([]TaskSpec, 0, len(s.Tasks))
+		for _, t := range s.Tasks {
+			add(t.clone())
+		}
+	case s.Template != nil && s.Count > 0:
+		out = make([]TaskSpec, 0, s.Count)
+		for i := range s.Count {
+			t := s.Template.clone()
+			t.Name = fmt.Sprintf("task-%d", i)
+			add(t)
+		}
+	}
+	return out
+}
+
+func (t *TaskSpec) defaults() {
+	if t.Resources == (Resources{}) {
+		t.Resources.CPU = 1
+	}
+	for i := range t.OutputFiles {
+		if t.OutputFiles[i].Upload == "" {
+			t.OutputFiles[i].Upload = UploadOnSuccess
+		}
+	}
+	if t.Checkpoint != nil && t.Checkpoint.Interval.Duration == 0 {
+		t.Checkpoint.Interval.Duration = DefaultCheckpointInterval
+	}
+}
+
+// clone returns a deep copy of t.
+func (t TaskSpec) clone() TaskSpec {
+	c := t
+	c.Command = cloneSlice(t.Command)
+	c.ResourceFiles = cloneSlice(t.ResourceFiles)
+	c.OutputFiles = cloneSlice(t.OutputFiles)
+	if t.Env != nil {
+		c.Env = make(map[string]string, len(t.Env))
+		for k, v := range t.Env {
+			c.Env[k] = v
+		}
+	}
+	if t.Checkpoint != nil {
+		cp := *t.Checkpoint
+		c.Checkpoint = &cp
+	}
+	return c
+}
+
+// cloneSlice copies s, keeping nil nil and empty empty.
+func cloneSlice[S ~[]E, E any](s S) S {
+	if s == nil {
+		return nil
+	}
+	return append(S{}, s...)
+}
+
+// fieldErrors collects what Validate finds.
+type fieldErrors []FieldError
+
+func (e *fieldErrors) add(field, format string, args ...any) {
+	*e = append(*e, FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// err returns nil or an *Error; never a typed nil.
+func (e fieldErrors) err() error {
+	if len(e) == 0 {
+		return nil
+	}
+	return &Error{Errors: e}
+}
+
+func (e *fieldErrors) header(apiVersion, kind, wantKind string, m Metadata) {
+	switch apiVersion {
+	case APIVersion:
+	case "":
+		e.add("apiVersion", "required; use %q", APIVersion)
+	default:
+		e.add("apiVersion", "%q is not supported; use %q", apiVersion, APIVersion)
+	}
+	if kind != wantKind {
+		e.add("kind", "want %q, got %q", wantKind, kind)
+	}
+	if m.Name == "" {
+		e.add("metadata.name", "required")
+	} else {
+		e.name("metadata.name", m.Name, MaxNameLen)
+	}
+	for k := range m.Labels {
+		if k == "" {
+			e.add("metadata.labels", "a label key must not be empty")
+		}
+	}
+}
+
+// name checks a DNS-label-like name and reports whether it is one.
+func (e *fieldErrors) name(field, name string, maxLen int) bool {
+	const rule = "names are lowercase letters, digits and '-', starting with a letter"
+	var bad string
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			bad = fmt.Sprintf("%q contains %q; %s", name, r, rule)
+			break
+		}
+	}
+	switch {
+	case bad != "":
+		e.add(field, "%s", bad)
+	case name[0] < 'a' || name[0] > 'z':
+		e.add(field, "%q must start with a lowercase letter; %s", name, rule)
+	case name[len(name)-1] == '-':
+		e.add(field, "%q must end with a letter or digit", name)
+	case len(name) > maxLen:
+		e.add(field, "%q is %d characters long; the limit is %d", name, len(name), maxLen)
+	default:
+		return true
+	}
+	return false
+}
+
+func (e *fieldErrors) priority(field, p string) {
+	switch p {
+	case "", PrioritySpot, PriorityOnDemand:
+	default:
+		e.add(field, "%q is not a priority; use %q or %q", p, PrioritySpot, PriorityOnDemand)
+	}
+}
+
+func (e *fieldErrors) nonNegative(field string, v *float64) {
+	if v != nil && !(*v >= 0) {
+		e.add(field, "must not be negative, got %g", *v)
+	}
+}
+
+func (e *fieldErrors) resources(at string, r Resources) {
+	if !(r.CPU >= 0) {
+		e.add(at+".cpu", "must not be negative, got %g", r.CPU)
+	}
+	if r.Memory < 0 {
+		e.add(at+".memory", "must not be negative, got %s", r.Memory)
+	}
+	if r.GPU < 0 {
+		e.add(at+".gpu", "must not be negative, got %d", r.GPU)
+	}
+}
+
+func (e *fieldErrors) env(at string, env map[string]string) {
+	for k := range env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			e.add(keyPath(at, k), "%q is not a variable name", k)
+		}
+	}
+}
+
+func (e *fieldErrors) task(at string, t *TaskSpec) {
+	if len(t.Command) == 0 {
+		e.add(at+".command", "required")
+	} else if t.Command[0] == "" {
+		e.add(at+".command[0]", "the program to run must not be empty")
+	}
+	e.env(at+".env", t.Env)
+	for i, f := range t.ResourceFiles {
+		fat := fmt.Sprintf("%s.resourceFiles[%d]", at, i)
+		if f.Source == "" {
+			e.add(fat+".source", "required")
+		}
+		e.relativePath(fat+".path", f.Path)
+		if f.Path != "" && path.Clean(f.Path) == "." {
+			e.add(fat+".path", "%q is the working directory itself; name a file in it", f.Path)
+		}
+	}
+	for i, f := range t.OutputFiles {
+		fat := fmt.Sprintf("%s.outputFiles[%d]", at, i)
+		e.relativePath(fat+".pattern", f.Pattern)
+		if f.Destination == "" {
+			e.add(fat+".destination", "required")
+		}
+		switch f.Upload {
+		case "", UploadOnSuccess, UploadOnFailure, UploadAlways:
+		default:
+			e.add(fat+".upload", "%q is not an upload condition; use %q, %q or %q", f.Upload, UploadOnSuccess, UploadOnFailure, UploadAlways)
+		}
+	}
+	if c := t.Checkpoint; c != nil {
+		e.relativePath(at+".checkpoint.path", c.Path)
+		if c.Interval.Duration < 0 {
+			e.add(at+".checkpoint.interval", "must be positive, got %s", c.Interval)
+		}
+	}
+	if t.MaxRetries < 0 || t.MaxRetries > MaxRetries {
+		e.add(at+".maxRetries", "must be between 0 and %d, got %d", MaxRetries, t.MaxRetries)
+	}
+	e.resources(at+".resources", t.Resources)
+	if t.Pool != "" {
+		e.name(at+".pool", t.Pool, MaxNameLen)
+	}
+	e.priority(at+".priority", t.Priority)
+}
+
+// relativePath checks that p is a path inside the task's working directory.
+func (e *fieldErrors) relativePath(field, p string) {
+	slashed := strings.ReplaceAll(p, `\`, "/")
+	clean := path.Clean(slashed)
+	switch {
+	case p == "":
+		e.add(field, "required")
+	case strings.HasPrefix(slashed, "/"):
+		e.add(field, "%q is absolute; use a path relative to the task's working directory", p)
+	case clean == ".." || strings.HasPrefix(clean, "../"):
+		e.add(field, "%q leaves the task's working directory; use a path inside it, without \"..\"", p)
+	}
+}

@@ -1,0 +1,351 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spotml/spotml/internal/spec"
+)
+
+// Node states.
+const (
+	NodeProvisioning = "provisioning" // launched, agent not yet ready
+	NodeReady        = "ready"
+	NodeDraining     = "draining"    // an eviction notice was received
+	NodePreempted    = "preempted"   // taken back by the spot market
+	NodeDeallocated  = "deallocated" // preempted with evictionPolicy deallocate: restarted later, same name and disk
+	NodeLost         = "lost"        // stopped heartbeating
+	NodeTerminated   = "terminated"  // removed by spotml (scale-down, pool deleted)
+)
+
+// Live reports whether a node in this state may still run work or become
+// able to.
+func Live(state string) bool {
+	return state == NodeProvisioning || state == NodeReady || state == NodeDraining
+}
+
+// Node is one machine running the spotml agent.
+type Node struct {
+	Name           string         `json:"name"`
+	Pool           string         `json:"pool"`
+	Priority       string         `json:"priority"`
+	Zone           string         `json:"zone,omitempty"`
+	InstanceType   string         `json:"instanceType"`
+	State          string         `json:"state"`
+	Capacity       spec.Resources `json:"capacity"`
+	PricePerHour   float64        `json:"pricePerHour"`
+	OnDemandPrice  float64        `json:"onDemandPricePerHour"`
+	PID            int            `json:"pid,omitempty"`
+	WorkDir        string         `json:"workDir,omitempty"`
+	CreatedAt      time.Time      `json:"createdAt"`
+	StateAt        time.Time      `json:"stateAt"`
+	HeartbeatAt    time.Time      `json:"heartbeatAt,omitzero"`
+	IdleSince      time.Time      `json:"idleSince,omitzero"`
+	NoticeDeadline time.Time      `json:"noticeDeadline,omitzero"`
+	Reason         string         `json:"reason,omitempty"`
+	Incarnation    int            `json:"incarnation"`
+	Tasks          int            `json:"tasks"` // running tasks, filled by ListNodes
+}
+
+const nodeCols = `name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
+	created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation`
+
+func scanNode(sc interface{ Scan(...any) error }) (Node, error) {
+	var n Node
+	var mem, c, st, hb, idle, nd int64
+	err := sc.Scan(&n.Name, &n.Pool, &n.Priority, &n.Zone, &n.InstanceType, &n.State, &n.Capacity.CPU, &mem,
+		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.PID, &n.WorkDir, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation)
+	n.Capacity.Memory = spec.Bytes(mem)
+	n.CreatedAt, n.StateAt, n.HeartbeatAt, n.IdleSince, n.NoticeDeadline = fromNanos(c), fromNanos(st), fromNanos(hb), fromNanos(idle), fromNanos(nd)
+	return n, err
+}
+
+// CreateNode records a node that a provider is launching, and opens its
+// billing run.
+func (s *Store) CreateNode(ctx context.Context, n Node) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		now := s.now().UnixNano()
+		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, '', 1)`,
+			n.Name, n.Pool, n.Priority, n.Zone, n.InstanceType, NodeProvisioning, n.Capacity.CPU, int64(n.Capacity.Memory),
+			n.Capacity.GPU, n.PricePerHour, n.OnDemandPrice, n.PID, n.WorkDir, now, now, now)
+		if err != nil {
+			return fmt.Errorf("create node %s: %w", n.Name, err)
+		}
+		if err := s.openRun(ctx, tx, n, now); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, "Launched", "node/"+n.Name, "ScaleUp", fmt.Sprintf("%s %s in zone %q", n.Priority, n.InstanceType, n.Zone))
+	})
+}
+
+func (s *Store) openRun(ctx context.Context, tx *sql.Tx, n Node, now int64) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO node_runs (node, pool, priority, started_at, price, ondemand_price) VALUES (?, ?, ?, ?, ?, ?)`,
+		n.Name, n.Pool, n.Priority, now, n.PricePerHour, n.OnDemandPrice)
+	return err
+}
+
+// RestartNode brings a deallocated node back with the same name and work
+// directory under a new process.
+func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+		if err != nil {
+			return fmt.Errorf("restart node %s: %w", name, err)
+		}
+		if n.State != NodeDeallocated {
+			return fmt.Errorf("restart node %s in state %s: %w", name, n.State, ErrConflict)
+		}
+		now := s.now().UnixNano()
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, pid = ?, heartbeat_at = 0, idle_since = ?,
+			notice_deadline = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, NodeProvisioning, now, pid, now, name); err != nil {
+			return err
+		}
+		if err := s.openRun(ctx, tx, n, now); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, "Restarted", "node/"+name, "Reallocated", "deallocated node started again with its disk")
+	})
+}
+
+// SetNodeProcess records the process and work directory of a launched node.
+func (s *Store) SetNodeProcess(ctx context.Context, name string, pid int, workdir string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET pid = ?, workdir = ? WHERE name = ?`, pid, workdir, name)
+	return err
+}
+
+// ListNodes returns all nodes (live and ended) by name with their running
+// task counts.
+func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+`, (SELECT count(*) FROM tasks t WHERE t.node = nodes.name AND t.state = 'running')
+		FROM nodes ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		var n Node
+		var tasks int
+		n, err := scanNode(scanExtra{rows, &tasks})
+		if err != nil {
+			return nil, err
+		}
+		n.Tasks = tasks
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+type scanExtra struct {
+	rows  *sql.Rows
+	extra *int
+}
+
+func (s scanExtra) Scan(dest ...any) error { return s.rows.Scan(append(dest, s.extra)...) }
+
+// GetNode returns one node.
+func (s *Store) GetNode(ctx context.Context, name string) (Node, error) {
+	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Node{}, fmt.Errorf("node %q: %w", name, ErrNotFound)
+	}
+	return n, err
+}
+
+// Heartbeat records that a node's agent is alive. ready marks a
+// provisioning node ready (its start task has finished). A node that has
+// ended gets ErrConflict: it must stop.
+func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (Node, error) {
+	var n Node
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		n, err = scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("node %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if !Live(n.State) {
+			return fmt.Errorf("node %s is %s: %w", name, n.State, ErrConflict)
+		}
+		now := s.now()
+		n.HeartbeatAt = now
+		if ready && n.State == NodeProvisioning {
+			n.State, n.StateAt = NodeReady, now
+			if err := s.event(ctx, tx, "Ready", "node/"+name, "AgentReady", ""); err != nil {
+				return err
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE nodes SET heartbeat_at = ?, state = ?, state_at = ? WHERE name = ?`,
+			now.UnixNano(), n.State, n.StateAt.UnixNano(), name)
+		return err
+	})
+	return n, err
+}
+
+// SetNotice records an eviction notice for a node: it takes no new work
+// from now on and will be gone at deadline. source says who saw it first
+// (the provider publishing it or the agent reading it). Returns false if
+// the node already had a notice.
+func (s *Store) SetNotice(ctx context.Context, name string, deadline time.Time, source string) (bool, error) {
+	changed := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("node %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if !Live(n.State) {
+			return fmt.Errorf("node %s is %s: %w", name, n.State, ErrConflict)
+		}
+		if !n.NoticeDeadline.IsZero() {
+			if n.State != NodeDraining && source == "agent" {
+				_, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ? WHERE name = ?`, NodeDraining, s.now().UnixNano(), name)
+				if err != nil {
+					return err
+				}
+				return s.event(ctx, tx, "Draining", "node/"+name, "NoticeReceived", "agent read the eviction notice")
+			}
+			return nil
+		}
+		changed = true
+		state := n.State
+		if source == "agent" {
+			state = NodeDraining
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET notice_deadline = ?, state = ?, state_at = ? WHERE name = ?`,
+			deadline.UnixNano(), state, s.now().UnixNano(), name); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, "Notice", "node/"+name, "EvictionNotice",
+			fmt.Sprintf("evicted in %s (by %s), seen by %s", deadline.Sub(s.now()).Round(time.Second), deadline.UTC().Format(time.RFC3339), source))
+	})
+	return changed, err
+}
+
+// EndNode moves a node to an ended state (preempted, deallocated, lost,
+// terminated), closes its billing run and puts its running tasks back in
+// the queue with attempt+1, without counting a failure.
+func (s *Store) EndNode(ctx context.Context, name, state, reason string) error {
+	if Live(state) {
+		return fmt.Errorf("end node %s: %q is not an end state", name, state)
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("node %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if !Live(n.State) {
+			return nil // already ended
+		}
+		now := s.now().UnixNano()
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, reason = ?, notice_deadline = 0 WHERE name = ?`,
+			state, now, reason, name); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE node_runs SET ended_at = ? WHERE node = ? AND ended_at = 0`, now, name); err != nil {
+			return err
+		}
+		kind := map[string]string{NodePreempted: "Evicted", NodeDeallocated: "Evicted", NodeLost: "Lost", NodeTerminated: "Terminated"}[state]
+		if err := s.event(ctx, tx, kind, "node/"+name, reason, ""); err != nil {
+			return err
+		}
+		return s.requeueNodeTasks(ctx, tx, name, "node "+name+" "+state)
+	})
+}
+
+func (s *Store) requeueNodeTasks(ctx context.Context, tx *sql.Tx, node, why string) error {
+	rows, err := tx.QueryContext(ctx, `SELECT t.id, j.name, t.name, t.attempt FROM tasks t JOIN jobs j ON j.id = t.job_id
+		WHERE t.node = ? AND t.state = ?`, node, TaskRunning)
+	if err != nil {
+		return err
+	}
+	type ref struct {
+		id           int64
+		job, task    string
+		attempt      int
+	}
+	var refs []ref
+	for rows.Next() {
+		var r ref
+		if err := rows.Scan(&r.id, &r.job, &r.task, &r.attempt); err != nil {
+			rows.Close()
+			return err
+		}
+		refs = append(refs, r)
+	}
+	rows.Close()
+	for _, r := range refs {
+		if err := s.requeue(ctx, tx, r.id, r.job, r.task, r.attempt, why); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requeue puts a running task back in the queue after an eviction; it does
+// not count against maxRetries.
+func (s *Store) requeue(ctx context.Context, tx *sql.Tx, id int64, job, task string, attempt int, why string) error {
+	if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, node = '', attempt = attempt + 1, evictions = evictions + 1,
+		message = ? WHERE id = ?`, TaskPending, "requeued: "+why, id); err != nil {
+		return err
+	}
+	return s.event(ctx, tx, "Requeued", "task/"+job+"/"+task, "Evicted",
+		fmt.Sprintf("attempt %d ended by eviction (%s); attempt %d queued, retries not used", attempt, why, attempt+1))
+}
+
+// SetIdle records whether a node has no tasks (idleSince) for the scaler.
+func (s *Store) SetIdle(ctx context.Context, name string, since time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET idle_since = ? WHERE name = ?`, nanos(since), name)
+	return err
+}
+
+// Run is one billed stretch of a node's life (a deallocated node that
+// restarts gets a new run).
+type Run struct {
+	Node, Pool, Priority string
+	Start, End           time.Time
+	PricePerHour         float64
+	OnDemandPerHour      float64
+}
+
+// Runs returns every billing run.
+func (s *Store) Runs(ctx context.Context) ([]Run, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT node, pool, priority, started_at, ended_at, price, ondemand_price FROM node_runs ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Run
+	for rows.Next() {
+		var r Run
+		var st, en int64
+		if err := rows.Scan(&r.Node, &r.Pool, &r.Priority, &st, &en, &r.PricePerHour, &r.OnDemandPerHour); err != nil {
+			return nil, err
+		}
+		r.Start, r.End = fromNanos(st), fromNanos(en)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// DeleteNode forgets a node that never started (its launch was refused),
+// with its billing run.
+func (s *Store) DeleteNode(ctx context.Context, name string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM node_runs WHERE node = ?`, name); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE name = ? AND state = ?`, name, NodeProvisioning)
+		return err
+	})
+}

@@ -1,0 +1,288 @@
+// Package store is spotml's one source of truth: pools, nodes, jobs, tasks,
+// events and node runs (for cost), kept in SQLite through a pure-Go driver.
+// Every state change is one transaction that also records its event, so a
+// control plane killed at any point restarts over a consistent state.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// Sentinel errors; the HTTP layer maps them to status codes.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+)
+
+// Store is the SQLite-backed state of one control plane.
+type Store struct {
+	db  *sql.DB
+	now func() time.Time
+}
+
+// Open opens (creating if needed) the database at path and migrates it.
+func Open(ctx context.Context, path string, now func() time.Time) (*Store, error) {
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	// One connection: SQLite has one writer anyway, and this rules out
+	// SQLITE_BUSY between our own connections.
+	db.SetMaxOpenConns(1)
+	if now == nil {
+		now = time.Now
+	}
+	s := &Store{db: db, now: now}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// migrations are applied in order, each once, recorded in schema_version.
+var migrations = []string{
+	`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+	CREATE TABLE pools (
+		name TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		generation INTEGER NOT NULL DEFAULT 1,
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE TABLE nodes (
+		name TEXT PRIMARY KEY,
+		pool TEXT NOT NULL,
+		priority TEXT NOT NULL,
+		zone TEXT NOT NULL DEFAULT '',
+		instance_type TEXT NOT NULL,
+		state TEXT NOT NULL,
+		cpu REAL NOT NULL, memory INTEGER NOT NULL, gpu INTEGER NOT NULL,
+		price REAL NOT NULL, ondemand_price REAL NOT NULL,
+		pid INTEGER NOT NULL DEFAULT 0,
+		workdir TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		state_at INTEGER NOT NULL,
+		heartbeat_at INTEGER NOT NULL DEFAULT 0,
+		idle_since INTEGER NOT NULL DEFAULT 0,
+		notice_deadline INTEGER NOT NULL DEFAULT 0,
+		reason TEXT NOT NULL DEFAULT '',
+		incarnation INTEGER NOT NULL DEFAULT 1
+	);
+	CREATE INDEX nodes_pool ON nodes(pool, state);
+	CREATE TABLE node_runs (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		node TEXT NOT NULL, pool TEXT NOT NULL, priority TEXT NOT NULL,
+		started_at INTEGER NOT NULL, ended_at INTEGER NOT NULL DEFAULT 0,
+		price REAL NOT NULL, ondemand_price REAL NOT NULL
+	);
+	CREATE INDEX node_runs_open ON node_runs(node, ended_at);
+	CREATE TABLE jobs (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		name TEXT NOT NULL UNIQUE,
+		uid TEXT NOT NULL,
+		spec TEXT NOT NULL,
+		state TEXT NOT NULL,
+		submitted_at INTEGER NOT NULL,
+		finished_at INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE TABLE tasks (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+		name TEXT NOT NULL,
+		idx INTEGER NOT NULL,
+		spec TEXT NOT NULL,
+		pool TEXT NOT NULL DEFAULT '',
+		priority TEXT NOT NULL DEFAULT '',
+		cpu REAL NOT NULL, memory INTEGER NOT NULL, gpu INTEGER NOT NULL,
+		max_retries INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		node TEXT NOT NULL DEFAULT '',
+		attempt INTEGER NOT NULL DEFAULT 1,
+		failures INTEGER NOT NULL DEFAULT 0,
+		evictions INTEGER NOT NULL DEFAULT 0,
+		exit_code INTEGER NOT NULL DEFAULT 0,
+		message TEXT NOT NULL DEFAULT '',
+		started_at INTEGER NOT NULL DEFAULT 0,
+		finished_at INTEGER NOT NULL DEFAULT 0,
+		UNIQUE(job_id, name)
+	);
+	CREATE INDEX tasks_state ON tasks(state, job_id, idx);
+	CREATE INDEX tasks_node ON tasks(node, state);
+	CREATE TABLE events (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		time INTEGER NOT NULL,
+		kind TEXT NOT NULL,
+		object TEXT NOT NULL,
+		reason TEXT NOT NULL,
+		message TEXT NOT NULL DEFAULT ''
+	);
+	CREATE INDEX events_object ON events(object);`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var v int
+		err := tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version VALUES (0)`); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		}
+		if v > len(migrations) {
+			return fmt.Errorf("store schema version %d is newer than this spotml (%d); upgrade spotml", v, len(migrations))
+		}
+		for i := v; i < len(migrations); i++ {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return fmt.Errorf("migration %d: %w", i+1, err)
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, len(migrations))
+		return err
+	})
+}
+
+// tx runs fn in one transaction, committing when fn returns nil.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Secret returns the secret stored under key, generating and storing a new
+// random one the first time.
+func (s *Store) Secret(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		v = RandomHex(24)
+		_, err = tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)`, key, v)
+		return err
+	})
+	return v, err
+}
+
+// RandomHex returns n random bytes as hex.
+func RandomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+// Event is one entry of the timeline.
+type Event struct {
+	ID      int64     `json:"id"`
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"`   // Notice, Evicted, Requeued, Launched, ...
+	Object  string    `json:"object"` // node/NAME, task/JOB/TASK, pool/NAME, job/NAME
+	Reason  string    `json:"reason"`
+	Message string    `json:"message,omitempty"`
+}
+
+// AddEvent records an event on its own.
+func (s *Store) AddEvent(ctx context.Context, kind, object, reason, message string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error { return s.event(ctx, tx, kind, object, reason, message) })
+}
+
+func (s *Store) event(ctx context.Context, tx *sql.Tx, kind, object, reason, message string) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO events (time, kind, object, reason, message) VALUES (?, ?, ?, ?, ?)`,
+		s.now().UnixNano(), kind, object, reason, message)
+	return err
+}
+
+// EventFilter narrows ListEvents. Zero values match everything.
+type EventFilter struct {
+	Kind    string
+	Object  string // prefix match: "node/" or "task/job1/"
+	AfterID int64
+	Limit   int
+}
+
+// ListEvents returns events oldest first.
+func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) {
+	q := `SELECT id, time, kind, object, reason, message FROM events WHERE id > ?`
+	args := []any{f.AfterID}
+	if f.Kind != "" {
+		q += ` AND kind = ?`
+		args = append(args, f.Kind)
+	}
+	if f.Object != "" {
+		q += ` AND object LIKE ? ESCAPE '\'`
+		args = append(args, likePrefix(f.Object))
+	}
+	if f.Limit > 0 {
+		// The newest Limit events, still returned oldest first.
+		q = `SELECT * FROM (` + q + ` ORDER BY id DESC LIMIT ?) ORDER BY id`
+		args = append(args, f.Limit)
+	} else {
+		q += ` ORDER BY id`
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var t int64
+		if err := rows.Scan(&e.ID, &t, &e.Kind, &e.Object, &e.Reason, &e.Message); err != nil {
+			return nil, err
+		}
+		e.Time = fromNanos(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func likePrefix(p string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(p) + "%"
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}

@@ -1,0 +1,147 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// Assignment places one pending task on a node.
+type Assignment struct {
+	TaskID int64
+	Node   string
+}
+
+// Assign applies a scheduling plan in one transaction. An assignment whose
+// task is no longer pending or whose node no longer takes work (ended, or
+// got a notice since the snapshot) is skipped. Returns how many were
+// applied.
+func (s *Store) Assign(ctx context.Context, plan []Assignment) (int, error) {
+	applied := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		applied = 0
+		now := s.now().UnixNano()
+		upd, err := tx.PrepareContext(ctx, `UPDATE tasks SET state = ?, node = ?, started_at = ?, message = ''
+			WHERE id = ? AND state = ? AND EXISTS (SELECT 1 FROM nodes n WHERE n.name = ? AND n.state = ? AND n.notice_deadline = 0)`)
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+		for _, a := range plan {
+			res, err := upd.ExecContext(ctx, TaskRunning, a.Node, now, a.TaskID, TaskPending, a.Node, NodeReady)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				applied++
+			}
+		}
+		if applied > 0 {
+			_, err = tx.ExecContext(ctx, `UPDATE nodes SET idle_since = 0 WHERE name IN (SELECT DISTINCT node FROM tasks WHERE state = ? AND started_at = ?)`,
+				TaskRunning, now)
+		}
+		return err
+	})
+	return applied, err
+}
+
+// Outcome of one attempt as the agent reports it.
+const (
+	OutcomeSucceeded = "succeeded"
+	OutcomeFailed    = "failed"
+	OutcomePreempted = "preempted" // stopped because of an eviction notice
+)
+
+// Report records how an attempt of a task ended. Reports are fenced: one
+// for a task that is not running on that node at that attempt (already
+// requeued, or a duplicate) is ignored and returns false.
+func (s *Store) Report(ctx context.Context, taskID int64, node string, attempt int, outcome string, exitCode int, message string) (bool, error) {
+	ok := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var job, task, state, curNode string
+		var curAttempt, failures, maxRetries int
+		var jobID int64
+		err := tx.QueryRowContext(ctx, `SELECT j.id, j.name, t.name, t.state, t.node, t.attempt, t.failures, t.max_retries
+			FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?`, taskID).
+			Scan(&jobID, &job, &task, &state, &curNode, &curAttempt, &failures, &maxRetries)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil // job deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		if state != TaskRunning || curNode != node || curAttempt != attempt {
+			return nil
+		}
+		ok = true
+		now := s.now().UnixNano()
+		obj := "task/" + job + "/" + task
+		switch outcome {
+		case OutcomeSucceeded:
+			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, exit_code = 0, message = ?, finished_at = ? WHERE id = ?`,
+				TaskSucceeded, message, now, taskID); err != nil {
+				return err
+			}
+			if err := s.event(ctx, tx, "Succeeded", obj, "Completed", fmt.Sprintf("attempt %d on %s", attempt, node)); err != nil {
+				return err
+			}
+		case OutcomePreempted:
+			if err := s.requeue(ctx, tx, taskID, job, task, attempt, "eviction notice on "+node); err != nil {
+				return err
+			}
+		case OutcomeFailed:
+			failures++
+			if failures <= maxRetries {
+				if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, node = '', attempt = attempt + 1, failures = ?, exit_code = ?, message = ?
+					WHERE id = ?`, TaskPending, failures, exitCode, message, taskID); err != nil {
+					return err
+				}
+				if err := s.event(ctx, tx, "Retrying", obj, "Failed", fmt.Sprintf("attempt %d exited %d (%s); retry %d of %d",
+					attempt, exitCode, message, failures, maxRetries)); err != nil {
+					return err
+				}
+			} else {
+				if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, failures = ?, exit_code = ?, message = ?, finished_at = ? WHERE id = ?`,
+					TaskFailed, failures, exitCode, message, now, taskID); err != nil {
+					return err
+				}
+				if err := s.event(ctx, tx, "Failed", obj, "RetriesExhausted", fmt.Sprintf("attempt %d exited %d (%s) after %d retries",
+					attempt, exitCode, message, maxRetries)); err != nil {
+					return err
+				}
+			}
+		default:
+			return fmt.Errorf("report outcome %q: want succeeded, failed or preempted", outcome)
+		}
+		return s.settleJob(ctx, tx, jobID, job)
+	})
+	return ok, err
+}
+
+// settleJob ends a job once none of its tasks can run any more.
+func (s *Store) settleJob(ctx context.Context, tx *sql.Tx, jobID int64, job string) error {
+	var open, failed int
+	if err := tx.QueryRowContext(ctx, `SELECT
+		coalesce(sum(state IN ('pending', 'running')), 0), coalesce(sum(state = 'failed'), 0) FROM tasks WHERE job_id = ?`, jobID).
+		Scan(&open, &failed); err != nil {
+		return err
+	}
+	if open > 0 {
+		return nil
+	}
+	state := JobSucceeded
+	if failed > 0 {
+		state = JobFailed
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = ?`,
+		state, s.now().UnixNano(), jobID, JobRunning)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return s.event(ctx, tx, map[string]string{JobSucceeded: "Succeeded", JobFailed: "Failed"}[state], "job/"+job, "AllTasksDone",
+			fmt.Sprintf("%d failed", failed))
+	}
+	return nil
+}
