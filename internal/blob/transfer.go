@@ -37,7 +37,7 @@ const transfers = 8
 // error. A dir that does not exist is (IsNotExist reports it).
 func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) ([]string, error) {
 	if pattern == "" || strings.HasPrefix(pattern, "/") || hasDotDot(pattern) {
-		return nil, fmt.Errorf("upload pattern %q: want a pattern relative to %s, without ..", pattern, dir)
+		return nil, fmt.Errorf("upload pattern %q: want a pattern relative to %s with no .. element, such as **/*.pt", pattern, dir)
 	}
 	if !doublestar.ValidatePattern(pattern) {
 		return nil, fmt.Errorf("upload pattern %q: %w", pattern, doublestar.ErrBadPattern)
@@ -207,7 +207,7 @@ func uploadFiles(ctx context.Context, b *blob.Bucket, dir string, rels []string,
 // uploadFile writes the local file to key. The write is cancelled if reading
 // the file fails, so a partial object is never committed: fileblob renames
 // its temporary file only when Close sees a live context.
-func uploadFile(ctx context.Context, b *blob.Bucket, file, key string) (err error) {
+func uploadFile(ctx context.Context, b *blob.Bucket, file, key string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", file, err)

@@ -259,20 +259,20 @@ func (s *Store) EndNode(ctx context.Context, name, state, reason string) error {
 		if err := s.event(ctx, tx, kind, "node/"+name, reason, ""); err != nil {
 			return err
 		}
-		return s.requeueNodeTasks(ctx, tx, name, "node "+name+" "+state)
+		return s.requeueNodeTasks(ctx, tx, name, state, "node "+name+" "+state)
 	})
 }
 
-func (s *Store) requeueNodeTasks(ctx context.Context, tx *sql.Tx, node, why string) error {
+func (s *Store) requeueNodeTasks(ctx context.Context, tx *sql.Tx, node, outcome, why string) error {
 	rows, err := tx.QueryContext(ctx, `SELECT t.id, j.name, t.name, t.attempt FROM tasks t JOIN jobs j ON j.id = t.job_id
 		WHERE t.node = ? AND t.state = ?`, node, TaskRunning)
 	if err != nil {
 		return err
 	}
 	type ref struct {
-		id           int64
-		job, task    string
-		attempt      int
+		id        int64
+		job, task string
+		attempt   int
 	}
 	var refs []ref
 	for rows.Next() {
@@ -285,6 +285,9 @@ func (s *Store) requeueNodeTasks(ctx context.Context, tx *sql.Tx, node, why stri
 	}
 	rows.Close()
 	for _, r := range refs {
+		if err := s.endAttempt(ctx, tx, r.id, r.attempt, outcome, -1); err != nil {
+			return err
+		}
 		if err := s.requeue(ctx, tx, r.id, r.job, r.task, r.attempt, why); err != nil {
 			return err
 		}

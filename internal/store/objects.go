@@ -69,6 +69,7 @@ type Task struct {
 	Message    string         `json:"message,omitempty"`
 	StartedAt  time.Time      `json:"startedAt,omitzero"`
 	FinishedAt time.Time      `json:"finishedAt,omitzero"`
+	Attempts   []Attempt      `json:"attempts,omitempty"`
 	Order      int64          `json:"-"`
 }
 
@@ -318,8 +319,13 @@ func (s *Store) GetJob(ctx context.Context, name string) (Job, error) {
 	if err != nil {
 		return Job{}, err
 	}
+	attempts, err := s.attemptsOf(ctx, j.ID)
+	if err != nil {
+		return Job{}, err
+	}
 	j.Counts = map[string]int{}
-	for _, t := range j.Tasks {
+	for i, t := range j.Tasks {
+		j.Tasks[i].Attempts = attempts[t.ID]
 		j.Counts[t.State]++
 		j.Evictions += t.Evictions
 	}

@@ -122,6 +122,16 @@ var migrations = []string{
 	);
 	CREATE INDEX tasks_state ON tasks(state, job_id, idx);
 	CREATE INDEX tasks_node ON tasks(node, state);
+	CREATE TABLE attempts (
+		task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+		attempt INTEGER NOT NULL,
+		node TEXT NOT NULL,
+		started_at INTEGER NOT NULL,
+		ended_at INTEGER NOT NULL DEFAULT 0,
+		outcome TEXT NOT NULL DEFAULT '',
+		exit_code INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (task_id, attempt)
+	);
 	CREATE TABLE events (
 		id INTEGER PRIMARY KEY AUTOINCREMENT,
 		time INTEGER NOT NULL,

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Assignment places one pending task on a node.
@@ -28,6 +29,12 @@ func (s *Store) Assign(ctx context.Context, plan []Assignment) (int, error) {
 			return err
 		}
 		defer upd.Close()
+		rec, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO attempts (task_id, attempt, node, started_at)
+			SELECT id, attempt, node, started_at FROM tasks WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer rec.Close()
 		for _, a := range plan {
 			res, err := upd.ExecContext(ctx, TaskRunning, a.Node, now, a.TaskID, TaskPending, a.Node, NodeReady)
 			if err != nil {
@@ -35,6 +42,9 @@ func (s *Store) Assign(ctx context.Context, plan []Assignment) (int, error) {
 			}
 			if n, _ := res.RowsAffected(); n == 1 {
 				applied++
+				if _, err := rec.ExecContext(ctx, a.TaskID); err != nil {
+					return err
+				}
 			}
 		}
 		if applied > 0 {
@@ -77,6 +87,9 @@ func (s *Store) Report(ctx context.Context, taskID int64, node string, attempt i
 		ok = true
 		now := s.now().UnixNano()
 		obj := "task/" + job + "/" + task
+		if err := s.endAttempt(ctx, tx, taskID, attempt, outcome, exitCode); err != nil {
+			return err
+		}
 		switch outcome {
 		case OutcomeSucceeded:
 			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, exit_code = 0, message = ?, finished_at = ? WHERE id = ?`,
@@ -144,4 +157,42 @@ func (s *Store) settleJob(ctx context.Context, tx *sql.Tx, jobID int64, job stri
 			fmt.Sprintf("%d failed", failed))
 	}
 	return nil
+}
+
+// endAttempt closes an attempt's record.
+func (s *Store) endAttempt(ctx context.Context, tx *sql.Tx, taskID int64, attempt int, outcome string, exitCode int) error {
+	_, err := tx.ExecContext(ctx, `UPDATE attempts SET ended_at = ?, outcome = ?, exit_code = ? WHERE task_id = ? AND attempt = ? AND ended_at = 0`,
+		s.now().UnixNano(), outcome, exitCode, taskID, attempt)
+	return err
+}
+
+// Attempt is one run of a task on a node.
+type Attempt struct {
+	Attempt   int       `json:"attempt"`
+	Node      string    `json:"node"`
+	StartedAt time.Time `json:"startedAt"`
+	EndedAt   time.Time `json:"endedAt,omitzero"`
+	Outcome   string    `json:"outcome,omitempty"` // succeeded, failed, preempted, evicted, lost
+	ExitCode  int       `json:"exitCode"`
+}
+
+// attemptsOf returns the attempts of a job's tasks by task id.
+func (s *Store) attemptsOf(ctx context.Context, jobID int64) (map[int64][]Attempt, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT a.task_id, a.attempt, a.node, a.started_at, a.ended_at, a.outcome, a.exit_code
+		FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.job_id = ? ORDER BY a.task_id, a.attempt`, jobID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[int64][]Attempt{}
+	for rows.Next() {
+		var id, st, en int64
+		var a Attempt
+		if err := rows.Scan(&id, &a.Attempt, &a.Node, &st, &en, &a.Outcome, &a.ExitCode); err != nil {
+			return nil, err
+		}
+		a.StartedAt, a.EndedAt = fromNanos(st), fromNanos(en)
+		out[id] = append(out[id], a)
+	}
+	return out, rows.Err()
 }
