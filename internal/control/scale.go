@@ -45,8 +45,18 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 	for _, t := range running {
 		add(nodePool[t.Node], t.Req)
 	}
+	// Pinned tasks first; then tasks that may run in several pools fill
+	// the preferred pool up to its max before spilling to the next.
+	var loose []store.Task
 	for _, t := range pending {
-		add(poolFor(t, pools), t.Req)
+		if t.Pool != "" {
+			add(t.Pool, t.Req)
+		} else {
+			loose = append(loose, t)
+		}
+	}
+	for _, t := range loose {
+		add(poolFor(t, pools, demand, capacity), t.Req)
 	}
 
 	var plans []PoolPlan
@@ -110,23 +120,31 @@ func ratio(a, b float64) float64 {
 	return a / b
 }
 
-// poolFor says which pool a pending task's demand counts toward: its own
-// pool, else the first pool (spot before on-demand, then by name) whose
-// priority matches and that may grow.
-func poolFor(t store.Task, pools []spec.Pool) string {
-	if t.Pool != "" {
-		return t.Pool
-	}
-	best := ""
-	bestSpot := false
+// poolFor says which pool a task that names no pool counts toward: of the
+// pools whose priority matches and that may grow, spot before on-demand,
+// then by name, the first that still has room at its max; else the first.
+func poolFor(t store.Task, pools []spec.Pool, demand map[string]*spec.Resources, capacity map[string]spec.Resources) string {
+	var cands []spec.Pool
 	for _, p := range pools {
-		if p.Spec.Max == 0 || (t.Priority != "" && p.Spec.Priority != t.Priority) {
-			continue
-		}
-		spot := p.Spec.Priority == spec.PrioritySpot
-		if best == "" || (spot && !bestSpot) || (spot == bestSpot && p.Metadata.Name < best) {
-			best, bestSpot = p.Metadata.Name, spot
+		if p.Spec.Max > 0 && (t.Priority == "" || p.Spec.Priority == t.Priority) {
+			cands = append(cands, p)
 		}
 	}
-	return best
+	if len(cands) == 0 {
+		return ""
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		si, sj := cands[i].Spec.Priority == spec.PrioritySpot, cands[j].Spec.Priority == spec.PrioritySpot
+		if si != sj {
+			return si
+		}
+		return cands[i].Metadata.Name < cands[j].Metadata.Name
+	})
+	for _, p := range cands {
+		d, c, n := demand[p.Metadata.Name], capacity[p.Metadata.Name], float64(p.Spec.Max)
+		if d.CPU+t.Req.CPU <= c.CPU*n && float64(d.Memory+t.Req.Memory) <= float64(c.Memory)*n && float64(d.GPU+t.Req.GPU) <= float64(c.GPU)*n {
+			return p.Metadata.Name
+		}
+	}
+	return cands[0].Metadata.Name
 }
