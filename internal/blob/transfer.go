@@ -334,3 +334,52 @@ func listObjects(ctx context.Context, b *blob.Bucket, r ref, prefix string) ([]O
 		objs = append(objs, Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime})
 	}
 }
+
+// Write stores what r yields as the object at location. Nothing is stored
+// if reading r fails.
+func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
+	ref, err := s.objectRef(location)
+	if err != nil {
+		return err
+	}
+	b, err := s.root(ref)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := b.NewWriter(wctx, ref.key, &blob.WriterOptions{ContentType: contentType(ref.key)})
+	if err != nil {
+		return fmt.Errorf("write %s: %w", location, err)
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		cancel()
+		_ = w.Close()
+		return fmt.Errorf("write %s: %w", location, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", location, err)
+	}
+	return nil
+}
+
+// Copy streams the object at location to w.
+func (s *Store) Copy(ctx context.Context, w io.Writer, location string) error {
+	ref, err := s.objectRef(location)
+	if err != nil {
+		return err
+	}
+	b, err := s.root(ref)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	rd, err := b.NewReader(ctx, ref.key, nil)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", location, err)
+	}
+	defer rd.Close()
+	_, err = io.Copy(w, rd)
+	return err
+}

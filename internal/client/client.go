@@ -58,7 +58,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	case nil:
 	case []byte:
 		body = bytes.NewReader(v)
-		ctype = "application/yaml"
+		ctype = "application/octet-stream"
 	default:
 		b, err := json.Marshal(v)
 		if err != nil {
