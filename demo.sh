@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The spotml demo, one command from a fresh clone:
+#   bash demo.sh
+# Builds spotml, starts it (`spotml up`: control plane, a local pool of spot
+# nodes and one of on-demand nodes, each node a real agent process), trains a
+# Fashion-MNIST model on the spot nodes while one of them is evicted, and
+# ends with the model in the blob store and what the run cost against the
+# same run on demand.
+#
+# Environment: SPOTML_DATA (default ./spotml-demo), SPOTML_ADDR (default
+# 127.0.0.1:8080), KEEP_RUNNING=1 to leave spotml up running at the end.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DATA=${SPOTML_DATA:-./spotml-demo}
+ADDR=${SPOTML_ADDR:-127.0.0.1:8080}
+export SPOTML_SERVER="http://$ADDR"
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "Checking what the example needs (PyTorch, ONNX and the Fashion-MNIST data from Debian)"
+missing=()
+/usr/bin/python3 -c 'import torch, onnx' 2>/dev/null || missing+=(python3-torch python3-onnx)
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+say "Building spotml"
+go build -o bin/spotml ./cmd/spotml
+spotml() { ./bin/spotml --data "$DATA" "$@"; }
+
+say "Starting spotml up (data in $DATA, API on $ADDR; its log is $DATA/up.log)"
+rm -rf "$DATA"
+mkdir -p "$DATA"
+./bin/spotml up --data "$DATA" --addr "$ADDR" >"$DATA/up.log" 2>&1 &
+UP=$!
+cleanup() {
+  if [ "${KEEP_RUNNING:-0}" != 1 ] && kill -0 "$UP" 2>/dev/null; then
+    kill -INT "$UP"; wait "$UP" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  curl -fsS "$SPOTML_SERVER/healthz" >/dev/null 2>&1 && break
+  kill -0 "$UP" 2>/dev/null || { cat "$DATA/up.log"; exit 1; }
+  sleep 0.1
+done
+
+say "Uploading the training script and applying the pools and the job"
+spotml blob put examples/fashion-mnist/train.py examples/fashion-mnist/train.py
+spotml apply -f examples/fashion-mnist/pools.yaml -f examples/fashion-mnist/job.yaml
+spotml get pools
+
+# Evict the training's node once it has saved a checkpoint, so that the demo
+# always shows an eviction and a resume (the market may add its own).
+(
+  for _ in $(seq 600); do
+    node=$(spotml get tasks fashion-mnist -o json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+t = json.load(sys.stdin)[0]
+print(t.get("node", "") if t["state"] == "running" and t["attempt"] == 1 else "")' 2>/dev/null || true)
+    if [ -n "$node" ] && spotml blob ls checkpoints/fashion-mnist/ 2>/dev/null | grep -q LATEST; then
+      sleep 20
+      printf '\n'; spotml evict "$node" --notice 15s | sed 's/^/    [demo] /'
+      exit 0
+    fi
+    sleep 1
+  done
+) &
+EVICTOR=$!
+
+say "Training on spot nodes (progress below; spotml get events shows the timeline)"
+status=0
+spotml wait job fashion-mnist --timeout 30m || status=$?
+kill "$EVICTOR" 2>/dev/null || true
+
+say "What happened"
+spotml get tasks fashion-mnist
+spotml get events | grep -E 'Notice|Draining|Evicted|Requeued|Launched|Succeeded|Failed' || true
+echo
+echo "train logs (resume lines):"
+spotml logs fashion-mnist/train | grep -E 'attempt|checkpoint|resumed|test accuracy' | tail -n 12 || true
+[ "$status" -eq 0 ] || { echo "the job did not succeed (exit $status)"; exit "$status"; }
+
+say "Outputs in the blob store ($DATA/blobs/outputs/fashion-mnist/)"
+spotml blob ls outputs/fashion-mnist/
+spotml blob get outputs/fashion-mnist/out/metrics.json - | /usr/bin/python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print("test accuracy: %.2f %%" % (100 * m["test_accuracy"]))'
+
+say "Cost: spent on this run vs the same node-hours on demand"
+spotml cost
+if [ "${KEEP_RUNNING:-0}" = 1 ]; then
+  echo; echo "spotml up keeps running (pid $UP); token in $DATA/token. Stop it with: kill -INT $UP"
+fi
