@@ -53,7 +53,7 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 	if f, ok := progress.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		tty = true
 	}
-	last := ""
+	last, lastPrint := "", time.Time{}
 	var lastErr error
 	for {
 		var j store.Job
@@ -72,12 +72,15 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 			var s cost.Summary
 			cl.Do(ctx, http.MethodGet, api.Prefix+"/cost", nil, &s)
 			line := progressLine(j, s, time.Since(start))
+			// On a terminal the line redraws in place; in a log, a new line
+			// when the counts change, and every 15 s.
+			counts := line[:strings.Index(line, "|")]
 			if tty {
 				fmt.Fprintf(progress, "\r\033[K%s", line)
-			} else if line != last {
+			} else if counts != last || time.Since(lastPrint) >= 15*time.Second {
 				fmt.Fprintln(progress, line)
+				last, lastPrint = counts, time.Now()
 			}
-			last = line
 			switch j.State {
 			case store.JobSucceeded:
 				if tty {
