@@ -431,3 +431,88 @@ spec:
 	}
 	_ = context.Background
 }
+
+// TestDeallocateAndLostNode: in a deallocate pool an evicted node comes back
+// under the same name with its disk; a node whose agent dies without notice
+// is found lost by its missing heartbeats and its task resumes elsewhere from
+// the last periodic checkpoint, without using a retry.
+func TestDeallocateAndLostNode(t *testing.T) {
+	c := newCluster(t)
+	c.apply(strings.Replace(spotPool("spot-d", "gcp", 1), "idleTimeout: 30s", "idleTimeout: 30s\n  evictionPolicy: deallocate", 1) +
+		jobYAML("dealloc", "pool: spot-d", 1, 40, "0.15"))
+	var node store.Node
+	waitFor(t, 30*time.Second, "task running", func() bool {
+		for _, n := range c.nodes() {
+			if n.Tasks > 0 {
+				node = n
+				return true
+			}
+		}
+		return false
+	})
+	marker := filepath.Join(node.WorkDir, "disk-marker")
+	if err := os.WriteFile(marker, []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	c.mustCLI("evict", node.Name, "--notice", "2s")
+	waitFor(t, 30*time.Second, "node restarted", func() bool {
+		for _, n := range c.nodes() {
+			if n.Name == node.Name && n.Incarnation == 2 && n.State == store.NodeReady {
+				return true
+			}
+		}
+		return false
+	})
+	if b, err := os.ReadFile(marker); err != nil || string(b) != "kept" {
+		t.Errorf("deallocated node lost its disk: %q %v", b, err)
+	}
+	for _, n := range c.nodes() {
+		if n.Pool == "spot-d" && n.Name != node.Name {
+			t.Errorf("a new node %s replaced the deallocated one", n.Name)
+		}
+	}
+
+	// Now kill the agent of the node running the task, with no notice.
+	var victim store.Node
+	waitFor(t, 30*time.Second, "task running again", func() bool {
+		for _, n := range c.nodes() {
+			if n.Tasks > 0 && n.PID > 0 {
+				victim = n
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(1500 * time.Millisecond)
+	syscall.Kill(-victim.PID, syscall.SIGKILL)
+	if out, err := c.cli("wait", "job", "dealloc", "--timeout", "90s", "-q"); err != nil {
+		t.Fatalf("job did not complete: %v\n%s\n%s", err, out, c.mustCLI("get", "tasks", "dealloc"))
+	}
+	task := c.job("dealloc").Tasks[0]
+	if task.Failures != 0 || task.Evictions != 2 || task.Attempt != 3 {
+		t.Errorf("task: attempt %d, evictions %d, failures %d; want 3, 2, 0", task.Attempt, task.Evictions, task.Failures)
+	}
+	outcomes := []string{}
+	for _, a := range task.Attempts {
+		outcomes = append(outcomes, a.Outcome)
+	}
+	if strings.Join(outcomes, ",") != "preempted,lost,succeeded" {
+		t.Errorf("attempt outcomes %v, want preempted,lost,succeeded", outcomes)
+	}
+	hist, _ := os.ReadFile(filepath.Join(c.data, "blobs", "outputs", "dealloc", "out", "task-0", "history.txt"))
+	for i, line := range strings.Split(strings.TrimSpace(string(hist)), "\n")[1:] {
+		if strings.HasSuffix(line, " 0") {
+			t.Errorf("attempt %d started from zero: %q", i+2, hist)
+		}
+	}
+	lost := false
+	for _, e := range c.events() {
+		if e.Kind == "Lost" && e.Object == "node/"+victim.Name {
+			lost = true
+		}
+	}
+	if !lost {
+		t.Errorf("no Lost event for %s", victim.Name)
+	}
+}

@@ -11,6 +11,9 @@ import (
 
 // PoolPlan is what the pool scaler decided for one pool: launch Launch new
 // nodes (restarting deallocated ones first), remove the named idle nodes.
+// A node with an eviction notice does not count toward the target, so its
+// replacement starts at once — except in a deallocate pool, where the same
+// node is restarted once it has stopped.
 type PoolPlan struct {
 	Pool      string
 	Demand    int // nodes the tasks need, before min/max
@@ -84,6 +87,10 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 				if n.State == store.NodeReady && n.Tasks == 0 && !n.IdleSince.IsZero() && now.Sub(n.IdleSince) >= idleFor {
 					idle = append(idle, n)
 				}
+			case store.Live(n.State) && p.Spec.EvictionPolicy == spec.EvictionDeallocate:
+				// A deallocating node comes back itself (same name, same
+				// disk) once stopped: no new node replaces it meanwhile.
+				plan.Live++
 			}
 		}
 		if plan.Live < plan.Target {
