@@ -81,8 +81,8 @@ say "What happened"
 spotml get tasks fashion-mnist
 spotml get events | grep -E 'Notice|Draining|Evicted|Requeued|Launched|Succeeded|Failed' || true
 echo
-echo "train logs (resume lines):"
-spotml logs fashion-mnist/train | grep -E 'attempt|checkpoint|resumed|test accuracy' | tail -n 12 || true
+echo "train log, attempt by attempt (spotml logs fashion-mnist/train):"
+spotml logs fashion-mnist/train | grep -E -- '^----- attempt|fashion-mnist attempt|from scratch|resumed from|SIGTERM|epoch [0-9]+/[0-9]+ done|^\[.*\] done:' || true
 [ "$status" -eq 0 ] || { echo "the job did not succeed (exit $status)"; exit "$status"; }
 
 say "Outputs in the blob store ($DATA/blobs/outputs/fashion-mnist/)"
