@@ -19,7 +19,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !store.Live(n.State) {
-		return fmt.Errorf("node %s is %s and cannot join: %w", n.Name, n.State, store.ErrConflict)
+		return store.Conflict("node %s is %s and cannot join", n.Name, n.State)
 	}
 	resp := api.RegisterResponse{BlobURL: s.cfg.Blobs.DefaultURL(), HeartbeatInterval: s.cfg.HeartbeatInterval}
 	if p, err := s.cfg.Store.GetPool(r.Context(), n.Pool); err == nil {

@@ -96,7 +96,7 @@ func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
 			return fmt.Errorf("restart node %s: %w", name, err)
 		}
 		if n.State != NodeDeallocated {
-			return fmt.Errorf("restart node %s in state %s: %w", name, n.State, ErrConflict)
+			return Conflict("restart node %s in state %s", name, n.State)
 		}
 		now := s.now().UnixNano()
 		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, pid = ?, heartbeat_at = 0, idle_since = ?,
@@ -170,7 +170,7 @@ func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (Node, e
 			return err
 		}
 		if !Live(n.State) {
-			return fmt.Errorf("node %s is %s: %w", name, n.State, ErrConflict)
+			return Conflict("node %s is %s", name, n.State)
 		}
 		now := s.now()
 		n.HeartbeatAt = now
@@ -202,7 +202,7 @@ func (s *Store) SetNotice(ctx context.Context, name string, deadline time.Time, 
 			return err
 		}
 		if !Live(n.State) {
-			return fmt.Errorf("node %s is %s: %w", name, n.State, ErrConflict)
+			return Conflict("node %s is %s", name, n.State)
 		}
 		if !n.NoticeDeadline.IsZero() {
 			if n.State != NodeDraining && source == "agent" {

@@ -146,7 +146,7 @@ func (s *Store) insertJob(ctx context.Context, tx *sql.Tx, j spec.Job, now int64
 	case err == nil && old == string(b):
 		return ApplyResult{spec.KindJob, j.Metadata.Name, "unchanged"}, nil
 	case err == nil:
-		return ApplyResult{}, fmt.Errorf("%w: job %q already exists with a different spec; jobs cannot be changed once submitted: delete it first (spotml delete job %s) or use another metadata.name", ErrConflict, j.Metadata.Name, j.Metadata.Name)
+		return ApplyResult{}, Conflict("job %q already exists with a different spec; jobs cannot be changed once submitted: delete it first (spotml delete job %s) or use another metadata.name", j.Metadata.Name, j.Metadata.Name)
 	case !errors.Is(err, sql.ErrNoRows):
 		return ApplyResult{}, err
 	}

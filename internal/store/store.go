@@ -23,6 +23,20 @@ var (
 	ErrConflict = errors.New("conflict")
 )
 
+// Conflict returns an error that reads as the message alone and matches
+// ErrConflict (409 in the API).
+func Conflict(format string, args ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, args...), kind: ErrConflict}
+}
+
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
 // Store is the SQLite-backed state of one control plane.
 type Store struct {
 	db  *sql.DB

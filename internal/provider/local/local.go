@@ -162,10 +162,10 @@ func (l *Local) Evict(ctx context.Context, name string, noticeFor time.Duration)
 		return fmt.Errorf("node %s: its pool is gone: %w", name, err)
 	}
 	if pool.Spec.Spec.Provider != Name {
-		return fmt.Errorf("node %s is in pool %s of provider %q; only local nodes can be evicted: %w", name, n.Pool, pool.Spec.Spec.Provider, store.ErrConflict)
+		return store.Conflict("node %s is in pool %s of provider %q; only local nodes can be evicted", name, n.Pool, pool.Spec.Spec.Provider)
 	}
 	if !store.Live(n.State) {
-		return fmt.Errorf("node %s is already %s: %w", name, n.State, store.ErrConflict)
+		return store.Conflict("node %s is already %s", name, n.State)
 	}
 	if noticeFor <= 0 {
 		noticeFor = pool.Spec.Spec.Notice.Duration
