@@ -419,6 +419,19 @@ spec:
 			t.Errorf("GET %s without token: %d, want 401", path, resp.StatusCode)
 		}
 	}
+	// Prometheus metrics, no token needed.
+	resp, err := http.Get("http://" + c.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mb bytes.Buffer
+	mb.ReadFrom(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`spotml_tasks{state="failed"} 1`, `spotml_jobs{state="failed"} 1`, `spotml_cost_dollars{pool="spot-a",priority="spot"}`} {
+		if !strings.Contains(mb.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	// Bad input names the field and changes nothing.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("apiVersion: spotml/v1\nkind: Pool\nmetadata: {name: p2}\nspec:\n  provider: local\n  priority: spot\n  instanceType: local-small\n  max: 2\n  evictionRat: 3\n"), 0o644)

@@ -16,6 +16,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
@@ -67,6 +71,9 @@ func (s *Server) routes() {
 		s.mux.Handle(pattern, s.auth(true, h))
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newCollector(s.cfg.Store, s.cfg.Log, s.cfg.Now), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if s.cfg.Metadata != nil {
 		s.mux.Handle(s.cfg.MetadataPrefix+"/", http.StripPrefix(s.cfg.MetadataPrefix, s.cfg.Metadata))
 	}
@@ -467,12 +474,7 @@ func (s *Server) cost(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	us := make([]cost.Usage, len(runs))
-	for i, u := range runs {
-		us[i] = cost.Usage{Node: u.Node, Pool: u.Pool, Priority: u.Priority, Start: u.Start, End: u.End,
-			PricePerHour: u.PricePerHour, OnDemandPerHour: u.OnDemandPerHour}
-	}
-	writeJSON(w, http.StatusOK, cost.Summarize(us, s.cfg.Now()))
+	writeJSON(w, http.StatusOK, cost.Summarize(usages(runs), s.cfg.Now()))
 	return nil
 }
 
