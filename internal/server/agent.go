@@ -68,7 +68,11 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	ok, err := s.cfg.Store.Report(r.Context(), id, req.Node, req.Attempt, req.Outcome, req.ExitCode, req.Message)
+	if req.Outcome != store.OutcomeSucceeded && req.Outcome != store.OutcomeFailed && req.Outcome != store.OutcomePreempted {
+		return badRequest{fmt.Errorf("outcome: %q is not succeeded, failed or preempted", req.Outcome)}
+	}
+	ok, err := s.reports.report(r.Context(), store.Report{TaskID: id, Node: req.Node, Attempt: req.Attempt,
+		Outcome: req.Outcome, ExitCode: req.ExitCode, Message: req.Message})
 	if err != nil {
 		return err
 	}

@@ -50,13 +50,14 @@ type Config struct {
 
 // Server is the control plane's HTTP handler.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg     Config
+	mux     *http.ServeMux
+	reports *reportBatcher
 }
 
 // New returns the handler.
 func New(cfg Config) *Server {
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), reports: &reportBatcher{commit: cfg.Store.ReportBatch}}
 	s.routes()
 	return s
 }

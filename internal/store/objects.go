@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spotml/spotml/internal/spec"
@@ -335,8 +336,19 @@ func (s *Store) GetJob(ctx context.Context, name string) (Job, error) {
 const taskCols = `t.id, t.job_id, j.name, j.uid, t.name, t.idx, t.spec, t.pool, t.priority, t.cpu, t.memory, t.gpu,
 	t.max_retries, t.state, t.node, t.attempt, t.failures, t.evictions, t.exit_code, t.message, t.started_at, t.finished_at, j.submitted_at`
 
+// queryTasks returns tasks with their specs; queue reads them without
+// (the scheduler needs only resources and selectors, and decoding 100,000
+// specs every pass would dominate it).
 func (s *Store) queryTasks(ctx context.Context, where string, args ...any) ([]Task, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+taskCols+` FROM tasks t JOIN jobs j ON j.id = t.job_id `+where, args...)
+	return s.scanTasks(ctx, taskCols, where, args...)
+}
+
+func (s *Store) queue(ctx context.Context, where string, args ...any) ([]Task, error) {
+	return s.scanTasks(ctx, strings.Replace(taskCols, "t.spec", "''", 1), where, args...)
+}
+
+func (s *Store) scanTasks(ctx context.Context, cols, where string, args ...any) ([]Task, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+cols+` FROM tasks t JOIN jobs j ON j.id = t.job_id `+where, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -352,8 +364,10 @@ func (s *Store) queryTasks(ctx context.Context, where string, args ...any) ([]Ta
 			return nil, err
 		}
 		t.Req.Memory = spec.Bytes(mem)
-		if err := json.Unmarshal([]byte(b), &t.Spec); err != nil {
-			return nil, fmt.Errorf("stored task: %w", err)
+		if b != "" {
+			if err := json.Unmarshal([]byte(b), &t.Spec); err != nil {
+				return nil, fmt.Errorf("stored task: %w", err)
+			}
 		}
 		t.StartedAt, t.FinishedAt = fromNanos(st), fromNanos(fin)
 		// FIFO: job submit time, then task index; tasks ids break ties.
@@ -363,14 +377,14 @@ func (s *Store) queryTasks(ctx context.Context, where string, args ...any) ([]Ta
 	return out, rows.Err()
 }
 
-// PendingTasks returns the queue, oldest job first.
+// PendingTasks returns the queue, oldest job first, without task specs.
 func (s *Store) PendingTasks(ctx context.Context) ([]Task, error) {
-	return s.queryTasks(ctx, `WHERE t.state = ? ORDER BY j.submitted_at, j.id, t.idx`, TaskPending)
+	return s.queue(ctx, `WHERE t.state = ? ORDER BY j.submitted_at, j.id, t.idx`, TaskPending)
 }
 
-// RunningTasks returns tasks that are assigned to a node.
+// RunningTasks returns tasks that are assigned to a node, without specs.
 func (s *Store) RunningTasks(ctx context.Context) ([]Task, error) {
-	return s.queryTasks(ctx, `WHERE t.state = ? ORDER BY t.id`, TaskRunning)
+	return s.queue(ctx, `WHERE t.state = ? ORDER BY t.id`, TaskRunning)
 }
 
 // NodeTasks returns the tasks assigned to one node.

@@ -63,85 +63,141 @@ const (
 	OutcomePreempted = "preempted" // stopped because of an eviction notice
 )
 
+// Report is how one attempt of a task ended, as its agent says.
+type Report struct {
+	TaskID   int64
+	Node     string
+	Attempt  int
+	Outcome  string
+	ExitCode int
+	Message  string
+}
+
 // Report records how an attempt of a task ended. Reports are fenced: one
 // for a task that is not running on that node at that attempt (already
 // requeued, or a duplicate) is ignored and returns false.
 func (s *Store) Report(ctx context.Context, taskID int64, node string, attempt int, outcome string, exitCode int, message string) (bool, error) {
-	ok := false
+	oks, err := s.ReportBatch(ctx, []Report{{taskID, node, attempt, outcome, exitCode, message}})
+	if err != nil {
+		return false, err
+	}
+	return oks[0], nil
+}
+
+// ReportBatch records many reports in one transaction (group commit: one
+// disk sync for all of them), each fenced like Report.
+func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
+	oks := make([]bool, len(rs))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var job, task, state, curNode string
-		var curAttempt, failures, maxRetries int
-		var jobID int64
-		err := tx.QueryRowContext(ctx, `SELECT j.id, j.name, t.name, t.state, t.node, t.attempt, t.failures, t.max_retries
-			FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?`, taskID).
-			Scan(&jobID, &job, &task, &state, &curNode, &curAttempt, &failures, &maxRetries)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil // job deleted meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		if state != TaskRunning || curNode != node || curAttempt != attempt {
-			return nil
-		}
-		ok = true
-		now := s.now().UnixNano()
-		obj := "task/" + job + "/" + task
-		if err := s.endAttempt(ctx, tx, taskID, attempt, outcome, exitCode); err != nil {
-			return err
-		}
-		switch outcome {
-		case OutcomeSucceeded:
-			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, exit_code = 0, message = ?, finished_at = ? WHERE id = ?`,
-				TaskSucceeded, message, now, taskID); err != nil {
+		jobs := map[int64]string{}
+		for i, r := range rs {
+			if !validOutcome(r.Outcome) {
+				return fmt.Errorf("report outcome %q: want succeeded, failed or preempted", r.Outcome)
+			}
+			ok, jobID, job, err := s.report(ctx, tx, r)
+			if err != nil {
 				return err
 			}
-			if err := s.event(ctx, tx, "Succeeded", obj, "Completed", fmt.Sprintf("attempt %d on %s", attempt, node)); err != nil {
-				return err
+			oks[i] = ok
+			if ok {
+				jobs[jobID] = job
 			}
-		case OutcomePreempted:
-			if err := s.requeue(ctx, tx, taskID, job, task, attempt, "eviction notice on "+node); err != nil {
-				return err
-			}
-		case OutcomeFailed:
-			failures++
-			if failures <= maxRetries {
-				if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, node = '', attempt = attempt + 1, failures = ?, exit_code = ?, message = ?
-					WHERE id = ?`, TaskPending, failures, exitCode, message, taskID); err != nil {
-					return err
-				}
-				if err := s.event(ctx, tx, "Retrying", obj, "Failed", fmt.Sprintf("attempt %d exited %d (%s); retry %d of %d",
-					attempt, exitCode, message, failures, maxRetries)); err != nil {
-					return err
-				}
-			} else {
-				if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, failures = ?, exit_code = ?, message = ?, finished_at = ? WHERE id = ?`,
-					TaskFailed, failures, exitCode, message, now, taskID); err != nil {
-					return err
-				}
-				if err := s.event(ctx, tx, "Failed", obj, "RetriesExhausted", fmt.Sprintf("attempt %d exited %d (%s) after %d retries",
-					attempt, exitCode, message, maxRetries)); err != nil {
-					return err
-				}
-			}
-		default:
-			return fmt.Errorf("report outcome %q: want succeeded, failed or preempted", outcome)
 		}
-		return s.settleJob(ctx, tx, jobID, job)
+		for id, name := range jobs {
+			if err := s.settleJob(ctx, tx, id, name); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
-	return ok, err
+	if err != nil {
+		return nil, err
+	}
+	return oks, nil
+}
+
+func validOutcome(o string) bool {
+	return o == OutcomeSucceeded || o == OutcomeFailed || o == OutcomePreempted
+}
+
+func (s *Store) report(ctx context.Context, tx *sql.Tx, r Report) (bool, int64, string, error) {
+	taskID, node, attempt, outcome, exitCode, message := r.TaskID, r.Node, r.Attempt, r.Outcome, r.ExitCode, r.Message
+	var job, task, state, curNode string
+	var curAttempt, failures, maxRetries int
+	var jobID int64
+	err := tx.QueryRowContext(ctx, `SELECT j.id, j.name, t.name, t.state, t.node, t.attempt, t.failures, t.max_retries
+		FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?`, taskID).
+		Scan(&jobID, &job, &task, &state, &curNode, &curAttempt, &failures, &maxRetries)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, 0, "", nil // job deleted meanwhile
+	}
+	if err != nil {
+		return false, 0, "", err
+	}
+	if state != TaskRunning || curNode != node || curAttempt != attempt {
+		return false, 0, "", nil
+	}
+	return true, jobID, job, s.recordOutcome(ctx, tx, taskID, job, task, node, attempt, failures, maxRetries, outcome, exitCode, message)
+}
+
+func (s *Store) recordOutcome(ctx context.Context, tx *sql.Tx, taskID int64, job, task, node string, attempt, failures, maxRetries int, outcome string, exitCode int, message string) error {
+	now := s.now().UnixNano()
+	obj := "task/" + job + "/" + task
+	if err := s.endAttempt(ctx, tx, taskID, attempt, outcome, exitCode); err != nil {
+		return err
+	}
+	switch outcome {
+	case OutcomeSucceeded:
+		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, exit_code = 0, message = ?, finished_at = ? WHERE id = ?`,
+			TaskSucceeded, message, now, taskID); err != nil {
+			return err
+		}
+		if err := s.event(ctx, tx, "Succeeded", obj, "Completed", fmt.Sprintf("attempt %d on %s", attempt, node)); err != nil {
+			return err
+		}
+	case OutcomePreempted:
+		if err := s.requeue(ctx, tx, taskID, job, task, attempt, "eviction notice on "+node); err != nil {
+			return err
+		}
+	case OutcomeFailed:
+		failures++
+		if failures <= maxRetries {
+			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, node = '', attempt = attempt + 1, failures = ?, exit_code = ?, message = ?
+				WHERE id = ?`, TaskPending, failures, exitCode, message, taskID); err != nil {
+				return err
+			}
+			if err := s.event(ctx, tx, "Retrying", obj, "Failed", fmt.Sprintf("attempt %d exited %d (%s); retry %d of %d",
+				attempt, exitCode, message, failures, maxRetries)); err != nil {
+				return err
+			}
+		} else {
+			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, failures = ?, exit_code = ?, message = ?, finished_at = ? WHERE id = ?`,
+				TaskFailed, failures, exitCode, message, now, taskID); err != nil {
+				return err
+			}
+			if err := s.event(ctx, tx, "Failed", obj, "RetriesExhausted", fmt.Sprintf("attempt %d exited %d (%s) after %d retries",
+				attempt, exitCode, message, maxRetries)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // settleJob ends a job once none of its tasks can run any more.
 func (s *Store) settleJob(ctx context.Context, tx *sql.Tx, jobID int64, job string) error {
-	var open, failed int
-	if err := tx.QueryRowContext(ctx, `SELECT
-		coalesce(sum(state IN ('pending', 'running')), 0), coalesce(sum(state = 'failed'), 0) FROM tasks WHERE job_id = ?`, jobID).
-		Scan(&open, &failed); err != nil {
+	// Both lookups use the (state, job_id) index: no scan of a big job.
+	var open bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM tasks WHERE state IN ('pending', 'running') AND job_id = ?)`, jobID).
+		Scan(&open); err != nil {
 		return err
 	}
-	if open > 0 {
+	if open {
 		return nil
+	}
+	var failed int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM tasks WHERE state = 'failed' AND job_id = ?`, jobID).Scan(&failed); err != nil {
+		return err
 	}
 	state := JobSucceeded
 	if failed > 0 {

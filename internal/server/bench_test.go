@@ -1,0 +1,179 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/server"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// nopProvider stands in for machines: the benchmark's nodes are rows, and
+// their agents are goroutines of the benchmark.
+type nopProvider struct{}
+
+func (nopProvider) Launch(context.Context, spec.Pool, store.Node) (control.Launched, error) {
+	return control.Launched{}, nil
+}
+func (nopProvider) Stop(context.Context, store.Node) error { return nil }
+
+// BenchmarkControlPlaneThroughput measures how fast the control plane
+// drains a queue: a real SQLite store, real reconcile passes (snapshot,
+// schedule, assign in one transaction) and in-process fake agents, one
+// goroutine per node, that report each task they were given as succeeded
+// over the real HTTP API, all at once, as a fleet finishing a wave would.
+func BenchmarkControlPlaneThroughput(b *testing.B) {
+	for _, size := range []struct{ nodes, tasks int }{{100, 10_000}, {1_000, 100_000}} {
+		b.Run(fmt.Sprintf("nodes=%d/tasks=%d", size.nodes, size.tasks), func(b *testing.B) {
+			var assign, report time.Duration
+			passes := 0
+			for range b.N {
+				b.StopTimer()
+				f := newFleet(b, size.nodes, size.tasks)
+				b.StartTimer()
+				ctx := context.Background()
+				for done := 0; done < size.tasks; {
+					t0 := time.Now()
+					if err := f.plane.Reconcile(ctx); err != nil {
+						b.Fatal(err)
+					}
+					passes++
+					t1 := time.Now()
+					n, err := f.reportWave(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if n == 0 {
+						b.Fatalf("no progress with %d of %d done", done, size.tasks)
+					}
+					done += n
+					assign += t1.Sub(t0)
+					report += time.Since(t1)
+				}
+				b.StopTimer()
+				f.close()
+			}
+			n := float64(size.tasks * b.N)
+			b.ReportMetric(n/assign.Seconds(), "assigned/s")
+			b.ReportMetric(n/(assign+report).Seconds(), "completed/s")
+			b.ReportMetric(float64(passes)/float64(b.N), "passes/op")
+		})
+	}
+}
+
+type fleet struct {
+	st    *store.Store
+	plane *control.Plane
+	srv   *httptest.Server
+	http  *http.Client
+	join  string
+}
+
+// newFleet makes one pool of ready nodes (16 cpu each) and one job of
+// tasks (1 cpu each) waiting, behind a real API server.
+func newFleet(b *testing.B, nodes, tasks int) *fleet {
+	ctx := context.Background()
+	dir := b.TempDir()
+	st, err := store.Open(ctx, filepath.Join(dir, "bench.db"), time.Now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool := spec.Pool{APIVersion: spec.APIVersion, Kind: spec.KindPool, Metadata: spec.Metadata{Name: "fleet"},
+		Spec: spec.PoolSpec{Provider: "local", Priority: spec.PrioritySpot, InstanceType: "custom", Min: nodes, Max: nodes,
+			Capacity: &spec.Resources{CPU: 16, Memory: 64 << 30}, PricePerHour: new(0.1)}}
+	job := spec.Job{APIVersion: spec.APIVersion, Kind: spec.KindJob, Metadata: spec.Metadata{Name: "bag"},
+		Spec: spec.JobSpec{Pool: "fleet", Count: tasks, Template: &spec.TaskSpec{Command: spec.Command{"true"}, Resources: spec.Resources{CPU: 1}}}}
+	pool.Default()
+	job.Default()
+	if err := pool.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	if err := job.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Apply(ctx, []spec.Pool{pool}, nil); err != nil {
+		b.Fatal(err)
+	}
+	for i := range nodes {
+		n := store.Node{Name: fmt.Sprintf("fleet-%05d", i), Pool: "fleet", Priority: spec.PrioritySpot, InstanceType: "custom",
+			Capacity: *pool.Spec.Capacity, PricePerHour: 0.1, OnDemandPrice: 0.4}
+		if err := st.CreateNode(ctx, n); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st.Heartbeat(ctx, n.Name, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := st.Apply(ctx, nil, []spec.Job{job}); err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	plane := control.New(st, map[string]control.Provider{"local": nopProvider{}}, log, time.Now,
+		control.Options{NodeTimeout: 24 * time.Hour})
+	blobs, err := blob.NewStore("file://" + filepath.Join(dir, "blobs"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(server.New(server.Config{Store: st, Blobs: blobs, Plane: plane, Token: "admin", JoinToken: "join",
+		HeartbeatInterval: time.Second, Log: log, Now: time.Now}))
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: nodes, MaxConnsPerHost: nodes}}
+	return &fleet{st: st, plane: plane, srv: srv, http: client, join: "join"}
+}
+
+func (f *fleet) close() {
+	f.srv.Close()
+	f.st.Close()
+}
+
+// reportWave has every node's agent report its tasks succeeded.
+func (f *fleet) reportWave(ctx context.Context) (int, error) {
+	running, err := f.st.RunningTasks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	byNode := map[string][]store.Task{}
+	for _, t := range running {
+		byNode[t.Node] = append(byNode[t.Node], t)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(byNode))
+	for node, tasks := range byNode {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, t := range tasks {
+				body, _ := json.Marshal(api.ReportRequest{Node: node, Attempt: t.Attempt, Outcome: store.OutcomeSucceeded})
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s%s/agent/tasks/%d/report", f.srv.URL, api.Prefix, t.ID), bytes.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+f.join)
+				resp, err := f.http.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("report: %s", resp.Status)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return len(running), <-errs
+}

@@ -1,0 +1,58 @@
+package store_test
+
+import (
+	"database/sql"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/store"
+)
+
+func sqliteDB(t *testing.T) opener {
+	path := filepath.Join(t.TempDir(), "spotml.db")
+	return func(now func() time.Time) (*store.Store, error) {
+		return store.Open(t.Context(), path, now)
+	}
+}
+
+func TestSQLite(t *testing.T) {
+	testStore(t, sqliteDB)
+}
+
+// rawCount counts rows of a table of a closed store's file.
+func rawCount(t *testing.T, path, table string) int {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM ` + table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSQLiteSchema checks what only the SQLite file shows: one schema
+// version row however often the store is opened, and rows of a deleted job
+// gone from every table (foreign keys are on).
+func TestSQLiteSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spotml.db")
+	h := newHarness(t, func(now func() time.Time) (*store.Store, error) { return store.Open(t.Context(), path, now) })
+	h.reopen()
+	h.apply(poolCPU + "---" + jobYAML("gone", 3, 0))
+	h.node("n1", true)
+	h.assign(1, store.Assignment{TaskID: h.task("gone", "task-0").ID, Node: "n1"})
+	if err := h.st.DeleteJob(h.ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	h.reopen()
+	h.st.Close()
+	for table, want := range map[string]int{"schema_version": 1, "jobs": 0, "tasks": 0, "attempts": 0, "nodes": 1} {
+		if got := rawCount(t, path, table); got != want {
+			t.Errorf("%s has %d rows, want %d", table, got, want)
+		}
+	}
+}
