@@ -251,14 +251,18 @@ func (p *Plane) scalePools(ctx context.Context) error {
 		if plan.Launch == 0 && len(plan.Restart) == 0 {
 			continue
 		}
-		if p.inBackoff(plan.Pool, now) {
-			continue
-		}
+		// A refused launch backs the pool off: no more tries in this pass.
 		for _, name := range plan.Restart {
+			if p.inBackoff(plan.Pool, now) {
+				break
+			}
 			errs = append(errs, p.launch(ctx, pool, nodeByName[name], true))
 		}
 		zones := zoneCounts(pool, nodes)
 		for range min(plan.Launch, 10) {
+			if p.inBackoff(plan.Pool, now) {
+				break
+			}
 			n := p.newNode(pool, caps[plan.Pool], zones)
 			if err := p.launch(ctx, pool, n, false); err != nil {
 				errs = append(errs, err)
@@ -296,9 +300,13 @@ func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restar
 		delay := min(time.Second<<min(p.fails[pool.Metadata.Name]-1, 5), 30*time.Second)
 		p.backoff[pool.Metadata.Name] = p.now().Add(delay)
 		p.mu.Unlock()
-		end := p.store.DeleteNode(ctx, n.Name)
+		// A new node is forgotten; a restarted one keeps its name, disk
+		// and billing history and waits deallocated for the next try.
+		var end error
 		if restart {
 			end = p.store.EndNode(ctx, n.Name, store.NodeDeallocated, "restart refused: no capacity")
+		} else {
+			end = p.store.DeleteNode(ctx, n.Name)
 		}
 		if end != nil {
 			return end

@@ -221,13 +221,20 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, nonNil(res))
 	return nil
 }
 
+// prefixSource names the file on every line of a spec error (one line per
+// problem), not only on the first.
 func prefixSource(source string, err error) error {
-	if source == "" {
+	var se *spec.Error
+	switch {
+	case source == "":
 		return err
+	case errors.As(err, &se):
+		se.File = source
+		return se
 	}
 	return fmt.Errorf("%s: %w", source, err)
 }
@@ -254,12 +261,19 @@ func (s *Server) checkRefs(ctx context.Context, pools []spec.Pool, jobs []spec.J
 	for _, j := range jobs {
 		for i, t := range j.ExpandTasks() {
 			field := fmt.Sprintf("job %s: spec.tasks[%d]", j.Metadata.Name, i)
+			poolField := field + ".pool"
 			if j.Spec.Template != nil {
 				field = fmt.Sprintf("job %s: spec.template", j.Metadata.Name)
+				poolField = field + ".pool"
+				if j.Spec.Template.Pool == "" {
+					poolField = fmt.Sprintf("job %s: spec.pool", j.Metadata.Name)
+				}
+			} else if j.Spec.Tasks[i].Pool == "" {
+				poolField = fmt.Sprintf("job %s: spec.pool", j.Metadata.Name) // the task inherits the job's pool
 			}
 			if t.Pool != "" {
 				if _, ok := all[t.Pool]; !ok {
-					errs = append(errs, fmt.Errorf("%s.pool: no pool named %q; apply the pool first or in the same file (spotml get pools lists them)", field, t.Pool))
+					errs = append(errs, fmt.Errorf("%s: no pool named %q; apply the pool first or in the same file (spotml get pools lists them)", poolField, t.Pool))
 					break
 				}
 			}

@@ -342,13 +342,17 @@ func (s *Store) Runs(ctx context.Context) ([]Run, error) {
 }
 
 // DeleteNode forgets a node that never started (its launch was refused),
-// with its billing run.
+// with its billing run. Any other node, and its billing history, stays.
 func (s *Store) DeleteNode(ctx context.Context, name string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM node_runs WHERE node = ?`, name); err != nil {
+		res, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE name = ? AND state = ? AND incarnation = 1`, name, NodeProvisioning)
+		if err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE name = ? AND state = ?`, name, NodeProvisioning)
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM node_runs WHERE node = ?`, name)
 		return err
 	})
 }

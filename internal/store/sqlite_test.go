@@ -3,6 +3,7 @@ package store_test
 import (
 	"database/sql"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,5 +55,30 @@ func TestSQLiteSchema(t *testing.T) {
 		if got := rawCount(t, path, table); got != want {
 			t.Errorf("%s has %d rows, want %d", table, got, want)
 		}
+	}
+}
+
+// TestSQLiteNewerSchema checks that an older spotml refuses a database a
+// newer one has migrated, rather than running over a schema it does not know.
+func TestSQLiteNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spotml.db")
+	st, err := store.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE schema_version SET version = 99`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if st, err := store.Open(t.Context(), path, nil); err == nil || !strings.Contains(err.Error(), "upgrade spotml") {
+		if st != nil {
+			st.Close()
+		}
+		t.Errorf("open of a newer schema: %v, want an error that says to upgrade", err)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -264,8 +263,9 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) 
 		args = append(args, f.Kind)
 	}
 	if f.Object != "" {
-		q += ` AND object LIKE ? ESCAPE '\'`
-		args = append(args, likePrefix(f.Object))
+		// Not LIKE: SQLite's LIKE ignores case, and a prefix is exact.
+		q += ` AND substr(object, 1, length(?)) = ?`
+		args = append(args, f.Object, f.Object)
 	}
 	if f.Limit > 0 {
 		// The newest Limit events, still returned oldest first.
@@ -290,11 +290,6 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) 
 		out = append(out, e)
 	}
 	return out, rows.Err()
-}
-
-func likePrefix(p string) string {
-	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
-	return r.Replace(p) + "%"
 }
 
 func nanos(t time.Time) int64 {

@@ -33,6 +33,7 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		{"ApplyAllOrNothing", testApplyAllOrNothing},
 		{"Assign", testAssign},
 		{"ReportFencing", testReportFencing},
+		{"ReportBatch", testReportBatch},
 		{"FailedRetriedThenFailed", testFailedRetried},
 		{"PreemptedOutcomeRequeues", testPreemptedOutcome},
 		{"EndNodeRequeues", testEndNodeRequeues},
@@ -436,6 +437,60 @@ func testReportFencing(t *testing.T, h *harness) {
 	}
 	if got := h.task("train", "task-0"); got.State != store.TaskSucceeded || got.Message != "done" {
 		t.Errorf("task after a duplicate report: %+v", got)
+	}
+}
+
+// testReportBatch checks group commit: each report of a batch is fenced on
+// its own (a duplicate within the batch too), jobs settle once, and a bad
+// report refuses the whole batch.
+func testReportBatch(t *testing.T, h *harness) {
+	h.apply(poolCPU + "---" + jobYAML("batch", 3, 1))
+	h.node("n1", true)
+	tasks := h.job("batch").Tasks
+	for _, tk := range tasks {
+		h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
+	}
+	report := func(tk store.Task, outcome string) store.Report {
+		return store.Report{TaskID: tk.ID, Node: "n1", Attempt: 1, Outcome: outcome}
+	}
+	if _, err := h.st.ReportBatch(h.ctx, []store.Report{report(tasks[0], store.OutcomeSucceeded), report(tasks[1], "exploded")}); err == nil {
+		t.Fatal("batch with an unknown outcome accepted")
+	}
+	if got := h.task("batch", "task-0"); got.State != store.TaskRunning {
+		t.Fatalf("refused batch changed a task: %+v", got)
+	}
+	oks, err := h.st.ReportBatch(h.ctx, []store.Report{
+		report(tasks[0], store.OutcomeSucceeded),
+		report(tasks[0], store.OutcomeSucceeded),                                       // duplicate
+		{TaskID: tasks[1].ID, Node: "n2", Attempt: 1, Outcome: store.OutcomeSucceeded}, // wrong node
+		report(tasks[1], store.OutcomeFailed),                                          // retried
+		report(tasks[2], store.OutcomeSucceeded),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, false, false, true, true}; !slices.Equal(oks, want) {
+		t.Errorf("accepted %v, want %v", oks, want)
+	}
+	if got := h.task("batch", "task-1"); got.State != store.TaskPending || got.Attempt != 2 || got.Failures != 1 {
+		t.Errorf("failed task: %+v", got)
+	}
+	h.assign(1, store.Assignment{TaskID: tasks[1].ID, Node: "n1"})
+	oks, err = h.st.ReportBatch(h.ctx, []store.Report{
+		{TaskID: tasks[1].ID, Node: "n1", Attempt: 2, Outcome: store.OutcomeSucceeded},
+		{TaskID: tasks[1].ID, Node: "n1", Attempt: 2, Outcome: store.OutcomeFailed},
+	})
+	if err != nil || !slices.Equal(oks, []bool{true, false}) {
+		t.Errorf("second batch: %v, %v", oks, err)
+	}
+	if j := h.job("batch"); j.State != store.JobSucceeded {
+		t.Errorf("job %s, want succeeded", j.State)
+	}
+	if got := h.events("job/"); !slices.Equal(got, []string{"Submitted job/batch", "Succeeded job/batch"}) {
+		t.Errorf("events %q", got)
+	}
+	if oks, err := h.st.ReportBatch(h.ctx, nil); err != nil || len(oks) != 0 {
+		t.Errorf("empty batch: %v, %v", oks, err)
 	}
 }
 
