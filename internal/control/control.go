@@ -294,28 +294,33 @@ func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restar
 		return err
 	}
 	at, err := prov.Launch(ctx, pool, n)
-	if errors.Is(err, ErrNoCapacity) {
+	if err != nil {
+		// Any refused launch backs the pool off, so a broken provider is
+		// not hammered every pass. A new node is forgotten; a restarted one
+		// keeps its name, disk and billing history and waits deallocated.
 		p.mu.Lock()
 		p.fails[pool.Metadata.Name]++
 		delay := min(time.Second<<min(p.fails[pool.Metadata.Name]-1, 5), 30*time.Second)
 		p.backoff[pool.Metadata.Name] = p.now().Add(delay)
 		p.mu.Unlock()
-		// A new node is forgotten; a restarted one keeps its name, disk
-		// and billing history and waits deallocated for the next try.
-		var end error
+		end := p.store.DeleteNode(ctx, n.Name)
 		if restart {
-			end = p.store.EndNode(ctx, n.Name, store.NodeDeallocated, "restart refused: no capacity")
-		} else {
-			end = p.store.DeleteNode(ctx, n.Name)
+			end = p.store.EndNode(ctx, n.Name, store.NodeDeallocated, "restart refused: "+err.Error())
 		}
 		if end != nil {
 			return end
 		}
-		return p.store.AddEvent(ctx, "LaunchFailed", "pool/"+pool.Metadata.Name, "NoCapacity",
-			fmt.Sprintf("%s; retrying in %s", err, delay))
-	}
-	if err != nil {
-		p.store.EndNode(ctx, n.Name, store.NodeTerminated, "LaunchFailed: "+err.Error())
+		reason := "NoCapacity"
+		if !errors.Is(err, ErrNoCapacity) {
+			reason = "ProviderError"
+		}
+		if err := p.store.AddEvent(ctx, "LaunchFailed", "pool/"+pool.Metadata.Name, reason,
+			fmt.Sprintf("%s; retrying in %s", err, delay)); err != nil {
+			return err
+		}
+		if reason == "NoCapacity" {
+			return nil // the market said no: expected, not an error
+		}
 		return fmt.Errorf("launch %s: %w", n.Name, err)
 	}
 	p.mu.Lock()

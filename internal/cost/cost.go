@@ -87,21 +87,22 @@ type Usage struct {
 
 // Line sums the usage of one pool.
 type Line struct {
-	Pool, Priority string
-	NodeSeconds    float64
-	Spent          float64 // USD
-	OnDemand       float64 // USD the same node-seconds would cost on demand
+	Pool        string  `json:"pool"`
+	Priority    string  `json:"priority"`
+	NodeSeconds float64 `json:"nodeSeconds"`
+	Spent       float64 `json:"spent"`    // USD
+	OnDemand    float64 `json:"onDemand"` // USD the same node-seconds would cost on demand
 }
 
 // Summary is what was spent, against what the same work would have cost
 // on demand.
 type Summary struct {
-	Lines         []Line // one per pool, sorted by pool, then priority
-	NodeSeconds   float64
-	Spent         float64
-	OnDemand      float64
-	Saving        float64 // OnDemand − Spent
-	SavingPercent float64 // of OnDemand; 0 when OnDemand is 0
+	Lines         []Line  `json:"lines"` // one per pool, sorted by pool, then priority
+	NodeSeconds   float64 `json:"nodeSeconds"`
+	Spent         float64 `json:"spent"`
+	OnDemand      float64 `json:"onDemand"`
+	Saving        float64 `json:"saving"`        // OnDemand − Spent
+	SavingPercent float64 `json:"savingPercent"` // of OnDemand; 0 when OnDemand is 0
 }
 
 // Summarize prices each usage by its node-seconds, counting a node that

@@ -582,7 +582,7 @@ func TestAgentProtocol(t *testing.T) {
 	if err := json.Unmarshal(cost.body, &shape); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"Lines", "NodeSeconds", "Spent", "OnDemand", "Saving", "SavingPercent"} {
+	for _, k := range []string{"lines", "nodeSeconds", "spent", "onDemand", "saving", "savingPercent"} {
 		if _, ok := shape[k]; !ok {
 			t.Errorf("cost has no %s: %s", k, cost.body)
 		}

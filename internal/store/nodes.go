@@ -74,10 +74,7 @@ func (s *Store) CreateNode(ctx context.Context, n Node) error {
 		if err != nil {
 			return fmt.Errorf("create node %s: %w", n.Name, err)
 		}
-		if err := s.openRun(ctx, tx, n, now); err != nil {
-			return err
-		}
-		return s.event(ctx, tx, "Launched", "node/"+n.Name, "ScaleUp", fmt.Sprintf("%s %s in zone %q", n.Priority, n.InstanceType, n.Zone))
+		return s.openRun(ctx, tx, n, now)
 	})
 }
 
@@ -110,10 +107,22 @@ func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
 	})
 }
 
-// SetNodeProcess records the process and work directory of a launched node.
+// SetNodeProcess records that a provider launched a node: its process and
+// work directory.
 func (s *Store) SetNodeProcess(ctx context.Context, name string, pid int, workdir string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET pid = ?, workdir = ? WHERE name = ?`, pid, workdir, name)
-	return err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+		if err != nil {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET pid = ?, workdir = ? WHERE name = ?`, pid, workdir, name); err != nil {
+			return err
+		}
+		if n.Incarnation > 1 {
+			return nil // RestartNode recorded it
+		}
+		return s.event(ctx, tx, "Launched", "node/"+name, "ScaleUp", fmt.Sprintf("%s %s in zone %q", n.Priority, n.InstanceType, n.Zone))
+	})
 }
 
 // ListNodes returns all nodes (live and ended) by name with their running

@@ -145,6 +145,9 @@ func (h *harness) node(name string, ready bool) {
 	if err := h.st.CreateNode(h.ctx, n); err != nil {
 		h.t.Fatal(err)
 	}
+	if err := h.st.SetNodeProcess(h.ctx, name, 0, ""); err != nil { // the provider launched it
+		h.t.Fatal(err)
+	}
 	if ready {
 		if _, err := h.st.Heartbeat(h.ctx, name, true); err != nil {
 			h.t.Fatal(err)
