@@ -204,31 +204,35 @@ func uploadFiles(ctx context.Context, b *blob.Bucket, dir string, rels []string,
 	return g.Wait()
 }
 
-// uploadFile writes the local file to key. The write is cancelled if reading
-// the file fails, so a partial object is never committed: fileblob renames
-// its temporary file only when Close sees a live context.
+// uploadFile writes the local file to key.
 func uploadFile(ctx context.Context, b *blob.Bucket, file, key string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", file, err)
 	}
 	defer f.Close()
+	if err := write(ctx, b, key, f); err != nil {
+		return fmt.Errorf("upload %s: %w", file, err)
+	}
+	return nil
+}
 
+// write stores what r yields at key. The write is cancelled if reading r
+// fails, so a partial object is never committed: fileblob renames its
+// temporary file only when Close sees a live context.
+func write(ctx context.Context, b *blob.Bucket, key string, r io.Reader) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType(key)})
 	if err != nil {
-		return fmt.Errorf("upload %s: %w", file, err)
+		return err
 	}
-	if _, err := io.Copy(w, f); err != nil {
+	if _, err := io.Copy(w, r); err != nil {
 		cancel()
 		_ = w.Close()
-		return fmt.Errorf("upload %s: %w", file, err)
+		return err
 	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("upload %s: %w", file, err)
-	}
-	return nil
+	return w.Close()
 }
 
 func contentType(key string) string {
@@ -347,18 +351,7 @@ func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
 		return err
 	}
 	defer b.Close()
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := b.NewWriter(wctx, ref.key, &blob.WriterOptions{ContentType: contentType(ref.key)})
-	if err != nil {
-		return fmt.Errorf("write %s: %w", location, err)
-	}
-	if _, err := io.Copy(w, r); err != nil {
-		cancel()
-		_ = w.Close()
-		return fmt.Errorf("write %s: %w", location, err)
-	}
-	if err := w.Close(); err != nil {
+	if err := write(ctx, b, ref.key, r); err != nil {
 		return fmt.Errorf("write %s: %w", location, err)
 	}
 	return nil
