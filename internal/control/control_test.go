@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
@@ -63,36 +64,19 @@ func (p *fakeProvider) stops() []string {
 	return slices.Clone(p.stopped)
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // plane is a control plane over a real store, a fake clock and a fake
 // provider.
 type plane struct {
 	t     *testing.T
 	ctx   context.Context
 	st    *store.Store
-	clock *fakeClock
+	clock *clock.Fake
 	prov  *fakeProvider
 	p     *control.Plane
 }
 
 func newPlane(t *testing.T) *plane {
-	clock := &fakeClock{t: now}
+	clock := clock.NewFake(now)
 	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clock.Now)
 	if err != nil {
 		t.Fatal(err)

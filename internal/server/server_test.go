@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
@@ -35,23 +36,6 @@ const (
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // recorder stands in for machines: it records the nodes it launches.
 type recorder struct {
@@ -76,7 +60,7 @@ type apiServer struct {
 	url   string
 	st    *store.Store
 	blobs *blob.Store
-	clock *fakeClock
+	clock *clock.Fake
 	prov  *recorder
 	plane *control.Plane
 }
@@ -84,7 +68,7 @@ type apiServer struct {
 // newAPI starts an API server; opts adjust its configuration.
 func newAPI(t *testing.T, opts ...func(*server.Config)) *apiServer {
 	dir := t.TempDir()
-	clock := &fakeClock{t: t0}
+	clock := clock.NewFake(t0)
 	st, err := store.Open(t.Context(), filepath.Join(dir, "spotml.db"), clock.Now)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -53,36 +54,18 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 	}
 }
 
-// fakeClock is the store's clock in tests: time moves only when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 type harness struct {
 	t     *testing.T
 	ctx   context.Context
 	st    *store.Store
-	clock *fakeClock
+	clock *clock.Fake
 	open  opener
 }
 
 func newHarness(t *testing.T, open opener) *harness {
-	h := &harness{t: t, ctx: t.Context(), clock: &fakeClock{t: t0}, open: open}
+	h := &harness{t: t, ctx: t.Context(), clock: clock.NewFake(t0), open: open}
 	h.st = h.mustOpen()
 	t.Cleanup(func() { h.st.Close() })
 	return h
