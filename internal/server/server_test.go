@@ -19,9 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
