@@ -1,10 +1,17 @@
-// Command bagoftasks measures what checkpoints and spot capacity are worth:
-// it runs the same bag of tasks side by side, in one run, on three
-// `spotml up` instances: (a) spot nodes with checkpoints, (b) spot nodes
-// without checkpoints (an evicted task restarts from zero), (c) on-demand
-// nodes. It reports makespan, task-seconds lost to evictions and cost.
+// Command bagoftasks measures what checkpoints and spot capacity are worth
+// on a whole system. It builds spotml and runs the same bag of tasks three
+// ways, side by side in one run, each on its own `spotml up` (control plane,
+// simulated spot market and agent processes on this machine):
 //
-//	go run ./bench/bagoftasks -tasks 12 -work 30s -rate 60
+//	(a) a spot pool, tasks checkpointing their progress;
+//	(b) the same spot pool, no checkpoints: an evicted task starts over;
+//	(c) an on-demand pool: no evictions.
+//
+// For each it reports the makespan, the task-seconds lost to evictions,
+// the evictions, and what the nodes cost against the same node-time on
+// demand, as a Markdown table.
+//
+//	go run ./bench/bagoftasks -tasks 12 -work 30s -rate 60 -notice 5s -max-nodes 3
 package main
 
 import (
@@ -14,202 +21,253 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/client"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/store"
 )
 
-type scenario struct {
-	name       string
-	priority   string
-	checkpoint bool
-}
-
-type result struct {
-	scenario
-	makespan  time.Duration
-	attemptS  float64 // task-seconds of all attempts
-	lostS     float64 // attemptS minus the on-demand run's attemptS
-	evictions int
-	cost      cost.Summary
-	err       error
-}
-
 func main() {
-	tasks := flag.Int("tasks", 12, "tasks in the bag")
-	work := flag.Duration("work", 30*time.Second, "work per task (in 0.5 s steps)")
-	rate := flag.Float64("rate", 60, "spot evictions per node-hour")
-	notice := flag.Duration("notice", 5*time.Second, "eviction notice")
-	maxNodes := flag.Int("max-nodes", 3, "pool size (Standard_D2s_v3: 2 tasks per node)")
-	flag.Parse()
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, *tasks, *work, *rate, *notice, *maxNodes); err != nil {
+	err := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bagoftasks:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, tasks int, work time.Duration, rate float64, notice time.Duration, maxNodes int) error {
+// config is the benchmark's parameters, from its flags.
+type config struct {
+	tasks    int
+	work     time.Duration
+	rate     float64
+	notice   time.Duration
+	maxNodes int
+	timeout  time.Duration
+	keep     bool
+}
+
+// step is the unit of work of a task: one sleep of the shell loop.
+const step = 500 * time.Millisecond
+
+// instanceType is the pools' machine: 2 cpu, so 2 tasks per node, priced
+// by spotml's table.
+const instanceType = "Standard_D2s_v3"
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	var cfg config
+	fs := flag.NewFlagSet("bagoftasks", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&cfg.tasks, "tasks", 12, "tasks in the bag (1 cpu each)")
+	fs.DurationVar(&cfg.work, "work", 30*time.Second, "work per task, in steps of 0.5s")
+	fs.Float64Var(&cfg.rate, "rate", 60, "spot evictions per node-hour")
+	fs.DurationVar(&cfg.notice, "notice", 5*time.Second, "eviction notice")
+	fs.IntVar(&cfg.maxNodes, "max-nodes", 3, "max nodes per pool ("+instanceType+": 2 tasks per node)")
+	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Minute, "give up after this long")
+	fs.BoolVar(&cfg.keep, "keep", false, "keep the data directories (logs, databases) and say where")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	switch {
+	case cfg.tasks < 1:
+		return errors.New("-tasks must be at least 1")
+	case cfg.work < step || cfg.work%step != 0:
+		return fmt.Errorf("-work %s: must be a positive multiple of %s", cfg.work, step)
+	case cfg.rate < 0:
+		return errors.New("-rate must not be negative")
+	case cfg.maxNodes < 1:
+		return errors.New("-max-nodes must be at least 1")
+	}
+
 	dir, err := os.MkdirTemp("", "spotml-bagoftasks")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() {
+		if cfg.keep || err != nil {
+			fmt.Fprintln(stderr, "data directories kept under", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	bin := filepath.Join(dir, "spotml")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/spotml/spotml/cmd/spotml").CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %v\n%s", err, out)
+	fmt.Fprintln(stderr, "building spotml ...")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/spotml/spotml/cmd/spotml").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
+
 	scenarios := []scenario{
-		{"(a) spot, checkpoints", "spot", true},
-		{"(b) spot, no checkpoints", "spot", false},
-		{"(c) on-demand", "ondemand", false},
+		{name: "(a) spot, checkpoints", priority: "spot", checkpoint: true},
+		{name: "(b) spot, no checkpoints", priority: "spot"},
+		{name: "(c) on-demand", priority: "ondemand"},
 	}
 	results := make([]result, len(scenarios))
-	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx) // one scenario failing stops the others
+	start := time.Now()
 	for i, sc := range scenarios {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := result{scenario: sc}
-			r.err = r.run(ctx, bin, filepath.Join(dir, fmt.Sprint(i)), tasks, work, rate, notice, maxNodes)
-			results[i] = r
-		}()
+		g.Go(func() error {
+			results[i] = sc.run(gctx, bin, filepath.Join(dir, strconv.Itoa(i)), cfg, stderr)
+			results[i].name = sc.name
+			if err := results[i].err; err != nil {
+				return fmt.Errorf("%s: %w", sc.name, err)
+			}
+			return nil
+		})
 	}
-	wg.Wait()
-
-	fmt.Printf("\nbag of %d tasks × %s of work, 1 cpu each; pools of up to %d Standard_D2s_v3 nodes (2 cpu); spot eviction rate %.0f per node-hour, %s notice; maxRetries 0\n",
-		tasks, work, maxNodes, rate, notice)
-	fmt.Printf("command: go run ./bench/bagoftasks -tasks %d -work %s -rate %g -notice %s -max-nodes %d\n\n", tasks, work, rate, notice, maxNodes)
-	fmt.Println("| scenario | makespan | evictions | task-seconds run | lost to evictions (vs (c)) | cost | same node-time on demand |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-	// Lost to evictions: task-seconds beyond what the same tasks took on
-	// the on-demand nodes, which are never evicted (so start-up and
-	// reporting overhead cancel out).
-	base := results[len(results)-1]
-	for i := range results {
-		if base.err == nil {
-			results[i].lostS = max(results[i].attemptS-base.attemptS, 0)
-		}
-	}
-	var errs []error
+	err = g.Wait()
 	for _, r := range results {
-		if r.err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
-			fmt.Printf("| %s | failed: %v | | | | | |\n", r.name, r.err)
-			continue
-		}
-		fmt.Printf("| %s | %s | %d | %.0f | %.0f (%.0f %%) | $%.4f | $%.4f |\n", r.name, r.makespan.Round(time.Second), r.evictions,
-			r.attemptS, r.lostS, 100*r.lostS/(float64(tasks)*work.Seconds()), r.cost.Spent, r.cost.OnDemand)
-	}
-	fmt.Println("\nThe market is random: evictions (and so the figures for (a) and (b)) vary run to run.")
-	return errors.Join(errs...)
-}
-
-// run runs one scenario on its own spotml up and fills in the figures.
-func (r *result) run(ctx context.Context, bin, data string, tasks int, work time.Duration, rate float64, notice time.Duration, maxNodes int) error {
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return err
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	logf, err := os.Create(filepath.Join(data, "up.log"))
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	up := exec.Command(bin, "up", "--data", data, "--addr", addr, "--heartbeat", "200ms", "--reconcile-interval", "200ms")
-	up.Stdout, up.Stderr = logf, logf
-	if err := up.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		up.Process.Signal(os.Interrupt) // stops its nodes too
-		up.Wait()
-	}()
-	cli := func(args ...string) ([]byte, error) {
-		cmd := exec.CommandContext(ctx, bin, append([]string{"--data", data, "--server", "http://" + addr}, args...)...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return out, fmt.Errorf("spotml %s: %v: %s", strings.Join(args, " "), err, stderr.String())
-		}
-		return out, nil
-	}
-	for i := 0; ; i++ {
-		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
-			resp.Body.Close()
+		if r.done {
+			printReport(stdout, args, cfg, results, time.Since(start))
 			break
 		}
-		if i > 100 {
-			return errors.New("spotml up did not start")
+	}
+	return err
+}
+
+// scenario is one way of running the bag.
+type scenario struct {
+	name       string
+	priority   string // of the pool: spot or ondemand
+	checkpoint bool
+}
+
+// result is what one scenario measured.
+type result struct {
+	name          string
+	done          bool
+	makespan      time.Duration // job submitted → finished
+	attemptSecs   float64       // all attempts of all tasks
+	nodeEvictions int           // nodes taken back by the market before the job ended
+	requeues      int           // task attempts ended by an eviction
+	cost          cost.Summary  // read as the job finished
+	costLag       time.Duration // how long after the job's end the cost was read
+	err           error
+}
+
+// run runs the bag on a fresh `spotml up` in data and measures it. The
+// control plane and its nodes are stopped before it returns, whatever
+// happened.
+func (sc scenario) run(ctx context.Context, bin, data string, cfg config, progress io.Writer) (r result) {
+	c, err := startCluster(ctx, bin, data)
+	if err != nil {
+		return result{err: err}
+	}
+	defer c.stop()
+
+	specFile := filepath.Join(data, "bag.yaml")
+	if err := os.WriteFile(specFile, []byte(sc.yaml(cfg)), 0o644); err != nil {
+		return result{err: err}
+	}
+	if _, err := c.cli(ctx, "apply", "-f", specFile); err != nil {
+		return result{err: err}
+	}
+	fmt.Fprintf(progress, "%s: submitted (spotml up on %s, data %s)\n", sc.name, c.addr, data)
+
+	// Watch the job closely (not with `spotml wait`, which polls every
+	// second): the cost is read the moment it ends, before idle node time
+	// adds to it.
+	var j store.Job
+	lastPrint := time.Now()
+	for {
+		if err := c.api.Do(ctx, http.MethodGet, api.Prefix+"/jobs/bag", nil, &j); err != nil {
+			return result{err: err}
 		}
-		time.Sleep(100 * time.Millisecond)
+		if j.State != store.JobRunning {
+			break
+		}
+		if time.Since(lastPrint) >= 15*time.Second {
+			fmt.Fprintf(progress, "%s: %d/%d done, %d running, %d evictions, %s\n", sc.name, j.Counts[store.TaskSucceeded],
+				len(j.Tasks), j.Counts[store.TaskRunning], j.Evictions, time.Since(j.SubmittedAt).Round(time.Second))
+			lastPrint = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return result{err: fmt.Errorf("job still running: %w", context.Cause(ctx))}
+		case <-c.exited:
+			return result{err: errors.New("spotml up exited; see " + filepath.Join(data, "up.log"))}
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	out, err := c.cli(ctx, "cost", "-o", "json")
+	if err != nil {
+		return result{err: err}
+	}
+	r.costLag = time.Since(j.FinishedAt)
+	if err := json.Unmarshal(out, &r.cost); err != nil {
+		return result{err: fmt.Errorf("spotml cost -o json: %w", err)}
+	}
+	if _, err := c.cli(ctx, "delete", "pool", "bench"); err != nil {
+		return result{err: err}
 	}
 
-	spec := filepath.Join(data, "bench.yaml")
-	if err := os.WriteFile(spec, []byte(specYAML(r.scenario, tasks, work, rate, notice, maxNodes)), 0o644); err != nil {
-		return err
-	}
-	if _, err := cli("apply", "-f", spec); err != nil {
-		return err
-	}
-	if _, err := cli("wait", "job", "bag", "--timeout", "60m", "-q"); err != nil {
-		return err
-	}
-	// Cost up to the job's end: read it now, then remove the pools.
-	out, err := cli("cost", "-o", "json")
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(out, &r.cost); err != nil {
-		return err
-	}
-	cli("delete", "pool", "bench")
-	out, err = cli("get", "jobs", "bag", "-o", "json")
-	if err != nil {
-		return err
-	}
 	var jobs []store.Job
-	if err := json.Unmarshal(out, &jobs); err != nil || len(jobs) != 1 {
-		return fmt.Errorf("decode job: %v", err)
+	if out, err = c.cli(ctx, "get", "jobs", "bag", "-o", "json"); err != nil {
+		return result{err: err}
 	}
-	j := jobs[0]
+	if err := json.Unmarshal(out, &jobs); err != nil || len(jobs) != 1 {
+		return result{err: fmt.Errorf("spotml get jobs bag -o json: %d jobs, %v", len(jobs), err)}
+	}
+	var nodes []store.Node
+	if out, err = c.cli(ctx, "get", "nodes", "--all", "-o", "json"); err != nil {
+		return result{err: err}
+	}
+	if err := json.Unmarshal(out, &nodes); err != nil {
+		return result{err: fmt.Errorf("spotml get nodes --all -o json: %w", err)}
+	}
+
+	j = jobs[0]
+	r.done = true
 	r.makespan = j.FinishedAt.Sub(j.SubmittedAt)
 	for _, t := range j.Tasks {
-		r.evictions += t.Evictions
+		r.requeues += t.Evictions
 		for _, a := range t.Attempts {
 			end := a.EndedAt
 			if end.IsZero() {
 				end = j.FinishedAt
 			}
-			r.attemptS += end.Sub(a.StartedAt).Seconds()
+			r.attemptSecs += end.Sub(a.StartedAt).Seconds()
 		}
 	}
-	return nil
+	for _, n := range nodes {
+		if (n.State == store.NodePreempted || n.State == store.NodeDeallocated) && !n.StateAt.After(j.FinishedAt) {
+			r.nodeEvictions++
+		}
+	}
+	if j.State != store.JobSucceeded {
+		r.err = fmt.Errorf("job %s (with maxRetries 0, an eviction that used a retry fails it); see spotml get tasks bag --data %s", j.State, data)
+	}
+	fmt.Fprintf(progress, "%s: %s after %s\n", sc.name, j.State, r.makespan.Round(time.Second))
+	return r
 }
 
-func specYAML(sc scenario, tasks int, work time.Duration, rate float64, notice time.Duration, maxNodes int) string {
-	steps := int(work / (500 * time.Millisecond))
-	market := ""
+// yaml is the scenario's pool and job. Every task counts to work/step,
+// one step per 0.5s sleep, keeping its count in a file: in the checkpoint
+// directory with checkpoints (saved every 2s and on an eviction notice,
+// restored on the next attempt), else in its working directory, which a
+// new attempt starts without.
+func (sc scenario) yaml(cfg config) string {
+	market, ckpt, state := "", "", "."
 	if sc.priority == "spot" {
-		market = fmt.Sprintf("  evictionRate: %g\n  notice: %s\n", rate, notice)
+		market = fmt.Sprintf("  evictionRate: %g\n  notice: %s\n", cfg.rate, cfg.notice)
 	}
-	ckpt, state := "", `"$HOME/none"`
 	if sc.checkpoint {
 		ckpt = "    checkpoint: {path: ckpt, interval: 2s}\n"
 		state = `"$SPOTML_CHECKPOINT_DIR"`
@@ -220,7 +278,7 @@ metadata: {name: bench}
 spec:
   provider: local
   priority: %s
-  instanceType: Standard_D2s_v3
+  instanceType: %s
   zones: ["1", "2", "3"]
   min: 0
   max: %d
@@ -234,13 +292,159 @@ spec:
   count: %d
   template:
     command: |
-      dir=%s; [ -d "$dir" ] || dir=.
-      i=$(cat "$dir/step" 2>/dev/null || echo 0)
+      state=%s
+      i=$(cat "$state/step" 2>/dev/null || echo 0)
       trap 'exit 143' TERM
-      while [ "$i" -lt %d ]; do sleep 0.5; i=$((i+1)); echo "$i" > "$dir/step.tmp"; mv "$dir/step.tmp" "$dir/step"; done
+      while [ "$i" -lt %d ]; do sleep %g; i=$((i+1)); echo "$i" > "$state/step.tmp"; mv "$state/step.tmp" "$state/step"; done
 %s    maxRetries: 0
     resources: {cpu: 1}
-`, sc.priority, maxNodes, market, tasks, state, steps, ckpt)
+`, sc.priority, instanceType, cfg.maxNodes, market, cfg.tasks, state, int(cfg.work/step), step.Seconds(), ckpt)
+}
+
+func printReport(w io.Writer, args []string, cfg config, results []result, elapsed time.Duration) {
+	useful := float64(cfg.tasks) * cfg.work.Seconds()
+	fmt.Fprintf(w, "\n### Bag of %d tasks × %s of work\n\n", cfg.tasks, cfg.work)
+	fmt.Fprintf(w, "command: `go run ./bench/bagoftasks %s`\n\n", strings.Join(args[1:], " "))
+	fmt.Fprintf(w, "effective flags: -tasks %d -work %s -rate %g -notice %s -max-nodes %d; wall time %s\n\n",
+		cfg.tasks, cfg.work, cfg.rate, cfg.notice, cfg.maxNodes, elapsed.Round(time.Second))
+	fmt.Fprintf(w, "%d tasks × %s (1 cpu each, %.0f task-seconds of useful work), pools of up to %d %s nodes (2 cpu), "+
+		"spot pools evicting at %g per node-hour with %s notice, maxRetries 0.\n\n",
+		cfg.tasks, cfg.work, useful, cfg.maxNodes, instanceType, cfg.rate, cfg.notice)
+	fmt.Fprintln(w, "| scenario | makespan | node evictions | task requeues | task-seconds run | lost (run − N×W) | node-hours | cost | same node-time on demand | cost vs (c) |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	base := results[len(results)-1]
+	var lag time.Duration
+	for _, r := range results {
+		if !r.done {
+			fmt.Fprintf(w, "| %s | not measured: %v | | | | | | | | |\n", r.name, r.err)
+			continue
+		}
+		lag = max(lag, r.costLag)
+		lost := r.attemptSecs - useful
+		vs := "–"
+		if base.done && base.cost.Spent > 0 {
+			vs = fmt.Sprintf("%.0f %%", 100*r.cost.Spent/base.cost.Spent)
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %d | %.0f | %.0f (%.0f %%) | %.3f | $%.4f | $%.4f | %s |\n", r.name,
+			r.makespan.Round(100*time.Millisecond), r.nodeEvictions, r.requeues, r.attemptSecs, lost, 100*lost/useful,
+			r.cost.NodeSeconds/3600, r.cost.Spent, r.cost.OnDemand, vs)
+	}
+	fmt.Fprintf(w, "\n- lost = the sum of all attempts' durations (assignment to report, from `spotml get jobs bag -o json`) − N×W;"+
+		" (c) is never evicted, so its figure is the per-attempt overhead (pick-up, process start, report), not a loss to evictions.\n")
+	fmt.Fprintf(w, "- node evictions: nodes the market took back before the job ended (idle ones too); task requeues: attempts those evictions ended.\n")
+	fmt.Fprintf(w, "- cost: `spotml cost -o json`, all node time (idle included) from submit to the job's end (read at most %s after it), then the pool was deleted.\n",
+		lag.Round(10*time.Millisecond))
+	fmt.Fprintf(w, "- The market is random (no seed): evictions, and so the figures of (a) and (b), vary run to run.\n")
+}
+
+// cluster is one `spotml up` with its own data directory and port.
+type cluster struct {
+	bin, data, addr string
+	up              *exec.Cmd
+	exited          chan struct{} // closed when up has exited
+	api             *client.Client
+	stopOnce        sync.Once
+}
+
+func startCluster(ctx context.Context, bin, data string) (*cluster, error) {
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(data, "up.log"))
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{bin: bin, data: data, addr: addr, exited: make(chan struct{})}
+	c.up = exec.Command(bin, "up", "--data", data, "--addr", addr, "--heartbeat", "200ms", "--reconcile-interval", "200ms")
+	c.up.Stdout, c.up.Stderr = logf, logf
+	if err := c.up.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start spotml up: %w", err)
+	}
+	go func() {
+		c.up.Wait()
+		logf.Close()
+		close(c.exited)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case <-c.exited:
+			return nil, errors.New("spotml up exited at start; see " + filepath.Join(data, "up.log"))
+		case <-ctx.Done():
+			c.stop()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, errors.New("spotml up not healthy after 30s; see " + filepath.Join(data, "up.log"))
+		}
+	}
+	token, err := os.ReadFile(filepath.Join(data, "token"))
+	if err != nil {
+		c.stop()
+		return nil, err
+	}
+	c.api = client.New("http://"+addr, strings.TrimSpace(string(token)))
+	return c, nil
+}
+
+// stop interrupts spotml up, which ends its nodes (agents and tasks); if it
+// does not exit in time it is killed, and any agent of this data directory
+// still running is killed too.
+func (c *cluster) stop() {
+	c.stopOnce.Do(func() {
+		c.up.Process.Signal(os.Interrupt)
+		select {
+		case <-c.exited:
+		case <-time.After(20 * time.Second):
+			c.up.Process.Kill()
+			<-c.exited
+		}
+		killAgents(c.data)
+	})
+}
+
+// cli runs the spotml CLI against this cluster and returns its stdout.
+func (c *cluster) cli(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, c.bin, append([]string{"--data", c.data, "--server", "http://" + c.addr}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("spotml %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// killAgents kills what is left of the agent processes started for data
+// (their command lines name their work directories under it), with their
+// process groups. spotml up stopping normally leaves none.
+func killAgents(data string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("\x00--workdir\x00"+data+"/")) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		syscall.Kill(-pid, syscall.SIGKILL) // agents lead their process group
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 func freeAddr() (string, error) {

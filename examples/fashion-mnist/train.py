@@ -5,6 +5,7 @@ Runs under the spotml agent (see README.md) or by hand. Settings come from
 environment variables, each overridable by the matching command-line flag:
 
   EPOCHS (8)  BATCH_SIZE (64)  LR (0.001)  SEED (1)  NUM_THREADS (2)
+  OMP_WAIT_POLICY (PASSIVE; read by the OpenMP runtime)
   CHECKPOINT_EVERY_SECONDS (5)  CHECKPOINT_EVERY_STEPS (0 = off)
   LOG_EVERY (100)  DATA_DIR (/usr/share/datasets/fashion-mnist)  OUT_DIR (out)
 
@@ -27,10 +28,16 @@ import signal
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# OpenMP threads that spin while waiting are fast on an idle machine and
+# disastrous on a shared one (the local provider runs every simulated node on
+# the same host): measured 4 vs 17 steps/s next to one busy process. Must be set
+# before torch loads its OpenMP runtime; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = 1
@@ -398,7 +405,8 @@ def run(args, attempt, log, t_attempt, phase, stop):
         train_seconds = state["train_seconds"]
         attempts = state["attempts"]
         history = state["history"]
-        resumed_from = {"epoch": epoch, "step": step, "global_step": global_step, "attempt": state["attempt"]}
+        # epoch is 1-based here, as in the log lines; step counts within that epoch.
+        resumed_from = {"epoch": epoch + 1, "step": step, "global_step": global_step, "attempt": state["attempt"]}
         log(f"resumed from checkpoint at epoch {epoch + 1} step {step} (global step {global_step}, "
             f"saved by attempt {state['attempt']} with {train_seconds:.1f}s of training) (attempt {attempt})")
     else:
