@@ -20,6 +20,7 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/client"
+	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -68,7 +69,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	root.PersistentFlags().StringVar(&g.data, "data", "./spotml-data", "data directory whose token file the CLI uses when SPOTML_TOKEN is not set")
 	up := newUpCmd(stdout, stderr, true)
 	srv := newUpCmd(stdout, stderr, false)
-	root.AddCommand(up, srv, newAgentCmd(stderr, getenv),
+	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newGatewayCmd(stdout, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
 		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout))
 	return root
@@ -131,12 +132,14 @@ var kinds = map[string]string{
 	"job": "jobs", "jobs": "jobs",
 	"task": "tasks", "tasks": "tasks",
 	"event": "events", "events": "events",
+	"service": "services", "services": "services", "svc": "services",
+	"replica": "replicas", "replicas": "replicas",
 }
 
 func kindOf(arg string) (string, error) {
 	k, ok := kinds[strings.ToLower(arg)]
 	if !ok {
-		return "", fmt.Errorf("unknown kind %q: use pools, nodes, jobs, tasks or events", arg)
+		return "", fmt.Errorf("unknown kind %q: use pools, nodes, jobs, tasks, services, replicas or events", arg)
 	}
 	return k, nil
 }
@@ -146,7 +149,7 @@ func newGetCmd(g *globals, stdout io.Writer) *cobra.Command {
 	var all bool
 	c := &cobra.Command{
 		Use:   "get KIND [NAME]",
-		Short: "List pools, nodes, jobs, tasks (of a job: get tasks JOB) or events",
+		Short: "List pools, nodes, jobs, tasks (of a job: get tasks JOB), services, replicas (of a service: get replicas SERVICE) or events",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			kind, err := kindOf(args[0])
@@ -227,6 +230,38 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		return print(w, output, j.Tasks, func(t store.Task) string { return t.Job + "/" + t.Name }, "NAME\tSTATE\tATTEMPT\tFAILURES\tEVICTIONS\tNODE\tEXIT\tMESSAGE", func(t store.Task) string {
 			return fmt.Sprintf("%s\t%s\t%d\t%d/%d\t%d\t%s\t%d\t%s", t.Name, t.State, t.Attempt, t.Failures, t.MaxRetries, t.Evictions, dash(t.Node), t.ExitCode, t.Message)
 		})
+	case "services":
+		var ss []store.Service
+		if err := fetchList(ctx, cl, "services", name, &ss); err != nil {
+			return err
+		}
+		return print(w, output, ss, func(s store.Service) string { return s.Name },
+			"NAME\tVERSION\tMODEL\tREADY\tSPOT\tON-DEMAND\tDESIRED\tQPS\tAGE", func(s store.Service) string {
+				ready := s.Ready[spec.PrioritySpot] + s.Ready[spec.PriorityOnDemand]
+				return fmt.Sprintf("%s\t%d\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%s", s.Name, s.Generation, s.Model, ready, len(s.Replicas),
+					s.Ready[spec.PrioritySpot], s.Ready[spec.PriorityOnDemand], s.Desired, s.QPS, age(s.CreatedAt))
+			})
+	case "replicas":
+		path := api.Prefix + "/replicas"
+		if name != "" {
+			path += "?service=" + url.QueryEscape(name)
+		}
+		var rs []store.Replica
+		if err := cl.Do(ctx, http.MethodGet, path, nil, &rs); err != nil {
+			return err
+		}
+		return print(w, output, rs, func(r store.Replica) string { return r.Name },
+			"NAME\tVERSION\tSTATE\tPRIORITY\tPOOL\tNODE\tADDR\tNOTICE\tAGE", func(r store.Replica) string {
+				pr := r.Priority
+				if r.StandIn {
+					pr += " (stand-in)"
+				}
+				nt := "-"
+				if r.Noticed {
+					nt = "yes"
+				}
+				return fmt.Sprintf("%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Version, r.State, pr, r.Pool, dash(r.Node), dash(r.Addr), nt, age(r.CreatedAt))
+			})
 	case "events":
 		q := url.Values{}
 		if name != "" {
@@ -358,15 +393,15 @@ func newDescribeCmd(g *globals, stdout io.Writer) *cobra.Command {
 func newDeleteCmd(g *globals, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "delete KIND NAME",
-		Short: "Delete a pool (its nodes are removed) or a job (its tasks are stopped)",
+		Short: "Delete a pool (its nodes are removed), a job (its tasks are stopped) or a service (its replicas are drained)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			kind, err := kindOf(args[0])
 			if err != nil {
 				return err
 			}
-			if kind != "pools" && kind != "jobs" {
-				return fmt.Errorf("delete %s: only pools and jobs can be deleted", args[0])
+			if kind != "pools" && kind != "jobs" && kind != "services" {
+				return fmt.Errorf("delete %s: only pools, jobs and services can be deleted", args[0])
 			}
 			cl, err := g.client()
 			if err != nil {

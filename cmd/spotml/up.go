@@ -26,6 +26,7 @@ import (
 type serverFlags struct {
 	data        string
 	addr        string
+	gatewayAddr string
 	heartbeat   time.Duration
 	nodeTimeout time.Duration
 	interval    time.Duration
@@ -35,6 +36,7 @@ type serverFlags struct {
 func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: database, blobs, tokens, node work directories")
 	c.Flags().StringVar(&f.addr, "addr", "127.0.0.1:8080", "address of the API")
+	c.Flags().StringVar(&f.gatewayAddr, "gateway-addr", "127.0.0.1:8000", "address of the inference gateway (no admin token needed); empty: no gateway")
 	c.Flags().DurationVar(&f.heartbeat, "heartbeat", time.Second, "how often agents heartbeat")
 	c.Flags().DurationVar(&f.nodeTimeout, "node-timeout", 15*time.Second, "heartbeat silence after which a node is lost and its tasks requeued")
 	c.Flags().DurationVar(&f.interval, "reconcile-interval", 500*time.Millisecond, "how often the control loops run")
@@ -122,6 +124,15 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		providers[local.Name] = loc
 		cfg.Evictor, cfg.Metadata, cfg.MetadataPrefix = loc, loc.Metadata(), local.MetadataPrefix
 	}
+	if withLocal {
+		// Replicas of the builtin runtime run `spotml serve` under the
+		// agents: find ONNX Runtime once and hand it down.
+		if lib, err := findONNXRuntime(os.Getenv, data); err != nil {
+			log.Warn("builtin inference runtime unavailable until ONNX Runtime is installed", "err", err)
+		} else {
+			os.Setenv("SPOTML_ONNXRUNTIME_LIB", lib)
+		}
+	}
 	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout})
 	cfg.Plane = plane
 	srv := &http.Server{Handler: server.New(cfg), ReadHeaderTimeout: 10 * time.Second}
@@ -133,6 +144,13 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		}
 		return nil
 	})
+	gatewayURL := ""
+	if f.gatewayAddr != "" {
+		gatewayURL, err = runGateway(gctx, g, st, f.gatewayAddr, "control-plane", log)
+		if err != nil {
+			return err
+		}
+	}
 	g.Go(func() error { return plane.Run(gctx) })
 	if loc != nil {
 		g.Go(func() error { return loc.Run(gctx) })
@@ -143,7 +161,10 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	fmt.Fprintf(stdout, "spotml is up\n  API:    %s\n  token:  %s\n  data:   %s\n", url, filepath.Join(data, "token"), data)
+	fmt.Fprintf(stdout, "spotml is up\n  API:     %s\n  token:   %s\n  data:    %s\n", url, filepath.Join(data, "token"), data)
+	if gatewayURL != "" {
+		fmt.Fprintf(stdout, "  gateway: %s\n", gatewayURL)
+	}
 	log.Info("control plane started", "api", url, "data", data)
 	err = g.Wait()
 	if loc != nil {

@@ -40,6 +40,14 @@ type Config struct {
 	MetadataFormat string // azure, aws, gcp
 	NoticePoll     time.Duration
 	LogUpload      time.Duration // how often running logs go to blob storage; default 3s
+	AdvertiseHost  string        // the host gateways reach this node's replicas on; default 127.0.0.1
+}
+
+func (c Config) advertiseHost() string {
+	if c.AdvertiseHost == "" {
+		return "127.0.0.1"
+	}
+	return c.AdvertiseHost
 }
 
 // Agent runs one node.
@@ -52,6 +60,7 @@ type Agent struct {
 
 	mu       sync.Mutex
 	running  map[int64]*attempt
+	replicas map[int64]*replica
 	deadline time.Time // eviction deadline once a notice arrived
 	drainCh  chan struct{}
 	wg       sync.WaitGroup
@@ -66,7 +75,7 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 		cfg.LogUpload = 3 * time.Second
 	}
 	return &Agent{cfg: cfg, api: client.New(cfg.Server, cfg.JoinToken), log: log.With("node", cfg.Node), now: now,
-		running: map[int64]*attempt{}, drainCh: make(chan struct{})}
+		running: map[int64]*attempt{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
 }
 
 // errNodeEnded means the control plane says this node is gone.
@@ -178,6 +187,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	for id, at := range a.running {
 		req.Running = append(req.Running, api.RunningTask{TaskID: id, Attempt: at.as.Attempt})
 	}
+	for _, rp := range a.replicas {
+		req.Replicas = append(req.Replicas, rp.status())
+	}
 	a.mu.Unlock()
 	var resp api.HeartbeatResponse
 	err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/heartbeat", req, &resp)
@@ -201,6 +213,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			}
 		}
 	}
+	a.syncReplicas(ctx, resp.Replicas)
 	if !a.deadline.IsZero() {
 		return nil // draining: no new work
 	}
@@ -231,6 +244,41 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		}()
 	}
 	return nil
+}
+
+// syncReplicas starts the replicas the control plane wants here and
+// drains the rest. A replica that ended is forgotten once the control
+// plane no longer lists it (it has seen the end). Called with a.mu held.
+func (a *Agent) syncReplicas(ctx context.Context, want []api.ReplicaAssignment) {
+	wanted := map[int64]api.ReplicaAssignment{}
+	for _, as := range want {
+		wanted[as.ID] = as
+	}
+	for id, rp := range a.replicas {
+		if _, ok := wanted[id]; ok {
+			continue
+		}
+		if rp.isExited() {
+			delete(a.replicas, id)
+			continue
+		}
+		rp.stop()
+	}
+	if !a.deadline.IsZero() {
+		return
+	}
+	for _, as := range want {
+		if _, ok := a.replicas[as.ID]; ok {
+			continue
+		}
+		rp := newReplica(a, as)
+		a.replicas[as.ID] = rp
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			rp.run(ctx)
+		}()
+	}
 }
 
 // onNotice is called once when the watcher sees an eviction notice.
@@ -269,6 +317,9 @@ func (a *Agent) stopAll() {
 	for _, at := range a.running {
 		at.cancel()
 	}
+	for _, rp := range a.replicas {
+		rp.stop()
+	}
 	a.mu.Unlock()
 }
 
@@ -279,6 +330,11 @@ func (a *Agent) writePIDs() {
 	var b strings.Builder
 	for _, at := range a.running {
 		if pg := at.pgid(); pg > 0 {
+			b.WriteString(strconv.Itoa(pg) + "\n")
+		}
+	}
+	for _, rp := range a.replicas {
+		if pg := rp.pgid(); pg > 0 {
 			b.WriteString(strconv.Itoa(pg) + "\n")
 		}
 	}

@@ -28,9 +28,19 @@ type RegisterResponse struct {
 
 // HeartbeatRequest says an agent is alive and what it runs.
 type HeartbeatRequest struct {
-	Node    string        `json:"node"`
-	Ready   bool          `json:"ready"` // start task done, takes work
-	Running []RunningTask `json:"running,omitempty"`
+	Node     string          `json:"node"`
+	Ready    bool            `json:"ready"` // start task done, takes work
+	Running  []RunningTask   `json:"running,omitempty"`
+	Replicas []ReplicaStatus `json:"replicas,omitempty"`
+}
+
+// ReplicaStatus is what an agent says of one service replica it runs.
+type ReplicaStatus struct {
+	ID      int64  `json:"id"`
+	Ready   bool   `json:"ready"`          // answers its readiness probe
+	Addr    string `json:"addr,omitempty"` // host:port it serves on
+	Exited  bool   `json:"exited,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // RunningTask is one attempt an agent runs.
@@ -42,7 +52,36 @@ type RunningTask struct {
 // HeartbeatResponse is the full set of attempts the node should run now
 // (level-triggered: the agent starts what is missing and stops the rest).
 type HeartbeatResponse struct {
-	Tasks []Assignment `json:"tasks"`
+	Tasks    []Assignment        `json:"tasks"`
+	Replicas []ReplicaAssignment `json:"replicas,omitempty"`
+}
+
+// ReplicaAssignment is one service replica a node should run.
+type ReplicaAssignment struct {
+	ID      int64       `json:"id"`
+	Name    string      `json:"name"`
+	Service string      `json:"service"`
+	Version int         `json:"version"`
+	Spec    ReplicaSpec `json:"spec"`
+}
+
+// ReplicaSpec is what an agent needs to run a replica: where the model
+// is, which server to run over it and how to tell that it is ready.
+type ReplicaSpec struct {
+	ModelURI string `json:"modelUri"`
+	// Runtime is "builtin" (spotml serve, ONNX) or "command".
+	Runtime       string            `json:"runtime"`
+	Command       []string          `json:"command,omitempty"`
+	Port          int               `json:"port,omitempty"` // fixed port of a command runtime; 0: the agent picks one
+	Env           map[string]string `json:"env,omitempty"`
+	MaxBatch      int               `json:"maxBatch,omitempty"`
+	MaxQueueDelay time.Duration     `json:"maxQueueDelay,omitempty"`
+	Threads       int               `json:"threads,omitempty"`
+	// Readiness probe: GET path until it answers 2xx.
+	ReadinessPath    string        `json:"readinessPath"`
+	ReadinessPeriod  time.Duration `json:"readinessPeriod"`
+	ReadinessTimeout time.Duration `json:"readinessTimeout"`
+	InitialDelay     time.Duration `json:"initialDelay,omitempty"`
 }
 
 // Assignment is one task attempt placed on a node.

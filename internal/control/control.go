@@ -104,7 +104,7 @@ func (p *Plane) Run(ctx context.Context) error {
 
 // Reconcile runs one pass of every loop.
 func (p *Plane) Reconcile(ctx context.Context) error {
-	return errors.Join(p.checkLiveness(ctx), p.schedule(ctx), p.scalePools(ctx))
+	return errors.Join(p.checkLiveness(ctx), p.reconcileServices(ctx), p.schedule(ctx), p.scalePools(ctx))
 }
 
 // checkLiveness ends nodes whose agent went silent; their tasks requeue.
@@ -135,11 +135,20 @@ func (p *Plane) checkLiveness(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// schedule assigns pending tasks to nodes with room.
+// schedule assigns pending replicas, then pending tasks, to nodes with
+// room.
 func (p *Plane) schedule(ctx context.Context) error {
 	pending, err := p.store.PendingTasks(ctx)
-	if err != nil || len(pending) == 0 {
+	if err != nil {
 		return err
+	}
+	reps, err := p.store.ListReplicas(ctx, "")
+	if err != nil {
+		return err
+	}
+	queue := replicaQueue(reps)
+	if len(pending) == 0 && len(queue) == 0 {
+		return nil
 	}
 	nodes, err := p.store.ListNodes(ctx)
 	if err != nil {
@@ -149,14 +158,27 @@ func (p *Plane) schedule(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	snap := Snapshot(pending, nodes, running)
+	snap := Snapshot(append(queue, pending...), nodes, append(running, replicaLoad(reps)...))
 	plan := sched.Schedule(snap)
 	if len(plan.Assignments) == 0 {
 		return nil
 	}
-	as := make([]store.Assignment, len(plan.Assignments))
-	for i, a := range plan.Assignments {
-		as[i] = store.Assignment{TaskID: a.TaskID, Node: a.Node}
+	var as []store.Assignment
+	var ras []store.ReplicaAssignment
+	for _, a := range plan.Assignments {
+		if a.TaskID < 0 {
+			ras = append(ras, store.ReplicaAssignment{ID: -a.TaskID, Node: a.Node})
+			continue
+		}
+		as = append(as, store.Assignment{TaskID: a.TaskID, Node: a.Node})
+	}
+	if len(ras) > 0 {
+		if _, err := p.store.AssignReplicas(ctx, ras); err != nil {
+			return err
+		}
+	}
+	if len(as) == 0 {
+		return nil
 	}
 	n, err := p.store.Assign(ctx, as)
 	if err != nil {
@@ -212,6 +234,12 @@ func (p *Plane) scalePools(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	reps, err := p.store.ListReplicas(ctx, "")
+	if err != nil {
+		return err
+	}
+	pending = append(replicaQueue(reps), pending...)
+	running = append(running, replicaLoad(reps)...)
 	now := p.now()
 	var errs []error
 
@@ -233,7 +261,7 @@ func (p *Plane) scalePools(ctx context.Context) error {
 			errs = append(errs, p.terminate(ctx, n, "pool deleted"))
 			continue
 		}
-		if n.State == store.NodeReady && n.Tasks == 0 && n.IdleSince.IsZero() {
+		if n.State == store.NodeReady && n.Tasks == 0 && n.Replicas == 0 && n.IdleSince.IsZero() {
 			nodes[i].IdleSince = now
 			errs = append(errs, p.store.SetIdle(ctx, n.Name, now))
 		}

@@ -84,7 +84,7 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 			case store.Live(n.State) && n.NoticeDeadline.IsZero():
 				plan.Live++
 				idleFor := p.Spec.IdleTimeout.Duration
-				if n.State == store.NodeReady && n.Tasks == 0 && !n.IdleSince.IsZero() && now.Sub(n.IdleSince) >= idleFor {
+				if n.State == store.NodeReady && n.Tasks == 0 && n.Replicas == 0 && !n.IdleSince.IsZero() && now.Sub(n.IdleSince) >= idleFor {
 					idle = append(idle, n)
 				}
 			case store.Live(n.State) && p.Spec.EvictionPolicy == spec.EvictionDeallocate:

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -46,6 +47,13 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if n.StateAt.Equal(n.HeartbeatAt) { // just became ready
 		s.kick()
 	}
+	sts := make([]store.ReplicaStatus, len(req.Replicas))
+	for i, rs := range req.Replicas {
+		sts[i] = store.ReplicaStatus{ID: rs.ID, Ready: rs.Ready, Addr: rs.Addr, Exited: rs.Exited, Message: rs.Message}
+	}
+	if err := s.cfg.Store.ReportReplicas(r.Context(), req.Node, sts); err != nil {
+		return err
+	}
 	tasks, err := s.cfg.Store.NodeTasks(r.Context(), req.Node)
 	if err != nil {
 		return err
@@ -54,6 +62,17 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	for _, t := range tasks {
 		resp.Tasks = append(resp.Tasks, api.Assignment{TaskID: t.ID, Attempt: t.Attempt, Job: t.Job, JobUID: t.JobUID,
 			Task: t.Name, Index: t.Index, Spec: t.Spec})
+	}
+	reps, err := s.cfg.Store.NodeReplicas(r.Context(), req.Node)
+	if err != nil {
+		return err
+	}
+	for _, rp := range reps {
+		var sp api.ReplicaSpec
+		if err := json.Unmarshal(rp.Spec, &sp); err != nil {
+			return fmt.Errorf("replica %s: stored spec: %w", rp.Name, err)
+		}
+		resp.Replicas = append(resp.Replicas, api.ReplicaAssignment{ID: rp.ID, Name: rp.Name, Service: rp.Service, Version: rp.Version, Spec: sp})
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil

@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,6 +92,10 @@ func (s *Server) routes() {
 	admin("GET "+p+"/jobs/{name}", s.getJob)
 	admin("DELETE "+p+"/jobs/{name}", s.deleteJob)
 	admin("GET "+p+"/jobs/{name}/tasks/{task}/logs", s.logs)
+	admin("GET "+p+"/services", s.listServices)
+	admin("GET "+p+"/services/{name}", s.getService)
+	admin("DELETE "+p+"/services/{name}", s.deleteService)
+	admin("GET "+p+"/replicas", s.listReplicas)
 	admin("GET "+p+"/events", s.events)
 	admin("GET "+p+"/cost", s.cost)
 	admin("GET "+p+"/blobs", s.listBlobs)
@@ -194,6 +200,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 	}
 	var pools []spec.Pool
 	var jobs []spec.Job
+	var svcs []spec.Service
 	var errs []error
 	for _, f := range files {
 		docs, err := spec.Parse([]byte(f.Data))
@@ -207,16 +214,26 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 				pools = append(pools, *d.Pool)
 			case d.Job != nil:
 				jobs = append(jobs, *d.Job)
+			case d.Service != nil:
+				svcs = append(svcs, *d.Service)
 			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return badRequest{err}
 	}
-	if err := s.checkRefs(r.Context(), pools, jobs); err != nil {
+	if err := s.checkRefs(r.Context(), pools, jobs, svcs); err != nil {
 		return badRequest{err}
 	}
-	res, err := s.cfg.Store.Apply(r.Context(), pools, jobs)
+	docs := make([]store.ServiceDoc, len(svcs))
+	for i, v := range svcs {
+		d, err := control.ServiceDoc(v)
+		if err != nil {
+			return err
+		}
+		docs[i] = d
+	}
+	res, err := s.cfg.Store.Apply(r.Context(), pools, jobs, docs...)
 	if err != nil {
 		return err
 	}
@@ -242,7 +259,7 @@ func prefixSource(source string, err error) error {
 // checkRefs checks what one document cannot check alone: instance types
 // exist in the price table, jobs name pools that exist (stored or in the
 // same apply), and every task fits on a node of the pools it may use.
-func (s *Server) checkRefs(ctx context.Context, pools []spec.Pool, jobs []spec.Job) error {
+func (s *Server) checkRefs(ctx context.Context, pools []spec.Pool, jobs []spec.Job, svcs []spec.Service) error {
 	stored, err := s.cfg.Store.ListPools(ctx)
 	if err != nil {
 		return err
@@ -306,7 +323,68 @@ func (s *Server) checkRefs(ctx context.Context, pools []spec.Pool, jobs []spec.J
 			}
 		}
 	}
+	for _, v := range svcs {
+		errs = append(errs, checkService(v, all))
+	}
 	return errors.Join(errs...)
+}
+
+// checkService checks a service against the pools: those it names exist,
+// and a replica fits on a node of a pool it may use, spot and on-demand as
+// its placement needs.
+func checkService(v spec.Service, all map[string]spec.Pool) error {
+	name := v.Metadata.Name
+	pl := v.Spec.ResolvedPlacement()
+	for i, p := range pl.Pools {
+		if _, ok := all[p]; !ok {
+			return fmt.Errorf("service %s: spec.placement.pools[%d]: no pool named %q; apply the pool first or in the same file (spotml get pools lists them)", name, i, p)
+		}
+	}
+	allowed := func(pool string) bool { return len(pl.Pools) == 0 || slices.Contains(pl.Pools, pool) }
+	lo, hi := v.Spec.ReplicaRange()
+	od, spot := pl.Mix(hi)
+	if od0, _ := pl.Mix(lo); od0 > od {
+		od = od0
+	}
+	need := map[string]bool{spec.PrioritySpot: spot > 0, spec.PriorityOnDemand: od > 0 || pl.FallbackToOnDemand}
+	req := v.Spec.Resources
+	for _, prio := range []string{spec.PrioritySpot, spec.PriorityOnDemand} {
+		if !need[prio] {
+			continue
+		}
+		var offered []string
+		fits := false
+		for pn, p := range all {
+			if p.Spec.Priority != prio || !allowed(pn) {
+				continue
+			}
+			c, err := control.NodeCapacity(p)
+			if err != nil {
+				continue
+			}
+			offered = append(offered, fmt.Sprintf("%s: cpu %g, memory %s, gpu %d", pn, c.CPU, c.Memory, c.GPU))
+			if req.CPU <= c.CPU && req.Memory <= c.Memory && req.GPU <= c.GPU {
+				fits = true
+			}
+		}
+		switch {
+		case len(offered) == 0 && prio == spec.PriorityOnDemand && od == 0:
+			// Only fallback wanted on-demand: without such a pool there
+			// are simply no stand-ins.
+		case len(offered) == 0:
+			return fmt.Errorf("service %s: spec.placement: tier %s needs %s replicas but no %s pool is available to it; apply one (priority: %s) or change the placement",
+				name, pl.Tier, prio, prio, prio)
+		case !fits:
+			return fmt.Errorf("service %s: spec.resources: cpu %g, memory %s, gpu %d is more than one %s node offers (%s); lower the request or use a larger instanceType",
+				name, req.CPU, req.Memory, req.GPU, prio, strings.Join(offered, "; "))
+		}
+	}
+	if f := v.Spec.Auth.KeysFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("service %s: spec.auth.keysFile: %v; the file is read on the control plane's machine: give its absolute path there", name, err)
+		}
+	}
+	return nil
 }
 
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) error {

@@ -14,14 +14,15 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Document is one resource of a YAML file. Exactly one of Pool and Job is
-// set, as Kind says.
+// Document is one resource of a YAML file. Exactly one of Pool, Job and
+// Service is set, as Kind says.
 type Document struct {
-	Kind string `json:"kind"`
-	Name string `json:"name"`
-	Pool *Pool  `json:"pool,omitempty"`
-	Job  *Job   `json:"job,omitempty"`
-	Line int    `json:"line"` // where the document starts in its file
+	Kind    string   `json:"kind"`
+	Name    string   `json:"name"`
+	Pool    *Pool    `json:"pool,omitempty"`
+	Job     *Job     `json:"job,omitempty"`
+	Service *Service `json:"service,omitempty"`
+	Line    int      `json:"line"` // where the document starts in its file
 }
 
 // ErrInvalid is what every *Error is (errors.Is), so that callers can tell a
@@ -140,6 +141,7 @@ type resource interface {
 var (
 	_ resource = (*Pool)(nil)
 	_ resource = (*Job)(nil)
+	_ resource = (*Service)(nil)
 )
 
 // kinds are the document kinds Parse accepts. Adding a kind takes a line
@@ -150,6 +152,7 @@ var kinds = []struct {
 }{
 	{KindPool, func(d *Document) resource { d.Pool = new(Pool); return d.Pool }},
 	{KindJob, func(d *Document) resource { d.Job = new(Job); return d.Job }},
+	{KindService, func(d *Document) resource { d.Service = new(Service); return d.Service }},
 }
 
 func (p *Pool) name() string { return p.Metadata.Name }

@@ -17,10 +17,18 @@ import (
 var update = flag.Bool("update", false, "rewrite the .golden files in testdata")
 
 // goldenDoc is what a good file's golden holds per document: the parsed,
-// defaulted document and, for a job, the tasks it expands to.
+// defaulted document and, for a job, the tasks it expands to, for a
+// service its effective placement and replica range.
 type goldenDoc struct {
 	Document
-	ExpandedTasks []TaskSpec `json:"expandedTasks,omitempty"`
+	ExpandedTasks []TaskSpec        `json:"expandedTasks,omitempty"`
+	Effective     *effectiveService `json:"effective,omitempty"`
+}
+
+type effectiveService struct {
+	Placement   Placement `json:"placement"`
+	MinReplicas int       `json:"minReplicas"`
+	MaxReplicas int       `json:"maxReplicas"`
 }
 
 // TestParseGood parses each testdata/good/*.yaml and compares the documents,
@@ -37,6 +45,11 @@ func TestParseGood(t *testing.T) {
 				g := goldenDoc{Document: d}
 				if d.Job != nil {
 					g.ExpandedTasks = d.Job.ExpandTasks()
+				}
+				if d.Service != nil {
+					sp := &d.Service.Spec
+					lo, hi := sp.ReplicaRange()
+					g.Effective = &effectiveService{sp.ResolvedPlacement(), lo, hi}
 				}
 				out = append(out, g)
 			}
@@ -100,11 +113,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 			var buf bytes.Buffer
 			enc := yaml.NewEncoder(&buf)
 			for _, d := range docs {
-				var v any = d.Pool
-				if d.Job != nil {
-					v = d.Job
-				}
-				if err := enc.Encode(v); err != nil {
+				if err := enc.Encode(docResource(d)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -142,10 +151,7 @@ func TestJSONRoundTrip(t *testing.T) {
 				if err := dec.Decode(&back); err != nil {
 					t.Fatal(err)
 				}
-				var r resource = back.Pool
-				if back.Job != nil {
-					r = back.Job
-				}
+				r := docResource(back)
 				r.Default()
 				if err := r.Validate(); err != nil {
 					t.Errorf("Validate after a JSON round trip: %v", err)
@@ -192,6 +198,17 @@ func TestDidYouMean(t *testing.T) {
 			t.Errorf("unknownField(%q) = %q, want %q", tt.key, got, tt.want)
 		}
 	}
+}
+
+// docResource returns the one resource a document holds.
+func docResource(d Document) resource {
+	switch {
+	case d.Job != nil:
+		return d.Job
+	case d.Service != nil:
+		return d.Service
+	}
+	return d.Pool
 }
 
 func inputs(t *testing.T, dir string) []string {

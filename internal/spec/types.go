@@ -1,6 +1,7 @@
-// Package spec defines the user-facing resource documents (Pool, Job) and
-// parses them strictly from YAML: an unknown or mistyped field is an error
-// that names the field and its line, so nothing half-understood is stored.
+// Package spec defines the user-facing resource documents (Pool, Job,
+// Service) and parses them strictly from YAML: an unknown or mistyped field
+// is an error that names the field and its line, so nothing half-understood
+// is stored.
 package spec
 
 import "time"
@@ -10,8 +11,9 @@ const APIVersion = "spotml/v1"
 
 // Kinds of documents.
 const (
-	KindPool = "Pool"
-	KindJob  = "Job"
+	KindPool    = "Pool"
+	KindJob     = "Job"
+	KindService = "Service"
 )
 
 // Priorities of pools.

@@ -47,7 +47,8 @@ type Node struct {
 	NoticeDeadline time.Time      `json:"noticeDeadline,omitzero"`
 	Reason         string         `json:"reason,omitempty"`
 	Incarnation    int            `json:"incarnation"`
-	Tasks          int            `json:"tasks"` // running tasks, filled by ListNodes
+	Tasks          int            `json:"tasks"`    // running tasks, filled by ListNodes
+	Replicas       int            `json:"replicas"` // live service replicas, filled by ListNodes
 }
 
 const nodeCols = `name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
@@ -128,7 +129,8 @@ func (s *Store) SetNodeProcess(ctx context.Context, name string, pid int, workdi
 // ListNodes returns all nodes (live and ended) by name with their running
 // task counts.
 func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+`, (SELECT count(*) FROM tasks t WHERE t.node = nodes.name AND t.state = 'running')
+	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+`, (SELECT count(*) FROM tasks t WHERE t.node = nodes.name AND t.state = 'running'),
+		(SELECT count(*) FROM replicas r WHERE r.node = nodes.name AND r.ended_at = 0)
 		FROM nodes ORDER BY name`)
 	if err != nil {
 		return nil, err
@@ -136,13 +138,12 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 	defer rows.Close()
 	var out []Node
 	for rows.Next() {
-		var n Node
-		var tasks int
-		n, err := scanNode(scanExtra{rows, &tasks})
+		var tasks, replicas int
+		n, err := scanNode(scanExtra{rows, []any{&tasks, &replicas}})
 		if err != nil {
 			return nil, err
 		}
-		n.Tasks = tasks
+		n.Tasks, n.Replicas = tasks, replicas
 		out = append(out, n)
 	}
 	return out, rows.Err()
@@ -150,10 +151,10 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 
 type scanExtra struct {
 	rows  *sql.Rows
-	extra *int
+	extra []any
 }
 
-func (s scanExtra) Scan(dest ...any) error { return s.rows.Scan(append(dest, s.extra)...) }
+func (s scanExtra) Scan(dest ...any) error { return s.rows.Scan(append(dest, s.extra...)...) }
 
 // GetNode returns one node.
 func (s *Store) GetNode(ctx context.Context, name string) (Node, error) {
@@ -266,6 +267,9 @@ func (s *Store) EndNode(ctx context.Context, name, state, reason string) error {
 		}
 		kind := map[string]string{NodePreempted: "Evicted", NodeDeallocated: "Evicted", NodeLost: "Lost", NodeTerminated: "Terminated"}[state]
 		if err := s.event(ctx, tx, kind, "node/"+name, reason, ""); err != nil {
+			return err
+		}
+		if err := s.endNodeReplicas(ctx, tx, name, "node "+name+" "+state); err != nil {
 			return err
 		}
 		return s.requeueNodeTasks(ctx, tx, name, state, "node "+name+" "+state)

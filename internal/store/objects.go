@@ -81,10 +81,10 @@ type ApplyResult struct {
 	Action string `json:"action"` // created, configured, unchanged
 }
 
-// Apply stores pools and jobs in one transaction: all or nothing. A job is
-// immutable once submitted: applying a different spec under an existing
-// name is ErrConflict.
-func (s *Store) Apply(ctx context.Context, pools []spec.Pool, jobs []spec.Job) ([]ApplyResult, error) {
+// Apply stores pools, jobs and services in one transaction: all or
+// nothing. A job is immutable once submitted: applying a different spec
+// under an existing name is ErrConflict.
+func (s *Store) Apply(ctx context.Context, pools []spec.Pool, jobs []spec.Job, services ...ServiceDoc) ([]ApplyResult, error) {
 	var out []ApplyResult
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		out = out[:0]
@@ -123,6 +123,13 @@ func (s *Store) Apply(ctx context.Context, pools []spec.Pool, jobs []spec.Job) (
 		}
 		for _, j := range jobs {
 			r, err := s.insertJob(ctx, tx, j, now)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		for _, d := range services {
+			r, err := s.applyService(ctx, tx, d, now)
 			if err != nil {
 				return err
 			}

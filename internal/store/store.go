@@ -154,6 +154,44 @@ var migrations = []string{
 		message TEXT NOT NULL DEFAULT ''
 	);
 	CREATE INDEX events_object ON events(object);`,
+	// 2: serving.
+	`CREATE TABLE services (
+		name TEXT PRIMARY KEY,
+		spec TEXT NOT NULL,
+		rollout_key TEXT NOT NULL,
+		generation INTEGER NOT NULL DEFAULT 1,
+		desired INTEGER NOT NULL,
+		scale_state TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE TABLE replicas (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		service TEXT NOT NULL,
+		version INTEGER NOT NULL,
+		spec TEXT NOT NULL,
+		pool TEXT NOT NULL,
+		priority TEXT NOT NULL,
+		stand_in INTEGER NOT NULL DEFAULT 0,
+		cpu REAL NOT NULL, memory INTEGER NOT NULL, gpu INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		node TEXT NOT NULL DEFAULT '',
+		addr TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		state_at INTEGER NOT NULL,
+		ready_at INTEGER NOT NULL DEFAULT 0,
+		ended_at INTEGER NOT NULL DEFAULT 0,
+		reason TEXT NOT NULL DEFAULT ''
+	);
+	CREATE INDEX replicas_live ON replicas(ended_at, service);
+	CREATE INDEX replicas_node ON replicas(node, ended_at);
+	CREATE TABLE gateway_stats (
+		gateway TEXT NOT NULL,
+		service TEXT NOT NULL,
+		qps REAL NOT NULL,
+		updated_at INTEGER NOT NULL,
+		PRIMARY KEY (gateway, service)
+	);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

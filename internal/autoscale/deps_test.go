@@ -1,0 +1,56 @@
+package autoscale
+
+import (
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestDepsStayPure keeps the autoscale decision a pure function: it must not be
+// able to reach the network, a database, a subprocess or a cloud API.
+func TestDepsStayPure(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go command not found")
+	}
+	const pkg = "github.com/spotml/spotml/internal/autoscale"
+	out, err := exec.Command(goBin, "list", "-deps", pkg).Output()
+	if err != nil {
+		var msg string
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+			msg = string(ee.Stderr)
+		}
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, msg)
+	}
+	forbidden := []string{
+		"net/http",
+		"net/rpc",
+		"database/sql",
+		"os/exec",
+	}
+	forbiddenPrefixes := []string{
+		"github.com/aws/",
+		"github.com/Azure/",
+		"cloud.google.com/",
+		"google.golang.org/api",
+		"gocloud.dev",
+		"modernc.org/sqlite",
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) == 0 {
+		t.Fatal("go list -deps printed nothing")
+	}
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if d == f {
+				t.Errorf("%s imports %s; the autoscale decision must stay pure", pkg, d)
+			}
+		}
+		for _, p := range forbiddenPrefixes {
+			if strings.HasPrefix(d, p) {
+				t.Errorf("%s imports %s; the autoscale decision must stay pure", pkg, d)
+			}
+		}
+	}
+}
