@@ -44,13 +44,14 @@ type cluster struct {
 	t    *testing.T
 	data string
 	addr string
+	gw   string // gateway address
 	cmd  *exec.Cmd
 	logf *os.File
 }
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	c := &cluster{t: t, data: t.TempDir(), addr: freeAddr(t)}
+	c := &cluster{t: t, data: t.TempDir(), addr: freeAddr(t), gw: freeAddr(t)}
 	c.start()
 	t.Cleanup(func() {
 		c.stop(syscall.SIGINT)
@@ -70,7 +71,7 @@ func (c *cluster) start() {
 		c.t.Fatal(err)
 	}
 	c.logf = f
-	c.cmd = exec.Command(binary, "up", "--data", c.data, "--addr", c.addr,
+	c.cmd = exec.Command(binary, "up", "--data", c.data, "--addr", c.addr, "--gateway-addr", c.gw,
 		"--heartbeat", "200ms", "--reconcile-interval", "200ms", "--node-timeout", "5s")
 	c.cmd.Stdout, c.cmd.Stderr = f, f
 	if err := c.cmd.Start(); err != nil {

@@ -11,7 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-OUT_DIR="$out" SPOTML_CHECKPOINT_DIR="$out/ckpt" /usr/bin/python3 "$here/train.py"
-cp "$out/model.onnx" "$here/model.onnx"
-cp "$out/metrics.json" "$here/model.metrics.json"
+(cd "$out" && OUT_DIR="$out/out" SPOTML_CHECKPOINT_DIR="$out/ckpt" /usr/bin/python3 "$here/train.py")
+cp "$out/out/model.onnx" "$here/model.onnx"
+cp "$out/out/metrics.json" "$here/model.metrics.json"
 echo "wrote $here/model.onnx ($(stat -c %s "$here/model.onnx") bytes); metrics in $here/model.metrics.json"

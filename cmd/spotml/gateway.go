@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/gateway"
+	"github.com/spotml/spotml/internal/inference"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// newGatewayCmd runs a gateway on its own, over the store of a control
+// plane on this machine (more gateways, or one restarted apart from the
+// control plane).
+func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
+	var data, addr, id, logLevel string
+	c := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run an inference gateway alone, routing by the store in --data",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			dbPath := filepath.Join(data, "spotml.db")
+			if _, err := os.Stat(dbPath); err != nil {
+				return fmt.Errorf("--data %s: no spotml store there (%w); start the control plane first or point --data at its data directory", data, err)
+			}
+			st, err := store.Open(c.Context(), dbPath, time.Now)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			g, gctx := errgroup.WithContext(c.Context())
+			url, err := runGateway(gctx, g, st, addr, id, log)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "spotml gateway: %s\n", url)
+			return g.Wait()
+		},
+	}
+	c.Flags().StringVar(&data, "data", "./spotml-data", "the control plane's data directory")
+	c.Flags().StringVar(&addr, "addr", "127.0.0.1:8000", "address to serve on")
+	c.Flags().StringVar(&id, "id", "", "name of this gateway in the QPS reports (default gateway-HOSTNAME-PID)")
+	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return c
+}
+
+// runGateway listens on addr and serves a gateway fed from st, in g, until
+// ctx ends. It returns the gateway's URL.
+func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, id string, log *slog.Logger) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("gateway address %s: %w", addr, err)
+	}
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("gateway-%s-%d", host, os.Getpid())
+	}
+	log = log.With("gateway", id)
+	gw := gateway.New(gateway.Config{Log: log, Now: time.Now})
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error { return control.FeedGateway(ctx, st, gw, log, time.Now, control.FeedOptions{ID: id}) })
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return "http://" + ln.Addr().String(), nil
+}
+
+// findONNXRuntime looks for ONNX Runtime's shared library where spotml's
+// setup puts it: $SPOTML_ONNXRUNTIME_LIB, DATA/lib, ./build/onnxruntime,
+// and beside the executable.
+func findONNXRuntime(getenv func(string) string, data string) (string, error) {
+	dirs := []string{filepath.Join(data, "lib"), filepath.Join("build", "onnxruntime")}
+	if exe, err := os.Executable(); err == nil {
+		d := filepath.Dir(exe)
+		dirs = append(dirs, d, filepath.Join(d, "..", "build", "onnxruntime"))
+	}
+	return inference.FindLibrary(getenv, dirs...)
+}

@@ -1,0 +1,481 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// forward sends a request to a replica of s and copies the answer back,
+// retrying on another replica when the first one vanished under it.
+//
+// A request is retried when its replica gave a connection error (refused,
+// reset, EOF before any response byte) or answered 502/503 while draining
+// or gone from the table, at most MaxRetries times, each time on a replica
+// not tried yet, and only when its whole body was buffered. Nothing is
+// retried once a byte of the answer has reached the client, nor after a
+// per-attempt timeout (the replica may still be working on it, and a retry
+// would double the load that made it slow).
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg target, strip string) {
+	start := time.Now()
+	s.state.inflight.Add(1)
+	var (
+		status int      // what the client got; 499 when it went away first
+		broken bool     // the answer broke off after its header was sent
+		last   *backend // the replica that answered or failed last
+	)
+	defer func() {
+		g.finish(s, last, status, broken, time.Since(start))
+		s.state.inflight.Add(-1) // last: once it is 0, the figures are in
+	}()
+
+	body, err := g.readBody(r)
+	if err != nil {
+		status = http.StatusBadRequest
+		writeError(w, status, fmt.Sprintf("reading the request body: %v", err))
+		return
+	}
+	out := g.outgoing(r, tg, body, strip)
+	// relay copies an answer; if it breaks off, the client's connection
+	// is aborted, after the deferred accounting has what it needs.
+	relay := func(a *attempt) {
+		var abort bool
+		if status, abort = g.reply(w, a); abort {
+			broken = status != 499
+			panic(http.ErrAbortHandler)
+		}
+	}
+
+	tried := make([]*backend, 0, 4)
+	e := s.pick(g.now().UnixNano(), tried, g.intn)
+	if e == nil {
+		s.state.noReplica.Add(1)
+		status = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", retryAfter)
+		writeError(w, status, fmt.Sprintf("service %q has no ready replica; retry later", s.name))
+		return
+	}
+	for {
+		tried = append(tried, e.b)
+		last = e.b
+		a := g.send(r.Context(), out, e, body)
+
+		switch a.fail {
+		case failNone:
+			relay(a)
+			return
+		case failClient:
+			a.end(reasonNone)
+			status = 499 // nginx's "client closed request": nobody to answer
+			if err := body.err(); err != nil && r.Context().Err() == nil {
+				status = http.StatusBadRequest
+				writeError(w, status, fmt.Sprintf("reading the request body: %v", err))
+			}
+			return
+		case failTimeout:
+			a.end(reasonTimeout)
+			status = http.StatusGatewayTimeout
+			writeError(w, status, fmt.Sprintf("replica %s of %q did not answer within %v", e.ID, s.name, g.timeout))
+			return
+		}
+
+		// The replica is going or gone (failConn, failGone). Another one
+		// may take the request if the body can be sent again and retries
+		// are left.
+		if a.fail == failConn {
+			g.eject(e.b, a.err)
+		}
+		var next *entry
+		why := ""
+		switch {
+		case !body.replayable:
+			why = fmt.Sprintf("not retried: a request body over %d bytes is streamed, not buffered", g.maxRetryBody)
+		case len(tried) > g.maxRetries:
+			why = fmt.Sprintf("gave up after %d attempts", len(tried))
+		default:
+			next = s.pick(g.now().UnixNano(), tried, g.intn)
+		}
+		switch {
+		case next != nil:
+			a.discard()
+			s.state.retries.Add(1)
+			g.log.Debug("gateway: retrying on another replica", "service", s.name, "failed", e.ID, "next", next.ID, "err", a.err)
+			e = next
+			continue
+		case a.resp != nil:
+			relay(a) // the replica's own 502/503 says more than ours would
+		case why != "":
+			a.end(reasonConnect)
+			status = http.StatusBadGateway
+			writeError(w, status, fmt.Sprintf("replica %s of %q failed: %v; %s", e.ID, s.name, a.err, why))
+		default:
+			// Every replica has failed this request: the service is down
+			// for now, not just one replica.
+			a.end(reasonConnect)
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", retryAfter)
+			writeError(w, status, fmt.Sprintf("service %q has no ready replica: %s failed (%v) and no other replica is ready; retry later", s.name, e.ID, a.err))
+		}
+		return
+	}
+}
+
+// failure is how an attempt ended when it produced no answer to copy.
+type failure int
+
+const (
+	failNone    failure = iota
+	failConn            // connection error, no response byte: retryable
+	failGone            // 502/503 from a vanished replica: retryable
+	failTimeout         // the per-attempt timeout
+	failClient          // the client went away or its body broke
+)
+
+// attempt is one try of a request on one replica.
+type attempt struct {
+	g      *Gateway
+	e      *entry
+	client context.Context // the client's request
+	ctx    context.Context // this attempt's, with its timeout
+	start  time.Time
+	cancel context.CancelFunc
+	resp   *http.Response
+	err    error
+	fail   failure
+}
+
+// send makes one attempt, up to the response headers.
+func (g *Gateway) send(ctx context.Context, out *http.Request, e *entry, body *body) *attempt {
+	actx, cancel := context.WithTimeout(ctx, g.timeout)
+	a := &attempt{g: g, e: e, client: ctx, ctx: actx, start: time.Now(), cancel: cancel}
+	e.b.inflight.Add(1)
+
+	req := out.WithContext(actx)
+	u := *out.URL
+	u.Host = e.Addr
+	req.URL = &u
+	body.attach(req)
+
+	a.resp, a.err = g.transport.RoundTrip(req)
+	switch {
+	case a.err == nil:
+		e.b.answered()
+		if (a.resp.StatusCode == http.StatusBadGateway || a.resp.StatusCode == http.StatusServiceUnavailable) && g.vanished(e.b) {
+			a.fail = failGone
+		}
+	case ctx.Err() != nil:
+		a.fail = failClient
+	case actx.Err() == context.DeadlineExceeded:
+		a.fail = failTimeout
+	case body.err() != nil:
+		// The transport failed reading the client's body, not the replica.
+		a.fail = failClient
+	default:
+		a.fail = failConn
+	}
+	return a
+}
+
+// end settles an attempt's accounting: outstanding count, latency, errors.
+func (a *attempt) end(r reason) {
+	a.cancel()
+	b := a.e.b
+	b.inflight.Add(-1)
+	if r != reasonNone {
+		b.errs[r].Add(1)
+	}
+	b.lat.add(a.g.now().Unix(), time.Since(a.start), r != reasonNone)
+}
+
+// discard drops an attempt that is going to be retried.
+func (a *attempt) discard() {
+	r := reasonConnect
+	if a.resp != nil {
+		r = reasonGone
+		// Draining a small error body lets the connection be reused.
+		_, _ = io.CopyN(io.Discard, a.resp.Body, 4<<10)
+		a.resp.Body.Close()
+	}
+	a.end(r)
+}
+
+// reply copies a replica's answer to the client and returns its status
+// (499 when the client went away during the copy). Once the header is
+// written nothing can be retried; if the answer then breaks off, the
+// caller aborts the client's connection (abort) so that the client cannot
+// take a truncated answer for a whole one.
+func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bool) {
+	resp := a.resp
+	defer resp.Body.Close()
+
+	removeHopHeaders(resp.Header)
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	w.WriteHeader(resp.StatusCode)
+
+	// Streams (unknown length, server-sent events) are flushed as they
+	// come, so that a token stream from a custom server is not held back.
+	flush := resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	readErr, writeErr := copyBody(w, resp.Body, flush)
+	for k, vv := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vv
+	}
+
+	r, status, abort := reasonNone, resp.StatusCode, false
+	switch {
+	case writeErr != nil, readErr != nil && a.client.Err() != nil:
+		// The client went away; the replica did nothing wrong.
+		status, abort = 499, true
+	case readErr != nil:
+		abort, r = true, reasonBroken
+		if a.ctx.Err() == context.DeadlineExceeded {
+			r = reasonTimeout
+		}
+		g.log.Warn("gateway: answer broke off", "service", a.e.b.service, "replica", a.e.ID, "err", readErr)
+	case a.fail == failGone:
+		r = reasonGone
+	case status >= 500:
+		r = reasonStatus
+	}
+	a.end(r)
+	return status, abort
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody copies an answer body, telling the replica's errors from the
+// client's.
+func copyBody(w http.ResponseWriter, src io.Reader, flush bool) (readErr, writeErr error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil, werr
+			}
+			if flush {
+				if werr := rc.Flush(); werr != nil {
+					return nil, werr
+				}
+			}
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return err, nil
+		}
+	}
+}
+
+// body is a request body, buffered whole when it is small enough to be
+// sent again, streamed otherwise.
+type body struct {
+	buf        []byte
+	replayable bool
+	stream     *clientBody // when not replayable
+	length     int64       // when not replayable: -1 if unknown
+}
+
+// readBody buffers a request body up to MaxRetryBody. A body of unknown
+// length that turns out larger is streamed: the buffered start, then the
+// rest as it arrives.
+func (g *Gateway) readBody(r *http.Request) (*body, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return &body{replayable: true}, nil
+	}
+	limit := g.maxRetryBody
+	if limit < 0 || r.ContentLength > limit {
+		return &body{stream: &clientBody{r: r.Body, c: r.Body}, length: r.ContentLength}, nil
+	}
+	if r.ContentLength >= 0 {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, err
+		}
+		return &body{buf: buf, replayable: true}, nil
+	}
+	var bb bytes.Buffer
+	_, err := io.CopyN(&bb, r.Body, limit+1)
+	switch {
+	case err == io.EOF:
+		return &body{buf: bb.Bytes(), replayable: true}, nil
+	case err != nil:
+		return nil, err
+	}
+	return &body{stream: &clientBody{r: io.MultiReader(&bb, r.Body), c: r.Body}, length: -1}, nil
+}
+
+// attach gives an attempt its own reader over the body.
+func (b *body) attach(req *http.Request) {
+	switch {
+	case !b.replayable:
+		req.Body, req.ContentLength = b.stream, b.length
+	case len(b.buf) == 0:
+		req.Body, req.ContentLength, req.GetBody = nil, 0, nil
+	default:
+		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.buf)), nil }
+	}
+}
+
+// err is the error reading a streamed body gave, if any.
+func (b *body) err() error {
+	if b.stream == nil {
+		return nil
+	}
+	return b.stream.error()
+}
+
+// clientBody remembers why reading the client's body failed, so that the
+// replica is not blamed (or ejected) for it. The transport reads it on its
+// own goroutine.
+type clientBody struct {
+	r   io.Reader
+	c   io.Closer
+	mu  sync.Mutex
+	bad error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		b.bad = err
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *clientBody) Close() error { return b.c.Close() }
+
+func (b *clientBody) error() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bad
+}
+
+// outgoing builds the request every attempt starts from: the client's,
+// with hop-by-hop headers removed, the checked API key dropped and the
+// X-Forwarded-* headers set.
+func (g *Gateway) outgoing(r *http.Request, tg target, b *body, strip string) *http.Request {
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.Close = false
+	out.Host = ""
+	out.TransferEncoding = nil
+	out.Trailer = nil
+	out.URL = &url.URL{Scheme: "http", Path: tg.path, RawPath: tg.rawPath, RawQuery: r.URL.RawQuery}
+
+	h := out.Header
+	te := acceptsTrailers(h)
+	removeHopHeaders(h)
+	if te {
+		h.Set("Te", "trailers")
+	}
+	if strip != "" {
+		h.Del(strip)
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior, ok := h["X-Forwarded-For"]; ok && len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		h.Set("X-Forwarded-For", ip)
+	}
+	// Someone in front of the gateway (a cloud load balancer) knows the
+	// original host and scheme better than we do.
+	if h.Get("X-Forwarded-Host") == "" {
+		h.Set("X-Forwarded-Host", r.Host)
+	}
+	if h.Get("X-Forwarded-Proto") == "" {
+		proto := "http"
+		if r.TLS != nil {
+			proto = "https"
+		}
+		h.Set("X-Forwarded-Proto", proto)
+	}
+	if tg.prefix != "" {
+		h.Set("X-Forwarded-Prefix", tg.prefix)
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h.Set("User-Agent", "") // not Go's default: the client sent none
+	}
+	if b.replayable && h["Idempotency-Key"] == nil && h["X-Idempotency-Key"] == nil {
+		// An empty key is not sent, but lets the transport resend the
+		// (buffered) request on a fresh connection when a keep-alive one
+		// turns out closed by the replica — a race that must not count as
+		// the replica's failure.
+		h["X-Idempotency-Key"] = nil
+	}
+	return out
+}
+
+// hopHeaders apply to one connection, not to the request (RFC 9110 7.6.1).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+// acceptsTrailers reports whether a request accepts trailers ("Te:
+// trailers"), the one Te value worth passing on (gRPC-style servers).
+func acceptsTrailers(h http.Header) bool {
+	for _, v := range h["Te"] {
+		for sf := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(sf), "trailers") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// newTransport is shared by every request: keep-alive connections are what
+// make the gateway cheap, so enough of them are kept per replica for 64+
+// concurrent requests.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: nil, // replicas are on the cluster network, never behind a proxy
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second, // a dead node may not refuse, only stay silent
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		MaxIdleConns:        4096,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		// Answers pass through as the replica encoded them.
+		DisableCompression: true,
+		// Tensors are large: fewer syscalls per request than the 4 KiB
+		// default, at 64 KiB a connection.
+		WriteBufferSize: 32 << 10,
+		ReadBufferSize:  32 << 10,
+	}
+}
