@@ -213,6 +213,10 @@ func (c *cluster) readyReplicas(name string) []store.Replica {
 }
 
 func pool(name, priority string, max int) string {
+	notice := ""
+	if priority == spec.PrioritySpot {
+		notice = "\n  notice: 3s"
+	}
 	return fmt.Sprintf(`apiVersion: spotml/v1
 kind: Pool
 metadata: {name: %s}
@@ -222,11 +226,10 @@ spec:
   instanceType: local-small
   zones: ["1"]
   min: 0
-  max: %d
-  notice: 3s
+  max: %d%s
   idleTimeout: 20s
 ---
-`, name, priority, max)
+`, name, priority, max, notice)
 }
 
 func serviceYAML(name, model, tier string, min, max int, extra string) string {
@@ -243,6 +246,41 @@ spec:
 `, name, model, min, max, extra, tier)
 }
 
+// newServingCluster is newCluster that, on failure, also logs the events
+// and the replicas' stderr.
+func newServingCluster(t *testing.T) *cluster {
+	c := newCluster(t)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		if out, err := c.cli("get", "events"); err == nil {
+			t.Logf("events:\n%s", tail(out, 8000))
+		}
+		logs, _ := filepath.Glob(filepath.Join(c.data, "nodes", "*", "replicas", "*", "stderr.log"))
+		for _, f := range logs {
+			b, _ := os.ReadFile(f)
+			t.Logf("%s:\n%s", f, tail(string(b), 1500))
+		}
+	})
+	return c
+}
+
+// waitServing waits until the service has n ready replicas and the
+// gateway routes to them (it reloads its routes every 200ms).
+func (c *cluster) waitServing(name string, n int, d time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, d, fmt.Sprintf("%d ready replicas of %s", n, name), func() bool { return len(c.readyReplicas(name)) == n })
+	waitFor(c.t, 5*time.Second, "the gateway to route to "+name, func() bool {
+		resp, err := http.Get("http://" + c.gw + "/v2/models/" + name + "/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
 func (c *cluster) putModel(dst string) {
 	c.t.Helper()
 	src, _ := filepath.Abs(filepath.Join("..", "examples", "fashion-mnist", "model.onnx"))
@@ -257,11 +295,11 @@ func (c *cluster) putModel(dst string) {
 func TestServingSurvivesEvictions(t *testing.T) {
 	requireORT(t)
 	xs, ys := testSet(t, 10000)
-	c := newCluster(t)
+	c := newServingCluster(t)
 	c.putModel("models/fmnist.onnx")
 	c.apply(pool("spot-a", "spot", 2) + pool("spot-b", "spot", 2) + pool("od", "ondemand", 2) +
 		serviceYAML("fmnist", "models/fmnist.onnx", "prod", 2, 2, ""))
-	waitFor(t, 90*time.Second, "2 ready replicas", func() bool { return len(c.readyReplicas("fmnist")) == 2 })
+	c.waitServing("fmnist", 2, 90*time.Second)
 
 	// Metadata (KServe v2) tells the exact shape.
 	resp, err := http.Get("http://" + c.gw + "/v2/models/fmnist")
@@ -369,11 +407,11 @@ func to2D(x []float32) [][]float32 {
 func TestServingStrictAllSpotEvicted(t *testing.T) {
 	requireORT(t)
 	xs, ys := testSet(t, 200)
-	c := newCluster(t)
+	c := newServingCluster(t)
 	c.putModel("models/fmnist.onnx")
 	c.apply(pool("spot-a", "spot", 3) + pool("od", "ondemand", 2) +
 		serviceYAML("strict", "models/fmnist.onnx", "strict", 3, 3, ""))
-	waitFor(t, 90*time.Second, "3 ready replicas", func() bool { return len(c.readyReplicas("strict")) == 3 })
+	c.waitServing("strict", 3, 90*time.Second)
 	s := c.service("strict")
 	if s.Ready[spec.PriorityOnDemand] < 1 || s.Ready[spec.PrioritySpot] < 1 {
 		t.Fatalf("strict tier: want on-demand and spot replicas, have %v", s.Ready)
@@ -413,12 +451,12 @@ func TestServingStrictAllSpotEvicted(t *testing.T) {
 func TestServingAutoscaleAndRollingUpdate(t *testing.T) {
 	requireORT(t)
 	xs, ys := testSet(t, 200)
-	c := newCluster(t)
+	c := newServingCluster(t)
 	c.putModel("models/v1.onnx")
 	c.putModel("models/v2.onnx")
 	scale := ", targetQPSPerReplica: 15, upscaleDelay: 1s, downscaleDelay: 3s"
 	c.apply(pool("spot-a", "spot", 3) + pool("od", "ondemand", 1) + serviceYAML("auto", "models/v1.onnx", "dev", 1, 3, scale))
-	waitFor(t, 90*time.Second, "1 ready replica", func() bool { return len(c.readyReplicas("auto")) == 1 })
+	c.waitServing("auto", 1, 90*time.Second)
 
 	// ~60 requests/s against a target of 15 per replica: 3 replicas (max).
 	l := startLoad(c.gw, "auto", xs, ys, 6, 100*time.Millisecond)
