@@ -29,16 +29,6 @@ type serveFlags struct {
 	logLevel                string
 }
 
-// serveCommand runs `spotml serve` with args (the flags after "serve").
-func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	c := newServeCmd(getenv, stdout, stderr)
-	c.SetArgs(args)
-	c.SetOut(stdout)
-	c.SetErr(stderr)
-	c.SilenceUsage, c.SilenceErrors = true, true
-	return c.ExecuteContext(ctx)
-}
-
 // newServeCmd is `spotml serve`: the builtin inference runtime, one ONNX
 // model over HTTP. Service replicas with the builtin runtime are this
 // command, started by the agent with PORT set.

@@ -193,7 +193,11 @@ func (p *Plane) schedule(ctx context.Context) error {
 func Snapshot(pending []store.Task, nodes []store.Node, running []store.Task) sched.Snapshot {
 	used := map[string]spec.Resources{}
 	count := map[string]int{}
+	spread := map[string][]string{}
 	for _, t := range running {
+		if t.Spread != "" {
+			spread[t.Node] = append(spread[t.Node], t.Spread)
+		}
 		u := used[t.Node]
 		u.CPU += t.Req.CPU
 		u.Memory += t.Req.Memory
@@ -207,11 +211,11 @@ func Snapshot(pending []store.Task, nodes []store.Node, running []store.Task) sc
 			continue
 		}
 		u := used[n.Name]
-		s.Nodes = append(s.Nodes, sched.Node{Name: n.Name, Pool: n.Pool, Priority: n.Priority, Zone: n.Zone, Running: count[n.Name],
+		s.Nodes = append(s.Nodes, sched.Node{Name: n.Name, Pool: n.Pool, Priority: n.Priority, Zone: n.Zone, Running: count[n.Name], Spread: spread[n.Name],
 			Free: spec.Resources{CPU: n.Capacity.CPU - u.CPU, Memory: n.Capacity.Memory - u.Memory, GPU: n.Capacity.GPU - u.GPU}})
 	}
 	for _, t := range pending {
-		s.Pending = append(s.Pending, sched.Task{ID: t.ID, Order: t.Order, Pool: t.Pool, Priority: t.Priority, Req: t.Req})
+		s.Pending = append(s.Pending, sched.Task{ID: t.ID, Order: t.Order, Pool: t.Pool, Priority: t.Priority, Req: t.Req, Spread: t.Spread})
 	}
 	return s
 }

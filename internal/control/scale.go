@@ -45,8 +45,20 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 	for _, n := range nodes {
 		nodePool[n.Name] = n.Pool
 	}
+	// Tasks with a Spread key (a service's replicas) need a node each.
+	apart := map[string]map[string]int{} // pool -> spread key -> tasks
+	countApart := func(pool string, t store.Task) {
+		if t.Spread == "" || pool == "" {
+			return
+		}
+		if apart[pool] == nil {
+			apart[pool] = map[string]int{}
+		}
+		apart[pool][t.Spread]++
+	}
 	for _, t := range running {
 		add(nodePool[t.Node], t.Req)
+		countApart(nodePool[t.Node], t)
 	}
 	// Pinned tasks first; then tasks that may run in several pools fill
 	// the preferred pool up to its max before spilling to the next.
@@ -54,6 +66,7 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 	for _, t := range pending {
 		if t.Pool != "" {
 			add(t.Pool, t.Req)
+			countApart(t.Pool, t)
 		} else {
 			loose = append(loose, t)
 		}
@@ -70,6 +83,9 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 		need := 0
 		for _, q := range []float64{ratio(d.CPU, c.CPU), ratio(float64(d.Memory), float64(c.Memory)), ratio(float64(d.GPU), float64(c.GPU))} {
 			need = max(need, int(math.Ceil(q-1e-9)))
+		}
+		for _, k := range apart[name] {
+			need = max(need, k)
 		}
 		plan := PoolPlan{Pool: name, Demand: need, Target: min(max(need, p.Spec.Min), p.Spec.Max)}
 		var idle []store.Node

@@ -263,3 +263,20 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("pending: %+v", s.Pending)
 	}
 }
+
+// Replicas of one service (same Spread) need a node each, however little
+// they ask for.
+func TestPlanPoolsSpreadNeedsNodeEach(t *testing.T) {
+	pools := []spec.Pool{pool("spot", spec.PrioritySpot, 0, 5)}
+	caps := map[string]spec.Resources{"spot": {CPU: 2, Memory: 8 * gib}}
+	pending := tasks(3, "spot", "", spec.Resources{CPU: 0.5})
+	for i := range pending {
+		pending[i].Spread = "svc"
+	}
+	running := on("spot-1", []store.Task{{ID: 9, Req: spec.Resources{CPU: 0.5}, Spread: "svc"}})
+	nodes := []store.Node{node("spot-1", "spot", store.NodeReady)}
+	got := control.PlanPools(pools, caps, nodes, pending, running, now)
+	if len(got) != 1 || got[0].Target != 4 || got[0].Launch != 3 {
+		t.Fatalf("plan = %+v, want target 4 (one node per replica), launch 3", got)
+	}
+}

@@ -89,15 +89,26 @@ func (p *Plane) reconcileServices(ctx context.Context) error {
 	for _, n := range Snapshot(nil, nodes, append(running, replicaLoad(reps)...)).Nodes {
 		free[n.Name] = n.Free
 	}
+	// hosts says which services have a replica on each node: a service's
+	// replicas never share one.
+	hosts := map[string]map[string]bool{}
+	for _, r := range reps {
+		if r.Node != "" {
+			if hosts[r.Node] == nil {
+				hosts[r.Node] = map[string]bool{}
+			}
+			hosts[r.Node][r.Service] = true
+		}
+	}
 	var errs []error
 	for _, svc := range svcs {
-		errs = append(errs, p.reconcileService(ctx, svc, pools, nodes, free, fails[svc.Name], now))
+		errs = append(errs, p.reconcileService(ctx, svc, pools, nodes, free, hosts, fails[svc.Name], now))
 	}
 	return errors.Join(errs...)
 }
 
 func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools []store.Pool, nodes []store.Node,
-	free map[string]spec.Resources, failures store.ReplicaFailures, now time.Time) error {
+	free map[string]spec.Resources, hosts map[string]map[string]bool, failures store.ReplicaFailures, now time.Time) error {
 	var sp spec.Service
 	if err := json.Unmarshal(svc.Spec, &sp); err != nil {
 		return fmt.Errorf("service %s: stored spec: %w", svc.Name, err)
@@ -141,7 +152,7 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 		Placement:      pl,
 		MaxSurge:       *sp.Spec.Update.MaxSurge,
 		MaxUnavailable: sp.Spec.Update.MaxUnavailable,
-		Pools:          p.placementPools(pools, nodes, free, sp.Spec.Resources, now),
+		Pools:          p.placementPools(svc.Name, pools, nodes, free, hosts, sp.Spec.Resources, now),
 	}
 	avail := map[string]bool{}
 	for _, pp := range in.Pools {
@@ -202,9 +213,11 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 }
 
 // placementPools says, for placement, which pools can take a replica of
-// size req now: not backing off after a refused launch, and with room (a
-// node with that much free, or fewer live nodes than its max).
-func (p *Plane) placementPools(pools []store.Pool, nodes []store.Node, free map[string]spec.Resources, req spec.Resources, now time.Time) []placement.Pool {
+// service of size req now: not backing off after a refused launch, and
+// with room (a node with that much free and no replica of the service yet,
+// or fewer live nodes than its max).
+func (p *Plane) placementPools(service string, pools []store.Pool, nodes []store.Node, free map[string]spec.Resources,
+	hosts map[string]map[string]bool, req spec.Resources, now time.Time) []placement.Pool {
 	live := map[string]int{}
 	room := map[string]bool{}
 	for _, n := range nodes {
@@ -212,7 +225,7 @@ func (p *Plane) placementPools(pools []store.Pool, nodes []store.Node, free map[
 			continue
 		}
 		live[n.Pool]++
-		if f, ok := free[n.Name]; ok && fits(req, f) {
+		if f, ok := free[n.Name]; ok && fits(req, f) && !hosts[n.Name][service] {
 			room[n.Pool] = true
 		}
 	}
@@ -248,7 +261,7 @@ func replicaLoad(reps []store.Replica) []store.Task {
 	var out []store.Task
 	for _, r := range reps {
 		if r.Node != "" {
-			out = append(out, store.Task{ID: -r.ID, Node: r.Node, Pool: r.Pool, Req: r.Req, State: store.TaskRunning})
+			out = append(out, store.Task{ID: -r.ID, Node: r.Node, Pool: r.Pool, Req: r.Req, State: store.TaskRunning, Spread: r.Service})
 		}
 	}
 	return out
@@ -256,12 +269,15 @@ func replicaLoad(reps []store.Replica) []store.Task {
 
 // replicaQueue presents pending replicas as pending tasks that go before
 // every batch task (an always-on service outranks the batch queue). Their
-// IDs are negated replica IDs, so the scheduler's plan tells them apart.
+// IDs are negated replica IDs, so the scheduler's plan tells them apart,
+// and a service's replicas never share a node (Spread), so that one
+// eviction takes one replica, not all.
 func replicaQueue(reps []store.Replica) []store.Task {
 	var out []store.Task
 	for _, r := range reps {
 		if r.State == store.ReplicaPending {
-			out = append(out, store.Task{ID: -r.ID, Order: math.MinInt64 + r.ID, Pool: r.Pool, Priority: r.Priority, Req: r.Req, State: store.TaskPending})
+			out = append(out, store.Task{ID: -r.ID, Order: math.MinInt64 + r.ID, Pool: r.Pool, Priority: r.Priority, Req: r.Req,
+				State: store.TaskPending, Spread: r.Service})
 		}
 	}
 	return out

@@ -23,6 +23,9 @@ type Task struct {
 	Pool     string // "" = any pool
 	Priority string // "" = any priority, else spec.PrioritySpot or spec.PriorityOnDemand
 	Req      spec.Resources
+	// Spread, when set, keeps tasks with the same Spread on different
+	// nodes: a service's replicas, so that one eviction takes one.
+	Spread string
 }
 
 // Node is a node that accepts work: ready, and without an eviction notice.
@@ -33,6 +36,7 @@ type Node struct {
 	Zone     string
 	Free     spec.Resources // capacity minus what its running tasks requested
 	Running  int            // tasks on it now
+	Spread   []string       // the Spread keys of the tasks on it
 }
 
 // Snapshot is the state one scheduling pass sees.
@@ -81,12 +85,23 @@ func Schedule(s Snapshot) Plan {
 			plan.Unplaced++
 			continue
 		}
-		n := st.pick(st.match(t.Pool, t.Priority), req)
+		var n *node
+		if t.Spread != "" {
+			n = st.pickApart(st.match(t.Pool, t.Priority), req, t.Spread)
+		} else {
+			n = st.pick(st.match(t.Pool, t.Priority), req)
+		}
 		if n == nil {
 			plan.Unplaced++
 			continue
 		}
 		st.place(n, req)
+		if t.Spread != "" {
+			if n.spread == nil {
+				n.spread = map[string]bool{}
+			}
+			n.spread[t.Spread] = true
+		}
 		plan.Assignments = append(plan.Assignments, Assignment{TaskID: t.ID, Node: n.name})
 	}
 	return plan
@@ -138,8 +153,9 @@ type node struct {
 	index   int // position in Snapshot.Nodes: the last tie-break, should names repeat
 	free    res
 	running int
-	heap    *nodeHeap // the heap that holds it
-	pos     int       // its position there
+	spread  map[string]bool // Spread keys on it
+	heap    *nodeHeap       // the heap that holds it
+	pos     int             // its position there
 }
 
 // before is the spread order: fewest running tasks, then most free CPU,
@@ -189,6 +205,12 @@ func newState(nodes []Node) *state {
 			st.groups = append(st.groups, g)
 		}
 		n := &node{name: in.Name, index: i, free: toRes(in.Free), running: in.Running}
+		for _, k := range in.Spread {
+			if n.spread == nil {
+				n.spread = map[string]bool{}
+			}
+			n.spread[k] = true
+		}
 		if n.free.milli > 0 {
 			g.open.nodes = append(g.open.nodes, n)
 			st.open++
@@ -236,6 +258,26 @@ func (st *state) pick(gs []*group, req res) *node {
 		consider(&g.open)
 		if req.milli <= 0 {
 			consider(&g.closed)
+		}
+	}
+	return best
+}
+
+// pickApart is pick for a task that must not share a node with its
+// Spread key. Such tasks are few (service replicas), so it scans.
+func (st *state) pickApart(gs []*group, req res, key string) *node {
+	var best *node
+	scan := func(h *nodeHeap) {
+		for _, n := range h.nodes {
+			if n.free.covers(req) && !n.spread[key] && (best == nil || n.before(best)) {
+				best = n
+			}
+		}
+	}
+	for _, g := range gs {
+		scan(&g.open)
+		if req.milli <= 0 {
+			scan(&g.closed)
 		}
 	}
 	return best

@@ -85,6 +85,22 @@ func TestSchedule(t *testing.T) {
 			unplaced: 2,
 		},
 		{
+			name: "tasks with one spread key never share a node",
+			snap: Snapshot{
+				Nodes: []Node{mkNode("a", cpu(4)), {Name: "b", Pool: "p", Priority: spec.PrioritySpot, Free: cpu(4), Spread: []string{"svc"}}},
+				Pending: []Task{
+					{ID: 1, Order: 1, Req: cpu(1), Spread: "svc"},
+					{ID: 2, Order: 2, Req: cpu(1), Spread: "svc"},
+					{ID: 3, Order: 3, Req: cpu(1), Spread: "other"},
+					{ID: 4, Order: 4, Req: cpu(1)},
+				},
+			},
+			// b already runs one of svc; a takes the first, none is left
+			// for the second; other keys and plain tasks still spread.
+			want:     []Assignment{{1, "a"}, {3, "b"}, {4, "a"}},
+			unplaced: 1,
+		},
+		{
 			name: "memory must cover the request",
 			snap: Snapshot{
 				Nodes: []Node{mkNode("a", spec.Resources{CPU: 8, Memory: 4 * gi})},

@@ -72,6 +72,9 @@ type Task struct {
 	FinishedAt time.Time      `json:"finishedAt,omitzero"`
 	Attempts   []Attempt      `json:"attempts,omitempty"`
 	Order      int64          `json:"-"`
+	// Spread is set only on the stand-ins for service replicas that the
+	// control plane hands the scheduler: same Spread, different nodes.
+	Spread string `json:"-"`
 }
 
 // ApplyResult says what Apply did with one document.
