@@ -20,8 +20,8 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/client"
-	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/cost"
+	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
 

@@ -22,12 +22,12 @@ type Service struct {
 	Spec       json.RawMessage `json:"service"`
 	RolloutKey string          `json:"-"`
 	Generation int             `json:"generation"`
-	Desired    int             `json:"desired"`    // replicas the autoscaler wants now
-	ScaleState json.RawMessage `json:"-"`          // the autoscaler's memory, opaque here
-	CreatedAt  time.Time       `json:"createdAt"`  //
-	UpdatedAt  time.Time       `json:"updatedAt"`  //
-	Replicas   []Replica       `json:"replicas"`   // live ones, filled by ListServices
-	QPS        float64         `json:"qps"`        // as the gateways measure it, filled by ListServices
+	Desired    int             `json:"desired"`         // replicas the autoscaler wants now
+	ScaleState json.RawMessage `json:"-"`               // the autoscaler's memory, opaque here
+	CreatedAt  time.Time       `json:"createdAt"`       //
+	UpdatedAt  time.Time       `json:"updatedAt"`       //
+	Replicas   []Replica       `json:"replicas"`        // live ones, filled by ListServices
+	QPS        float64         `json:"qps"`             // as the gateways measure it, filled by ListServices
 	Ready      map[string]int  `json:"readyByPriority"` // ready replicas by priority (spot, ondemand)
 }
 
