@@ -490,3 +490,49 @@ func TestServingAutoscaleAndRollingUpdate(t *testing.T) {
 		t.Errorf("service model = %q, want models/v2.onnx", m)
 	}
 }
+
+// TestServingStandInsWhileSpotIsShort: while the spot market refuses every
+// launch, a prod service runs on on-demand stand-ins; once spot capacity
+// is back, spot replicas replace them, and the stand-ins are stopped only
+// after their replacements are ready, under load, without a failed request.
+func TestServingStandInsWhileSpotIsShort(t *testing.T) {
+	requireORT(t)
+	xs, ys := testSet(t, 200)
+	c := newServingCluster(t)
+	c.putModel("models/fmnist.onnx")
+	spot := func(shortage float64) string {
+		return fmt.Sprintf(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot-a}
+spec:
+  provider: local
+  priority: spot
+  instanceType: local-small
+  min: 0
+  max: 3
+  notice: 3s
+  capacityShortage: %g
+  idleTimeout: 20s
+---
+`, shortage)
+	}
+	c.apply(spot(1) + pool("od", "ondemand", 3) + serviceYAML("short", "models/fmnist.onnx", "prod", 2, 2, ""))
+	c.waitServing("short", 2, 90*time.Second)
+	s := c.service("short")
+	if s.Ready[spec.PriorityOnDemand] != 2 {
+		t.Fatalf("spot is short: want 2 on-demand stand-ins ready, have %v", s.Ready)
+	}
+	for _, r := range s.Replicas {
+		if r.Priority == spec.PriorityOnDemand && !r.StandIn {
+			t.Errorf("replica %s is on-demand but not marked a stand-in", r.Name)
+		}
+	}
+	l := startLoad(c.gw, "short", xs, ys, 2, 20*time.Millisecond)
+	c.apply(spot(0))
+	waitFor(t, 90*time.Second, "2 spot replicas ready and no stand-in left", func() bool {
+		s := c.service("short")
+		return s.Ready[spec.PrioritySpot] == 2 && len(s.Replicas) == 2
+	})
+	time.Sleep(time.Second)
+	l.finish(t)
+}

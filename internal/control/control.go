@@ -59,6 +59,7 @@ type Plane struct {
 
 	mu      sync.Mutex
 	backoff map[string]time.Time // pool -> no launch before
+	gens    map[string]int64     // pool -> generation its backoff is for
 	fails   map[string]int
 }
 
@@ -74,7 +75,7 @@ func New(st *store.Store, providers map[string]Provider, log *slog.Logger, now f
 		opt.ProvisionTimeout = 120 * time.Second
 	}
 	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt,
-		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}}
+		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}}
 }
 
 // Kick asks for a reconcile pass soon (after a submit, a report, a notice).
@@ -251,6 +252,16 @@ func (p *Plane) scalePools(ctx context.Context) error {
 	byName := map[string]spec.Pool{}
 	specs := make([]spec.Pool, 0, len(pools))
 	caps := map[string]spec.Resources{}
+	p.mu.Lock()
+	for _, pl := range pools {
+		// A changed pool (more capacity, another zone) gets a fresh try.
+		if name := pl.Spec.Metadata.Name; p.gens[name] != pl.Generation {
+			p.gens[name] = pl.Generation
+			delete(p.backoff, name)
+			p.fails[name] = 0
+		}
+	}
+	p.mu.Unlock()
 	for _, pl := range pools {
 		byName[pl.Spec.Metadata.Name] = pl.Spec
 		specs = append(specs, pl.Spec)
