@@ -96,6 +96,7 @@ func (p *plane) apply(yaml string) {
 	}
 	var pools []spec.Pool
 	var jobs []spec.Job
+	var svcs []store.ServiceDoc
 	for _, d := range docs {
 		if d.Pool != nil {
 			pools = append(pools, *d.Pool)
@@ -103,8 +104,15 @@ func (p *plane) apply(yaml string) {
 		if d.Job != nil {
 			jobs = append(jobs, *d.Job)
 		}
+		if d.Service != nil {
+			doc, err := control.ServiceDoc(*d.Service)
+			if err != nil {
+				p.t.Fatal(err)
+			}
+			svcs = append(svcs, doc)
+		}
 	}
-	if _, err := p.st.Apply(p.ctx, pools, jobs); err != nil {
+	if _, err := p.st.Apply(p.ctx, pools, jobs, svcs...); err != nil {
 		p.t.Fatal(err)
 	}
 }

@@ -111,6 +111,22 @@ func Routes(ctx context.Context, st *store.Store, readKeys func(string) ([]strin
 	return routes, nil
 }
 
+// ReadKeyFile reads an API key file: one key per line, blank lines and
+// lines starting with # ignored.
+func ReadKeyFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			keys = append(keys, l)
+		}
+	}
+	return keys, nil
+}
+
 // keyFiles caches API key files by path, re-read when they change.
 type keyFiles map[string]keyFile
 
@@ -128,15 +144,9 @@ func (k keyFiles) read(path string) ([]string, error) {
 	if c, ok := k[path]; ok && c.mod.Equal(fi.ModTime()) && c.size == fi.Size() {
 		return c.keys, nil
 	}
-	b, err := os.ReadFile(path)
+	keys, err := ReadKeyFile(path)
 	if err != nil {
 		return nil, err
-	}
-	var keys []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
-			keys = append(keys, l)
-		}
 	}
 	k[path] = keyFile{mod: fi.ModTime(), size: fi.Size(), keys: keys}
 	return keys, nil

@@ -1,0 +1,117 @@
+package control_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/gateway"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// TestServiceLifecycle drives one prod service through the control plane
+// over a real store: replicas are created, placed one per node, become
+// routes once ready (with the service's API keys), a notice marks its
+// replica draining and starts a replacement at once, and a dead node ends
+// its replicas.
+func TestServiceLifecycle(t *testing.T) {
+	p := newPlane(t)
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte("# callers\nk-file-1\n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.apply(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot}
+spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: m}
+spec:
+  model: {uri: models/m.onnx}
+  resources: {cpu: 0.5}
+  placement: {tier: prod}
+  auth: {keysFile: ` + keys + `, keys: [k-inline]}
+`)
+	p.reconcile() // replicas created; nodes launched (one per replica)
+	reps := p.replicas()
+	if len(reps) != 2 {
+		t.Fatalf("prod tier: want 2 replicas, have %d", len(reps))
+	}
+	nodes := p.nodes()
+	if len(nodes) != 2 {
+		t.Fatalf("want a node per replica, have %d nodes", len(nodes))
+	}
+	for _, n := range nodes {
+		if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.reconcile()
+	placed := map[string]bool{}
+	for _, r := range p.replicas() {
+		if r.State != store.ReplicaStarting || r.Node == "" {
+			t.Fatalf("replica %s: state %s on %q, want starting on a node", r.Name, r.State, r.Node)
+		}
+		if placed[r.Node] {
+			t.Fatalf("two replicas on node %s", r.Node)
+		}
+		placed[r.Node] = true
+		if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1" + r.Node[len(r.Node)-1:]}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	routes := p.routes()
+	if len(routes) != 1 || len(routes[0].Replicas) != 2 {
+		t.Fatalf("routes = %+v, want 1 service with 2 replicas", routes)
+	}
+	if got := routes[0].Keys; !slices.Contains(got, "k-inline") || !slices.Contains(got, "k-file-1") || len(got) != 2 {
+		t.Errorf("keys = %q, want the inline key and the file's", got)
+	}
+
+	// A notice: the replica drains, a replacement is created at once.
+	victim := p.replicas()[0]
+	if _, err := p.st.SetNotice(p.ctx, victim.Node, now.Add(30*time.Second), "provider"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range p.routes()[0].Replicas {
+		if r.Draining != (r.ID == victim.Name) {
+			t.Errorf("replica %s draining = %v", r.ID, r.Draining)
+		}
+	}
+	p.reconcile()
+	if reps := p.replicas(); len(reps) != 3 {
+		t.Fatalf("after the notice: %d replicas, want the 2 and a replacement", len(reps))
+	}
+	// The node dies: its replica ends.
+	if err := p.st.EndNode(p.ctx, victim.Node, store.NodePreempted, "evicted"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range p.replicas() {
+		if r.ID == victim.ID {
+			t.Errorf("replica %s of the dead node is still live (%s)", r.Name, r.State)
+		}
+	}
+}
+
+func (p *plane) replicas() []store.Replica {
+	p.t.Helper()
+	rs, err := p.st.ListReplicas(p.ctx, "")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return rs
+}
+
+func (p *plane) routes() []gateway.Route {
+	p.t.Helper()
+	rs, err := control.Routes(p.ctx, p.st, control.ReadKeyFile)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return rs
+}
