@@ -187,8 +187,9 @@ type Update struct {
 // the better choice: inline Keys are stored with the spec.
 type Auth struct {
 	// KeysFile is a file with one API key per line (blank lines and lines
-	// starting with # ignored), read by the server when the spec is
-	// applied, not by the parser.
+	// starting with # ignored) on the control plane's machine. Gateways
+	// read it and re-read it when it changes, so keys rotate without an
+	// apply; one they cannot read lets no request through.
 	KeysFile string   `yaml:"keysFile,omitempty" json:"keysFile,omitempty"`
 	Keys     []string `yaml:"keys,omitempty" json:"keys,omitempty"`
 }
