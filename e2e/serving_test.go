@@ -9,10 +9,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -535,4 +537,36 @@ spec:
 	})
 	time.Sleep(time.Second)
 	l.finish(t)
+
+	// A second gateway, a process of its own over the same store, routes
+	// the same way.
+	addr := freeAddr(t)
+	gw := exec.Command(binary, "gateway", "--data", c.data, "--addr", addr)
+	var gwOut bytes.Buffer
+	gw.Stdout, gw.Stderr = &gwOut, &gwOut
+	if err := gw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { gw.Process.Signal(syscall.SIGTERM); gw.Wait() }()
+	waitFor(t, 10*time.Second, "spotml gateway to route", func() bool {
+		resp, err := http.Get("http://" + addr + "/v2/models/short/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	cls, err := v2Classes(addr, "short", xs[:20])
+	if err != nil {
+		t.Fatalf("through spotml gateway: %v\n%s", err, gwOut.String())
+	}
+	right := 0
+	for i, c := range cls {
+		if c == ys[i] {
+			right++
+		}
+	}
+	if right < 15 {
+		t.Errorf("spotml gateway: %d of 20 right", right)
+	}
 }

@@ -354,7 +354,7 @@ func age(t time.Time) string {
 func newDescribeCmd(g *globals, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "describe KIND NAME",
-		Short: "Show one pool, node or job in full, with its recent events",
+		Short: "Show one pool, node, job or service in full, with its recent events",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			kind, err := kindOf(args[0])
@@ -371,8 +371,8 @@ func newDescribeCmd(g *globals, stdout io.Writer) *cobra.Command {
 			}
 			var es []store.Event
 			prefix := singular + "/" + args[1]
-			if kind == "jobs" {
-				prefix = "" // the job and its tasks
+			if kind == "jobs" || kind == "services" {
+				prefix = "" // the job and its tasks, the service and its replicas
 			}
 			q := url.Values{"object": {prefix}, "limit": {"50"}}
 			if err := cl.Do(c.Context(), http.MethodGet, api.Prefix+"/events?"+q.Encode(), nil, &es); err != nil {
@@ -383,11 +383,29 @@ func newDescribeCmd(g *globals, stdout io.Writer) *cobra.Command {
 				if kind == "jobs" && e.Object != "job/"+args[1] && !strings.HasPrefix(e.Object, "task/"+args[1]+"/") {
 					continue
 				}
+				if kind == "services" && e.Object != "service/"+args[1] && !isReplicaOf(e.Object, args[1]) {
+					continue
+				}
 				fmt.Fprintf(stdout, "  %s  %-10s %-28s %s %s\n", e.Time.Local().Format("15:04:05"), e.Kind, e.Object, e.Reason, e.Message)
 			}
 			return nil
 		},
 	}
+}
+
+// isReplicaOf reports whether an event object is a replica of service
+// (replica/SERVICE-N).
+func isReplicaOf(object, service string) bool {
+	rest, ok := strings.CutPrefix(object, "replica/"+service+"-")
+	if !ok || rest == "" {
+		return false
+	}
+	for _, c := range rest {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func newDeleteCmd(g *globals, stdout io.Writer) *cobra.Command {
