@@ -61,48 +61,48 @@ if [ "${SKIP_TRAINING:-0}" = 1 ]; then
   spotml apply -f examples/fashion-mnist/pools.yaml
   spotml blob put examples/fashion-mnist/model.onnx outputs/fashion-mnist/out/model.onnx
 else
-  say "Uploading the training script and applying the pools and the job"
-  spotml blob put examples/fashion-mnist/train.py examples/fashion-mnist/train.py
-  spotml apply -f examples/fashion-mnist/pools.yaml -f examples/fashion-mnist/job.yaml
-  spotml get pools
+say "Uploading the training script and applying the pools and the job"
+spotml blob put examples/fashion-mnist/train.py examples/fashion-mnist/train.py
+spotml apply -f examples/fashion-mnist/pools.yaml -f examples/fashion-mnist/job.yaml
+spotml get pools
 
-  # Evict the training's node once it has saved a checkpoint, so that the demo
-  # always shows an eviction and a resume (the market may add its own).
-  (
-    for _ in $(seq 600); do
-      node=$(spotml get tasks fashion-mnist -o json 2>/dev/null | /usr/bin/python3 -c '
-  import json, sys
-  t = json.load(sys.stdin)[0]
-  print(t.get("node", "") if t["state"] == "running" and t["attempt"] == 1 else "")' 2>/dev/null || true)
-      if [ -n "$node" ] && spotml blob ls checkpoints/fashion-mnist/ 2>/dev/null | grep -q LATEST; then
-        sleep 20
-        printf '\n'; spotml evict "$node" --notice 15s | sed 's/^/    [demo] /'
-        exit 0
-      fi
-      sleep 1
-    done
-  ) &
-  EVICTOR=$!
+# Evict the training's node once it has saved a checkpoint, so that the demo
+# always shows an eviction and a resume (the market may add its own).
+(
+  for _ in $(seq 600); do
+    node=$(spotml get tasks fashion-mnist -o json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+t = json.load(sys.stdin)[0]
+print(t.get("node", "") if t["state"] == "running" and t["attempt"] == 1 else "")' 2>/dev/null || true)
+    if [ -n "$node" ] && spotml blob ls checkpoints/fashion-mnist/ 2>/dev/null | grep -q LATEST; then
+      sleep 20
+      printf '\n'; spotml evict "$node" --notice 15s | sed 's/^/    [demo] /'
+      exit 0
+    fi
+    sleep 1
+  done
+) &
+EVICTOR=$!
 
-  say "Training on spot nodes (progress below; spotml get events shows the timeline)"
-  status=0
-  spotml wait job fashion-mnist --timeout 30m || status=$?
-  kill "$EVICTOR" 2>/dev/null || true
+say "Training on spot nodes (progress below; spotml get events shows the timeline)"
+status=0
+spotml wait job fashion-mnist --timeout 30m || status=$?
+kill "$EVICTOR" 2>/dev/null || true
 
-  say "What happened"
-  spotml get tasks fashion-mnist
-  spotml get events | grep -E 'Notice|Draining|Evicted|Requeued|Launched|Succeeded|Failed' || true
-  echo
-  echo "train log, attempt by attempt (spotml logs fashion-mnist/train):"
-  spotml logs fashion-mnist/train | grep -E -- '^----- attempt|fashion-mnist attempt|from scratch|resumed from|SIGTERM|epoch [0-9]+/[0-9]+ done|^\[.*\] done:' || true
-  [ "$status" -eq 0 ] || { echo "the job did not succeed (exit $status)"; exit "$status"; }
+say "What happened"
+spotml get tasks fashion-mnist
+spotml get events | grep -E 'Notice|Draining|Evicted|Requeued|Launched|Succeeded|Failed' || true
+echo
+echo "train log, attempt by attempt (spotml logs fashion-mnist/train):"
+spotml logs fashion-mnist/train | grep -E -- '^----- attempt|fashion-mnist attempt|from scratch|resumed from|SIGTERM|epoch [0-9]+/[0-9]+ done|^\[.*\] done:' || true
+[ "$status" -eq 0 ] || { echo "the job did not succeed (exit $status)"; exit "$status"; }
 
-  say "Outputs in the blob store ($DATA/blobs/outputs/fashion-mnist/)"
-  spotml blob ls outputs/fashion-mnist/
-  spotml blob get outputs/fashion-mnist/out/metrics.json - | /usr/bin/python3 -c '
-  import json, sys
-  m = json.load(sys.stdin)
-  print("test accuracy: %.2f %%" % (100 * m["test_accuracy"]))'
+say "Outputs in the blob store ($DATA/blobs/outputs/fashion-mnist/)"
+spotml blob ls outputs/fashion-mnist/
+spotml blob get outputs/fashion-mnist/out/metrics.json - | /usr/bin/python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print("test accuracy: %.2f %%" % (100 * m["test_accuracy"]))'
 fi
 
 say "Cost: spent on this run vs the same node-hours on demand"
