@@ -122,6 +122,11 @@ done
 spotml get services
 spotml get replicas fashion-mnist
 
+for _ in $(seq 50); do  # the gateway reloads its routes every 200ms
+  curl -fsS "http://$GATEWAY/v2/models/fashion-mnist/ready" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
 say "Classifying a Fashion-MNIST test image (an ankle boot) through the gateway"
 echo "curl -s http://$GATEWAY/v2/models/fashion-mnist/infer -H 'Content-Type: application/json' -d @examples/fashion-mnist/sample-request.json"
 curl -fsS "http://$GATEWAY/v2/models/fashion-mnist/infer" -H 'Content-Type: application/json' \
