@@ -212,6 +212,12 @@ spec:
     command: [setup]
 `
 
+// serviceYAML is a builtin-runtime service named m with one more spec
+// line.
+func serviceYAML(extra string) string {
+	return "apiVersion: spotml/v1\nkind: Service\nmetadata: {name: m}\nspec:\n  model: {uri: models/m.onnx}\n  " + extra + "\n"
+}
+
 const jobYAML = `apiVersion: spotml/v1
 kind: Job
 metadata:
@@ -409,6 +415,22 @@ func TestApplyRefused(t *testing.T) {
 		name:  "no pool of the priority",
 		files: []string{"train.yaml", poolYAML + "---\n" + strings.Replace(jobYAML, "pool: cpu", "priority: ondemand", 1)},
 		want:  []string{"job train: spec.tasks[0]: no pool matches"},
+	}, {
+		name:  "service names a missing pool",
+		files: []string{"svc.yaml", poolYAML + "---\n" + serviceYAML("placement: {pools: [nope]}")},
+		want:  []string{`service m: spec.placement.pools[0]: no pool named "nope"`},
+	}, {
+		name:  "service replica larger than any node",
+		files: []string{"svc.yaml", poolYAML + "---\n" + serviceYAML("resources: {cpu: 16}")},
+		want:  []string{"service m: spec.resources: cpu 16", "more than one spot node offers"},
+	}, {
+		name:  "strict service without an on-demand pool",
+		files: []string{"svc.yaml", poolYAML + "---\n" + serviceYAML("placement: {tier: strict}")},
+		want:  []string{"service m: spec.placement: tier strict needs ondemand replicas but no ondemand pool"},
+	}, {
+		name:  "service with an unreadable key file",
+		files: []string{"svc.yaml", poolYAML + "---\n" + serviceYAML("auth: {keysFile: /nonexistent/keys}")},
+		want:  []string{"service m: spec.auth.keysFile", "absolute path"},
 	}, {
 		name:  "instance type without capacity",
 		files: []string{"pool.yaml", strings.Replace(poolYAML, "local-small", "huge.metal", 1)},
@@ -639,4 +661,36 @@ func golden(t *testing.T, name string, got []byte) {
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s differs (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
 	}
+}
+
+// A service is created, left alone by the same spec, updated in place by a
+// new replica count and given a new version by a new model.
+func TestApplyService(t *testing.T) {
+	a := newAPI(t)
+	svc := serviceYAML("replicas: {min: 2, max: 4}")
+	r := a.admin("POST", "/apply", applyFiles("svc.yaml", poolYAML+"---\n"+svc), http.StatusOK)
+	if got := decode[[]store.ApplyResult](t, r); len(got) != 2 || got[1] != (store.ApplyResult{Kind: "Service", Name: "m", Action: "created"}) {
+		t.Fatalf("apply: %+v", got)
+	}
+	get := func() store.Service { return decode[store.Service](t, a.admin("GET", "/services/m", nil, http.StatusOK)) }
+	s := get()
+	if s.Generation != 1 || s.Model != "models/m.onnx" || s.Desired != 2 || s.Ready["spot"] != 0 || s.Ready["ondemand"] != 0 {
+		t.Errorf("service: %+v", s)
+	}
+	if got := decode[[]store.ApplyResult](t, a.admin("POST", "/apply", applyFiles("svc.yaml", svc), http.StatusOK)); got[0].Action != "unchanged" {
+		t.Errorf("same spec: %+v", got)
+	}
+	a.admin("POST", "/apply", applyFiles("svc.yaml", serviceYAML("replicas: {min: 2, max: 6}")), http.StatusOK)
+	if s := get(); s.Generation != 1 {
+		t.Errorf("a new max is not a new version: generation %d", s.Generation)
+	}
+	a.admin("POST", "/apply", applyFiles("svc.yaml", strings.Replace(serviceYAML("replicas: {min: 2, max: 6}"), "m.onnx", "m2.onnx", 1)), http.StatusOK)
+	if s := get(); s.Generation != 2 || s.Model != "models/m2.onnx" {
+		t.Errorf("a new model is version 2: %+v", s)
+	}
+	if ss := decode[[]store.Service](t, a.admin("GET", "/services", nil, http.StatusOK)); len(ss) != 1 {
+		t.Errorf("list: %+v", ss)
+	}
+	a.admin("DELETE", "/services/m", nil, http.StatusNoContent)
+	a.admin("GET", "/services/m", nil, http.StatusNotFound)
 }
