@@ -672,7 +672,9 @@ func TestApplyService(t *testing.T) {
 	if got := decode[[]store.ApplyResult](t, r); len(got) != 2 || got[1] != (store.ApplyResult{Kind: "Service", Name: "m", Action: "created"}) {
 		t.Fatalf("apply: %+v", got)
 	}
-	get := func() store.Service { return decode[store.Service](t, a.admin("GET", "/services/m", nil, http.StatusOK)) }
+	get := func() store.Service {
+		return decode[store.Service](t, a.admin("GET", "/services/m", nil, http.StatusOK))
+	}
 	s := get()
 	if s.Generation != 1 || s.Model != "models/m.onnx" || s.Desired != 2 || s.Ready["spot"] != 0 || s.Ready["ondemand"] != 0 {
 		t.Errorf("service: %+v", s)
