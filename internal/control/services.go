@@ -255,12 +255,16 @@ func replicaBackoff(f store.ReplicaFailures, now time.Time) time.Duration {
 	return max(f.Last.Add(d).Sub(now), 0)
 }
 
-// replicaLoad presents placed replicas as running tasks, so that the
-// scheduler and the pool scaler count the room they take.
+// replicaLoad presents placed replicas (but those on noticed nodes) as
+// running tasks, so that the scheduler and the pool scaler count the room
+// they take.
 func replicaLoad(reps []store.Replica) []store.Task {
 	var out []store.Task
 	for _, r := range reps {
-		if r.Node != "" {
+		// A noticed replica's node is going, and its replacement is a
+		// pending replica of its own, possibly in another pool: counting
+		// it too would launch a node nothing uses.
+		if r.Node != "" && !r.Noticed {
 			out = append(out, store.Task{ID: -r.ID, Node: r.Node, Pool: r.Pool, Req: r.Req, State: store.TaskRunning, Spread: r.Service})
 		}
 	}

@@ -435,10 +435,10 @@ func (p *planner) fill() {
 }
 
 // choose returns the pool of priority where the next replica goes: an
-// Available one, avoiding pools whose nodes are getting eviction notices
-// while another has none; when spreading, the one with the fewest live
-// replicas of the current version (old ones are going), then the one with
-// more zones; then the preferred one.
+// Available one; when spreading, the one with the fewest live replicas of
+// the current version (old ones are going); then one whose nodes are not
+// getting eviction notices; then, when spreading, the one with more zones;
+// then the preferred one.
 func (p *planner) choose(priority string) (Pool, bool) {
 	var best *Pool
 	for i := range p.pools {
@@ -457,11 +457,18 @@ func (p *planner) choose(priority string) (Pool, bool) {
 }
 
 func (p *planner) better(a, b *Pool) bool {
-	c := cmp.Compare(min(1, p.noticed[a.Name]), min(1, p.noticed[b.Name]))
+	// Spreading comes first: a replacement goes back to the pool its
+	// noticed replica leaves, so that one pool's next eviction wave still
+	// takes one replica, not all (the live count there has dropped).
+	c := 0
+	if p.in.Placement.SpreadZones {
+		c = cmp.Compare(p.count[a.Name], p.count[b.Name])
+	}
+	if c == 0 {
+		c = cmp.Compare(min(1, p.noticed[a.Name]), min(1, p.noticed[b.Name]))
+	}
 	if c == 0 && p.in.Placement.SpreadZones {
-		c = cmp.Or(
-			cmp.Compare(p.count[a.Name], p.count[b.Name]),
-			-cmp.Compare(len(a.Zones), len(b.Zones)))
+		c = -cmp.Compare(len(a.Zones), len(b.Zones))
 	}
 	if c == 0 {
 		c = cmp.Compare(p.pref[a.Name], p.pref[b.Name])

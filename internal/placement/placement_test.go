@@ -194,6 +194,19 @@ func TestTiers(t *testing.T) {
 	}
 }
 
+// Spreading outranks avoiding the evicting pool: with one replica per
+// pool, the replacement goes back to the pool the noticed one leaves, or
+// both would end up in one pool.
+func TestNoticeReplacementKeepsTheSpread(t *testing.T) {
+	pl := Decide(Input{Desired: 2, Version: 1, Placement: tier(spec.TierProd), MaxSurge: 1, Pools: pools(), Replicas: []Replica{
+		{ID: "r1", Version: 1, Pool: "spot-a", Priority: spec.PrioritySpot, State: Ready, Noticed: true},
+		{ID: "r2", Version: 1, Pool: "spot-b", Priority: spec.PrioritySpot, State: Ready},
+	}})
+	if len(pl.Create) != 1 || pl.Create[0].Pool != "spot-a" {
+		t.Errorf("plan %+v, want one replica created in spot-a", pl)
+	}
+}
+
 func TestNoticeIsReplacedAtOnce(t *testing.T) {
 	s := newSim(t, Input{Desired: 3, Placement: tier(spec.TierProd), MaxSurge: 1, Replicas: []Replica{
 		{ID: "r1", Version: 1, Pool: "spot-a", Priority: spec.PrioritySpot, State: Ready, Noticed: true},
