@@ -132,9 +132,9 @@ func (r *replica) run(ctx context.Context) {
 		if as.Spec.MaxBatch > 0 {
 			argv = append(argv, "--max-batch", strconv.Itoa(as.Spec.MaxBatch))
 		}
-		if as.Spec.MaxQueueDelay > 0 {
-			argv = append(argv, "--max-queue-delay", as.Spec.MaxQueueDelay.String())
-		}
+		// Always passed: 0 (the spec's default) means no waiting, while
+		// spotml serve alone defaults to 2ms.
+		argv = append(argv, "--max-queue-delay", as.Spec.MaxQueueDelay.String())
 		if as.Spec.Threads > 0 {
 			argv = append(argv, "--threads", strconv.Itoa(as.Spec.Threads))
 		}

@@ -1,0 +1,391 @@
+// Command gateway measures what the spotml inference gateway adds to a
+// request: requests per second and latency percentiles through the
+// gateway, straight to one replica, and through nginx as a reverse proxy
+// over the same replicas, with the same load generator (wrk and
+// bench/serving/wrk/post.lua, POSTing the Fashion-MNIST sample request).
+//
+// It builds spotml and runs `spotml up` with a service of -replicas
+// replicas of the builtin runtime on on-demand nodes (no evictions), then
+// starts nginx (Debian package nginx) with an upstream of those replicas
+// (least_conn, keepalive), and runs wrk against the three in interleaved
+// rounds, so that other work on the machine hits them alike. It prints a
+// Markdown table of the medians over the rounds.
+//
+//	go run ./bench/serving/gateway -duration 15s -connections 1,32 -rounds 3
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spotml/spotml/bench/serving/cluster"
+	"github.com/spotml/spotml/bench/serving/machine"
+	"github.com/spotml/spotml/bench/serving/wrk"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	duration    time.Duration
+	connections []int
+	threads     int
+	rounds      int
+	replicas    int
+	maxBatch    int
+	keep        bool
+}
+
+const (
+	service     = "fmnist"
+	modelFile   = "examples/fashion-mnist/model.onnx"
+	requestFile = "examples/fashion-mnist/sample-request.json"
+)
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	var cfg config
+	var conns string
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.DurationVar(&cfg.duration, "duration", 15*time.Second, "length of each wrk run (whole seconds)")
+	fs.StringVar(&conns, "connections", "1,32", "comma-separated wrk connection counts (the concurrency) to measure at")
+	fs.IntVar(&cfg.threads, "threads", 2, "wrk threads (at most the connections)")
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all targets; the table gives the median of each figure")
+	fs.IntVar(&cfg.replicas, "replicas", 2, "replicas of the service (on-demand nodes)")
+	fs.IntVar(&cfg.maxBatch, "max-batch", 32, "the replicas' runtime.maxBatch")
+	fs.BoolVar(&cfg.keep, "keep", false, "keep the data directory (spotml and nginx logs) and say where")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	for _, s := range strings.Split(conns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return fmt.Errorf("-connections %q: want positive integers separated by commas", conns)
+		}
+		cfg.connections = append(cfg.connections, n)
+	}
+	switch {
+	case cfg.duration < time.Second:
+		return errors.New("-duration must be at least 1s")
+	case cfg.rounds < 1 || cfg.threads < 1 || cfg.replicas < 1:
+		return errors.New("-rounds, -threads and -replicas must be at least 1")
+	}
+	if err := wrk.Available(); err != nil {
+		return err
+	}
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		if nginx, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
+			return errors.New("nginx not found: apt-get install nginx")
+		}
+	}
+	ortLib, err := cluster.ONNXRuntime()
+	if err != nil {
+		return err
+	}
+	host := machine.Describe()
+
+	dir, err := os.MkdirTemp("", "spotml-gateway")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cfg.keep || err != nil {
+			fmt.Fprintln(stderr, "data directory kept under", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
+	fmt.Fprintln(stderr, "building spotml ...")
+	bin, err := cluster.Build(ctx, dir, "github.com/spotml/spotml/cmd/spotml")
+	if err != nil {
+		return err
+	}
+	c, err := cluster.Start(ctx, bin, filepath.Join(dir, "up"), ortLib)
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	if _, err := c.CLI(ctx, "blob", "put", modelFile, "models/fmnist.onnx"); err != nil {
+		return err
+	}
+	if err := c.Apply(ctx, "spec.yaml", specYAML(cfg)); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "waiting for %d ready replicas ...\n", cfg.replicas)
+	if err := c.WaitServing(ctx, service, cfg.replicas, 3*time.Minute); err != nil {
+		return err
+	}
+	s, err := c.Service(ctx, service)
+	if err != nil {
+		return err
+	}
+	var replicas []string
+	for _, r := range cluster.Ready(s) {
+		replicas = append(replicas, r.Addr)
+	}
+	slices.Sort(replicas)
+
+	ngAddr, err := cluster.FreeAddr()
+	if err != nil {
+		return err
+	}
+	stopNginx, err := startNginx(ctx, nginx, filepath.Join(dir, "nginx"), ngAddr, replicas)
+	if err != nil {
+		return err
+	}
+	defer stopNginx()
+
+	path := "/v2/models/" + service + "/infer"
+	targets := []target{
+		{name: "direct to one replica", url: "http://" + replicas[0] + path},
+		{name: "spotml gateway", url: "http://" + c.Gateway + path},
+		{name: "nginx", url: "http://" + ngAddr + path},
+	}
+	for _, t := range targets {
+		if err := warmUp(ctx, t.url, 50); err != nil {
+			return fmt.Errorf("warm-up of %s: %w", t.name, err)
+		}
+	}
+	// figures[conn index][target index] holds one result per round.
+	figures := make([][][]wrk.Result, len(cfg.connections))
+	for i := range figures {
+		figures[i] = make([][]wrk.Result, len(targets))
+	}
+	for round := range cfg.rounds {
+		for ci, conns := range cfg.connections {
+			for ti, t := range targets {
+				r, err := wrk.Run(ctx, wrk.Options{URL: t.url, Body: requestFile, Threads: min(cfg.threads, conns), Connections: conns, Duration: cfg.duration})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stderr, "round %d, %d connections, %s: %.0f requests/s, p50 %s, p99 %s, %d errors\n",
+					round+1, conns, t.name, r.RPS, wrk.Ms(r.P50), wrk.Ms(r.P99), r.Errors)
+				figures[ci][ti] = append(figures[ci][ti], r)
+			}
+		}
+	}
+	printReport(stdout, args, cfg, host, replicas, targets, figures)
+	return nil
+}
+
+type target struct{ name, url string }
+
+// specYAML is an on-demand pool (never evicted) and the service, all of
+// its replicas on it.
+func specYAML(cfg config) string {
+	return fmt.Sprintf(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: od}
+spec:
+  provider: local
+  priority: ondemand
+  instanceType: Standard_D2s_v3
+  zones: ["1"]
+  min: 0
+  max: %d
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: %s}
+spec:
+  model: {uri: models/fmnist.onnx}
+  runtime: {type: builtin, threads: 1, maxBatch: %d}
+  replicas: {min: %d, max: %d}
+  placement: {tier: strict, baseOnDemand: %d}
+  resources: {cpu: 1, memory: 512Mi}
+`, cfg.replicas, service, cfg.maxBatch, cfg.replicas, cfg.replicas, cfg.replicas)
+}
+
+// nginxConf is a plain reverse proxy over the replicas, as one would
+// write it in front of model servers: least_conn (the closest to the
+// gateway's least outstanding requests), HTTP/1.1 with keepalive to the
+// upstreams, no access log, bodies kept in memory.
+func nginxConf(dir, addr string, replicas []string) string {
+	var servers strings.Builder
+	for _, r := range replicas {
+		fmt.Fprintf(&servers, "    server %s;\n", r)
+	}
+	return fmt.Sprintf(`worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/tmp/body;
+  proxy_temp_path %[1]s/tmp/proxy;
+  fastcgi_temp_path %[1]s/tmp/fastcgi;
+  uwsgi_temp_path %[1]s/tmp/uwsgi;
+  scgi_temp_path %[1]s/tmp/scgi;
+  upstream replicas {
+    least_conn;
+%[3]s    keepalive 64;
+  }
+  server {
+    listen %[2]s;
+    client_max_body_size 16m;
+    client_body_buffer_size 1m;
+    location / {
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }
+  }
+}
+`, dir, addr, servers.String())
+}
+
+// startNginx runs nginx in the foreground with its files in dir, waits
+// until it answers, and returns how to stop it.
+func startNginx(ctx context.Context, bin, dir, addr string, replicas []string) (func(), error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConf(dir, addr, replicas)), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "nginx.out"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", conf, "-g", "daemon off;")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start nginx: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGQUIT) // graceful
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		resp, err := http.Get("http://" + addr + "/v2/health/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return stop, nil
+			}
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			return nil, fmt.Errorf("nginx exited at start: %s", b)
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, errors.New("nginx not answering after 10s; see " + dir)
+		}
+	}
+}
+
+func warmUp(ctx context.Context, url string, n int) error {
+	body, err := os.ReadFile(requestFile)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 30 * time.Second} // a hung request fails the warm-up, not the run
+	for range n {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(string(body)))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, b)
+		}
+	}
+	return nil
+}
+
+// median of one figure over the rounds.
+func median[T int64 | float64 | time.Duration](rs []wrk.Result, f func(wrk.Result) T) T {
+	vs := make([]T, len(rs))
+	for i, r := range rs {
+		vs[i] = f(r)
+	}
+	slices.Sort(vs)
+	return vs[len(vs)/2]
+}
+
+func printReport(w io.Writer, args []string, cfg config, host string, replicas []string, targets []target, figures [][][]wrk.Result) {
+	fmt.Fprintf(w, "\n### Gateway overhead: %d replicas, wrk at %v connections, %d rounds of %s\n\n",
+		cfg.replicas, cfg.connections, cfg.rounds, cfg.duration)
+	fmt.Fprintf(w, "command: `%s`\n\n", strings.TrimSpace("go run ./bench/serving/gateway "+strings.Join(args[1:], " ")))
+	fmt.Fprintf(w, "machine: %s\n\n", host)
+	fmt.Fprintf(w, "One `spotml up`; a service of %d replicas (`spotml serve`, builtin runtime, 1 thread, maxBatch %d) on on-demand nodes at %s. "+
+		"nginx: `worker_processes auto`, upstream of the same replicas with `least_conn` and `keepalive 64`. "+
+		"wrk runs e.g. `%s` (one image per request, KServe v2 JSON, 4 kB). "+
+		"Nothing is pinned: wrk, the proxies and the replicas share the machine's CPUs. Each cell is the median over %d interleaved rounds.\n\n",
+		cfg.replicas, cfg.maxBatch, strings.Join(replicas, ", "), figures[0][1][0].Command, cfg.rounds)
+	fmt.Fprintln(w, "| connections | target | requests/s | p50 | p99 | p50 over direct | errors |")
+	fmt.Fprintln(w, "| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+	for ci, conns := range cfg.connections {
+		direct := median(figures[ci][0], func(r wrk.Result) time.Duration { return r.P50 })
+		for ti, t := range targets {
+			rs := figures[ci][ti]
+			p50 := median(rs, func(r wrk.Result) time.Duration { return r.P50 })
+			var errs int64
+			for _, r := range rs {
+				errs += r.Errors
+			}
+			over := "–"
+			if ti > 0 {
+				over = fmt.Sprintf("%+.0f µs", float64((p50-direct).Nanoseconds())/1000)
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %d |\n", conns, t.name,
+				median(rs, func(r wrk.Result) float64 { return r.RPS }), wrk.Ms(p50),
+				wrk.Ms(median(rs, func(r wrk.Result) time.Duration { return r.P99 })), over, errs)
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "- requests/s per round, in order:")
+	for ci, conns := range cfg.connections {
+		for ti, t := range targets {
+			var vs []string
+			for _, r := range figures[ci][ti] {
+				vs = append(vs, fmt.Sprintf("%.0f", r.RPS))
+			}
+			fmt.Fprintf(w, "  - %d connections, %s: %s\n", conns, t.name, strings.Join(vs, ", "))
+		}
+	}
+	fmt.Fprintln(w, "- \"direct to one replica\" has one replica behind it, the proxies two; at 1 connection that does not matter (one request at a time), at more it does when the replicas are the bottleneck rather than the CPUs.")
+}
