@@ -15,14 +15,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,14 +28,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spotml/spotml/bench/cluster"
 	"github.com/spotml/spotml/internal/api"
-	"github.com/spotml/spotml/internal/client"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -166,20 +163,20 @@ type result struct {
 // control plane and its nodes are stopped before it returns, whatever
 // happened.
 func (sc scenario) run(ctx context.Context, bin, data string, cfg config, progress io.Writer) (r result) {
-	c, err := startCluster(ctx, bin, data)
+	c, err := cluster.Start(ctx, bin, data, "")
 	if err != nil {
 		return result{err: err}
 	}
-	defer c.stop()
+	defer c.Stop()
 
 	specFile := filepath.Join(data, "bag.yaml")
 	if err := os.WriteFile(specFile, []byte(sc.yaml(cfg)), 0o644); err != nil {
 		return result{err: err}
 	}
-	if _, err := c.cli(ctx, "apply", "-f", specFile); err != nil {
+	if _, err := c.CLI(ctx, "apply", "-f", specFile); err != nil {
 		return result{err: err}
 	}
-	fmt.Fprintf(progress, "%s: submitted (spotml up on %s, data %s)\n", sc.name, c.addr, data)
+	fmt.Fprintf(progress, "%s: submitted (spotml up on %s, data %s)\n", sc.name, c.Addr, data)
 
 	// Watch the job closely (not with `spotml wait`, which polls every
 	// second): the cost is read the moment it ends, before idle node time
@@ -187,7 +184,7 @@ func (sc scenario) run(ctx context.Context, bin, data string, cfg config, progre
 	var j store.Job
 	lastPrint := time.Now()
 	for {
-		if err := c.api.Do(ctx, http.MethodGet, api.Prefix+"/jobs/bag", nil, &j); err != nil {
+		if err := c.API.Do(ctx, http.MethodGet, api.Prefix+"/jobs/bag", nil, &j); err != nil {
 			return result{err: err}
 		}
 		if j.State != store.JobRunning {
@@ -201,12 +198,12 @@ func (sc scenario) run(ctx context.Context, bin, data string, cfg config, progre
 		select {
 		case <-ctx.Done():
 			return result{err: fmt.Errorf("job still running: %w", context.Cause(ctx))}
-		case <-c.exited:
+		case <-c.Exited():
 			return result{err: errors.New("spotml up exited; see " + filepath.Join(data, "up.log"))}
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	out, err := c.cli(ctx, "cost", "-o", "json")
+	out, err := c.CLI(ctx, "cost", "-o", "json")
 	if err != nil {
 		return result{err: err}
 	}
@@ -214,19 +211,19 @@ func (sc scenario) run(ctx context.Context, bin, data string, cfg config, progre
 	if err := json.Unmarshal(out, &r.cost); err != nil {
 		return result{err: fmt.Errorf("spotml cost -o json: %w", err)}
 	}
-	if _, err := c.cli(ctx, "delete", "pool", "bench"); err != nil {
+	if _, err := c.CLI(ctx, "delete", "pool", "bench"); err != nil {
 		return result{err: err}
 	}
 
 	var jobs []store.Job
-	if out, err = c.cli(ctx, "get", "jobs", "bag", "-o", "json"); err != nil {
+	if out, err = c.CLI(ctx, "get", "jobs", "bag", "-o", "json"); err != nil {
 		return result{err: err}
 	}
 	if err := json.Unmarshal(out, &jobs); err != nil || len(jobs) != 1 {
 		return result{err: fmt.Errorf("spotml get jobs bag -o json: %d jobs, %v", len(jobs), err)}
 	}
 	var nodes []store.Node
-	if out, err = c.cli(ctx, "get", "nodes", "--all", "-o", "json"); err != nil {
+	if out, err = c.CLI(ctx, "get", "nodes", "--all", "-o", "json"); err != nil {
 		return result{err: err}
 	}
 	if err := json.Unmarshal(out, &nodes); err != nil {
@@ -335,123 +332,4 @@ func printReport(w io.Writer, args []string, cfg config, results []result, elaps
 	fmt.Fprintf(w, "- cost: `spotml cost -o json`, all node time (idle included) from submit to the job's end (read at most %s after it), then the pool was deleted.\n",
 		lag.Round(10*time.Millisecond))
 	fmt.Fprintf(w, "- The market is random (no seed): evictions, and so the figures of (a) and (b), vary run to run.\n")
-}
-
-// cluster is one `spotml up` with its own data directory and port.
-type cluster struct {
-	bin, data, addr string
-	up              *exec.Cmd
-	exited          chan struct{} // closed when up has exited
-	api             *client.Client
-	stopOnce        sync.Once
-}
-
-func startCluster(ctx context.Context, bin, data string) (*cluster, error) {
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(filepath.Join(data, "up.log"))
-	if err != nil {
-		return nil, err
-	}
-	c := &cluster{bin: bin, data: data, addr: addr, exited: make(chan struct{})}
-	c.up = exec.Command(bin, "up", "--data", data, "--addr", addr, "--heartbeat", "200ms", "--reconcile-interval", "200ms")
-	c.up.Stdout, c.up.Stderr = logf, logf
-	if err := c.up.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start spotml up: %w", err)
-	}
-	go func() {
-		c.up.Wait()
-		logf.Close()
-		close(c.exited)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case <-c.exited:
-			return nil, errors.New("spotml up exited at start; see " + filepath.Join(data, "up.log"))
-		case <-ctx.Done():
-			c.stop()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			c.stop()
-			return nil, errors.New("spotml up not healthy after 30s; see " + filepath.Join(data, "up.log"))
-		}
-	}
-	token, err := os.ReadFile(filepath.Join(data, "token"))
-	if err != nil {
-		c.stop()
-		return nil, err
-	}
-	c.api = client.New("http://"+addr, strings.TrimSpace(string(token)))
-	return c, nil
-}
-
-// stop interrupts spotml up, which ends its nodes (agents and tasks); if it
-// does not exit in time it is killed, and any agent of this data directory
-// still running is killed too.
-func (c *cluster) stop() {
-	c.stopOnce.Do(func() {
-		c.up.Process.Signal(os.Interrupt)
-		select {
-		case <-c.exited:
-		case <-time.After(20 * time.Second):
-			c.up.Process.Kill()
-			<-c.exited
-		}
-		killAgents(c.data)
-	})
-}
-
-// cli runs the spotml CLI against this cluster and returns its stdout.
-func (c *cluster) cli(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, c.bin, append([]string{"--data", c.data, "--server", "http://" + c.addr}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("spotml %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return out, nil
-}
-
-// killAgents kills what is left of the agent processes started for data
-// (their command lines name their work directories under it), with their
-// process groups. spotml up stopping normally leaves none.
-func killAgents(data string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("\x00--workdir\x00"+data+"/")) {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		syscall.Kill(-pid, syscall.SIGKILL) // agents lead their process group
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }

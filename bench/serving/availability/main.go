@@ -48,7 +48,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/spotml/spotml/bench/serving/cluster"
+	"github.com/spotml/spotml/bench/cluster"
 	"github.com/spotml/spotml/bench/serving/machine"
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/cost"

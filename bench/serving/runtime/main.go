@@ -40,7 +40,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spotml/spotml/bench/serving/cluster"
+	"github.com/spotml/spotml/bench/cluster"
 	"github.com/spotml/spotml/bench/serving/machine"
 	"github.com/spotml/spotml/bench/serving/wrk"
 	"github.com/spotml/spotml/internal/inference"

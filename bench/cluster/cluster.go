@@ -1,5 +1,5 @@
-// Package cluster runs a whole spotml on this machine for the serving
-// benchmarks: `spotml up` (control plane, simulated spot market, agent
+// Package cluster runs a whole spotml on this machine for the
+// whole-system benchmarks (bench/bagoftasks, bench/serving): `spotml up` (control plane, simulated spot market, agent
 // processes, inference gateway) with its own data directory and ports,
 // driven through the CLI and the API as a user would.
 package cluster
@@ -58,7 +58,8 @@ type Cluster struct {
 }
 
 // Start starts `spotml up` with data as its data directory and ortLib as
-// the builtin runtime's ONNX Runtime, and waits until it answers.
+// the builtin runtime's ONNX Runtime ("": whatever spotml finds), and waits
+// until it answers.
 // Heartbeats and reconcile passes are every 200ms, as in the end-to-end
 // tests, so that the figures are about spotml's decisions rather than its
 // polling intervals.
@@ -81,7 +82,10 @@ func Start(ctx context.Context, bin, data, ortLib string) (*Cluster, error) {
 	c := &Cluster{Bin: bin, Data: data, Addr: addr, Gateway: gw, exited: make(chan struct{})}
 	c.up = exec.Command(bin, "up", "--data", data, "--addr", addr, "--gateway-addr", gw,
 		"--heartbeat", "200ms", "--reconcile-interval", "200ms")
-	c.up.Env = append(os.Environ(), inference.LibraryEnv+"="+ortLib)
+	c.up.Env = os.Environ()
+	if ortLib != "" {
+		c.up.Env = append(c.up.Env, inference.LibraryEnv+"="+ortLib)
+	}
 	c.up.Stdout, c.up.Stderr = logf, logf
 	if err := c.up.Start(); err != nil {
 		logf.Close()
