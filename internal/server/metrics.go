@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,7 +19,7 @@ type collector struct {
 	log *slog.Logger
 	now func() time.Time
 
-	nodes, tasks, jobs, evictions, spent, onDemand *prometheus.Desc
+	nodes, tasks, jobs, evictions, spent, onDemand, replicas, desired *prometheus.Desc
 }
 
 func newCollector(st *store.Store, log *slog.Logger, now func() time.Time) *collector {
@@ -29,11 +30,13 @@ func newCollector(st *store.Store, log *slog.Logger, now func() time.Time) *coll
 		evictions: prometheus.NewDesc("spotml_node_evictions_total", "Nodes taken back by the spot market.", []string{"pool"}, nil),
 		spent:     prometheus.NewDesc("spotml_cost_dollars", "Node cost so far at the pool's price.", []string{"pool", "priority"}, nil),
 		onDemand:  prometheus.NewDesc("spotml_cost_ondemand_dollars", "The same node time at on-demand prices.", []string{"pool", "priority"}, nil),
+		replicas:  prometheus.NewDesc("spotml_replicas", "Live replicas by service, version, priority and state (noticed: on a node with an eviction notice).", []string{"service", "version", "priority", "state"}, nil),
+		desired:   prometheus.NewDesc("spotml_service_desired_replicas", "Replicas the autoscaler wants, by service.", []string{"service"}, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.nodes, c.tasks, c.jobs, c.evictions, c.spent, c.onDemand} {
+	for _, d := range []*prometheus.Desc{c.nodes, c.tasks, c.jobs, c.evictions, c.spent, c.onDemand, c.replicas, c.desired} {
 		ch <- d
 	}
 }
@@ -80,6 +83,26 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for st, n := range jobStates {
 		ch <- prometheus.MustNewConstMetric(c.jobs, prometheus.GaugeValue, float64(n), st)
+	}
+	svcs, err := c.st.ListServices(ctx, time.Minute)
+	if err != nil {
+		c.log.Error("metrics: list services", "err", err)
+		return
+	}
+	type rkey struct{ service, version, priority, state string }
+	reps := map[rkey]int{}
+	for _, sv := range svcs {
+		ch <- prometheus.MustNewConstMetric(c.desired, prometheus.GaugeValue, float64(sv.Desired), sv.Name)
+		for _, r := range sv.Replicas {
+			state := r.State
+			if r.Noticed {
+				state = "noticed"
+			}
+			reps[rkey{sv.Name, strconv.Itoa(r.Version), r.Priority, state}]++
+		}
+	}
+	for k, v := range reps {
+		ch <- prometheus.MustNewConstMetric(c.replicas, prometheus.GaugeValue, float64(v), k.service, k.version, k.priority, k.state)
 	}
 	runs, err := c.st.Runs(ctx)
 	if err != nil {

@@ -693,6 +693,15 @@ func TestApplyService(t *testing.T) {
 	if ss := decode[[]store.Service](t, a.admin("GET", "/services", nil, http.StatusOK)); len(ss) != 1 {
 		t.Errorf("list: %+v", ss)
 	}
+	resp, err := http.Get(a.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `spotml_service_desired_replicas{service="m"} 2`) {
+		t.Errorf("/metrics has no desired replicas of m:\n%s", metrics)
+	}
 	a.admin("DELETE", "/services/m", nil, http.StatusNoContent)
 	a.admin("GET", "/services/m", nil, http.StatusNotFound)
 }
