@@ -23,7 +23,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -92,22 +91,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		return errors.New("-max-nodes must be at least 1")
 	}
 
-	dir, err := os.MkdirTemp("", "spotml-bagoftasks")
+	ws, err := cluster.NewWorkspace(ctx, "spotml-bagoftasks", stderr)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cfg.keep || err != nil {
-			fmt.Fprintln(stderr, "data directories kept under", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	}()
-	bin := filepath.Join(dir, "spotml")
-	fmt.Fprintln(stderr, "building spotml ...")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/spotml/spotml/cmd/spotml").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
-	}
+	defer func() { ws.Close(cfg.keep, err) }()
+	dir, bin := ws.Dir, ws.Bin
 
 	scenarios := []scenario{
 		{name: "(a) spot, checkpoints", priority: "spot", checkpoint: true},

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -36,6 +37,40 @@ func Build(ctx context.Context, dir, pkg string) (string, error) {
 		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin, nil
+}
+
+// Workspace is one benchmark run's temporary directory, with spotml built
+// in it.
+type Workspace struct {
+	Dir string // data directories go under it
+	Bin string // the spotml binary
+	log io.Writer
+}
+
+// NewWorkspace makes a temporary directory named after prefix and builds
+// spotml there, saying so on log.
+func NewWorkspace(ctx context.Context, prefix string, log io.Writer) (*Workspace, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(log, "building spotml ...")
+	bin, err := Build(ctx, dir, "github.com/spotml/spotml/cmd/spotml")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &Workspace{Dir: dir, Bin: bin, log: log}, nil
+}
+
+// Close removes the workspace, unless keep is set or the run failed (err
+// is its error): then it says where the data directories are, to look at.
+func (w *Workspace) Close(keep bool, err error) {
+	if keep || err != nil {
+		fmt.Fprintln(w.log, "data directories kept under", w.Dir)
+		return
+	}
+	os.RemoveAll(w.Dir)
 }
 
 // ONNXRuntime returns the ONNX Runtime library the builtin runtime needs:

@@ -145,22 +145,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	host := machine.Describe()
 
-	dir, err := os.MkdirTemp("", "spotml-availability")
+	ws, err := cluster.NewWorkspace(ctx, "spotml-availability", stderr)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cfg.keep || err != nil {
-			fmt.Fprintln(stderr, "data directories kept under", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	}()
-	fmt.Fprintln(stderr, "building spotml and the load generator ...")
-	bin, err := cluster.Build(ctx, dir, "github.com/spotml/spotml/cmd/spotml")
-	if err != nil {
-		return err
-	}
+	defer func() { ws.Close(cfg.keep, err) }()
+	dir, bin := ws.Dir, ws.Bin
 	loadgen, err := cluster.Build(ctx, dir, "github.com/spotml/spotml/bench/serving/loadgen")
 	if err != nil {
 		return err

@@ -105,22 +105,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	host := machine.Describe()
 
-	dir, err := os.MkdirTemp("", "spotml-gateway")
+	ws, err := cluster.NewWorkspace(ctx, "spotml-gateway", stderr)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cfg.keep || err != nil {
-			fmt.Fprintln(stderr, "data directory kept under", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	}()
-	fmt.Fprintln(stderr, "building spotml ...")
-	bin, err := cluster.Build(ctx, dir, "github.com/spotml/spotml/cmd/spotml")
-	if err != nil {
-		return err
-	}
+	defer func() { ws.Close(cfg.keep, err) }()
+	dir, bin := ws.Dir, ws.Bin
 	c, err := cluster.Start(ctx, bin, filepath.Join(dir, "up"), ortLib)
 	if err != nil {
 		return err

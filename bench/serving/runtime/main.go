@@ -129,16 +129,12 @@ func compare(ctx context.Context, args []string, cfg config, ortLib string, stdo
 		cfg.wrkCPUs = otherCPUs(cfg.cpus)
 	}
 	host := machine.Describe()
-	dir, err := os.MkdirTemp("", "spotml-runtime")
+	ws, err := cluster.NewWorkspace(ctx, "spotml-runtime", stderr)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	fmt.Fprintln(stderr, "building spotml ...")
-	bin, err := cluster.Build(ctx, dir, "github.com/spotml/spotml/cmd/spotml")
-	if err != nil {
-		return err
-	}
+	defer ws.Close(false, nil)
+	dir, bin := ws.Dir, ws.Bin
 	self, err := os.Executable()
 	if err != nil {
 		return err
