@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/spotml/spotml/internal/api"
@@ -171,21 +172,17 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 			continue
 		}
 		state := map[string]string{store.ReplicaPending: placement.Pending, store.ReplicaStarting: placement.Starting, store.ReplicaReady: placement.Ready}[r.State]
-		zone := ""
-		for _, n := range nodes {
-			if n.Name == r.Node {
-				zone = n.Zone
-			}
-		}
-		in.Replicas = append(in.Replicas, placement.Replica{ID: fmt.Sprint(r.ID), Version: r.Version, Pool: r.Pool, Priority: r.Priority,
-			Zone: zone, State: state, StandIn: r.StandIn, Noticed: r.Noticed})
+		in.Replicas = append(in.Replicas, placement.Replica{ID: strconv.FormatInt(r.ID, 10), Version: r.Version, Pool: r.Pool,
+			Priority: r.Priority, State: state, StandIn: r.StandIn, Noticed: r.Noticed})
 	}
 	plan := placement.Decide(in)
 	if len(plan.Stop) > 0 || len(stuck) > 0 {
 		stops := stuck
 		for _, s := range plan.Stop {
-			var id int64
-			fmt.Sscan(s.ID, &id)
+			id, err := strconv.ParseInt(s.ID, 10, 64)
+			if err != nil {
+				return fmt.Errorf("service %s: placement stops unknown replica %q", svc.Name, s.ID)
+			}
 			stops = append(stops, store.ReplicaStop{ID: id, Reason: s.Reason})
 		}
 		if err := p.store.StopReplicas(ctx, stops); err != nil {

@@ -70,7 +70,6 @@ type Replica struct {
 	Version  int
 	Pool     string
 	Priority string
-	Zone     string
 	State    string // Pending, Starting, Ready or Draining
 	// StandIn marks an on-demand replica launched in place of a spot one
 	// while spot was short.

@@ -57,14 +57,8 @@ func (s *sim) step() Plan {
 	}
 	for _, c := range pl.Create {
 		s.next++
-		zone := ""
-		for _, p := range s.in.Pools {
-			if p.Name == c.Pool && len(p.Zones) > 0 {
-				zone = p.Zones[0]
-			}
-		}
 		s.in.Replicas = append(s.in.Replicas, Replica{ID: fmt.Sprintf("r%02d", s.next), Version: c.Version,
-			Pool: c.Pool, Priority: c.Priority, Zone: zone, State: Pending, StandIn: c.StandIn})
+			Pool: c.Pool, Priority: c.Priority, State: Pending, StandIn: c.StandIn})
 	}
 	return pl
 }
