@@ -45,7 +45,7 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 			}
 			defer st.Close()
 			g, gctx := errgroup.WithContext(c.Context())
-			url, err := runGateway(gctx, g, st, addr, id, log)
+			url, _, err := runGateway(gctx, g, st, addr, id, log)
 			if err != nil {
 				return err
 			}
@@ -62,10 +62,10 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 
 // runGateway listens on addr and serves a gateway fed from st, in g, until
 // ctx ends. It returns the gateway's URL.
-func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, id string, log *slog.Logger) (string, error) {
+func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, id string, log *slog.Logger) (string, *gateway.Gateway, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return "", fmt.Errorf("gateway address %s: %w", addr, err)
+		return "", nil, fmt.Errorf("gateway address %s: %w", addr, err)
 	}
 	if id == "" {
 		host, _ := os.Hostname()
@@ -87,7 +87,7 @@ func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, i
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	return "http://" + ln.Addr().String(), nil
+	return "http://" + ln.Addr().String(), gw, nil
 }
 
 // findONNXRuntime looks for ONNX Runtime's shared library where spotml's

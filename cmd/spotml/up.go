@@ -135,22 +135,25 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	}
 	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout})
 	cfg.Plane = plane
-	srv := &http.Server{Handler: server.New(cfg), ReadHeaderTimeout: 10 * time.Second}
-
 	g, gctx := errgroup.WithContext(ctx)
+	gatewayURL := ""
+	if f.gatewayAddr != "" {
+		var gw http.Handler
+		gatewayURL, gw, err = runGateway(gctx, g, st, f.gatewayAddr, "control-plane", log)
+		if err != nil {
+			return err
+		}
+		cfg.Gateway, cfg.GatewayURL = gw, gatewayURL
+	}
+	handler := server.New(cfg)
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(handler.CloseStreams)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
-	gatewayURL := ""
-	if f.gatewayAddr != "" {
-		gatewayURL, err = runGateway(gctx, g, st, f.gatewayAddr, "control-plane", log)
-		if err != nil {
-			return err
-		}
-	}
 	g.Go(func() error { return plane.Run(gctx) })
 	if loc != nil {
 		g.Go(func() error { return loc.Run(gctx) })
@@ -161,7 +164,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	fmt.Fprintf(stdout, "spotml is up\n  API:     %s\n  token:   %s\n  data:    %s\n", url, filepath.Join(data, "token"), data)
+	fmt.Fprintf(stdout, "spotml is up\n  console: %s/ (log in with the token)\n  API:     %s\n  token:   %s\n  data:    %s\n", url, url, filepath.Join(data, "token"), data)
 	if gatewayURL != "" {
 		fmt.Fprintf(stdout, "  gateway: %s\n", gatewayURL)
 	}

@@ -145,3 +145,12 @@ func LogLocation(job, jobUID, task string, attempt int, stream string) string {
 func CheckpointLocation(job, jobUID, task string) string {
 	return "checkpoints/" + job + "/" + jobUID + "/" + task
 }
+
+// Info describes the control plane to the web console.
+type Info struct {
+	Version    string    `json:"version"`
+	Time       time.Time `json:"time"`       // the server's clock, to count notices down against
+	GatewayURL string    `json:"gatewayURL"` // the inference gateway's address; empty when none runs here
+	Evict      bool      `json:"evict"`      // nodes can be evicted on request (local provider)
+	Predict    bool      `json:"predict"`    // Prefix/gateway/... reaches this process's gateway
+}

@@ -46,6 +46,7 @@ type Options struct {
 	Interval         time.Duration // between reconcile passes; default 500ms
 	NodeTimeout      time.Duration // heartbeat silence before a node is lost; default 15s
 	ProvisionTimeout time.Duration // provisioning before a node is lost; default 120s
+	SampleEvery      time.Duration // between service samples (the console's history); default SampleEvery
 }
 
 // Plane is the control plane's set of reconcilers.
@@ -74,6 +75,9 @@ func New(st *store.Store, providers map[string]Provider, log *slog.Logger, now f
 	if opt.ProvisionTimeout == 0 {
 		opt.ProvisionTimeout = 120 * time.Second
 	}
+	if opt.SampleEvery == 0 {
+		opt.SampleEvery = SampleEvery
+	}
 	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt,
 		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}}
 }
@@ -86,8 +90,13 @@ func (p *Plane) Kick() {
 	}
 }
 
-// Run reconciles until ctx ends.
+// Run reconciles, and records service samples, until ctx ends.
 func (p *Plane) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Sampling keeps its own beat: a slow reconcile pass must not leave
+	// gaps in the history.
+	wg.Go(func() { p.runSampler(ctx) })
 	t := time.NewTicker(p.opt.Interval)
 	defer t.Stop()
 	for {

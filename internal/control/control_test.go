@@ -75,7 +75,9 @@ type plane struct {
 	p     *control.Plane
 }
 
-func newPlane(t *testing.T) *plane {
+func newPlane(t *testing.T) *plane { return newPlaneWith(t, control.Options{}) }
+
+func newPlaneWith(t *testing.T, opt control.Options) *plane {
 	clock := clock.NewFake(now)
 	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clock.Now)
 	if err != nil {
@@ -84,7 +86,7 @@ func newPlane(t *testing.T) *plane {
 	t.Cleanup(func() { st.Close() })
 	prov := &fakeProvider{}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p := control.New(st, map[string]control.Provider{spec.ProviderLocal: prov}, log, clock.Now, control.Options{})
+	p := control.New(st, map[string]control.Provider{spec.ProviderLocal: prov}, log, clock.Now, opt)
 	return &plane{t: t, ctx: t.Context(), st: st, clock: clock, prov: prov, p: p}
 }
 

@@ -18,21 +18,24 @@ import (
 type Router interface {
 	Update(routes []gateway.Route)
 	QPS(window time.Duration) map[string]float64
+	Stats() []gateway.ServiceStats
 }
+
+var _ Router = (*gateway.Gateway)(nil)
 
 // FeedOptions tunes FeedGateway. Zero values get defaults.
 type FeedOptions struct {
-	ID        string        // names the gateway in the QPS table; default "gateway"
+	ID        string        // names the gateway in the store's gateway stats; default "gateway"
 	Interval  time.Duration // route refresh; default 200ms
 	QPSWindow time.Duration // averaging window of the QPS reported; default 10s
-	QPSEvery  time.Duration // how often QPS is reported; default 1s
+	QPSEvery  time.Duration // how often QPS and latencies are reported; default 1s
 }
 
 // FeedGateway keeps a gateway's routes in step with the store (ready
 // replicas; those on noticed nodes or being stopped marked draining) and
-// reports the QPS it measures for the autoscaler, until ctx ends. It works
-// the same inside `spotml up` and in a separate `spotml gateway` process
-// over the same store.
+// reports what it measures (QPS for the autoscaler, latencies and errors
+// for the console) until ctx ends. It works the same inside `spotml up`
+// and in a separate `spotml gateway` process over the same store.
 func FeedGateway(ctx context.Context, st *store.Store, gw Router, log *slog.Logger, now func() time.Time, opt FeedOptions) error {
 	if opt.ID == "" {
 		opt.ID = "gateway"
@@ -57,7 +60,7 @@ func FeedGateway(ctx context.Context, st *store.Store, gw Router, log *slog.Logg
 			gw.Update(routes)
 			if now().Sub(lastQPS) >= opt.QPSEvery {
 				lastQPS = now()
-				err = st.PutGatewayStats(ctx, opt.ID, gw.QPS(opt.QPSWindow))
+				err = st.PutGatewayStats(ctx, opt.ID, gatewayStats(gw, opt.QPSWindow))
 			}
 		}
 		switch {
@@ -74,6 +77,23 @@ func FeedGateway(ctx context.Context, st *store.Store, gw Router, log *slog.Logg
 		case <-t.C:
 		}
 	}
+}
+
+// gatewayStats joins, per service, the gateway's QPS over window and its
+// last minute's latencies and counts.
+func gatewayStats(gw Router, window time.Duration) map[string]store.GatewayStat {
+	qps := gw.QPS(window)
+	out := make(map[string]store.GatewayStat, len(qps))
+	for svc, q := range qps {
+		out[svc] = store.GatewayStat{QPS: q}
+	}
+	for _, ss := range gw.Stats() {
+		st := out[ss.Service]
+		st.P50, st.P99 = ss.P50.Seconds(), ss.P99.Seconds()
+		st.Requests, st.Errors = ss.Requests, ss.Errors
+		out[ss.Service] = st
+	}
+	return out
 }
 
 // Routes builds the gateway's routing table from the store. readKeys reads

@@ -24,6 +24,7 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/console"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/spec"
@@ -42,6 +43,8 @@ type Config struct {
 	Plane             *control.Plane // kicked after changes; may be nil
 	Evictor           Evictor        // may be nil: evict answers 501
 	Metadata          http.Handler   // simulated instance metadata, mounted at MetadataPrefix; may be nil
+	Gateway           http.Handler   // this process's inference gateway, for the console's model tester; may be nil
+	GatewayURL        string         // where clients reach the gateway, shown by the console
 	MetadataPrefix    string
 	Token             string // admin token: every /api/v1 path
 	JoinToken         string // agents: /api/v1/agent paths only
@@ -55,16 +58,25 @@ type Server struct {
 	cfg     Config
 	mux     *http.ServeMux
 	reports *reportBatcher
+	// streams ends the console's watch streams (CloseStreams), which
+	// would otherwise keep a graceful shutdown waiting forever.
+	streams     context.Context
+	stopStreams context.CancelFunc
 }
 
 // New returns the handler.
 func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), reports: &reportBatcher{commit: cfg.Store.ReportBatch}}
+	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.routes()
 	return s
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// CloseStreams ends every open watch stream and any opened later; give it
+// to http.Server.RegisterOnShutdown.
+func (s *Server) CloseStreams() { s.stopStreams() }
 
 func (s *Server) routes() {
 	admin := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
@@ -98,6 +110,12 @@ func (s *Server) routes() {
 	admin("GET "+p+"/replicas", s.listReplicas)
 	admin("GET "+p+"/events", s.events)
 	admin("GET "+p+"/cost", s.cost)
+	admin("GET "+p+"/services/{name}/history", s.serviceHistory)
+	admin("GET "+p+"/info", s.info)
+	admin("GET "+p+"/watch", s.watch)
+	admin("GET "+p+"/cost/history", s.costHistory)
+	admin("GET "+p+"/gateway/{path...}", s.toGateway)
+	admin("POST "+p+"/gateway/{path...}", s.toGateway)
 	admin("GET "+p+"/blobs", s.listBlobs)
 	admin("GET "+p+"/blobs/{path...}", s.getBlob)
 	admin("PUT "+p+"/blobs/{path...}", s.putBlob)
@@ -105,6 +123,18 @@ func (s *Server) routes() {
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
 	agent("POST "+p+"/agent/notice", s.notice)
+	// The web console: everything outside the API.
+	// (No method in the pattern: one would conflict with the API's
+	// catch-all below.)
+	pages := console.Handler()
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		pages.ServeHTTP(w, r)
+	})
 	// Anything else under the API prefix still needs a token, then 404s.
 	admin(p+"/", func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, store.ErrNotFound)

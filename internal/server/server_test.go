@@ -55,14 +55,15 @@ func (r *recorder) Stop(context.Context, store.Node) error { return nil }
 // apiServer is a control plane's API over a real store, behind a real
 // HTTP server.
 type apiServer struct {
-	t     *testing.T
-	ctx   context.Context
-	url   string
-	st    *store.Store
-	blobs *blob.Store
-	clock *clock.Fake
-	prov  *recorder
-	plane *control.Plane
+	t       *testing.T
+	ctx     context.Context
+	url     string
+	st      *store.Store
+	blobs   *blob.Store
+	clock   *clock.Fake
+	prov    *recorder
+	plane   *control.Plane
+	handler *server.Server
 }
 
 // newAPI starts an API server; opts adjust its configuration.
@@ -86,9 +87,10 @@ func newAPI(t *testing.T, opts ...func(*server.Config)) *apiServer {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	srv := httptest.NewServer(server.New(cfg))
+	h := server.New(cfg)
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &apiServer{t: t, ctx: t.Context(), url: srv.URL, st: st, blobs: blobs, clock: clock, prov: prov, plane: plane}
+	return &apiServer{t: t, ctx: t.Context(), url: srv.URL, st: st, blobs: blobs, clock: clock, prov: prov, plane: plane, handler: h}
 }
 
 // reply is one HTTP answer.

@@ -148,14 +148,14 @@ func (s *Store) ListServices(ctx context.Context, qpsMaxAge time.Duration) ([]Se
 	if err != nil {
 		return nil, err
 	}
-	qps, err := s.ServiceQPS(ctx, qpsMaxAge)
+	traffic, err := s.ServiceTraffic(ctx, qpsMaxAge)
 	if err != nil {
 		return nil, err
 	}
 	idx := map[string]int{}
 	for i := range out {
 		idx[out[i].Name] = i
-		out[i].QPS = qps[out[i].Name]
+		out[i].QPS = traffic[out[i].Name].QPS
 		out[i].Ready = map[string]int{spec.PrioritySpot: 0, spec.PriorityOnDemand: 0}
 		out[i].Replicas = []Replica{}
 	}
@@ -186,8 +186,8 @@ func (s *Store) GetService(ctx context.Context, name string, qpsMaxAge time.Dura
 	return Service{}, fmt.Errorf("service %q: %w", name, ErrNotFound)
 }
 
-// DeleteService removes a service; its replicas are stopped (drained by
-// their agents).
+// DeleteService removes a service and its samples; its replicas are
+// stopped (drained by their agents).
 func (s *Store) DeleteService(ctx context.Context, name string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM services WHERE name = ?`, name)
@@ -198,6 +198,10 @@ func (s *Store) DeleteService(ctx context.Context, name string) error {
 			return fmt.Errorf("service %q: %w", name, ErrNotFound)
 		}
 		if err := s.stopReplicas(ctx, tx, `service = ?`, []any{name}, "service deleted"); err != nil {
+			return err
+		}
+		// A service of the same name applied later starts a history of its own.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM service_samples WHERE service = ?`, name); err != nil {
 			return err
 		}
 		return s.event(ctx, tx, "Deleted", "service/"+name, "Deleted", "")
@@ -542,15 +546,29 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 	})
 }
 
-// PutGatewayStats records the QPS one gateway measured per service.
-func (s *Store) PutGatewayStats(ctx context.Context, gateway string, qps map[string]float64) error {
+// GatewayStat is what one gateway measured of one service, or, from
+// ServiceTraffic, what the gateways measured together.
+type GatewayStat struct {
+	QPS float64 // requests completed per second over the gateway's QPS window
+	// P50 and P99 are the latencies, in seconds, that clients saw over the
+	// last minute.
+	P50, P99 float64
+	// Requests completed in the last minute, answered or not; Errors are
+	// those that got a 5xx or an answer that broke off.
+	Requests, Errors int64
+}
+
+// PutGatewayStats records what one gateway measured per service, replacing
+// its previous report.
+func (s *Store) PutGatewayStats(ctx context.Context, gateway string, stats map[string]GatewayStat) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		now := s.now().UnixNano()
 		if _, err := tx.ExecContext(ctx, `DELETE FROM gateway_stats WHERE gateway = ?`, gateway); err != nil {
 			return err
 		}
-		for svc, q := range qps {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES (?, ?, ?, ?)`, gateway, svc, q, now); err != nil {
+		for svc, st := range stats {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO gateway_stats (gateway, service, qps, p50, p99, requests, errors, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+				gateway, svc, st.QPS, st.P50, st.P99, st.Requests, st.Errors, now); err != nil {
 				return err
 			}
 		}
@@ -558,23 +576,28 @@ func (s *Store) PutGatewayStats(ctx context.Context, gateway string, qps map[str
 	})
 }
 
-// ServiceQPS sums, per service, the QPS that gateways reported within
-// maxAge (a gateway that stopped reporting stops counting).
-func (s *Store) ServiceQPS(ctx context.Context, maxAge time.Duration) (map[string]float64, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT service, sum(qps) FROM gateway_stats WHERE updated_at >= ? GROUP BY service`,
+// ServiceTraffic combines, per service, what the gateways reported within
+// maxAge (a gateway that stopped reporting stops counting): QPS, requests
+// and errors summed over gateways. P50 and P99 are the highest any gateway
+// reported: quantiles of separate windows cannot be merged from the
+// quantiles alone, and the maximum is an upper bound that never hides a
+// slow gateway behind fast ones.
+func (s *Store) ServiceTraffic(ctx context.Context, maxAge time.Duration) (map[string]GatewayStat, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT service, sum(qps), max(p50), max(p99), sum(requests), sum(errors)
+		FROM gateway_stats WHERE updated_at >= ? GROUP BY service`,
 		s.now().Add(-maxAge).UnixNano())
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := map[string]float64{}
+	out := map[string]GatewayStat{}
 	for rows.Next() {
 		var svc string
-		var q float64
-		if err := rows.Scan(&svc, &q); err != nil {
+		var st GatewayStat
+		if err := rows.Scan(&svc, &st.QPS, &st.P50, &st.P99, &st.Requests, &st.Errors); err != nil {
 			return nil, err
 		}
-		out[svc] = q
+		out[svc] = st
 	}
 	return out, rows.Err()
 }

@@ -82,3 +82,55 @@ func TestSQLiteNewerSchema(t *testing.T) {
 		t.Errorf("open of a newer schema: %v, want an error that says to upgrade", err)
 	}
 }
+
+// TestSQLiteMigrate3 opens a database as spotml left it at schema version
+// 2: its gateway reports stay, with no latencies, and samples can be
+// recorded.
+func TestSQLiteMigrate3(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spotml.db")
+	st, err := store.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Apply(t.Context(), nil, nil, store.ServiceDoc{Name: "m", Spec: []byte(`{}`), RolloutKey: "k", Initial: 1}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`DROP TABLE service_samples`,
+		`ALTER TABLE gateway_stats DROP COLUMN p50`,
+		`ALTER TABLE gateway_stats DROP COLUMN p99`,
+		`ALTER TABLE gateway_stats DROP COLUMN requests`,
+		`ALTER TABLE gateway_stats DROP COLUMN errors`,
+		`UPDATE schema_version SET version = 2`,
+		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	st, err = store.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	got, err := st.ServiceTraffic(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]store.GatewayStat{"m": {QPS: 2.5}}; got["m"] != want["m"] || len(got) != 1 {
+		t.Errorf("ServiceTraffic after migrating = %+v, want %+v", got, want)
+	}
+	if err := st.AddServiceSamples(t.Context(), map[string]store.ServiceSample{"m": {QPS: 2.5}}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := st.ServiceSamples(t.Context(), "m", time.Time{}); err != nil || len(s) != 1 {
+		t.Errorf("samples after migrating: %+v, %v", s, err)
+	}
+}

@@ -192,6 +192,26 @@ var migrations = []string{
 		updated_at INTEGER NOT NULL,
 		PRIMARY KEY (gateway, service)
 	);`,
+	// 3: the console's history: latency beside QPS, and samples per service.
+	`ALTER TABLE gateway_stats ADD COLUMN p50 REAL NOT NULL DEFAULT 0;
+	ALTER TABLE gateway_stats ADD COLUMN p99 REAL NOT NULL DEFAULT 0;
+	ALTER TABLE gateway_stats ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE gateway_stats ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE service_samples (
+		service TEXT NOT NULL,
+		time INTEGER NOT NULL,
+		qps REAL NOT NULL,
+		p50 REAL NOT NULL,
+		p99 REAL NOT NULL,
+		requests INTEGER NOT NULL,
+		errors INTEGER NOT NULL,
+		ready INTEGER NOT NULL,
+		desired INTEGER NOT NULL,
+		spot INTEGER NOT NULL,
+		ondemand INTEGER NOT NULL,
+		PRIMARY KEY (service, time)
+	);
+	CREATE INDEX service_samples_time ON service_samples(time);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

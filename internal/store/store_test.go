@@ -46,6 +46,9 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		{"DeletePool", testDeletePool},
 		{"Durable", testDurable},
 		{"ConcurrentReports", testConcurrentReports},
+		{"GatewayStats", testGatewayStats},
+		{"ServiceSamples", testServiceSamples},
+		{"ServiceSamplesRetention", testServiceSamplesRetention},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

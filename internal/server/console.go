@@ -1,0 +1,277 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/cost"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// What the web console reads beyond the plain REST API: one live stream
+// of the fleet, jobs, services, events and cost; the history behind its
+// charts; and a way to call a service through the gateway from the page.
+
+// Watch stream tuning.
+const (
+	watchEvery      = time.Second      // how often the stream looks for changes
+	watchPing       = 15 * time.Second // keep-alive comment when nothing changed
+	watchEndedNodes = 15 * time.Minute // ended nodes stay in the fleet this long
+	watchEvents     = 500              // events sent when a stream opens
+)
+
+// fleet is the watch stream's fleet view.
+type fleet struct {
+	Time  time.Time    `json:"time,omitzero"` // the server's clock when sent
+	Pools []store.Pool `json:"pools"`
+	Nodes []store.Node `json:"nodes"` // live, and ended in the last watchEndedNodes
+}
+
+// serviceHistory is the answer of GET /services/{name}/history.
+type serviceHistory struct {
+	Service string                `json:"service"`
+	Samples []store.ServiceSample `json:"samples"`
+}
+
+func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
+	version := "(devel)"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		version = bi.Main.Version
+	}
+	writeJSON(w, http.StatusOK, api.Info{
+		Version:    version,
+		Time:       s.cfg.Now(),
+		GatewayURL: s.cfg.GatewayURL,
+		Evict:      s.cfg.Evictor != nil,
+		Predict:    s.cfg.Gateway != nil,
+	})
+	return nil
+}
+
+// watch streams server-sent events: each kind of view once at the start
+// and again whenever it changes, events as they are recorded. The stream
+// polls the store (every watchEvery) rather than hooking into writers: the
+// store is the one source of truth, and a separate gateway or a second
+// control plane writes to it too.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		return fmt.Errorf("watch: this connection cannot stream")
+	}
+	// Check once before the headers go out, so that a broken store still
+	// answers with a status code.
+	views, err := s.watchViews(r.Context())
+	if err != nil {
+		return err
+	}
+	evs, err := s.cfg.Store.ListEvents(r.Context(), store.EventFilter{Limit: watchEvents})
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	sent := map[string][]byte{}
+	lastEvent := int64(0)
+	lastWrite := time.Now()
+	tick := time.NewTicker(watchEvery)
+	defer tick.Stop()
+	for {
+		for _, v := range views {
+			if bytes.Equal(sent[v.name], v.key) {
+				continue
+			}
+			sent[v.name] = v.key
+			writeSSE(w, v.name, v.data)
+			lastWrite = time.Now()
+		}
+		if len(evs) > 0 {
+			lastEvent = evs[len(evs)-1].ID
+			b, _ := json.Marshal(evs)
+			writeSSE(w, "events", b)
+			lastWrite = time.Now()
+		}
+		if time.Since(lastWrite) >= watchPing {
+			fmt.Fprint(w, ": ping\n\n")
+			lastWrite = time.Now()
+		}
+		flusher.Flush()
+
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-s.streams.Done():
+			return nil
+		case <-tick.C:
+		}
+		views, err = s.watchViews(r.Context())
+		if err == nil {
+			evs, err = s.cfg.Store.ListEvents(r.Context(), store.EventFilter{AfterID: lastEvent})
+		}
+		if err != nil {
+			if r.Context().Err() != nil {
+				return nil
+			}
+			// Keep the stream: the next tick tries again, and the
+			// client keeps what it has.
+			s.cfg.Log.Warn("watch: read store", "err", err)
+			views, evs = nil, nil
+		}
+	}
+}
+
+// view is one named part of the watch stream: data is what is sent, key
+// what decides whether it changed (data without the fields that change on
+// every tick).
+type view struct {
+	name      string
+	data, key []byte
+}
+
+func (s *Server) watchViews(ctx context.Context) ([]view, error) {
+	now := s.cfg.Now()
+	pools, err := s.cfg.Store.ListPools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all, err := s.cfg.Store.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nodes := make([]store.Node, 0, len(all))
+	for _, n := range all {
+		if store.Live(n.State) || now.Sub(n.StateAt) < watchEndedNodes {
+			n.HeartbeatAt = time.Time{} // changes every few seconds and says nothing to a viewer
+			nodes = append(nodes, n)
+		}
+	}
+	jobs, err := s.cfg.Store.ListJobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	svcs, err := s.cfg.Store.ListServices(ctx, control.QPSMaxAge)
+	if err != nil {
+		return nil, err
+	}
+	for i := range svcs {
+		withModel(&svcs[i])
+	}
+	runs, err := s.cfg.Store.Runs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fl := fleet{Pools: nonNil(pools), Nodes: nodes}
+	fleetKey, _ := json.Marshal(fl)
+	fl.Time = now
+	out := []view{{name: "fleet", key: fleetKey}}
+	out[0].data, _ = json.Marshal(fl)
+	// Cost changes whenever a node runs: round it to the cent so that a
+	// running fleet is not resent every second.
+	sum := cost.Summarize(usages(runs), now)
+	costKey := fmt.Appendf(nil, "%.2f %.2f %d", sum.Spent, sum.OnDemand, len(sum.Lines))
+	for _, v := range []struct {
+		name string
+		v    any
+		key  []byte
+	}{{"jobs", nonNil(jobs), nil}, {"services", nonNil(svcs), nil}, {"cost", sum, costKey}} {
+		b, err := json.Marshal(v.v)
+		if err != nil {
+			return nil, err
+		}
+		key := v.key
+		if key == nil {
+			key = b
+		}
+		out = append(out, view{name: v.name, data: b, key: key})
+	}
+	return out, nil
+}
+
+func writeSSE(w http.ResponseWriter, event string, data []byte) {
+	// json.Marshal never writes a newline, so data is one line.
+	fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data)
+}
+
+// serviceHistory is what the service's charts draw: one sample every
+// control.SampleEvery over a window (default 1h, at most 24h).
+func (s *Server) serviceHistory(w http.ResponseWriter, r *http.Request) error {
+	window := time.Hour
+	if v := r.URL.Query().Get("window"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > 24*time.Hour {
+			return badRequest{fmt.Errorf("window: %q is not a duration between 1s and 24h; write it like 1h or 15m", v)}
+		}
+		window = d
+	}
+	name := r.PathValue("name")
+	samples, err := s.cfg.Store.ServiceSamples(r.Context(), name, s.cfg.Now().Add(-window))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, serviceHistory{Service: name, Samples: nonNil(samples)})
+	return nil
+}
+
+// costHistory is cumulative spend against on-demand, per pool and in
+// total, from the first node's start until now.
+func (s *Server) costHistory(w http.ResponseWriter, r *http.Request) error {
+	points := 120
+	if v := r.URL.Query().Get("points"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 || n > 2000 {
+			return badRequest{fmt.Errorf("points: %q is not a count between 2 and 2000", v)}
+		}
+		points = n
+	}
+	runs, err := s.cfg.Store.Runs(r.Context())
+	if err != nil {
+		return err
+	}
+	now := s.cfg.Now()
+	from := now
+	for _, u := range runs {
+		if u.Start.Before(from) {
+			from = u.Start
+		}
+	}
+	writeJSON(w, http.StatusOK, cost.History(usages(runs), from, now, points))
+	return nil
+}
+
+// toGateway hands a request to this control plane's own gateway, as a
+// client of the service would send it: same path below the prefix, same
+// body and content type, the service's API key if the caller gives one.
+// The admin token that let the request in is not passed on: it is not a
+// service key.
+func (s *Server) toGateway(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Gateway == nil {
+		return fmt.Errorf("gateway: %w (start spotml with --gateway-addr, or call the gateway's own address)", errNotImplemented)
+	}
+	out := r.Clone(r.Context())
+	out.URL.Path = "/" + r.PathValue("path")
+	out.URL.RawPath = ""
+	out.RequestURI = ""
+	out.Header = http.Header{}
+	for _, k := range []string{"Content-Type", "Accept", "X-API-Key"} {
+		if v := r.Header.Get(k); v != "" {
+			out.Header.Set(k, v)
+		}
+	}
+	if strings.Contains(out.URL.Path, "/../") || strings.HasSuffix(out.URL.Path, "/..") {
+		return badRequest{fmt.Errorf("path: %q is not a gateway path", out.URL.Path)}
+	}
+	s.cfg.Gateway.ServeHTTP(w, out)
+	return nil
+}
