@@ -146,16 +146,12 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	if err != nil {
 		return nil, err
 	}
-	all, err := s.cfg.Store.ListNodes(ctx)
+	nodes, err := s.cfg.Store.RecentNodes(ctx, now.Add(-watchEndedNodes))
 	if err != nil {
 		return nil, err
 	}
-	nodes := make([]store.Node, 0, len(all))
-	for _, n := range all {
-		if store.Live(n.State) || now.Sub(n.StateAt) < watchEndedNodes {
-			n.HeartbeatAt = time.Time{} // changes every few seconds and says nothing to a viewer
-			nodes = append(nodes, n)
-		}
+	for i := range nodes {
+		nodes[i].HeartbeatAt = time.Time{} // changes every few seconds and says nothing to a viewer
 	}
 	jobs, err := s.cfg.Store.ListJobs(ctx)
 	if err != nil {
@@ -172,7 +168,7 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	if err != nil {
 		return nil, err
 	}
-	fl := fleet{Pools: nonNil(pools), Nodes: nodes}
+	fl := fleet{Pools: nonNil(pools), Nodes: nonNil(nodes)}
 	fleetKey, _ := json.Marshal(fl)
 	fl.Time = now
 	out := []view{{name: "fleet", key: fleetKey}}

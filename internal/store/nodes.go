@@ -129,9 +129,19 @@ func (s *Store) SetNodeProcess(ctx context.Context, name string, pid int, workdi
 // ListNodes returns all nodes (live and ended) by name with their running
 // task counts.
 func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
+	return s.listNodes(ctx, "")
+}
+
+// RecentNodes lists the live nodes and those that ended at or after since
+// (what the console's fleet view shows), with ListNodes' counts.
+func (s *Store) RecentNodes(ctx context.Context, since time.Time) ([]Node, error) {
+	return s.listNodes(ctx, `WHERE state IN (?, ?, ?) OR state_at >= ?`, NodeProvisioning, NodeReady, NodeDraining, nanos(since))
+}
+
+func (s *Store) listNodes(ctx context.Context, where string, args ...any) ([]Node, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+`, (SELECT count(*) FROM tasks t WHERE t.node = nodes.name AND t.state = 'running'),
 		(SELECT count(*) FROM replicas r WHERE r.node = nodes.name AND r.ended_at = 0)
-		FROM nodes ORDER BY name`)
+		FROM nodes `+where+` ORDER BY name`, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,7 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		{"HeartbeatAndNotice", testHeartbeatAndNotice},
 		{"ListEventsFilters", testListEvents},
 		{"Runs", testRuns},
+		{"RecentNodes", testRecentNodes},
 		{"DeleteJobCascades", testDeleteJob},
 		{"DeletePool", testDeletePool},
 		{"Durable", testDurable},
@@ -394,6 +395,39 @@ func testAssign(t *testing.T, h *harness) {
 		if want := map[string]int{"ready": 1}[n.Name]; n.Tasks != want {
 			t.Errorf("node %s runs %d tasks, want %d", n.Name, n.Tasks, want)
 		}
+	}
+}
+
+// RecentNodes: the live nodes and those that ended since a time.
+func testRecentNodes(t *testing.T, h *harness) {
+	h.apply(poolCPU)
+	h.node("old", true)
+	h.node("live", true)
+	h.node("provisioning", false)
+	if err := h.st.EndNode(h.ctx, "old", store.NodePreempted, "evicted"); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(10 * time.Minute)
+	h.node("recent", true)
+	if err := h.st.EndNode(h.ctx, "recent", store.NodeTerminated, "idle"); err != nil {
+		t.Fatal(err)
+	}
+	names := func(since time.Time) []string {
+		ns, err := h.st.RecentNodes(h.ctx, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range ns {
+			out = append(out, n.Name)
+		}
+		return out
+	}
+	if got, want := names(h.clock.Now().Add(-time.Minute)), []string{"live", "provisioning", "recent"}; !slices.Equal(got, want) {
+		t.Errorf("ended in the last minute: %q, want %q", got, want)
+	}
+	if got, want := names(h.clock.Now().Add(-time.Hour)), []string{"live", "old", "provisioning", "recent"}; !slices.Equal(got, want) {
+		t.Errorf("ended in the last hour: %q, want %q", got, want)
 	}
 }
 
