@@ -55,6 +55,7 @@ for _ in $(seq 100); do
   kill -0 "$UP" 2>/dev/null || { cat "$DATA/up.log"; exit 1; }
   sleep 0.1
 done
+echo "Web console: http://$ADDR/ — log in with the token in $DATA/token ($(cat "$DATA/token"))"
 
 if [ "${SKIP_TRAINING:-0}" = 1 ]; then
   say "Skipping training (SKIP_TRAINING=1): the shipped model stands in for the job's output"
@@ -139,5 +140,6 @@ print("predicted: %s (class %d); scores: %s" % (classes[best], best, " ".join("%
 echo "metadata: curl -s http://$GATEWAY/v2/models/fashion-mnist"
 
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
-  echo; echo "spotml up keeps running (pid $UP); token in $DATA/token. Stop it with: kill -INT $UP"
+  echo; echo "spotml up keeps running (pid $UP). Web console: http://$ADDR/ (token: $(cat "$DATA/token"), also in $DATA/token)."
+  echo "Stop it with: kill -INT $UP"
 fi

@@ -22,9 +22,9 @@ import (
 
 // Object describes one stored object. Key is relative to the listed location.
 type Object struct {
-	Key     string
-	Size    int64
-	ModTime time.Time
+	Key     string    `json:"key"`
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"modTime"`
 }
 
 // transfers is how many objects move at once in one call. Enough to hide the

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spotml/spotml/internal/api"
@@ -83,32 +85,13 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	sent := map[string][]byte{}
-	lastEvent := int64(0)
+	st := newWatcher()
+	st.send(w, views, evs)
+	flusher.Flush()
 	lastWrite := time.Now()
 	tick := time.NewTicker(watchEvery)
 	defer tick.Stop()
 	for {
-		for _, v := range views {
-			if bytes.Equal(sent[v.name], v.key) {
-				continue
-			}
-			sent[v.name] = v.key
-			writeSSE(w, v.name, v.data)
-			lastWrite = time.Now()
-		}
-		if len(evs) > 0 {
-			lastEvent = evs[len(evs)-1].ID
-			b, _ := json.Marshal(evs)
-			writeSSE(w, "events", b)
-			lastWrite = time.Now()
-		}
-		if time.Since(lastWrite) >= watchPing {
-			fmt.Fprint(w, ": ping\n\n")
-			lastWrite = time.Now()
-		}
-		flusher.Flush()
-
 		select {
 		case <-r.Context().Done():
 			return nil
@@ -116,10 +99,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		case <-tick.C:
 		}
-		views, err = s.watchViews(r.Context())
-		if err == nil {
-			evs, err = s.cfg.Store.ListEvents(r.Context(), store.EventFilter{AfterID: lastEvent})
-		}
+		n, err := st.tick(r.Context(), s, w)
 		if err != nil {
 			if r.Context().Err() != nil {
 				return nil
@@ -127,9 +107,78 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 			// Keep the stream: the next tick tries again, and the
 			// client keeps what it has.
 			s.cfg.Log.Warn("watch: read store", "err", err)
-			views, evs = nil, nil
+		}
+		if n == 0 && time.Since(lastWrite) >= watchPing {
+			n, _ = fmt.Fprint(w, ": ping\n\n")
+		}
+		if n > 0 {
+			lastWrite = time.Now()
+			flusher.Flush()
 		}
 	}
+}
+
+// watcher is one stream's memory of what it sent.
+type watcher struct {
+	sent      map[string][]byte // view name → key of what was sent
+	lastEvent int64
+}
+
+func newWatcher() *watcher { return &watcher{sent: map[string][]byte{}} }
+
+// tick reads the store and writes what changed since the last tick: the
+// views whose key changed and the events recorded since. It returns the
+// bytes written.
+func (st *watcher) tick(ctx context.Context, s *Server, w io.Writer) (int, error) {
+	views, err := s.views.get(ctx, s.watchViews)
+	if err != nil {
+		return 0, err
+	}
+	evs, err := s.cfg.Store.ListEvents(ctx, store.EventFilter{AfterID: st.lastEvent})
+	if err != nil {
+		return 0, err
+	}
+	return st.send(w, views, evs), nil
+}
+
+func (st *watcher) send(w io.Writer, views []view, evs []store.Event) int {
+	n := 0
+	for _, v := range views {
+		if bytes.Equal(st.sent[v.name], v.key) {
+			continue
+		}
+		st.sent[v.name] = v.key
+		n += writeSSE(w, v.name, v.data)
+	}
+	if len(evs) > 0 {
+		st.lastEvent = evs[len(evs)-1].ID
+		b, _ := json.Marshal(evs)
+		n += writeSSE(w, "events", b)
+	}
+	return n
+}
+
+// viewCache shares the views among the open streams: each stream ticks
+// on its own, but the store is read at most twice a watchEvery however
+// many consoles are open (events, a cheap indexed read, stay per stream).
+type viewCache struct {
+	mu    sync.Mutex
+	at    time.Time // wall clock of the last read
+	views []view
+}
+
+func (c *viewCache) get(ctx context.Context, read func(context.Context) ([]view, error)) ([]view, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.views != nil && time.Since(c.at) < watchEvery/2 {
+		return c.views, nil
+	}
+	v, err := read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.views, c.at = v, time.Now()
+	return v, nil
 }
 
 // view is one named part of the watch stream: data is what is sent, key
@@ -195,9 +244,10 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	return out, nil
 }
 
-func writeSSE(w http.ResponseWriter, event string, data []byte) {
+func writeSSE(w io.Writer, event string, data []byte) int {
 	// json.Marshal never writes a newline, so data is one line.
-	fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data)
+	n, _ := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, data)
+	return n
 }
 
 // serviceHistory is what the service's charts draw: one sample every

@@ -62,6 +62,7 @@ type Server struct {
 	// would otherwise keep a graceful shutdown waiting forever.
 	streams     context.Context
 	stopStreams context.CancelFunc
+	views       viewCache
 }
 
 // New returns the handler.

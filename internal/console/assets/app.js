@@ -125,9 +125,12 @@ function errorBox(err) {
 const isZero = (t) => !t || t.startsWith('0001-01-01');
 const ms = (t) => (isZero(t) ? 0 : Date.parse(t));
 
+// fmtUSD keeps cents, and up to four decimals for the small sums a spot
+// price or a few node-minutes come to: $0.06, $0.019, $0.0027, $12.40.
 function fmtUSD(v) {
   if (!Number.isFinite(v)) return '—';
-  return v < 10 ? `$${v.toFixed(v < 0.1 && v !== 0 ? 4 : 2)}` : `$${v.toFixed(2)}`;
+  if (Math.abs(v) >= 1) return `$${v.toFixed(2)}`;
+  return `$${v.toFixed(4).replace(/(\.\d\d\d*?)0+$/, '$1')}`;
 }
 function fmtNum(v, d = 1) { return Number.isFinite(v) ? v.toFixed(d) : '—'; }
 function fmtDur(sec) {
@@ -822,7 +825,7 @@ function jobPage(name) {
       } catch (e) {
         return h('div', null, h('h3', null, dest), errorBox(e));
       }
-      const objs = list.map((o) => ({ key: o.key ?? o.Key, size: o.size ?? o.Size, modTime: o.modTime ?? o.ModTime }))
+      const objs = list
         .sort((a, b) => a.key.localeCompare(b.key));
       return h('div', { class: 'outputs' },
         h('h3', null, h('code', null, dest), h('span', { class: 'muted' }, ` from ${from.join(', ')}`)),
@@ -911,7 +914,9 @@ function servicesPage() {
 
 // chart wraps a uPlot in a figure that resizes with its container and keeps a
 // text summary beside it for keyboard and screen-reader users.
-function chart(id, title, seriesDefs, { yLabel, fmt = (v) => fmtNum(v), height = 220, integer = false } = {}) {
+// window (seconds), when set, fixes the x axis to that span ending at the
+// newest point, so that a few samples do not stretch over the whole width.
+function chart(id, title, seriesDefs, { yLabel, fmt = (v) => fmtNum(v), height = 220, integer = false, window: span = 0 } = {}) {
   const box = h('div', { id, class: 'chart', role: 'img', 'aria-label': title });
   const summary = h('p', { class: 'chart-summary muted' }, 'No data yet.');
   const fig = h('figure', { class: 'chart-fig' }, h('figcaption', null, title), box, summary);
@@ -929,7 +934,9 @@ function chart(id, title, seriesDefs, { yLabel, fmt = (v) => fmtNum(v), height =
         fill: d.fill, value: (u, v) => (v == null ? '—' : fmt(v)), scale: d.scale || 'y',
       }))],
       scales: {
-        x: { time: true },
+        // The newest x of the data itself: uPlot hands a range function an
+        // already widened span when there is a single point.
+        x: span ? { time: true, range: (u) => { const xs = u.data[0] || []; const end = xs.length ? xs[xs.length - 1] : Date.now() / 1000; return [end - span, end + span / 60]; } } : { time: true },
         y: { range: (u, min, max) => [0, Math.max(integer ? 2 : 0, max == null ? 1 : max * 1.1) || 1] },
       },
       axes: [{ stroke: '#4b5563', grid: { stroke: '#e5e7eb' } },
@@ -962,9 +969,9 @@ function servicePage(name) {
   const sc = scope();
   const status = h('div');
   const cards = h('div', { class: 'cards' });
-  const qps = chart('chart-qps', 'Requests per second (last hour)', [], { yLabel: 'req/s', fmt: (v) => fmtNum(v, v < 10 ? 2 : 1) });
-  const lat = chart('chart-latency', 'Latency p50 and p99 (ms)', [], { yLabel: 'ms', fmt: (v) => fmtNum(v, v < 10 ? 2 : 0) });
-  const reps = chart('chart-replicas', 'Replicas: ready, desired, spot, on-demand', [], { yLabel: 'replicas', fmt: (v) => fmtNum(v, 0), integer: true });
+  const qps = chart('chart-qps', 'Requests per second (last hour)', [], { yLabel: 'req/s', fmt: (v) => fmtNum(v, v < 10 ? 2 : 1), window: 3600 });
+  const lat = chart('chart-latency', 'Latency p50 and p99 (ms)', [], { yLabel: 'ms', fmt: (v) => fmtNum(v, v < 10 ? 2 : 0), window: 3600 });
+  const reps = chart('chart-replicas', 'Replicas: ready, desired, spot, on-demand', [], { yLabel: 'replicas', fmt: (v) => fmtNum(v, 0), integer: true, window: 3600 });
   sc.onDestroy(() => { qps.destroy(); lat.destroy(); reps.destroy(); });
   const histStatus = h('div');
 
