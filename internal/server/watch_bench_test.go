@@ -72,7 +72,7 @@ func BenchmarkConsoleLiveView(b *testing.B) {
 	// The same views by polling, over real HTTP.
 	srv := httptest.NewServer(s)
 	defer srv.Close()
-	paths := []string{"/pools", "/nodes?all=true", "/jobs", "/services", "/cost", "/events?limit=100"}
+	paths := []string{"/pools", "/nodes", "/jobs", "/services", "/cost", "/events?limit=100"}
 	b.Run("poll-rest", func(b *testing.B) {
 		sent := 0
 		for b.Loop() {
