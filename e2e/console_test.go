@@ -64,9 +64,24 @@ func artifacts(t *testing.T) string {
 
 // browser is one headless Chromium with a fresh profile.
 type browser struct {
-	t    *testing.T
-	ctx  context.Context
-	shot string // screenshot directory
+	t       *testing.T
+	ctx     context.Context
+	shot    string // screenshot directory
+	mu      *sync.Mutex
+	console *[]string // what the page logged and threw
+}
+
+// exceptions returns the uncaught exceptions the page threw so far.
+func (b *browser) exceptions() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, l := range *b.console {
+		if strings.HasPrefix(l, "exception: ") {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func newBrowser(t *testing.T) *browser {
@@ -94,20 +109,23 @@ func newBrowser(t *testing.T) *browser {
 	}
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	var console []string
+	var mu sync.Mutex
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
 	t.Cleanup(func() {
 		cancel()
 		cancelA()
 		os.RemoveAll(profile)
+		mu.Lock()
+		defer mu.Unlock()
 		if t.Failed() && len(console) > 0 {
 			t.Logf("browser console:\n%s", tail(strings.Join(console, "\n"), 4000))
 		}
 	})
-	listenConsole(ctx, &console)
+	listenConsole(ctx, &mu, &console)
 	if err := chromedp.Run(ctx); err != nil { // starts the browser
 		t.Fatalf("start %s: %v", exe, err)
 	}
-	return &browser{t: t, ctx: ctx, shot: artifacts(t)}
+	return &browser{t: t, ctx: ctx, shot: artifacts(t), mu: &mu, console: &console}
 }
 
 // run runs actions with a deadline; on failure it saves a screenshot
@@ -315,6 +333,9 @@ spec:
 	if len(nodes) != 10 {
 		t.Errorf("the page shows %d scores, want one per class (10)", len(nodes))
 	}
+	if ex := b.exceptions(); len(ex) > 0 {
+		t.Errorf("the console threw:\n%s", strings.Join(ex, "\n"))
+	}
 }
 
 // consolePool is a local pool that keeps min nodes up (max of them).
@@ -362,8 +383,7 @@ func classOfSample(t *testing.T, gw, value string) string {
 }
 
 // listenConsole keeps what the page logs and every exception it throws.
-func listenConsole(ctx context.Context, out *[]string) {
-	var mu sync.Mutex
+func listenConsole(ctx context.Context, mu *sync.Mutex, out *[]string) {
 	chromedp.ListenTarget(ctx, func(ev any) {
 		var line string
 		switch e := ev.(type) {

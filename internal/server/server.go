@@ -126,16 +126,8 @@ func (s *Server) routes() {
 	agent("POST "+p+"/agent/notice", s.notice)
 	// The web console: everything outside the API.
 	// (No method in the pattern: one would conflict with the API's
-	// catch-all below.)
-	pages := console.Handler()
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		pages.ServeHTTP(w, r)
-	})
+	// catch-all below. The console answers other methods with 405.)
+	s.mux.Handle("/", console.Handler())
 	// Anything else under the API prefix still needs a token, then 404s.
 	admin(p+"/", func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, store.ErrNotFound)
