@@ -222,10 +222,11 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	fl.Time = now
 	out := []view{{name: "fleet", key: fleetKey}}
 	out[0].data, _ = json.Marshal(fl)
-	// Cost changes whenever a node runs: round it to the cent so that a
-	// running fleet is not resent every second.
+	// Cost changes whenever a node runs: compare it to three significant
+	// digits so that a running fleet is not resent every second, yet a
+	// small one (cents a day) still moves.
 	sum := cost.Summarize(usages(runs), now)
-	costKey := fmt.Appendf(nil, "%.2f %.2f %d", sum.Spent, sum.OnDemand, len(sum.Lines))
+	costKey := fmt.Appendf(nil, "%.3g %.3g %d", sum.Spent, sum.OnDemand, len(sum.Lines))
 	for _, v := range []struct {
 		name string
 		v    any

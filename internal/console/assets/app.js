@@ -130,6 +130,9 @@ const ms = (t) => (isZero(t) ? 0 : Date.parse(t));
 function fmtUSD(v) {
   if (!Number.isFinite(v)) return '—';
   if (Math.abs(v) >= 1) return `$${v.toFixed(2)}`;
+  // A small local fleet spends fractions of a cent: keep two significant
+  // digits rather than show $0.00.
+  if (v !== 0 && Math.abs(v) < 0.001) return `$${Number(v.toPrecision(2)).toFixed(Math.min(8, 1 - Math.floor(Math.log10(Math.abs(v)))))}`;
   return `$${v.toFixed(4).replace(/(\.\d\d\d*?)0+$/, '$1')}`;
 }
 function fmtNum(v, d = 1) { return Number.isFinite(v) ? v.toFixed(d) : '—'; }
