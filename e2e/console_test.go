@@ -204,6 +204,18 @@ spec:
       outputFiles:
         - {pattern: "out/**", destination: "outputs/hello/", upload: onSuccess}
       resources: {cpu: 1, memory: 128Mi}
+---
+apiVersion: spotml/v1
+kind: Job
+metadata: {name: slow}
+spec:
+  pool: od
+  tasks:
+    - name: work
+      command: |
+        echo "3/10 step 3 of 10" > "$SPOTML_PROGRESS_FILE"
+        sleep 600
+      resources: {cpu: 1, memory: 128Mi}
 `)
 	c.waitServing("fmnist", 1, 90*time.Second)
 	waitFor(t, 60*time.Second, "job hello to succeed", func() bool { return c.job("hello").State == store.JobSucceeded })
@@ -271,6 +283,18 @@ spec:
 	b.run("task stderr", 10*time.Second,
 		chromedp.Click(`button[data-stream="stderr"]`, chromedp.ByQuery),
 		waitText("pre#logs", "a warning"))
+
+	// A running task's own progress (SPOTML_PROGRESS_FILE), on the page
+	// and in the CLI.
+	b.run("task progress", 30*time.Second,
+		chromedp.Click(`a[href="#/jobs"]`, chromedp.ByQuery),
+		chromedp.Click(`tr[data-job="slow"] a[href="#/jobs/slow"]`, chromedp.ByQuery),
+		waitText(`tr[data-task="work"] .task-progress`, "30 %"),
+		waitText(`tr[data-task="work"] .task-progress`, "step 3 of 10"))
+	b.screenshot("06b-job-progress")
+	if out := c.mustCLI("get", "tasks", "slow"); !strings.Contains(out, "30% step 3 of 10") {
+		t.Errorf("spotml get tasks slow shows no progress:\n%s", out)
+	}
 
 	// Services: the replica and the charts.
 	b.run("services", 15*time.Second,

@@ -227,8 +227,15 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/jobs/"+url.PathEscape(name), nil, &j); err != nil {
 			return err
 		}
-		return print(w, output, j.Tasks, func(t store.Task) string { return t.Job + "/" + t.Name }, "NAME\tSTATE\tATTEMPT\tFAILURES\tEVICTIONS\tNODE\tEXIT\tMESSAGE", func(t store.Task) string {
-			return fmt.Sprintf("%s\t%s\t%d\t%d/%d\t%d\t%s\t%d\t%s", t.Name, t.State, t.Attempt, t.Failures, t.MaxRetries, t.Evictions, dash(t.Node), t.ExitCode, t.Message)
+		return print(w, output, j.Tasks, func(t store.Task) string { return t.Job + "/" + t.Name }, "NAME\tSTATE\tATTEMPT\tFAILURES\tEVICTIONS\tNODE\tPROGRESS\tEXIT\tMESSAGE", func(t store.Task) string {
+			progress := "-"
+			if t.Progress != nil {
+				progress = fmt.Sprintf("%.0f%%", 100**t.Progress)
+				if t.ProgressMessage != "" {
+					progress += " " + t.ProgressMessage
+				}
+			}
+			return fmt.Sprintf("%s\t%s\t%d\t%d/%d\t%d\t%s\t%s\t%d\t%s", t.Name, t.State, t.Attempt, t.Failures, t.MaxRetries, t.Evictions, dash(t.Node), progress, t.ExitCode, t.Message)
 		})
 	case "services":
 		var ss []store.Service

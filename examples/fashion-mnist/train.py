@@ -91,6 +91,19 @@ class Log:
 
 # ---------------------------------------------------------------- data
 
+def report_progress(done, total, message):
+    """Tell spotml how far the task is: one line in $SPOTML_PROGRESS_FILE
+    (done/total, then a message), replaced atomically. The console and
+    `spotml get tasks` show it."""
+    path = os.environ.get("SPOTML_PROGRESS_FILE")
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{done}/{total} {message}\n")
+    os.replace(tmp, path)
+
+
 def read_idx(path):
     """Reads a gzip'd IDX file (the MNIST format) into a numpy array."""
     with gzip.open(path, "rb") as f:
@@ -458,6 +471,8 @@ def run(args, attempt, log, t_attempt, phase, stop):
                     f"loss {loss.item():.4f} avg {loss_sum / loss_n:.4f} "
                     f"{(global_step - last_log_step) / max(now - last_log_t, 1e-9):.0f} steps/s")
                 last_log_t, last_log_step = now, global_step
+                report_progress(global_step, args.epochs * steps_per_epoch,
+                                f"epoch {epoch + 1}/{args.epochs} step {step}/{steps_per_epoch} loss {loss_sum / loss_n:.3f}")
             due_t = args.checkpoint_every_seconds > 0 and time.time() - last_ckpt_t >= args.checkpoint_every_seconds
             due_s = args.checkpoint_every_steps > 0 and global_step - last_ckpt_step >= args.checkpoint_every_steps
             if (due_t or due_s) and step < steps_per_epoch:
@@ -474,6 +489,8 @@ def run(args, attempt, log, t_attempt, phase, stop):
         log(f"epoch {epoch + 1}/{args.epochs} done: train loss {loss_sum / max(loss_n, 1):.4f} "
             f"test loss {test_loss:.4f} test accuracy {test_acc * 100:.2f}% "
             f"(eval {t_eval:.1f}s; {train_seconds + time.time() - seg_start:.1f}s of training)")
+        report_progress(global_step, args.epochs * steps_per_epoch,
+                        f"epoch {epoch + 1}/{args.epochs} done, test accuracy {test_acc * 100:.1f}%")
         epoch, step = epoch + 1, 0
         loss_sum, loss_n = 0.0, 0
         size, dt = snapshot("epoch")

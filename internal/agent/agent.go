@@ -184,8 +184,13 @@ func (a *Agent) runStartTask(ctx context.Context, reg api.RegisterResponse) erro
 func (a *Agent) heartbeat(ctx context.Context) error {
 	a.mu.Lock()
 	req := api.HeartbeatRequest{Node: a.cfg.Node, Ready: true}
+	sentProgress := map[*attempt]api.Progress{}
 	for id, at := range a.running {
-		req.Running = append(req.Running, api.RunningTask{TaskID: id, Attempt: at.as.Attempt})
+		rt := api.RunningTask{TaskID: id, Attempt: at.as.Attempt, Progress: at.progress.changed()}
+		if rt.Progress != nil {
+			sentProgress[at] = *rt.Progress
+		}
+		req.Running = append(req.Running, rt)
 	}
 	for _, rp := range a.replicas {
 		req.Replicas = append(req.Replicas, rp.status())
@@ -198,6 +203,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	if err != nil {
 		return err
+	}
+	for at, p := range sentProgress {
+		at.progress.ack(p)
 	}
 	want := map[int64]api.Assignment{}
 	for _, as := range resp.Tasks {

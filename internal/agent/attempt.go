@@ -28,11 +28,21 @@ type attempt struct {
 	mu        sync.Mutex
 	cmd       *exec.Cmd
 	finishing bool // the process ended; outputs and report are under way
+
+	progress progress // SPOTML_PROGRESS_FILE
 }
 
 func newAttempt(a *Agent, as api.Assignment) *attempt {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &attempt{a: a, as: as, ctx: ctx, cancel: cancel}
+	at := &attempt{a: a, as: as, ctx: ctx, cancel: cancel}
+	at.progress.path = filepath.Join(at.logDir(), "progress")
+	return at
+}
+
+// logDir is the agent's directory of this attempt (its stdout, stderr and
+// progress file), outside the task's working directory.
+func (at *attempt) logDir() string {
+	return filepath.Join(at.a.cfg.WorkDir, "logs", at.as.Job, at.as.Task, "attempt-"+strconv.Itoa(at.as.Attempt))
 }
 
 func (at *attempt) pgid() int {
@@ -65,7 +75,7 @@ func (at *attempt) run(agentCtx context.Context) {
 	a, as := at.a, at.as
 	log := a.log.With("task", as.Job+"/"+as.Task, "attempt", as.Attempt)
 	dir := filepath.Join(a.cfg.WorkDir, "tasks", as.Job, as.Task)
-	logDir := filepath.Join(a.cfg.WorkDir, "logs", as.Job, as.Task, "attempt-"+strconv.Itoa(as.Attempt))
+	logDir := at.logDir()
 	fail := func(msg string, err error) {
 		log.Error(msg, "err", err)
 		a.report(agentCtx, as, store.OutcomeFailed, -1, fmt.Sprintf("%s: %v", msg, err))
@@ -122,6 +132,7 @@ func (at *attempt) run(agentCtx context.Context) {
 		"SPOTML_TASK="+as.Task,
 		"SPOTML_NODE="+a.cfg.Node,
 		"SPOTML_CHECKPOINT_DIR="+ckptDir,
+		"SPOTML_PROGRESS_FILE="+at.progress.path,
 	)
 	for k, v := range as.Spec.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)

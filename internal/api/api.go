@@ -47,7 +47,19 @@ type ReplicaStatus struct {
 type RunningTask struct {
 	TaskID  int64 `json:"taskId"`
 	Attempt int   `json:"attempt"`
+	// Progress is sent when the attempt reported a new one (through the
+	// file named by SPOTML_PROGRESS_FILE) since the last heartbeat.
+	Progress *Progress `json:"progress,omitempty"`
 }
+
+// Progress is a task's own account of how far it is.
+type Progress struct {
+	Fraction float64 `json:"fraction"` // 0..1
+	Message  string  `json:"message,omitempty"`
+}
+
+// MaxProgressMessage bounds a progress message (bytes).
+const MaxProgressMessage = 200
 
 // HeartbeatResponse is the full set of attempts the node should run now
 // (level-triggered: the agent starts what is missing and stops the rest).

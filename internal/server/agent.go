@@ -40,6 +40,17 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	var progress []store.Progress
+	for i, rt := range req.Running {
+		p := rt.Progress
+		if p == nil {
+			continue
+		}
+		if !(p.Fraction >= 0 && p.Fraction <= 1) || len(p.Message) > api.MaxProgressMessage {
+			return badRequest{fmt.Errorf("running[%d].progress: fraction %g must be within 0..1 and the message at most %d bytes", i, p.Fraction, api.MaxProgressMessage)}
+		}
+		progress = append(progress, store.Progress{TaskID: rt.TaskID, Attempt: rt.Attempt, Fraction: p.Fraction, Message: p.Message})
+	}
 	n, err := s.cfg.Store.Heartbeat(r.Context(), req.Node, req.Ready)
 	if err != nil {
 		return err
@@ -52,6 +63,9 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 		sts[i] = store.ReplicaStatus{ID: rs.ID, Ready: rs.Ready, Addr: rs.Addr, Exited: rs.Exited, Message: rs.Message}
 	}
 	if err := s.cfg.Store.ReportReplicas(r.Context(), req.Node, sts); err != nil {
+		return err
+	}
+	if err := s.cfg.Store.SetProgress(r.Context(), req.Node, progress); err != nil {
 		return err
 	}
 	tasks, err := s.cfg.Store.NodeTasks(r.Context(), req.Node)

@@ -532,6 +532,22 @@ func TestAgentProtocol(t *testing.T) {
 		t.Errorf("assignment: %+v", as)
 	}
 
+	// Progress the task reported rides on heartbeats; a bad one changes
+	// nothing, one for another attempt is ignored.
+	running := func(attempt int, p *api.Progress) api.HeartbeatRequest {
+		return api.HeartbeatRequest{Node: node, Ready: true, Running: []api.RunningTask{{TaskID: as.TaskID, Attempt: attempt, Progress: p}}}
+	}
+	msg := a.agent("/heartbeat", running(1, &api.Progress{Fraction: 1.5}), http.StatusBadRequest).errorText(t)
+	if !strings.Contains(msg, "running[0].progress") {
+		t.Errorf("bad progress: %s", msg)
+	}
+	a.agent("/heartbeat", running(2, &api.Progress{Fraction: 0.9, Message: "stale"}), http.StatusOK)
+	a.agent("/heartbeat", running(1, &api.Progress{Fraction: 0.5, Message: "epoch 1/2"}), http.StatusOK)
+	a.agent("/heartbeat", running(1, nil), http.StatusOK) // unchanged: not sent again
+	if ft := decode[store.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK)).Tasks[0]; ft.Progress == nil || *ft.Progress != 0.5 || ft.ProgressMessage != "epoch 1/2" {
+		t.Errorf("task progress after heartbeats: %v %q", ft.Progress, ft.ProgressMessage)
+	}
+
 	report := func(id any, req api.ReportRequest, code int) reply {
 		return a.agent(fmt.Sprintf("/tasks/%v/report", id), req, code)
 	}

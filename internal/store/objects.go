@@ -71,7 +71,13 @@ type Task struct {
 	StartedAt  time.Time      `json:"startedAt,omitzero"`
 	FinishedAt time.Time      `json:"finishedAt,omitzero"`
 	Attempts   []Attempt      `json:"attempts,omitempty"`
-	Order      int64          `json:"-"`
+	// Progress is the fraction (0..1) the task last reported through
+	// SPOTML_PROGRESS_FILE, nil when it never did; it is kept across a
+	// requeue (the next attempt resumes from the checkpoint).
+	Progress        *float64  `json:"progress,omitempty"`
+	ProgressMessage string    `json:"progressMessage,omitempty"`
+	ProgressAt      time.Time `json:"progressAt,omitzero"`
+	Order           int64     `json:"-"`
 	// Spread is set only on the stand-ins for service replicas that the
 	// control plane hands the scheduler: same Spread, different nodes.
 	Spread string `json:"-"`
@@ -344,7 +350,8 @@ func (s *Store) GetJob(ctx context.Context, name string) (Job, error) {
 }
 
 const taskCols = `t.id, t.job_id, j.name, j.uid, t.name, t.idx, t.spec, t.pool, t.priority, t.cpu, t.memory, t.gpu,
-	t.max_retries, t.state, t.node, t.attempt, t.failures, t.evictions, t.exit_code, t.message, t.started_at, t.finished_at, j.submitted_at`
+	t.max_retries, t.state, t.node, t.attempt, t.failures, t.evictions, t.exit_code, t.message, t.started_at, t.finished_at, j.submitted_at,
+	t.progress, t.progress_message, t.progress_at`
 
 // queryTasks returns tasks with their specs; queue reads them without
 // (the scheduler needs only resources and selectors, and decoding 100,000
@@ -367,12 +374,17 @@ func (s *Store) scanTasks(ctx context.Context, cols, where string, args ...any) 
 	for rows.Next() {
 		var t Task
 		var b string
-		var mem, st, fin, sub int64
+		var mem, st, fin, sub, pat int64
+		var progress float64
 		if err := rows.Scan(&t.ID, &t.JobID, &t.Job, &t.JobUID, &t.Name, &t.Index, &b, &t.Pool, &t.Priority,
 			&t.Req.CPU, &mem, &t.Req.GPU, &t.MaxRetries, &t.State, &t.Node, &t.Attempt, &t.Failures,
-			&t.Evictions, &t.ExitCode, &t.Message, &st, &fin, &sub); err != nil {
+			&t.Evictions, &t.ExitCode, &t.Message, &st, &fin, &sub, &progress, &t.ProgressMessage, &pat); err != nil {
 			return nil, err
 		}
+		if progress >= 0 {
+			t.Progress = &progress
+		}
+		t.ProgressAt = fromNanos(pat)
 		t.Req.Memory = spec.Bytes(mem)
 		if b != "" {
 			if err := json.Unmarshal([]byte(b), &t.Spec); err != nil {

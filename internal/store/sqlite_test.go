@@ -83,10 +83,10 @@ func TestSQLiteNewerSchema(t *testing.T) {
 	}
 }
 
-// TestSQLiteMigrate3 opens a database as spotml left it at schema version
-// 2: its gateway reports stay, with no latencies, and samples can be
-// recorded.
-func TestSQLiteMigrate3(t *testing.T) {
+// TestSQLiteMigrateFrom2 opens a database as spotml left it at schema
+// version 2: its gateway reports stay, with no latencies, samples can be
+// recorded (3), and tasks have no progress (4).
+func TestSQLiteMigrateFrom2(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spotml.db")
 	st, err := store.Open(t.Context(), path, nil)
 	if err != nil {
@@ -106,6 +106,9 @@ func TestSQLiteMigrate3(t *testing.T) {
 		`ALTER TABLE gateway_stats DROP COLUMN p99`,
 		`ALTER TABLE gateway_stats DROP COLUMN requests`,
 		`ALTER TABLE gateway_stats DROP COLUMN errors`,
+		`ALTER TABLE tasks DROP COLUMN progress`,
+		`ALTER TABLE tasks DROP COLUMN progress_message`,
+		`ALTER TABLE tasks DROP COLUMN progress_at`,
 		`UPDATE schema_version SET version = 2`,
 		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
 	} {

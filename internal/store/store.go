@@ -212,6 +212,10 @@ var migrations = []string{
 		PRIMARY KEY (service, time)
 	);
 	CREATE INDEX service_samples_time ON service_samples(time);`,
+	// 4: progress that running tasks report (SPOTML_PROGRESS_FILE).
+	`ALTER TABLE tasks ADD COLUMN progress REAL NOT NULL DEFAULT -1;
+	ALTER TABLE tasks ADD COLUMN progress_message TEXT NOT NULL DEFAULT '';
+	ALTER TABLE tasks ADD COLUMN progress_at INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -252,3 +252,32 @@ func (s *Store) attemptsOf(ctx context.Context, jobID int64) (map[int64][]Attemp
 	}
 	return out, rows.Err()
 }
+
+// Progress is what a running attempt last reported of itself.
+type Progress struct {
+	TaskID   int64
+	Attempt  int
+	Fraction float64 // 0..1
+	Message  string
+}
+
+// SetProgress records the progress a node's agent reports for the
+// attempts it runs. A report for an attempt that is no longer the task's
+// current one on that node (requeued, finished, moved) is ignored, as
+// reports are. No event: progress changes too often for the timeline.
+func (s *Store) SetProgress(ctx context.Context, node string, ps []Progress) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		now := nanos(s.now())
+		for _, p := range ps {
+			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET progress = ?, progress_message = ?, progress_at = ?
+				WHERE id = ? AND attempt = ? AND node = ? AND state = ?`,
+				p.Fraction, p.Message, now, p.TaskID, p.Attempt, node, TaskRunning); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

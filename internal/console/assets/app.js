@@ -665,6 +665,17 @@ function progressCell(done, total) {
     h('span', null, `${done}/${total}`));
 }
 
+// taskProgress shows what a task last reported through
+// SPOTML_PROGRESS_FILE: a bar, the percentage and its message.
+function taskProgress(t) {
+  if (t.progress == null) return t.state === 'succeeded' ? '100 %' : '—';
+  const pct = Math.round(t.progress * 100);
+  return h('div', { class: 'progress', title: t.progressAt ? `reported ${fmtTime(t.progressAt)}` : null },
+    h('progress', { max: 100, value: pct, 'aria-label': `task progress ${pct} %` }),
+    h('span', null, `${pct} %`),
+    t.progressMessage ? h('span', { class: 'muted progress-msg' }, t.progressMessage) : null);
+}
+
 function jobsPage() {
   const t = table('Jobs', ['Job', 'State', 'Progress', { label: 'Running', cls: 'num' }, { label: 'Failed', cls: 'num' },
     { label: 'Evictions', cls: 'num' }, 'Submitted', 'Duration']);
@@ -703,7 +714,7 @@ function jobPage(name) {
   let stream = 'stdout';
   const header = h('div', { class: 'job-head' });
   const status = h('div');
-  const tasks = table('Tasks', ['Task', 'State', { label: 'Attempt', cls: 'num' }, 'Node',
+  const tasks = table('Tasks', ['Task', 'State', { label: 'Attempt', cls: 'num' }, 'Node', 'Progress',
     { label: 'Evictions', cls: 'num' }, { label: 'Failures', cls: 'num' }, { label: 'Exit', cls: 'num' },
     'Duration', 'Message', { label: 'Logs', cls: 'sr-only-th' }]);
 
@@ -753,12 +764,13 @@ function jobPage(name) {
       card('Evictions', String(job.evictions || 0), job.evictions ? 'warn' : '', 'tasks requeued after a spot eviction'),
       card('Duration', span(job.submittedAt, job.finishedAt), '', isZero(job.finishedAt) ? 'so far' : `finished ${fmtTime(job.finishedAt)}`)));
     syncRows(tasks.tbody, job.tasks || [], (t) => t.name,
-      (t) => JSON.stringify([t.state, t.attempt, t.node, t.evictions, t.failures, t.exitCode, t.message, t.finishedAt, selected === t.name]),
+      (t) => JSON.stringify([t.state, t.attempt, t.node, t.progress, t.progressMessage, t.evictions, t.failures, t.exitCode, t.message, t.finishedAt, selected === t.name]),
       (t) => h('tr', { 'data-task': t.name, class: selected === t.name ? 'selected' : null },
         h('th', { scope: 'row' }, t.name),
         h('td', null, stateBadge(t.state)),
         h('td', { class: 'num' }, t.attempt),
         h('td', null, t.node || '—'),
+        h('td', { class: 'task-progress' }, taskProgress(t)),
         h('td', { class: 'num' }, t.evictions),
         h('td', { class: 'num' }, t.failures),
         h('td', { class: 'num' }, isZero(t.finishedAt) ? '—' : t.exitCode),
@@ -847,7 +859,9 @@ function jobPage(name) {
     const t = job?.tasks?.find((x) => x.name === selected);
     if (t && follow.checked && (t.state === 'running' || t.state === 'pending')) loadLogs();
   });
-  sc.every(10000, () => { if (job && job.state === 'running') load(); else if (job) render(); });
+  // Task progress is not in the live stream (it changes too often): reload
+  // a running job every few seconds.
+  sc.every(5000, () => { if (job && job.state === 'running') load(); else if (job) render(); });
 
   (async () => { await load(); loadOutputs(); })();
   return {
