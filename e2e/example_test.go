@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,6 +52,10 @@ func TestFashionMNISTExample(t *testing.T) {
 		return strings.Contains(out, "LATEST")
 	})
 	time.Sleep(10 * time.Second)
+	// train.py reports its step through SPOTML_PROGRESS_FILE.
+	if p := c.job("fashion-mnist").Tasks[0]; p.Progress == nil || *p.Progress <= 0 || !strings.Contains(p.ProgressMessage, "epoch") {
+		t.Errorf("no progress from the training task: %v %q", p.Progress, p.ProgressMessage)
+	}
 	c.mustCLI("evict", node, "--notice", "10s")
 	if out, err := c.cli("wait", "job", "fashion-mnist", "--timeout", "15m", "-q"); err != nil {
 		logs, _ := c.cli("logs", "fashion-mnist/train")
@@ -72,7 +77,11 @@ func TestFashionMNISTExample(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("test accuracy %.4f, resumed from step %v", m.TestAccuracy, m.ResumedFromStep)
+	resumed := "none"
+	if m.ResumedFromStep != nil {
+		resumed = strconv.Itoa(*m.ResumedFromStep)
+	}
+	t.Logf("test accuracy %.4f, resumed from step %s", m.TestAccuracy, resumed)
 	if m.TestAccuracy < 0.85 {
 		t.Errorf("test accuracy %.4f < 0.85", m.TestAccuracy)
 	}
