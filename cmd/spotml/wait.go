@@ -119,12 +119,21 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 func progressLine(j store.Job, s cost.Summary, elapsed time.Duration) string {
 	n := len(j.Tasks)
 	done := j.Counts[store.TaskSucceeded] + j.Counts[store.TaskFailed]
+	// Running tasks that report their progress fill the bar by that much.
+	frac := float64(done)
+	reported := ""
+	for _, t := range j.Tasks {
+		if t.State == store.TaskRunning && t.Progress != nil {
+			frac += *t.Progress
+			reported = fmt.Sprintf(" (%.0f%%)", 100*frac/float64(n))
+		}
+	}
 	const width = 24
 	fill := 0
 	if n > 0 {
-		fill = width * done / n
+		fill = min(int(width*frac/float64(n)), width)
 	}
 	bar := strings.Repeat("#", fill) + strings.Repeat(".", width-fill)
-	return fmt.Sprintf("[%s] %d/%d tasks done, %d running, %d pending, %d evictions | cost $%.4f (on-demand $%.4f) | %s",
-		bar, done, n, j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
+	return fmt.Sprintf("[%s] %d/%d tasks done%s, %d running, %d pending, %d evictions | cost $%.4f (on-demand $%.4f) | %s",
+		bar, done, n, reported, j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
 }
