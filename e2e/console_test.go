@@ -321,6 +321,21 @@ spec:
 	if others != 0 {
 		t.Errorf("events filtered by kind Notice still show %d other rows", others)
 	}
+	// By object too: every kind again, only the victim's events (its
+	// launch, notice and eviction at least).
+	b.run("events by object", 10*time.Second,
+		chromedp.Click(`//main//button[normalize-space()="Clear"]`, chromedp.BySearch),
+		chromedp.SendKeys("#events-object", "node/"+victim, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-event-kind="Launched"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-event-kind="Evicted"]`, chromedp.ByQuery))
+	var rows []string
+	b.run("events by object rows", 5*time.Second,
+		chromedp.Evaluate(`[...document.querySelectorAll('tr[data-event-kind]')].map((r) => r.textContent)`, &rows))
+	for _, r := range rows {
+		if !strings.Contains(r, victim) {
+			t.Errorf("events filtered by object node/%s show %q", victim, r)
+		}
+	}
 	b.screenshot("08-events")
 
 	// Cost: totals and the chart.
