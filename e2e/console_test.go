@@ -306,6 +306,9 @@ spec:
 		chromedp.WaitVisible(`#chart-qps canvas`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#chart-latency canvas`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#chart-replicas canvas`, chromedp.ByQuery))
+	// An autoscaler decision (the minimum raised) shows up live.
+	c.apply(serviceYAML("fmnist", "models/console.onnx", "dev", 2, 2, ""))
+	b.run("autoscaler decision", 15*time.Second, waitText("#decisions", "1 → 2"))
 	b.screenshot("07-service")
 
 	// Events: filter to notices; the eviction's notice is there.
@@ -372,6 +375,23 @@ spec:
 	if len(nodes) != 10 {
 		t.Errorf("the page shows %d scores, want one per class (10)", len(nodes))
 	}
+	// At a small laptop's width no page scrolls sideways (wide tables
+	// scroll inside their own box).
+	b.run("1024 px", 10*time.Second, chromedp.EmulateViewport(1024, 700))
+	for _, page := range []string{"jobs", "jobs/hello", "services", "services/fmnist", "events", "cost", "try", "fleet"} {
+		var over bool
+		b.run("narrow "+page, 15*time.Second,
+			chromedp.Navigate(base+"#/"+page),
+			chromedp.WaitVisible(`main[data-page]`, chromedp.ByQuery),
+			chromedp.Sleep(300*time.Millisecond),
+			chromedp.Evaluate(`document.documentElement.scrollWidth > document.documentElement.clientWidth`, &over))
+		if over {
+			b.screenshot("narrow-" + strings.ReplaceAll(page, "/", "-"))
+			t.Errorf("at 1024 px the %s page is wider than the window", page)
+		}
+	}
+	b.screenshot("11-fleet-1024px")
+
 	if ex := b.exceptions(); len(ex) > 0 {
 		t.Errorf("the console threw:\n%s", strings.Join(ex, "\n"))
 	}
