@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -375,6 +376,18 @@ spec:
 	if len(nodes) != 10 {
 		t.Errorf("the page shows %d scores, want one per class (10)", len(nodes))
 	}
+	// The control plane dies and comes back: the page says it lost the
+	// stream, then reconnects by itself with the token it kept.
+	b.run("fleet again", 10*time.Second,
+		chromedp.Click(`a[href="#/fleet"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#live[data-state="live"]`, chromedp.ByQuery))
+	c.stop(syscall.SIGKILL)
+	b.run("stream lost", 30*time.Second, chromedp.WaitVisible(`#live[data-state="reconnecting"]`, chromedp.ByQuery))
+	c.start()
+	b.run("stream back", 60*time.Second,
+		chromedp.WaitVisible(`#live[data-state="live"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-priority="ondemand"]`, chromedp.ByQuery))
+
 	// At a small laptop's width no page scrolls sideways (wide tables
 	// scroll inside their own box).
 	b.run("1024 px", 10*time.Second, chromedp.EmulateViewport(1024, 700))
