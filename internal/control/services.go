@@ -172,8 +172,11 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 			continue
 		}
 		state := map[string]string{store.ReplicaPending: placement.Pending, store.ReplicaStarting: placement.Starting, store.ReplicaReady: placement.Ready}[r.State]
+		// Slow: not ready this long after it was created (its node still
+		// boots, its model still loads); placement may start a stand-in.
+		slow := state != placement.Ready && now.Sub(r.CreatedAt) >= pl.StandInAfter.Duration
 		in.Replicas = append(in.Replicas, placement.Replica{ID: strconv.FormatInt(r.ID, 10), Version: r.Version, Pool: r.Pool,
-			Priority: r.Priority, State: state, StandIn: r.StandIn, Noticed: r.Noticed})
+			Priority: r.Priority, State: state, StandIn: r.StandIn, Noticed: r.Noticed, Slow: slow})
 	}
 	plan := placement.Decide(in)
 	if len(plan.Stop) > 0 || len(stuck) > 0 {

@@ -115,3 +115,81 @@ func (p *plane) routes() []gateway.Route {
 	}
 	return rs
 }
+
+// A spot replacement whose node is slow to boot gets an on-demand stand-in
+// once it has not been ready for standInAfter; the stand-in stops when the
+// spot replica is ready.
+func TestSlowSpotReplacementGetsStandIn(t *testing.T) {
+	p := newPlaneWith(t, control.Options{NodeTimeout: time.Hour}) // the test beats no heart while the clock jumps
+	p.apply(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot}
+spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
+---
+apiVersion: spotml/v1
+kind: Pool
+metadata: {name: od}
+spec: {provider: local, priority: ondemand, instanceType: local-small, min: 0, max: 2}
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: m}
+spec:
+  model: {uri: models/m.onnx}
+  resources: {cpu: 0.5}
+  placement: {tier: prod, standInAfter: 20s}
+`)
+	// ready brings up every node and marks every placed replica ready.
+	ready := func() {
+		for range 2 {
+			for _, n := range p.nodes() {
+				if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p.reconcile()
+		}
+		for _, r := range p.replicas() {
+			if r.Node != "" {
+				if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	p.reconcile()
+	ready()
+	standIns := func() (n int) {
+		for _, r := range p.replicas() {
+			if r.StandIn && r.State != store.ReplicaStopping {
+				n++
+			}
+		}
+		return n
+	}
+
+	victim := p.replicas()[0]
+	if _, err := p.st.SetNotice(p.ctx, victim.Node, p.clock.Now().Add(2*time.Minute), "provider"); err != nil {
+		t.Fatal(err)
+	}
+	p.reconcile() // the replacement: its node launched, not booted
+	p.clock.Advance(19 * time.Second)
+	p.reconcile()
+	if n := standIns(); n != 0 {
+		t.Fatalf("%d stand-ins before standInAfter", n)
+	}
+	p.clock.Advance(2 * time.Second)
+	p.reconcile()
+	if n := standIns(); n != 1 {
+		t.Fatalf("%d stand-ins 21s after the replacement was created, want 1; replicas %+v", n, p.replicas())
+	}
+	ready() // the spot node boots at last (and the stand-in's too)
+	p.reconcile()
+	if n := standIns(); n != 0 {
+		var states []string
+		for _, r := range p.replicas() {
+			states = append(states, r.Name+":"+r.Priority+":"+r.State)
+		}
+		t.Errorf("%d stand-ins not stopping once the spot replacement is ready; replicas %v", n, states)
+	}
+}

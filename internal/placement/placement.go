@@ -22,7 +22,10 @@
 //     spot replica in an Available spot pool; while there is none and
 //     fallback is on, an on-demand stand-in. Once spot is back a spot
 //     replica is created for each stand-in, and the stand-in is stopped
-//     only when that spot replica is ready.
+//     only when that spot replica is ready. With fallback on, a spot
+//     replica that is Slow (not ready after Placement.StandInAfter: its
+//     node still boots) also gets an on-demand stand-in beside it, as far
+//     as the spot slots are short of ready replicas.
 //   - A rolling update creates replicas of the new version while the live
 //     total stays under N + MaxSurge, and stops old ones (not ready ones
 //     first) while the ready replicas left stay at least N −
@@ -76,6 +79,9 @@ type Replica struct {
 	StandIn bool
 	// Noticed is true once the replica's node got an eviction notice.
 	Noticed bool
+	// Slow is true when the replica has not been ready for longer than
+	// Placement.StandInAfter (the caller, which has the clock, decides).
+	Slow bool
 }
 
 // Input is the snapshot one decision sees.
@@ -389,13 +395,17 @@ func (p *planner) fill() {
 		p.create(pool, false, reason(roleOnDemand, fmt.Sprintf("scale up to %d replicas (%d on demand)", p.n, p.od)))
 	}
 
+	// Stand-ins beside slow spot replicas hold no slot of their own.
+	covering := min(len(standIns), p.wantCover(spot))
+	holders := standIns[covering:]
 	missing := p.spot - len(spot)
 	if missing <= 0 {
+		p.cover(spot, standIns, take)
 		return
 	}
 	if _, ok := p.choose(spec.PrioritySpot); ok {
 		// Empty slots first, then one for each stand-in.
-		empty := max(0, missing-len(standIns))
+		empty := max(0, missing-len(holders))
 		for i := range missing {
 			if !take() {
 				return
@@ -405,13 +415,13 @@ func (p *planner) fill() {
 			if i < empty {
 				why = reason(roleSpot, fmt.Sprintf("scale up to %d replicas (%d on spot)", p.n, p.spot))
 			} else {
-				why = fmt.Sprintf("replaces stand-in %s: spot capacity is back", standIns[i-empty].ID)
+				why = fmt.Sprintf("replaces stand-in %s: spot capacity is back", holders[i-empty].ID)
 			}
 			p.create(pool, false, why)
 		}
 		return
 	}
-	empty := missing - min(len(standIns), max(0, p.spot-countReady(spot)))
+	empty := missing - min(len(holders), max(0, p.spot-countReady(spot)))
 	if empty <= 0 {
 		return
 	}
@@ -430,6 +440,40 @@ func (p *planner) fill() {
 		}
 		p.create(pool, true, "stand-in for a spot replica: no spot pool has capacity; "+
 			reason(roleSpot, fmt.Sprintf("scale up to %d replicas (%d on spot)", p.n, p.spot)))
+	}
+}
+
+// wantCover is how many stand-ins the slow spot replicas call for: one
+// for each spot replica that is slow to become ready, as far as the spot
+// slots are short of ready replicas.
+func (p *planner) wantCover(spot []*Replica) int {
+	if !p.in.Placement.FallbackToOnDemand {
+		return 0
+	}
+	slow := 0
+	for _, r := range spot {
+		if r.Slow && r.State != Ready {
+			slow++
+		}
+	}
+	return min(slow, max(0, p.spot-countReady(spot)))
+}
+
+// cover starts on-demand stand-ins beside spot replicas that are slow to
+// become ready (their node is still booting after an eviction, say), so
+// that the service does not wait out a spot boot below its count. trim
+// stops them once the spot replicas are ready.
+func (p *planner) cover(spot, standIns []*Replica, take func() bool) {
+	for range p.wantCover(spot) - len(standIns) {
+		pool, ok := p.choose(spec.PriorityOnDemand)
+		if !ok {
+			p.block("spot replicas are slow to start and no on-demand pool has capacity for a stand-in")
+			return
+		}
+		if !take() {
+			return
+		}
+		p.create(pool, true, fmt.Sprintf("stand-in while spot replicas are not ready after %s", p.in.Placement.StandInAfter))
 	}
 }
 

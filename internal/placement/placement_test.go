@@ -332,6 +332,66 @@ func TestStandIns(t *testing.T) {
 	}
 }
 
+// A spot replacement that is slow to start gets an on-demand stand-in
+// beside it, which stops once the spot replica is ready; without fallback
+// (dev) it does not.
+func TestSlowSpotGetsStandIn(t *testing.T) {
+	s := newSim(t, Input{Desired: 2, Placement: tier(spec.TierProd), MaxSurge: 1})
+	s.converge()
+	s.in.Replicas[0].Noticed = true
+	if pl := s.step(); createSummary(pl.Create) != "spot-a=1" || pl.Create[0].StandIn {
+		t.Fatalf("notice: creates %s, want a spot replacement", createSummary(pl.Create))
+	}
+	if pl := s.step(); len(pl.Create)+len(pl.Stop) != 0 {
+		t.Fatalf("replacement starting: plan %+v, want nothing yet", pl)
+	}
+	s.in.Replicas[2].Slow = true // r03, the replacement
+	pl := s.step()
+	if got := createSummary(pl.Create); got != "od-a+=1" || len(pl.Stop) != 0 {
+		t.Fatalf("replacement slow: creates %s, stops %v; want one stand-in", got, pl.Stop)
+	}
+	if want := "stand-in while spot replicas are not ready after 30s"; pl.Create[0].Reason != want {
+		t.Errorf("reason %q, want %q", pl.Create[0].Reason, want)
+	}
+	s.ready("r04")
+	if pl := s.step(); len(pl.Create)+len(pl.Stop) != 0 {
+		t.Fatalf("stand-in ready, spot still slow: plan %+v, want nothing", pl)
+	}
+	s.ready("r03")
+	pl = s.step()
+	if len(pl.Create) != 0 || stopIDs(pl.Stop) != "r04" || !strings.HasPrefix(pl.Stop[0].Reason, "stand-in no longer needed") {
+		t.Fatalf("spot ready: plan %+v, want the stand-in stopped", pl)
+	}
+
+	dev := newSim(t, Input{Desired: 1, Placement: tier(spec.TierDev)})
+	dev.step()
+	dev.in.Replicas[0].Slow = true
+	if pl := dev.step(); len(pl.Create)+len(pl.Stop) != 0 {
+		t.Errorf("dev, slow spot: plan %+v, want nothing (no fallback)", pl)
+	}
+}
+
+// Spot runs out while a stand-in covers a slow spot replica: the slow
+// one is given up, its stand-in now holds that slot, and the other
+// slot gets a stand-in of its own.
+func TestSlowSpotAndShortSpot(t *testing.T) {
+	s := newSim(t, Input{Desired: 2, Placement: tier(spec.TierProd), MaxSurge: 1})
+	s.converge()
+	s.in.Replicas[0].Noticed = true
+	s.step()                     // r03 replaces r01
+	s.in.Replicas[2].Slow = true // r03
+	s.step()                     // r04: stand-in for r03
+	s.ready("r04")
+	s.in.Replicas[1].Noticed = true // r02 noticed too, and spot is gone
+	s.setPool("spot-a", false)
+	s.setPool("spot-b", false)
+	pl := s.step()
+	if got := createSummary(pl.Create); got != "od-a+=1" || stopIDs(pl.Stop) != "r03" || s.summary() != "od-a+=2" {
+		t.Fatalf("creates %s, stops %s, state %s; want r03 given up and one more stand-in (two in all)",
+			got, stopIDs(pl.Stop), s.summary())
+	}
+}
+
 func TestStuckPendingIsReplaced(t *testing.T) {
 	s := newSim(t, Input{Desired: 2, Placement: tier(spec.TierProd), MaxSurge: 1, Replicas: []Replica{
 		{ID: "r1", Version: 1, Pool: "spot-a", Priority: spec.PrioritySpot, State: Ready},

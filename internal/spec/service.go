@@ -142,6 +142,12 @@ type PlacementSpec struct {
 	// FallbackToOnDemand launches on-demand stand-ins while no spot pool
 	// has capacity, and replaces them once spot is back.
 	FallbackToOnDemand *bool `yaml:"fallbackToOnDemand,omitempty" json:"fallbackToOnDemand,omitempty"`
+	// StandInAfter is how long a spot replica may stay not ready (its node
+	// booting, its model loading) before an on-demand stand-in starts for
+	// it, when fallbackToOnDemand is on; the stand-in stops once spot
+	// replicas are ready again. Default 30s; 0s starts one beside every
+	// spot replica that is not ready yet.
+	StandInAfter *Duration `yaml:"standInAfter,omitempty" json:"standInAfter,omitempty"`
 	// Pools restricts replicas to the named pools; default any pool of
 	// the right priority.
 	Pools []string `yaml:"pools,omitempty" json:"pools,omitempty"`
@@ -157,6 +163,7 @@ type Placement struct {
 	OnDemandPercentAboveBase int      `json:"onDemandPercentAboveBase"`
 	SpreadZones              bool     `json:"spreadZones"`
 	FallbackToOnDemand       bool     `json:"fallbackToOnDemand"`
+	StandInAfter             Duration `json:"standInAfter"`
 	Pools                    []string `json:"pools,omitempty"`
 }
 
@@ -206,6 +213,7 @@ const (
 	DefaultReadinessPeriod      = time.Second
 	DefaultReadinessTimeout     = time.Second
 	DefaultMaxSurge             = 1
+	DefaultStandInAfter         = 30 * time.Second
 
 	MaxReplicas = 1000
 	MaxBatch    = 4096
@@ -231,7 +239,7 @@ func tierFloor(tier string) int {
 // An unset tier is prod. Explicit fields win; Validate refuses a strict
 // tier with baseOnDemand 0, so Resolve keeps a strict base of at least 1.
 func (p PlacementSpec) Resolve(minReplicas int) Placement {
-	r := Placement{Tier: p.Tier, Pools: cloneSlice(p.Pools)}
+	r := Placement{Tier: p.Tier, Pools: cloneSlice(p.Pools), StandInAfter: Duration{DefaultStandInAfter}}
 	switch p.Tier {
 	case TierDev:
 	case TierStrict:
@@ -254,6 +262,9 @@ func (p PlacementSpec) Resolve(minReplicas int) Placement {
 	}
 	if p.FallbackToOnDemand != nil {
 		r.FallbackToOnDemand = *p.FallbackToOnDemand
+	}
+	if p.StandInAfter != nil {
+		r.StandInAfter = Duration{max(0, p.StandInAfter.Duration)}
 	}
 	r.MinReplicas = max(minReplicas, tierFloor(r.Tier))
 	return r
@@ -472,6 +483,9 @@ func (e *fieldErrors) placement(sp *ServiceSpec) {
 	}
 	if pct := p.OnDemandPercentAboveBase; pct != nil && (*pct < 0 || *pct > 100) {
 		e.add(at+".onDemandPercentAboveBase", "is a percentage between 0 and 100, got %d", *pct)
+	}
+	if d := p.StandInAfter; d != nil && d.Duration < 0 {
+		e.add(at+".standInAfter", "must not be negative, got %s", d)
 	}
 	seen := map[string]int{}
 	for i, name := range p.Pools {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestResolve(t *testing.T) {
@@ -16,26 +17,26 @@ func TestResolve(t *testing.T) {
 		want Placement
 	}{
 		{"unset is prod", PlacementSpec{}, 1,
-			Placement{Tier: TierProd, MinReplicas: 2, SpreadZones: true, FallbackToOnDemand: true}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierProd, MinReplicas: 2, SpreadZones: true, FallbackToOnDemand: true}},
 		{"dev", PlacementSpec{Tier: TierDev}, 1,
-			Placement{Tier: TierDev, MinReplicas: 1}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierDev, MinReplicas: 1}},
 		{"prod", PlacementSpec{Tier: TierProd}, 1,
-			Placement{Tier: TierProd, MinReplicas: 2, SpreadZones: true, FallbackToOnDemand: true}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierProd, MinReplicas: 2, SpreadZones: true, FallbackToOnDemand: true}},
 		{"prod keeps a larger min", PlacementSpec{Tier: TierProd}, 5,
-			Placement{Tier: TierProd, MinReplicas: 5, SpreadZones: true, FallbackToOnDemand: true}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierProd, MinReplicas: 5, SpreadZones: true, FallbackToOnDemand: true}},
 		{"strict", PlacementSpec{Tier: TierStrict}, 1,
-			Placement{Tier: TierStrict, MinReplicas: 2, BaseOnDemand: 1, SpreadZones: true, FallbackToOnDemand: true}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierStrict, MinReplicas: 2, BaseOnDemand: 1, SpreadZones: true, FallbackToOnDemand: true}},
 		{"strict with a larger base", PlacementSpec{Tier: TierStrict, BaseOnDemand: ptr(3)}, 2,
-			Placement{Tier: TierStrict, MinReplicas: 2, BaseOnDemand: 3, SpreadZones: true, FallbackToOnDemand: true}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierStrict, MinReplicas: 2, BaseOnDemand: 3, SpreadZones: true, FallbackToOnDemand: true}},
 		{"strict never drops its base", PlacementSpec{Tier: TierStrict, BaseOnDemand: ptr(0)}, 2,
-			Placement{Tier: TierStrict, MinReplicas: 2, BaseOnDemand: 1, SpreadZones: true, FallbackToOnDemand: true}},
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierStrict, MinReplicas: 2, BaseOnDemand: 1, SpreadZones: true, FallbackToOnDemand: true}},
 		{"dev with every override", PlacementSpec{Tier: TierDev, BaseOnDemand: ptr(1), OnDemandPercentAboveBase: ptr(30),
-			SpreadZones: &yes, FallbackToOnDemand: &yes, Pools: []string{"a"}}, 1,
+			SpreadZones: &yes, FallbackToOnDemand: &yes, StandInAfter: &Duration{0}, Pools: []string{"a"}}, 1,
 			Placement{Tier: TierDev, MinReplicas: 1, BaseOnDemand: 1, OnDemandPercentAboveBase: 30,
 				SpreadZones: true, FallbackToOnDemand: true, Pools: []string{"a"}}},
 		{"prod without spread or fallback", PlacementSpec{Tier: TierProd, SpreadZones: &no, FallbackToOnDemand: &no}, 2,
-			Placement{Tier: TierProd, MinReplicas: 2}},
-		{"out of range overrides are clamped", PlacementSpec{Tier: TierDev, BaseOnDemand: ptr(-1), OnDemandPercentAboveBase: ptr(200)}, 1,
+			Placement{StandInAfter: Duration{DefaultStandInAfter}, Tier: TierProd, MinReplicas: 2}},
+		{"out of range overrides are clamped", PlacementSpec{Tier: TierDev, BaseOnDemand: ptr(-1), OnDemandPercentAboveBase: ptr(200), StandInAfter: &Duration{-time.Second}}, 1,
 			Placement{Tier: TierDev, MinReplicas: 1, OnDemandPercentAboveBase: 100}},
 	}
 	for _, tt := range tests {

@@ -1,11 +1,13 @@
 // Command availability measures what serving on spot capacity costs in
 // failed requests, latency and money, tier by tier. It builds spotml and
-// the load generator, and runs the same service four ways, side by side in
+// the load generator, and runs the same service five ways, side by side in
 // one run, each on its own `spotml up` (control plane, simulated spot
 // market, agent processes, inference gateway on this machine):
 //
 //	dev       placement tier dev: all spot, no spreading, no stand-ins;
-//	prod      tier prod: spot spread over two spot pools, on-demand stand-ins;
+//	prod      tier prod: spot spread over two spot pools, on-demand stand-ins
+//	          (while spot is short, or a spot replica is not ready after 30 s);
+//	prod-10s  the same with standInAfter: 10s;
 //	strict    tier strict: one on-demand replica, the rest spot;
 //	on-demand every replica on on-demand nodes (baseOnDemand = replicas).
 //
@@ -205,6 +207,7 @@ func allScenarios(replicas int) []scenario {
 	return []scenario{
 		{"dev", "{tier: dev}", "all spot, not spread, no stand-ins"},
 		{"prod", "{tier: prod}", "spot spread over pools, on-demand stand-ins"},
+		{"prod-10s", "{tier: prod, standInAfter: 10s}", "prod, a stand-in after 10 s of a slow spot start"},
 		{"strict", "{tier: strict}", "1 on-demand + spot"},
 		{"on-demand", fmt.Sprintf("{tier: strict, baseOnDemand: %d}", replicas), "all on-demand"},
 	}
@@ -600,7 +603,7 @@ func (b *barrier) wait(ctx context.Context) error {
 }
 
 func printReport(w io.Writer, args []string, cfg config, host string, scenarios []scenario, results []result, elapsed time.Duration) {
-	mode := "side by side (all four `spotml up` at once, load and evictions started together)"
+	mode := fmt.Sprintf("side by side (all %d `spotml up` at once, load and evictions started together)", len(scenarios))
 	if cfg.sequential {
 		mode = "one after the other (-sequential)"
 	}
