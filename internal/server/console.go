@@ -251,13 +251,14 @@ func writeSSE(w io.Writer, event string, data []byte) int {
 }
 
 // serviceHistory is what the service's charts draw: one sample every
-// control.SampleEvery over a window (default 1h, at most 24h).
+// control.SampleEvery over a window (default 1h, at most
+// store.SampleRetention).
 func (s *Server) serviceHistory(w http.ResponseWriter, r *http.Request) error {
 	window := time.Hour
 	if v := r.URL.Query().Get("window"); v != "" {
 		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 || d > 24*time.Hour {
-			return badRequest{fmt.Errorf("window: %q is not a duration between 1s and 24h; write it like 1h or 15m", v)}
+		if err != nil || d <= 0 || d > store.SampleRetention {
+			return badRequest{fmt.Errorf("window: %q is not a duration between 1s and %s (what is kept); write it like 1h or 15m", v, store.SampleRetention)}
 		}
 		window = d
 	}
