@@ -24,7 +24,9 @@ type Task struct {
 	Priority string // "" = any priority, else spec.PrioritySpot or spec.PriorityOnDemand
 	Req      spec.Resources
 	// Spread, when set, keeps tasks with the same Spread on different
-	// nodes: a service's replicas, so that one eviction takes one.
+	// nodes: a service's replicas, so that one eviction takes one. Among
+	// the nodes that qualify it prefers a zone holding the fewest of them,
+	// so that one zone's outage takes few.
 	Spread string
 }
 
@@ -150,6 +152,7 @@ func (a res) covers(b res) bool {
 // node is the scheduler's working copy of a Node.
 type node struct {
 	name    string
+	zone    string
 	index   int // position in Snapshot.Nodes: the last tie-break, should names repeat
 	free    res
 	running int
@@ -185,6 +188,7 @@ type selector struct{ pool, priority string }
 
 // state is one pass's working copy of the nodes.
 type state struct {
+	all     []*node // every node, for zone counts
 	groups  []*group
 	open    int // nodes in open heaps, across groups
 	matched map[selector][]*group
@@ -204,7 +208,8 @@ func newState(nodes []Node) *state {
 			byKey[k] = g
 			st.groups = append(st.groups, g)
 		}
-		n := &node{name: in.Name, index: i, free: toRes(in.Free), running: in.Running}
+		n := &node{name: in.Name, zone: in.Zone, index: i, free: toRes(in.Free), running: in.Running}
+		st.all = append(st.all, n)
 		for _, k := range in.Spread {
 			if n.spread == nil {
 				n.spread = map[string]bool{}
@@ -264,12 +269,22 @@ func (st *state) pick(gs []*group, req res) *node {
 }
 
 // pickApart is pick for a task that must not share a node with its
-// Spread key. Such tasks are few (service replicas), so it scans.
+// Spread key, preferring the zone with the fewest nodes that hold the key.
+// Such tasks are few (service replicas), so it scans.
 func (st *state) pickApart(gs []*group, req res, key string) *node {
+	inZone := map[string]int{}
+	for _, n := range st.all {
+		if n.spread[key] {
+			inZone[n.zone]++
+		}
+	}
 	var best *node
 	scan := func(h *nodeHeap) {
 		for _, n := range h.nodes {
-			if n.free.covers(req) && !n.spread[key] && (best == nil || n.before(best)) {
+			if !n.free.covers(req) || n.spread[key] {
+				continue
+			}
+			if best == nil || inZone[n.zone] < inZone[best.zone] || inZone[n.zone] == inZone[best.zone] && n.before(best) {
 				best = n
 			}
 		}

@@ -101,6 +101,26 @@ func TestSchedule(t *testing.T) {
 			unplaced: 1,
 		},
 		{
+			name: "a spread key prefers the zone with fewest of it",
+			snap: Snapshot{
+				Nodes: []Node{
+					{Name: "a", Pool: "p", Priority: spec.PrioritySpot, Zone: "1", Free: cpu(4), Spread: []string{"svc"}},
+					{Name: "b", Pool: "p", Priority: spec.PrioritySpot, Zone: "1", Free: cpu(4)},
+					{Name: "c", Pool: "p", Priority: spec.PrioritySpot, Zone: "2", Free: cpu(2), Running: 3},
+					{Name: "d", Pool: "p", Priority: spec.PrioritySpot, Zone: "2", Free: cpu(4)},
+				},
+				Pending: []Task{
+					{ID: 1, Order: 1, Req: cpu(1), Spread: "svc"},
+					{ID: 2, Order: 2, Req: cpu(1), Spread: "svc"},
+					{ID: 3, Order: 3, Req: cpu(1), Spread: "svc"},
+				},
+			},
+			// Zone 2 holds none: d (fewer running than c). Then each zone
+			// holds one: b, the emptiest left. Then c, zone 2's last.
+			want:     []Assignment{{1, "d"}, {2, "b"}, {3, "c"}},
+			unplaced: 0,
+		},
+		{
 			name: "memory must cover the request",
 			snap: Snapshot{
 				Nodes: []Node{mkNode("a", spec.Resources{CPU: 8, Memory: 4 * gi})},
