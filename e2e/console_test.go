@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +19,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -371,6 +375,33 @@ spec:
 		t.Errorf("the page shows class %q for sample %s; the gateway says %q", shown, sample, want)
 	}
 	b.screenshot("10-try")
+
+	// Upload a PNG of a test image drawn dark on light: the page inverts
+	// it, and the class is the gateway's for the original image.
+	b.run("try an upload", 15*time.Second,
+		chromedp.SetUploadFiles("#try-upload", []string{darkOnLightPNG(t, 3)}, chromedp.ByQuery),
+		waitText("#try-source", "inverted"),
+		chromedp.Evaluate(`document.querySelector('#try-result').removeAttribute('data-class')`, nil),
+		chromedp.Click("#try-predict", chromedp.ByQuery),
+		chromedp.WaitVisible(`#try-result[data-class]`, chromedp.ByQuery),
+		chromedp.AttributeValue("#try-result", "data-class", &shown, nil, chromedp.ByQuery))
+	if want := classOfSample(t, c.gw, "3"); shown != want {
+		t.Errorf("the page shows class %q for the uploaded PNG of sample 3; the gateway says %q for the original", shown, want)
+	}
+
+	// Draw with the keyboard alone, then predict.
+	b.run("draw with the keyboard", 15*time.Second,
+		chromedp.Click("#try-clear", chromedp.ByQuery),
+		chromedp.Focus("#try-draw", chromedp.ByQuery),
+		chromedp.KeyEvent(" "),
+		chromedp.KeyEvent(kb.ArrowDown, chromedp.KeyModifiers(input.ModifierShift)),
+		chromedp.KeyEvent(kb.ArrowDown, chromedp.KeyModifiers(input.ModifierShift)),
+		waitText("#try-source", "Drawn with the keyboard"),
+		chromedp.Evaluate(`document.querySelector('#try-result').removeAttribute('data-class')`, nil),
+		chromedp.Focus("#try-predict", chromedp.ByQuery),
+		chromedp.KeyEvent(kb.Enter),
+		chromedp.WaitVisible(`#try-result[data-class]`, chromedp.ByQuery))
+	b.screenshot("10b-try-drawn")
 	var nodes []*cdp.Node
 	b.run("scores", 5*time.Second, chromedp.Nodes(`#try-scores > *`, &nodes, chromedp.ByQueryAll))
 	if len(nodes) != 10 {
@@ -421,6 +452,26 @@ var classNames = []string{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 // the console's embedded sample image number i (the select's value).
 func classOfSample(t *testing.T, gw, value string) string {
 	t.Helper()
+	i, err := strconv.Atoi(value)
+	if err != nil {
+		t.Fatalf("sample select value %q is not a number", value)
+	}
+	px := samplePixels(t, i)
+	x := make([]float32, 784)
+	for j, p := range px {
+		x[j] = float32(p) / 255
+	}
+	classes, err := v2Classes(gw, "fmnist", [][]float32{x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return classNames[classes[0]]
+}
+
+// samplePixels returns the console's embedded sample image i: 784 bytes,
+// 0 background, 255 ink.
+func samplePixels(t *testing.T, i int) []byte {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "internal", "console", "assets", "samples.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -435,23 +486,33 @@ func classOfSample(t *testing.T, gw, value string) string {
 	if err := json.Unmarshal(b, &samples); err != nil {
 		t.Fatal(err)
 	}
-	i, err := strconv.Atoi(value)
-	if err != nil || i < 0 || i >= len(samples.Samples) {
-		t.Fatalf("sample select value %q is not an index into samples.json (%d samples)", value, len(samples.Samples))
+	if i < 0 || i >= len(samples.Samples) {
+		t.Fatalf("sample %d is not in samples.json (%d samples)", i, len(samples.Samples))
 	}
 	px, err := base64.StdEncoding.DecodeString(samples.Samples[i].Pixels)
 	if err != nil || len(px) != 784 {
 		t.Fatalf("samples.json sample %d: %d pixels, %v", i, len(px), err)
 	}
-	x := make([]float32, 784)
-	for j, p := range px {
-		x[j] = float32(p) / 255
+	return px
+}
+
+// darkOnLightPNG writes sample i as a 28×28 grayscale PNG, inverted (dark
+// ink on white, as a photo or a drawing on paper would be).
+func darkOnLightPNG(t *testing.T, i int) string {
+	t.Helper()
+	img := image.NewGray(image.Rect(0, 0, 28, 28))
+	for j, p := range samplePixels(t, i) {
+		img.Pix[j] = 255 - p
 	}
-	classes, err := v2Classes(gw, "fmnist", [][]float32{x})
-	if err != nil {
+	f := filepath.Join(t.TempDir(), fmt.Sprintf("sample-%d.png", i))
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
 		t.Fatal(err)
 	}
-	return classNames[classes[0]]
+	if err := os.WriteFile(f, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // listenConsole keeps what the page logs and every exception it throws.
