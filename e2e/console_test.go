@@ -446,8 +446,6 @@ func consolePool(name, priority string, n int) string {
 	return strings.Replace(pool(name, priority, n), "min: 0", "min: "+strconv.Itoa(n), 1)
 }
 
-var classNames = []string{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
-
 // classOfSample asks the gateway, as any client would, for the class of
 // the console's embedded sample image number i (the select's value).
 func classOfSample(t *testing.T, gw, value string) string {
@@ -456,27 +454,28 @@ func classOfSample(t *testing.T, gw, value string) string {
 	if err != nil {
 		t.Fatalf("sample select value %q is not a number", value)
 	}
-	px := samplePixels(t, i)
+	classes, px := samplePixels(t, i)
 	x := make([]float32, 784)
 	for j, p := range px {
 		x[j] = float32(p) / 255
 	}
-	classes, err := v2Classes(gw, "fmnist", [][]float32{x})
+	got, err := v2Classes(gw, "fmnist", [][]float32{x})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return classNames[classes[0]]
+	return classes[got[0]]
 }
 
-// samplePixels returns the console's embedded sample image i: 784 bytes,
-// 0 background, 255 ink.
-func samplePixels(t *testing.T, i int) []byte {
+// samplePixels returns the console's class names and its embedded sample
+// image i: 784 bytes, 0 background, 255 ink.
+func samplePixels(t *testing.T, i int) ([]string, []byte) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "internal", "console", "assets", "samples.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var samples struct {
+		Classes []string `json:"classes"`
 		Samples []struct {
 			Index  int    `json:"index"`
 			Label  int    `json:"label"`
@@ -493,7 +492,10 @@ func samplePixels(t *testing.T, i int) []byte {
 	if err != nil || len(px) != 784 {
 		t.Fatalf("samples.json sample %d: %d pixels, %v", i, len(px), err)
 	}
-	return px
+	if len(samples.Classes) != 10 {
+		t.Fatalf("samples.json has %d class names, want 10", len(samples.Classes))
+	}
+	return samples.Classes, px
 }
 
 // darkOnLightPNG writes sample i as a 28×28 grayscale PNG, inverted (dark
@@ -501,7 +503,8 @@ func samplePixels(t *testing.T, i int) []byte {
 func darkOnLightPNG(t *testing.T, i int) string {
 	t.Helper()
 	img := image.NewGray(image.Rect(0, 0, 28, 28))
-	for j, p := range samplePixels(t, i) {
+	_, px := samplePixels(t, i)
+	for j, p := range px {
 		img.Pix[j] = 255 - p
 	}
 	f := filepath.Join(t.TempDir(), fmt.Sprintf("sample-%d.png", i))

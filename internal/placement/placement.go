@@ -396,11 +396,11 @@ func (p *planner) fill() {
 	}
 
 	// Stand-ins beside slow spot replicas hold no slot of their own.
-	covering := min(len(standIns), p.wantCover(spot))
-	holders := standIns[covering:]
+	wantCover := p.wantCover(spot)
+	holders := standIns[min(len(standIns), wantCover):]
 	missing := p.spot - len(spot)
 	if missing <= 0 {
-		p.cover(spot, standIns, take)
+		p.cover(wantCover-len(standIns), take)
 		return
 	}
 	if _, ok := p.choose(spec.PrioritySpot); ok {
@@ -459,12 +459,12 @@ func (p *planner) wantCover(spot []*Replica) int {
 	return min(slow, max(0, p.spot-countReady(spot)))
 }
 
-// cover starts on-demand stand-ins beside spot replicas that are slow to
+// cover starts n on-demand stand-ins beside spot replicas that are slow to
 // become ready (their node is still booting after an eviction, say), so
 // that the service does not wait out a spot boot below its count. trim
 // stops them once the spot replicas are ready.
-func (p *planner) cover(spot, standIns []*Replica, take func() bool) {
-	for range p.wantCover(spot) - len(standIns) {
+func (p *planner) cover(n int, take func() bool) {
+	for range n {
 		pool, ok := p.choose(spec.PriorityOnDemand)
 		if !ok {
 			p.block("spot replicas are slow to start and no on-demand pool has capacity for a stand-in")
