@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/client"
 	"github.com/spotml/spotml/internal/notice"
+	"github.com/spotml/spotml/internal/proc"
 	"github.com/spotml/spotml/internal/store"
 )
 
@@ -331,26 +331,37 @@ func (a *Agent) stopAll() {
 	a.mu.Unlock()
 }
 
-// writePIDs records the task process groups so that whoever kills this
-// node (the local provider) can kill its tasks too.
+// writePIDs records the task process groups, each with its leader's start
+// time, so that whoever kills this node (the local provider) can kill its
+// tasks too, and only them (proc.KillGroup).
 func (a *Agent) writePIDs() {
 	a.mu.Lock()
-	var b strings.Builder
+	var groups []proc.ID
 	for _, at := range a.running {
-		if pg := at.pgid(); pg > 0 {
-			b.WriteString(strconv.Itoa(pg) + "\n")
+		if g := at.processGroup(); g.PID > 0 {
+			groups = append(groups, g)
 		}
 	}
 	for _, rp := range a.replicas {
-		if pg := rp.pgid(); pg > 0 {
-			b.WriteString(strconv.Itoa(pg) + "\n")
+		if g := rp.processGroup(); g.PID > 0 {
+			groups = append(groups, g)
 		}
 	}
 	a.mu.Unlock()
-	tmp := filepath.Join(a.cfg.WorkDir, "tasks.pids.tmp")
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err == nil {
-		os.Rename(tmp, filepath.Join(a.cfg.WorkDir, "tasks.pids"))
+	if err := proc.WriteFile(filepath.Join(a.cfg.WorkDir, "tasks.pids"), groups); err != nil {
+		a.log.Warn("cannot record task process groups", "err", err)
 	}
+}
+
+// identify names a child just started, before it can be reaped. Without
+// a start time (not Linux) the group is recorded with none, and is not
+// killed by its PID later.
+func identify(pid int) proc.ID {
+	id, err := proc.Identify(pid)
+	if err != nil {
+		return proc.ID{PID: pid}
+	}
+	return id
 }
 
 // report sends an attempt's end until the control plane takes it (it may

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/proc"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -27,7 +28,8 @@ type attempt struct {
 
 	mu        sync.Mutex
 	cmd       *exec.Cmd
-	finishing bool // the process ended; outputs and report are under way
+	group     proc.ID // the command's process group, once started
+	finishing bool    // the process ended; outputs and report are under way
 
 	progress progress // SPOTML_PROGRESS_FILE
 }
@@ -45,13 +47,11 @@ func (at *attempt) logDir() string {
 	return filepath.Join(at.a.cfg.WorkDir, "logs", at.as.Job, at.as.Task, "attempt-"+strconv.Itoa(at.as.Attempt))
 }
 
-func (at *attempt) pgid() int {
+// processGroup is the command's process group; zero before it starts.
+func (at *attempt) processGroup() proc.ID {
 	at.mu.Lock()
 	defer at.mu.Unlock()
-	if at.cmd == nil || at.cmd.Process == nil {
-		return 0
-	}
-	return at.cmd.Process.Pid
+	return at.group
 }
 
 func (at *attempt) reporting() bool {
@@ -143,6 +143,9 @@ func (at *attempt) run(agentCtx context.Context) {
 	at.mu.Lock()
 	err := cmd.Start()
 	at.cmd = cmd
+	if err == nil {
+		at.group = identify(cmd.Process.Pid)
+	}
 	at.mu.Unlock()
 	if err != nil {
 		fail("start command", err)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/proc"
 )
 
 // replica is one service replica on this node: a model server process (the
@@ -30,6 +31,7 @@ type replica struct {
 	mu       sync.Mutex
 	addr     string // host:port once started
 	cmd      *exec.Cmd
+	group    proc.ID // the process group, once started
 	ready    bool
 	exited   bool
 	msg      string
@@ -56,13 +58,14 @@ func (r *replica) status() api.ReplicaStatus {
 	return api.ReplicaStatus{ID: r.as.ID, Ready: r.ready && !r.stopping, Addr: r.addr, Exited: r.exited, Message: r.msg}
 }
 
-func (r *replica) pgid() int {
+// processGroup is the process group while it runs; zero otherwise.
+func (r *replica) processGroup() proc.ID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cmd == nil || r.cmd.Process == nil || r.exited {
-		return 0
+	if r.exited {
+		return proc.ID{}
 	}
-	return r.cmd.Process.Pid
+	return r.group
 }
 
 func (r *replica) isExited() bool {
@@ -170,6 +173,9 @@ func (r *replica) run(ctx context.Context) {
 	r.mu.Lock()
 	err := cmd.Start()
 	r.cmd, r.addr = cmd, addr
+	if err == nil {
+		r.group = identify(cmd.Process.Pid)
+	}
 	r.mu.Unlock()
 	if err != nil {
 		r.fail(fmt.Sprintf("start %s: %v", argv[0], err))

@@ -65,14 +65,14 @@ func (s *Server) azureEvents(w http.ResponseWriter, r *http.Request) {
 	azureWriteJSON(w, http.StatusOK, doc)
 }
 
-// azureAcknowledge accepts {"StartRequests":[{"EventId":"..."}]}. Eviction
-// does not wait for the acknowledgement, so it changes nothing here.
+// azureAcknowledge accepts {"StartRequests":[{"EventId":"..."}]}, as a VM
+// approves an event once it is ready for it, and records it (Acknowledged).
+// Every EventId must be one the node's document lists; otherwise it answers
+// 400 and records nothing. Microsoft documents that an approved event "may
+// not start immediately": here the eviction keeps its NotBefore, so the
+// document does not change.
 func (s *Server) azureAcknowledge(w http.ResponseWriter, r *http.Request) {
 	if !azureRequestValid(w, r) {
-		return
-	}
-	if _, ok := s.lookup(r, FormatAzure); !ok {
-		unknownNode(w)
 		return
 	}
 	var ack struct {
@@ -81,8 +81,37 @@ func (s *Server) azureAcknowledge(w http.ResponseWriter, r *http.Request) {
 		} `json:"StartRequests"`
 	}
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody)).Decode(&ack); err != nil {
-		azureWriteJSON(w, http.StatusBadRequest, map[string]string{"error": "Bad request. The request body is not a valid StartRequests document."})
+		azureWriteJSON(w, http.StatusBadRequest, map[string]string{"error": "Bad request. The request body is not a valid StartRequests document: " + err.Error()})
 		return
+	}
+	if len(ack.StartRequests) == 0 {
+		azureWriteJSON(w, http.StatusBadRequest, map[string]string{"error": `Bad request. StartRequests is empty: send {"StartRequests":[{"EventId":"<an EventId of the document>"}]}`})
+		return
+	}
+	name := r.PathValue("node")
+	s.mu.Lock()
+	n := s.nodes[name]
+	if n == nil || n.format != FormatAzure {
+		s.mu.Unlock()
+		unknownNode(w)
+		return
+	}
+	for _, req := range ack.StartRequests {
+		if n.notice == nil || !strings.EqualFold(req.EventID, n.notice.eventID) {
+			s.mu.Unlock()
+			azureWriteJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("Bad request. StartRequests: EventId %q is not an event of this VM's scheduled events document", req.EventID)})
+			return
+		}
+	}
+	id := n.notice.eventID
+	var fresh bool
+	if !slices.ContainsFunc(n.acks, func(a Ack) bool { return a.EventID == id }) {
+		n.acks = append(n.acks, Ack{EventID: id, At: s.now()})
+		fresh = true
+	}
+	s.mu.Unlock()
+	if fresh {
+		s.log.Info("azure scheduled event acknowledged", "node", name, "eventId", id)
 	}
 	w.WriteHeader(http.StatusOK)
 }

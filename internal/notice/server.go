@@ -9,9 +9,10 @@
 package notice
 
 import (
-	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -36,8 +37,14 @@ var ErrUnknownFormat = errors.New("unknown notice format")
 //
 // A path of a format other than the node's registered one answers 404, as it
 // would on a VM of the other cloud.
+//
+// A node's documents change only when its state does: an announced eviction
+// keeps one EventId, DocumentIncarnation and GCP ETags move only with the
+// document, and IMDSv2 tokens live their TTL, so that a client that
+// remembers any of them (as the clouds document) is not misled.
 type Server struct {
 	now func() time.Time
+	log *slog.Logger
 	mux *http.ServeMux
 
 	mu    sync.Mutex
@@ -56,6 +63,9 @@ type node struct {
 	// tokens are the AWS IMDSv2 session tokens handed out, with their expiry.
 	tokens map[string]time.Time
 
+	// acks are the Azure StartRequests received, oldest first.
+	acks []Ack
+
 	// changed is closed, and replaced, on every change, to wake GCP
 	// wait_for_change requests.
 	changed chan struct{}
@@ -68,13 +78,22 @@ type published struct {
 	eventID   string // Azure EventId
 }
 
+// Ack is an Azure acknowledgement: a StartRequest for one event.
+type Ack struct {
+	EventID string
+	At      time.Time
+}
+
 // NewServer returns a Server with no nodes. now is the clock that AWS token
-// expiry is measured by.
-func NewServer(now func() time.Time) *Server {
+// expiry is measured by; log (nil: discard) records acknowledgements.
+func NewServer(now func() time.Time, log *slog.Logger) *Server {
 	if now == nil {
 		now = time.Now
 	}
-	s := &Server{now: now, mux: http.NewServeMux(), nodes: map[string]*node{}}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{now: now, log: log, mux: http.NewServeMux(), nodes: map[string]*node{}}
 	s.mux.HandleFunc("GET /nodes/{node}/metadata/scheduledevents", s.azureEvents)
 	s.mux.HandleFunc("POST /nodes/{node}/metadata/scheduledevents", s.azureAcknowledge)
 	s.mux.HandleFunc("PUT /nodes/{node}/latest/api/token", s.awsToken)
@@ -90,14 +109,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Register starts serving node's metadata in format ("azure", "aws" or
-// "gcp"), with no notice. Registering a node again starts it afresh, as a
-// restarted VM would. A node of an unknown format answers 404 everywhere.
+// "gcp"), with no notice: a VM booting. Registering a node again starts it
+// afresh, as a restarted VM would: its tokens and acknowledgements are
+// forgotten. A node of an unknown format answers 404 everywhere.
 func (s *Server) Register(name, format string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old := s.nodes[name]; old != nil {
 		close(old.changed)
 	}
+	s.register(name, format)
+}
+
+// Ensure registers node, as Register does, unless it is already
+// registered; then it changes nothing. A control plane that restarted
+// serves its running nodes again this way.
+func (s *Server) Ensure(name, format string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[name] == nil {
+		s.register(name, format)
+	}
+}
+
+// register adds a fresh node. The caller holds s.mu.
+func (s *Server) register(name, format string) {
 	s.nodes[name] = &node{
 		format:      format,
 		incarnation: 1,
@@ -123,7 +159,7 @@ func (s *Server) Set(name string, notBefore time.Time, action string) {
 	if n == nil {
 		return
 	}
-	id := newEventID()
+	id := eventID(name, notBefore)
 	if p := n.notice; p != nil {
 		if p.notBefore.Equal(notBefore) && p.action == action {
 			return
@@ -144,6 +180,17 @@ func (s *Server) Clear(name string) {
 	}
 	n.notice = nil
 	n.bump()
+}
+
+// Acknowledged returns the Azure acknowledgements node received since it
+// was registered, oldest first.
+func (s *Server) Acknowledged(name string) []Ack {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.nodes[name]; n != nil {
+		return append([]Ack(nil), n.acks...)
+	}
+	return nil
 }
 
 // Remove stops serving node; its paths answer 404 from then on.
@@ -193,11 +240,14 @@ func (s *Server) lookup(r *http.Request, format string) (view, bool) {
 	return v, true
 }
 
-// newEventID returns a random version 4 GUID in the upper-case form Azure
-// writes EventIds in.
-func newEventID() string {
-	var b [16]byte
-	rand.Read(b[:]) // never fails: crypto/rand panics rather than return an error
+// eventID returns the EventId of node's eviction at notBefore: a GUID in
+// the upper-case version 4 form Azure writes EventIds in, but derived from
+// both rather than drawn at random, so that a control plane that restarts
+// and publishes the stored notice again publishes the same event under the
+// same EventId.
+func eventID(node string, notBefore time.Time) string {
+	h := sha256.Sum256([]byte(node + "\x00" + notBefore.UTC().Format(time.RFC3339Nano)))
+	b := h[:16]
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%X-%X-%X-%X-%X", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])

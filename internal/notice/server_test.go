@@ -41,7 +41,7 @@ const node = "spot-a-7f3k"
 // serve starts a Server with one node of format on loopback.
 func serve(t *testing.T, format string, c *clock) (*notice.Server, *httptest.Server) {
 	t.Helper()
-	srv := notice.NewServer(c.Now)
+	srv := notice.NewServer(c.Now, nil)
 	srv.Register(node, format)
 	ts := httptest.NewServer(srv)
 	t.Cleanup(ts.Close)
@@ -169,7 +169,8 @@ func TestRequestsRefused(t *testing.T) {
 		{"azure unknown api-version", notice.FormatAzure, "GET", azurePath + "?api-version=1999-01-01", map[string]string{"Metadata": "true"}, "", 400, "api-version is invalid"},
 		{"azure acknowledge without header", notice.FormatAzure, "POST", azurePath + "?api-version=2020-07-01", nil, `{"StartRequests":[]}`, 400, "Required metadata header"},
 		{"azure acknowledge malformed", notice.FormatAzure, "POST", azurePath + "?api-version=2020-07-01", map[string]string{"Metadata": "true"}, `{"StartRequests":`, 400, "error"},
-		{"azure acknowledge", notice.FormatAzure, "POST", azurePath + "?api-version=2020-07-01", map[string]string{"Metadata": "true"}, `{"StartRequests":[{"EventId":"F1D2C3B4-9876-4E5F-8A7B-0123456789AB"}]}`, 200, ""},
+		{"azure acknowledge", notice.FormatAzure, "POST", azurePath + "?api-version=2020-07-01", map[string]string{"Metadata": "true"}, `{"StartRequests":[{"EventId":"F1D2C3B4-9876-4E5F-8A7B-0123456789AB"}]}`, 400, `EventId \"F1D2C3B4-9876-4E5F-8A7B-0123456789AB\" is not an event`},
+		{"azure acknowledge nothing", notice.FormatAzure, "POST", azurePath + "?api-version=2020-07-01", map[string]string{"Metadata": "true"}, `{"StartRequests":[]}`, 400, "StartRequests is empty"},
 		{"azure path of aws node", notice.FormatAWS, "GET", azurePath + "?api-version=2020-07-01", map[string]string{"Metadata": "true"}, "", 404, ""},
 		{"aws without token", notice.FormatAWS, "GET", awsAction, nil, "", 401, ""},
 		{"aws with unknown token", notice.FormatAWS, "GET", awsAction, map[string]string{"X-aws-ec2-metadata-token": "forged"}, "", 401, ""},
@@ -298,7 +299,7 @@ func TestAWSDocument(t *testing.T) {
 // clock, and that the watcher replaces its token before expiry and on 401.
 func TestAWSTokenExpiry(t *testing.T) {
 	srvClock, watcherClock := newClock(), newClock()
-	srv := notice.NewServer(srvClock.Now)
+	srv := notice.NewServer(srvClock.Now, nil)
 	srv.Register(node, notice.FormatAWS)
 	var puts, unauthorized atomic.Int32
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -453,7 +454,7 @@ func TestBaseURL(t *testing.T) {
 
 // BenchmarkAzurePoll measures one watcher poll of a Server over loopback.
 func BenchmarkAzurePoll(b *testing.B) {
-	srv := notice.NewServer(time.Now)
+	srv := notice.NewServer(time.Now, nil)
 	srv.Register(node, notice.FormatAzure)
 	srv.Set(node, time.Now().Add(30*time.Second), "")
 	ts := httptest.NewServer(srv)
@@ -466,5 +467,108 @@ func BenchmarkAzurePoll(b *testing.B) {
 		if _, seen, err := w.Poll(b.Context()); err != nil || !seen {
 			b.Fatal(seen, err)
 		}
+	}
+}
+
+// TestAzureAcknowledge: the documented StartRequests POST is accepted for
+// the document's event and recorded; anything else is refused and changes
+// nothing.
+func TestAzureAcknowledge(t *testing.T) {
+	c := newClock()
+	srv, ts := serve(t, notice.FormatAzure, c)
+	const path = "/nodes/" + node + "/metadata/scheduledevents?api-version=2020-07-01"
+	hdr := map[string]string{"Metadata": "true"}
+	document := func() (id string, incarnation float64) {
+		t.Helper()
+		_, body, _ := get(t, ts, "GET", path, hdr, "")
+		var doc struct {
+			DocumentIncarnation float64
+			Events              []struct{ EventId string }
+		}
+		if err := json.Unmarshal([]byte(body), &doc); err != nil || len(doc.Events) != 1 {
+			t.Fatalf("document %s: %v", body, err)
+		}
+		return doc.Events[0].EventId, doc.DocumentIncarnation
+	}
+	srv.Set(node, c.Now().Add(30*time.Second), "terminate")
+	id, incarnation := document()
+	c.Advance(5 * time.Second)
+
+	for _, body := range []string{
+		`{"StartRequests":[{"EventId":"` + id + `"},{"EventId":"00000000-0000-4000-8000-000000000000"}]}`,
+		`{"StartRequests":[{"EventId":""}]}`,
+		`{"StartRequests":[{}]}`,
+	} {
+		if status, answer, _ := get(t, ts, "POST", path, hdr, body); status != 400 || !strings.Contains(answer, "is not an event of this VM") {
+			t.Errorf("POST %s: %d %q, want 400 naming the EventId", body, status, answer)
+		}
+	}
+	if acks := srv.Acknowledged(node); len(acks) != 0 {
+		t.Fatalf("refused acknowledgements were recorded: %v", acks)
+	}
+
+	ack := `{"StartRequests":[{"EventId":"` + id + `"}]}`
+	if status, answer, _ := get(t, ts, "POST", path, hdr, ack); status != 200 || answer != "" {
+		t.Fatalf("acknowledge: %d %q, want 200", status, answer)
+	}
+	get(t, ts, "POST", path, hdr, strings.ToLower(ack)) // again, as a GUID in lower case
+	want := []notice.Ack{{EventID: id, At: c.Now()}}
+	if got := srv.Acknowledged(node); len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("Acknowledged = %v, want %v", got, want)
+	}
+	// The eviction keeps its NotBefore: the document is as it was.
+	if gotID, gotInc := document(); gotID != id || gotInc != incarnation {
+		t.Errorf("after the acknowledgement: %s incarnation %v, want %s %v", gotID, gotInc, id, incarnation)
+	}
+	// A restarted VM has no acknowledgements.
+	srv.Register(node, notice.FormatAzure)
+	if got := srv.Acknowledged(node); len(got) != 0 {
+		t.Errorf("Acknowledged after Register = %v, want none", got)
+	}
+}
+
+// TestEnsureKeepsState: Ensure registers a node the server does not know
+// and leaves a known one as it is: its notice, incarnation and tokens.
+func TestEnsureKeepsState(t *testing.T) {
+	c := newClock()
+	srv, ts := serve(t, notice.FormatAWS, c)
+	_, token, _ := get(t, ts, "PUT", "/nodes/"+node+"/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, "")
+	srv.Set(node, c.Now().Add(2*time.Minute), "terminate")
+	srv.Ensure(node, notice.FormatAWS)
+	action := "/nodes/" + node + "/latest/meta-data/spot/instance-action"
+	if status, body, _ := get(t, ts, "GET", action, map[string]string{"X-aws-ec2-metadata-token": token}, ""); status != 200 {
+		t.Fatalf("after Ensure: %d %q, want the notice with the same token", status, body)
+	}
+	srv.Ensure("other", notice.FormatGCP)
+	if status, body, _ := get(t, ts, "GET", "/nodes/other/computeMetadata/v1/instance/preempted", map[string]string{"Metadata-Flavor": "Google"}, ""); status != 200 || body != "FALSE" {
+		t.Fatalf("a node Ensure registered: %d %q", status, body)
+	}
+}
+
+// TestEventIDSurvivesRestart: a new Server (a restarted control plane)
+// publishing the same eviction publishes the same EventId.
+func TestEventIDSurvivesRestart(t *testing.T) {
+	notBefore := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
+	id := func(node string, notBefore time.Time) string {
+		srv, ts := serve(t, notice.FormatAzure, newClock())
+		srv.Register(node, notice.FormatAzure)
+		srv.Set(node, notBefore, "terminate")
+		_, body, _ := get(t, ts, "GET", "/nodes/"+node+"/metadata/scheduledevents?api-version=2020-07-01", map[string]string{"Metadata": "true"}, "")
+		var doc struct{ Events []struct{ EventId string } }
+		json.Unmarshal([]byte(body), &doc)
+		if len(doc.Events) != 1 {
+			t.Fatalf("document %s", body)
+		}
+		return doc.Events[0].EventId
+	}
+	first := id(node, notBefore)
+	if again := id(node, notBefore); again != first {
+		t.Errorf("the same eviction after a restart: EventId %s, was %s", again, first)
+	}
+	if other := id(node, notBefore.Add(time.Minute)); other == first {
+		t.Errorf("another eviction of the node got the same EventId %s", first)
+	}
+	if other := id("spot-b-1", notBefore); other == first {
+		t.Errorf("another node's eviction got the same EventId %s", first)
 	}
 }

@@ -8,19 +8,20 @@ package local
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
+	"github.com/spotml/spotml/internal/proc"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -40,6 +41,9 @@ type Config struct {
 	Interval  time.Duration // market tick; default 250ms
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
+	// Rand draws capacity shortages and evictions; nil means one seeded at
+	// random. Tests pass a seeded one to make the market repeatable.
+	Rand *rand.Rand
 }
 
 // Local is the local provider.
@@ -49,6 +53,9 @@ type Local struct {
 	cfg      Config
 	log      *slog.Logger
 	now      func() time.Time
+
+	randMu sync.Mutex // Launch and the market draw from different goroutines
+	rand   *rand.Rand
 }
 
 var _ control.Provider = (*Local)(nil)
@@ -58,7 +65,18 @@ func New(st *store.Store, cfg Config, log *slog.Logger, now func() time.Time) *L
 	if cfg.Interval == 0 {
 		cfg.Interval = 250 * time.Millisecond
 	}
-	return &Local{store: st, metadata: notice.NewServer(now), cfg: cfg, log: log, now: now}
+	r := cfg.Rand
+	if r == nil {
+		r = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	return &Local{store: st, metadata: notice.NewServer(now, log), cfg: cfg, log: log, now: now, rand: r}
+}
+
+// draw reports whether an event of probability p happens.
+func (l *Local) draw(p float64) bool {
+	l.randMu.Lock()
+	defer l.randMu.Unlock()
+	return l.rand.Float64() < p
 }
 
 // Metadata is the handler serving every local node's instance metadata;
@@ -68,18 +86,14 @@ func (l *Local) Metadata() *notice.Server { return l.metadata }
 // Launch starts a node's agent process. A spot pool's capacityShortage is
 // the chance the market refuses the launch.
 func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (control.Launched, error) {
-	if pool.Spec.Priority == spec.PrioritySpot && rand.Float64() < pool.Spec.CapacityShortage {
+	if pool.Spec.Priority == spec.PrioritySpot && l.draw(pool.Spec.CapacityShortage) {
 		return control.Launched{}, fmt.Errorf("%w: no spot capacity for %s in zone %q now", control.ErrNoCapacity, pool.Spec.InstanceType, n.Zone)
 	}
 	wd := filepath.Join(l.cfg.DataDir, "nodes", n.Name)
 	if err := os.MkdirAll(wd, 0o755); err != nil {
 		return control.Launched{}, err
 	}
-	format := pool.Spec.NoticeFormat
-	if format == "" {
-		format = spec.NoticeAzure
-	}
-	l.metadata.Register(n.Name, format)
+	format := noticeFormat(pool)
 	logf, err := os.OpenFile(filepath.Join(wd, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return control.Launched{}, err
@@ -99,8 +113,24 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 	// Its own process group, so that a kill takes the node and not us, and
 	// it outlives a control plane restart like a real machine would.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A VM boots: its metadata starts afresh, once, and from now on changes
+	// only when the node's state does.
+	l.metadata.Register(n.Name, format)
 	if err := cmd.Start(); err != nil {
+		l.metadata.Remove(n.Name)
 		return control.Launched{}, fmt.Errorf("start agent for %s: %w", n.Name, err)
+	}
+	// Its identity is read before it can be reaped, so it names this
+	// process; killNode checks it before killing the stored PID.
+	id, err := proc.Identify(cmd.Process.Pid)
+	if err == nil {
+		err = proc.WriteFile(filepath.Join(wd, agentPIDFile), []proc.ID{id})
+	}
+	if err != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		l.metadata.Remove(n.Name)
+		return control.Launched{}, fmt.Errorf("record agent of %s: %w", n.Name, err)
 	}
 	go cmd.Wait() // reap
 	l.log.Info("node launched", "node", n.Name, "pid", cmd.Process.Pid, "zone", n.Zone)
@@ -110,30 +140,56 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 // Stop kills a node: its agent and every task process group it recorded,
 // as a machine being taken away would.
 func (l *Local) Stop(ctx context.Context, n store.Node) error {
-	l.metadata.Clear(n.Name)
-	killNode(n)
+	l.metadata.Remove(n.Name)
+	l.killNode(n)
 	return nil
 }
 
-// killNode kills the agent's process group and its tasks' groups. The pid
-// is checked against /proc so that a pid reused after a restart of this
-// machine's processes is never hit.
-func killNode(n store.Node) {
-	if n.PID > 0 && isAgentOf(n.PID, n.Name) {
-		syscall.Kill(-n.PID, syscall.SIGKILL)
+// Files in a node's work directory naming its processes, one proc.ID a
+// line: the agent's, written at launch, and its task and replica process
+// groups', written by the agent.
+const (
+	agentPIDFile = "agent.pid"
+	tasksPIDFile = "tasks.pids"
+)
+
+// killNode kills the agent's process group and its tasks' groups. Each
+// stored PID is killed only while it names the process that was started
+// (proc.KillGroup): the control plane may have restarted, and the agent
+// died, long after the PID was stored, and Linux hands PIDs out again.
+func (l *Local) killNode(n store.Node) {
+	if n.PID > 0 {
+		agent := proc.ID{PID: n.PID}
+		if ids, err := proc.ReadFile(filepath.Join(n.WorkDir, agentPIDFile)); err == nil && len(ids) == 1 && ids[0].PID == n.PID {
+			agent = ids[0]
+		} else if isAgentOf(n.PID, n.Name) {
+			// Launched before start times were recorded: its command
+			// line still names the node.
+			agent.Start, _ = startOf(n.PID)
+		}
+		l.kill(n.Name, "agent", agent)
 	}
 	if n.WorkDir == "" {
 		return
 	}
-	b, err := os.ReadFile(filepath.Join(n.WorkDir, "tasks.pids"))
-	if err != nil {
-		return
+	groups, err := proc.ReadFile(filepath.Join(n.WorkDir, tasksPIDFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.log.Warn("cannot read the node's task process groups", "node", n.Name, "err", err)
 	}
-	for _, f := range strings.Fields(string(b)) {
-		if pgid, err := strconv.Atoi(f); err == nil && pgid > 1 {
-			syscall.Kill(-pgid, syscall.SIGKILL)
-		}
+	for _, g := range groups {
+		l.kill(n.Name, "task", g)
 	}
+}
+
+func (l *Local) kill(node, what string, id proc.ID) {
+	if err := proc.KillGroup(id); err != nil {
+		l.log.Warn("stored process not killed", "node", node, "process", what, "pid", id.PID, "err", err)
+	}
+}
+
+func startOf(pid int) (uint64, error) {
+	id, err := proc.Identify(pid)
+	return id.Start, err
 }
 
 func isAgentOf(pid int, node string) bool {
@@ -229,19 +285,17 @@ func (l *Local) tick(ctx context.Context, dt time.Duration) error {
 		if !ok || !store.Live(n.State) {
 			continue
 		}
-		format := pool.Spec.NoticeFormat
-		if format == "" {
-			format = spec.NoticeAzure
-		}
-		l.metadata.Register(n.Name, format)
+		// Registered at launch; Ensure only brings back the nodes a
+		// restarted control plane has not served yet.
+		l.metadata.Ensure(n.Name, noticeFormat(pool))
 		switch {
 		case !n.NoticeDeadline.IsZero() && !now.Before(n.NoticeDeadline):
 			state, reason := store.NodePreempted, "SpotEviction: notice ran out, node taken back"
 			if pool.Spec.EvictionPolicy == spec.EvictionDeallocate {
 				state, reason = store.NodeDeallocated, "SpotEviction: notice ran out, node deallocated (disk kept)"
 			}
-			killNode(n)
-			l.metadata.Clear(n.Name)
+			l.killNode(n)
+			l.metadata.Remove(n.Name)
 			if err := l.store.EndNode(ctx, n.Name, state, reason); err != nil {
 				return err
 			}
@@ -249,7 +303,7 @@ func (l *Local) tick(ctx context.Context, dt time.Duration) error {
 		case !n.NoticeDeadline.IsZero():
 			l.publish(n.Name, n.NoticeDeadline, pool)
 		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.EvictionRate > 0:
-			if rand.Float64() < pool.Spec.EvictionRate*dt.Hours() {
+			if l.draw(pool.Spec.EvictionRate * dt.Hours()) {
 				if err := l.Evict(ctx, n.Name, 0); err != nil {
 					return err
 				}
@@ -258,4 +312,12 @@ func (l *Local) tick(ctx context.Context, dt time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// noticeFormat is the metadata format of a pool's nodes.
+func noticeFormat(pool spec.Pool) string {
+	if pool.Spec.NoticeFormat == "" {
+		return spec.NoticeAzure
+	}
+	return pool.Spec.NoticeFormat
 }

@@ -1,0 +1,501 @@
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/clock"
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/notice"
+	"github.com/spotml/spotml/internal/proc"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// fakeAgentEnv makes the test binary, started by Launch as the agent, stand
+// in for `spotml agent`: it records its arguments and waits to be killed.
+const fakeAgentEnv = "SPOTML_LOCAL_TEST_FAKE_AGENT"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeAgentEnv) == "1" {
+		os.WriteFile("agent.args", []byte(strings.Join(os.Args[1:], "\n")), 0o644)
+		time.Sleep(time.Hour)
+		return
+	}
+	os.Setenv(fakeAgentEnv, "1")
+	os.Exit(m.Run())
+}
+
+// harness is a local market over a real SQLite store, its metadata served
+// on loopback, on a fake clock.
+type harness struct {
+	t   *testing.T
+	ctx context.Context
+	st  *store.Store
+	clk *clock.Fake
+	l   *Local
+	ts  *httptest.Server
+}
+
+func newHarness(t *testing.T, pools ...spec.Pool) *harness {
+	t.Helper()
+	ctx := t.Context()
+	clk := clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	dir := t.TempDir()
+	st, err := store.Open(ctx, filepath.Join(dir, "spotml.db"), clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Apply(ctx, pools, nil); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(st, Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, JoinToken: "join"},
+		slog.New(slog.DiscardHandler), clk.Now)
+	ts := httptest.NewServer(l.Metadata())
+	t.Cleanup(ts.Close)
+	return &harness{t: t, ctx: ctx, st: st, clk: clk, l: l, ts: ts}
+}
+
+func pool(name, priority, format string) spec.Pool {
+	return spec.Pool{
+		APIVersion: "spotml/v1", Kind: "Pool", Metadata: spec.Metadata{Name: name},
+		Spec: spec.PoolSpec{
+			Provider: Name, Priority: priority, InstanceType: "local-2", Max: 10,
+			Notice: spec.Duration{Duration: 30 * time.Second}, NoticeFormat: format,
+		},
+	}
+}
+
+// launch records a node as the control plane does, launches it and
+// returns it as stored, with the agent process killed at the end of the
+// test.
+func (h *harness) launch(p spec.Pool, name string) store.Node {
+	h.t.Helper()
+	n := store.Node{Name: name, Pool: p.Metadata.Name, Priority: p.Spec.Priority, Zone: "z1", InstanceType: p.Spec.InstanceType}
+	if err := h.st.CreateNode(h.ctx, n); err != nil {
+		h.t.Fatal(err)
+	}
+	at, err := h.l.Launch(h.ctx, p, n)
+	if err != nil {
+		h.t.Fatalf("Launch %s: %v", name, err)
+	}
+	h.t.Cleanup(func() { syscall.Kill(-at.PID, syscall.SIGKILL) })
+	if err := h.st.SetNodeProcess(h.ctx, name, at.PID, at.WorkDir); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.st.Heartbeat(h.ctx, name, true); err != nil {
+		h.t.Fatal(err)
+	}
+	return h.node(name)
+}
+
+func (h *harness) node(name string) store.Node {
+	h.t.Helper()
+	n, err := h.st.GetNode(h.ctx, name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return n
+}
+
+// tick advances the clock by dt and runs one market tick.
+func (h *harness) tick(dt time.Duration) {
+	h.t.Helper()
+	h.clk.Advance(dt)
+	if err := h.l.tick(h.ctx, dt); err != nil {
+		h.t.Fatalf("tick: %v", err)
+	}
+}
+
+// get sends a request to the metadata server.
+func (h *harness) get(method, path string, header map[string]string, body string) (int, string, http.Header) {
+	h.t.Helper()
+	req, err := http.NewRequestWithContext(h.ctx, method, h.ts.URL+path, strings.NewReader(body))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := h.ts.Client().Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// waitGone waits (briefly) for pid to be gone or a zombie.
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for range 200 {
+		if !running(pid) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("process %d still runs", pid)
+}
+
+// running reports whether pid is a live (not zombie) process.
+func running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(fields) > 0 && fields[0] != "Z" && fields[0] != "X"
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestLaunchAndStop(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, notice.FormatAWS)
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+
+	if n.PID <= 0 || !running(n.PID) {
+		t.Fatalf("agent pid %d not running", n.PID)
+	}
+	if pgid, _ := syscall.Getpgid(n.PID); pgid != n.PID {
+		t.Errorf("agent's process group %d, want its own (%d)", pgid, n.PID)
+	}
+	var args []byte
+	for range 200 {
+		if args, _ = os.ReadFile(filepath.Join(n.WorkDir, "agent.args")); len(args) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, want := range []string{"agent", "--node\nspot-a-1", "--workdir\n" + n.WorkDir, "--metadata-format\naws",
+		"--metadata-url\nhttp://127.0.0.1:1/imds/nodes/spot-a-1"} {
+		if !strings.Contains(string(args), want) {
+			t.Errorf("agent arguments %q lack %q", args, want)
+		}
+	}
+	// The node's metadata is served from launch: IMDSv2 hands out a token.
+	if status, _, _ := h.get("PUT", "/nodes/spot-a-1/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, ""); status != 200 {
+		t.Fatalf("token after launch: %d", status)
+	}
+
+	if err := h.l.Stop(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, n.PID)
+	if status, _, _ := h.get("PUT", "/nodes/spot-a-1/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, ""); status != 404 {
+		t.Errorf("token after stop: %d, want 404 (the VM is gone)", status)
+	}
+}
+
+func TestLaunchCapacityShortage(t *testing.T) {
+	spot := pool("spot-a", spec.PrioritySpot, "")
+	spot.Spec.CapacityShortage = 1
+	onDemand := pool("od", spec.PriorityOnDemand, "")
+	onDemand.Spec.CapacityShortage = 1 // only the spot market runs short
+	h := newHarness(t, spot, onDemand)
+
+	_, err := h.l.Launch(h.ctx, spot, store.Node{Name: "spot-a-1", Pool: "spot-a", Zone: "z1"})
+	if !errors.Is(err, control.ErrNoCapacity) {
+		t.Fatalf("spot launch with capacityShortage 1: %v, want ErrNoCapacity", err)
+	}
+	if !strings.Contains(err.Error(), "local-2") || !strings.Contains(err.Error(), `"z1"`) {
+		t.Errorf("error %q should name the instance type and zone", err)
+	}
+	if _, err := os.Stat(filepath.Join(h.l.cfg.DataDir, "nodes", "spot-a-1", "agent.log")); err == nil {
+		t.Errorf("a refused launch started an agent")
+	}
+	h.launch(onDemand, "od-1")
+}
+
+func TestEvictionDraw(t *testing.T) {
+	certain := pool("spot-a", spec.PrioritySpot, "")
+	certain.Spec.EvictionRate = 3600 // per node-hour: a 1 s tick draws with probability 1
+	never := pool("spot-b", spec.PrioritySpot, "")
+	onDemand := pool("od", spec.PriorityOnDemand, "")
+	onDemand.Spec.EvictionRate = 3600 // on-demand nodes are never drawn
+	h := newHarness(t, certain, never, onDemand)
+	a, b, od := h.launch(certain, "spot-a-1"), h.launch(never, "spot-b-1"), h.launch(onDemand, "od-1")
+
+	h.tick(time.Second)
+	if got := h.node(a.Name).NoticeDeadline; !got.Equal(h.clk.Now().Add(30 * time.Second)) {
+		t.Fatalf("spot-a-1 notice deadline %v, want now + 30s", got)
+	}
+	for _, n := range []store.Node{b, od} {
+		if got := h.node(n.Name).NoticeDeadline; !got.IsZero() {
+			t.Errorf("%s drawn for eviction (deadline %v)", n.Name, got)
+		}
+	}
+	// The notice runs out: the node is taken back and its agent killed.
+	h.tick(29 * time.Second)
+	if got := h.node(a.Name).State; got != store.NodeReady {
+		t.Fatalf("before the deadline: %s", got)
+	}
+	h.tick(time.Second)
+	if got := h.node(a.Name).State; got != store.NodePreempted {
+		t.Fatalf("at the deadline: %s, want preempted", got)
+	}
+	waitGone(t, a.PID)
+	if !running(b.PID) || !running(od.PID) {
+		t.Errorf("other nodes' agents were killed")
+	}
+}
+
+const azurePath = "/metadata/scheduledevents?api-version=2020-07-01"
+
+type azureDoc struct {
+	DocumentIncarnation int
+	Events              []struct {
+		EventId, EventType, EventStatus, NotBefore string
+	}
+}
+
+func (h *harness) azure(node string) azureDoc {
+	h.t.Helper()
+	status, body, _ := h.get("GET", "/nodes/"+node+azurePath, map[string]string{"Metadata": "true"}, "")
+	if status != 200 {
+		h.t.Fatalf("scheduled events: %d %s", status, body)
+	}
+	var doc azureDoc
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		h.t.Fatal(err)
+	}
+	return doc
+}
+
+// TestAzureNoticeStaysPut: one eviction is one event under one EventId,
+// and DocumentIncarnation moves only when the document does.
+func TestAzureNoticeStaysPut(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, notice.FormatAzure)
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+
+	first := h.azure(n.Name)
+	h.tick(250 * time.Millisecond)
+	h.tick(250 * time.Millisecond)
+	if got := h.azure(n.Name); got.DocumentIncarnation != first.DocumentIncarnation || len(got.Events) != 0 {
+		t.Fatalf("nothing changed, yet the document went from %+v to %+v", first, got)
+	}
+
+	if err := h.l.Evict(h.ctx, n.Name, 0); err != nil {
+		t.Fatal(err)
+	}
+	noticed := h.azure(n.Name)
+	if len(noticed.Events) != 1 || noticed.Events[0].EventType != "Preempt" || noticed.DocumentIncarnation <= first.DocumentIncarnation {
+		t.Fatalf("after the eviction: %+v", noticed)
+	}
+	for range 4 {
+		h.tick(250 * time.Millisecond)
+		got := h.azure(n.Name)
+		if len(got.Events) != 1 || got.Events[0].EventId != noticed.Events[0].EventId {
+			t.Fatalf("one eviction, yet its EventId went from %s to %+v", noticed.Events[0].EventId, got.Events)
+		}
+		if got.DocumentIncarnation != noticed.DocumentIncarnation {
+			t.Fatalf("DocumentIncarnation went from %d to %d with no change", noticed.DocumentIncarnation, got.DocumentIncarnation)
+		}
+	}
+}
+
+// TestAWSTokenLivesItsTTL: an IMDSv2 token taken before market ticks works
+// after them, until its TTL runs out.
+func TestAWSTokenLivesItsTTL(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, notice.FormatAWS)
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+	_, token, _ := h.get("PUT", "/nodes/"+n.Name+"/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, "")
+	auth := map[string]string{"X-aws-ec2-metadata-token": token}
+	action := "/nodes/" + n.Name + "/latest/meta-data/spot/instance-action"
+
+	if err := h.l.Evict(h.ctx, n.Name, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	h.tick(250 * time.Millisecond)
+	h.tick(30 * time.Second)
+	status, body, _ := h.get("GET", action, auth, "")
+	if status != 200 || !strings.Contains(body, `"action":"terminate"`) {
+		t.Fatalf("instance-action with a 30 s old token: %d %q, want 200 terminate", status, body)
+	}
+	h.tick(30 * time.Second) // 60.25 s: the token has run out
+	if status, body, _ := h.get("GET", action, auth, ""); status != 401 {
+		t.Fatalf("instance-action with an expired token: %d %q, want 401", status, body)
+	}
+}
+
+// TestGCPWaiterWakesOnlyOnChange: a wait_for_change request on TRUE does not
+// answer while market ticks come and go, and answers when the node goes.
+func TestGCPWaiterWakesOnlyOnChange(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, notice.FormatGCP)
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+	path := "/nodes/" + n.Name + "/computeMetadata/v1/instance/preempted"
+	flavor := map[string]string{"Metadata-Flavor": "Google"}
+
+	if err := h.l.Evict(h.ctx, n.Name, 0); err != nil {
+		t.Fatal(err)
+	}
+	status, body, header := h.get("GET", path, flavor, "")
+	if status != 200 || body != "TRUE" {
+		t.Fatalf("preempted after the eviction: %d %q", status, body)
+	}
+	type answer struct {
+		status int
+		body   string
+	}
+	done := make(chan answer, 1)
+	go func() {
+		s, b, _ := h.get("GET", path+"?wait_for_change=true&timeout_sec=30&last_etag="+header.Get("ETag"), flavor, "")
+		done <- answer{s, b}
+	}()
+	// Ticks over 300 ms of real time, so that some come after the waiter
+	// is waiting whatever the scheduling.
+	for range 12 {
+		h.tick(250 * time.Millisecond)
+		select {
+		case a := <-done:
+			t.Fatalf("the waiter answered %d %q with nothing changed", a.status, a.body)
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+	h.tick(30 * time.Second) // the notice runs out; the VM is gone
+	select {
+	case a := <-done:
+		if a.status != 404 {
+			t.Fatalf("the waiter answered %d %q when the VM went, want 404", a.status, a.body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter did not answer when the VM went")
+	}
+}
+
+// TestDeallocateAndRestart: a deallocating pool's eviction says "stop", the
+// node ends deallocated with its disk, and a restart serves fresh metadata.
+func TestDeallocateAndRestart(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, notice.FormatAWS)
+	p.Spec.EvictionPolicy = spec.EvictionDeallocate
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+	if err := os.WriteFile(filepath.Join(n.WorkDir, "disk"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ttl := map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
+	_, token, _ := h.get("PUT", "/nodes/"+n.Name+"/latest/api/token", ttl, "")
+	if err := h.l.Evict(h.ctx, n.Name, 0); err != nil {
+		t.Fatal(err)
+	}
+	action := "/nodes/" + n.Name + "/latest/meta-data/spot/instance-action"
+	if status, body, _ := h.get("GET", action, map[string]string{"X-aws-ec2-metadata-token": token}, ""); status != 200 || !strings.Contains(body, `"action":"stop"`) {
+		t.Fatalf("instance-action: %d %q, want stop", status, body)
+	}
+	h.tick(30 * time.Second)
+	if got := h.node(n.Name); got.State != store.NodeDeallocated {
+		t.Fatalf("after the notice: %s, want deallocated", got.State)
+	}
+	waitGone(t, n.PID)
+
+	// The control plane restarts it: same name, same disk, a new VM whose
+	// metadata has no notice and knows no old token.
+	if err := h.st.RestartNode(h.ctx, n.Name, 0); err != nil {
+		t.Fatal(err)
+	}
+	again := h.launch2(p, n.Name)
+	if again.WorkDir != n.WorkDir {
+		t.Errorf("restarted in %s, want %s", again.WorkDir, n.WorkDir)
+	}
+	if b, _ := os.ReadFile(filepath.Join(again.WorkDir, "disk")); string(b) != "kept" {
+		t.Errorf("disk after restart: %q", b)
+	}
+	if status, _, _ := h.get("GET", action, map[string]string{"X-aws-ec2-metadata-token": token}, ""); status != 401 {
+		t.Errorf("the old VM's token on the restarted one: %d, want 401", status)
+	}
+	_, fresh, _ := h.get("PUT", "/nodes/"+n.Name+"/latest/api/token", ttl, "")
+	if status, _, _ := h.get("GET", action, map[string]string{"X-aws-ec2-metadata-token": fresh}, ""); status != 404 {
+		t.Errorf("instance-action on the restarted VM: %d, want 404 (no notice)", status)
+	}
+}
+
+// launch2 launches a node the store already holds (a restart).
+func (h *harness) launch2(p spec.Pool, name string) store.Node {
+	h.t.Helper()
+	at, err := h.l.Launch(h.ctx, p, h.node(name))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { syscall.Kill(-at.PID, syscall.SIGKILL) })
+	if err := h.st.SetNodeProcess(h.ctx, name, at.PID, at.WorkDir); err != nil {
+		h.t.Fatal(err)
+	}
+	return h.node(name)
+}
+
+// TestStoredPIDReused: a PID recorded for a node's agent or its tasks that
+// now belongs to an unrelated process is not killed; the node's own task
+// groups are.
+func TestStoredPIDReused(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, "")
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+
+	sleep := func() (*exec.Cmd, proc.ID) {
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		id, err := proc.Identify(cmd.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cmd, id
+	}
+	_, task := sleep()
+	_, stranger := sleep()
+
+	// The task's group as the agent records it, and the stranger's number
+	// as an older process that held it would have been recorded: with
+	// another start time, or (an agent before start times) with none.
+	groups := []proc.ID{task, {PID: stranger.PID, Start: stranger.Start - 1}, {PID: stranger.PID}}
+	if err := proc.WriteFile(filepath.Join(n.WorkDir, tasksPIDFile), groups); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.l.Stop(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, n.PID)
+	waitGone(t, task.PID)
+	time.Sleep(50 * time.Millisecond)
+	if !running(stranger.PID) {
+		t.Fatalf("an unrelated process (pid %d) listed in tasks.pids was killed", stranger.PID)
+	}
+
+	// And as the node's own agent PID, as a control plane that restarted
+	// after the agent died would find it.
+	n.PID = stranger.PID
+	os.Remove(filepath.Join(n.WorkDir, tasksPIDFile))
+	if err := h.l.Stop(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !running(stranger.PID) {
+		t.Fatalf("an unrelated process (pid %d) stored as the agent's was killed", stranger.PID)
+	}
+}
