@@ -109,7 +109,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			notice.Watch(ctx, w, a.cfg.NoticePoll, a.log, func(n notice.Notice) { a.onNotice(ctx, n) })
+			notice.Watch(ctx, w, a.cfg.NoticePoll, a.log, func(n notice.Notice) {
+				a.onNotice(ctx, n)
+				if ack, ok := w.(notice.Acknowledger); ok {
+					a.acknowledgeWhenDrained(ctx, ack, n)
+				}
+			})
 		}()
 	}
 	interval := reg.HeartbeatInterval
@@ -311,6 +316,45 @@ func (a *Agent) onNotice(ctx context.Context, n notice.Notice) {
 		a.log.Warn("cannot report notice; retrying", "err", err)
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// acknowledgeWhenDrained tells the cloud the node is ready for the eviction
+// once its tasks have ended and its replicas stopped, as Microsoft documents
+// for Scheduled Events; the cloud may then evict it sooner. Past the
+// deadline there is nothing left to approve.
+func (a *Agent) acknowledgeWhenDrained(ctx context.Context, ack notice.Acknowledger, n notice.Notice) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for !a.drained() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.now().Before(n.Deadline) {
+			return
+		}
+	}
+	if err := ack.Acknowledge(ctx, n); err != nil {
+		a.log.Warn("cannot acknowledge the eviction notice", "detail", n.Detail, "err", err)
+		return
+	}
+	a.log.Info("eviction notice acknowledged", "detail", n.Detail)
+}
+
+// drained reports whether no task runs and no replica is left running.
+func (a *Agent) drained() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.running) > 0 {
+		return false
+	}
+	for _, rp := range a.replicas {
+		if !rp.isExited() {
+			return false
+		}
+	}
+	return true
 }
 
 // draining returns the eviction deadline, zero if none.

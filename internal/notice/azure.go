@@ -1,9 +1,11 @@
 package notice
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -154,7 +156,10 @@ type azureWatcher struct {
 	now    func() time.Time
 }
 
-var _ Watcher = (*azureWatcher)(nil)
+var (
+	_ Watcher      = (*azureWatcher)(nil)
+	_ Acknowledger = (*azureWatcher)(nil)
+)
 
 // Poll reports the earliest Preempt or Terminate event in the document.
 // Events of other types (Reboot, Redeploy, Freeze) leave the VM in place.
@@ -191,11 +196,39 @@ func (aw *azureWatcher) Poll(ctx context.Context) (Notice, bool, error) {
 			return Notice{}, false, fmt.Errorf("GET %s: event %s: %w", url, ev.EventID, err)
 		}
 		if !seen || deadline.Before(found.Deadline) {
-			found = Notice{Deadline: deadline, Format: FormatAzure, Detail: ev.EventType + " " + ev.EventID}
+			found = Notice{Deadline: deadline, Format: FormatAzure, Detail: ev.EventType + " " + ev.EventID, EventID: ev.EventID}
 			seen = true
 		}
 	}
 	return found, seen, nil
+}
+
+// Acknowledge approves n's event: POST {"StartRequests":[{"EventId":...}]}.
+func (aw *azureWatcher) Acknowledge(ctx context.Context, n Notice) error {
+	if n.EventID == "" {
+		return fmt.Errorf("notice: %q has no Azure EventId to acknowledge", n.Detail)
+	}
+	body, err := json.Marshal(map[string]any{"StartRequests": []map[string]string{{"EventId": n.EventID}}})
+	if err != nil {
+		return err
+	}
+	url := aw.base + "/metadata/scheduledevents?api-version=" + azureAPIVersion
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Metadata", "true")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := aw.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if resp.StatusCode != http.StatusOK {
+		return statusError(http.MethodPost, url, resp, answer)
+	}
+	return nil
 }
 
 // azureNotBefore parses an event's NotBefore. It is blank once the event has

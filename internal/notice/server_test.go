@@ -111,6 +111,29 @@ func TestEndToEnd(t *testing.T) {
 				t.Fatalf("second poll: deadline moved from %v to %v", want, again.Deadline)
 			}
 
+			// Azure's watcher acknowledges the event by its EventId; the
+			// others' clouds take no acknowledgement.
+			ack, ok := w.(notice.Acknowledger)
+			if ok != (tc.format == notice.FormatAzure) {
+				t.Fatalf("%s watcher is an Acknowledger: %v", tc.format, ok)
+			}
+			if ok {
+				if n.EventID == "" || !strings.HasSuffix(n.Detail, n.EventID) {
+					t.Fatalf("notice %+v lacks its EventId", n)
+				}
+				if err := ack.Acknowledge(t.Context(), n); err != nil {
+					t.Fatalf("Acknowledge: %v", err)
+				}
+				if got := srv.Acknowledged(node); len(got) != 1 || got[0].EventID != n.EventID || !got[0].At.Equal(c.Now()) {
+					t.Fatalf("Acknowledged = %v, want %s at %v", got, n.EventID, c.Now())
+				}
+				stale := n
+				stale.EventID = "00000000-0000-4000-8000-000000000000"
+				if err := ack.Acknowledge(t.Context(), stale); err == nil || !strings.Contains(err.Error(), "400") {
+					t.Fatalf("Acknowledge of an unknown event: %v, want the 400", err)
+				}
+			}
+
 			srv.Clear(node)
 			if n, seen := poll(t, w); seen {
 				t.Fatalf("after Clear: saw %+v", n)

@@ -20,6 +20,9 @@ type Notice struct {
 	// ("terminate", "stop"), the Azure EventType and EventId ("Preempt
 	// 4CAEA225-..."), or "preempted" for GCP.
 	Detail string
+	// EventID is the Azure EventId, by which the event is acknowledged;
+	// empty in the other formats.
+	EventID string
 }
 
 // Watcher polls one node's metadata endpoint in one format.
@@ -27,6 +30,13 @@ type Watcher interface {
 	// Poll reads the endpoint once and reports whether an eviction is
 	// announced.
 	Poll(ctx context.Context) (Notice, bool, error)
+}
+
+// Acknowledger is a Watcher whose cloud takes word that the VM is ready for
+// an announced eviction: Azure, where Microsoft documents approving an event
+// (a POST of StartRequests) once the VM has done what it must before it.
+type Acknowledger interface {
+	Acknowledge(ctx context.Context, n Notice) error
 }
 
 // NewWatcher returns a Watcher that reads format's documents under baseURL:

@@ -41,7 +41,7 @@ func TestDocumentedSamples(t *testing.T) {
 			},
 			header: map[string]string{"Content-Type": "application/json; charset=utf-8"},
 			// The Freeze event comes first but leaves the VM in place.
-			want: &notice.Notice{Deadline: time.Date(2016, 9, 19, 18, 29, 47, 0, time.UTC), Format: notice.FormatAzure, Detail: "Preempt F1D2C3B4-9876-4E5F-8A7B-0123456789AB"},
+			want: &notice.Notice{Deadline: time.Date(2016, 9, 19, 18, 29, 47, 0, time.UTC), Format: notice.FormatAzure, Detail: "Preempt F1D2C3B4-9876-4E5F-8A7B-0123456789AB", EventID: "F1D2C3B4-9876-4E5F-8A7B-0123456789AB"},
 		},
 		{
 			name: "azure no events", format: notice.FormatAzure,

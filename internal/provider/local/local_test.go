@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -52,6 +53,11 @@ type harness struct {
 
 func newHarness(t *testing.T, pools ...spec.Pool) *harness {
 	t.Helper()
+	return newSeededHarness(t, rand.New(rand.NewPCG(1, 2)), pools...)
+}
+
+func newSeededHarness(t *testing.T, r *rand.Rand, pools ...spec.Pool) *harness {
+	t.Helper()
 	ctx := t.Context()
 	clk := clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	dir := t.TempDir()
@@ -67,7 +73,7 @@ func newHarness(t *testing.T, pools ...spec.Pool) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := New(st, Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, JoinToken: "join"},
+	l := New(st, Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, JoinToken: "join", Rand: r},
 		slog.New(slog.DiscardHandler), clk.Now)
 	ts := httptest.NewServer(l.Metadata())
 	t.Cleanup(ts.Close)
@@ -260,6 +266,48 @@ func TestEvictionDraw(t *testing.T) {
 	}
 }
 
+// TestEvictionDrawSeeded: a spot node is drawn with probability
+// evictionRate × tick, and a seeded market draws the same nodes every run.
+func TestEvictionDrawSeeded(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, "")
+	p.Spec.EvictionRate = 1800 // per node-hour: a 1 s tick draws with probability 1/2
+	drawn := func(seed uint64) []string {
+		h := newSeededHarness(t, rand.New(rand.NewPCG(seed, 0)), p)
+		for i := range 40 {
+			// Nodes as the store holds them; the draw needs no process.
+			name := "spot-a-" + strconv.Itoa(i)
+			if err := h.st.CreateNode(h.ctx, store.Node{Name: name, Pool: "spot-a", Priority: spec.PrioritySpot}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.st.Heartbeat(h.ctx, name, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.tick(time.Second)
+		nodes, err := h.st.ListNodes(h.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, n := range nodes {
+			if !n.NoticeDeadline.IsZero() {
+				names = append(names, n.Name)
+			}
+		}
+		return names
+	}
+	first, again, other := drawn(7), drawn(7), drawn(8)
+	if len(first) < 10 || len(first) > 30 {
+		t.Errorf("%d of 40 nodes drawn at probability 1/2", len(first))
+	}
+	if strings.Join(first, " ") != strings.Join(again, " ") {
+		t.Errorf("the same seed drew %v, then %v", first, again)
+	}
+	if strings.Join(first, " ") == strings.Join(other, " ") {
+		t.Errorf("seeds 7 and 8 drew the same nodes %v", first)
+	}
+}
+
 const azurePath = "/metadata/scheduledevents?api-version=2020-07-01"
 
 type azureDoc struct {
@@ -312,6 +360,29 @@ func TestAzureNoticeStaysPut(t *testing.T) {
 		if got.DocumentIncarnation != noticed.DocumentIncarnation {
 			t.Fatalf("DocumentIncarnation went from %d to %d with no change", noticed.DocumentIncarnation, got.DocumentIncarnation)
 		}
+	}
+
+	// The node approves the event, as Microsoft documents: recorded, and
+	// the eviction keeps its time.
+	ack := `{"StartRequests":[{"EventId":"` + noticed.Events[0].EventId + `"}]}`
+	if status, body, _ := h.get("POST", "/nodes/"+n.Name+azurePath, map[string]string{"Metadata": "true"}, ack); status != 200 {
+		t.Fatalf("acknowledge: %d %q", status, body)
+	}
+	if acks := h.l.Metadata().Acknowledged(n.Name); len(acks) != 1 || acks[0].EventID != noticed.Events[0].EventId {
+		t.Fatalf("acknowledgements recorded: %v", acks)
+	}
+	h.tick(250 * time.Millisecond)
+	if got := h.azure(n.Name); got.DocumentIncarnation != noticed.DocumentIncarnation || got.Events[0].NotBefore != noticed.Events[0].NotBefore {
+		t.Fatalf("after the acknowledgement: %+v, was %+v", got, noticed)
+	}
+
+	// The control plane restarts: a new market over the same store serves
+	// the stored notice again, as the same event.
+	h.l = New(h.st, h.l.cfg, slog.New(slog.DiscardHandler), h.clk.Now)
+	h.ts.Config.Handler = h.l.Metadata()
+	h.tick(250 * time.Millisecond)
+	if got := h.azure(n.Name); len(got.Events) != 1 || got.Events[0].EventId != noticed.Events[0].EventId {
+		t.Fatalf("after a restart of the control plane the eviction's EventId went from %s to %+v", noticed.Events[0].EventId, got.Events)
 	}
 }
 
