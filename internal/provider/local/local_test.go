@@ -570,3 +570,24 @@ func TestStoredPIDReused(t *testing.T) {
 		t.Fatalf("an unrelated process (pid %d) stored as the agent's was killed", stranger.PID)
 	}
 }
+
+// TestStopAgentWithoutStartTime: a node launched before start times were
+// recorded (no agent.pid) is still killed, its command line naming it.
+func TestStopAgentWithoutStartTime(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, "")
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+	for range 200 { // the fake agent's arguments are its own once it runs
+		if _, err := os.Stat(filepath.Join(n.WorkDir, "agent.args")); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := os.Remove(filepath.Join(n.WorkDir, agentPIDFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.l.Stop(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, n.PID)
+}
