@@ -34,9 +34,9 @@ const MetadataPrefix = "/imds"
 
 // Config says how to start agents.
 type Config struct {
-	Binary    string // the spotml executable
-	ServerURL string // the control plane as agents reach it
-	DataDir   string // node work directories go under DataDir/nodes
+	Binary    string        // the spotml executable
+	ServerURL string        // the control plane as agents reach it
+	DataDir   string        // node work directories go under DataDir/nodes
 	Interval  time.Duration // market tick; default 250ms
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
