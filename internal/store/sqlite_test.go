@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -202,4 +203,54 @@ func readAll(t *testing.T, path string) string {
 		b = append(b, d...)
 	}
 	return string(b)
+}
+
+// BenchmarkCredentialNode is what every agent call adds: one lookup of
+// its credential's hash, joined with its node (1,000 nodes stored).
+func BenchmarkCredentialNode(b *testing.B) {
+	st, err := store.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	var creds []string
+	for i := range 1000 {
+		n := store.Node{Name: fmt.Sprintf("n%04d", i), Pool: "cpu", Priority: "spot", InstanceType: "local-small"}
+		if err := st.CreateNode(b.Context(), n); err != nil {
+			b.Fatal(err)
+		}
+		c, err := st.IssueNodeCredential(b.Context(), n.Name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		creds = append(creds, c)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := st.CredentialNode(b.Context(), creds[i%len(creds)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkGetNode is a reference for BenchmarkCredentialNode: the
+// simplest read by primary key, on the same 1,000 nodes.
+func BenchmarkGetNode(b *testing.B) {
+	st, err := store.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	for i := range 1000 {
+		n := store.Node{Name: fmt.Sprintf("n%04d", i), Pool: "cpu", Priority: "spot", InstanceType: "local-small"}
+		if err := st.CreateNode(b.Context(), n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := st.GetNode(b.Context(), fmt.Sprintf("n%04d", i%1000)); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
