@@ -6,8 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"syscall"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
