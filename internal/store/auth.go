@@ -14,7 +14,7 @@ import (
 )
 
 // Credentials. The store never keeps a secret, only its SHA-256: the
-// secrets are 256 random bits, so a plain hash is enough (no salt or slow
+// secrets are 192 or 256 random bits, so a plain hash is enough (no salt or slow
 // hash is needed against guessing), and a stolen database file opens
 // nothing. A secret is looked up by its hash; a timing difference in that
 // lookup can tell an attacker about hashes only, never about a secret.
