@@ -88,6 +88,39 @@ func testNodeCredentials(t *testing.T, h *harness) {
 	if _, err := h.st.CredentialNode(h.ctx, c2b); !errors.Is(err, store.ErrBadCredential) {
 		t.Errorf("credential of a lost node: %v", err)
 	}
+
+	// A deallocated node that restarts comes back under its name with a
+	// new credential; the one of its earlier life stays dead.
+	h.node("d1", true)
+	old, _ := h.st.IssueNodeCredential(h.ctx, "d1")
+	if err := h.st.EndNode(h.ctx, "d1", store.NodeDeallocated, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.st.RestartNode(h.ctx, "d1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.st.CredentialNode(h.ctx, old); !errors.Is(err, store.ErrBadCredential) {
+		t.Errorf("credential of a deallocated node's earlier life works after its restart: %v", err)
+	}
+	fresh, err := h.st.IssueNodeCredential(h.ctx, "d1")
+	if got, _ := h.st.CredentialNode(h.ctx, fresh); err != nil || got != "d1" {
+		t.Errorf("credential after restart: %q, %v", got, err)
+	}
+	// A node forgotten after a refused launch takes its credential along;
+	// a new node of the same name does not inherit it.
+	if err := h.st.CreateNode(h.ctx, store.Node{Name: "f1", Pool: "cpu", Priority: "spot", InstanceType: "local-small"}); err != nil {
+		t.Fatal(err)
+	}
+	forgotten, _ := h.st.IssueNodeCredential(h.ctx, "f1")
+	if err := h.st.DeleteNode(h.ctx, "f1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.st.CreateNode(h.ctx, store.Node{Name: "f1", Pool: "cpu", Priority: "spot", InstanceType: "local-small"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.st.CredentialNode(h.ctx, forgotten); !errors.Is(err, store.ErrBadCredential) {
+		t.Errorf("a deleted node's credential works for a new node of its name: %v", err)
+	}
 }
 
 // testAPITokens: named tokens with a role, created once, listed without
