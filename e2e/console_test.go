@@ -436,6 +436,32 @@ spec:
 	}
 	b.screenshot("11-fleet-1024px")
 
+	// A viewer's token shows everything and no button that would fail:
+	// the admin sees Evict… on a ready spot node, the viewer does not.
+	b.run("wide again", 10*time.Second, chromedp.EmulateViewport(1280, 900))
+	var evictButtons []*cdp.Node
+	b.run("admin evict buttons", 30*time.Second,
+		chromedp.Navigate(base+"#/fleet"),
+		chromedp.WaitVisible(`button[data-evict]`, chromedp.ByQuery),
+		chromedp.Nodes(`button[data-evict]`, &evictButtons, chromedp.ByQueryAll))
+	viewer := strings.TrimSpace(c.mustCLI("token", "create", "screen", "--role", "viewer"))
+	b.run("log in as a viewer", 20*time.Second,
+		chromedp.Click("#logout", chromedp.ByQuery),
+		chromedp.WaitVisible("form#login input#token", chromedp.ByQuery),
+		chromedp.SendKeys("#token", viewer+kb.Enter, chromedp.ByQuery),
+		chromedp.WaitVisible(`main[data-page="fleet"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`tr[data-priority="spot"]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#live[data-state="live"]`, chromedp.ByQuery),
+		waitText("#role", "read-only"))
+	var left int
+	b.run("viewer sees no evict button", 10*time.Second,
+		chromedp.Sleep(500*time.Millisecond),
+		chromedp.Evaluate(`document.querySelectorAll('button[data-evict]').length`, &left))
+	if len(evictButtons) == 0 || left != 0 {
+		t.Errorf("Evict… buttons: %d for the admin, %d for a viewer; want some, then none", len(evictButtons), left)
+	}
+	b.screenshot("12-fleet-viewer")
+
 	if ex := b.exceptions(); len(ex) > 0 {
 		t.Errorf("the console threw:\n%s", strings.Join(ex, "\n"))
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -88,18 +89,14 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		return err
 	}
 	defer st.Close()
-	token, err := st.Secret(ctx, "token")
+	// The bootstrap secrets live in their files only; the store keeps
+	// their hashes. Deleting a file and restarting rotates that secret.
+	token, err := bootstrapSecret(ctx, st, data, "token")
 	if err != nil {
 		return err
 	}
-	joinToken, err := st.Secret(ctx, "join-token")
+	joinToken, err := bootstrapSecret(ctx, st, data, "join-token")
 	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(data, "token"), []byte(token+"\n"), 0o600); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(data, "join-token"), []byte(joinToken+"\n"), 0o600); err != nil {
 		return err
 	}
 	blobs, err := blob.NewStore("file://" + filepath.Join(data, "blobs"))
@@ -120,7 +117,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		if err != nil {
 			return err
 		}
-		loc = local.New(st, local.Config{Binary: self, ServerURL: url, DataDir: data, JoinToken: joinToken}, log, time.Now)
+		loc = local.New(st, local.Config{Binary: self, ServerURL: url, DataDir: data}, log, time.Now)
 		providers[local.Name] = loc
 		cfg.Evictor, cfg.Metadata, cfg.MetadataPrefix = loc, loc.Metadata(), local.MetadataPrefix
 	}
@@ -176,6 +173,27 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	return err
 }
 
+// bootstrapSecret returns the secret kept in DATA/name, making it (and
+// the file) when there is none or the file does not hold the secret whose
+// hash the store keeps.
+func bootstrapSecret(ctx context.Context, st *store.Store, data, name string) (string, error) {
+	path := filepath.Join(data, name)
+	have := ""
+	if b, err := os.ReadFile(path); err == nil {
+		have = strings.TrimSpace(string(b))
+	}
+	secret, err := st.EnsureSecret(ctx, name, have)
+	if err != nil {
+		return "", err
+	}
+	if secret != have {
+		if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+			return "", err
+		}
+	}
+	return secret, nil
+}
+
 // stopLocalNodes ends the local nodes when spotml up stops on purpose: they
 // are processes of this machine and would otherwise linger. (A crash leaves
 // them running; the next start adopts them.)
@@ -200,7 +218,7 @@ func stopLocalNodes(st *store.Store, loc *local.Local, log *slog.Logger) {
 
 func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 	var cfg agent.Config
-	var logLevel string
+	var logLevel, credFile, joinFile string
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent (started by providers on each node)",
@@ -210,16 +228,38 @@ func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.JoinToken = getenv("SPOTML_JOIN_TOKEN")
-			if cfg.JoinToken == "" {
-				return errors.New("SPOTML_JOIN_TOKEN is not set: agents join with the control plane's join token (DATA_DIR/join-token)")
-			}
 			if cfg.Node == "" || cfg.WorkDir == "" {
 				return errors.New("--node and --workdir are required")
+			}
+			switch {
+			case credFile != "":
+				// The provider's credential for this node: read once, then
+				// removed so that no task of this node finds it.
+				b, err := os.ReadFile(credFile)
+				if err != nil {
+					return fmt.Errorf("--credential-file: %w", err)
+				}
+				if err := os.Remove(credFile); err != nil {
+					return fmt.Errorf("--credential-file: %w", err)
+				}
+				cfg.Credential = strings.TrimSpace(string(b))
+			case joinFile != "":
+				b, err := os.ReadFile(joinFile)
+				if err != nil {
+					return fmt.Errorf("--join-token-file: %w", err)
+				}
+				cfg.JoinToken = strings.TrimSpace(string(b))
+			default:
+				cfg.JoinToken = getenv("SPOTML_JOIN_TOKEN")
+			}
+			if cfg.Credential == "" && cfg.JoinToken == "" {
+				return errors.New("no credential: start the agent with --join-token-file DATA_DIR/join-token (or SPOTML_JOIN_TOKEN set to that file's content); it joins with it and gets its node's own credential")
 			}
 			return agent.New(cfg, log, time.Now).Run(c.Context())
 		},
 	}
+	c.Flags().StringVar(&credFile, "credential-file", "", "file holding this node's own credential (providers write it at launch); read once and deleted")
+	c.Flags().StringVar(&joinFile, "join-token-file", "", "file holding the control plane's join token (DATA_DIR/join-token), exchanged at registration for this node's own credential; default $SPOTML_JOIN_TOKEN")
 	c.Flags().StringVar(&cfg.Server, "server", "http://127.0.0.1:8080", "control plane URL")
 	c.Flags().StringVar(&cfg.Node, "node", "", "this node's name")
 	c.Flags().StringVar(&cfg.WorkDir, "workdir", "", "this node's work directory")

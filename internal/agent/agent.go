@@ -32,7 +32,11 @@ import (
 
 // Config says who the agent is and where things are.
 type Config struct {
-	Server         string
+	Server string
+	// Credential is the node's own credential (the provider made it at
+	// launch). Without one the agent registers with JoinToken and gets
+	// its credential back; it forgets the join token then.
+	Credential     string
 	JoinToken      string
 	Node           string
 	WorkDir        string
@@ -74,7 +78,11 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 	if cfg.LogUpload == 0 {
 		cfg.LogUpload = 3 * time.Second
 	}
-	return &Agent{cfg: cfg, api: client.New(cfg.Server, cfg.JoinToken), log: log.With("node", cfg.Node), now: now,
+	token := cfg.Credential
+	if token == "" {
+		token = cfg.JoinToken
+	}
+	return &Agent{cfg: cfg, api: client.New(cfg.Server, token), log: log.With("node", cfg.Node), now: now,
 		running: map[int64]*attempt{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
 }
 
@@ -147,10 +155,19 @@ func (a *Agent) register(ctx context.Context) (api.RegisterResponse, error) {
 	for {
 		err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/register", api.RegisterRequest{Node: a.cfg.Node, PID: os.Getpid()}, &resp)
 		if err == nil {
+			if resp.Credential != "" {
+				// Joined with the join token: from now on this node speaks
+				// with its own credential only.
+				a.api = client.New(a.cfg.Server, resp.Credential)
+				a.cfg.JoinToken, a.cfg.Credential = "", resp.Credential
+			}
+			if a.cfg.Credential == "" {
+				return resp, errors.New("join: the control plane gave this node no credential; is it an older spotml?")
+			}
 			a.log.Info("joined", "blob", resp.BlobURL, "heartbeat", resp.HeartbeatInterval)
 			return resp, nil
 		}
-		if c := client.Code(err); c == http.StatusConflict || c == http.StatusNotFound || c == http.StatusUnauthorized {
+		if c := client.Code(err); c == http.StatusConflict || c == http.StatusNotFound || c == http.StatusUnauthorized || c == http.StatusForbidden {
 			return resp, fmt.Errorf("join refused: %w", err)
 		}
 		a.log.Warn("cannot join yet; retrying", "err", err)
@@ -173,7 +190,7 @@ func (a *Agent) runStartTask(ctx context.Context, reg api.RegisterResponse) erro
 	}
 	cmd := exec.CommandContext(ctx, st.Command[0], st.Command[1:]...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "SPOTML_NODE="+a.cfg.Node)
+	cmd.Env = append(Environ(os.Environ()), "SPOTML_NODE="+a.cfg.Node)
 	for k, v := range st.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -203,7 +220,10 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	a.mu.Unlock()
 	var resp api.HeartbeatResponse
 	err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/heartbeat", req, &resp)
-	if c := client.Code(err); c == http.StatusConflict || c == http.StatusNotFound {
+	// 401: this node's credential stopped working because the node ended
+	// (409 and 404 are what an older control plane says).
+	if c := client.Code(err); c == http.StatusConflict || c == http.StatusNotFound || c == http.StatusUnauthorized || c == http.StatusForbidden {
+		a.log.Warn("control plane refuses this node", "err", err)
 		return errNodeEnded
 	}
 	if err != nil {
@@ -433,3 +453,21 @@ func (a *Agent) report(ctx context.Context, as api.Assignment, outcome string, c
 }
 
 var _ = store.OutcomeSucceeded // outcomes are the store's
+
+// Environ returns env without spotml's secrets: whatever spotml starts
+// (agents, start tasks, tasks, replicas) inherits the rest of its
+// environment, never a token or credential, so that a task cannot act as
+// its node, another node or an admin. A secret is any SPOTML_ variable
+// whose name holds TOKEN or CREDENTIAL (SPOTML_TOKEN, SPOTML_JOIN_TOKEN,
+// SPOTML_NODE_CREDENTIAL).
+func Environ(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "SPOTML_") && (strings.Contains(name, "TOKEN") || strings.Contains(name, "CREDENTIAL")) {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}

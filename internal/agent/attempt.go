@@ -125,7 +125,7 @@ func (at *attempt) run(agentCtx context.Context) {
 	cmd := exec.Command(as.Spec.Command[0], as.Spec.Command[1:]...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(Environ(os.Environ()),
 		"SPOTML_TASK_INDEX="+strconv.Itoa(as.Index),
 		"SPOTML_ATTEMPT="+strconv.Itoa(as.Attempt),
 		"SPOTML_JOB="+as.Job,

@@ -159,7 +159,7 @@ func (r *replica) run(ctx context.Context) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = r.dir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(Environ(os.Environ()),
 		"PORT="+strconv.Itoa(port),
 		"SPOTML_MODEL_PATH="+modelPath,
 		"SPOTML_SERVICE="+as.Service,

@@ -24,6 +24,10 @@ type RegisterResponse struct {
 	BlobURL           string          `json:"blobURL"` // the default blob store
 	HeartbeatInterval time.Duration   `json:"heartbeatInterval"`
 	StartTask         *spec.StartTask `json:"startTask,omitempty"`
+	// Credential is the node's own credential, given to an agent that
+	// joined with the join token: it authenticates every later call of
+	// this node, for this node only, and stops working when the node ends.
+	Credential string `json:"credential,omitempty"`
 }
 
 // HeartbeatRequest says an agent is alive and what it runs.
@@ -165,4 +169,25 @@ type Info struct {
 	GatewayURL string    `json:"gatewayURL"` // the inference gateway's address; empty when none runs here
 	Evict      bool      `json:"evict"`      // nodes can be evicted on request (local provider)
 	Predict    bool      `json:"predict"`    // Prefix/gateway/... reaches this process's gateway
+	Role       string    `json:"role"`       // the caller's role: admin or viewer
+	TokenName  string    `json:"tokenName"`  // the caller's token: a name, or "bootstrap" for DATA_DIR/token
+}
+
+// TokenRequest asks for a new named API token.
+type TokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"` // admin or viewer
+}
+
+// Token is a named API token as listed; its secret is never shown again.
+type Token struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// TokenCreated answers a TokenRequest with the secret, once.
+type TokenCreated struct {
+	Token
+	Secret string `json:"token"`
 }

@@ -15,6 +15,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	if err := nodeOnly(r, req.Node); err != nil {
+		return err
+	}
 	n, err := s.cfg.Store.GetNode(r.Context(), req.Node)
 	if err != nil {
 		return err
@@ -25,6 +28,13 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	resp := api.RegisterResponse{BlobURL: s.cfg.Blobs.DefaultURL(), HeartbeatInterval: s.cfg.HeartbeatInterval}
 	if p, err := s.cfg.Store.GetPool(r.Context(), n.Pool); err == nil {
 		resp.StartTask = p.Spec.Spec.StartTask
+	}
+	if caller(r).kind == kindJoin {
+		// Joined with the shared join token: from now on the agent speaks
+		// with its own node's credential only.
+		if resp.Credential, err = s.cfg.Store.IssueNodeCredential(r.Context(), n.Name); err != nil {
+			return err
+		}
 	}
 	if err := s.cfg.Store.AddEvent(r.Context(), "Joined", "node/"+n.Name, "AgentRegistered", fmt.Sprintf("pid %d", req.PID)); err != nil {
 		return err
@@ -38,6 +48,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	var req api.HeartbeatRequest
 	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := nodeOnly(r, req.Node); err != nil {
 		return err
 	}
 	var progress []store.Progress
@@ -101,6 +114,9 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	if err := nodeOnly(r, req.Node); err != nil {
+		return err
+	}
 	if req.Outcome != store.OutcomeSucceeded && req.Outcome != store.OutcomeFailed && req.Outcome != store.OutcomePreempted {
 		return badRequest{fmt.Errorf("outcome: %q is not succeeded, failed or preempted", req.Outcome)}
 	}
@@ -117,6 +133,9 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) notice(w http.ResponseWriter, r *http.Request) error {
 	var req api.NoticeRequest
 	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := nodeOnly(r, req.Node); err != nil {
 		return err
 	}
 	if _, err := s.cfg.Store.SetNotice(r.Context(), req.Node, req.Deadline, "agent"); err != nil {

@@ -40,6 +40,10 @@ func TestConcurrentReports(t *testing.T) {
 		t.Fatalf("%d of %d tasks running (%v)", len(running), tasks, err)
 	}
 
+	creds := map[string]string{}
+	for _, n := range a.prov.launched {
+		creds[n] = a.cred(n)
+	}
 	type result struct {
 		accepted bool
 		err      error
@@ -50,7 +54,7 @@ func TestConcurrentReports(t *testing.T) {
 		for range 2 {
 			wg.Go(func() {
 				body, _ := json.Marshal(api.ReportRequest{Node: tk.Node, Attempt: tk.Attempt, Outcome: store.OutcomeSucceeded})
-				code, b, err := post(a.ctx, fmt.Sprintf("%s%s/agent/tasks/%d/report", a.url, api.Prefix, tk.ID), body)
+				code, b, err := post(a.ctx, fmt.Sprintf("%s%s/agent/tasks/%d/report", a.url, api.Prefix, tk.ID), creds[tk.Node], body)
 				if err == nil && code != http.StatusOK {
 					err = fmt.Errorf("report: %d %s", code, b)
 				}
@@ -85,13 +89,13 @@ func TestConcurrentReports(t *testing.T) {
 	}
 }
 
-// post sends a JSON body with the join token; safe in any goroutine.
-func post(ctx context.Context, url string, body []byte) (int, []byte, error) {
+// post sends a JSON body with a token; safe in any goroutine.
+func post(ctx context.Context, url, token string, body []byte) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+joinToken)
+	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

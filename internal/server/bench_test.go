@@ -80,7 +80,7 @@ type fleet struct {
 	plane *control.Plane
 	srv   *httptest.Server
 	http  *http.Client
-	join  string
+	creds map[string]string // node credentials by node
 }
 
 // newFleet makes one pool of ready nodes (16 cpu each) and one job of
@@ -108,6 +108,7 @@ func newFleet(b *testing.B, nodes, tasks int) *fleet {
 	if _, err := st.Apply(ctx, []spec.Pool{pool}, nil); err != nil {
 		b.Fatal(err)
 	}
+	creds := map[string]string{}
 	for i := range nodes {
 		n := store.Node{Name: fmt.Sprintf("fleet-%05d", i), Pool: "fleet", Priority: spec.PrioritySpot, InstanceType: "custom",
 			Capacity: *pool.Spec.Capacity, PricePerHour: 0.1, OnDemandPrice: 0.4}
@@ -115,6 +116,9 @@ func newFleet(b *testing.B, nodes, tasks int) *fleet {
 			b.Fatal(err)
 		}
 		if _, err := st.Heartbeat(ctx, n.Name, true); err != nil {
+			b.Fatal(err)
+		}
+		if creds[n.Name], err = st.IssueNodeCredential(ctx, n.Name); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -131,7 +135,7 @@ func newFleet(b *testing.B, nodes, tasks int) *fleet {
 	srv := httptest.NewServer(server.New(server.Config{Store: st, Blobs: blobs, Plane: plane, Token: "admin", JoinToken: "join",
 		HeartbeatInterval: time.Second, Log: log, Now: time.Now}))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: nodes, MaxConnsPerHost: nodes}}
-	return &fleet{st: st, plane: plane, srv: srv, http: client, join: "join"}
+	return &fleet{st: st, plane: plane, srv: srv, http: client, creds: creds}
 }
 
 func (f *fleet) close() {
@@ -158,7 +162,7 @@ func (f *fleet) reportWave(ctx context.Context) (int, error) {
 			for _, t := range tasks {
 				body, _ := json.Marshal(api.ReportRequest{Node: node, Attempt: t.Attempt, Outcome: store.OutcomeSucceeded})
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s%s/agent/tasks/%d/report", f.srv.URL, api.Prefix, t.ID), bytes.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+f.join)
+				req.Header.Set("Authorization", "Bearer "+f.creds[node])
 				resp, err := f.http.Do(req)
 				if err != nil {
 					errs <- err

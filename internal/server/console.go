@@ -54,6 +54,8 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 		GatewayURL: s.cfg.GatewayURL,
 		Evict:      s.cfg.Evictor != nil,
 		Predict:    s.cfg.Gateway != nil,
+		Role:       caller(r).kind,
+		TokenName:  caller(r).name,
 	})
 	return nil
 }

@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,8 +45,8 @@ type Config struct {
 	Gateway           http.Handler   // this process's inference gateway, for the console's model tester; may be nil
 	GatewayURL        string         // where clients reach the gateway, shown by the console
 	MetadataPrefix    string
-	Token             string // admin token: every /api/v1 path
-	JoinToken         string // agents: /api/v1/agent paths only
+	Token             string // the bootstrap admin token (DATA_DIR/token): every path but the agent API
+	JoinToken         string // registers an agent, which gets its node's own credential back
 	HeartbeatInterval time.Duration
 	Log               *slog.Logger
 	Now               func() time.Time
@@ -80,11 +79,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 func (s *Server) CloseStreams() { s.stopStreams() }
 
 func (s *Server) routes() {
-	admin := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
-		s.mux.Handle(pattern, s.auth(false, h))
+	// Who may call what: read is every GET (admin and viewer tokens),
+	// write changes state (admin only), agent is a node's own calls (its
+	// credential, or the join token to register).
+	read := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+		s.mux.Handle(pattern, s.auth(needRead, h))
+	}
+	write := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+		s.mux.Handle(pattern, s.auth(needAdmin, h))
 	}
 	agent := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
-		s.mux.Handle(pattern, s.auth(true, h))
+		s.mux.Handle(pattern, s.auth(needNode, h))
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	reg := prometheus.NewRegistry()
@@ -94,33 +99,39 @@ func (s *Server) routes() {
 		s.mux.Handle(s.cfg.MetadataPrefix+"/", http.StripPrefix(s.cfg.MetadataPrefix, s.cfg.Metadata))
 	}
 	p := api.Prefix
-	admin("POST "+p+"/apply", s.apply)
-	admin("GET "+p+"/pools", s.listPools)
-	admin("GET "+p+"/pools/{name}", s.getPool)
-	admin("DELETE "+p+"/pools/{name}", s.deletePool)
-	admin("GET "+p+"/nodes", s.listNodes)
-	admin("GET "+p+"/nodes/{name}", s.getNode)
-	admin("POST "+p+"/nodes/{name}/evict", s.evict)
-	admin("GET "+p+"/jobs", s.listJobs)
-	admin("GET "+p+"/jobs/{name}", s.getJob)
-	admin("DELETE "+p+"/jobs/{name}", s.deleteJob)
-	admin("GET "+p+"/jobs/{name}/tasks/{task}/logs", s.logs)
-	admin("GET "+p+"/services", s.listServices)
-	admin("GET "+p+"/services/{name}", s.getService)
-	admin("DELETE "+p+"/services/{name}", s.deleteService)
-	admin("GET "+p+"/replicas", s.listReplicas)
-	admin("GET "+p+"/events", s.events)
-	admin("GET "+p+"/cost", s.cost)
-	admin("GET "+p+"/services/{name}/history", s.serviceHistory)
-	admin("GET "+p+"/info", s.info)
-	admin("GET "+p+"/watch", s.watch)
-	admin("GET "+p+"/cost/history", s.costHistory)
-	admin("GET "+p+"/gateway/{path...}", s.toGateway)
-	admin("POST "+p+"/gateway/{path...}", s.toGateway)
-	admin("GET "+p+"/blobs", s.listBlobs)
-	admin("GET "+p+"/blobs/{path...}", s.getBlob)
-	admin("PUT "+p+"/blobs/{path...}", s.putBlob)
-	agent("POST "+p+"/agent/register", s.register)
+	write("POST "+p+"/apply", s.apply)
+	read("GET "+p+"/pools", s.listPools)
+	read("GET "+p+"/pools/{name}", s.getPool)
+	write("DELETE "+p+"/pools/{name}", s.deletePool)
+	read("GET "+p+"/nodes", s.listNodes)
+	read("GET "+p+"/nodes/{name}", s.getNode)
+	write("POST "+p+"/nodes/{name}/evict", s.evict)
+	read("GET "+p+"/jobs", s.listJobs)
+	read("GET "+p+"/jobs/{name}", s.getJob)
+	write("DELETE "+p+"/jobs/{name}", s.deleteJob)
+	read("GET "+p+"/jobs/{name}/tasks/{task}/logs", s.logs)
+	read("GET "+p+"/services", s.listServices)
+	read("GET "+p+"/services/{name}", s.getService)
+	write("DELETE "+p+"/services/{name}", s.deleteService)
+	read("GET "+p+"/replicas", s.listReplicas)
+	read("GET "+p+"/events", s.events)
+	read("GET "+p+"/cost", s.cost)
+	read("GET "+p+"/services/{name}/history", s.serviceHistory)
+	read("GET "+p+"/info", s.info)
+	read("GET "+p+"/watch", s.watch)
+	read("GET "+p+"/cost/history", s.costHistory)
+	// Inference through the gateway changes no state (the gateway's own
+	// port takes no API token at all): a viewer may try a model.
+	read("GET "+p+"/gateway/{path...}", s.toGateway)
+	read("POST "+p+"/gateway/{path...}", s.toGateway)
+	read("GET "+p+"/blobs", s.listBlobs)
+	read("GET "+p+"/blobs/{path...}", s.getBlob)
+	write("PUT "+p+"/blobs/{path...}", s.putBlob)
+	// Tokens are an admin's business, listing them too.
+	write("GET "+p+"/tokens", s.listTokens)
+	write("POST "+p+"/tokens", s.createToken)
+	write("DELETE "+p+"/tokens/{name}", s.revokeToken)
+	s.mux.Handle("POST "+p+"/agent/register", s.auth(needJoin, s.register))
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
 	agent("POST "+p+"/agent/notice", s.notice)
@@ -129,30 +140,9 @@ func (s *Server) routes() {
 	// catch-all below. The console answers other methods with 405.)
 	s.mux.Handle("/", console.Handler())
 	// Anything else under the API prefix still needs a token, then 404s.
-	admin(p+"/", func(w http.ResponseWriter, r *http.Request) error {
+	read(p+"/", func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, store.ErrNotFound)
 	})
-}
-
-// auth checks the bearer token. Agent paths take the join token or the
-// admin token; everything else only the admin token.
-func (s *Server) auth(agentPath bool, h func(http.ResponseWriter, *http.Request) error) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		valid := ok && (equal(got, s.cfg.Token) || (agentPath && equal(got, s.cfg.JoinToken)))
-		if !valid {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="spotml"`)
-			writeJSON(w, http.StatusUnauthorized, api.Error{Error: "missing or wrong API token: send 'Authorization: Bearer TOKEN' with the token from DATA_DIR/token (the CLI reads SPOTML_TOKEN or that file)"})
-			return
-		}
-		if err := h(w, r); err != nil {
-			s.writeError(w, r, err)
-		}
-	})
-}
-
-func equal(a, b string) bool {
-	return b != "" && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }
 
 // badRequest marks an error as the client's fault.
@@ -172,6 +162,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, store.ErrConflict):
 		code = http.StatusConflict
+	case errors.As(err, new(forbidden)):
+		code = http.StatusForbidden
 	case errors.Is(err, errNotImplemented):
 		code = http.StatusNotImplemented
 	}

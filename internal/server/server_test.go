@@ -64,6 +64,7 @@ type apiServer struct {
 	prov    *recorder
 	plane   *control.Plane
 	handler *server.Server
+	creds   map[string]string // node credentials by node
 }
 
 // newAPI starts an API server; opts adjust its configuration.
@@ -90,7 +91,8 @@ func newAPI(t *testing.T, opts ...func(*server.Config)) *apiServer {
 	h := server.New(cfg)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &apiServer{t: t, ctx: t.Context(), url: srv.URL, st: st, blobs: blobs, clock: clock, prov: prov, plane: plane, handler: h}
+	return &apiServer{t: t, ctx: t.Context(), url: srv.URL, st: st, blobs: blobs, clock: clock, prov: prov, plane: plane, handler: h,
+		creds: map[string]string{}}
 }
 
 // reply is one HTTP answer.
@@ -164,14 +166,47 @@ func (a *apiServer) admin(method, path string, body any, code int) reply {
 	return r
 }
 
-// agent sends a request of the agent protocol with the join token.
+// agent sends a request of the agent protocol with the credential of
+// the node the body names, issued as a provider does at launch.
 func (a *apiServer) agent(path string, body any, code int) reply {
 	a.t.Helper()
-	r := a.do(http.MethodPost, api.Prefix+"/agent"+path, joinToken, body)
+	b, err := json.Marshal(body)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	var named struct{ Node string }
+	json.Unmarshal(b, &named)
+	return a.agentAs(a.cred(named.Node), path, body, code)
+}
+
+// agentAs sends a request of the agent protocol with token.
+func (a *apiServer) agentAs(token, path string, body any, code int) reply {
+	a.t.Helper()
+	r := a.do(http.MethodPost, api.Prefix+"/agent"+path, token, body)
 	if r.code != code {
 		a.t.Fatalf("POST agent%s: %s, want %d", path, r, code)
 	}
 	return r
+}
+
+// cred returns node's credential, issuing one the first time.
+func (a *apiServer) cred(node string) string {
+	a.t.Helper()
+	if c, ok := a.creds[node]; ok {
+		return c
+	}
+	c, err := a.st.IssueNodeCredential(a.ctx, node)
+	if err != nil {
+		a.t.Fatalf("credential for %s: %v", node, err)
+	}
+	a.creds[node] = c
+	return c
+}
+
+// token makes a named API token through the API and returns its secret.
+func (a *apiServer) token(name, role string) string {
+	a.t.Helper()
+	return decode[api.TokenCreated](a.t, a.admin("POST", "/tokens", api.TokenRequest{Name: name, Role: role}, http.StatusCreated)).Secret
 }
 
 func decode[T any](t *testing.T, r reply) T {
@@ -232,41 +267,57 @@ spec:
       maxRetries: 1
 `
 
-// routes are every API route with a path that matches it.
+// routes are every API route with a path that matches it, and who may
+// call it.
 var routes = []struct {
 	method, path string
-	agent        bool
+	need         string // read (admin, viewer), admin, agent (node credential), join (node credential, join token)
 }{
-	{"POST", "/apply", false},
-	{"GET", "/pools", false},
-	{"GET", "/pools/cpu", false},
-	{"DELETE", "/pools/cpu", false},
-	{"GET", "/nodes", false},
-	{"GET", "/nodes/n1", false},
-	{"POST", "/nodes/n1/evict", false},
-	{"GET", "/jobs", false},
-	{"GET", "/jobs/train", false},
-	{"DELETE", "/jobs/train", false},
-	{"GET", "/jobs/train/tasks/fit/logs", false},
-	{"GET", "/events", false},
-	{"GET", "/cost", false},
-	{"GET", "/blobs", false},
-	{"GET", "/blobs/outputs/model.bin", false},
-	{"PUT", "/blobs/outputs/model.bin", false},
-	{"GET", "/no/such/route", false},
-	{"PATCH", "/pools", false},
-	{"POST", "/agent/register", true},
-	{"POST", "/agent/heartbeat", true},
-	{"POST", "/agent/tasks/1/report", true},
-	{"POST", "/agent/notice", true},
+	{"POST", "/apply", "admin"},
+	{"GET", "/pools", "read"},
+	{"GET", "/pools/cpu", "read"},
+	{"DELETE", "/pools/cpu", "admin"},
+	{"GET", "/nodes", "read"},
+	{"GET", "/nodes/n1", "read"},
+	{"POST", "/nodes/n1/evict", "admin"},
+	{"GET", "/jobs", "read"},
+	{"GET", "/jobs/train", "read"},
+	{"DELETE", "/jobs/train", "admin"},
+	{"GET", "/jobs/train/tasks/fit/logs", "read"},
+	{"DELETE", "/services/m", "admin"},
+	{"GET", "/events", "read"},
+	{"GET", "/cost", "read"},
+	{"GET", "/info", "read"},
+	{"GET", "/blobs", "read"},
+	{"GET", "/blobs/outputs/model.bin", "read"},
+	{"PUT", "/blobs/outputs/model.bin", "admin"},
+	{"GET", "/tokens", "admin"},
+	{"POST", "/tokens", "admin"},
+	{"DELETE", "/tokens/nobody", "admin"},
+	{"GET", "/no/such/route", "read"},
+	{"PATCH", "/pools", "read"},
+	{"POST", "/agent/register", "join"},
+	{"POST", "/agent/heartbeat", "agent"},
+	{"POST", "/agent/tasks/1/report", "agent"},
+	{"POST", "/agent/notice", "agent"},
 }
 
+// TestAuth: every route refuses a missing or wrong token (401), and each
+// kind of credential opens exactly its routes (403 elsewhere, with a
+// message that names why).
 func TestAuth(t *testing.T) {
 	a := newAPI(t)
-	body := []byte(poolYAML)
+	a.admin("POST", "/apply", applyFiles("p.yaml", poolYAML+"---\n"+jobYAML), http.StatusOK)
+	if err := a.plane.Reconcile(a.ctx); err != nil {
+		t.Fatal(err)
+	}
+	node := a.cred(a.prov.launched[0])
+	viewer := a.token("reader", store.RoleViewer)
+	body := []byte(strings.Replace(poolYAML, "name: cpu", "name: other", 1))
 	for _, rt := range routes {
 		name := rt.method + " " + rt.path
-		for _, auth := range []string{"", "Bearer wrong", "Bearer " + adminToken + "x", "Basic " + adminToken, adminToken, "Bearer "} {
+		for _, auth := range []string{"", "Bearer wrong", "Bearer " + adminToken + "x", "Basic " + adminToken, adminToken, "Bearer ",
+			"Bearer " + store.NodeCredentialPrefix + "x", "Bearer " + store.APITokenPrefix + "x", "Bearer " + node + "x", "Bearer " + viewer[:len(viewer)-1]} {
 			req, _ := http.NewRequestWithContext(a.ctx, rt.method, a.url+api.Prefix+rt.path, bytes.NewReader(body))
 			if auth != "" {
 				req.Header.Set("Authorization", auth)
@@ -286,24 +337,50 @@ func TestAuth(t *testing.T) {
 				t.Errorf("%s: 401 without a hint or WWW-Authenticate: %s", name, r)
 			}
 		}
-		// The join token opens the agent protocol only.
-		r := a.do(rt.method, api.Prefix+rt.path, joinToken, nil)
-		if rt.agent && r.code == http.StatusUnauthorized {
-			t.Errorf("%s with the join token: %s", name, r)
-		}
-		if !rt.agent && r.code != http.StatusUnauthorized {
-			t.Errorf("%s with the join token: %s, want 401", name, r)
+		for _, c := range []struct {
+			who, token string
+			may        []string
+			says       string // in the 403's message
+		}{
+			{"a viewer token", viewer, []string{"read"}, ""},
+			{"a node credential", node, []string{"agent", "join"}, "agent API only"},
+			{"the join token", joinToken, []string{"join"}, "only registers"},
+		} {
+			r := a.do(rt.method, api.Prefix+rt.path, c.token, body)
+			switch {
+			case slices.Contains(c.may, rt.need) && (r.code == http.StatusUnauthorized || r.code == http.StatusForbidden):
+				t.Errorf("%s with %s: %s", name, c.who, r)
+			case !slices.Contains(c.may, rt.need) && r.code != http.StatusForbidden:
+				t.Errorf("%s with %s: %s, want 403", name, c.who, r)
+			case !slices.Contains(c.may, rt.need):
+				says := c.says
+				if says == "" && rt.need == "admin" {
+					says = `token "reader" has role viewer, which is read-only`
+				}
+				if msg := r.errorText(t); !strings.Contains(msg, says) {
+					t.Errorf("%s with %s: 403 %q, want it to say %q", name, c.who, msg, says)
+				}
+			}
 		}
 	}
 	// Refused requests changed nothing.
 	if r := a.admin("GET", "/blobs/outputs/model.bin", nil, http.StatusNotFound); !strings.Contains(r.errorText(t), "outputs/model.bin") {
 		t.Errorf("missing blob: %s", r)
 	}
-	a.assertEmpty()
-	// The admin token opens every path.
+	if r := a.admin("GET", "/pools", nil, http.StatusOK); strings.Contains(string(r.body), "other") {
+		t.Errorf("a refused apply stored a pool: %s", r.body)
+	}
+
+	// The admin token opens every path but the agent API's.
 	for _, rt := range routes {
-		if r := a.do(rt.method, api.Prefix+rt.path, adminToken, nil); r.code == http.StatusUnauthorized {
-			t.Errorf("%s %s with the admin token: %s", rt.method, rt.path, r)
+		r := a.do(rt.method, api.Prefix+rt.path, adminToken, nil)
+		switch {
+		case rt.need == "read" || rt.need == "admin":
+			if r.code == http.StatusUnauthorized || r.code == http.StatusForbidden {
+				t.Errorf("%s %s with the admin token: %s", rt.method, rt.path, r)
+			}
+		case r.code != http.StatusForbidden || !strings.Contains(r.errorText(t), "node's credential"):
+			t.Errorf("%s %s with the admin token: %s, want 403 naming the node's credential", rt.method, rt.path, r)
 		}
 	}
 
@@ -504,10 +581,17 @@ func TestAgentProtocol(t *testing.T) {
 	}
 	node := a.prov.launched[0]
 
-	reg := decode[api.RegisterResponse](t, a.agent("/register", api.RegisterRequest{Node: node, PID: 4242}, http.StatusOK))
+	// A hand-started agent joins with the join token and gets its node's
+	// own credential back, which it uses from then on.
+	reg := decode[api.RegisterResponse](t, a.agentAs(joinToken, "/register", api.RegisterRequest{Node: node, PID: 4242}, http.StatusOK))
 	if reg.BlobURL != a.blobs.DefaultURL() || reg.HeartbeatInterval != time.Second || reg.StartTask == nil || reg.StartTask.Command[0] != "setup" {
 		t.Errorf("register: %+v", reg)
 	}
+	if !strings.HasPrefix(reg.Credential, store.NodeCredentialPrefix) {
+		t.Fatalf("register with the join token gave no node credential: %+v", reg)
+	}
+	a.creds[node] = reg.Credential
+	a.agentAs(joinToken, "/heartbeat", api.HeartbeatRequest{Node: node}, http.StatusForbidden)
 	a.clock.Advance(time.Second)
 	hb := decode[api.HeartbeatResponse](t, a.agent("/heartbeat", api.HeartbeatRequest{Node: node}, http.StatusOK))
 	if hb.Tasks == nil || len(hb.Tasks) != 0 {
@@ -580,17 +664,19 @@ func TestAgentProtocol(t *testing.T) {
 		t.Errorf("node after a notice: %+v", n)
 	}
 
-	// An ended node is told to stop.
+	// An ended node's credential stops working: its agent is told to
+	// stop, and it cannot join again with the join token either.
 	if err := a.st.EndNode(a.ctx, node, store.NodePreempted, "SpotEviction"); err != nil {
 		t.Fatal(err)
 	}
-	if msg := a.agent("/heartbeat", api.HeartbeatRequest{Node: node, Ready: true}, http.StatusConflict).errorText(t); !strings.Contains(msg, "preempted") {
+	if msg := a.agent("/heartbeat", api.HeartbeatRequest{Node: node, Ready: true}, http.StatusUnauthorized).errorText(t); !strings.Contains(msg, "ended") {
 		t.Errorf("heartbeat of an ended node: %s", msg)
 	}
-	a.agent("/register", api.RegisterRequest{Node: node}, http.StatusConflict)
-	a.agent("/notice", api.NoticeRequest{Node: node, Deadline: a.clock.Now()}, http.StatusConflict)
-	a.agent("/heartbeat", api.HeartbeatRequest{Node: "nope"}, http.StatusNotFound)
-	a.agent("/register", api.RegisterRequest{Node: "nope"}, http.StatusNotFound)
+	a.agent("/register", api.RegisterRequest{Node: node}, http.StatusUnauthorized)
+	a.agent("/notice", api.NoticeRequest{Node: node, Deadline: a.clock.Now()}, http.StatusUnauthorized)
+	a.agent(fmt.Sprintf("/tasks/%d/report", as.TaskID), api.ReportRequest{Node: node, Attempt: 1, Outcome: store.OutcomeSucceeded}, http.StatusUnauthorized)
+	a.agentAs(joinToken, "/register", api.RegisterRequest{Node: node}, http.StatusConflict)
+	a.agentAs(joinToken, "/register", api.RegisterRequest{Node: "nope"}, http.StatusNotFound)
 
 	if live := a.admin("GET", "/nodes", nil, http.StatusOK); strings.TrimSpace(string(live.body)) != "[]" {
 		t.Errorf("live nodes: %s", live.body)

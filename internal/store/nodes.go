@@ -279,6 +279,9 @@ func (s *Store) EndNode(ctx context.Context, name, state, reason string) error {
 		if err := s.event(ctx, tx, kind, "node/"+name, reason, ""); err != nil {
 			return err
 		}
+		if err := s.dropNodeCredentials(ctx, tx, name); err != nil {
+			return err
+		}
 		if err := s.endNodeReplicas(ctx, tx, name, "node "+name+" "+state); err != nil {
 			return err
 		}
@@ -375,7 +378,9 @@ func (s *Store) DeleteNode(ctx context.Context, name string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return nil
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM node_runs WHERE node = ?`, name)
-		return err
+		if _, err = tx.ExecContext(ctx, `DELETE FROM node_runs WHERE node = ?`, name); err != nil {
+			return err
+		}
+		return s.dropNodeCredentials(ctx, tx, name)
 	})
 }

@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"database/sql"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -135,5 +137,120 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 	}
 	if s, err := st.ServiceSamples(t.Context(), "m", time.Time{}); err != nil || len(s) != 1 {
 		t.Errorf("samples after migrating: %+v, %v", s, err)
+	}
+}
+
+// TestSQLiteSecretsHashed: no secret the store hands out is in the
+// database file, in plain text or hex-decoded; an older store's plain-text
+// bootstrap secret is replaced by its hash on first use.
+func TestSQLiteSecretsHashed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spotml.db")
+	h := newHarness(t, func(now func() time.Time) (*store.Store, error) { return store.Open(t.Context(), path, now) })
+	h.apply(poolCPU)
+	h.node("n1", true)
+	cred, err := h.st.IssueNodeCredential(h.ctx, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := h.st.CreateAPIToken(h.ctx, "viewer1", store.RoleViewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, _ := h.st.EnsureSecret(h.ctx, "token", "")
+	join, _ := h.st.EnsureSecret(h.ctx, "join-token", "")
+	h.st.Close()
+	// An older spotml kept its join token in plain text.
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE meta SET value = 'legacy-plain-join' WHERE key = 'join-token'`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	h.st = h.mustOpen()
+	if got, _ := h.st.EnsureSecret(h.ctx, "join-token", ""); got != "legacy-plain-join" {
+		t.Errorf("legacy secret = %q, want it kept once", got)
+	}
+	if got, _ := h.st.EnsureSecret(h.ctx, "join-token", "legacy-plain-join"); got != "legacy-plain-join" {
+		t.Errorf("legacy secret after hashing = %q", got)
+	}
+	h.st.Close()
+	h.st = h.mustOpen() // for the harness's cleanup
+	raw := readAll(t, path)
+	for name, secret := range map[string]string{"node credential": cred, "API token": tok, "admin token": admin,
+		"join token": join, "legacy join token": "legacy-plain-join"} {
+		for _, form := range []string{secret, strings.TrimPrefix(strings.TrimPrefix(secret, store.NodeCredentialPrefix), store.APITokenPrefix)} {
+			if strings.Contains(raw, form) {
+				t.Errorf("the %s %q is in the database file", name, form)
+			}
+		}
+	}
+	if !strings.Contains(raw, store.HashSecret(tok)) {
+		t.Errorf("the API token's hash is not in the database file (is the check reading the right files?)")
+	}
+}
+
+// readAll returns the database file and its WAL as one string.
+func readAll(t *testing.T, path string) string {
+	t.Helper()
+	var b []byte
+	for _, p := range []string{path, path + "-wal"} {
+		d, err := os.ReadFile(p)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		b = append(b, d...)
+	}
+	return string(b)
+}
+
+// BenchmarkCredentialNode is what every agent call adds: one lookup of
+// its credential's hash, joined with its node (1,000 nodes stored).
+func BenchmarkCredentialNode(b *testing.B) {
+	st, err := store.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	var creds []string
+	for i := range 1000 {
+		n := store.Node{Name: fmt.Sprintf("n%04d", i), Pool: "cpu", Priority: "spot", InstanceType: "local-small"}
+		if err := st.CreateNode(b.Context(), n); err != nil {
+			b.Fatal(err)
+		}
+		c, err := st.IssueNodeCredential(b.Context(), n.Name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		creds = append(creds, c)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := st.CredentialNode(b.Context(), creds[i%len(creds)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkGetNode is a reference for BenchmarkCredentialNode: the
+// simplest read by primary key, on the same 1,000 nodes.
+func BenchmarkGetNode(b *testing.B) {
+	st, err := store.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	for i := range 1000 {
+		n := store.Node{Name: fmt.Sprintf("n%04d", i), Pool: "cpu", Priority: "spot", InstanceType: "local-small"}
+		if err := st.CreateNode(b.Context(), n); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := st.GetNode(b.Context(), fmt.Sprintf("n%04d", i%1000)); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -216,6 +216,22 @@ var migrations = []string{
 	`ALTER TABLE tasks ADD COLUMN progress REAL NOT NULL DEFAULT -1;
 	ALTER TABLE tasks ADD COLUMN progress_message TEXT NOT NULL DEFAULT '';
 	ALTER TABLE tasks ADD COLUMN progress_at INTEGER NOT NULL DEFAULT 0;`,
+	// 5: least privilege. A credential per node, bound to its name and
+	// incarnation; named API tokens with a role. Only SHA-256 hashes of
+	// the secrets are kept.
+	`CREATE TABLE IF NOT EXISTS node_credentials (
+		hash TEXT PRIMARY KEY,
+		node TEXT NOT NULL,
+		incarnation INTEGER NOT NULL,
+		created_at INTEGER NOT NULL
+	);
+	CREATE INDEX IF NOT EXISTS node_credentials_node ON node_credentials(node);
+	CREATE TABLE IF NOT EXISTS api_tokens (
+		name TEXT PRIMARY KEY,
+		role TEXT NOT NULL,
+		hash TEXT NOT NULL UNIQUE,
+		created_at INTEGER NOT NULL
+	);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -257,25 +273,6 @@ func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		return err
 	}
 	return tx.Commit()
-}
-
-// Secret returns the secret stored under key, generating and storing a new
-// random one the first time.
-func (s *Store) Secret(ctx context.Context, key string) (string, error) {
-	var v string
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		v = RandomHex(24)
-		_, err = tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?)`, key, v)
-		return err
-	})
-	return v, err
 }
 
 // RandomHex returns n random bytes as hex.

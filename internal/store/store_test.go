@@ -28,7 +28,9 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		fn   func(t *testing.T, h *harness)
 	}{
 		{"MigrateTwice", testMigrateTwice},
-		{"SecretStable", testSecretStable},
+		{"BootstrapSecret", testBootstrapSecret},
+		{"NodeCredentials", testNodeCredentials},
+		{"APITokens", testAPITokens},
 		{"ApplyPools", testApplyPools},
 		{"ApplyJobImmutable", testApplyJobImmutable},
 		{"ApplyAllOrNothing", testApplyAllOrNothing},
@@ -237,28 +239,6 @@ func testMigrateTwice(t *testing.T, h *harness) {
 	}
 	if len(ps) != 1 || ps[0].Spec.Metadata.Name != "cpu" {
 		t.Fatalf("pools after reopening: %+v", ps)
-	}
-}
-
-func testSecretStable(t *testing.T, h *harness) {
-	a, err := h.st.Secret(h.ctx, "token")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(a) != 48 {
-		t.Errorf("secret %q: want 48 hex digits", a)
-	}
-	again, _ := h.st.Secret(h.ctx, "token")
-	other, _ := h.st.Secret(h.ctx, "join-token")
-	if again != a {
-		t.Errorf("second Secret = %q, want %q", again, a)
-	}
-	if other == a {
-		t.Errorf("two keys share the secret %q", a)
-	}
-	h.reopen()
-	if got, _ := h.st.Secret(h.ctx, "token"); got != a {
-		t.Errorf("Secret after reopen = %q, want %q", got, a)
 	}
 }
 

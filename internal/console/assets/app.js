@@ -392,6 +392,10 @@ function start(info) {
   if (t) store.offset = t - Date.now();
   const v = String(store.info.version || '');
   $('#version').textContent = /^\d/.test(v) ? `v${v}` : v;
+  const role = $('#role');
+  role.hidden = store.info.role !== 'viewer';
+  role.textContent = role.hidden ? '' : 'viewer · read-only';
+  role.title = role.hidden ? '' : `Token ${store.info.tokenName || ''} can read everything and change nothing.`;
   $('#top').hidden = false;
   watcher?.abort();
   watcher = new AbortController();
@@ -597,7 +601,8 @@ function fleetPage() {
       if (ea) return ms(b.stateAt) - ms(a.stateAt);
       return a.pool.localeCompare(b.pool) || a.name.localeCompare(b.name);
     });
-    const canEvict = !!store.info.evict;
+    // A viewer's token is read-only: it gets no button the API would refuse.
+    const canEvict = !!store.info.evict && store.info.role !== 'viewer';
     syncRows(nodes.tbody, list, (n) => n.name,
       (n) => JSON.stringify([n.state, n.noticeDeadline, n.reason, n.tasks, n.replicas, n.zone, n.pricePerHour, canEvict]),
       (n) => nodeRow(n, canEvict, evict));

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spotml/spotml/internal/agent"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
 	"github.com/spotml/spotml/internal/proc"
@@ -34,10 +35,9 @@ const MetadataPrefix = "/imds"
 
 // Config says how to start agents.
 type Config struct {
-	Binary    string // the spotml executable
-	ServerURL string // the control plane as agents reach it
-	DataDir   string // node work directories go under DataDir/nodes
-	JoinToken string
+	Binary    string        // the spotml executable
+	ServerURL string        // the control plane as agents reach it
+	DataDir   string        // node work directories go under DataDir/nodes
 	Interval  time.Duration // market tick; default 250ms
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
@@ -99,7 +99,19 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 		return control.Launched{}, err
 	}
 	defer logf.Close()
+	// The node's own credential, bound to its name; the agent reads the
+	// file and deletes it, so that its tasks find no secret.
+	cred, err := l.store.IssueNodeCredential(ctx, n.Name)
+	if err != nil {
+		return control.Launched{}, err
+	}
+	credFile := filepath.Join(wd, "credential")
+	os.Remove(credFile)
+	if err := os.WriteFile(credFile, []byte(cred+"\n"), 0o600); err != nil {
+		return control.Launched{}, err
+	}
 	args := append([]string{"agent",
+		"--credential-file", credFile,
 		"--server", l.cfg.ServerURL,
 		"--node", n.Name,
 		"--workdir", wd,
@@ -107,7 +119,7 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 		"--metadata-format", format,
 	}, l.cfg.AgentArgs...)
 	cmd := exec.Command(l.cfg.Binary, args...)
-	cmd.Env = append(os.Environ(), "SPOTML_JOIN_TOKEN="+l.cfg.JoinToken)
+	cmd.Env = agent.Environ(os.Environ())
 	cmd.Dir = wd
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so that a kill takes the node and not us, and
