@@ -73,7 +73,7 @@ func newSeededHarness(t *testing.T, r *rand.Rand, pools ...spec.Pool) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := New(st, Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, JoinToken: "join", Rand: r},
+	l := New(st, Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, Rand: r},
 		slog.New(slog.DiscardHandler), clk.Now)
 	ts := httptest.NewServer(l.Metadata())
 	t.Cleanup(ts.Close)
