@@ -122,15 +122,16 @@ func allow(r *http.Request, method string) error {
 // readBody reads the request body into a pooled buffer that the caller
 // gives back with putBuf. Decoding copies everything it keeps out of the
 // body, so the buffer can be reused as soon as the request is decoded.
+//
+// The buffer grows as bytes arrive, never to a declared Content-Length: a
+// client that declares 16 MiB and sends two bytes holds a pooled buffer,
+// not 16 MiB.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*[]byte, error) {
 	if r.ContentLength > h.maxBody {
 		return nil, &http.MaxBytesError{Limit: h.maxBody}
 	}
 	buf := h.getBuf()
 	b := *buf
-	if n := int(r.ContentLength); n >= cap(b) {
-		b = make([]byte, 0, n+1) // +1: the read that sees EOF needs room
-	}
 	body := http.MaxBytesReader(w, r.Body, h.maxBody)
 	for {
 		if len(b) == cap(b) {
