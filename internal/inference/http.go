@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"slices"
@@ -196,6 +197,7 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	msg := err.Error()
 	var tooBig *http.MaxBytesError
+	var timeout net.Error
 	switch {
 	case errors.As(err, &tooBig):
 		status = http.StatusRequestEntityTooLarge
@@ -212,6 +214,11 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 		// The client went away or gave up; it will not read this.
 		status = http.StatusServiceUnavailable
 		msg = "the request was cancelled before the model ran it"
+	case errors.As(err, &timeout) && timeout.Timeout():
+		// The server's read timeout cut off a client too slow to send its
+		// body.
+		status = http.StatusRequestTimeout
+		msg = "the request body did not arrive in time"
 	default:
 		h.log.Error("inference request failed", "model", h.name, "err", err)
 	}

@@ -1,6 +1,7 @@
 package inference
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -398,5 +399,28 @@ func TestHTTPSlowClientsHoldNoMemory(t *testing.T) {
 	t.Logf("heap grew by %d KiB for %d clients declaring %d bytes", grew>>10, clients, DefaultMaxBodyBytes)
 	if grew > 16<<20 {
 		t.Errorf("heap grew by %d MiB for %d clients that sent 2 bytes each; want well under 16 MiB", grew>>20, clients)
+	}
+}
+
+// A body that stalls past the server's read timeout is answered 408, not
+// logged as a server failure.
+func TestHTTPSlowBodyTimesOut(t *testing.T) {
+	srv := httptest.NewUnstartedServer(NewHandler(served, nil))
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v2/models/%s/infer HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"", served)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	if res.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled body: %d, want 408", res.StatusCode)
 	}
 }
