@@ -160,12 +160,18 @@ func TestMaxBufferedBytes(t *testing.T) {
 	// body trickles in.
 	slow := slowClient(t, front.Listener.Addr().String(), 1<<20)
 	waitInFlight(t, g, 1)
+	if got := metric(t, front, "spotml_gateway_buffered_bytes"); got != "65536" {
+		t.Errorf("spotml_gateway_buffered_bytes = %q with one slow client, want 65536", got)
+	}
 	a := call(t, c, http.MethodPost, url, bytes.Repeat([]byte("x"), 50<<10))
 	if a.code != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" {
 		t.Errorf("50 KiB beside a held 64 KiB buffer, cap 100 KiB: %d Retry-After %q %s, want 429 with Retry-After", a.code, a.header.Get("Retry-After"), a.body)
 	}
 	slow.Close()
 	waitInFlight(t, g, 0)
+	if got := metric(t, front, "spotml_gateway_buffered_bytes"); got != "0" {
+		t.Errorf("spotml_gateway_buffered_bytes = %q once the slow client left, want 0", got)
+	}
 	if a := call(t, c, http.MethodPost, url, bytes.Repeat([]byte("x"), 50<<10)); a.code != http.StatusOK || a.echo.Body != 50<<10 {
 		t.Errorf("50 KiB once the buffers are free: %d %s, want 200", a.code, a.body)
 	}
