@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spotml/spotml/internal/control"
@@ -26,6 +27,7 @@ import (
 // control plane).
 func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 	var data, addr, id, logLevel string
+	opts := gatewayOptions{timeouts: gatewayTimeouts, maxBuffered: gateway.DefaultMaxBufferedBytes}
 	c := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run an inference gateway alone, routing by the store in --data",
@@ -33,6 +35,9 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := newLogger(stderr, logLevel)
 			if err != nil {
+				return err
+			}
+			if err := opts.timeouts.check(""); err != nil {
 				return err
 			}
 			dbPath := filepath.Join(data, "spotml.db")
@@ -45,7 +50,7 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 			}
 			defer st.Close()
 			g, gctx := errgroup.WithContext(c.Context())
-			url, _, err := runGateway(gctx, g, st, addr, id, log)
+			url, _, err := runGateway(gctx, g, st, addr, id, opts, log)
 			if err != nil {
 				return err
 			}
@@ -57,12 +62,24 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 	c.Flags().StringVar(&addr, "addr", "127.0.0.1:8000", "address to serve on")
 	c.Flags().StringVar(&id, "id", "", "name of this gateway in the QPS reports (default gateway-HOSTNAME-PID)")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	opts.bind(c.Flags(), "")
 	return c
+}
+
+// gatewayOptions bound what a gateway holds for its clients.
+type gatewayOptions struct {
+	timeouts    timeouts
+	maxBuffered int64
+}
+
+func (o *gatewayOptions) bind(fs *pflag.FlagSet, prefix string) {
+	o.timeouts.bind(fs, prefix, "gateway", true)
+	fs.Var(bytesFlag{&o.maxBuffered}, prefix+"max-buffered-bytes", "most bytes of request bodies the gateway holds at once, all services together; past it requests get 429")
 }
 
 // runGateway listens on addr and serves a gateway fed from st, in g, until
 // ctx ends. It returns the gateway's URL.
-func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, id string, log *slog.Logger) (string, *gateway.Gateway, error) {
+func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, id string, opts gatewayOptions, log *slog.Logger) (string, *gateway.Gateway, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("gateway address %s: %w", addr, err)
@@ -72,8 +89,8 @@ func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, i
 		id = fmt.Sprintf("gateway-%s-%d", host, os.Getpid())
 	}
 	log = log.With("gateway", id)
-	gw := gateway.New(gateway.Config{Log: log, Now: time.Now})
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
+	gw := gateway.New(gateway.Config{Log: log, Now: time.Now, MaxBufferedBytes: opts.maxBuffered})
+	srv := newServer(gw, opts.timeouts)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err

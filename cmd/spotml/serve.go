@@ -27,13 +27,14 @@ type serveFlags struct {
 	maxBody                 int64
 	shutdownTimeout         time.Duration
 	logLevel                string
+	timeouts                timeouts
 }
 
 // newServeCmd is `spotml serve`: the builtin inference runtime, one ONNX
 // model over HTTP. Service replicas with the builtin runtime are this
 // command, started by the agent with PORT set.
 func newServeCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
-	var f serveFlags
+	f := serveFlags{timeouts: serveTimeouts}
 	d := inference.DefaultOptions()
 	addr := "127.0.0.1:8500"
 	if p := getenv("PORT"); p != "" {
@@ -62,6 +63,7 @@ func newServeCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Co
 	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: ONNX Runtime is looked for in its lib/ (also $"+inference.LibraryEnv+", ./build/onnxruntime, beside the executable)")
 	c.Flags().DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in flight may take to finish")
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.timeouts.bind(c.Flags(), "", "model server", true)
 	return c
 }
 
@@ -81,6 +83,9 @@ func runServe(ctx context.Context, f serveFlags, getenv func(string) string, log
 		return fmt.Errorf("--max-queue-delay %s: must not be negative", f.maxQueueDelay)
 	case f.maxBody < 1:
 		return fmt.Errorf("--max-body-bytes %d: must be at least 1", f.maxBody)
+	}
+	if err := f.timeouts.check(""); err != nil {
+		return err
 	}
 	name := f.name
 	if name == "" {
@@ -104,7 +109,7 @@ func runServe(ctx context.Context, f serveFlags, getenv func(string) string, log
 		return fmt.Errorf("--addr: %w", err)
 	}
 	h := inference.NewHandler(name, m, inference.WithMaxBodyBytes(f.maxBody), inference.WithLogger(log))
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := newServer(h, f.timeouts)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -19,6 +19,7 @@ import (
 	"github.com/spotml/spotml/internal/agent"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
@@ -32,6 +33,8 @@ type serverFlags struct {
 	nodeTimeout time.Duration
 	interval    time.Duration
 	logLevel    string
+	api         timeouts
+	gateway     gatewayOptions
 }
 
 func (f *serverFlags) bind(c *cobra.Command) {
@@ -42,6 +45,10 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().DurationVar(&f.nodeTimeout, "node-timeout", 15*time.Second, "heartbeat silence after which a node is lost and its tasks requeued")
 	c.Flags().DurationVar(&f.interval, "reconcile-interval", 500*time.Millisecond, "how often the control loops run")
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.api = apiTimeouts
+	f.api.bind(c.Flags(), "api-", "API", false)
+	f.gateway = gatewayOptions{timeouts: gatewayTimeouts, maxBuffered: gateway.DefaultMaxBufferedBytes}
+	f.gateway.bind(c.Flags(), "gateway-")
 }
 
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
@@ -77,6 +84,12 @@ func newUpCmd(stdout, stderr io.Writer, withLocal bool) *cobra.Command {
 // serve runs the control plane (and, for up, the local provider) until ctx
 // ends.
 func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger, stdout io.Writer) error {
+	if err := f.api.check("api-"); err != nil {
+		return err
+	}
+	if err := f.gateway.timeouts.check("gateway-"); err != nil {
+		return err
+	}
 	data, err := filepath.Abs(f.data)
 	if err != nil {
 		return err
@@ -136,14 +149,14 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	gatewayURL := ""
 	if f.gatewayAddr != "" {
 		var gw http.Handler
-		gatewayURL, gw, err = runGateway(gctx, g, st, f.gatewayAddr, "control-plane", log)
+		gatewayURL, gw, err = runGateway(gctx, g, st, f.gatewayAddr, "control-plane", f.gateway, log)
 		if err != nil {
 			return err
 		}
 		cfg.Gateway, cfg.GatewayURL = gw, gatewayURL
 	}
 	handler := server.New(cfg)
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := newAPIServer(handler, f.api)
 	srv.RegisterOnShutdown(handler.CloseStreams)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

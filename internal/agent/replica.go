@@ -141,6 +141,9 @@ func (r *replica) run(ctx context.Context) {
 		if as.Spec.Threads > 0 {
 			argv = append(argv, "--threads", strconv.Itoa(as.Spec.Threads))
 		}
+		if as.Spec.MaxRequestBytes > 0 {
+			argv = append(argv, "--max-body-bytes", strconv.FormatInt(as.Spec.MaxRequestBytes, 10))
+		}
 	default:
 		argv = as.Spec.Command
 	}

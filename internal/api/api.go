@@ -93,6 +93,9 @@ type ReplicaSpec struct {
 	MaxBatch      int               `json:"maxBatch,omitempty"`
 	MaxQueueDelay time.Duration     `json:"maxQueueDelay,omitempty"`
 	Threads       int               `json:"threads,omitempty"`
+	// MaxRequestBytes is spec.limits.maxRequestBytes, for the builtin
+	// runtime's own body limit; 0: its default.
+	MaxRequestBytes int64 `json:"maxRequestBytes,omitempty"`
 	// Readiness probe: GET path until it answers 2xx.
 	ReadinessPath    string        `json:"readinessPath"`
 	ReadinessPeriod  time.Duration `json:"readinessPeriod"`

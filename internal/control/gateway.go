@@ -109,7 +109,8 @@ func Routes(ctx context.Context, st *store.Store, readKeys func(string) ([]strin
 		if err := json.Unmarshal(svc.Spec, &sp); err != nil {
 			return nil, fmt.Errorf("service %s: stored spec: %w", svc.Name, err)
 		}
-		rt := gateway.Route{Service: svc.Name, Keys: sp.Spec.Auth.Keys}
+		rt := gateway.Route{Service: svc.Name, Keys: sp.Spec.Auth.Keys,
+			MaxRequestBytes: int64(sp.Spec.Limits.MaxRequestBytes), MaxInFlight: sp.Spec.Limits.MaxInFlight}
 		if f := sp.Spec.Auth.KeysFile; f != "" {
 			ks, err := readKeys(f)
 			if err != nil {

@@ -55,6 +55,7 @@ func ReplicaSpec(svc spec.Service) api.ReplicaSpec {
 		rs.Command, rs.Env, rs.Port = s.Runtime.Command, s.Runtime.Env, s.Runtime.Port
 	default:
 		rs.MaxBatch, rs.MaxQueueDelay, rs.Threads = s.Runtime.MaxBatch, s.Runtime.MaxQueueDelay.Duration, s.Runtime.Threads
+		rs.MaxRequestBytes = int64(s.Limits.MaxRequestBytes)
 	}
 	return rs
 }

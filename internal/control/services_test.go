@@ -9,6 +9,7 @@ import (
 
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/gateway"
+	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
 
@@ -36,6 +37,7 @@ spec:
   resources: {cpu: 0.5}
   placement: {tier: prod}
   auth: {keysFile: ` + keys + `, keys: [k-inline]}
+  limits: {maxRequestBytes: 1Mi, maxInFlight: 7}
 `)
 	p.reconcile() // replicas created; nodes launched (one per replica)
 	reps := p.replicas()
@@ -71,6 +73,9 @@ spec:
 	}
 	if got := routes[0].Keys; !slices.Contains(got, "k-inline") || !slices.Contains(got, "k-file-1") || len(got) != 2 {
 		t.Errorf("keys = %q, want the inline key and the file's", got)
+	}
+	if rt := routes[0]; rt.MaxRequestBytes != 1<<20 || rt.MaxInFlight != 7 {
+		t.Errorf("route limits = %d bytes, %d in flight; want spec.limits' 1Mi and 7", rt.MaxRequestBytes, rt.MaxInFlight)
 	}
 
 	// A notice: the replica drains, a replacement is created at once.
@@ -191,5 +196,17 @@ spec:
 			states = append(states, r.Name+":"+r.Priority+":"+r.State)
 		}
 		t.Errorf("%d stand-ins not stopping once the spot replacement is ready; replicas %v", n, states)
+	}
+}
+
+// spec.limits.maxRequestBytes reaches the builtin runtime, so that a body
+// the gateway lets through is not refused by the replica's own limit.
+func TestReplicaSpecCarriesBodyLimit(t *testing.T) {
+	var svc spec.Service
+	svc.Spec.Model.URI = "models/m.onnx"
+	svc.Spec.Limits.MaxRequestBytes = 64 << 20
+	svc.Default()
+	if got := control.ReplicaSpec(svc).MaxRequestBytes; got != 64<<20 {
+		t.Errorf("ReplicaSpec.MaxRequestBytes = %d, want 64Mi", got)
 	}
 }

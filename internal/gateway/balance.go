@@ -19,6 +19,8 @@ type service struct {
 	keys     map[[32]byte]bool // SHA-256 of the API keys; nil: open
 	replicas []*entry
 	state    *serviceState // survives Updates
+	// maxBody and maxInFlight are the route's limits, defaults applied.
+	maxBody, maxInFlight int64
 }
 
 // entry is a replica as this table sees it (Draining may differ from one

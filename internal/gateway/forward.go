@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,24 +27,34 @@ import (
 // would double the load that made it slow).
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg target, strip string) {
 	start := time.Now()
-	s.state.inflight.Add(1)
+	if s.state.inflight.Add(1) > s.maxInFlight {
+		s.state.inflight.Add(-1)
+		g.refuse(w, s, fmt.Sprintf("service %q has %d requests in flight, its maxInFlight; retry later", s.name, s.maxInFlight))
+		return
+	}
 	var (
 		status int      // what the client got; 499 when it went away first
 		broken bool     // the answer broke off after its header was sent
 		last   *backend // the replica that answered or failed last
+		body   body
 	)
 	defer func() {
+		g.buffered.Add(-body.reserved)
 		g.finish(s, last, status, broken, time.Since(start))
 		s.state.inflight.Add(-1) // last: once it is 0, the figures are in
 	}()
 
-	body, err := g.readBody(r)
-	if err != nil {
-		status = http.StatusBadRequest
-		writeError(w, status, fmt.Sprintf("reading the request body: %v", err))
+	if err := g.readBody(w, r, s.maxBody, &body); err != nil {
+		if errors.Is(err, errBuffersFull) {
+			status = http.StatusTooManyRequests
+			w.Header().Set("Retry-After", retryAfterBusy)
+			writeError(w, status, fmt.Sprintf("the gateway holds %d bytes of request bodies, its limit (the max-buffered-bytes flag); retry later", g.maxBuffered))
+			return
+		}
+		status = g.bodyError(w, err)
 		return
 	}
-	out := g.outgoing(r, tg, body, strip)
+	out := g.outgoing(r, tg, &body, strip)
 	// relay copies an answer; if it breaks off, the client's connection
 	// is aborted, after the deferred accounting has what it needs.
 	relay := func(a *attempt) {
@@ -66,7 +77,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	for {
 		tried = append(tried, e.b)
 		last = e.b
-		a := g.send(r.Context(), out, e, body)
+		a := g.send(r.Context(), out, e, &body)
 
 		switch a.fail {
 		case failNone:
@@ -76,8 +87,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 			a.end(reasonNone)
 			status = 499 // nginx's "client closed request": nobody to answer
 			if err := body.err(); err != nil && r.Context().Err() == nil {
-				status = http.StatusBadRequest
-				writeError(w, status, fmt.Sprintf("reading the request body: %v", err))
+				status = g.bodyError(w, err)
 			}
 			return
 		case failTimeout:
@@ -291,35 +301,120 @@ type body struct {
 	replayable bool
 	stream     *clientBody // when not replayable
 	length     int64       // when not replayable: -1 if unknown
+	reserved   int64       // bytes of buf counted in Gateway.buffered
 }
 
-// readBody buffers a request body up to MaxRetryBody. A body of unknown
+// errBuffersFull: buffering a body would take the gateway past
+// MaxBufferedBytes.
+var errBuffersFull = errors.New("request buffers full")
+
+// firstChunk is the most buffer a request gets before its bytes arrive: a
+// client that declares 16 MiB and sends 2 bytes holds this much, not 16 MiB.
+// Most inference requests fit in it, and get one buffer of their exact size.
+const firstChunk = 64 << 10
+
+// readBody reads a request body into b, up to limit bytes (larger ones
+// are a *http.MaxBytesError). Bodies up to MaxRetryBody are buffered, the
+// buffer growing as bytes arrive and counted in g.buffered (b.reserved,
+// which the caller gives back); larger ones are streamed. A body of unknown
 // length that turns out larger is streamed: the buffered start, then the
 // rest as it arrives.
-func (g *Gateway) readBody(r *http.Request) (*body, error) {
+func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int64, b *body) error {
 	if r.Body == nil || r.Body == http.NoBody {
-		return &body{replayable: true}, nil
+		b.replayable = true
+		return nil
 	}
-	limit := g.maxRetryBody
-	if limit < 0 || r.ContentLength > limit {
-		return &body{stream: &clientBody{r: r.Body, c: r.Body}, length: r.ContentLength}, nil
+	size := r.ContentLength
+	if size > limit {
+		return &http.MaxBytesError{Limit: limit}
 	}
-	if r.ContentLength >= 0 {
-		buf := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			return nil, err
+	src := r.Body
+	if size < 0 {
+		// The server stops a declared length itself; an unknown one is
+		// cut at the limit.
+		src = http.MaxBytesReader(w, r.Body, limit)
+	}
+	keep := min(g.maxRetryBody, limit)
+	if g.maxRetryBody < 0 || size > keep {
+		*b = body{stream: &clientBody{r: src, c: r.Body}, length: size}
+		return nil
+	}
+	// Grow to at most size (known) or keep+1 (unknown: one byte more
+	// tells a body over keep, to be streamed).
+	most := size
+	if size < 0 {
+		most = keep + 1
+	}
+	buf, err := g.grow(nil, min(most, firstChunk), b)
+	if err != nil {
+		return err
+	}
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) == size {
+				break // all the declared bytes are in
+			}
+			if int64(len(buf)) > keep {
+				*b = body{stream: &clientBody{r: io.MultiReader(bytes.NewReader(buf), src), c: r.Body}, length: -1, reserved: b.reserved}
+				return nil
+			}
+			if buf, err = g.grow(buf, min(most, 2*int64(cap(buf))), b); err != nil {
+				return err
+			}
 		}
-		return &body{buf: buf, replayable: true}, nil
+		n, err := src.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
 	}
-	var bb bytes.Buffer
-	_, err := io.CopyN(&bb, r.Body, limit+1)
+	b.buf, b.replayable = buf, true
+	return nil
+}
+
+// grow returns buf with capacity to, reserving the extra bytes in
+// g.buffered (and b.reserved), or errBuffersFull when that would pass
+// MaxBufferedBytes.
+func (g *Gateway) grow(buf []byte, to int64, b *body) ([]byte, error) {
+	more := to - int64(cap(buf))
+	if g.buffered.Add(more) > g.maxBuffered {
+		g.buffered.Add(-more)
+		return nil, errBuffersFull
+	}
+	b.reserved += more
+	nb := make([]byte, len(buf), to)
+	copy(nb, buf)
+	return nb, nil
+}
+
+// bodyError answers a request whose body could not be read and returns the
+// status it got: 413 past the limit, 408 when the server's read timeout
+// cut a slow client off, 400 otherwise.
+func (g *Gateway) bodyError(w http.ResponseWriter, err error) int {
+	var tooBig *http.MaxBytesError
+	var ne net.Error
 	switch {
-	case err == io.EOF:
-		return &body{buf: bb.Bytes(), replayable: true}, nil
-	case err != nil:
-		return nil, err
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the request body is larger than %d bytes, the service's maxRequestBytes: send less per request, or raise spec.limits.maxRequestBytes", tooBig.Limit))
+		return http.StatusRequestEntityTooLarge
+	case errors.As(err, &ne) && ne.Timeout():
+		writeError(w, http.StatusRequestTimeout, fmt.Sprintf("the request body did not arrive in time: %v", err))
+		return http.StatusRequestTimeout
 	}
-	return &body{stream: &clientBody{r: io.MultiReader(&bb, r.Body), c: r.Body}, length: -1}, nil
+	writeError(w, http.StatusBadRequest, fmt.Sprintf("reading the request body: %v", err))
+	return http.StatusBadRequest
+}
+
+// refuse answers 429 to a request the service has no room for. It counts
+// in QPS (the demand is real) and among the gateway's own answers.
+func (g *Gateway) refuse(w http.ResponseWriter, s *service, msg string) {
+	s.state.rate.add(g.now().Unix())
+	s.state.answered(http.StatusTooManyRequests)
+	w.Header().Set("Retry-After", retryAfterBusy)
+	writeError(w, http.StatusTooManyRequests, msg)
 }
 
 // attach gives an attempt its own reader over the body.

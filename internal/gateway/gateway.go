@@ -31,6 +31,15 @@
 //     nothing is retried after answer bytes reached the client, nor after a
 //     timeout. Config.Timeout bounds a whole attempt, answer body included.
 //   - API keys that the gateway checked are not passed on to the replica.
+//   - Memory is bounded whatever clients do: a request body is buffered as
+//     its bytes arrive, never sized from the Content-Length it declares;
+//     a body over the service's MaxRequestBytes gets 413; the bytes held
+//     in buffers across all requests are capped (Config.MaxBufferedBytes)
+//     and so are the requests in flight per service (Route.MaxInFlight):
+//     past either the gateway answers 429 with Retry-After instead of
+//     growing. Requests refused with 429 count in QPS, so that the
+//     autoscaler sees the demand. The gateway sets no server timeouts
+//     itself; whoever runs its http.Server does (see cmd/spotml).
 package gateway
 
 import (
@@ -69,6 +78,13 @@ type Route struct {
 	// or X-API-Key: KEY); empty means the service is open.
 	Keys     []string
 	Replicas []Replica
+	// MaxRequestBytes is the largest request body the service takes;
+	// larger ones get 413. 0: Config.MaxRequestBytes.
+	MaxRequestBytes int64
+	// MaxInFlight is how many requests of the service the gateway holds
+	// at once, bodies being read included; past it requests get 429.
+	// 0: Config.MaxInFlight.
+	MaxInFlight int
 }
 
 // Config tunes a Gateway. The zero value is usable.
@@ -87,6 +103,16 @@ type Config struct {
 	// can be retried; larger bodies are streamed and never retried.
 	// Default 16 MiB; negative streams every body.
 	MaxRetryBody int64
+	// MaxRequestBytes is the request body limit of a route that sets
+	// none. Default 16 MiB.
+	MaxRequestBytes int64
+	// MaxInFlight is the in-flight limit of a route that sets none.
+	// Default 1000.
+	MaxInFlight int
+	// MaxBufferedBytes caps the bytes held in request-body buffers across
+	// all requests and services; a request that would go past it gets 429.
+	// Default 256 MiB.
+	MaxBufferedBytes int64
 	// Registerer also receives the gateway's metrics (the gateway's own
 	// /metrics serves them either way). Nil: only the gateway's registry.
 	Registerer prometheus.Registerer
@@ -104,13 +130,21 @@ const (
 	DefaultTimeout      = 60 * time.Second
 	DefaultMaxRetries   = 2
 	DefaultMaxRetryBody = 16 << 20
-	DefaultEjectFor     = 5 * time.Second
-	DefaultEjectMax     = time.Minute
+
+	DefaultMaxRequestBytes  = 16 << 20
+	DefaultMaxInFlight      = 1000
+	DefaultMaxBufferedBytes = 256 << 20
+	DefaultEjectFor         = 5 * time.Second
+	DefaultEjectMax         = time.Minute
 )
 
 // retryAfter is what a 503 tells clients to wait, in seconds: about the
 // time a first ejection lasts or a replica needs to come back.
 const retryAfter = "5"
+
+// retryAfterBusy is what a 429 tells clients to wait: requests in flight
+// finish within about that.
+const retryAfterBusy = "1"
 
 // Gateway routes requests to service replicas. It is an http.Handler and
 // is safe for concurrent use; Update may be called at any time.
@@ -120,6 +154,9 @@ type Gateway struct {
 	timeout      time.Duration
 	maxRetries   int
 	maxRetryBody int64
+	maxBody      int64 // routes' default MaxRequestBytes
+	maxInFlight  int64 // routes' default MaxInFlight
+	maxBuffered  int64
 	ejectFor     time.Duration
 	ejectMax     time.Duration
 	intn         func(n int) int
@@ -131,6 +168,8 @@ type Gateway struct {
 	// table is the routing table requests read without locking; Update
 	// swaps it whole.
 	table atomic.Pointer[table]
+	// buffered is the bytes of request-body buffers in use.
+	buffered atomic.Int64
 
 	mu       sync.Mutex // serialises Update and guards the two maps below
 	backends map[backendKey]*backend
@@ -145,6 +184,9 @@ func New(cfg Config) *Gateway {
 		timeout:      cfg.Timeout,
 		maxRetries:   cfg.MaxRetries,
 		maxRetryBody: cfg.MaxRetryBody,
+		maxBody:      positiveOr(cfg.MaxRequestBytes, DefaultMaxRequestBytes),
+		maxInFlight:  positiveOr(int64(cfg.MaxInFlight), DefaultMaxInFlight),
+		maxBuffered:  positiveOr(cfg.MaxBufferedBytes, DefaultMaxBufferedBytes),
 		ejectFor:     cfg.EjectFor,
 		ejectMax:     cfg.EjectMax,
 		intn:         newIntn(cfg.Rand),
@@ -192,6 +234,13 @@ func New(cfg Config) *Gateway {
 	return g
 }
 
+func positiveOr(v, def int64) int64 {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
 // newIntn returns a concurrency-safe random int in [0, n).
 func newIntn(src rand.Source) func(int) int {
 	if src == nil {
@@ -232,7 +281,17 @@ func (g *Gateway) Update(routes []Route) {
 			st = newServiceState(rt.Service, g.metrics.duration.WithLabelValues(rt.Service))
 		}
 		states[rt.Service] = st
-		s := &service{name: rt.Service, state: st, keys: hashKeys(rt.Keys)}
+		s := &service{
+			name: rt.Service, state: st, keys: hashKeys(rt.Keys),
+			maxBody:     g.maxBody,
+			maxInFlight: g.maxInFlight,
+		}
+		if rt.MaxRequestBytes > 0 {
+			s.maxBody = rt.MaxRequestBytes
+		}
+		if rt.MaxInFlight > 0 {
+			s.maxInFlight = int64(rt.MaxInFlight)
+		}
 		for _, r := range rt.Replicas {
 			k := backendKey{rt.Service, r.ID}
 			if _, dup := backends[k]; dup {

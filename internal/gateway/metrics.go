@@ -27,6 +27,7 @@ var reasonNames = [numReasons]string{"", "connect", "timeout", "gone", "status",
 type metrics struct {
 	g                                              *Gateway
 	requests, errors, inflight, retries, noReplica *prometheus.Desc
+	buffered                                       *prometheus.Desc
 	duration                                       *prometheus.HistogramVec
 }
 
@@ -45,6 +46,8 @@ func newMetrics(g *Gateway) *metrics {
 			"Requests sent again to another replica after the first failed.", []string{"service"}, nil),
 		noReplica: prometheus.NewDesc("spotml_gateway_no_replica_total",
 			"Requests answered 503 because the service had no replica to send to.", []string{"service"}, nil),
+		buffered: prometheus.NewDesc("spotml_gateway_buffered_bytes",
+			"Bytes of request-body buffers the gateway holds, all services together (capped by its max-buffered-bytes).", nil, nil),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "spotml_gateway_request_duration_seconds",
 			Help:    "Time from a request's arrival to the end of its answer, retries included.",
@@ -54,7 +57,7 @@ func newMetrics(g *Gateway) *metrics {
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.requests, m.errors, m.inflight, m.retries, m.noReplica} {
+	for _, d := range []*prometheus.Desc{m.requests, m.errors, m.inflight, m.retries, m.noReplica, m.buffered} {
 		ch <- d
 	}
 }
@@ -63,6 +66,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
+	ch <- prometheus.MustNewConstMetric(m.buffered, prometheus.GaugeValue, float64(m.g.buffered.Load()))
 	for _, s := range m.g.table.Load().services {
 		for code, n := range s.state.codes.snapshot() {
 			counter(m.requests, n, s.name, "", strconv.Itoa(code))

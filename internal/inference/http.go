@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"slices"
@@ -122,15 +123,16 @@ func allow(r *http.Request, method string) error {
 // readBody reads the request body into a pooled buffer that the caller
 // gives back with putBuf. Decoding copies everything it keeps out of the
 // body, so the buffer can be reused as soon as the request is decoded.
+//
+// The buffer grows as bytes arrive, never to a declared Content-Length: a
+// client that declares 16 MiB and sends two bytes holds a pooled buffer,
+// not 16 MiB.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*[]byte, error) {
 	if r.ContentLength > h.maxBody {
 		return nil, &http.MaxBytesError{Limit: h.maxBody}
 	}
 	buf := h.getBuf()
 	b := *buf
-	if n := int(r.ContentLength); n >= cap(b) {
-		b = make([]byte, 0, n+1) // +1: the read that sees EOF needs room
-	}
 	body := http.MaxBytesReader(w, r.Body, h.maxBody)
 	for {
 		if len(b) == cap(b) {
@@ -195,6 +197,7 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	msg := err.Error()
 	var tooBig *http.MaxBytesError
+	var timeout net.Error
 	switch {
 	case errors.As(err, &tooBig):
 		status = http.StatusRequestEntityTooLarge
@@ -211,6 +214,11 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 		// The client went away or gave up; it will not read this.
 		status = http.StatusServiceUnavailable
 		msg = "the request was cancelled before the model ran it"
+	case errors.As(err, &timeout) && timeout.Timeout():
+		// The server's read timeout cut off a client too slow to send its
+		// body.
+		status = http.StatusRequestTimeout
+		msg = "the request body did not arrive in time"
 	default:
 		h.log.Error("inference request failed", "model", h.name, "err", err)
 	}

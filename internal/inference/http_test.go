@@ -1,17 +1,21 @@
 package inference
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 const served = "fashion"
@@ -357,5 +361,66 @@ func TestHTTPQueueFull(t *testing.T) {
 	t.Logf("status codes %v, %+v", codes, m.Stats())
 	if codes[200] == 0 || codes[503] == 0 || codes[200]+codes[503] != 32*20 {
 		t.Errorf("status codes %v: want some 200s and some 503s, nothing else", codes)
+	}
+}
+
+// Clients that declare a 16 MiB body and send two bytes hold no 16 MiB
+// buffers: the body buffer grows as bytes arrive. (Before, each got a
+// buffer of its declared size at once.)
+func TestHTTPSlowClientsHoldNoMemory(t *testing.T) {
+	var entered sync.WaitGroup
+	const clients = 20
+	entered.Add(clients)
+	h := NewHandler(served, nil) // the model is never reached
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Done()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	for range clients {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "POST /v1/models/%s:predict HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"", served, DefaultMaxBodyBytes)
+	}
+	entered.Wait()
+	time.Sleep(200 * time.Millisecond) // each handler reaches its read
+	grew := int64(heap()) - int64(before)
+	t.Logf("heap grew by %d KiB for %d clients declaring %d bytes", grew>>10, clients, DefaultMaxBodyBytes)
+	if grew > 16<<20 {
+		t.Errorf("heap grew by %d MiB for %d clients that sent 2 bytes each; want well under 16 MiB", grew>>20, clients)
+	}
+}
+
+// A body that stalls past the server's read timeout is answered 408, not
+// logged as a server failure.
+func TestHTTPSlowBodyTimesOut(t *testing.T) {
+	srv := httptest.NewUnstartedServer(NewHandler(served, nil))
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v2/models/%s/infer HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"", served)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	if res.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled body: %d, want 408", res.StatusCode)
 	}
 }

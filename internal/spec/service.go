@@ -41,6 +41,8 @@ type ServiceSpec struct {
 	// Auth, when it lists keys, makes the gateway refuse requests without
 	// one of them. Without it anyone who reaches the gateway may call.
 	Auth Auth `yaml:"auth,omitempty" json:"auth,omitzero"`
+	// Limits bound what the gateway holds for the service.
+	Limits Limits `yaml:"limits,omitempty" json:"limits,omitzero"`
 }
 
 // Model is what a service serves. The agent downloads it before the
@@ -201,6 +203,21 @@ type Auth struct {
 	Keys     []string `yaml:"keys,omitempty" json:"keys,omitempty"`
 }
 
+// Limits bound what the gateway holds for one service, so that a flood of
+// clients, or one slow client, costs connections rather than memory:
+//
+//	limits: {maxRequestBytes: 64Mi, maxInFlight: 200}
+type Limits struct {
+	// MaxRequestBytes is the largest request body the service takes;
+	// larger ones get 413 from the gateway (and from the builtin
+	// runtime). A size such as 16Mi (the default) or 100M.
+	MaxRequestBytes Bytes `yaml:"maxRequestBytes,omitempty" json:"maxRequestBytes,omitempty"`
+	// MaxInFlight is how many requests of the service the gateway holds
+	// at once, counting those whose body is still arriving; past it
+	// requests get 429 with Retry-After. Default 1000.
+	MaxInFlight int `yaml:"maxInFlight,omitempty" json:"maxInFlight,omitempty"`
+}
+
 // Defaults and limits of services.
 const (
 	DefaultMinReplicas          = 1
@@ -214,6 +231,8 @@ const (
 	DefaultReadinessTimeout     = time.Second
 	DefaultMaxSurge             = 1
 	DefaultStandInAfter         = 30 * time.Second
+	DefaultMaxRequestBytes      = 16 << 20
+	DefaultMaxInFlight          = 1000
 
 	MaxReplicas = 1000
 	MaxBatch    = 4096
@@ -378,6 +397,7 @@ func (s *Service) Validate() error {
 	errs.readiness(&sp.Readiness)
 	errs.update(&sp.Update)
 	errs.auth(&sp.Auth)
+	errs.limits(&sp.Limits)
 	return errs.err()
 }
 
@@ -561,6 +581,16 @@ func (e *fieldErrors) auth(a *Auth) {
 				seen[k] = i
 			}
 		}
+	}
+}
+
+func (e *fieldErrors) limits(l *Limits) {
+	const at = "spec.limits"
+	if l.MaxRequestBytes < 0 {
+		e.add(at+".maxRequestBytes", "must be a positive size such as %s, got %s; leave it out for the default %s", Bytes(64<<20), l.MaxRequestBytes, Bytes(DefaultMaxRequestBytes))
+	}
+	if l.MaxInFlight < 0 {
+		e.add(at+".maxInFlight", "must be at least 1, got %d; leave it out for the default %d", l.MaxInFlight, DefaultMaxInFlight)
 	}
 }
 
