@@ -246,6 +246,9 @@ loop:
 			msg = fmt.Sprintf("exit code %d", code)
 			saveCkpt(agentCtx, "failure") // a retry resumes from here
 		}
+		// The report goes only after every output is durable (the blob
+		// store syncs each object before its write returns), so a task
+		// reported succeeded never has outputs a power cut could truncate.
 		if err := at.uploadOutputs(agentCtx, dir, outcome); err != nil {
 			outcome = store.OutcomeFailed
 			msg = fmt.Sprintf("output upload failed: %v", err)
