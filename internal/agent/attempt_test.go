@@ -96,7 +96,7 @@ func reportWithPowerCut(t *testing.T, dropSyncs bool) (bad []string) {
 	a := New(Config{Server: srv.URL, Node: "n1", WorkDir: workDir, LogUpload: time.Hour}, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now)
 	a.blobs = blobs
 	as := api.Assignment{TaskID: 7, Attempt: 1, Job: "job1", JobUID: "uid1", Task: "t0", Spec: spec.TaskSpec{
-		Command: spec.Command{"sh", "-c", "mkdir -p out/sub && printf 'the result' > out/a.txt && yes spotml | head -c 300000 > out/sub/b.bin"},
+		Command:     spec.Command{"sh", "-c", "mkdir -p out/sub && printf 'the result' > out/a.txt && yes spotml | head -c 300000 > out/sub/b.bin"},
 		OutputFiles: []spec.OutputFile{{Pattern: "out/**", Destination: "results/job1/"}},
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
