@@ -152,11 +152,18 @@ func (at *attempt) run(agentCtx context.Context) {
 	log.Info("attempt started", "pid", cmd.Process.Pid, "dir", dir)
 
 	uploadLogs := func(ctx context.Context) {
+		// Both streams at once: each durable write waits on the disk.
+		var wg sync.WaitGroup
 		for _, s := range []string{"stdout", "stderr"} {
-			if err := a.blobs.UploadFile(ctx, filepath.Join(logDir, s+".log"), api.LogLocation(as.Job, as.JobUID, as.Task, as.Attempt, s)); err != nil {
-				log.Warn("upload log", "stream", s, "err", err)
-			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := a.blobs.UploadFile(ctx, filepath.Join(logDir, s+".log"), api.LogLocation(as.Job, as.JobUID, as.Task, as.Attempt, s)); err != nil {
+					log.Warn("upload log", "stream", s, "err", err)
+				}
+			}()
 		}
+		wg.Wait()
 	}
 	saveCkpt := func(ctx context.Context, why string) {
 		if ckpt == nil {
@@ -235,8 +242,15 @@ loop:
 		uploadLogs(agentCtx)
 		log.Info("attempt stopped: no longer assigned")
 	case preempted:
+		// The notice leaves little time: the checkpoint and the logs go up
+		// together, and the report only once both are durable.
+		logsDone := make(chan struct{})
+		go func() {
+			defer close(logsDone)
+			uploadLogs(agentCtx)
+		}()
 		saveCkpt(agentCtx, "eviction notice")
-		uploadLogs(agentCtx)
+		<-logsDone
 		at.a.report(agentCtx, as, store.OutcomePreempted, code, "stopped by eviction notice")
 	default:
 		outcome := store.OutcomeSucceeded

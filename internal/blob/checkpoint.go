@@ -288,19 +288,18 @@ func prune(ctx context.Context, b *blob.Bucket, d disk.FS, r ref, prefix, keep s
 		if err != nil {
 			return err
 		}
-		removed := false
+		// The removals need not be durable: a generation that comes back
+		// after a power cut is not named by LATEST, and the next Save
+		// removes it again. So no directory sync, which the eviction notice
+		// has little time for.
 		for _, e := range entries {
 			if e.IsDir() && genRE.MatchString(e.Name()) && e.Name() != keep {
 				if err := d.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 					return err
 				}
-				removed = true
 			}
 		}
-		if !removed {
-			return nil
-		}
-		return d.SyncDir(filepath.Clean(dir))
+		return nil
 	}
 	objs, err := listObjects(ctx, b, r, prefix)
 	if err != nil {
