@@ -104,10 +104,17 @@ func checkCuts(t *testing.T, first, dropSyncs bool) (bad []string) {
 				t.Fatalf("cut at step %d (%s): Save succeeded", cut, step)
 			}
 		}
-		for o := range run.disk.Outcomes() {
-			dst := t.TempDir()
-			if err := run.disk.Materialize(o, dst); err != nil {
-				t.Fatal(err)
+		// Outcome -1 is the process stopping at the step with the power on:
+		// everything done so far stays. The others are the power cut's.
+		for o := -1; o < run.disk.Outcomes(); o++ {
+			dst := run.root
+			what := "process stopped"
+			if o >= 0 {
+				dst = t.TempDir()
+				what = fmt.Sprintf("power cut, outcome %d", o)
+				if err := run.disk.Materialize(o, dst); err != nil {
+					t.Fatal(err)
+				}
 			}
 			// A Disk again, only to skip real fsyncs: nothing is cut.
 			after, err := powercut.New(dst)
@@ -140,29 +147,30 @@ func checkCuts(t *testing.T, first, dropSyncs bool) (bad []string) {
 				why = fmt.Sprintf("restored an incomplete generation %q", got)
 			}
 			if why != "" {
-				bad = append(bad, fmt.Sprintf("cut at step %d (%s), outcome %d: %s", cut, step, o, why))
+				bad = append(bad, fmt.Sprintf("cut at step %d (%s), %s: %s", cut, step, what, why))
 				continue
 			}
 			// Work goes on from the state the cut left.
 			src := t.TempDir()
 			writeTree(t, src, map[string]string{"step": "3"})
 			if _, err := s.Checkpoint("ck/job", src).Save(ctx); err != nil {
-				bad = append(bad, fmt.Sprintf("cut at step %d (%s), outcome %d: next Save: %v", cut, step, o, err))
+				bad = append(bad, fmt.Sprintf("cut at step %d (%s), %s: next Save: %v", cut, step, what, err))
 				continue
 			}
 			again := t.TempDir()
 			if ok, err := s.Checkpoint("ck/job", again).Restore(ctx); err != nil || !ok || readTree(t, again)["step"] != "3" {
-				bad = append(bad, fmt.Sprintf("cut at step %d (%s), outcome %d: next Save then Restore = %v, %v, %q", cut, step, o, ok, err, readTree(t, again)))
+				bad = append(bad, fmt.Sprintf("cut at step %d (%s), %s: next Save then Restore = %v, %v, %q", cut, step, what, ok, err, readTree(t, again)))
 			}
 		}
 	}
 	return bad
 }
 
-// TestCheckpointSurvivesPowerCut cuts the power at every step of a Save
-// (each write, sync, close, rename, directory sync of the generation's
-// files, of LATEST, and the prune), and for every state the cut could leave
-// checks that resuming finds a complete generation, the newest durable one.
+// TestCheckpointSurvivesPowerCut stops a Save at every step (each mkdir,
+// write, sync, close, rename, directory sync of the generation's files, of
+// LATEST, and the prune), and for the process stopping there and for every
+// state a power cut there could leave, checks that resuming finds a complete
+// generation, the newest durable one, and that the next Save works.
 func TestCheckpointSurvivesPowerCut(t *testing.T) {
 	for _, first := range []bool{false, true} {
 		t.Run(fmt.Sprintf("first=%v", first), func(t *testing.T) {
