@@ -180,6 +180,12 @@ func (at *attempt) run(agentCtx context.Context) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
+	// Interval saves run beside the loop, one at a time: a durable save
+	// waits on the disk, and an eviction notice must not wait for it to
+	// reach the task. The token is held while one is in flight; the loop's
+	// end waits for it.
+	ckptIdle := make(chan struct{}, 1)
+	ckptIdle <- struct{}{}
 	var ckptTick <-chan time.Time
 	if ckpt != nil {
 		iv := as.Spec.Checkpoint.Interval.Duration
@@ -202,7 +208,14 @@ loop:
 		case waitErr = <-exited:
 			break loop
 		case <-ckptTick:
-			saveCkpt(agentCtx, "interval")
+			select {
+			case <-ckptIdle:
+				go func() {
+					defer func() { ckptIdle <- struct{}{} }()
+					saveCkpt(agentCtx, "interval")
+				}()
+			default: // the previous interval save is still going
+			}
 		case <-logTick.C:
 			uploadLogs(agentCtx)
 		case <-a.drainCh:
@@ -236,19 +249,23 @@ loop:
 	at.finishing = true
 	at.mu.Unlock()
 	code := exitCode(waitErr)
+	var logsDone chan struct{}
+	if preempted {
+		// The notice leaves little time: the logs go up alongside the
+		// checkpoint, and the report only once both are durable.
+		logsDone = make(chan struct{})
+		go func() {
+			defer close(logsDone)
+			uploadLogs(agentCtx)
+		}()
+	}
+	<-ckptIdle // no interval save runs past here
 
 	switch {
 	case cancelled && !preempted:
 		uploadLogs(agentCtx)
 		log.Info("attempt stopped: no longer assigned")
 	case preempted:
-		// The notice leaves little time: the checkpoint and the logs go up
-		// together, and the report only once both are durable.
-		logsDone := make(chan struct{})
-		go func() {
-			defer close(logsDone)
-			uploadLogs(agentCtx)
-		}()
 		saveCkpt(agentCtx, "eviction notice")
 		<-logsDone
 		at.a.report(agentCtx, as, store.OutcomePreempted, code, "stopped by eviction notice")

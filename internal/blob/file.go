@@ -66,7 +66,7 @@ func (b *fileBucket) ErrorCode(err error) gcerrors.ErrorCode {
 // path returns the file that holds key: the one fileblob reads it from.
 func (b *fileBucket) path(key string) (string, error) {
 	if key == "" || strings.HasSuffix(key, ".attrs") {
-		return "", fmt.Errorf("file store: key %q cannot be stored as a file", key)
+		return "", fmt.Errorf("file store: key %q cannot be stored as a file: names ending in .attrs are fileblob's metadata files; choose another name", key)
 	}
 	return filepath.Join("/", escapeKey(key)), nil
 }
