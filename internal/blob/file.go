@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/driver"
@@ -36,12 +37,12 @@ import (
 // leading slash.
 type fileBucket struct {
 	sharedBucket // a fileblob bucket rooted at "/"
-	disk         disk.FS
+	disk         *fileDisk
 }
 
 var _ driver.Bucket = (*fileBucket)(nil)
 
-func openFileBucket(d disk.FS) (*blob.Bucket, error) {
+func openFileBucket(d *fileDisk) (*blob.Bucket, error) {
 	// NoTempDir and MetadataDontWrite only matter to fileblob's own writer,
 	// which Copy of an object under another name still uses.
 	fb, err := fileblob.OpenBucket("/", &fileblob.Options{
@@ -139,7 +140,7 @@ func (b *fileBucket) Copy(ctx context.Context, dstKey, srcKey string, opts *driv
 // A cancelled context discards the write.
 type fileWriter struct {
 	ctx  context.Context
-	disk disk.FS
+	disk *fileDisk
 	f    disk.File
 	path string
 	err  error // the first failed write: Close then commits nothing
@@ -188,17 +189,61 @@ func (w *fileWriter) Close() error {
 	return w.disk.SyncDir(filepath.Dir(w.path))
 }
 
+// fileDisk is what a Store's file buckets write through: the disk, and the
+// directories this Store is creating, whose parents are not synced yet.
+type fileDisk struct {
+	disk.FS
+
+	mu       sync.Mutex
+	creating map[string]chan struct{} // closed once the directory is durable
+}
+
+func newFileDisk(d disk.FS) *fileDisk {
+	return &fileDisk{FS: d, creating: map[string]chan struct{}{}}
+}
+
+// claim registers dir as being created by the caller (mine) or returns the
+// channel that another caller creating it will close.
+func (d *fileDisk) claim(dir string) (ch chan struct{}, mine bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ch := d.creating[dir]; ch != nil {
+		return ch, false
+	}
+	ch = make(chan struct{})
+	d.creating[dir] = ch
+	return ch, true
+}
+
+func (d *fileDisk) release(dir string, ch chan struct{}) {
+	d.mu.Lock()
+	delete(d.creating, dir)
+	d.mu.Unlock()
+	close(ch)
+}
+
+// pending returns the channel of a directory being created, or nil.
+func (d *fileDisk) pending(dir string) chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.creating[dir]
+}
+
 // mkdirAllDurable creates dir and its missing parents, syncing the parent of
-// each one it creates so that the new directory survives a power cut. A
-// directory that already exists is taken as durable: whoever created it here
-// synced it before its write returned.
-func mkdirAllDurable(d disk.FS, dir string) error {
+// each one it creates so that the new directory survives a power cut. When
+// another write through the same Store is creating one of them, it waits
+// until that one is durable; a directory that exists otherwise is durable
+// already (its creator synced it before its write returned).
+func mkdirAllDurable(d *fileDisk, dir string) error {
 	var missing []string
 	for p := dir; ; p = filepath.Dir(p) {
 		fi, err := os.Stat(p)
 		if err == nil {
 			if !fi.IsDir() {
 				return &fs.PathError{Op: "mkdir", Path: p, Err: errors.New("not a directory")}
+			}
+			if ch := d.pending(p); ch != nil {
+				<-ch
 			}
 			break
 		}
@@ -212,13 +257,20 @@ func mkdirAllDurable(d disk.FS, dir string) error {
 	}
 	for i := len(missing) - 1; i >= 0; i-- {
 		p := missing[i]
-		// Another writer may create the same directory meanwhile; syncing
-		// the parent regardless makes the entry durable before this write
-		// relies on it.
-		if err := d.Mkdir(p); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
+		ch, mine := d.claim(p)
+		if !mine {
+			<-ch
+			continue
 		}
-		if err := d.SyncDir(filepath.Dir(p)); err != nil {
+		err := d.Mkdir(p)
+		if errors.Is(err, fs.ErrExist) {
+			err = nil // made by another process; sync its entry all the same
+		}
+		if err == nil {
+			err = d.SyncDir(filepath.Dir(p))
+		}
+		d.release(p, ch)
+		if err != nil {
 			return err
 		}
 	}

@@ -5,13 +5,18 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
 
 	"github.com/spotml/spotml/internal/blob/disk"
+	"github.com/spotml/spotml/internal/blob/powercut"
 )
 
 // TestFileKeysMatchFileblob writes keys that fileblob escapes through the
@@ -67,7 +72,7 @@ func BenchmarkFilePut(b *testing.B) {
 				var bk *blob.Bucket
 				var err error
 				if kind == "synced" {
-					bk, err = openFileBucket(disk.OS{})
+					bk, err = openFileBucket(newFileDisk(disk.OS{}))
 				} else {
 					bk, err = fileblob.OpenBucket("/", &fileblob.Options{NoTempDir: true, Metadata: fileblob.MetadataDontWrite})
 				}
@@ -85,4 +90,72 @@ func BenchmarkFilePut(b *testing.B) {
 			})
 		}
 	}
+}
+
+// TestConcurrentWritesDurableOnReturn writes objects at once into
+// directories that do not exist yet, and as each write returns cuts the
+// power: the object must be in every state the cut could leave, even when
+// another write created its directory and had not synced it yet (the sync
+// that makes a/b/c0 and a/b/c1 durable is slowed to open that window).
+func TestConcurrentWritesDurableOnReturn(t *testing.T) {
+	ctx := context.Background()
+	for round := range 3 {
+		root := t.TempDir()
+		d, err := powercut.New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow := slowSyncDir{Disk: d, dir: filepath.Join(root, "a", "b")}
+		s, err := NewStore("file://"+filepath.ToSlash(root), WithDisk(slow))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				key := fmt.Sprintf("a/b/c%d/obj%d", i%2, i)
+				if err := s.Write(ctx, key, strings.NewReader(key)); err != nil {
+					errs <- err
+					return
+				}
+				for _, certain := range []bool{false, true} {
+					dst := t.TempDir()
+					var err error
+					if certain {
+						err = d.MaterializeCertain(dst)
+					} else {
+						err = d.Materialize(0, dst) // the fewest changes kept in order
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					if got, err := os.ReadFile(filepath.Join(dst, filepath.FromSlash(key))); err != nil || string(got) != key {
+						errs <- fmt.Errorf("round %d: %s after a cut once its write returned: %q, %v", round, key, got, err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	}
+}
+
+// slowSyncDir delays syncing one directory.
+type slowSyncDir struct {
+	*powercut.Disk
+	dir string
+}
+
+func (s slowSyncDir) SyncDir(name string) error {
+	if filepath.Clean(name) == s.dir {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return s.Disk.SyncDir(name)
 }

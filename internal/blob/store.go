@@ -44,8 +44,8 @@ import (
 type Store struct {
 	defaultURL string
 	def        ref
-	disk       disk.FS // what file:// writes go through
-	transfers  int     // objects moved at once in one call
+	disk       *fileDisk // what file:// writes go through
+	transfers  int       // objects moved at once in one call
 
 	mu  sync.Mutex
 	mem map[string]*blob.Bucket // mem:// buckets by host name, kept for the Store's life
@@ -66,7 +66,7 @@ type Option func(*Store)
 
 // WithDisk makes file:// locations write through d instead of the operating
 // system's file system directly; tests pass one that simulates power cuts.
-func WithDisk(d disk.FS) Option { return func(s *Store) { s.disk = d } }
+func WithDisk(d disk.FS) Option { return func(s *Store) { s.disk = newFileDisk(d) } }
 
 // WithTransfers sets how many objects one call moves at once (default 8);
 // 1 makes the order of writes repeatable.
@@ -79,7 +79,7 @@ func NewStore(defaultURL string, opts ...Option) (*Store, error) {
 	if !hasScheme(defaultURL) {
 		return nil, fmt.Errorf("default blob store %q: want a URL such as file:///var/lib/spotml/blobs or mem://test", defaultURL)
 	}
-	s := &Store{mem: map[string]*blob.Bucket{}, disk: disk.OS{}, transfers: transfers}
+	s := &Store{mem: map[string]*blob.Bucket{}, disk: newFileDisk(disk.OS{}), transfers: transfers}
 	for _, o := range opts {
 		o(s)
 	}

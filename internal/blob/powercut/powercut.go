@@ -1,10 +1,12 @@
 // Package powercut simulates power cuts for code that writes through a
 // disk.FS. A Disk forwards every call to the real file system under a root
 // directory and remembers what a power cut at that moment could leave
-// behind: file data survives only once synced, and the changes to names
-// (new files and directories, renames, removals) survive in the order they
-// were made, each one certainly only once its directory was synced and
-// possibly any time before. Outcomes says how many states a cut now could
+// behind: file data survives only once synced, and a change to a name (a
+// new file or directory, a rename, a removal) certainly only once its
+// directory was synced, possibly any time before. The states it offers are
+// the changes kept in the order they were made up to any point (as a
+// journaling file system loses them) and the changes certain to survive
+// alone (all POSIX promises). Outcomes says how many states a cut now could
 // leave and Materialize writes one of them out as real files.
 //
 // A Disk can also cut the power at its n-th call (that call and every later
@@ -284,29 +286,58 @@ func (d *Disk) durable() int {
 	return n
 }
 
-// Outcomes returns how many different states a power cut now could leave.
+// Outcomes returns how many different states a power cut now could leave
+// (of those Materialize writes).
 func (d *Disk) Outcomes() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.ops) - d.durable() + 1
+	return d.outcomes()
 }
 
+func (d *Disk) outcomes() int { return len(d.ops) - d.durable() + 2 }
+
 // Materialize writes under dst, which stands for the Disk's root, what a
-// power cut now could leave: outcome 0 keeps only the changes that are
-// certain to survive, each next outcome one more, up to Outcomes()-1,
-// which keeps them all. Files hold only the data synced.
+// power cut now could leave. Outcomes 0 to Outcomes()-2 keep the changes
+// to names in order: outcome 0 only up to the last one certain to survive,
+// each next outcome one more, Outcomes()-2 all of them; that is how a
+// journaling file system such as ext4 loses them. The last outcome keeps
+// only the changes certain to survive, each one whose directory was synced
+// after it, and nothing else, as POSIX alone promises; a name whose
+// directory is lost is lost with it. Files hold only the data synced.
 func (d *Disk) Materialize(outcome int, dst string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	keep := d.durable() + outcome
-	if outcome < 0 || keep > len(d.ops) {
-		return fmt.Errorf("powercut: outcome %d of %d", outcome, len(d.ops)-d.durable()+1)
+	n := d.outcomes()
+	if outcome < 0 || outcome >= n {
+		return fmt.Errorf("powercut: outcome %d of %d", outcome, n)
+	}
+	return d.materialize(outcome, outcome == n-1, dst)
+}
+
+// MaterializeCertain writes the last outcome, the changes certain to
+// survive alone, whatever the number of outcomes is by then.
+func (d *Disk) MaterializeCertain(dst string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.materialize(0, true, dst)
+}
+
+func (d *Disk) materialize(outcome int, strict bool, dst string) error {
+	var kept []op
+	if strict {
+		for _, o := range d.ops {
+			if len(o.unsynced) == 0 {
+				kept = append(kept, o)
+			}
+		}
+	} else {
+		kept = d.ops[:d.durable()+outcome]
 	}
 	tree := make(map[string]node, len(d.base))
 	for p, n := range d.base {
 		tree[p] = n
 	}
-	for _, o := range d.ops[:keep] {
+	for _, o := range kept {
 		switch o.kind {
 		case opMkdir:
 			tree[o.path] = node{dir: true}
@@ -339,6 +370,9 @@ func (d *Disk) Materialize(outcome int, dst string) error {
 		}
 		out := filepath.Join(dst, rel)
 		if _, err := os.Stat(filepath.Dir(out)); err != nil {
+			if strict {
+				continue // its directory's own name was lost
+			}
 			return fmt.Errorf("powercut: %s survives but its directory does not: %w", p, err)
 		}
 		n := tree[p]
