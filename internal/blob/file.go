@@ -43,8 +43,8 @@ type fileBucket struct {
 var _ driver.Bucket = (*fileBucket)(nil)
 
 func openFileBucket(d *fileDisk) (*blob.Bucket, error) {
-	// NoTempDir and MetadataDontWrite only matter to fileblob's own writer,
-	// which Copy of an object under another name still uses.
+	// Plain files without metadata sidecars, as the store has always kept
+	// them; fileblob's own writer is never used.
 	fb, err := fileblob.OpenBucket("/", &fileblob.Options{
 		NoTempDir: true,
 		Metadata:  fileblob.MetadataDontWrite,

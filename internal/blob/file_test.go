@@ -54,6 +54,19 @@ func TestFileKeysMatchFileblob(t *testing.T) {
 				t.Errorf("%s: key %q read back %q, %v; want %q", w.name, key, got, err, want)
 			}
 		}
+		// Copy and Delete go through the file store's own writer too.
+		if err := ours.Copy(ctx, key+".copy", key, nil); err != nil {
+			t.Fatalf("copy %q: %v", key, err)
+		}
+		if got, err := theirs.ReadAll(ctx, key+".copy"); err != nil || string(got) != fmt.Sprint("fileblob->ours", i) {
+			t.Errorf("copy of %q read back %q, %v", key, got, err)
+		}
+		if err := ours.Delete(ctx, key+".copy"); err != nil {
+			t.Errorf("delete %q: %v", key+".copy", err)
+		}
+		if ok, err := theirs.Exists(ctx, key+".copy"); ok || err != nil {
+			t.Errorf("after delete, %q exists = %v, %v", key+".copy", ok, err)
+		}
 	}
 }
 
