@@ -155,11 +155,18 @@ func (at *attempt) run(agentCtx context.Context) {
 	log.Info("attempt started", "pid", cmd.Process.Pid, "dir", dir)
 
 	uploadLogs := func(ctx context.Context) {
+		// Both streams at once: each durable write waits on the disk.
+		var wg sync.WaitGroup
 		for _, s := range []string{"stdout", "stderr"} {
-			if err := a.blobs.UploadFile(ctx, filepath.Join(logDir, s+".log"), api.LogLocation(as.Job, as.JobUID, as.Task, as.Attempt, s)); err != nil {
-				log.Warn("upload log", "stream", s, "err", err)
-			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := a.blobs.UploadFile(ctx, filepath.Join(logDir, s+".log"), api.LogLocation(as.Job, as.JobUID, as.Task, as.Attempt, s)); err != nil {
+					log.Warn("upload log", "stream", s, "err", err)
+				}
+			}()
 		}
+		wg.Wait()
 	}
 	saveCkpt := func(ctx context.Context, why string) {
 		if ckpt == nil {
@@ -176,6 +183,12 @@ func (at *attempt) run(agentCtx context.Context) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
+	// Interval saves run beside the loop, one at a time: a durable save
+	// waits on the disk, and an eviction notice must not wait for it to
+	// reach the task. The token is held while one is in flight; the loop's
+	// end waits for it.
+	ckptIdle := make(chan struct{}, 1)
+	ckptIdle <- struct{}{}
 	var ckptTick <-chan time.Time
 	if ckpt != nil {
 		iv := as.Spec.Checkpoint.Interval.Duration
@@ -198,7 +211,14 @@ loop:
 		case waitErr = <-exited:
 			break loop
 		case <-ckptTick:
-			saveCkpt(agentCtx, "interval")
+			select {
+			case <-ckptIdle:
+				go func() {
+					defer func() { ckptIdle <- struct{}{} }()
+					saveCkpt(agentCtx, "interval")
+				}()
+			default: // the previous interval save is still going
+			}
 		case <-logTick.C:
 			uploadLogs(agentCtx)
 		case <-a.drainCh:
@@ -232,6 +252,17 @@ loop:
 	at.finishing = true
 	at.mu.Unlock()
 	code := exitCode(waitErr)
+	var logsDone chan struct{}
+	if preempted {
+		// The notice leaves little time: the logs go up alongside the
+		// checkpoint, and the report only once both are durable.
+		logsDone = make(chan struct{})
+		go func() {
+			defer close(logsDone)
+			uploadLogs(agentCtx)
+		}()
+	}
+	<-ckptIdle // no interval save runs past here
 
 	switch {
 	case cancelled && !preempted:
@@ -239,7 +270,7 @@ loop:
 		log.Info("attempt stopped: no longer assigned")
 	case preempted:
 		saveCkpt(agentCtx, "eviction notice")
-		uploadLogs(agentCtx)
+		<-logsDone
 		at.a.report(agentCtx, as, store.OutcomePreempted, code, "stopped by eviction notice")
 	default:
 		outcome := store.OutcomeSucceeded
@@ -249,6 +280,9 @@ loop:
 			msg = fmt.Sprintf("exit code %d", code)
 			saveCkpt(agentCtx, "failure") // a retry resumes from here
 		}
+		// The report goes only after every output is durable (the blob
+		// store syncs each object before its write returns), so a task
+		// reported succeeded never has outputs a power cut could truncate.
 		if err := at.uploadOutputs(agentCtx, dir, outcome); err != nil {
 			outcome = store.OutcomeFailed
 			msg = fmt.Sprintf("output upload failed: %v", err)

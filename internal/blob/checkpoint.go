@@ -15,16 +15,22 @@ import (
 
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
+
+	"github.com/spotml/spotml/internal/blob/disk"
 )
 
 // Checkpoint keeps a local directory in blob storage.
 //
 // Each Save uploads a full snapshot as a new generation under
 // location/gen-<n>/, then writes location/LATEST naming it, then deletes the
-// other generations. LATEST is the commit point: a Save cut off before it
-// leaves the previous generation in place and still named, and the next Save
-// removes the leftovers. Restore reads LATEST and nothing else decides which
-// generation is current.
+// other generations. Each step starts only once the one before is durable
+// (on file:// every object is synced, with its directory, before its write
+// returns): LATEST never names a generation that a power cut could leave
+// empty or short, and the previous generation is deleted only once LATEST
+// naming the new one would survive. LATEST is the commit point: a Save cut
+// off before it leaves the previous generation in place and still named, and
+// the next Save removes the leftovers. Restore reads LATEST and nothing else
+// decides which generation is current.
 //
 // One process saves a given location at a time; Restore may run alongside a
 // Save elsewhere and retries if the generation it was reading is deleted.
@@ -88,13 +94,14 @@ func (c *Checkpoint) Save(ctx context.Context) (files int, err error) {
 	}
 	gen := "gen-" + strconv.FormatInt(next+1, 10)
 
-	if err := uploadFiles(ctx, b, c.dir, rels, prefix+gen+"/"); err != nil {
+	// Durable once uploadFiles returns: every object write syncs.
+	if err := uploadFiles(ctx, b, c.dir, rels, prefix+gen+"/", c.store.transfers); err != nil {
 		return 0, fmt.Errorf("checkpoint %s: %w", c.location, err)
 	}
 	if err := b.WriteAll(ctx, prefix+latestName, []byte(gen+"\n"), &blob.WriterOptions{ContentType: "text/plain"}); err != nil {
 		return 0, fmt.Errorf("checkpoint %s: commit %s: %w", c.location, gen, err)
 	}
-	if err := prune(ctx, b, r, prefix, gen); err != nil {
+	if err := prune(ctx, b, c.store.disk, r, prefix, gen); err != nil {
 		return len(rels), fmt.Errorf("checkpoint %s: saved %s, but removing older generations failed: %w", c.location, gen, err)
 	}
 	return len(rels), nil
@@ -271,7 +278,7 @@ func genNumber(gen string) int64 {
 
 // prune deletes every generation under prefix except keep. Other objects
 // under prefix are left alone.
-func prune(ctx context.Context, b *blob.Bucket, r ref, prefix, keep string) error {
+func prune(ctx context.Context, b *blob.Bucket, d disk.FS, r ref, prefix, keep string) error {
 	if r.scheme == fileblob.Scheme {
 		// Removing the directories also removes the empty subdirectories and
 		// any temporary files a cut-off write left, which deleting the
@@ -281,9 +288,13 @@ func prune(ctx context.Context, b *blob.Bucket, r ref, prefix, keep string) erro
 		if err != nil {
 			return err
 		}
+		// The removals need not be durable: a generation that comes back
+		// after a power cut is not named by LATEST, and the next Save
+		// removes it again. So no directory sync, which the eviction notice
+		// has little time for.
 		for _, e := range entries {
 			if e.IsDir() && genRE.MatchString(e.Name()) && e.Name() != keep {
-				if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				if err := d.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 					return err
 				}
 			}

@@ -78,7 +78,7 @@ func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) (
 		return nil, err
 	}
 	defer b.Close()
-	if err := uploadFiles(ctx, b, dir, rels, prefix); err != nil {
+	if err := uploadFiles(ctx, b, dir, rels, prefix, s.transfers); err != nil {
 		return nil, err
 	}
 	written := make([]string, len(rels))
@@ -192,10 +192,10 @@ func (s *Store) objectRef(location string) (ref, error) {
 	return r, nil
 }
 
-// uploadFiles uploads dir/rel to prefix+rel for each rel, several at a time.
-func uploadFiles(ctx context.Context, b *blob.Bucket, dir string, rels []string, prefix string) error {
+// uploadFiles uploads dir/rel to prefix+rel for each rel, n at a time.
+func uploadFiles(ctx context.Context, b *blob.Bucket, dir string, rels []string, prefix string, n int) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(transfers)
+	g.SetLimit(n)
 	for _, rel := range rels {
 		g.Go(func() error {
 			return uploadFile(ctx, b, filepath.Join(dir, filepath.FromSlash(rel)), prefix+rel)
