@@ -120,6 +120,7 @@ func (p *Plane) Run(ctx context.Context) error {
 	if p.opt.Retention > 0 {
 		wg.Go(func() { p.runPruner(ctx) })
 	}
+	wg.Go(func() { p.runFlusher(ctx) })
 	t := time.NewTicker(p.opt.Interval)
 	defer t.Stop()
 	for {
@@ -177,6 +178,23 @@ func (p *Plane) checkLiveness(ctx context.Context, nodes []store.Node) ([]store.
 		errs = append(errs, p.stop(ctx, n))
 	}
 	return kept, errors.Join(errs...)
+}
+
+// runFlusher writes the heartbeats the store keeps in memory every
+// store.HeartbeatFlushEvery, until ctx ends.
+func (p *Plane) runFlusher(ctx context.Context) {
+	t := time.NewTicker(store.HeartbeatFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := p.store.FlushHeartbeats(ctx); err != nil && ctx.Err() == nil {
+			p.log.Error("flush heartbeats failed", "err", err)
+		}
+	}
 }
 
 // runPruner removes history older than the retention every PruneEvery,

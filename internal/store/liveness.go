@@ -9,10 +9,10 @@ import (
 	"time"
 )
 
-// HeartbeatFlushEvery is how often heartbeats kept in memory are written
-// to the database, all in one transaction: a third of the control plane's
-// default node timeout, so the stored heartbeat_at that other processes
-// read is never more than this old while the control plane runs.
+// HeartbeatFlushEvery is how often the control plane writes the heartbeats
+// kept in memory to the database, all in one transaction (FlushHeartbeats):
+// a third of its default node timeout, so the stored heartbeat_at that
+// other processes read is never much older than this while it runs.
 const HeartbeatFlushEvery = 5 * time.Second
 
 // liveness keeps agents' heartbeats in memory. A heartbeat is the store's
@@ -20,15 +20,15 @@ const HeartbeatFlushEvery = 5 * time.Second
 // must survive a crash: losing the last few seconds of it only makes a
 // restarted control plane wait its node timeout again before it calls a
 // silent node lost (control.Plane counts heartbeats from its own start).
-// So a heartbeat from a node whose state is known costs no transaction;
-// the times are flushed every HeartbeatFlushEvery, and the store's node
-// reads show the newest time, from memory or disk.
+// So a heartbeat from a node whose state is known costs no transaction and
+// never waits for the database; the times are flushed every
+// HeartbeatFlushEvery, and the store's node reads show the newest time,
+// from memory or disk.
 type liveness struct {
-	mu        sync.Mutex
-	nodes     map[string]*heard
-	gen       uint64 // bumped by forget: a slower heartbeat read before it must not cache its stale node
-	flushing  bool
-	lastFlush time.Time
+	mu       sync.Mutex
+	nodes    map[string]*heard
+	gen      uint64 // bumped by forget: a slower heartbeat read before it must not cache its stale node
+	flushing bool
 }
 
 type heard struct {
@@ -68,9 +68,9 @@ func (s *Store) withHeartbeat(n Node) Node {
 // provisioning node ready (its start task has finished). A node that has
 // ended gets ErrConflict: it must stop; an unknown node ErrNotFound.
 //
-// The first heartbeat of a node, and one that makes it ready, is a
-// transaction; the others only update memory (see liveness) and, every
-// HeartbeatFlushEvery, write every node's time in one transaction.
+// The first heartbeat of a node, one after its state changed, and one that
+// makes it ready, is a transaction; the others only update memory (see
+// liveness) until FlushHeartbeats writes them all in one.
 func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (Node, error) {
 	now := s.now()
 	l := &s.live
@@ -82,16 +82,7 @@ func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (Node, e
 		h.dirty = true
 		n := h.node
 		n.HeartbeatAt = now
-		flush := !l.flushing && now.Sub(l.lastFlush) >= HeartbeatFlushEvery
-		if flush {
-			l.flushing = true
-		}
 		l.mu.Unlock()
-		if flush {
-			if err := s.flushHeartbeats(context.WithoutCancel(ctx)); err != nil {
-				return Node{}, err
-			}
-		}
 		return n, nil
 	}
 	gen := l.gen
@@ -141,7 +132,7 @@ func (s *Store) heartbeatTx(ctx context.Context, name string, ready bool, now ti
 }
 
 // FlushHeartbeats writes the heartbeat times kept in memory to the
-// database in one transaction. Heartbeat calls it every
+// database in one transaction. The control plane calls it every
 // HeartbeatFlushEvery, and Close once more.
 func (s *Store) FlushHeartbeats(ctx context.Context) error {
 	s.live.mu.Lock()
@@ -169,7 +160,6 @@ func (s *Store) flushHeartbeats(ctx context.Context) error {
 			h.dirty = false
 		}
 	}
-	l.lastFlush = s.now()
 	l.mu.Unlock()
 	var err error
 	if len(beats) > 0 {
