@@ -48,9 +48,9 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 		nodes, tasks int
 		heartbeat    time.Duration
 	}{{100, 10_000, 0}, {1_000, 100_000, 0}, {1_000, 100_000, time.Second}} {
-		name := fmt.Sprintf("nodes=%d/tasks=%d", size.nodes, size.tasks)
+		name := fmt.Sprintf("nodes=%d/tasks=%d/heartbeat=off", size.nodes, size.tasks)
 		if size.heartbeat > 0 {
-			name += "/heartbeat=" + size.heartbeat.String()
+			name = fmt.Sprintf("nodes=%d/tasks=%d/heartbeat=%s", size.nodes, size.tasks, size.heartbeat)
 		}
 		b.Run(name, func(b *testing.B) {
 			var assign, report time.Duration

@@ -39,7 +39,11 @@ func (e *kindError) Is(target error) bool { return target == e.kind }
 
 // Store is the SQLite-backed state of one control plane.
 type Store struct {
-	db   *sql.DB
+	db *sql.DB
+	// rdb is a pool of read-only connections for what agents' heartbeats
+	// read: in WAL mode they read the last commit while db writes, so a
+	// heartbeat is not held up behind a long assign or report transaction.
+	rdb  *sql.DB
 	now  func() time.Time
 	live liveness
 
@@ -64,12 +68,19 @@ func Open(ctx context.Context, path string, now func() time.Time) (*Store, error
 		db.Close()
 		return nil, err
 	}
+	rdb, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=query_only(1)")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s for reading: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(4)
+	s.rdb = rdb
 	return s, nil
 }
 
 // Close writes the heartbeats kept in memory and closes the database.
 func (s *Store) Close() error {
-	return errors.Join(s.FlushHeartbeats(context.Background()), s.db.Close())
+	return errors.Join(s.FlushHeartbeats(context.Background()), s.rdb.Close(), s.db.Close())
 }
 
 // Stats are counters of what the store has done since it was opened.
