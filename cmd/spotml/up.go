@@ -32,6 +32,7 @@ type serverFlags struct {
 	heartbeat   time.Duration
 	nodeTimeout time.Duration
 	interval    time.Duration
+	retention   time.Duration
 	logLevel    string
 	api         timeouts
 	gateway     gatewayOptions
@@ -44,6 +45,8 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().DurationVar(&f.heartbeat, "heartbeat", time.Second, "how often agents heartbeat")
 	c.Flags().DurationVar(&f.nodeTimeout, "node-timeout", 15*time.Second, "heartbeat silence after which a node is lost and its tasks requeued")
 	c.Flags().DurationVar(&f.interval, "reconcile-interval", 500*time.Millisecond, "how often the control loops run")
+	c.Flags().DurationVar(&f.retention, "retention", store.DefaultRetention,
+		"how long ended nodes, node runs, attempts, replicas and events are kept (cost is kept per pool and day); 0: forever")
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.api = apiTimeouts
 	f.api.bind(c.Flags(), "api-", "API", false)
@@ -89,6 +92,13 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	}
 	if err := f.gateway.timeouts.check("gateway-"); err != nil {
 		return err
+	}
+	retention := f.retention
+	switch {
+	case retention < 0:
+		return fmt.Errorf("--retention: %s is negative; give a duration like 168h, or 0 to keep all history", f.retention)
+	case retention == 0:
+		retention = -1 // control.Options: keep everything
 	}
 	data, err := filepath.Abs(f.data)
 	if err != nil {
@@ -143,7 +153,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 			os.Setenv("SPOTML_ONNXRUNTIME_LIB", lib)
 		}
 	}
-	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout})
+	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout, Retention: retention})
 	cfg.Plane = plane
 	g, gctx := errgroup.WithContext(ctx)
 	gatewayURL := ""

@@ -47,6 +47,13 @@ type Options struct {
 	NodeTimeout      time.Duration // heartbeat silence before a node is lost; default 15s
 	ProvisionTimeout time.Duration // provisioning before a node is lost; default 120s
 	SampleEvery      time.Duration // between service samples (the console's history); default SampleEvery
+	// Retention is how long ended nodes, node runs, attempts, replicas and
+	// events are kept; older ones are pruned every PruneEvery in batches
+	// of PruneBatch, node runs rolled up per pool and day first. Default
+	// store.DefaultRetention; negative keeps everything.
+	Retention  time.Duration
+	PruneEvery time.Duration // default 1m
+	PruneBatch int           // rows of each kind per transaction; default 500
 }
 
 // Plane is the control plane's set of reconcilers.
@@ -57,6 +64,10 @@ type Plane struct {
 	now       func() time.Time
 	opt       Options
 	kick      chan struct{}
+	// started is when this control plane began: heartbeats are kept in
+	// memory and flushed every few seconds, so after a restart a node
+	// gets a full NodeTimeout from here before it is called lost.
+	started time.Time
 
 	mu      sync.Mutex
 	backoff map[string]time.Time // pool -> no launch before
@@ -78,7 +89,16 @@ func New(st *store.Store, providers map[string]Provider, log *slog.Logger, now f
 	if opt.SampleEvery == 0 {
 		opt.SampleEvery = SampleEvery
 	}
-	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt,
+	if opt.Retention == 0 {
+		opt.Retention = store.DefaultRetention
+	}
+	if opt.PruneEvery == 0 {
+		opt.PruneEvery = time.Minute
+	}
+	if opt.PruneBatch == 0 {
+		opt.PruneBatch = 500
+	}
+	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt, started: now(),
 		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}}
 }
 
@@ -97,6 +117,10 @@ func (p *Plane) Run(ctx context.Context) error {
 	// Sampling keeps its own beat: a slow reconcile pass must not leave
 	// gaps in the history.
 	wg.Go(func() { p.runSampler(ctx) })
+	if p.opt.Retention > 0 {
+		wg.Go(func() { p.runPruner(ctx) })
+	}
+	wg.Go(func() { p.runFlusher(ctx) })
 	t := time.NewTicker(p.opt.Interval)
 	defer t.Stop()
 	for {
@@ -112,42 +136,116 @@ func (p *Plane) Run(ctx context.Context) error {
 	}
 }
 
-// Reconcile runs one pass of every loop.
+// Reconcile runs one pass of every loop. It reads the live nodes once
+// (never the ended ones, which are history) and hands them to each loop;
+// the queue and the replicas, which the loops change, each re-reads.
 func (p *Plane) Reconcile(ctx context.Context) error {
-	return errors.Join(p.checkLiveness(ctx), p.reconcileServices(ctx), p.schedule(ctx), p.scalePools(ctx))
-}
-
-// checkLiveness ends nodes whose agent went silent; their tasks requeue.
-func (p *Plane) checkLiveness(ctx context.Context) error {
-	nodes, err := p.store.ListNodes(ctx)
+	nodes, err := p.store.LiveNodes(ctx)
 	if err != nil {
 		return err
 	}
+	nodes, lerr := p.checkLiveness(ctx, nodes)
+	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
+}
+
+// checkLiveness ends nodes whose agent went silent; their tasks requeue.
+// It returns the nodes still live.
+func (p *Plane) checkLiveness(ctx context.Context, nodes []store.Node) ([]store.Node, error) {
 	now := p.now()
 	var errs []error
+	kept := nodes[:0:0]
 	for _, n := range nodes {
 		var why string
+		last := n.HeartbeatAt
+		if last.Before(p.started) {
+			last = p.started
+		}
 		switch {
 		case n.State == store.NodeProvisioning && n.HeartbeatAt.IsZero() && now.Sub(n.StateAt) > p.opt.ProvisionTimeout:
 			why = fmt.Sprintf("agent did not join within %s", p.opt.ProvisionTimeout)
-		case store.Live(n.State) && !n.HeartbeatAt.IsZero() && now.Sub(n.HeartbeatAt) > p.opt.NodeTimeout:
+		case store.Live(n.State) && !n.HeartbeatAt.IsZero() && now.Sub(last) > p.opt.NodeTimeout:
 			why = fmt.Sprintf("no heartbeat for %s", now.Sub(n.HeartbeatAt).Round(time.Second))
 		default:
+			kept = append(kept, n)
 			continue
 		}
 		p.log.Warn("node lost", "node", n.Name, "why", why)
 		if err := p.store.EndNode(ctx, n.Name, store.NodeLost, why); err != nil {
 			errs = append(errs, err)
+			kept = append(kept, n)
 			continue
 		}
 		errs = append(errs, p.stop(ctx, n))
 	}
-	return errors.Join(errs...)
+	return kept, errors.Join(errs...)
+}
+
+// runFlusher writes the heartbeats the store keeps in memory every
+// store.HeartbeatFlushEvery, until ctx ends.
+func (p *Plane) runFlusher(ctx context.Context) {
+	t := time.NewTicker(store.HeartbeatFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := p.store.FlushHeartbeats(ctx); err != nil && ctx.Err() == nil {
+			p.log.Error("flush heartbeats failed", "err", err)
+		}
+	}
+}
+
+// runPruner removes history older than the retention every PruneEvery,
+// one small transaction at a time, until ctx ends.
+func (p *Plane) runPruner(ctx context.Context) {
+	t := time.NewTicker(p.opt.PruneEvery)
+	defer t.Stop()
+	for {
+		if _, err := p.Prune(ctx); err != nil && ctx.Err() == nil {
+			p.log.Error("prune failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Prune removes ended nodes, node runs, attempts, replicas and events older
+// than the retention, in batches, and returns how many rows went.
+func (p *Plane) Prune(ctx context.Context) (store.PruneStats, error) {
+	var sum store.PruneStats
+	if p.opt.Retention <= 0 {
+		return sum, nil
+	}
+	before := p.now().Add(-p.opt.Retention)
+	for ctx.Err() == nil {
+		st, err := p.store.Prune(ctx, before, p.opt.PruneBatch)
+		if err != nil {
+			return sum, err
+		}
+		sum.Nodes += st.Nodes
+		sum.Runs += st.Runs
+		sum.Attempts += st.Attempts
+		sum.Replicas += st.Replicas
+		sum.Events += st.Events
+		if st.Total() == 0 {
+			break
+		}
+	}
+	if sum.Total() > 0 {
+		p.log.Info("pruned history", "before", before, "nodes", sum.Nodes, "runs", sum.Runs, "attempts", sum.Attempts,
+			"replicas", sum.Replicas, "events", sum.Events)
+	}
+	return sum, nil
 }
 
 // schedule assigns pending replicas, then pending tasks, to nodes with
 // room.
-func (p *Plane) schedule(ctx context.Context) error {
+func (p *Plane) schedule(ctx context.Context, nodes []store.Node) error {
 	pending, err := p.store.PendingTasks(ctx)
 	if err != nil {
 		return err
@@ -159,10 +257,6 @@ func (p *Plane) schedule(ctx context.Context) error {
 	queue := replicaQueue(reps)
 	if len(pending) == 0 && len(queue) == 0 {
 		return nil
-	}
-	nodes, err := p.store.ListNodes(ctx)
-	if err != nil {
-		return err
 	}
 	running, err := p.store.RunningTasks(ctx)
 	if err != nil {
@@ -231,12 +325,8 @@ func Snapshot(pending []store.Task, nodes []store.Node, running []store.Task) sc
 }
 
 // scalePools keeps every pool at the size its tasks need.
-func (p *Plane) scalePools(ctx context.Context) error {
+func (p *Plane) scalePools(ctx context.Context, live []store.Node) error {
 	pools, err := p.store.ListPools(ctx)
-	if err != nil {
-		return err
-	}
-	nodes, err := p.store.ListNodes(ctx)
 	if err != nil {
 		return err
 	}
@@ -252,6 +342,7 @@ func (p *Plane) scalePools(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	nodes := withLoad(live, running, reps)
 	pending = append(replicaQueue(reps), pending...)
 	running = append(running, replicaLoad(reps)...)
 	now := p.now()
@@ -323,6 +414,30 @@ func (p *Plane) scalePools(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// withLoad returns a copy of the pass's nodes with their task and replica
+// counts taken from running and reps, read after this pass scheduled: a
+// node that just got work is not idle.
+func withLoad(nodes []store.Node, running []store.Task, reps []store.Replica) []store.Node {
+	tasks, replicas := map[string]int{}, map[string]int{}
+	for _, t := range running {
+		tasks[t.Node]++
+	}
+	for _, r := range reps {
+		if r.Node != "" {
+			replicas[r.Node]++
+		}
+	}
+	out := make([]store.Node, len(nodes))
+	for i, n := range nodes {
+		n.Tasks, n.Replicas = tasks[n.Name], replicas[n.Name]
+		if n.Tasks > 0 || n.Replicas > 0 {
+			n.IdleSince = time.Time{} // as Assign and AssignReplicas stored it
+		}
+		out[i] = n
+	}
+	return out
 }
 
 func (p *Plane) inBackoff(pool string, now time.Time) bool {

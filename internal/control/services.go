@@ -61,16 +61,12 @@ func ReplicaSpec(svc spec.Service) api.ReplicaSpec {
 }
 
 // reconcileServices scales and places every service's replicas.
-func (p *Plane) reconcileServices(ctx context.Context) error {
+func (p *Plane) reconcileServices(ctx context.Context, nodes []store.Node) error {
 	svcs, err := p.store.ListServices(ctx, QPSMaxAge)
 	if err != nil || len(svcs) == 0 {
 		return err
 	}
 	pools, err := p.store.ListPools(ctx)
-	if err != nil {
-		return err
-	}
-	nodes, err := p.store.ListNodes(ctx)
 	if err != nil {
 		return err
 	}

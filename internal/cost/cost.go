@@ -133,11 +133,17 @@ func Summarize(usages []Usage, now time.Time) Summary {
 		l.Spent += spent
 		l.OnDemand += onDemand
 	}
+	return total(s.Lines)
+}
+
+// total sorts lines by pool, then priority, and sums them. Totals are
+// summed from the sorted lines so that they do not depend on the order of
+// the usages.
+func total(lines []Line) Summary {
+	s := Summary{Lines: lines}
 	slices.SortFunc(s.Lines, func(a, b Line) int {
 		return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Priority, b.Priority))
 	})
-	// Totals are summed from the sorted lines so that they do not depend
-	// on the order of the usages.
 	for _, l := range s.Lines {
 		s.NodeSeconds += l.NodeSeconds
 		s.Spent += l.Spent

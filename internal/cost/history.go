@@ -80,9 +80,7 @@ func History(usages []Usage, from, to time.Time, points int) Timeline {
 			s.OnDemand[j] += secs * u.OnDemandPerHour / 3600
 		}
 	}
-	slices.SortFunc(h.Pools, func(a, b PoolSeries) int {
-		return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Priority, b.Priority))
-	})
+	sortPools(h.Pools)
 	// Totals from the sorted pools, as Summarize's.
 	for _, p := range h.Pools {
 		for j := range points {
@@ -95,4 +93,10 @@ func History(usages []Usage, from, to time.Time, points int) Timeline {
 
 func newSeries(points int) Series {
 	return Series{Spent: make([]float64, points), OnDemand: make([]float64, points)}
+}
+
+func sortPools(ps []PoolSeries) {
+	slices.SortFunc(ps, func(a, b PoolSeries) int {
+		return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Priority, b.Priority))
+	})
 }

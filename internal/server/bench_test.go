@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -36,14 +38,31 @@ func (nopProvider) Stop(context.Context, store.Node) error { return nil }
 // schedule, assign in one transaction) and in-process fake agents, one
 // goroutine per node, that report each task they were given as succeeded
 // over the real HTTP API, all at once, as a fleet finishing a wave would.
+//
+// heartbeat=1s: meanwhile every node's agent also heartbeats every second
+// over the same API (staggered, as agents that joined at different times
+// do), and hb-p99-ms is the 99th percentile of the heartbeats' response
+// times.
 func BenchmarkControlPlaneThroughput(b *testing.B) {
-	for _, size := range []struct{ nodes, tasks int }{{100, 10_000}, {1_000, 100_000}} {
-		b.Run(fmt.Sprintf("nodes=%d/tasks=%d", size.nodes, size.tasks), func(b *testing.B) {
+	for _, size := range []struct {
+		nodes, tasks int
+		heartbeat    time.Duration
+	}{{100, 10_000, 0}, {1_000, 100_000, 0}, {1_000, 100_000, time.Second}} {
+		name := fmt.Sprintf("nodes=%d/tasks=%d/heartbeat=off", size.nodes, size.tasks)
+		if size.heartbeat > 0 {
+			name = fmt.Sprintf("nodes=%d/tasks=%d/heartbeat=%s", size.nodes, size.tasks, size.heartbeat)
+		}
+		b.Run(name, func(b *testing.B) {
 			var assign, report time.Duration
 			passes := 0
+			var beats []time.Duration
 			for range b.N {
 				b.StopTimer()
 				f := newFleet(b, size.nodes, size.tasks)
+				stop := func() []time.Duration { return nil }
+				if size.heartbeat > 0 {
+					stop = f.heartbeatAll(size.nodes, size.heartbeat)
+				}
 				b.StartTimer()
 				ctx := context.Background()
 				for done := 0; done < size.tasks; {
@@ -65,12 +84,22 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 					report += time.Since(t1)
 				}
 				b.StopTimer()
+				beats = append(beats, stop()...)
 				f.close()
 			}
 			n := float64(size.tasks * b.N)
 			b.ReportMetric(n/assign.Seconds(), "assigned/s")
 			b.ReportMetric(n/(assign+report).Seconds(), "completed/s")
 			b.ReportMetric(float64(passes)/float64(b.N), "passes/op")
+			if size.heartbeat > 0 {
+				if len(beats) == 0 {
+					b.Fatal("no heartbeat was answered")
+				}
+				slices.Sort(beats)
+				b.ReportMetric(float64(beats[len(beats)*99/100].Microseconds())/1000, "hb-p99-ms")
+				b.ReportMetric(float64(beats[len(beats)-1].Microseconds())/1000, "hb-max-ms")
+				b.ReportMetric(float64(len(beats))/(assign+report).Seconds()/float64(b.N), "heartbeats/s")
+			}
 		})
 	}
 }
@@ -134,13 +163,63 @@ func newFleet(b *testing.B, nodes, tasks int) *fleet {
 	}
 	srv := httptest.NewServer(server.New(server.Config{Store: st, Blobs: blobs, Plane: plane, Token: "admin", JoinToken: "join",
 		HeartbeatInterval: time.Second, Log: log, Now: time.Now}))
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: nodes, MaxConnsPerHost: nodes}}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * nodes, MaxConnsPerHost: 2 * nodes}}
 	return &fleet{st: st, plane: plane, srv: srv, http: client, creds: creds}
 }
 
 func (f *fleet) close() {
 	f.srv.Close()
 	f.st.Close()
+}
+
+// heartbeatAll starts one agent per node that heartbeats every interval,
+// the first at a random point of the first interval, and returns a
+// function that stops them and returns every heartbeat's response time. A
+// heartbeat that fails stops the benchmark.
+func (f *fleet) heartbeatAll(nodes int, every time.Duration) func() []time.Duration {
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var times []time.Duration
+	var wg sync.WaitGroup
+	for i := range nodes {
+		node := fmt.Sprintf("fleet-%05d", i)
+		wg.Go(func() {
+			body, _ := json.Marshal(api.HeartbeatRequest{Node: node, Ready: true})
+			wait := time.Duration(rand.Int64N(int64(every)))
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				t0 := time.Now()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.srv.URL+api.Prefix+"/agent/heartbeat", bytes.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+f.creds[node])
+				resp, err := f.http.Do(req)
+				if err != nil {
+					if ctx.Err() == nil {
+						panic(fmt.Sprintf("heartbeat %s: %v", node, err))
+					}
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					panic(fmt.Sprintf("heartbeat %s: %s", node, resp.Status))
+				}
+				d := time.Since(t0)
+				mu.Lock()
+				times = append(times, d)
+				mu.Unlock()
+				wait = max(every-d, 0)
+			}
+		})
+	}
+	return func() []time.Duration {
+		cancel()
+		wg.Wait()
+		return times
+	}
 }
 
 // reportWave has every node's agent report its tasks succeeded.

@@ -214,7 +214,7 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	for i := range svcs {
 		withModel(&svcs[i])
 	}
-	runs, err := s.cfg.Store.Runs(ctx)
+	days, runs, err := costRecord(ctx, s.cfg.Store)
 	if err != nil {
 		return nil, err
 	}
@@ -226,7 +226,7 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	// Cost changes whenever a node runs: compare it to three significant
 	// digits so that a running fleet is not resent every second, yet a
 	// small one (cents a day) still moves.
-	sum := cost.Summarize(usages(runs), now)
+	sum := cost.SummarizeDays(days, runs, now)
 	costKey := fmt.Appendf(nil, "%.3g %.3g %d", sum.Spent, sum.OnDemand, len(sum.Lines))
 	for _, v := range []struct {
 		name string
@@ -274,7 +274,8 @@ func (s *Server) serviceHistory(w http.ResponseWriter, r *http.Request) error {
 }
 
 // costHistory is cumulative spend against on-demand, per pool and in
-// total, from the first node's start until now.
+// total, from the first node's start until now; pruned node runs count
+// through their per-day totals.
 func (s *Server) costHistory(w http.ResponseWriter, r *http.Request) error {
 	points := 120
 	if v := r.URL.Query().Get("points"); v != "" {
@@ -284,7 +285,7 @@ func (s *Server) costHistory(w http.ResponseWriter, r *http.Request) error {
 		}
 		points = n
 	}
-	runs, err := s.cfg.Store.Runs(r.Context())
+	days, runs, err := costRecord(r.Context(), s.cfg.Store)
 	if err != nil {
 		return err
 	}
@@ -295,7 +296,12 @@ func (s *Server) costHistory(w http.ResponseWriter, r *http.Request) error {
 			from = u.Start
 		}
 	}
-	writeJSON(w, http.StatusOK, cost.History(usages(runs), from, now, points))
+	for _, d := range days {
+		if d.First.Before(from) {
+			from = d.First
+		}
+	}
+	writeJSON(w, http.StatusOK, cost.HistoryDays(days, runs, from, now, points))
 	return nil
 }
 

@@ -104,15 +104,34 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range reps {
 		ch <- prometheus.MustNewConstMetric(c.replicas, prometheus.GaugeValue, float64(v), k.service, k.version, k.priority, k.state)
 	}
-	runs, err := c.st.Runs(ctx)
+	days, runs, err := costRecord(ctx, c.st)
 	if err != nil {
 		c.log.Error("metrics: runs", "err", err)
 		return
 	}
-	for _, l := range cost.Summarize(usages(runs), c.now()).Lines {
+	for _, l := range cost.SummarizeDays(days, runs, c.now()).Lines {
 		ch <- prometheus.MustNewConstMetric(c.spent, prometheus.CounterValue, l.Spent, l.Pool, l.Priority)
 		ch <- prometheus.MustNewConstMetric(c.onDemand, prometheus.CounterValue, l.OnDemand, l.Pool, l.Priority)
 	}
+}
+
+// costRecord reads what the cost report sums: the per-day totals of
+// pruned node runs and the runs still kept.
+func costRecord(ctx context.Context, st *store.Store) ([]cost.DayTotal, []cost.Usage, error) {
+	ds, err := st.CostDays(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	runs, err := st.Runs(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	days := make([]cost.DayTotal, len(ds))
+	for i, d := range ds {
+		days[i] = cost.DayTotal{Pool: d.Pool, Priority: d.Priority, Day: d.Day, First: d.First, Last: d.Last,
+			NodeSeconds: d.NodeSeconds, Spent: d.Spent, OnDemand: d.OnDemand}
+	}
+	return days, usages(runs), nil
 }
 
 func usages(runs []store.Run) []cost.Usage {

@@ -578,11 +578,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) cost(w http.ResponseWriter, r *http.Request) error {
-	runs, err := s.cfg.Store.Runs(r.Context())
+	days, runs, err := costRecord(r.Context(), s.cfg.Store)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, cost.Summarize(usages(runs), s.cfg.Now()))
+	writeJSON(w, http.StatusOK, cost.SummarizeDays(days, runs, s.cfg.Now()))
 	return nil
 }
 

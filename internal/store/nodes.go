@@ -88,6 +88,7 @@ func (s *Store) openRun(ctx context.Context, tx *sql.Tx, n Node, now int64) erro
 // RestartNode brings a deallocated node back with the same name and work
 // directory under a new process.
 func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
+	defer s.live.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
 		if err != nil {
@@ -132,6 +133,14 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 	return s.listNodes(ctx, "")
 }
 
+// LiveNodes lists the nodes that run or may run again: provisioning,
+// ready and draining ones, and deallocated ones a pool may restart, with
+// ListNodes' counts. It is what the reconcile pass reads: ended nodes are
+// history, and however many there are they cost it nothing.
+func (s *Store) LiveNodes(ctx context.Context) ([]Node, error) {
+	return s.listNodes(ctx, `WHERE state IN (?, ?, ?, ?)`, NodeProvisioning, NodeReady, NodeDraining, NodeDeallocated)
+}
+
 // RecentNodes lists the live nodes and those that ended at or after since
 // (what the console's fleet view shows), with ListNodes' counts.
 func (s *Store) RecentNodes(ctx context.Context, since time.Time) ([]Node, error) {
@@ -154,7 +163,8 @@ func (s *Store) listNodes(ctx context.Context, where string, args ...any) ([]Nod
 			return nil, err
 		}
 		n.Tasks, n.Replicas = tasks, replicas
-		out = append(out, n)
+		out = append(out, s.withHeartbeat(n))
+		s.nodeRows.Add(1)
 	}
 	return out, rows.Err()
 }
@@ -172,39 +182,7 @@ func (s *Store) GetNode(ctx context.Context, name string) (Node, error) {
 	if errors.Is(err, sql.ErrNoRows) {
 		return Node{}, fmt.Errorf("node %q: %w", name, ErrNotFound)
 	}
-	return n, err
-}
-
-// Heartbeat records that a node's agent is alive. ready marks a
-// provisioning node ready (its start task has finished). A node that has
-// ended gets ErrConflict: it must stop.
-func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (Node, error) {
-	var n Node
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var err error
-		n, err = scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("node %q: %w", name, ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		if !Live(n.State) {
-			return Conflict("node %s is %s", name, n.State)
-		}
-		now := s.now()
-		n.HeartbeatAt = now
-		if ready && n.State == NodeProvisioning {
-			n.State, n.StateAt = NodeReady, now
-			if err := s.event(ctx, tx, "Ready", "node/"+name, "AgentReady", ""); err != nil {
-				return err
-			}
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE nodes SET heartbeat_at = ?, state = ?, state_at = ? WHERE name = ?`,
-			now.UnixNano(), n.State, n.StateAt.UnixNano(), name)
-		return err
-	})
-	return n, err
+	return s.withHeartbeat(n), err
 }
 
 // SetNotice records an eviction notice for a node: it takes no new work
@@ -212,6 +190,7 @@ func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (Node, e
 // (the provider publishing it or the agent reading it). Returns false if
 // the node already had a notice.
 func (s *Store) SetNotice(ctx context.Context, name string, deadline time.Time, source string) (bool, error) {
+	defer s.live.forget(name) // its state changes: the next heartbeat reads it
 	changed := false
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
@@ -256,6 +235,7 @@ func (s *Store) EndNode(ctx context.Context, name, state, reason string) error {
 	if Live(state) {
 		return fmt.Errorf("end node %s: %q is not an end state", name, state)
 	}
+	defer s.live.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
 		if errors.Is(err, sql.ErrNoRows) {
@@ -370,6 +350,7 @@ func (s *Store) Runs(ctx context.Context) ([]Run, error) {
 // DeleteNode forgets a node that never started (its launch was refused),
 // with its billing run. Any other node, and its billing history, stays.
 func (s *Store) DeleteNode(ctx context.Context, name string) error {
+	defer s.live.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE name = ? AND state = ? AND incarnation = 1`, name, NodeProvisioning)
 		if err != nil {

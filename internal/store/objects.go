@@ -365,7 +365,11 @@ func (s *Store) queue(ctx context.Context, where string, args ...any) ([]Task, e
 }
 
 func (s *Store) scanTasks(ctx context.Context, cols, where string, args ...any) ([]Task, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+cols+` FROM tasks t JOIN jobs j ON j.id = t.job_id `+where, args...)
+	return s.scanTasksFrom(ctx, s.db, cols, where, args...)
+}
+
+func (s *Store) scanTasksFrom(ctx context.Context, db *sql.DB, cols, where string, args ...any) ([]Task, error) {
+	rows, err := db.QueryContext(ctx, `SELECT `+cols+` FROM tasks t JOIN jobs j ON j.id = t.job_id `+where, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -411,7 +415,7 @@ func (s *Store) RunningTasks(ctx context.Context) ([]Task, error) {
 
 // NodeTasks returns the tasks assigned to one node.
 func (s *Store) NodeTasks(ctx context.Context, node string) ([]Task, error) {
-	return s.queryTasks(ctx, `WHERE t.node = ? AND t.state = ? ORDER BY t.id`, node, TaskRunning)
+	return s.scanTasksFrom(ctx, s.rdb, taskCols, `WHERE t.node = ? AND t.state = ? ORDER BY t.id`, node, TaskRunning)
 }
 
 // GetTask returns one task of a job.

@@ -233,7 +233,11 @@ const replicaCols = `r.id, r.service, r.version, r.spec, r.pool, r.priority, r.s
 	r.created_at, r.state_at, r.ready_at, r.ended_at, r.reason, COALESCE(n.notice_deadline, 0)`
 
 func (s *Store) queryReplicas(ctx context.Context, q string, args ...any) ([]Replica, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+replicaCols+` FROM replicas r LEFT JOIN nodes n ON n.name = r.node AND r.node != '' `+q, args...)
+	return s.queryReplicasFrom(ctx, s.db, q, args...)
+}
+
+func (s *Store) queryReplicasFrom(ctx context.Context, db *sql.DB, q string, args ...any) ([]Replica, error) {
+	rows, err := db.QueryContext(ctx, `SELECT `+replicaCols+` FROM replicas r LEFT JOIN nodes n ON n.name = r.node AND r.node != '' `+q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +273,7 @@ func (s *Store) ListReplicas(ctx context.Context, service string) ([]Replica, er
 // NodeReplicas returns the replicas a node should run now: placed there,
 // not ended and not being stopped.
 func (s *Store) NodeReplicas(ctx context.Context, node string) ([]Replica, error) {
-	return s.queryReplicas(ctx, `WHERE r.node = ? AND r.ended_at = 0 AND r.state IN (?, ?) ORDER BY r.id`, node, ReplicaStarting, ReplicaReady)
+	return s.queryReplicasFrom(ctx, s.rdb, `WHERE r.node = ? AND r.ended_at = 0 AND r.state IN (?, ?) ORDER BY r.id`, node, ReplicaStarting, ReplicaReady)
 }
 
 // CreateReplicas records new pending replicas of a service, with the
@@ -471,7 +475,7 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 		// Most heartbeats come from batch nodes: no write transaction
 		// unless the node has replicas.
 		var n int
-		if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM replicas WHERE node = ? AND ended_at = 0`, node).Scan(&n); err != nil || n == 0 {
+		if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM replicas WHERE node = ? AND ended_at = 0`, node).Scan(&n); err != nil || n == 0 {
 			return err
 		}
 	}

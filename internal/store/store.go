@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -38,8 +39,15 @@ func (e *kindError) Is(target error) bool { return target == e.kind }
 
 // Store is the SQLite-backed state of one control plane.
 type Store struct {
-	db  *sql.DB
-	now func() time.Time
+	db *sql.DB
+	// rdb is a pool of read-only connections for what agents' heartbeats
+	// read: in WAL mode they read the last commit while db writes, so a
+	// heartbeat is not held up behind a long assign or report transaction.
+	rdb  *sql.DB
+	now  func() time.Time
+	live liveness
+
+	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -60,11 +68,30 @@ func Open(ctx context.Context, path string, now func() time.Time) (*Store, error
 		db.Close()
 		return nil, err
 	}
+	rdb, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=query_only(1)")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s for reading: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(4)
+	s.rdb = rdb
 	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close writes the heartbeats kept in memory and closes the database.
+func (s *Store) Close() error {
+	return errors.Join(s.FlushHeartbeats(context.Background()), s.rdb.Close(), s.db.Close())
+}
+
+// Stats are counters of what the store has done since it was opened.
+type Stats struct {
+	// NodeRowsRead counts the node rows that ListNodes, LiveNodes and
+	// RecentNodes returned: what a reconcile pass costs grows with it.
+	NodeRowsRead int64
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats { return Stats{NodeRowsRead: s.nodeRows.Load()} }
 
 // migrations are applied in order, each once, recorded in schema_version.
 var migrations = []string{
@@ -231,6 +258,25 @@ var migrations = []string{
 		role TEXT NOT NULL,
 		hash TEXT NOT NULL UNIQUE,
 		created_at INTEGER NOT NULL
+	);`,
+	// 6: bounded history: indexes that let the reconcile pass read live nodes
+	// only and let Prune find old ended rows, and the per-pool, per-day
+	// cost of pruned node runs. Self-contained (IF NOT EXISTS), so it may
+	// run in any order with the migrations beside it.
+	`CREATE INDEX IF NOT EXISTS nodes_state ON nodes(state, state_at);
+	CREATE INDEX IF NOT EXISTS node_runs_ended ON node_runs(ended_at);
+	CREATE INDEX IF NOT EXISTS attempts_ended ON attempts(ended_at);
+	CREATE INDEX IF NOT EXISTS events_time ON events(time);
+	CREATE TABLE IF NOT EXISTS cost_days (
+		pool TEXT NOT NULL,
+		priority TEXT NOT NULL,
+		day INTEGER NOT NULL,
+		first_at INTEGER NOT NULL,
+		last_at INTEGER NOT NULL,
+		node_seconds REAL NOT NULL,
+		spent REAL NOT NULL,
+		ondemand REAL NOT NULL,
+		PRIMARY KEY (pool, priority, day)
 	);`,
 }
 

@@ -52,6 +52,9 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		{"GatewayStats", testGatewayStats},
 		{"ServiceSamples", testServiceSamples},
 		{"ServiceSamplesRetention", testServiceSamplesRetention},
+		{"Prune", testPrune},
+		{"LiveNodes", testLiveNodes},
+		{"HeartbeatInMemory", testHeartbeatInMemory},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
