@@ -193,3 +193,61 @@ spec:
 		t.Errorf("%d stand-ins not stopping once the spot replacement is ready; replicas %v", n, states)
 	}
 }
+
+// TestEvictedReplicaIsNotAFailure: the agent of a noticed node stops its
+// replicas itself before the deadline, and says they exited. That is the
+// eviction, not a failure: it must not count toward the crash backoff that
+// holds back a service's new replicas. A replica that exits on a node
+// without a notice still counts.
+func TestEvictedReplicaIsNotAFailure(t *testing.T) {
+	p := newPlane(t)
+	p.apply(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot}
+spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: m}
+spec:
+  model: {uri: models/m.onnx}
+  resources: {cpu: 0.5}
+  placement: {tier: prod}
+`)
+	p.reconcile()
+	for _, n := range p.nodes() {
+		if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.reconcile()
+	reps := p.replicas()
+	if len(reps) != 2 || reps[0].Node == "" || reps[1].Node == "" {
+		t.Fatalf("want 2 placed replicas, have %+v", reps)
+	}
+	evicted, crashed := reps[0], reps[1]
+	if _, err := p.st.SetNotice(p.ctx, evicted.Node, now.Add(30*time.Second), "provider"); err != nil {
+		t.Fatal(err)
+	}
+	exit := func(r store.Replica) {
+		t.Helper()
+		if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Exited: true, Message: "model server stopped"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exit(evicted)
+	failures, err := p.st.RecentReplicaFailures(p.ctx, now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := failures["m"]; f.Count != 0 {
+		t.Fatalf("a replica stopped for its node's eviction notice counted as %d failures", f.Count)
+	}
+	exit(crashed)
+	if failures, err = p.st.RecentReplicaFailures(p.ctx, now.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if f := failures["m"]; f.Count != 1 {
+		t.Fatalf("a replica that exited on a node without notice: %d failures, want 1", f.Count)
+	}
+}

@@ -498,6 +498,13 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 		for _, st := range sts {
 			byID[st.ID] = st
 		}
+		// On a node with an eviction notice the agent stops its replicas
+		// itself a second before the deadline: that is the eviction, not
+		// a failure of the replica, and must not feed the crash backoff.
+		var notice int64
+		if err := tx.QueryRowContext(ctx, `SELECT notice_deadline FROM nodes WHERE name = ?`, node).Scan(&notice); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
 		now := s.now().UnixNano()
 		for _, r := range refs {
 			st, reported := byID[r.id]
@@ -510,6 +517,12 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 				}
 				if r.state == ReplicaStopping {
 					if err := s.endReplica(ctx, tx, r.id, r.service, ReplicaStopped, "stopped", now); err != nil {
+						return err
+					}
+					continue
+				}
+				if notice != 0 {
+					if err := s.endReplica(ctx, tx, r.id, r.service, ReplicaStopped, "stopped for the node's eviction notice: "+why, now); err != nil {
 						return err
 					}
 					continue
