@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (failed b
 	fs.DurationVar(&cfg.Drain, "drain", 3*time.Minute, "how long the jobs may take to finish after the chaos")
 	fs.StringVar(&cfg.ModelFile, "model", "examples/fashion-mnist/model.onnx", "the ONNX model both services serve")
 	fs.StringVar(&cfg.RequestFile, "request", "examples/fashion-mnist/sample-request.json", "the KServe v2 request the load sends")
+	fs.StringVar(&cfg.Bin, "bin", "", "soak this spotml binary instead of building one from this checkout (e.g. another branch's, to compare)")
 	fs.BoolVar(&keep, "keep", false, "keep the work directory (data directory, logs, ledger) even when every check passed")
 	if err := fs.Parse(args[1:]); err != nil {
 		return false, err
