@@ -344,23 +344,28 @@ spec:
 	return b.String()
 }
 
-func serviceYAML(name, tier string) string {
+// serviceYAML is a service of the shipped model with n replicas in the
+// tier's default placement.
+func serviceYAML(name, tier string, n int) string {
 	return fmt.Sprintf(`apiVersion: spotml/v1
 kind: Service
 metadata: {name: %s}
 spec:
   model: {uri: models/soak.onnx}
   runtime: {type: builtin, threads: 1, maxBatch: 16}
-  replicas: {min: 2, max: 2}
+  replicas: {min: %d, max: %d}
   placement: {tier: %s}
   readiness: {period: 200ms}
   resources: {cpu: 1, memory: 512Mi}
 ---
-`, name, tier)
+`, name, n, n, tier)
 }
 
 // setup applies the pools and the services, uploads the model and waits
-// until both services answer through the separate gateway.
+// until both services answer through the separate gateway. strict runs
+// three replicas (its on-demand base and two spot): with two, one SIGKILL
+// of the on-demand replica while the spot one is being evicted leaves it
+// none for the seconds a replacement takes.
 func (s *soak) setup(ctx context.Context) error {
 	model, err := os.ReadFile(s.cfg.ModelFile)
 	if err != nil {
@@ -369,7 +374,7 @@ func (s *soak) setup(ctx context.Context) error {
 	if err := s.api.Do(ctx, http.MethodPut, api.Prefix+"/blobs/models/soak.onnx", model, nil); err != nil {
 		return fmt.Errorf("upload the model: %w", err)
 	}
-	if _, err := s.apply(ctx, pools()+serviceYAML("strict", "strict")+serviceYAML("prod", "prod")); err != nil {
+	if _, err := s.apply(ctx, pools()+serviceYAML("strict", "strict", 3)+serviceYAML("prod", "prod", 2)); err != nil {
 		return fmt.Errorf("apply pools and services: %w", err)
 	}
 	s.say("waiting for both services to serve through the gateway")
