@@ -19,6 +19,10 @@ import (
 	"github.com/spotml/spotml/internal/store"
 )
 
+// unjudged starts the detail of a probe that could not be judged: an
+// inference probe whose service had no ready replica to read the body.
+const unjudged = "not judged: "
+
 // probeResult is one piece of bad input and how spotml took it.
 type probeResult struct {
 	name   string
@@ -227,8 +231,11 @@ func inferProbe(path, body string, code int, names ...string) func(context.Conte
 				if err != nil {
 					return false, err.Error()
 				}
-				if a.code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+				if a.code != http.StatusServiceUnavailable {
 					return judge(a, code, names...)
+				}
+				if time.Now().After(deadline) {
+					return false, unjudged + fmt.Sprintf("the service had no ready replica for 30 s (%d: %.200s)", a.code, a.body)
 				}
 				time.Sleep(500 * time.Millisecond)
 			}
@@ -514,17 +521,30 @@ func (s *soak) checkProbes(rep *Report) {
 			rep.add("bad input: "+p.name, false, "never sent: the soak was too short to send every kind (one every 3–5 s)")
 			continue
 		}
-		ok, bad := true, 0
-		first := rs[0]
-		for _, r := range rs {
-			if !r.ok {
+		ok, bad, skipped := true, 0, 0
+		var first *probeResult
+		for i, r := range rs {
+			switch {
+			case strings.HasPrefix(r.detail, unjudged):
+				skipped++
+			case !r.ok:
 				if ok {
-					first = r
+					first = &rs[i]
 				}
 				ok = false
 				bad++
+			case first == nil:
+				first = &rs[i]
 			}
 		}
-		rep.add("bad input: "+p.name, ok, "%d sent, %d answered wrongly; %s", len(rs), bad, first.detail)
+		if first == nil {
+			rep.add("bad input: "+p.name, false, "%d sent, none could be judged; %s", len(rs), rs[0].detail)
+			continue
+		}
+		more := ""
+		if skipped > 0 {
+			more = fmt.Sprintf(" (%d not judged: no ready replica)", skipped)
+		}
+		rep.add("bad input: "+p.name, ok, "%d sent, %d answered wrongly%s; %s", len(rs), bad, more, first.detail)
 	}
 }

@@ -13,6 +13,7 @@ import (
 // proc is one process of this machine as /proc shows it.
 type proc struct {
 	pid, ppid int
+	pgid      int      // its process group
 	exe       string   // the executable's path ("" when unreadable)
 	args      []string // the command line
 }
@@ -38,8 +39,9 @@ func processes() []proc {
 			// The command name in parentheses may hold spaces: the fields
 			// after the last ')' are state, ppid, ...
 			if i := bytes.LastIndexByte(st, ')'); i > 0 {
-				if f := strings.Fields(string(st[i+1:])); len(f) > 1 {
+				if f := strings.Fields(string(st[i+1:])); len(f) > 2 {
 					p.ppid, _ = strconv.Atoi(f[1])
+					p.pgid, _ = strconv.Atoi(f[2])
 				}
 			}
 		}
@@ -140,12 +142,15 @@ func ownProcesses(bin string) []proc {
 
 // taskProcesses returns the shells running this soak's tasks: processes
 // whose environment names a spotml task and whose working directory is
-// under data. Their children (sleep) are left out.
+// under data, and that lead their process group (the agent starts each
+// task in its own group). Their children are left out: a child the shell
+// has forked but not yet exec'd is a shell too, and killing it would break
+// the task's script from the inside rather than kill the task.
 func taskProcesses(data string) []proc {
 	var out []proc
 	for _, p := range processes() {
 		base := filepath.Base(p.exe)
-		if base != "sh" && base != "dash" && base != "bash" {
+		if (base != "sh" && base != "dash" && base != "bash") || p.pgid != p.pid {
 			continue
 		}
 		cwd, err := os.Readlink("/proc/" + strconv.Itoa(p.pid) + "/cwd")
