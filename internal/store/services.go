@@ -622,9 +622,13 @@ type ReplicaFailures struct {
 }
 
 // RecentReplicaFailures returns, per service, the replicas that failed
-// (their process exited on its own) since the given time.
+// (their process exited on its own) since the given time without ever
+// having been ready: a crash loop, a model or command that does not start.
+// A replica that served and then died (killed, out of memory) proved the
+// model works; counting it would hold back the replacements of a service
+// that may have no replica left.
 func (s *Store) RecentReplicaFailures(ctx context.Context, since time.Time) (map[string]ReplicaFailures, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT service, count(*), max(ended_at) FROM replicas WHERE state = ? AND ended_at >= ? GROUP BY service`,
+	rows, err := s.db.QueryContext(ctx, `SELECT service, count(*), max(ended_at) FROM replicas WHERE state = ? AND ended_at >= ? AND ready_at = 0 GROUP BY service`,
 		ReplicaFailed, nanos(since))
 	if err != nil {
 		return nil, err
