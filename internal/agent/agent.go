@@ -60,6 +60,11 @@ type Agent struct {
 
 	mu       sync.Mutex
 	running  map[int64]*attempt
+	// ended holds, per task, the last attempt that ended here, until the
+	// control plane stops listing the task: a heartbeat answered before
+	// the attempt's report was applied still lists it, and must not start
+	// the same attempt again.
+	ended    map[int64]int
 	replicas map[int64]*replica
 	deadline time.Time // eviction deadline once a notice arrived
 	drainCh  chan struct{}
@@ -75,7 +80,7 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 		cfg.LogUpload = 3 * time.Second
 	}
 	return &Agent{cfg: cfg, api: client.New(cfg.Server, cfg.JoinToken), log: log.With("node", cfg.Node), now: now,
-		running: map[int64]*attempt{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
+		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
 }
 
 // errNodeEnded means the control plane says this node is gone.
@@ -221,6 +226,11 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			}
 		}
 	}
+	for id := range a.ended {
+		if _, ok := want[id]; !ok {
+			delete(a.ended, id) // the control plane has seen the end
+		}
+	}
 	a.syncReplicas(ctx, resp.Replicas)
 	if !a.deadline.IsZero() {
 		return nil // draining: no new work
@@ -237,6 +247,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		if _, ok := a.running[id]; ok {
 			continue // the old attempt is still stopping; start at the next beat
 		}
+		if a.ended[id] >= want[id].Attempt {
+			continue // ran here already; its report is not applied yet
+		}
 		at := newAttempt(a, want[id])
 		a.running[id] = at
 		a.wg.Add(1)
@@ -246,6 +259,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			a.mu.Lock()
 			if a.running[id] == at {
 				delete(a.running, id)
+				a.ended[id] = max(a.ended[id], at.as.Attempt)
 			}
 			a.mu.Unlock()
 			a.writePIDs()
