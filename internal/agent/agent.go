@@ -58,8 +58,8 @@ type Agent struct {
 	now   func() time.Time
 	blobs *blob.Store
 
-	mu       sync.Mutex
-	running  map[int64]*attempt
+	mu      sync.Mutex
+	running map[int64]*attempt
 	// ended holds, per task, the last attempt that ended here, until the
 	// control plane stops listing the task: a heartbeat answered before
 	// the attempt's report was applied still lists it, and must not start
