@@ -466,8 +466,8 @@ func otherNodesCredential(ctx context.Context, s *soak, r *rand.Rand) (bool, str
 
 // credentialOf finds what an agent authenticates with: an environment
 // variable named like a token or credential, a command-line flag of that
-// kind, a file of that kind in its work directory, else the join token
-// every agent shares today (DATA/join-token).
+// kind (or --credential-file), a file of that kind in its work directory,
+// else the join token every agent shares today (DATA/join-token).
 func credentialOf(p proc, data string) (value, from string) {
 	env := environ(p.pid)
 	for _, k := range sortedKeys(env) {
@@ -478,6 +478,11 @@ func credentialOf(p proc, data string) (value, from string) {
 	for _, f := range []string{"--token", "--credential", "--node-token"} {
 		if v := p.flag(f); v != "" {
 			return v, "its " + f + " flag"
+		}
+	}
+	if f := p.flag("--credential-file"); f != "" {
+		if b, err := os.ReadFile(f); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return string(bytes.TrimSpace(b)), f
 		}
 	}
 	if wd := p.flag("--workdir"); wd != "" {
