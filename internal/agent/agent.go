@@ -62,8 +62,13 @@ type Agent struct {
 	now   func() time.Time
 	blobs *blob.Store
 
-	mu       sync.Mutex
-	running  map[int64]*attempt
+	mu      sync.Mutex
+	running map[int64]*attempt
+	// ended holds, per task, the last attempt that ended here, until the
+	// control plane stops listing the task: a heartbeat answered before
+	// the attempt's report was applied still lists it, and must not start
+	// the same attempt again.
+	ended    map[int64]int
 	replicas map[int64]*replica
 	deadline time.Time // eviction deadline once a notice arrived
 	drainCh  chan struct{}
@@ -83,7 +88,7 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 		token = cfg.JoinToken
 	}
 	return &Agent{cfg: cfg, api: client.New(cfg.Server, token), log: log.With("node", cfg.Node), now: now,
-		running: map[int64]*attempt{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
+		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
 }
 
 // errNodeEnded means the control plane says this node is gone.
@@ -246,6 +251,11 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			}
 		}
 	}
+	for id := range a.ended {
+		if _, ok := want[id]; !ok {
+			delete(a.ended, id) // the control plane has seen the end
+		}
+	}
 	a.syncReplicas(ctx, resp.Replicas)
 	if !a.deadline.IsZero() {
 		return nil // draining: no new work
@@ -262,6 +272,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		if _, ok := a.running[id]; ok {
 			continue // the old attempt is still stopping; start at the next beat
 		}
+		if a.ended[id] >= want[id].Attempt {
+			continue // ran here already; its report is not applied yet
+		}
 		at := newAttempt(a, want[id])
 		a.running[id] = at
 		a.wg.Add(1)
@@ -271,6 +284,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			a.mu.Lock()
 			if a.running[id] == at {
 				delete(a.running, id)
+				a.ended[id] = max(a.ended[id], at.as.Attempt)
 			}
 			a.mu.Unlock()
 			a.writePIDs()

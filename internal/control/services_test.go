@@ -210,3 +210,93 @@ func TestReplicaSpecCarriesBodyLimit(t *testing.T) {
 		t.Errorf("ReplicaSpec.MaxRequestBytes = %d, want 64Mi", got)
 	}
 }
+
+// TestEvictedReplicaIsNotAFailure: the agent of a noticed node stops its
+// replicas itself before the deadline, and says they exited. That is the
+// eviction, not a failure: it must not count toward the crash backoff that
+// holds back a service's new replicas. A replica that exits on a node
+// without a notice before it was ever ready still counts (a crash loop);
+// one that served and then died (killed) does not.
+func TestEvictedReplicaIsNotAFailure(t *testing.T) {
+	p := newPlane(t)
+	p.apply(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot}
+spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: m}
+spec:
+  model: {uri: models/m.onnx}
+  resources: {cpu: 0.5}
+  placement: {tier: prod}
+`)
+	p.reconcile()
+	for _, n := range p.nodes() {
+		if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.reconcile()
+	reps := p.replicas()
+	if len(reps) != 2 || reps[0].Node == "" || reps[1].Node == "" {
+		t.Fatalf("want 2 placed replicas, have %+v", reps)
+	}
+	evicted, crashed := reps[0], reps[1]
+	if _, err := p.st.SetNotice(p.ctx, evicted.Node, now.Add(30*time.Second), "provider"); err != nil {
+		t.Fatal(err)
+	}
+	exit := func(r store.Replica) {
+		t.Helper()
+		if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Exited: true, Message: "model server stopped"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exit(evicted)
+	failures, err := p.st.RecentReplicaFailures(p.ctx, now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := failures["m"]; f.Count != 0 {
+		t.Fatalf("a replica stopped for its node's eviction notice counted as %d failures", f.Count)
+	}
+	exit(crashed)
+	if failures, err = p.st.RecentReplicaFailures(p.ctx, now.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if f := failures["m"]; f.Count != 1 {
+		t.Fatalf("a replica that exited before it was ever ready: %d failures, want 1", f.Count)
+	}
+
+	// A replica that became ready and was then killed: not a crash loop.
+	p.clock.Advance(time.Minute) // past the backoff of the first failure
+	p.reconcile()
+	for _, n := range p.nodes() {
+		if n.State == store.NodeProvisioning {
+			if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	p.reconcile()
+	var served store.Replica
+	for _, r := range p.replicas() {
+		if r.Node != "" && r.ID != evicted.ID && r.ID != crashed.ID {
+			served = r
+		}
+	}
+	if served.ID == 0 {
+		t.Fatalf("no replacement placed: %+v", p.replicas())
+	}
+	if err := p.st.ReportReplicas(p.ctx, served.Node, []store.ReplicaStatus{{ID: served.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	exit(served)
+	if failures, err = p.st.RecentReplicaFailures(p.ctx, now.Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if f := failures["m"]; f.Count != 1 {
+		t.Fatalf("a replica that served and was then killed counted: %d failures, want still 1", f.Count)
+	}
+}

@@ -502,6 +502,13 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 		for _, st := range sts {
 			byID[st.ID] = st
 		}
+		// On a node with an eviction notice the agent stops its replicas
+		// itself a second before the deadline: that is the eviction, not
+		// a failure of the replica, and must not feed the crash backoff.
+		var notice int64
+		if err := tx.QueryRowContext(ctx, `SELECT notice_deadline FROM nodes WHERE name = ?`, node).Scan(&notice); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
 		now := s.now().UnixNano()
 		for _, r := range refs {
 			st, reported := byID[r.id]
@@ -514,6 +521,12 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 				}
 				if r.state == ReplicaStopping {
 					if err := s.endReplica(ctx, tx, r.id, r.service, ReplicaStopped, "stopped", now); err != nil {
+						return err
+					}
+					continue
+				}
+				if notice != 0 {
+					if err := s.endReplica(ctx, tx, r.id, r.service, ReplicaStopped, "stopped for the node's eviction notice: "+why, now); err != nil {
 						return err
 					}
 					continue
@@ -613,9 +626,13 @@ type ReplicaFailures struct {
 }
 
 // RecentReplicaFailures returns, per service, the replicas that failed
-// (their process exited on its own) since the given time.
+// (their process exited on its own) since the given time without ever
+// having been ready: a crash loop, a model or command that does not start.
+// A replica that served and then died (killed, out of memory) proved the
+// model works; counting it would hold back the replacements of a service
+// that may have no replica left.
 func (s *Store) RecentReplicaFailures(ctx context.Context, since time.Time) (map[string]ReplicaFailures, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT service, count(*), max(ended_at) FROM replicas WHERE state = ? AND ended_at >= ? GROUP BY service`,
+	rows, err := s.db.QueryContext(ctx, `SELECT service, count(*), max(ended_at) FROM replicas WHERE state = ? AND ended_at >= ? AND ready_at = 0 GROUP BY service`,
 		ReplicaFailed, nanos(since))
 	if err != nil {
 		return nil, err
