@@ -120,7 +120,7 @@ func TestAttemptRunsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	a := agent.New(agent.Config{Server: srv.URL, JoinToken: "t", Node: "n", WorkDir: filepath.Join(dir, "node")},
+	a := agent.New(agent.Config{Server: srv.URL, Credential: "t", Node: "n", WorkDir: filepath.Join(dir, "node")},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
