@@ -562,7 +562,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.EventFilter{Kind: q.Get("kind"), Object: q.Get("object")}
+	f := store.EventFilter{Kind: q.Get("kind"), Object: q.Get("object"), Of: q.Get("of")}
+	if kind, name, ok := strings.Cut(f.Of, "/"); f.Of != "" && (!ok || kind == "" || name == "") {
+		return badRequest{fmt.Errorf("of: %q is not KIND/NAME, e.g. job/train or service/mnist", f.Of)}
+	}
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
