@@ -49,7 +49,7 @@ type Config struct {
 	Token             string // admin token: every /api/v1 path
 	JoinToken         string // agents: /api/v1/agent paths only
 	HeartbeatInterval time.Duration
-	Log               *slog.Logger
+	Log               *slog.Logger // nil: discard
 	Now               func() time.Time
 }
 
@@ -65,8 +65,11 @@ type Server struct {
 	views       viewCache
 }
 
-// New returns the handler.
+// New returns the handler. A nil cfg.Log discards what it would log.
 func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), reports: &reportBatcher{commit: cfg.Store.ReportBatch}}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.routes()
