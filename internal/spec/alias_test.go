@@ -67,3 +67,16 @@ func TestAliasCycles(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkParseAliasBomb: what refusing the 63 KiB alias bomb costs
+// (go test -bench AliasBomb -benchmem ./internal/spec/).
+func BenchmarkParseAliasBomb(b *testing.B) {
+	bomb := aliasBomb()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(bomb)))
+	for b.Loop() {
+		if _, err := Parse(bomb); err == nil {
+			b.Fatal("the alias bomb parsed")
+		}
+	}
+}
