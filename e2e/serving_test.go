@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,9 +25,11 @@ import (
 
 // The serving tests run the shipped Fashion-MNIST model on the builtin
 // runtime, which needs ONNX Runtime's shared library (fetched by
-// scripts/fetch-onnxruntime.sh into build/onnxruntime). Without it they
-// skip, unless SPOTML_REQUIRE_ORT=1 (CI) makes that a failure.
-func requireORT(t *testing.T) {
+// scripts/fetch-onnxruntime.sh into build/onnxruntime), and four of them
+// score it on the Fashion-MNIST test set (Debian's dataset-fashion-mnist).
+// Without either they skip, unless SPOTML_REQUIRE_ORT=1 (scripts/test.sh
+// and so CI set it) makes that a failure.
+func requireORT(t testing.TB) {
 	t.Helper()
 	if os.Getenv("SPOTML_ONNXRUNTIME_LIB") != "" {
 		return
@@ -36,9 +39,15 @@ func requireORT(t *testing.T) {
 		t.Setenv("SPOTML_ONNXRUNTIME_LIB", lib)
 		return
 	}
-	msg := "ONNX Runtime not found: run `bash scripts/fetch-onnxruntime.sh` or set SPOTML_ONNXRUNTIME_LIB"
-	if os.Getenv("SPOTML_REQUIRE_ORT") == "1" {
-		t.Fatal(msg)
+	missing(t, "SPOTML_REQUIRE_ORT", "ONNX Runtime not found: run `bash scripts/fetch-onnxruntime.sh` or set SPOTML_ONNXRUNTIME_LIB")
+}
+
+// missing ends a test whose prerequisite is absent: a skip, or a failure
+// when the environment variable env says the prerequisite is required.
+func missing(t testing.TB, env, msg string) {
+	t.Helper()
+	if os.Getenv(env) == "1" {
+		t.Fatalf("%s (%s=1 makes this a failure, not a skip)", msg, env)
 	}
 	t.Skip(msg)
 }
@@ -47,12 +56,14 @@ const fmnistDir = "/usr/share/datasets/fashion-mnist"
 
 // testSet reads n images (scaled to 0..1) and labels of the Fashion-MNIST
 // test set from Debian's dataset-fashion-mnist.
-func testSet(t *testing.T, n int) ([][]float32, []int) {
+func testSet(t testing.TB, n int) ([][]float32, []int) { return testSetFrom(t, fmnistDir, n) }
+
+func testSetFrom(t testing.TB, dir string, n int) ([][]float32, []int) {
 	t.Helper()
 	read := func(name string) []byte {
-		f, err := os.Open(filepath.Join(fmnistDir, name))
+		f, err := os.Open(filepath.Join(dir, name))
 		if err != nil {
-			t.Skipf("Fashion-MNIST test set missing (apt-get install dataset-fashion-mnist): %v", err)
+			missing(t, "SPOTML_REQUIRE_ORT", fmt.Sprintf("Fashion-MNIST test set missing (apt-get install dataset-fashion-mnist): %v", err))
 		}
 		defer f.Close()
 		zr, err := gzip.NewReader(f)
@@ -570,3 +581,35 @@ spec:
 		t.Errorf("spotml gateway: %d of 20 right", right)
 	}
 }
+
+// TestMissingPrerequisite: without the test set, the serving tests skip,
+// and fail when SPOTML_REQUIRE_ORT=1 (scripts/test.sh) says they must run,
+// as the README says.
+func TestMissingPrerequisite(t *testing.T) {
+	for _, tc := range []struct{ env, want string }{{"", "skipped"}, {"0", "skipped"}, {"1", "failed"}} {
+		t.Setenv("SPOTML_REQUIRE_ORT", tc.env)
+		o := &outcome{TB: t}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			testSetFrom(o, t.TempDir(), 1)
+		}()
+		<-done
+		if o.end != tc.want {
+			t.Errorf("SPOTML_REQUIRE_ORT=%q, no test set: the test %s (%s), want %s", tc.env, o.end, o.msg, tc.want)
+		}
+	}
+}
+
+// outcome records how a test helper ended a test.
+type outcome struct {
+	testing.TB
+	end, msg string
+}
+
+func (o *outcome) Helper()                   {}
+func (o *outcome) Fatal(args ...any)         { o.stop("failed", fmt.Sprint(args...)) }
+func (o *outcome) Fatalf(f string, a ...any) { o.stop("failed", fmt.Sprintf(f, a...)) }
+func (o *outcome) Skip(args ...any)          { o.stop("skipped", fmt.Sprint(args...)) }
+func (o *outcome) Skipf(f string, a ...any)  { o.stop("skipped", fmt.Sprintf(f, a...)) }
+func (o *outcome) stop(end, msg string)      { o.end, o.msg = end, msg; runtime.Goexit() }

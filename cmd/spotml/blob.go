@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -20,7 +22,10 @@ import (
 
 // newBlobCmd moves files in and out of the control plane's default blob
 // store (models, resource files, outputs, logs, checkpoints).
-func newBlobCmd(g *globals, stdout io.Writer) *cobra.Command {
+// Files stream both ways: neither end holds a whole file, and only a
+// transfer that stalls fails, never a slow one. On a terminal, stderr shows
+// a progress bar.
+func newBlobCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 	c := &cobra.Command{Use: "blob", Short: "List, download and upload files in the default blob store"}
 	c.AddCommand(&cobra.Command{
 		Use:   "ls [PREFIX]",
@@ -62,11 +67,14 @@ func newBlobCmd(g *globals, stdout io.Writer) *cobra.Command {
 					return err
 				}
 				for _, o := range objs {
-					rel := strings.TrimPrefix(o.Key, strings.TrimSuffix(src, "/")+"/")
-					if err := getBlob(c, cl, o.Key, filepath.Join(dest, filepath.FromSlash(rel))); err != nil {
+					file, err := downloadPath(dest, src, o.Key)
+					if err != nil {
 						return err
 					}
-					fmt.Fprintln(stdout, filepath.Join(dest, filepath.FromSlash(rel)))
+					if err := getBlob(c.Context(), cl, o.Key, file, stderr); err != nil {
+						return err
+					}
+					fmt.Fprintln(stdout, file)
 				}
 				return nil
 			}
@@ -75,14 +83,15 @@ func newBlobCmd(g *globals, stdout io.Writer) *cobra.Command {
 				dest = args[1]
 			}
 			if dest == "-" {
-				var b []byte
-				if err := cl.Do(c.Context(), http.MethodGet, blobURL(src), nil, &b); err != nil {
+				body, _, err := cl.Download(c.Context(), blobURL(src))
+				if err != nil {
 					return err
 				}
-				_, err := stdout.Write(b)
+				defer body.Close()
+				_, err = io.Copy(stdout, body)
 				return err
 			}
-			if err := getBlob(c, cl, src, dest); err != nil {
+			if err := getBlob(c.Context(), cl, src, dest, stderr); err != nil {
 				return err
 			}
 			fmt.Fprintln(stdout, dest)
@@ -97,14 +106,21 @@ func newBlobCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			b, err := os.ReadFile(args[0])
+			f, err := os.Open(args[0])
 			if err != nil {
 				return err
 			}
-			if err := cl.Do(c.Context(), http.MethodPut, blobURL(args[1]), b, nil); err != nil {
-				return err
+			defer f.Close()
+			size := int64(-1) // a pipe or a device: sent chunked
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+				size = fi.Size()
 			}
-			fmt.Fprintf(stdout, "%s -> %s (%d bytes)\n", args[0], args[1], len(b))
+			bar := newTransferBar(stderr, args[1], size)
+			if err := cl.Upload(c.Context(), http.MethodPut, blobURL(args[1]), bar.reader(f), size); err != nil {
+				return fmt.Errorf("put %s: %w", args[1], err)
+			}
+			bar.finish()
+			fmt.Fprintf(stdout, "%s -> %s (%d bytes)\n", args[0], args[1], bar.done)
 			return nil
 		},
 	})
@@ -129,13 +145,57 @@ func listBlobs(c *cobra.Command, g *globals, prefix string) ([]blob.Object, erro
 	return objs, err
 }
 
-func getBlob(c *cobra.Command, cl *client.Client, src, dest string) error {
-	var b []byte
-	if err := cl.Do(c.Context(), http.MethodGet, blobURL(src), nil, &b); err != nil {
-		return err
+// downloadPath is where the object key, listed by the server under the
+// prefix src, goes inside directory dest. A key outside src, or one whose
+// rest would leave dest (../x, /x), is refused: the server's listing is not
+// trusted with the local file system.
+func downloadPath(dest, src, key string) (string, error) {
+	prefix := strings.TrimSuffix(src, "/") + "/"
+	rel, ok := strings.CutPrefix(key, prefix)
+	if !ok || rel == "" || strings.HasSuffix(rel, "/") || !filepath.IsLocal(filepath.FromSlash(rel)) || slices.Contains(strings.Split(rel, "/"), "..") {
+		return "", fmt.Errorf("get %s: the server listed %q, which would be written outside %s; refusing it (is the server what you think it is?)", src, key, dest)
 	}
+	return filepath.Join(dest, filepath.FromSlash(rel)), nil
+}
+
+// getBlob downloads src into the file dest as it arrives, through a
+// temporary file in the same directory that replaces dest only once
+// complete.
+func getBlob(ctx context.Context, cl *client.Client, src, dest string, progress io.Writer) (err error) {
+	body, size, err := cl.Download(ctx, blobURL(src))
+	if err != nil {
+		return fmt.Errorf("get %s: %w", src, err)
+	}
+	defer body.Close()
 	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(dest, b, 0o644)
+	tmp, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	bar := newTransferBar(progress, src, size)
+	if _, err := io.Copy(tmp, bar.reader(body)); err != nil {
+		return fmt.Errorf("get %s: %w", src, err)
+	}
+	if size >= 0 && bar.done != size {
+		return fmt.Errorf("get %s: got %d of %d bytes", src, bar.done, size)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), dest); err != nil {
+		return err
+	}
+	bar.finish()
+	return nil
 }

@@ -71,7 +71,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	srv := newUpCmd(stdout, stderr, false)
 	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
-		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout), newTokenCmd(g, stdout))
+		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout))
 	return root
 }
 
@@ -376,43 +376,21 @@ func newDescribeCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if err := get(c.Context(), cl, stdout, kind, args[1], "yaml", false); err != nil {
 				return err
 			}
+			// The server picks the object's own events (a job's with its
+			// tasks', a service's with its replicas'), however many newer
+			// ones other objects have.
 			var es []store.Event
-			prefix := singular + "/" + args[1]
-			if kind == "jobs" || kind == "services" {
-				prefix = "" // the job and its tasks, the service and its replicas
-			}
-			q := url.Values{"object": {prefix}, "limit": {"50"}}
+			q := url.Values{"of": {singular + "/" + args[1]}, "limit": {"50"}}
 			if err := cl.Do(c.Context(), http.MethodGet, api.Prefix+"/events?"+q.Encode(), nil, &es); err != nil {
 				return err
 			}
 			fmt.Fprintln(stdout, "events:")
 			for _, e := range es {
-				if kind == "jobs" && e.Object != "job/"+args[1] && !strings.HasPrefix(e.Object, "task/"+args[1]+"/") {
-					continue
-				}
-				if kind == "services" && e.Object != "service/"+args[1] && !isReplicaOf(e.Object, args[1]) {
-					continue
-				}
 				fmt.Fprintf(stdout, "  %s  %-10s %-28s %s %s\n", e.Time.Local().Format("15:04:05"), e.Kind, e.Object, e.Reason, e.Message)
 			}
 			return nil
 		},
 	}
-}
-
-// isReplicaOf reports whether an event object is a replica of service
-// (replica/SERVICE-N).
-func isReplicaOf(object, service string) bool {
-	rest, ok := strings.CutPrefix(object, "replica/"+service+"-")
-	if !ok || rest == "" {
-		return false
-	}
-	for _, c := range rest {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 func newDeleteCmd(g *globals, stdout io.Writer) *cobra.Command {

@@ -28,3 +28,14 @@ func TestProgressLine(t *testing.T) {
 		t.Errorf("without reports: %q", got)
 	}
 }
+
+// The transfer bar of blob put/get: filled by the share moved, or only
+// counts when the size is unknown.
+func TestTransferLine(t *testing.T) {
+	if got, want := transferLine("m.onnx", 3<<20, 12<<20, 2*time.Second), "[######..................] m.onnx 3.0 MiB / 12.0 MiB 1.5 MiB/s | 2s"; got != want {
+		t.Errorf("transferLine = %q, want %q", got, want)
+	}
+	if got, want := transferLine("m.onnx", 512, -1, time.Second), "m.onnx 512 B 512 B/s | 1s"; got != want {
+		t.Errorf("transferLine = %q, want %q", got, want)
+	}
+}

@@ -19,12 +19,21 @@ import (
 type Client struct {
 	base  string
 	token string
-	http  *http.Client
+	http  *http.Client // API calls: each has a total timeout
+	// stream moves files (Upload, Download): no total timeout, since a
+	// large file on a slow link may take hours, but a transfer that moves
+	// no byte for stall fails.
+	stream *http.Client
+	stall  time.Duration
 }
 
 // New returns a client for the server at base (e.g. http://127.0.0.1:8080).
 func New(base, token string) *Client {
-	return &Client{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{Timeout: 30 * time.Second}}
+	return &Client{base: strings.TrimRight(base, "/"), token: token,
+		http:   &http.Client{Timeout: 30 * time.Second},
+		stream: &http.Client{Transport: streamTransport()},
+		stall:  30 * time.Second,
+	}
 }
 
 // StatusError is a non-2xx answer.

@@ -76,7 +76,11 @@ type Plane struct {
 }
 
 // New returns a control plane over st using the given providers by name.
+// A nil log discards what it would log.
 func New(st *store.Store, providers map[string]Provider, log *slog.Logger, now func() time.Time, opt Options) *Plane {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if opt.Interval == 0 {
 		opt.Interval = 500 * time.Millisecond
 	}

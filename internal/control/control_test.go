@@ -425,3 +425,19 @@ func TestReconcilePoolDeleted(t *testing.T) {
 		}
 	}
 }
+
+// TestNilLogger: a plane given no logger logs nothing rather than
+// panicking on its first message (here "node lost").
+func TestNilLogger(t *testing.T) {
+	p := newPlane(t)
+	p.p = control.New(p.st, map[string]control.Provider{spec.ProviderLocal: p.prov}, nil, p.clock.Now, control.Options{})
+	p.apply(strings.Replace(cpuPool, "max: 5", "max: 1", 1) + "---" + job("train", 1))
+	p.reconcile()
+	p.heartbeat()
+	p.reconcile()
+	p.clock.Advance(20 * time.Second)
+	p.reconcile()
+	if n := p.nodes(); len(n) == 0 || n[0].State != store.NodeLost {
+		t.Errorf("silent node: %+v, want it lost", n)
+	}
+}

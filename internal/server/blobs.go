@@ -2,8 +2,10 @@ package server
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/spotml/spotml/internal/blob"
@@ -53,13 +55,18 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	// Copy fails before writing anything when the object is missing.
-	if err := s.cfg.Blobs.Copy(r.Context(), w, p); blob.IsNotExist(err) {
+	rd, err := s.cfg.Blobs.NewReader(r.Context(), p)
+	if blob.IsNotExist(err) {
 		return fmt.Errorf("blob %s: %w", p, store.ErrNotFound)
 	} else if err != nil {
 		return err
 	}
+	defer rd.Close()
+	// Streamed, with its length first so that a client can show progress
+	// and tell a cut-off download from a complete one.
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(rd.Size(), 10))
+	io.Copy(w, rd)
 	return nil
 }
 

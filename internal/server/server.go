@@ -48,7 +48,7 @@ type Config struct {
 	Token             string // the bootstrap admin token (DATA_DIR/token): every path but the agent API
 	JoinToken         string // registers an agent, which gets its node's own credential back
 	HeartbeatInterval time.Duration
-	Log               *slog.Logger
+	Log               *slog.Logger // nil: discard
 	Now               func() time.Time
 }
 
@@ -64,8 +64,11 @@ type Server struct {
 	views       viewCache
 }
 
-// New returns the handler.
+// New returns the handler. A nil cfg.Log discards what it would log.
 func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), reports: &reportBatcher{commit: cfg.Store.ReportBatch}}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.routes()
@@ -554,7 +557,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.EventFilter{Kind: q.Get("kind"), Object: q.Get("object")}
+	f := store.EventFilter{Kind: q.Get("kind"), Object: q.Get("object"), Of: q.Get("of")}
+	if kind, name, ok := strings.Cut(f.Of, "/"); f.Of != "" && (!ok || kind == "" || name == "") {
+		return badRequest{fmt.Errorf("of: %q is not KIND/NAME, e.g. job/train or service/mnist", f.Of)}
+	}
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {

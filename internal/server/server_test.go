@@ -809,3 +809,25 @@ func TestApplyService(t *testing.T) {
 	a.admin("DELETE", "/services/m", nil, http.StatusNoContent)
 	a.admin("GET", "/services/m", nil, http.StatusNotFound)
 }
+
+// TestNilLogger: a server given no logger answers a failing request with
+// a 500 rather than panicking while it logs the failure.
+func TestNilLogger(t *testing.T) {
+	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(server.New(server.Config{Store: st, Token: adminToken, Now: time.Now}))
+	defer srv.Close()
+	st.Close() // every store call now fails
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.URL+api.Prefix+"/pools", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /pools: %v (the handler panicked?)", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("GET /pools on a closed store: %s, want 500", resp.Status)
+	}
+}

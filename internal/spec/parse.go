@@ -62,6 +62,10 @@ func Parse(data []byte) ([]Document, error) {
 			errs = append(errs, syntaxError(err))
 			break
 		}
+		if fe := checkAliases(&root); fe != nil {
+			errs = append(errs, *fe)
+			continue
+		}
 		doc, nameLine, docErrs, ok := parseDocument(&root)
 		if !ok {
 			continue

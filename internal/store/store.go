@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -353,8 +354,13 @@ func (s *Store) event(ctx context.Context, tx *sql.Tx, kind, object, reason, mes
 
 // EventFilter narrows ListEvents. Zero values match everything.
 type EventFilter struct {
-	Kind    string
-	Object  string // prefix match: "node/" or "task/job1/"
+	Kind   string
+	Object string // prefix match: "node/" or "task/job1/"
+	// Of is one object, "KIND/NAME", and for a job its tasks, for a
+	// service its replicas: what `spotml describe` shows. Unlike a prefix
+	// it does not take in job/NAME2 or another job's tasks, and it is
+	// answered from the events_object index.
+	Of      string
 	AfterID int64
 	Limit   int
 }
@@ -371,6 +377,25 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) 
 		// Not LIKE: SQLite's LIKE ignores case, and a prefix is exact.
 		q += ` AND substr(object, 1, length(?)) = ?`
 		args = append(args, f.Object, f.Object)
+	}
+	if f.Of != "" {
+		// Ranges rather than substr, so that the index on object serves
+		// them: "task/j/" <= object < "task/j0" is every task of job j.
+		kind, name, _ := strings.Cut(f.Of, "/")
+		switch kind {
+		case "job":
+			q += ` AND (object = ? OR (object >= ? AND object < ?))`
+			args = append(args, f.Of, "task/"+name+"/", "task/"+name+"0")
+		case "service":
+			// replica/NAME-ID, where ID is all digits: replica/NAME-x-1 is
+			// a replica of service NAME-x.
+			p := "replica/" + name + "-"
+			q += ` AND (object = ? OR (object > ? AND object < ? AND substr(object, length(?) + 1) NOT GLOB '*[^0-9]*'))`
+			args = append(args, f.Of, p, "replica/"+name+".", p)
+		default:
+			q += ` AND object = ?`
+			args = append(args, f.Of)
+		}
 	}
 	if f.Limit > 0 {
 		// The newest Limit events, still returned oldest first.

@@ -43,6 +43,7 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		{"JobSettles", testJobSettles},
 		{"HeartbeatAndNotice", testHeartbeatAndNotice},
 		{"ListEventsFilters", testListEvents},
+		{"ListEventsOf", testListEventsOf},
 		{"Runs", testRuns},
 		{"RecentNodes", testRecentNodes},
 		{"DeleteJobCascades", testDeleteJob},
@@ -797,6 +798,49 @@ func testListEvents(t *testing.T, h *harness) {
 	} {
 		if got := objects(tc.f); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// testListEventsOf: the events of one object, with its job's tasks or its
+// service's replicas, and none of a namesake's, however many newer events
+// other objects have.
+func testListEventsOf(t *testing.T, h *harness) {
+	for _, o := range []string{
+		"job/j", "task/j/a", "job/j1", "task/j1/a", "task/j-x/a", "node/j",
+		"service/s", "replica/s-1", "replica/s-12", "replica/s-x-1", "replica/sx-1", "replica/s-", "service/s-x",
+		"pool/p", "pool/p2",
+	} {
+		if err := h.st.AddEvent(h.ctx, "Test", o, "Test", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 200 {
+		if err := h.st.AddEvent(h.ctx, "Test", fmt.Sprintf("node/busy-%d", i), "Test", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		of   string
+		want []string
+	}{
+		{"job/j", []string{"job/j", "task/j/a"}},
+		{"job/j1", []string{"job/j1", "task/j1/a"}},
+		{"service/s", []string{"service/s", "replica/s-1", "replica/s-12"}},
+		{"service/s-x", []string{"replica/s-x-1", "service/s-x"}},
+		{"pool/p", []string{"pool/p"}},
+		{"node/none", nil},
+	} {
+		es, err := h.st.ListEvents(h.ctx, store.EventFilter{Of: tc.of, Limit: 50})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range es {
+			got = append(got, e.Object)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("Of %s: %q, want %q", tc.of, got, tc.want)
 		}
 	}
 }

@@ -1,0 +1,187 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+)
+
+// streamTransport is http.DefaultTransport's dialing and handshake limits
+// plus a limit on the wait for response headers, so that an unreachable or
+// hung server still fails quickly while the body may take as long as it
+// takes.
+func streamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.ResponseHeaderTimeout = 30 * time.Second
+	return t
+}
+
+// Upload sends body to path with method (PUT for a blob) as it reads it,
+// never holding more than a buffer of it. size is the body's length, or -1
+// if unknown (it is then sent chunked). The upload fails if no byte moves
+// for the client's stall timeout; there is no limit on its total time.
+func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader, size int64) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	w := newWatchdog(c.stall, cancel)
+	defer w.stop()
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, &watchedReader{body, w})
+	if err != nil {
+		return err
+	}
+	if size >= 0 {
+		req.ContentLength = size
+		if size == 0 {
+			req.Body = http.NoBody
+		}
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.stream.Do(req)
+	if err != nil {
+		return c.transferError(ctx, err)
+	}
+	defer resp.Body.Close()
+	w.stop()
+	return statusError(resp)
+}
+
+// Download starts a GET of path and returns its body as it arrives, with
+// its length (-1 if the server did not say). The caller closes it. Reading
+// fails if no byte arrives for the client's stall timeout; there is no
+// limit on the total time.
+func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, int64, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := newWatchdog(c.stall, cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		w.stop()
+		cancel(nil)
+		return nil, 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.stream.Do(req)
+	if err != nil {
+		w.stop()
+		cancel(nil)
+		return nil, 0, c.transferError(ctx, err)
+	}
+	if err := statusError(resp); err != nil {
+		resp.Body.Close()
+		w.stop()
+		cancel(nil)
+		return nil, 0, err
+	}
+	w.kick()
+	return &download{c: c, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, resp.ContentLength, nil
+}
+
+type download struct {
+	c      *Client
+	ctx    context.Context
+	body   io.ReadCloser
+	w      *watchdog
+	cancel context.CancelCauseFunc
+}
+
+func (d *download) Read(p []byte) (int, error) {
+	n, err := d.body.Read(p)
+	if n > 0 {
+		d.w.kick()
+	}
+	if err != nil && err != io.EOF {
+		err = d.c.transferError(d.ctx, err)
+	}
+	return n, err
+}
+
+func (d *download) Close() error {
+	d.w.stop()
+	err := d.body.Close()
+	d.cancel(nil)
+	return err
+}
+
+// errStalled is the cause of a transfer's context when it moved no byte
+// for the stall timeout.
+type errStalled time.Duration
+
+func (e errStalled) Error() string {
+	return fmt.Sprintf("no data moved for %s (the network or the server stalled); try again", time.Duration(e))
+}
+
+func (c *Client) transferError(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil {
+		if _, ok := cause.(errStalled); ok {
+			return fmt.Errorf("transfer to or from %s: %w", c.base, cause)
+		}
+	}
+	if _, ok := err.(*StatusError); ok {
+		return err
+	}
+	return fmt.Errorf("cannot reach spotml at %s (is it running? set --server or SPOTML_SERVER): %w", c.base, err)
+}
+
+// statusError turns a non-2xx answer into a *StatusError.
+func statusError(resp *http.Response) error {
+	if resp.StatusCode/100 == 2 {
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e api.Error
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		return &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(b))}
+}
+
+// watchdog cancels a transfer when kick has not been called for d.
+type watchdog struct {
+	d     time.Duration
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+func newWatchdog(d time.Duration, cancel context.CancelCauseFunc) *watchdog {
+	return &watchdog{d: d, timer: time.AfterFunc(d, func() { cancel(errStalled(d)) })}
+}
+
+func (w *watchdog) kick() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timer != nil {
+		w.timer.Reset(w.d)
+	}
+}
+
+func (w *watchdog) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timer != nil {
+		w.timer.Stop()
+		w.timer = nil
+	}
+}
+
+// watchedReader kicks its watchdog whenever it yields bytes.
+type watchedReader struct {
+	r io.Reader
+	w *watchdog
+}
+
+func (r *watchedReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.w.kick()
+	}
+	return n, err
+}
