@@ -58,8 +58,14 @@ func FuzzAgentAPI(f *testing.F) {
 		f.Fatalf("reconcile: %v, launched %q", err, prov.launched)
 	}
 	node := prov.launched[0]
+	cred, err := st.IssueNodeCredential(ctx, node) // as the provider does at launch
+	if err != nil {
+		f.Fatal(err)
+	}
 	hb, _ := json.Marshal(api.HeartbeatRequest{Node: node, Ready: true})
-	post(joinToken, "/agent/heartbeat", hb)
+	if w := post(cred, "/agent/heartbeat", hb); w.Code != http.StatusOK {
+		f.Fatalf("heartbeat: %d %s", w.Code, w.Body)
+	}
 	if err := plane.Reconcile(ctx); err != nil {
 		f.Fatal(err)
 	}
@@ -99,7 +105,7 @@ func FuzzAgentAPI(f *testing.F) {
 			path = fmt.Sprintf(path, id)
 		}
 		before := snapshot()
-		w := post(joinToken, path, body)
+		w := post(cred, path, body)
 		if w.Code/100 == 5 {
 			t.Fatalf("POST %s %q: %d %s", path, body, w.Code, w.Body)
 		}
