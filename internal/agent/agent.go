@@ -77,6 +77,9 @@ type Agent struct {
 
 // New returns an agent.
 func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler) // as server.New and control.New
+	}
 	if cfg.NoticePoll == 0 {
 		cfg.NoticePoll = time.Second
 	}
