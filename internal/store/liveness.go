@@ -83,6 +83,13 @@ func (l *liveness) keepCredential(hash, node string, gen uint64) {
 	l.credNode[hash], l.nodeCred[node] = node, hash
 }
 
+// forget drops what the store keeps in memory of a node after a
+// transaction changed its state.
+func (s *Store) forget(name string) {
+	s.live.forget(name)
+	s.work.drop(name)
+}
+
 // heardAt returns the newest heartbeat of a node kept in memory.
 func (l *liveness) heardAt(name string) time.Time {
 	l.mu.Lock()

@@ -474,8 +474,8 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 	if len(sts) == 0 {
 		// Most heartbeats come from batch nodes: no write transaction
 		// unless the node has replicas.
-		var n int
-		if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM replicas WHERE node = ? AND ended_at = 0`, node).Scan(&n); err != nil || n == 0 {
+		w, err := s.NodeWork(ctx, node)
+		if err != nil || w.LiveReplicas == 0 {
 			return err
 		}
 	}

@@ -46,6 +46,10 @@ type Store struct {
 	rdb  *sql.DB
 	now  func() time.Time
 	live liveness
+	work workCache
+	// writes is bumped after every write transaction ends (tx): what was
+	// read at one value is still true while it holds (workCache).
+	writes atomic.Uint64
 
 	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 }
@@ -310,6 +314,7 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // tx runs fn in one transaction, committing when fn returns nil.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	defer s.writes.Add(1) // after the commit or rollback
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
