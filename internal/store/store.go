@@ -47,9 +47,6 @@ type Store struct {
 	now  func() time.Time
 	live liveness
 	work workCache
-	// writes is bumped after every write transaction ends (tx): what was
-	// read at one value is still true while it holds (workCache).
-	writes atomic.Uint64
 
 	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 }
@@ -314,7 +311,13 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // tx runs fn in one transaction, committing when fn returns nil.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	defer s.writes.Add(1) // after the commit or rollback
+	return s.txNodes(ctx, nil, fn)
+}
+
+// txNodes is tx for a transaction that changes the work (NodeWork) of
+// the named nodes only; nil means it may change any node's.
+func (s *Store) txNodes(ctx context.Context, nodes []string, fn func(*sql.Tx) error) error {
+	defer s.work.wrote(nodes) // after the commit or rollback
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

@@ -20,7 +20,12 @@ type Assignment struct {
 // applied.
 func (s *Store) Assign(ctx context.Context, plan []Assignment) (int, error) {
 	applied := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	nodes := make([]string, 0, len(plan))
+	for _, a := range plan {
+		nodes = append(nodes, a.Node)
+	}
+	// It changes the running tasks of the plan's nodes only.
+	err := s.txNodes(ctx, nodes, func(tx *sql.Tx) error {
 		applied = 0
 		now := s.now().UnixNano()
 		upd, err := tx.PrepareContext(ctx, `UPDATE tasks SET state = ?, node = ?, started_at = ?, message = ''
@@ -88,7 +93,13 @@ func (s *Store) Report(ctx context.Context, taskID int64, node string, attempt i
 // disk sync for all of them), each fenced like Report.
 func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 	oks := make([]bool, len(rs))
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	nodes := make([]string, 0, len(rs))
+	for _, r := range rs {
+		nodes = append(nodes, r.Node)
+	}
+	// A report ends or requeues a task of its own node only (and may end
+	// its job, which is not part of any node's work).
+	err := s.txNodes(ctx, nodes, func(tx *sql.Tx) error {
 		jobs := map[int64]string{}
 		for i, r := range rs {
 			if !validOutcome(r.Outcome) {

@@ -14,57 +14,89 @@ type NodeWork struct {
 	LiveReplicas int
 }
 
-// workCache keeps each node's NodeWork as read at a write generation of
-// the store (Store.writes): every node heartbeats every second, and
-// between two write transactions their answers cannot change, so a
-// heartbeat costs no SQLite read unless something was written since the
-// node's last one. An entry read at an older generation is read again.
+// workCache keeps each node's NodeWork as read at a write generation:
+// every node heartbeats every second, and between two writes that may
+// change a node's work its answer cannot change, so a heartbeat costs no
+// SQLite read unless such a write came since the node's last one.
+//
+// A write transaction (Store.tx) bumps the generation of all nodes after
+// it ends; the two frequent ones, Assign and ReportBatch, change the
+// running tasks of the nodes they name only (txNodes), and bump just
+// theirs. An entry read at an older generation is read again.
 type workCache struct {
 	mu    sync.Mutex
+	all   uint64            // bumped after every other write transaction
+	seq   uint64            // source of the per-node generations, so that none repeats
+	node  map[string]uint64 // the generation of each node's own writes
 	nodes map[string]workEntry
 }
 
+type workGen struct{ all, node uint64 }
+
 type workEntry struct {
-	gen  uint64
+	gen  workGen
 	work NodeWork
 }
 
-func (c *workCache) get(node string, gen uint64) (NodeWork, bool) {
+// get returns a node's kept work if nothing changed it since, and the
+// generation to keep a fresh read at.
+func (c *workCache) get(node string) (NodeWork, workGen, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	gen := workGen{c.all, c.node[node]}
 	e, ok := c.nodes[node]
-	if !ok || e.gen != gen {
-		return NodeWork{}, false
-	}
-	return e.work, true
+	return e.work, gen, ok && e.gen == gen
 }
 
-func (c *workCache) put(node string, gen uint64, w NodeWork) {
+func (c *workCache) put(node string, gen workGen, w NodeWork) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if gen != (workGen{c.all, c.node[node]}) {
+		return // written since: what was read may be old
+	}
 	if c.nodes == nil {
 		c.nodes = map[string]workEntry{}
-	}
-	if e, ok := c.nodes[node]; ok && e.gen > gen {
-		return // a newer read got there first
 	}
 	c.nodes[node] = workEntry{gen: gen, work: w}
 }
 
+// wrote is called after a write transaction ends (committed or not):
+// nodes are the only nodes whose work it may have changed, or nil for
+// any.
+func (c *workCache) wrote(nodes []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if nodes == nil {
+		c.all++
+		return
+	}
+	if c.node == nil {
+		c.node = map[string]uint64{}
+	}
+	for _, n := range nodes {
+		c.seq++
+		c.node[n] = c.seq
+	}
+}
+
+// drop forgets a node (it ended or changed state); it counts as a write
+// to all nodes, so no read from before it is kept.
 func (c *workCache) drop(node string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.nodes, node)
+	delete(c.node, node)
+	c.all++
 }
 
 // NodeWork returns what node should run now. The slices are shared with
 // later callers: read them, do not change them.
 func (s *Store) NodeWork(ctx context.Context, node string) (NodeWork, error) {
 	// The generation is read before the database: a write that commits
-	// meanwhile bumps it after its commit, so what is kept below is
-	// either up to date or already older than the current generation.
-	gen := s.writes.Load()
-	if w, ok := s.work.get(node, gen); ok {
+	// meanwhile bumps it after its commit, so put keeps nothing that
+	// may be older than the database.
+	w, gen, ok := s.work.get(node)
+	if ok {
 		return w, nil
 	}
 	tasks, err := s.NodeTasks(ctx, node)
@@ -75,7 +107,7 @@ func (s *Store) NodeWork(ctx context.Context, node string) (NodeWork, error) {
 	if err != nil {
 		return NodeWork{}, err
 	}
-	w := NodeWork{Tasks: tasks, LiveReplicas: len(reps)}
+	w = NodeWork{Tasks: tasks, LiveReplicas: len(reps)}
 	for _, r := range reps {
 		if r.State == ReplicaStarting || r.State == ReplicaReady {
 			w.Replicas = append(w.Replicas, r)
