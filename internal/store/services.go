@@ -237,7 +237,7 @@ func (s *Store) queryReplicas(ctx context.Context, q string, args ...any) ([]Rep
 }
 
 func (s *Store) queryReplicasFrom(ctx context.Context, db *sql.DB, q string, args ...any) ([]Replica, error) {
-	rows, err := db.QueryContext(ctx, `SELECT `+replicaCols+` FROM replicas r LEFT JOIN nodes n ON n.name = r.node AND r.node != '' `+q, args...)
+	rows, err := s.readQuery(ctx, db, `SELECT `+replicaCols+` FROM replicas r LEFT JOIN nodes n ON n.name = r.node AND r.node != '' `+q, args...)
 	if err != nil {
 		return nil, err
 	}
