@@ -98,8 +98,11 @@ func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 		nodes = append(nodes, r.Node)
 	}
 	// A report ends or requeues a task of its own node only (and may end
-	// its job, which is not part of any node's work).
-	err := s.txNodes(ctx, nodes, func(tx *sql.Tx) error {
+	// its job, which is not part of any node's work): the nodes' kept work
+	// loses the tasks reported, after the commit.
+	gone := map[string][]int64{}
+	err := s.txNodes(ctx, []string{}, func(tx *sql.Tx) error {
+		clear(gone)
 		jobs := map[int64]string{}
 		for i, r := range rs {
 			if !validOutcome(r.Outcome) {
@@ -112,6 +115,7 @@ func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 			oks[i] = ok
 			if ok {
 				jobs[jobID] = job
+				gone[r.Node] = append(gone[r.Node], r.TaskID)
 			}
 		}
 		for id, name := range jobs {
@@ -121,6 +125,10 @@ func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 		}
 		return nil
 	})
+	if err != nil {
+		clear(gone) // rolled back: read them again
+	}
+	s.work.reported(nodes, gone)
 	if err != nil {
 		return nil, err
 	}

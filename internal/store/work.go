@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 	"sync"
 )
 
@@ -76,6 +77,40 @@ func (c *workCache) wrote(nodes []string) {
 	for _, n := range nodes {
 		c.seq++
 		c.node[n] = c.seq
+	}
+}
+
+// reported is wrote for ReportBatch: it bumps the named nodes, and a kept
+// entry that nothing else changed since it was read loses the tasks that
+// ended (gone: task IDs by node), instead of being read again. That is
+// all a report changes in a node's work, and taking a task out twice is
+// harmless, so the entry is right whether it was read before or after
+// the report's commit.
+func (c *workCache) reported(nodes []string, gone map[string][]int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.node == nil {
+		c.node = map[string]uint64{}
+	}
+	for _, n := range nodes {
+		e, ok := c.nodes[n]
+		current := ok && e.gen == (workGen{c.all, c.node[n]})
+		c.seq++
+		c.node[n] = c.seq
+		if !current {
+			continue
+		}
+		if ids := gone[n]; len(ids) > 0 {
+			left := make([]Task, 0, len(e.work.Tasks))
+			for _, t := range e.work.Tasks {
+				if !slices.Contains(ids, t.ID) {
+					left = append(left, t)
+				}
+			}
+			e.work.Tasks = left // a new slice: callers may be reading the old one
+		}
+		e.gen = workGen{c.all, c.seq}
+		c.nodes[n] = e
 	}
 }
 
