@@ -479,7 +479,8 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 			return err
 		}
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	// It changes the replicas of this node only.
+	return s.txNodes(ctx, []string{node}, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT id, service, state, addr FROM replicas WHERE node = ? AND ended_at = 0`, node)
 		if err != nil {
 			return err
@@ -578,7 +579,8 @@ type GatewayStat struct {
 // PutGatewayStats records what one gateway measured per service, replacing
 // its previous report.
 func (s *Store) PutGatewayStats(ctx context.Context, gateway string, stats map[string]GatewayStat) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	// It changes no node's work.
+	return s.txNodes(ctx, []string{}, func(tx *sql.Tx) error {
 		now := s.now().UnixNano()
 		if _, err := tx.ExecContext(ctx, `DELETE FROM gateway_stats WHERE gateway = ?`, gateway); err != nil {
 			return err

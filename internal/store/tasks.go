@@ -288,7 +288,8 @@ func (s *Store) SetProgress(ctx context.Context, node string, ps []Progress) err
 	if len(ps) == 0 {
 		return nil
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	// It changes tasks of this node only.
+	return s.txNodes(ctx, []string{node}, func(tx *sql.Tx) error {
 		now := nanos(s.now())
 		for _, p := range ps {
 			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET progress = ?, progress_message = ?, progress_at = ?

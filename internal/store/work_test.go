@@ -27,6 +27,12 @@ func testNodeWork(t *testing.T, h *harness) {
 	check("assigned on n2", 0, 0, 0)
 	h.assign(2, store.Assignment{TaskID: ts[0].ID, Node: "n1"}, store.Assignment{TaskID: ts[1].ID, Node: "n1"})
 	check("assigned", 2, 0, 0)
+	if err := h.st.SetProgress(h.ctx, "n1", []store.Progress{{TaskID: ts[0].ID, Attempt: 1, Fraction: 0.5}}); err != nil {
+		t.Fatal(err)
+	}
+	if w, _ := h.st.NodeWork(h.ctx, "n1"); w.Tasks[0].Progress == nil || *w.Tasks[0].Progress != 0.5 {
+		t.Errorf("NodeWork after SetProgress: progress %v, want 0.5", w.Tasks[0].Progress)
+	}
 	checkOn(t, h, "n2", "assigned on n1", 1, 0, 0)
 	h.report(h.task("work", "task-2"), "n2", 1, store.OutcomeSucceeded, 0, "")
 	checkOn(t, h, "n2", "reported on n2", 0, 0, 0)
