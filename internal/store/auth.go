@@ -85,7 +85,7 @@ func (s *Store) EnsureSecret(ctx context.Context, key, have string) (string, err
 // exist is ErrNotFound; one that has ended is ErrConflict.
 func (s *Store) IssueNodeCredential(ctx context.Context, node string) (string, error) {
 	cred := NodeCredentialPrefix + RandomHex(32)
-	defer s.forget(node) // its earlier credential stops working
+	defer s.live.forgetCredential(node) // its earlier credential stops working
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var state string
 		var inc int

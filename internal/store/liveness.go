@@ -58,6 +58,18 @@ func (l *liveness) forget(name string) {
 	l.gen++
 }
 
+// forgetCredential drops the credential kept for a node (it got a new
+// one), and nothing else: its heartbeats stay in memory.
+func (l *liveness) forgetCredential(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h, ok := l.nodeCred[name]; ok {
+		delete(l.credNode, h)
+		delete(l.nodeCred, name)
+	}
+	l.gen++
+}
+
 // credential returns the node of a credential hash found valid before.
 func (l *liveness) credential(hash string) (string, uint64, bool) {
 	l.mu.Lock()
