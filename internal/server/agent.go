@@ -81,20 +81,18 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Store.SetProgress(r.Context(), req.Node, progress); err != nil {
 		return err
 	}
-	tasks, err := s.cfg.Store.NodeTasks(r.Context(), req.Node)
+	// Kept in memory by the store until its next write: most heartbeats
+	// read nothing from the database.
+	work, err := s.cfg.Store.NodeWork(r.Context(), req.Node)
 	if err != nil {
 		return err
 	}
-	resp := api.HeartbeatResponse{Tasks: []api.Assignment{}}
-	for _, t := range tasks {
+	resp := api.HeartbeatResponse{Tasks: make([]api.Assignment, 0, len(work.Tasks))}
+	for _, t := range work.Tasks {
 		resp.Tasks = append(resp.Tasks, api.Assignment{TaskID: t.ID, Attempt: t.Attempt, Job: t.Job, JobUID: t.JobUID,
 			Task: t.Name, Index: t.Index, Spec: t.Spec})
 	}
-	reps, err := s.cfg.Store.NodeReplicas(r.Context(), req.Node)
-	if err != nil {
-		return err
-	}
-	for _, rp := range reps {
+	for _, rp := range work.Replicas {
 		var sp api.ReplicaSpec
 		if err := json.Unmarshal(rp.Spec, &sp); err != nil {
 			return fmt.Errorf("replica %s: stored spec: %w", rp.Name, err)

@@ -85,6 +85,7 @@ func (s *Store) EnsureSecret(ctx context.Context, key, have string) (string, err
 // exist is ErrNotFound; one that has ended is ErrConflict.
 func (s *Store) IssueNodeCredential(ctx context.Context, node string) (string, error) {
 	cred := NodeCredentialPrefix + RandomHex(32)
+	defer s.live.forgetCredential(node) // its earlier credential stops working
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var state string
 		var inc int
@@ -114,15 +115,29 @@ func (s *Store) IssueNodeCredential(ctx context.Context, node string) (string, e
 // CredentialNode returns the node a credential belongs to. The credential
 // works only while that node is live and in the incarnation it was issued
 // for; otherwise ErrBadCredential.
+//
+// A credential found valid is kept in memory (liveness) until its node's
+// state changes (EndNode, RestartNode, SetNotice, DeleteNode) or it gets a
+// new credential, so that an agent's every call costs no database read:
+// the store is the only writer of nodes, and each of those calls forgets
+// the node after its transaction.
 func (s *Store) CredentialNode(ctx context.Context, cred string) (string, error) {
-	var node string
-	err := s.db.QueryRowContext(ctx, `SELECT c.node FROM node_credentials c JOIN nodes n ON n.name = c.node
+	hash := HashSecret(cred)
+	node, gen, ok := s.live.credential(hash)
+	if ok {
+		return node, nil
+	}
+	err := s.rdb.QueryRowContext(ctx, `SELECT c.node FROM node_credentials c JOIN nodes n ON n.name = c.node
 		WHERE c.hash = ? AND n.incarnation = c.incarnation AND n.state IN (?, ?, ?)`,
-		HashSecret(cred), NodeProvisioning, NodeReady, NodeDraining).Scan(&node)
+		hash, NodeProvisioning, NodeReady, NodeDraining).Scan(&node)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", ErrBadCredential
 	}
-	return node, err
+	if err != nil {
+		return "", err
+	}
+	s.live.keepCredential(hash, node, gen)
+	return node, nil
 }
 
 // dropNodeCredentials ends every credential of a node (it ended or is

@@ -64,6 +64,11 @@ func testNodeCredentials(t *testing.T, h *harness) {
 	if got, _ := h.st.CredentialNode(h.ctx, c1); got != "n1" {
 		t.Errorf("after reopen CredentialNode = %q, want n1", got)
 	}
+	// Each change below follows a successful lookup, so that it must also
+	// end what the store keeps in memory of the credential.
+	if got, _ := h.st.CredentialNode(h.ctx, c2); got != "n2" {
+		t.Errorf("after reopen CredentialNode = %q, want n2", got)
+	}
 	// A new credential replaces the old one.
 	c2b, _ := h.st.IssueNodeCredential(h.ctx, "n2")
 	if _, err := h.st.CredentialNode(h.ctx, c2); !errors.Is(err, store.ErrBadCredential) {
@@ -93,6 +98,9 @@ func testNodeCredentials(t *testing.T, h *harness) {
 	// new credential; the one of its earlier life stays dead.
 	h.node("d1", true)
 	old, _ := h.st.IssueNodeCredential(h.ctx, "d1")
+	if got, _ := h.st.CredentialNode(h.ctx, old); got != "d1" {
+		t.Errorf("CredentialNode = %q, want d1", got)
+	}
 	if err := h.st.EndNode(h.ctx, "d1", store.NodeDeallocated, "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +120,9 @@ func testNodeCredentials(t *testing.T, h *harness) {
 		t.Fatal(err)
 	}
 	forgotten, _ := h.st.IssueNodeCredential(h.ctx, "f1")
+	if got, _ := h.st.CredentialNode(h.ctx, forgotten); got != "f1" {
+		t.Errorf("CredentialNode = %q, want f1", got)
+	}
 	if err := h.st.DeleteNode(h.ctx, "f1"); err != nil {
 		t.Fatal(err)
 	}

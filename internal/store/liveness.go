@@ -29,6 +29,14 @@ type liveness struct {
 	nodes    map[string]*heard
 	gen      uint64 // bumped by forget: a slower heartbeat read before it must not cache its stale node
 	flushing bool
+
+	// Node credentials found valid, so that the agent API does not ask
+	// SQLite who sends each heartbeat: hash -> node, and node -> hash to
+	// forget them. forget drops a node's entry, so a credential read
+	// again from the database after its node ended, restarted or got a
+	// new credential.
+	credNode map[string]string
+	nodeCred map[string]string
 }
 
 type heard struct {
@@ -43,7 +51,55 @@ func (l *liveness) forget(name string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.nodes, name)
+	if h, ok := l.nodeCred[name]; ok {
+		delete(l.credNode, h)
+		delete(l.nodeCred, name)
+	}
 	l.gen++
+}
+
+// forgetCredential drops the credential kept for a node (it got a new
+// one), and nothing else: its heartbeats stay in memory.
+func (l *liveness) forgetCredential(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h, ok := l.nodeCred[name]; ok {
+		delete(l.credNode, h)
+		delete(l.nodeCred, name)
+	}
+	l.gen++
+}
+
+// credential returns the node of a credential hash found valid before.
+func (l *liveness) credential(hash string) (string, uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	node, ok := l.credNode[hash]
+	return node, l.gen, ok
+}
+
+// keepCredential remembers that hash opens node, unless a node was
+// forgotten since gen (the database read may be older than that change).
+func (l *liveness) keepCredential(hash, node string, gen uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.gen != gen {
+		return
+	}
+	if l.credNode == nil {
+		l.credNode, l.nodeCred = map[string]string{}, map[string]string{}
+	}
+	if old, ok := l.nodeCred[node]; ok {
+		delete(l.credNode, old)
+	}
+	l.credNode[hash], l.nodeCred[node] = node, hash
+}
+
+// forget drops what the store keeps in memory of a node after a
+// transaction changed its state.
+func (s *Store) forget(name string) {
+	s.live.forget(name)
+	s.work.drop(name)
 }
 
 // heardAt returns the newest heartbeat of a node kept in memory.

@@ -88,7 +88,7 @@ func (s *Store) openRun(ctx context.Context, tx *sql.Tx, n Node, now int64) erro
 // RestartNode brings a deallocated node back with the same name and work
 // directory under a new process.
 func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
-	defer s.live.forget(name) // its state changes: the next heartbeat reads it
+	defer s.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
 		if err != nil {
@@ -190,7 +190,7 @@ func (s *Store) GetNode(ctx context.Context, name string) (Node, error) {
 // (the provider publishing it or the agent reading it). Returns false if
 // the node already had a notice.
 func (s *Store) SetNotice(ctx context.Context, name string, deadline time.Time, source string) (bool, error) {
-	defer s.live.forget(name) // its state changes: the next heartbeat reads it
+	defer s.forget(name) // its state changes: the next heartbeat reads it
 	changed := false
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
@@ -235,7 +235,7 @@ func (s *Store) EndNode(ctx context.Context, name, state, reason string) error {
 	if Live(state) {
 		return fmt.Errorf("end node %s: %q is not an end state", name, state)
 	}
-	defer s.live.forget(name) // its state changes: the next heartbeat reads it
+	defer s.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
 		if errors.Is(err, sql.ErrNoRows) {
@@ -350,7 +350,7 @@ func (s *Store) Runs(ctx context.Context) ([]Run, error) {
 // DeleteNode forgets a node that never started (its launch was refused),
 // with its billing run. Any other node, and its billing history, stays.
 func (s *Store) DeleteNode(ctx context.Context, name string) error {
-	defer s.live.forget(name) // its state changes: the next heartbeat reads it
+	defer s.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE name = ? AND state = ? AND incarnation = 1`, name, NodeProvisioning)
 		if err != nil {

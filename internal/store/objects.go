@@ -369,7 +369,7 @@ func (s *Store) scanTasks(ctx context.Context, cols, where string, args ...any) 
 }
 
 func (s *Store) scanTasksFrom(ctx context.Context, db *sql.DB, cols, where string, args ...any) ([]Task, error) {
-	rows, err := db.QueryContext(ctx, `SELECT `+cols+` FROM tasks t JOIN jobs j ON j.id = t.job_id `+where, args...)
+	rows, err := s.readQuery(ctx, db, `SELECT `+cols+` FROM tasks t JOIN jobs j ON j.id = t.job_id `+where, args...)
 	if err != nil {
 		return nil, err
 	}

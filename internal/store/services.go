@@ -237,7 +237,7 @@ func (s *Store) queryReplicas(ctx context.Context, q string, args ...any) ([]Rep
 }
 
 func (s *Store) queryReplicasFrom(ctx context.Context, db *sql.DB, q string, args ...any) ([]Replica, error) {
-	rows, err := db.QueryContext(ctx, `SELECT `+replicaCols+` FROM replicas r LEFT JOIN nodes n ON n.name = r.node AND r.node != '' `+q, args...)
+	rows, err := s.readQuery(ctx, db, `SELECT `+replicaCols+` FROM replicas r LEFT JOIN nodes n ON n.name = r.node AND r.node != '' `+q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -474,12 +474,13 @@ func (s *Store) ReportReplicas(ctx context.Context, node string, sts []ReplicaSt
 	if len(sts) == 0 {
 		// Most heartbeats come from batch nodes: no write transaction
 		// unless the node has replicas.
-		var n int
-		if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM replicas WHERE node = ? AND ended_at = 0`, node).Scan(&n); err != nil || n == 0 {
+		w, err := s.NodeWork(ctx, node)
+		if err != nil || w.LiveReplicas == 0 {
 			return err
 		}
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	// It changes the replicas of this node only.
+	return s.txNodes(ctx, []string{node}, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT id, service, state, addr FROM replicas WHERE node = ? AND ended_at = 0`, node)
 		if err != nil {
 			return err
@@ -578,7 +579,8 @@ type GatewayStat struct {
 // PutGatewayStats records what one gateway measured per service, replacing
 // its previous report.
 func (s *Store) PutGatewayStats(ctx context.Context, gateway string, stats map[string]GatewayStat) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	// It changes no node's work.
+	return s.txNodes(ctx, []string{}, func(tx *sql.Tx) error {
 		now := s.now().UnixNano()
 		if _, err := tx.ExecContext(ctx, `DELETE FROM gateway_stats WHERE gateway = ?`, gateway); err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,9 +45,14 @@ type Store struct {
 	// rdb is a pool of read-only connections for what agents' heartbeats
 	// read: in WAL mode they read the last commit while db writes, so a
 	// heartbeat is not held up behind a long assign or report transaction.
-	rdb  *sql.DB
-	now  func() time.Time
-	live liveness
+	rdb *sql.DB
+	// rstmts are rdb's statements, prepared once each (readQuery): a
+	// heartbeat's reads are small, and parsing their SQL cost more than
+	// running it.
+	rstmts sync.Map // query -> *sql.Stmt
+	now    func() time.Time
+	live   liveness
+	work   workCache
 
 	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 }
@@ -81,7 +87,32 @@ func Open(ctx context.Context, path string, now func() time.Time) (*Store, error
 
 // Close writes the heartbeats kept in memory and closes the database.
 func (s *Store) Close() error {
-	return errors.Join(s.FlushHeartbeats(context.Background()), s.rdb.Close(), s.db.Close())
+	errs := []error{s.FlushHeartbeats(context.Background())}
+	s.rstmts.Range(func(_, st any) bool {
+		errs = append(errs, st.(*sql.Stmt).Close())
+		return true
+	})
+	return errors.Join(append(errs, s.rdb.Close(), s.db.Close())...)
+}
+
+// readQuery runs a query on db; on the read pool, through a statement
+// prepared once.
+func (s *Store) readQuery(ctx context.Context, db *sql.DB, query string, args ...any) (*sql.Rows, error) {
+	if db != s.rdb {
+		return db.QueryContext(ctx, query, args...)
+	}
+	st, ok := s.rstmts.Load(query)
+	if !ok {
+		prep, err := s.rdb.PrepareContext(ctx, query)
+		if err != nil {
+			return nil, err
+		}
+		var loaded bool
+		if st, loaded = s.rstmts.LoadOrStore(query, prep); loaded {
+			prep.Close()
+		}
+	}
+	return st.(*sql.Stmt).QueryContext(ctx, args...)
 }
 
 // Stats are counters of what the store has done since it was opened.
@@ -311,6 +342,13 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // tx runs fn in one transaction, committing when fn returns nil.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	return s.txNodes(ctx, nil, fn)
+}
+
+// txNodes is tx for a transaction that changes the work (NodeWork) of
+// the named nodes only; nil means it may change any node's.
+func (s *Store) txNodes(ctx context.Context, nodes []string, fn func(*sql.Tx) error) error {
+	defer s.work.wrote(nodes) // after the commit or rollback
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

@@ -30,6 +30,7 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 		{"MigrateTwice", testMigrateTwice},
 		{"BootstrapSecret", testBootstrapSecret},
 		{"NodeCredentials", testNodeCredentials},
+		{"NodeWork", testNodeWork},
 		{"APITokens", testAPITokens},
 		{"ApplyPools", testApplyPools},
 		{"ApplyJobImmutable", testApplyJobImmutable},

@@ -20,7 +20,12 @@ type Assignment struct {
 // applied.
 func (s *Store) Assign(ctx context.Context, plan []Assignment) (int, error) {
 	applied := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	nodes := make([]string, 0, len(plan))
+	for _, a := range plan {
+		nodes = append(nodes, a.Node)
+	}
+	// It changes the running tasks of the plan's nodes only.
+	err := s.txNodes(ctx, nodes, func(tx *sql.Tx) error {
 		applied = 0
 		now := s.now().UnixNano()
 		upd, err := tx.PrepareContext(ctx, `UPDATE tasks SET state = ?, node = ?, started_at = ?, message = ''
@@ -88,7 +93,16 @@ func (s *Store) Report(ctx context.Context, taskID int64, node string, attempt i
 // disk sync for all of them), each fenced like Report.
 func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 	oks := make([]bool, len(rs))
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	nodes := make([]string, 0, len(rs))
+	for _, r := range rs {
+		nodes = append(nodes, r.Node)
+	}
+	// A report ends or requeues a task of its own node only (and may end
+	// its job, which is not part of any node's work): the nodes' kept work
+	// loses the tasks reported, after the commit.
+	gone := map[string][]int64{}
+	err := s.txNodes(ctx, []string{}, func(tx *sql.Tx) error {
+		clear(gone)
 		jobs := map[int64]string{}
 		for i, r := range rs {
 			if !validOutcome(r.Outcome) {
@@ -101,6 +115,7 @@ func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 			oks[i] = ok
 			if ok {
 				jobs[jobID] = job
+				gone[r.Node] = append(gone[r.Node], r.TaskID)
 			}
 		}
 		for id, name := range jobs {
@@ -110,6 +125,10 @@ func (s *Store) ReportBatch(ctx context.Context, rs []Report) ([]bool, error) {
 		}
 		return nil
 	})
+	if err != nil {
+		clear(gone) // rolled back: read them again
+	}
+	s.work.reported(nodes, gone)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +288,8 @@ func (s *Store) SetProgress(ctx context.Context, node string, ps []Progress) err
 	if len(ps) == 0 {
 		return nil
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	// It changes tasks of this node only.
+	return s.txNodes(ctx, []string{node}, func(tx *sql.Tx) error {
 		now := nanos(s.now())
 		for _, p := range ps {
 			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET progress = ?, progress_message = ?, progress_at = ?
