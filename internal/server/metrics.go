@@ -118,18 +118,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // costRecord reads what the cost report sums: the per-day totals of
 // pruned node runs and the runs still kept.
 func costRecord(ctx context.Context, st *store.Store) ([]cost.DayTotal, []cost.Usage, error) {
-	ds, err := st.CostDays(ctx)
+	days, err := st.CostDays(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	runs, err := st.Runs(ctx)
 	if err != nil {
 		return nil, nil, err
-	}
-	days := make([]cost.DayTotal, len(ds))
-	for i, d := range ds {
-		days[i] = cost.DayTotal{Pool: d.Pool, Priority: d.Priority, Day: d.Day, First: d.First, Last: d.Last,
-			NodeSeconds: d.NodeSeconds, Spent: d.Spent, OnDemand: d.OnDemand}
 	}
 	return days, usages(runs), nil
 }

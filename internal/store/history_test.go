@@ -17,18 +17,13 @@ import (
 // runs and the runs still kept.
 func (h *harness) costNow() (cost.Summary, cost.Timeline) {
 	h.t.Helper()
-	ds, err := h.st.CostDays(h.ctx)
+	days, err := h.st.CostDays(h.ctx)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	runs, err := h.st.Runs(h.ctx)
 	if err != nil {
 		h.t.Fatal(err)
-	}
-	var days []cost.DayTotal
-	for _, d := range ds {
-		days = append(days, cost.DayTotal{Pool: d.Pool, Priority: d.Priority, Day: d.Day, First: d.First, Last: d.Last,
-			NodeSeconds: d.NodeSeconds, Spent: d.Spent, OnDemand: d.OnDemand})
 	}
 	var us []cost.Usage
 	for _, r := range runs {

@@ -13,15 +13,6 @@ import (
 // and events are kept before Prune removes them.
 const DefaultRetention = 7 * 24 * time.Hour
 
-// CostDay is the cost of pruned node runs of one pool on one UTC day.
-type CostDay struct {
-	Pool, Priority  string
-	Day             time.Time
-	First, Last     time.Time // node time within the day runs from First to Last
-	NodeSeconds     float64
-	Spent, OnDemand float64 // USD
-}
-
 // PruneStats counts the rows one Prune removed.
 type PruneStats struct {
 	Nodes, Runs, Attempts, Replicas, Events int
@@ -118,16 +109,16 @@ func (s *Store) pruneRuns(ctx context.Context, tx *sql.Tx, cut int64, batch int)
 
 // CostDays returns the cost of pruned node runs, per pool and UTC day, by
 // day.
-func (s *Store) CostDays(ctx context.Context) ([]CostDay, error) {
+func (s *Store) CostDays(ctx context.Context) ([]cost.DayTotal, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT pool, priority, day, first_at, last_at, node_seconds, spent, ondemand
 		FROM cost_days ORDER BY day, pool, priority`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []CostDay
+	var out []cost.DayTotal
 	for rows.Next() {
-		var d CostDay
+		var d cost.DayTotal
 		var day, first, last int64
 		if err := rows.Scan(&d.Pool, &d.Priority, &day, &first, &last, &d.NodeSeconds, &d.Spent, &d.OnDemand); err != nil {
 			return nil, err
