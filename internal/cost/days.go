@@ -71,49 +71,21 @@ func SummarizeDays(days []DayTotal, usages []Usage, now time.Time) Summary {
 // grows evenly from its First to its Last time, so the chart keeps its
 // totals, and its shape to the day, after the runs themselves are pruned.
 func HistoryDays(days []DayTotal, usages []Usage, from, to time.Time, points int) Timeline {
-	h := History(usages, from, to, points)
-	if len(days) == 0 {
-		return h
-	}
-	index := map[[2]string]int{}
-	for i, p := range h.Pools {
-		index[[2]string{p.Pool, p.Priority}] = i
-	}
-	n := len(h.Times)
-	for _, d := range days {
-		k := [2]string{d.Pool, d.Priority}
-		i, ok := index[k]
-		if !ok {
-			i = len(h.Pools)
-			index[k] = i
-			h.Pools = append(h.Pools, PoolSeries{Pool: d.Pool, Priority: d.Priority, Series: newSeries(n)})
+	return history(days, usages, from, to, points)
+}
+
+// addDay adds a day total to a pool's series at times.
+func addDay(s *Series, times []time.Time, d DayTotal) {
+	span := d.Last.Sub(d.First)
+	for j, t := range times {
+		f := 1.0
+		switch {
+		case !t.After(d.First):
+			continue
+		case t.Before(d.Last) && span > 0:
+			f = float64(t.Sub(d.First)) / float64(span)
 		}
-		s := &h.Pools[i].Series
-		span := d.Last.Sub(d.First)
-		for j, t := range h.Times {
-			f := 1.0
-			switch {
-			case !t.After(d.First):
-				continue
-			case t.Before(d.Last) && span > 0:
-				f = float64(t.Sub(d.First)) / float64(span)
-			}
-			if f == 1 {
-				s.Spent[j] += d.Spent
-				s.OnDemand[j] += d.OnDemand
-				continue
-			}
-			s.Spent[j] += f * d.Spent
-			s.OnDemand[j] += f * d.OnDemand
-		}
+		s.Spent[j] += f * d.Spent
+		s.OnDemand[j] += f * d.OnDemand
 	}
-	sortPools(h.Pools)
-	h.Total = newSeries(n)
-	for _, p := range h.Pools {
-		for j := range n {
-			h.Total.Spent[j] += p.Spent[j]
-			h.Total.OnDemand[j] += p.OnDemand[j]
-		}
-	}
-	return h
 }

@@ -34,6 +34,11 @@ type PoolSeries struct {
 // time, a still running one up to it, so the last point is Summarize(usages,
 // to) whenever no run ends after to, per pool and in total.
 func History(usages []Usage, from, to time.Time, points int) Timeline {
+	return history(nil, usages, from, to, points)
+}
+
+// history is HistoryDays; History is it without days.
+func history(days []DayTotal, usages []Usage, from, to time.Time, points int) Timeline {
 	points = max(points, 2)
 	if to.Before(from) {
 		from = to
@@ -51,15 +56,18 @@ func History(usages []Usage, from, to time.Time, points int) Timeline {
 
 	h := Timeline{Times: times, Total: newSeries(points), Pools: []PoolSeries{}}
 	index := make(map[[2]string]int)
-	for _, u := range usages {
-		k := [2]string{u.Pool, u.Priority}
+	pool := func(p, priority string) *Series {
+		k := [2]string{p, priority}
 		i, ok := index[k]
 		if !ok {
 			i = len(h.Pools)
 			index[k] = i
-			h.Pools = append(h.Pools, PoolSeries{Pool: u.Pool, Priority: u.Priority, Series: newSeries(points)})
+			h.Pools = append(h.Pools, PoolSeries{Pool: p, Priority: priority, Series: newSeries(points)})
 		}
-		s := &h.Pools[i].Series
+		return &h.Pools[i].Series
+	}
+	for _, u := range usages {
+		s := pool(u.Pool, u.Priority)
 		// Nothing is spent at times up to the start.
 		first, _ := slices.BinarySearchFunc(times, u.Start, func(t, start time.Time) int {
 			if t.After(start) {
@@ -80,7 +88,12 @@ func History(usages []Usage, from, to time.Time, points int) Timeline {
 			s.OnDemand[j] += secs * u.OnDemandPerHour / 3600
 		}
 	}
-	sortPools(h.Pools)
+	for _, d := range days {
+		addDay(pool(d.Pool, d.Priority), times, d)
+	}
+	slices.SortFunc(h.Pools, func(a, b PoolSeries) int {
+		return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Priority, b.Priority))
+	})
 	// Totals from the sorted pools, as Summarize's.
 	for _, p := range h.Pools {
 		for j := range points {
@@ -93,10 +106,4 @@ func History(usages []Usage, from, to time.Time, points int) Timeline {
 
 func newSeries(points int) Series {
 	return Series{Spent: make([]float64, points), OnDemand: make([]float64, points)}
-}
-
-func sortPools(ps []PoolSeries) {
-	slices.SortFunc(ps, func(a, b PoolSeries) int {
-		return cmp.Or(cmp.Compare(a.Pool, b.Pool), cmp.Compare(a.Priority, b.Priority))
-	})
 }
