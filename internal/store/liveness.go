@@ -51,10 +51,7 @@ func (l *liveness) forget(name string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.nodes, name)
-	if h, ok := l.nodeCred[name]; ok {
-		delete(l.credNode, h)
-		delete(l.nodeCred, name)
-	}
+	l.dropCredential(name)
 	l.gen++
 }
 
@@ -63,11 +60,16 @@ func (l *liveness) forget(name string) {
 func (l *liveness) forgetCredential(name string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.dropCredential(name)
+	l.gen++
+}
+
+// dropCredential deletes a node's kept credential; l.mu is held.
+func (l *liveness) dropCredential(name string) {
 	if h, ok := l.nodeCred[name]; ok {
 		delete(l.credNode, h)
 		delete(l.nodeCred, name)
 	}
-	l.gen++
 }
 
 // credential returns the node of a credential hash found valid before.
@@ -89,9 +91,7 @@ func (l *liveness) keepCredential(hash, node string, gen uint64) {
 	if l.credNode == nil {
 		l.credNode, l.nodeCred = map[string]string{}, map[string]string{}
 	}
-	if old, ok := l.nodeCred[node]; ok {
-		delete(l.credNode, old)
-	}
+	l.dropCredential(node)
 	l.credNode[hash], l.nodeCred[node] = node, hash
 }
 
