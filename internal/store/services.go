@@ -270,12 +270,6 @@ func (s *Store) ListReplicas(ctx context.Context, service string) ([]Replica, er
 	return s.queryReplicas(ctx, `WHERE r.ended_at = 0 AND r.service = ? ORDER BY r.id`, service)
 }
 
-// NodeReplicas returns the replicas a node should run now: placed there,
-// not ended and not being stopped.
-func (s *Store) NodeReplicas(ctx context.Context, node string) ([]Replica, error) {
-	return s.queryReplicasFrom(ctx, s.rdb, `WHERE r.node = ? AND r.ended_at = 0 AND r.state IN (?, ?) ORDER BY r.id`, node, ReplicaStarting, ReplicaReady)
-}
-
 // CreateReplicas records new pending replicas of a service, with the
 // reason of each as its event, and returns their IDs. A service deleted
 // meanwhile is ErrNotFound and nothing is created.
