@@ -283,14 +283,8 @@ func (g *Gateway) Update(routes []Route) {
 		states[rt.Service] = st
 		s := &service{
 			name: rt.Service, state: st, keys: hashKeys(rt.Keys),
-			maxBody:     g.maxBody,
-			maxInFlight: g.maxInFlight,
-		}
-		if rt.MaxRequestBytes > 0 {
-			s.maxBody = rt.MaxRequestBytes
-		}
-		if rt.MaxInFlight > 0 {
-			s.maxInFlight = int64(rt.MaxInFlight)
+			maxBody:     positiveOr(rt.MaxRequestBytes, g.maxBody),
+			maxInFlight: positiveOr(int64(rt.MaxInFlight), g.maxInFlight),
 		}
 		for _, r := range rt.Replicas {
 			k := backendKey{rt.Service, r.ID}
