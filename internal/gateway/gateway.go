@@ -57,6 +57,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/spotml/spotml/internal/spec"
 )
 
 // Replica is one running copy of a service the gateway may send to.
@@ -131,8 +133,9 @@ const (
 	DefaultMaxRetries   = 2
 	DefaultMaxRetryBody = 16 << 20
 
-	DefaultMaxRequestBytes  = 16 << 20
-	DefaultMaxInFlight      = 1000
+	// A route's limits default to what spec.limits documents.
+	DefaultMaxRequestBytes  = spec.DefaultMaxRequestBytes
+	DefaultMaxInFlight      = spec.DefaultMaxInFlight
 	DefaultMaxBufferedBytes = 256 << 20
 	DefaultEjectFor         = 5 * time.Second
 	DefaultEjectMax         = time.Minute
