@@ -13,18 +13,8 @@ import (
 	"github.com/spotml/spotml/internal/store"
 )
 
-// TestServiceLifecycle drives one prod service through the control plane
-// over a real store: replicas are created, placed one per node, become
-// routes once ready (with the service's API keys), a notice marks its
-// replica draining and starts a replacement at once, and a dead node ends
-// its replicas.
-func TestServiceLifecycle(t *testing.T) {
-	p := newPlane(t)
-	keys := filepath.Join(t.TempDir(), "keys")
-	if err := os.WriteFile(keys, []byte("# callers\nk-file-1\n\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.apply(`apiVersion: spotml/v1
+// prodService is a spot pool and a prod-tier service m on it.
+const prodService = `apiVersion: spotml/v1
 kind: Pool
 metadata: {name: spot}
 spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
@@ -36,7 +26,20 @@ spec:
   model: {uri: models/m.onnx}
   resources: {cpu: 0.5}
   placement: {tier: prod}
-  auth: {keysFile: ` + keys + `, keys: [k-inline]}
+`
+
+// TestServiceLifecycle drives one prod service through the control plane
+// over a real store: replicas are created, placed one per node, become
+// routes once ready (with the service's API keys), a notice marks its
+// replica draining and starts a replacement at once, and a dead node ends
+// its replicas.
+func TestServiceLifecycle(t *testing.T) {
+	p := newPlane(t)
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte("# callers\nk-file-1\n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.apply(prodService + `  auth: {keysFile: ` + keys + `, keys: [k-inline]}
   limits: {maxRequestBytes: 1Mi, maxInFlight: 7}
 `)
 	p.reconcile() // replicas created; nodes launched (one per replica)
@@ -219,19 +222,7 @@ func TestReplicaSpecCarriesBodyLimit(t *testing.T) {
 // one that served and then died (killed) does not.
 func TestEvictedReplicaIsNotAFailure(t *testing.T) {
 	p := newPlane(t)
-	p.apply(`apiVersion: spotml/v1
-kind: Pool
-metadata: {name: spot}
-spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
----
-apiVersion: spotml/v1
-kind: Service
-metadata: {name: m}
-spec:
-  model: {uri: models/m.onnx}
-  resources: {cpu: 0.5}
-  placement: {tier: prod}
-`)
+	p.apply(prodService)
 	p.reconcile()
 	for _, n := range p.nodes() {
 		if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {

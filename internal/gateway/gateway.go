@@ -57,6 +57,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/spotml/spotml/internal/spec"
 )
 
 // Replica is one running copy of a service the gateway may send to.
@@ -131,8 +133,9 @@ const (
 	DefaultMaxRetries   = 2
 	DefaultMaxRetryBody = 16 << 20
 
-	DefaultMaxRequestBytes  = 16 << 20
-	DefaultMaxInFlight      = 1000
+	// A route's limits default to what spec.limits documents.
+	DefaultMaxRequestBytes  = spec.DefaultMaxRequestBytes
+	DefaultMaxInFlight      = spec.DefaultMaxInFlight
 	DefaultMaxBufferedBytes = 256 << 20
 	DefaultEjectFor         = 5 * time.Second
 	DefaultEjectMax         = time.Minute
@@ -283,14 +286,8 @@ func (g *Gateway) Update(routes []Route) {
 		states[rt.Service] = st
 		s := &service{
 			name: rt.Service, state: st, keys: hashKeys(rt.Keys),
-			maxBody:     g.maxBody,
-			maxInFlight: g.maxInFlight,
-		}
-		if rt.MaxRequestBytes > 0 {
-			s.maxBody = rt.MaxRequestBytes
-		}
-		if rt.MaxInFlight > 0 {
-			s.maxInFlight = int64(rt.MaxInFlight)
+			maxBody:     positiveOr(rt.MaxRequestBytes, g.maxBody),
+			maxInFlight: positiveOr(int64(rt.MaxInFlight), g.maxInFlight),
 		}
 		for _, r := range rt.Replicas {
 			k := backendKey{rt.Service, r.ID}

@@ -177,7 +177,9 @@ func (l *Local) killNode(n store.Node) {
 		} else if isAgentOf(n.PID, n.Name) {
 			// Launched before start times were recorded: its command
 			// line still names the node.
-			agent.Start, _ = startOf(n.PID)
+			if id, err := proc.Identify(n.PID); err == nil {
+				agent = id
+			}
 		}
 		l.kill(n.Name, "agent", agent)
 	}
@@ -197,11 +199,6 @@ func (l *Local) kill(node, what string, id proc.ID) {
 	if err := proc.KillGroup(id); err != nil {
 		l.log.Warn("stored process not killed", "node", node, "process", what, "pid", id.PID, "err", err)
 	}
-}
-
-func startOf(pid int) (uint64, error) {
-	id, err := proc.Identify(pid)
-	return id.Start, err
 }
 
 func isAgentOf(pid int, node string) bool {

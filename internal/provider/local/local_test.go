@@ -99,14 +99,7 @@ func (h *harness) launch(p spec.Pool, name string) store.Node {
 	if err := h.st.CreateNode(h.ctx, n); err != nil {
 		h.t.Fatal(err)
 	}
-	at, err := h.l.Launch(h.ctx, p, n)
-	if err != nil {
-		h.t.Fatalf("Launch %s: %v", name, err)
-	}
-	h.t.Cleanup(func() { syscall.Kill(-at.PID, syscall.SIGKILL) })
-	if err := h.st.SetNodeProcess(h.ctx, name, at.PID, at.WorkDir); err != nil {
-		h.t.Fatal(err)
-	}
+	h.relaunch(p, name)
 	if _, err := h.st.Heartbeat(h.ctx, name, true); err != nil {
 		h.t.Fatal(err)
 	}
@@ -487,7 +480,7 @@ func TestDeallocateAndRestart(t *testing.T) {
 	if err := h.st.RestartNode(h.ctx, n.Name, 0); err != nil {
 		t.Fatal(err)
 	}
-	again := h.launch2(p, n.Name)
+	again := h.relaunch(p, n.Name)
 	if again.WorkDir != n.WorkDir {
 		t.Errorf("restarted in %s, want %s", again.WorkDir, n.WorkDir)
 	}
@@ -503,12 +496,13 @@ func TestDeallocateAndRestart(t *testing.T) {
 	}
 }
 
-// launch2 launches a node the store already holds (a restart).
-func (h *harness) launch2(p spec.Pool, name string) store.Node {
+// relaunch launches a node the store already holds (as launch does, or a
+// restart) and records its process, killed at the end of the test.
+func (h *harness) relaunch(p spec.Pool, name string) store.Node {
 	h.t.Helper()
 	at, err := h.l.Launch(h.ctx, p, h.node(name))
 	if err != nil {
-		h.t.Fatal(err)
+		h.t.Fatalf("Launch %s: %v", name, err)
 	}
 	h.t.Cleanup(func() { syscall.Kill(-at.PID, syscall.SIGKILL) })
 	if err := h.st.SetNodeProcess(h.ctx, name, at.PID, at.WorkDir); err != nil {
