@@ -231,11 +231,7 @@ func (p *Plane) Prune(ctx context.Context) (store.PruneStats, error) {
 		if err != nil {
 			return sum, err
 		}
-		sum.Nodes += st.Nodes
-		sum.Runs += st.Runs
-		sum.Attempts += st.Attempts
-		sum.Replicas += st.Replicas
-		sum.Events += st.Events
+		sum = sum.Add(st)
 		if st.Total() == 0 {
 			break
 		}

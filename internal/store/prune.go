@@ -21,6 +21,12 @@ type PruneStats struct {
 // Total is the number of rows removed.
 func (p PruneStats) Total() int { return p.Nodes + p.Runs + p.Attempts + p.Replicas + p.Events }
 
+// Add returns the sum of two counts.
+func (p PruneStats) Add(q PruneStats) PruneStats {
+	return PruneStats{Nodes: p.Nodes + q.Nodes, Runs: p.Runs + q.Runs, Attempts: p.Attempts + q.Attempts,
+		Replicas: p.Replicas + q.Replicas, Events: p.Events + q.Events}
+}
+
 // Prune removes, in one transaction, up to batch rows of each kind that
 // ended before before: node runs (their cost folded into cost_days first,
 // per pool and UTC day, so cost totals stay the same), preempted, lost and

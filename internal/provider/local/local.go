@@ -130,6 +130,7 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 	l.metadata.Register(n.Name, format)
 	if err := cmd.Start(); err != nil {
 		l.metadata.Remove(n.Name)
+		os.Remove(credFile) // no agent will read and delete it
 		return control.Launched{}, fmt.Errorf("start agent for %s: %w", n.Name, err)
 	}
 	// Its identity is read before it can be reaped, so it names this
