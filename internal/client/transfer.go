@@ -2,16 +2,12 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/spotml/spotml/internal/api"
 )
 
 // streamTransport is http.DefaultTransport's dialing and handshake limits
@@ -128,7 +124,7 @@ func (c *Client) transferError(ctx context.Context, err error) error {
 	if _, ok := err.(*StatusError); ok {
 		return err
 	}
-	return fmt.Errorf("cannot reach spotml at %s (is it running? set --server or SPOTML_SERVER): %w", c.base, err)
+	return c.unreachable(err)
 }
 
 // statusError turns a non-2xx answer into a *StatusError.
@@ -137,11 +133,7 @@ func statusError(resp *http.Response) error {
 		return nil
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e api.Error
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		return &StatusError{Code: resp.StatusCode, Message: e.Error}
-	}
-	return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(b))}
+	return answerError(resp.StatusCode, b)
 }
 
 // watchdog cancels a transfer when kick has not been called for d.
