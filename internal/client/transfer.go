@@ -58,24 +58,23 @@ func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader
 func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := newWatchdog(c.stall, cancel)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
-	if err != nil {
+	fail := func(err error) (io.ReadCloser, int64, error) {
 		w.stop()
 		cancel(nil)
 		return nil, 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return fail(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.stream.Do(req)
 	if err != nil {
-		w.stop()
-		cancel(nil)
-		return nil, 0, c.transferError(ctx, err)
+		return fail(c.transferError(ctx, err))
 	}
 	if err := statusError(resp); err != nil {
 		resp.Body.Close()
-		w.stop()
-		cancel(nil)
-		return nil, 0, err
+		return fail(err)
 	}
 	w.kick()
 	return &download{c: c, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, resp.ContentLength, nil
