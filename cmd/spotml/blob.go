@@ -8,8 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path"
-	"path/filepath"
-	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -150,50 +148,33 @@ func listBlobs(c *cobra.Command, g *globals, prefix string) ([]blob.Object, erro
 // rest would leave dest (../x, /x), is refused: the server's listing is not
 // trusted with the local file system.
 func downloadPath(dest, src, key string) (string, error) {
-	prefix := strings.TrimSuffix(src, "/") + "/"
-	rel, ok := strings.CutPrefix(key, prefix)
-	if !ok || rel == "" || strings.HasSuffix(rel, "/") || !filepath.IsLocal(filepath.FromSlash(rel)) || slices.Contains(strings.Split(rel, "/"), "..") {
+	rel, ok := strings.CutPrefix(key, strings.TrimSuffix(src, "/")+"/")
+	file, err := blob.LocalPath(dest, rel)
+	if !ok || err != nil {
 		return "", fmt.Errorf("get %s: the server listed %q, which would be written outside %s; refusing it (is the server what you think it is?)", src, key, dest)
 	}
-	return filepath.Join(dest, filepath.FromSlash(rel)), nil
+	return file, nil
 }
 
-// getBlob downloads src into the file dest as it arrives, through a
-// temporary file in the same directory that replaces dest only once
-// complete.
-func getBlob(ctx context.Context, cl *client.Client, src, dest string, progress io.Writer) (err error) {
+// getBlob downloads src into the file dest as it arrives, replacing dest
+// only once complete (blob.WriteFile).
+func getBlob(ctx context.Context, cl *client.Client, src, dest string, progress io.Writer) error {
 	body, size, err := cl.Download(ctx, blobURL(src))
 	if err != nil {
 		return fmt.Errorf("get %s: %w", src, err)
 	}
 	defer body.Close()
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
 	bar := newTransferBar(progress, src, size)
-	if _, err := io.Copy(tmp, bar.reader(body)); err != nil {
-		return fmt.Errorf("get %s: %w", src, err)
-	}
-	if size >= 0 && bar.done != size {
-		return fmt.Errorf("get %s: got %d of %d bytes", src, bar.done, size)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), dest); err != nil {
+	err = blob.WriteFile(dest, func(w io.Writer) error {
+		if _, err := io.Copy(w, bar.reader(body)); err != nil {
+			return fmt.Errorf("get %s: %w", src, err)
+		}
+		if size >= 0 && bar.done != size {
+			return fmt.Errorf("get %s: got %d of %d bytes", src, bar.done, size)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	bar.finish()

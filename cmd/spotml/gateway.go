@@ -27,7 +27,7 @@ import (
 // control plane).
 func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 	var data, addr, id, logLevel string
-	opts := gatewayOptions{timeouts: gatewayTimeouts, maxBuffered: gateway.DefaultMaxBufferedBytes}
+	opts := defaultGatewayOptions
 	c := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run an inference gateway alone, routing by the store in --data",
@@ -71,6 +71,9 @@ type gatewayOptions struct {
 	timeouts    timeouts
 	maxBuffered int64
 }
+
+// defaultGatewayOptions are the flags' defaults, for spotml gateway and up.
+var defaultGatewayOptions = gatewayOptions{timeouts: gatewayTimeouts, maxBuffered: gateway.DefaultMaxBufferedBytes}
 
 func (o *gatewayOptions) bind(fs *pflag.FlagSet, prefix string) {
 	o.timeouts.bind(fs, prefix, "gateway", true)

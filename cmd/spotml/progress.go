@@ -26,14 +26,13 @@ type transferBar struct {
 	done  int64
 	start time.Time
 	drawn time.Time
-	now   func() time.Time
 }
 
 func newTransferBar(out io.Writer, name string, total int64) *transferBar {
 	if !isTerminal(out) {
 		out = nil
 	}
-	return &transferBar{out: out, name: name, total: total, start: time.Now(), now: time.Now}
+	return &transferBar{out: out, name: name, total: total, start: time.Now()}
 }
 
 // reader counts what r yields.
@@ -44,7 +43,7 @@ func (b *transferBar) add(n int) {
 	if b.out == nil {
 		return
 	}
-	if now := b.now(); now.Sub(b.drawn) >= 100*time.Millisecond {
+	if now := time.Now(); now.Sub(b.drawn) >= 100*time.Millisecond {
 		b.drawn = now
 		fmt.Fprintf(b.out, "\r\033[K%s", transferLine(b.name, b.done, b.total, now.Sub(b.start)))
 	}
@@ -55,7 +54,7 @@ func (b *transferBar) finish() {
 	if b.out == nil {
 		return
 	}
-	fmt.Fprintf(b.out, "\r\033[K%s\n", transferLine(b.name, b.done, b.total, b.now().Sub(b.start)))
+	fmt.Fprintf(b.out, "\r\033[K%s\n", transferLine(b.name, b.done, b.total, time.Since(b.start)))
 }
 
 type countingReader struct {

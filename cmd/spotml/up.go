@@ -19,7 +19,6 @@ import (
 	"github.com/spotml/spotml/internal/agent"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
-	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
@@ -50,7 +49,7 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.api = apiTimeouts
 	f.api.bind(c.Flags(), "api-", "API", false)
-	f.gateway = gatewayOptions{timeouts: gatewayTimeouts, maxBuffered: gateway.DefaultMaxBufferedBytes}
+	f.gateway = defaultGatewayOptions
 	f.gateway.bind(c.Flags(), "gateway-")
 }
 

@@ -269,11 +269,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	for _, id := range ids {
-		if at, ok := a.running[id]; ok && at.as.Attempt == want[id].Attempt {
-			continue
-		}
 		if _, ok := a.running[id]; ok {
-			continue // the old attempt is still stopping; start at the next beat
+			continue // running, or the old attempt is still stopping: start at the next beat
 		}
 		if a.ended[id] >= want[id].Attempt {
 			continue // ran here already; its report is not applied yet

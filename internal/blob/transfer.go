@@ -247,7 +247,7 @@ func contentType(key string) string {
 func downloadAll(ctx context.Context, b *blob.Bucket, prefix string, objs []Object, dir string) error {
 	targets := make([]string, len(objs))
 	for i, o := range objs {
-		t, err := localPath(dir, strings.TrimPrefix(o.Key, prefix))
+		t, err := LocalPath(dir, strings.TrimPrefix(o.Key, prefix))
 		if err != nil {
 			return err
 		}
@@ -265,9 +265,9 @@ func downloadAll(ctx context.Context, b *blob.Bucket, prefix string, objs []Obje
 // directory it is downloaded into.
 var ErrEscape = errors.New("object key leaves the target directory")
 
-// localPath maps a relative key to a path under dir, refusing keys that
+// LocalPath maps a relative key to a path under dir, refusing keys that
 // would escape it.
-func localPath(dir, rel string) (string, error) {
+func LocalPath(dir, rel string) (string, error) {
 	p := filepath.FromSlash(rel)
 	if rel == "" || strings.HasSuffix(rel, "/") || !filepath.IsLocal(p) || hasDotDot(rel) {
 		return "", fmt.Errorf("download key %q: %w", rel, ErrEscape)
@@ -285,10 +285,21 @@ func hasDotDot(p string) bool {
 	return false
 }
 
-// downloadFile copies key to the local file, replacing it atomically: the
-// content goes to a temporary file in the same directory that is renamed
-// over the target only once complete.
-func downloadFile(ctx context.Context, b *blob.Bucket, key, file string) (err error) {
+// downloadFile copies key to the local file (see WriteFile).
+func downloadFile(ctx context.Context, b *blob.Bucket, key, file string) error {
+	return WriteFile(file, func(w io.Writer) error {
+		if err := b.Download(ctx, key, w, nil); err != nil {
+			return fmt.Errorf("download %s: %w", key, err)
+		}
+		return nil
+	})
+}
+
+// WriteFile replaces file with what fill writes, atomically: the content
+// goes to a temporary file in the same directory (created with its
+// parents) that is renamed over file only once fill and Close succeed.
+// On failure the temporary file is removed and file is left as it was.
+func WriteFile(file string, fill func(io.Writer) error) (err error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return err
 	}
@@ -302,8 +313,8 @@ func downloadFile(ctx context.Context, b *blob.Bucket, key, file string) (err er
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := b.Download(ctx, key, tmp, nil); err != nil {
-		return fmt.Errorf("download %s: %w", key, err)
+	if err := fill(tmp); err != nil {
+		return err
 	}
 	if err := tmp.Chmod(0o644); err != nil {
 		return err

@@ -85,7 +85,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach spotml at %s (is it running? set --server or SPOTML_SERVER): %w", c.base, err)
+		return c.unreachable(err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -93,11 +93,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
-		var e api.Error
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return &StatusError{Code: resp.StatusCode, Message: e.Error}
-		}
-		return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(b))}
+		return answerError(resp.StatusCode, b)
 	}
 	switch o := out.(type) {
 	case nil:
@@ -111,4 +107,19 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		}
 		return nil
 	}
+}
+
+// answerError is the *StatusError of a non-2xx answer with body b: the
+// API's error message, or the body as text.
+func answerError(code int, b []byte) error {
+	var e api.Error
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		return &StatusError{Code: code, Message: e.Error}
+	}
+	return &StatusError{Code: code, Message: strings.TrimSpace(string(b))}
+}
+
+// unreachable is the error of a request that got no answer.
+func (c *Client) unreachable(err error) error {
+	return fmt.Errorf("cannot reach spotml at %s (is it running? set --server or SPOTML_SERVER): %w", c.base, err)
 }

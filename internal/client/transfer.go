@@ -2,16 +2,12 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/spotml/spotml/internal/api"
 )
 
 // streamTransport is http.DefaultTransport's dialing and handshake limits
@@ -62,24 +58,23 @@ func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader
 func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := newWatchdog(c.stall, cancel)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
-	if err != nil {
+	fail := func(err error) (io.ReadCloser, int64, error) {
 		w.stop()
 		cancel(nil)
 		return nil, 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return fail(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.stream.Do(req)
 	if err != nil {
-		w.stop()
-		cancel(nil)
-		return nil, 0, c.transferError(ctx, err)
+		return fail(c.transferError(ctx, err))
 	}
 	if err := statusError(resp); err != nil {
 		resp.Body.Close()
-		w.stop()
-		cancel(nil)
-		return nil, 0, err
+		return fail(err)
 	}
 	w.kick()
 	return &download{c: c, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, resp.ContentLength, nil
@@ -128,7 +123,7 @@ func (c *Client) transferError(ctx context.Context, err error) error {
 	if _, ok := err.(*StatusError); ok {
 		return err
 	}
-	return fmt.Errorf("cannot reach spotml at %s (is it running? set --server or SPOTML_SERVER): %w", c.base, err)
+	return c.unreachable(err)
 }
 
 // statusError turns a non-2xx answer into a *StatusError.
@@ -137,11 +132,7 @@ func statusError(resp *http.Response) error {
 		return nil
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e api.Error
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		return &StatusError{Code: resp.StatusCode, Message: e.Error}
-	}
-	return &StatusError{Code: resp.StatusCode, Message: strings.TrimSpace(string(b))}
+	return answerError(resp.StatusCode, b)
 }
 
 // watchdog cancels a transfer when kick has not been called for d.
