@@ -78,13 +78,19 @@ func transferLine(name string, done, total int64, elapsed time.Duration) string 
 	if total < 0 {
 		return fmt.Sprintf("%s %s%s | %s", name, sizeString(done), rate, elapsed.Round(time.Second))
 	}
-	const width = 24
-	fill := width
+	frac := 1.0
 	if total > 0 {
-		fill = min(int(width*done/total), width)
+		frac = float64(done) / float64(total)
 	}
-	return fmt.Sprintf("[%s%s] %s %s / %s%s | %s", strings.Repeat("#", fill), strings.Repeat(".", width-fill),
-		name, sizeString(done), sizeString(total), rate, elapsed.Round(time.Second))
+	return fmt.Sprintf("[%s] %s %s / %s%s | %s", bar(frac), name, sizeString(done), sizeString(total), rate, elapsed.Round(time.Second))
+}
+
+// bar draws a fraction (0 to 1) as the 24-wide `#`/`.` bar of every
+// progress line.
+func bar(frac float64) string {
+	const width = 24
+	fill := min(max(int(width*frac), 0), width)
+	return strings.Repeat("#", fill) + strings.Repeat(".", width-fill)
 }
 
 // sizeString writes a byte count the way people read it: 512 B, 1.5 MiB.

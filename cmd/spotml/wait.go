@@ -6,12 +6,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/client"
@@ -49,10 +47,7 @@ func newWaitCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Duration, progress, stdout io.Writer) error {
 	ctx := c.Context()
 	start := time.Now()
-	tty := false
-	if f, ok := progress.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		tty = true
-	}
+	tty := isTerminal(progress)
 	last, lastPrint := "", time.Time{}
 	var lastErr error
 	for {
@@ -128,12 +123,10 @@ func progressLine(j store.Job, s cost.Summary, elapsed time.Duration) string {
 			reported = fmt.Sprintf(" (%.0f%%)", 100*frac/float64(n))
 		}
 	}
-	const width = 24
-	fill := 0
+	filled := 0.0
 	if n > 0 {
-		fill = min(int(width*frac/float64(n)), width)
+		filled = frac / float64(n)
 	}
-	bar := strings.Repeat("#", fill) + strings.Repeat(".", width-fill)
 	return fmt.Sprintf("[%s] %d/%d tasks done%s, %d running, %d pending, %d evictions | cost $%.4f (on-demand $%.4f) | %s",
-		bar, done, n, reported, j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
+		bar(filled), done, n, reported, j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
 }
