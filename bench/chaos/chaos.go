@@ -140,13 +140,16 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "%-4s  %-*s  %s\n", "", width, "", l)
 		}
 	}
-	n := 0
+	checks, failed := 0, 0
 	for _, c := range r.Checks {
+		if c.Status != Info {
+			checks++
+		}
 		if c.Status == Fail {
-			n++
+			failed++
 		}
 	}
-	fmt.Fprintf(w, "\n%d checks, %d failed\n", len(r.Checks), n)
+	fmt.Fprintf(w, "\n%d checks, %d failed\n", checks, failed)
 }
 
 // soak is one run's state.
