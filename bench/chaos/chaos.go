@@ -517,14 +517,14 @@ func (s *soak) shutdown(rep *Report) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	detail := "0 processes of " + s.bin + " and 0 task processes left"
-	if !clean {
-		detail = fmt.Sprintf("%v; ", err) + detail
-	}
 	if len(left) > 0 {
 		if len(left) > 8 {
 			left = append(left[:8], fmt.Sprintf("... and %d more", len(left)-8))
 		}
 		detail = fmt.Sprintf("%d processes left 10s after spotml up exited:\n%s", len(left), strings.Join(left, "\n"))
+	}
+	if !clean {
+		detail = fmt.Sprintf("%v; ", err) + detail
 	}
 	rep.add("no processes left", clean && len(left) == 0, "%s", detail)
 	for _, p := range ownProcesses(s.bin) {
