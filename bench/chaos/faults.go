@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -82,7 +83,7 @@ func (s *soak) nodeKills(ctx context.Context) {
 		if len(names) == 0 {
 			continue
 		}
-		sortStrings(names)
+		slices.Sort(names)
 		name := names[draw%len(names)]
 		tree := descendants(processes(), agents[name].pid)
 		kill(tree...)
@@ -236,7 +237,7 @@ func (s *soak) scanSecrets(ctx context.Context) {
 			s.mu.Lock()
 			s.secrets.seen++
 			if len(found) > 0 && len(s.secrets.leaks) < 1000 {
-				sortStrings(found)
+				slices.Sort(found)
 				s.secrets.leaks = append(s.secrets.leaks, fmt.Sprintf("%s (pid %d): %s", what, p.pid, strings.Join(found, ", ")))
 			}
 			s.mu.Unlock()

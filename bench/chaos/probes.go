@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -464,7 +466,7 @@ func otherNodesCredential(ctx context.Context, s *soak, r *rand.Rand) (bool, str
 	if len(names) < 2 {
 		return false, fmt.Sprintf("needs two agents, found %d", len(names))
 	}
-	sortStrings(names)
+	slices.Sort(names)
 	a := names[r.IntN(len(names))]
 	cred, from := credentialOf(agents[a], s.data)
 	if cred == "" {
@@ -524,7 +526,7 @@ func otherNodesCredential(ctx context.Context, s *soak, r *rand.Rand) (bool, str
 // else the join token every agent shares today (DATA/join-token).
 func credentialOf(p proc, data string) (value, from string) {
 	env := environ(p.pid)
-	for _, k := range sortedKeys(env) {
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		if strings.HasPrefix(k, "SPOTML_") && (strings.Contains(k, "TOKEN") || strings.Contains(k, "CREDENTIAL")) && env[k] != "" {
 			return env[k], "its environment's " + k
 		}
@@ -554,15 +556,6 @@ func credentialOf(p proc, data string) (value, from string) {
 		return "", ""
 	}
 	return strings.TrimSpace(string(b)), filepath.Join(data, "join-token")
-}
-
-func sortedKeys(m map[string]string) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sortStrings(ks)
-	return ks
 }
 
 // checkProbes reports the bad input: every kind, each time answered as it
