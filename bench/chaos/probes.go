@@ -394,6 +394,11 @@ func slowloris(body, upsGateway bool) func(context.Context, *soak, *rand.Rand) (
 					bad++
 				}
 				statuses = append(statuses, fmt.Sprintf("%s after %s", r.status, r.closed.Round(time.Second)))
+			case strings.HasPrefix(r.status, "dial: "):
+				// Nothing listened: the gateway is down, which is no
+				// defence against a slow client.
+				bad++
+				statuses = append(statuses, r.status)
 			default:
 				statuses = append(statuses, fmt.Sprintf("closed (%s) after %s", r.status, r.closed.Round(time.Second)))
 			}
