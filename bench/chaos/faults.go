@@ -117,6 +117,7 @@ func (s *soak) killTasks(ctx context.Context) {
 		if len(ts) == 0 {
 			continue
 		}
+		slices.SortFunc(ts, func(a, b target) int { return strings.Compare(a.key, b.key) })
 		t := ts[draw%len(ts)]
 		kill(descendants(processes(), t.p.pid)...)
 		s.mu.Lock()
@@ -141,6 +142,8 @@ func (s *soak) replicaKills(ctx context.Context) {
 		if len(rs) == 0 {
 			continue
 		}
+		// --model is under the replica's own directory: one per replica.
+		slices.SortFunc(rs, func(a, b proc) int { return strings.Compare(a.flag("--model"), b.flag("--model")) })
 		p := rs[draw%len(rs)]
 		kill(p.pid)
 		s.count("replica kills")
