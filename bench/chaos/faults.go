@@ -23,7 +23,6 @@ const (
 	streamReplica
 	streamControlPlane
 	streamProbe
-	streamCredential
 )
 
 // evictions gives a random ready spot node a 3 s eviction notice every
