@@ -180,7 +180,9 @@ func (s *soak) unchanged(ctx context.Context, send func() (bool, string)) (bool,
 		return false, detail + "; cannot read the state after: " + err.Error()
 	}
 	if before != after {
-		return false, detail + "; the stored state CHANGED:\n" + diffLines(before, after)
+		// Judged whatever the answer was: a change fails the probe even
+		// when the answer itself could not be judged.
+		return false, strings.TrimPrefix(detail, unjudged) + "; the stored state CHANGED:\n" + diffLines(before, after)
 	}
 	return ok, detail
 }
