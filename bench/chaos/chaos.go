@@ -140,13 +140,16 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "%-4s  %-*s  %s\n", "", width, "", l)
 		}
 	}
-	n := 0
+	checks, failed := 0, 0
 	for _, c := range r.Checks {
+		if c.Status != Info {
+			checks++
+		}
 		if c.Status == Fail {
-			n++
+			failed++
 		}
 	}
-	fmt.Fprintf(w, "\n%d checks, %d failed\n", len(r.Checks), n)
+	fmt.Fprintf(w, "\n%d checks, %d failed\n", checks, failed)
 }
 
 // soak is one run's state.
@@ -514,14 +517,14 @@ func (s *soak) shutdown(rep *Report) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	detail := "0 processes of " + s.bin + " and 0 task processes left"
-	if !clean {
-		detail = fmt.Sprintf("%v; ", err) + detail
-	}
 	if len(left) > 0 {
 		if len(left) > 8 {
 			left = append(left[:8], fmt.Sprintf("... and %d more", len(left)-8))
 		}
 		detail = fmt.Sprintf("%d processes left 10s after spotml up exited:\n%s", len(left), strings.Join(left, "\n"))
+	}
+	if !clean {
+		detail = fmt.Sprintf("%v; ", err) + detail
 	}
 	rep.add("no processes left", clean && len(left) == 0, "%s", detail)
 	for _, p := range ownProcesses(s.bin) {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,7 +23,6 @@ const (
 	streamReplica
 	streamControlPlane
 	streamProbe
-	streamCredential
 )
 
 // evictions gives a random ready spot node a 3 s eviction notice every
@@ -82,7 +82,7 @@ func (s *soak) nodeKills(ctx context.Context) {
 		if len(names) == 0 {
 			continue
 		}
-		sortStrings(names)
+		slices.Sort(names)
 		name := names[draw%len(names)]
 		tree := descendants(processes(), agents[name].pid)
 		kill(tree...)
@@ -116,6 +116,7 @@ func (s *soak) killTasks(ctx context.Context) {
 		if len(ts) == 0 {
 			continue
 		}
+		slices.SortFunc(ts, func(a, b target) int { return strings.Compare(a.key, b.key) })
 		t := ts[draw%len(ts)]
 		kill(descendants(processes(), t.p.pid)...)
 		s.mu.Lock()
@@ -140,6 +141,8 @@ func (s *soak) replicaKills(ctx context.Context) {
 		if len(rs) == 0 {
 			continue
 		}
+		// --model is under the replica's own directory: one per replica.
+		slices.SortFunc(rs, func(a, b proc) int { return strings.Compare(a.flag("--model"), b.flag("--model")) })
 		p := rs[draw%len(rs)]
 		kill(p.pid)
 		s.count("replica kills")
@@ -236,7 +239,7 @@ func (s *soak) scanSecrets(ctx context.Context) {
 			s.mu.Lock()
 			s.secrets.seen++
 			if len(found) > 0 && len(s.secrets.leaks) < 1000 {
-				sortStrings(found)
+				slices.Sort(found)
 				s.secrets.leaks = append(s.secrets.leaks, fmt.Sprintf("%s (pid %d): %s", what, p.pid, strings.Join(found, ", ")))
 			}
 			s.mu.Unlock()

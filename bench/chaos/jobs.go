@@ -6,10 +6,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -158,7 +158,7 @@ func expectedData(job, task string, index int) []byte {
 // checkpoints.
 func (s *soak) checkJobs(ctx context.Context, rep *Report) {
 	s.mu.Lock()
-	kills := maps(s.taskKills)
+	kills := maps.Clone(s.taskKills)
 	var refused []string
 	for _, j := range s.jobs {
 		if !j.accepted {
@@ -245,14 +245,6 @@ func (s *soak) checkJobs(ctx context.Context, rep *Report) {
 		failures, succeeded, kills_, evictions, attempts, problems(failureProblems))
 }
 
-func maps(m map[string]int) map[string]int {
-	out := make(map[string]int, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
 func describeAttempts(as []store.Attempt) string {
 	var out []string
 	for _, a := range as {
@@ -327,5 +319,3 @@ func checkLedger(path string) (int, string) {
 	}
 	return len(ss), ""
 }
-
-func sortStrings(s []string) { slices.Sort(s) }

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -178,7 +180,9 @@ func (s *soak) unchanged(ctx context.Context, send func() (bool, string)) (bool,
 		return false, detail + "; cannot read the state after: " + err.Error()
 	}
 	if before != after {
-		return false, detail + "; the stored state CHANGED:\n" + diffLines(before, after)
+		// Judged whatever the answer was: a change fails the probe even
+		// when the answer itself could not be judged.
+		return false, strings.TrimPrefix(detail, unjudged) + "; the stored state CHANGED:\n" + diffLines(before, after)
 	}
 	return ok, detail
 }
@@ -392,6 +396,11 @@ func slowloris(body, upsGateway bool) func(context.Context, *soak, *rand.Rand) (
 					bad++
 				}
 				statuses = append(statuses, fmt.Sprintf("%s after %s", r.status, r.closed.Round(time.Second)))
+			case strings.HasPrefix(r.status, "dial: "):
+				// Nothing listened: the gateway is down, which is no
+				// defence against a slow client.
+				bad++
+				statuses = append(statuses, r.status)
 			default:
 				statuses = append(statuses, fmt.Sprintf("closed (%s) after %s", r.status, r.closed.Round(time.Second)))
 			}
@@ -464,7 +473,7 @@ func otherNodesCredential(ctx context.Context, s *soak, r *rand.Rand) (bool, str
 	if len(names) < 2 {
 		return false, fmt.Sprintf("needs two agents, found %d", len(names))
 	}
-	sortStrings(names)
+	slices.Sort(names)
 	a := names[r.IntN(len(names))]
 	cred, from := credentialOf(agents[a], s.data)
 	if cred == "" {
@@ -524,7 +533,7 @@ func otherNodesCredential(ctx context.Context, s *soak, r *rand.Rand) (bool, str
 // else the join token every agent shares today (DATA/join-token).
 func credentialOf(p proc, data string) (value, from string) {
 	env := environ(p.pid)
-	for _, k := range sortedKeys(env) {
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		if strings.HasPrefix(k, "SPOTML_") && (strings.Contains(k, "TOKEN") || strings.Contains(k, "CREDENTIAL")) && env[k] != "" {
 			return env[k], "its environment's " + k
 		}
@@ -554,15 +563,6 @@ func credentialOf(p proc, data string) (value, from string) {
 		return "", ""
 	}
 	return strings.TrimSpace(string(b)), filepath.Join(data, "join-token")
-}
-
-func sortedKeys(m map[string]string) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sortStrings(ks)
-	return ks
 }
 
 // checkProbes reports the bad input: every kind, each time answered as it
