@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/proc"
 	"github.com/spotml/spotml/internal/store"
 )
 
@@ -464,7 +465,7 @@ func TestDeallocateAndLostNode(t *testing.T) {
 		}
 		return false
 	})
-	marker := filepath.Join(node.WorkDir, "disk-marker")
+	marker := filepath.Join(node.ProviderID, "disk-marker")
 	if err := os.WriteFile(marker, []byte("kept"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +492,7 @@ func TestDeallocateAndLostNode(t *testing.T) {
 	var victim store.Node
 	waitFor(t, 30*time.Second, "task running again", func() bool {
 		for _, n := range c.nodes() {
-			if n.Tasks > 0 && n.PID > 0 {
+			if n.Tasks > 0 && n.ProviderID != "" {
 				victim = n
 				return true
 			}
@@ -499,7 +500,11 @@ func TestDeallocateAndLostNode(t *testing.T) {
 		return false
 	})
 	time.Sleep(1500 * time.Millisecond)
-	syscall.Kill(-victim.PID, syscall.SIGKILL)
+	ids, err := proc.ReadFile(filepath.Join(victim.ProviderID, "agent.pid"))
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("agent of %s: %v %v", victim.Name, ids, err)
+	}
+	syscall.Kill(-ids[0].PID, syscall.SIGKILL)
 	if out, err := c.cli("wait", "job", "dealloc", "--timeout", "90s", "-q"); err != nil {
 		t.Fatalf("job did not complete: %v\n%s\n%s", err, out, c.mustCLI("get", "tasks", "dealloc"))
 	}

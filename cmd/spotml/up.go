@@ -139,9 +139,9 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		if err != nil {
 			return err
 		}
-		loc = local.New(st, local.Config{Binary: self, ServerURL: url, DataDir: data}, log, time.Now)
+		loc = local.New(local.Config{Binary: self, ServerURL: url, DataDir: data}, log, time.Now)
 		providers[local.Name] = loc
-		cfg.Evictor, cfg.Metadata, cfg.MetadataPrefix = loc, loc.Metadata(), local.MetadataPrefix
+		cfg.Metadata, cfg.MetadataPrefix = loc.Metadata(), local.MetadataPrefix
 	}
 	if withLocal {
 		// Replicas of the builtin runtime run `spotml serve` under the
@@ -153,7 +153,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		}
 	}
 	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout, Retention: retention})
-	cfg.Plane = plane
+	cfg.Plane, cfg.Evictor = plane, plane
 	g, gctx := errgroup.WithContext(ctx)
 	gatewayURL := ""
 	if f.gatewayAddr != "" {
@@ -174,9 +174,6 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		return nil
 	})
 	g.Go(func() error { return plane.Run(gctx) })
-	if loc != nil {
-		g.Go(func() error { return loc.Run(gctx) })
-	}
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

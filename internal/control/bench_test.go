@@ -89,7 +89,7 @@ type benchProvider struct{}
 
 var _ control.Provider = benchProvider{}
 
-func (benchProvider) Launch(context.Context, spec.Pool, store.Node) (control.Launched, error) {
+func (benchProvider) Launch(context.Context, control.LaunchRequest) (control.Launched, error) {
 	return control.Launched{}, nil
 }
 

@@ -21,26 +21,6 @@ import (
 	"github.com/spotml/spotml/internal/store"
 )
 
-// ErrNoCapacity is what a provider returns when the market has no capacity
-// for a launch right now; the scaler retries later.
-var ErrNoCapacity = errors.New("no capacity")
-
-// Provider creates and removes nodes of one kind (local processes,
-// Kubernetes pods, cloud VMs).
-type Provider interface {
-	// Launch starts the agent of a node that is already recorded in the
-	// store (state provisioning) and returns where it runs.
-	Launch(ctx context.Context, pool spec.Pool, node store.Node) (Launched, error)
-	// Stop makes sure the node and everything it runs is gone.
-	Stop(ctx context.Context, node store.Node) error
-}
-
-// Launched says where a launched node runs.
-type Launched struct {
-	PID     int    // agent process, for local nodes
-	WorkDir string // the node's disk, for local nodes
-}
-
 // Options tunes the control loops. Zero values get defaults.
 type Options struct {
 	Interval         time.Duration // between reconcile passes; default 500ms
@@ -125,6 +105,15 @@ func (p *Plane) Run(ctx context.Context) error {
 		wg.Go(func() { p.runPruner(ctx) })
 	}
 	wg.Go(func() { p.runFlusher(ctx) })
+	for name, prov := range p.providers {
+		if r, ok := prov.(Runner); ok {
+			wg.Go(func() {
+				if err := r.Run(ctx, p, p); err != nil && ctx.Err() == nil {
+					p.log.Error("provider stopped", "provider", name, "err", err)
+				}
+			})
+		}
+	}
 	t := time.NewTicker(p.opt.Interval)
 	defer t.Stop()
 	for {
@@ -447,53 +436,64 @@ func (p *Plane) inBackoff(pool string, now time.Time) bool {
 }
 
 // launch starts a new node (or restarts a deallocated one). A launch the
-// market refuses backs the pool off exponentially.
+// platform refuses backs the pool off exponentially.
 func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restart bool) error {
 	prov, ok := p.providers[pool.Spec.Provider]
 	if !ok {
 		return fmt.Errorf("pool %s: provider %q is not running in this control plane", pool.Metadata.Name, pool.Spec.Provider)
 	}
 	if restart {
-		if err := p.store.RestartNode(ctx, n.Name, 0); err != nil {
+		if err := p.store.RestartNode(ctx, n.Name); err != nil {
 			return err
 		}
 	} else if err := p.store.CreateNode(ctx, n); err != nil {
 		return err
 	}
-	at, err := prov.Launch(ctx, pool, n)
+	// The node's own credential, bound to its name and this incarnation;
+	// the provider hands it to the agent.
+	cred, err := p.store.IssueNodeCredential(ctx, n.Name)
 	if err != nil {
-		// Any refused launch backs the pool off, so a broken provider is
-		// not hammered every pass. A new node is forgotten; a restarted one
-		// keeps its name, disk and billing history and waits deallocated.
-		p.mu.Lock()
-		p.fails[pool.Metadata.Name]++
-		delay := min(time.Second<<min(p.fails[pool.Metadata.Name]-1, 5), 30*time.Second)
-		p.backoff[pool.Metadata.Name] = p.now().Add(delay)
-		p.mu.Unlock()
-		end := p.store.DeleteNode(ctx, n.Name)
-		if restart {
-			end = p.store.EndNode(ctx, n.Name, store.NodeDeallocated, "restart refused: "+err.Error())
-		}
-		if end != nil {
-			return end
-		}
-		reason := "NoCapacity"
-		if !errors.Is(err, ErrNoCapacity) {
-			reason = "ProviderError"
-		}
-		if err := p.store.AddEvent(ctx, "LaunchFailed", "pool/"+pool.Metadata.Name, reason,
-			fmt.Sprintf("%s; retrying in %s", err, delay)); err != nil {
-			return err
-		}
-		if reason == "NoCapacity" {
-			return nil // the market said no: expected, not an error
-		}
-		return fmt.Errorf("launch %s: %w", n.Name, err)
+		return err
+	}
+	at, err := prov.Launch(ctx, LaunchRequest{Pool: pool, Node: n, Credential: cred, Restart: restart})
+	if err != nil {
+		return p.launchFailed(ctx, pool.Metadata.Name, n.Name, restart, err)
 	}
 	p.mu.Lock()
 	p.fails[pool.Metadata.Name] = 0
 	p.mu.Unlock()
-	return p.store.SetNodeProcess(ctx, n.Name, at.PID, at.WorkDir)
+	return p.store.SetNodeLaunched(ctx, n.Name, at.ProviderID)
+}
+
+// launchFailed backs the pool off after a refused launch, so a broken
+// provider is not hammered every pass. A new node is forgotten; a
+// restarted one keeps its name, disk and billing history and waits
+// deallocated. A refusal for lack of capacity is expected, not an error.
+func (p *Plane) launchFailed(ctx context.Context, pool, node string, restart bool, err error) error {
+	p.mu.Lock()
+	p.fails[pool]++
+	delay := min(time.Second<<min(p.fails[pool]-1, 5), 30*time.Second)
+	p.backoff[pool] = p.now().Add(delay)
+	p.mu.Unlock()
+	end := p.store.DeleteNode(ctx, node)
+	if restart {
+		end = p.store.EndNode(ctx, node, store.NodeDeallocated, "restart refused: "+err.Error())
+	}
+	if end != nil {
+		return end
+	}
+	reason := "NoCapacity"
+	if !errors.Is(err, ErrNoCapacity) {
+		reason = "ProviderError"
+	}
+	if err := p.store.AddEvent(ctx, "LaunchFailed", "pool/"+pool, reason,
+		fmt.Sprintf("%s; retrying in %s", err, delay)); err != nil {
+		return err
+	}
+	if reason == "NoCapacity" {
+		return nil
+	}
+	return fmt.Errorf("launch %s: %w", node, err)
 }
 
 func (p *Plane) terminate(ctx context.Context, n store.Node, why string) error {
@@ -504,9 +504,20 @@ func (p *Plane) terminate(ctx context.Context, n store.Node, why string) error {
 }
 
 func (p *Plane) stop(ctx context.Context, n store.Node) error {
+	prov, err := p.providerOf(ctx, n)
+	if err != nil || prov == nil {
+		return err
+	}
+	return prov.Stop(ctx, n)
+}
+
+// providerOf returns the provider of a node's pool; nil when that provider
+// does not run in this control plane. A node whose pool is gone is taken to
+// be local, the one provider that ran before pools could name another.
+func (p *Plane) providerOf(ctx context.Context, n store.Node) (Provider, error) {
 	pools, err := p.store.ListPools(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	provider := "local"
 	for _, pl := range pools {
@@ -514,10 +525,7 @@ func (p *Plane) stop(ctx context.Context, n store.Node) error {
 			provider = pl.Spec.Spec.Provider
 		}
 	}
-	if prov, ok := p.providers[provider]; ok {
-		return prov.Stop(ctx, n)
-	}
-	return nil
+	return p.providers[provider], nil
 }
 
 func (p *Plane) newNode(pool spec.Pool, capacity spec.Resources, zones map[string]int) store.Node {

@@ -29,14 +29,15 @@ type fakeProvider struct {
 
 var _ control.Provider = (*fakeProvider)(nil)
 
-func (p *fakeProvider) Launch(_ context.Context, _ spec.Pool, n store.Node) (control.Launched, error) {
+func (p *fakeProvider) Launch(_ context.Context, req control.LaunchRequest) (control.Launched, error) {
+	n := req.Node
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.launched = append(p.launched, n.Name)
 	if p.err != nil {
 		return control.Launched{}, p.err
 	}
-	return control.Launched{PID: 1000 + len(p.launched), WorkDir: "/nodes/" + n.Name}, nil
+	return control.Launched{ProviderID: "/nodes/" + n.Name}, nil
 }
 
 func (p *fakeProvider) Stop(_ context.Context, n store.Node) error {
@@ -193,7 +194,7 @@ func TestReconcileScalesToDemand(t *testing.T) {
 	for _, n := range p.nodes() {
 		zones[n.Zone]++
 		if n.State != store.NodeProvisioning || n.Pool != "cpu" || !strings.HasPrefix(n.Name, "cpu-") ||
-			n.Capacity.CPU != 2 || n.PID == 0 || n.WorkDir != "/nodes/"+n.Name || n.PricePerHour != 0.01 || n.OnDemandPrice != 0.04 {
+			n.Capacity.CPU != 2 || n.ProviderID != "/nodes/"+n.Name || n.PricePerHour != 0.01 || n.OnDemandPrice != 0.04 {
 			t.Errorf("launched node: %+v", n)
 		}
 	}

@@ -28,7 +28,7 @@ import (
 // their agents are goroutines of the benchmark.
 type nopProvider struct{}
 
-func (nopProvider) Launch(context.Context, spec.Pool, store.Node) (control.Launched, error) {
+func (nopProvider) Launch(context.Context, control.LaunchRequest) (control.Launched, error) {
 	return control.Launched{}, nil
 }
 func (nopProvider) Stop(context.Context, store.Node) error { return nil }

@@ -43,7 +43,8 @@ type recorder struct {
 	launched []string
 }
 
-func (r *recorder) Launch(_ context.Context, _ spec.Pool, n store.Node) (control.Launched, error) {
+func (r *recorder) Launch(_ context.Context, req control.LaunchRequest) (control.Launched, error) {
+	n := req.Node
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.launched = append(r.launched, n.Name)

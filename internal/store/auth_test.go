@@ -104,7 +104,7 @@ func testNodeCredentials(t *testing.T, h *harness) {
 	if err := h.st.EndNode(h.ctx, "d1", store.NodeDeallocated, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.RestartNode(h.ctx, "d1", 0); err != nil {
+	if err := h.st.RestartNode(h.ctx, "d1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.st.CredentialNode(h.ctx, old); !errors.Is(err, store.ErrBadCredential) {

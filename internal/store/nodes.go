@@ -29,36 +29,40 @@ func Live(state string) bool {
 
 // Node is one machine running the spotml agent.
 type Node struct {
-	Name           string         `json:"name"`
-	Pool           string         `json:"pool"`
-	Priority       string         `json:"priority"`
-	Zone           string         `json:"zone,omitempty"`
-	InstanceType   string         `json:"instanceType"`
-	State          string         `json:"state"`
-	Capacity       spec.Resources `json:"capacity"`
-	PricePerHour   float64        `json:"pricePerHour"`
-	OnDemandPrice  float64        `json:"onDemandPricePerHour"`
-	PID            int            `json:"pid,omitempty"`
-	WorkDir        string         `json:"workDir,omitempty"`
-	CreatedAt      time.Time      `json:"createdAt"`
-	StateAt        time.Time      `json:"stateAt"`
-	HeartbeatAt    time.Time      `json:"heartbeatAt,omitzero"`
-	IdleSince      time.Time      `json:"idleSince,omitzero"`
-	NoticeDeadline time.Time      `json:"noticeDeadline,omitzero"`
-	Reason         string         `json:"reason,omitempty"`
-	Incarnation    int            `json:"incarnation"`
-	Tasks          int            `json:"tasks"`    // running tasks, filled by ListNodes
-	Replicas       int            `json:"replicas"` // live service replicas, filled by ListNodes
+	Name          string         `json:"name"`
+	Pool          string         `json:"pool"`
+	Priority      string         `json:"priority"`
+	Zone          string         `json:"zone,omitempty"`
+	InstanceType  string         `json:"instanceType"`
+	State         string         `json:"state"`
+	Capacity      spec.Resources `json:"capacity"`
+	PricePerHour  float64        `json:"pricePerHour"`
+	OnDemandPrice float64        `json:"onDemandPricePerHour"`
+	// ProviderID is the provider's own name for the node (a work
+	// directory, a pod, a VM), opaque to everything but its provider.
+	ProviderID string `json:"providerID,omitempty"`
+	// Host is the platform's machine the node runs on, where that is not
+	// the node itself (the Kubernetes node under an agent pod).
+	Host           string    `json:"host,omitempty"`
+	CreatedAt      time.Time `json:"createdAt"`
+	StateAt        time.Time `json:"stateAt"`
+	HeartbeatAt    time.Time `json:"heartbeatAt,omitzero"`
+	IdleSince      time.Time `json:"idleSince,omitzero"`
+	NoticeDeadline time.Time `json:"noticeDeadline,omitzero"`
+	Reason         string    `json:"reason,omitempty"`
+	Incarnation    int       `json:"incarnation"`
+	Tasks          int       `json:"tasks"`    // running tasks, filled by ListNodes
+	Replicas       int       `json:"replicas"` // live service replicas, filled by ListNodes
 }
 
-const nodeCols = `name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
+const nodeCols = `name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, provider_id, host,
 	created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation`
 
 func scanNode(sc interface{ Scan(...any) error }) (Node, error) {
 	var n Node
 	var mem, c, st, hb, idle, nd int64
 	err := sc.Scan(&n.Name, &n.Pool, &n.Priority, &n.Zone, &n.InstanceType, &n.State, &n.Capacity.CPU, &mem,
-		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.PID, &n.WorkDir, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation)
+		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.ProviderID, &n.Host, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation)
 	n.Capacity.Memory = spec.Bytes(mem)
 	n.CreatedAt, n.StateAt, n.HeartbeatAt, n.IdleSince, n.NoticeDeadline = fromNanos(c), fromNanos(st), fromNanos(hb), fromNanos(idle), fromNanos(nd)
 	return n, err
@@ -71,7 +75,7 @@ func (s *Store) CreateNode(ctx context.Context, n Node) error {
 		now := s.now().UnixNano()
 		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, '', 1)`,
 			n.Name, n.Pool, n.Priority, n.Zone, n.InstanceType, NodeProvisioning, n.Capacity.CPU, int64(n.Capacity.Memory),
-			n.Capacity.GPU, n.PricePerHour, n.OnDemandPrice, n.PID, n.WorkDir, now, now, now)
+			n.Capacity.GPU, n.PricePerHour, n.OnDemandPrice, n.ProviderID, n.Host, now, now, now)
 		if err != nil {
 			return fmt.Errorf("create node %s: %w", n.Name, err)
 		}
@@ -85,9 +89,9 @@ func (s *Store) openRun(ctx context.Context, tx *sql.Tx, n Node, now int64) erro
 	return err
 }
 
-// RestartNode brings a deallocated node back with the same name and work
-// directory under a new process.
-func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
+// RestartNode brings a deallocated node back with the same name and disk
+// (its provider ID is kept) as a new incarnation.
+func (s *Store) RestartNode(ctx context.Context, name string) error {
 	defer s.forget(name) // its state changes: the next heartbeat reads it
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
@@ -98,8 +102,8 @@ func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
 			return Conflict("restart node %s in state %s", name, n.State)
 		}
 		now := s.now().UnixNano()
-		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, pid = ?, heartbeat_at = 0, idle_since = ?,
-			notice_deadline = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, NodeProvisioning, now, pid, now, name); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, heartbeat_at = 0, idle_since = ?,
+			notice_deadline = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, NodeProvisioning, now, now, name); err != nil {
 			return err
 		}
 		if err := s.openRun(ctx, tx, n, now); err != nil {
@@ -109,21 +113,82 @@ func (s *Store) RestartNode(ctx context.Context, name string, pid int) error {
 	})
 }
 
-// SetNodeProcess records that a provider launched a node: its process and
-// work directory.
-func (s *Store) SetNodeProcess(ctx context.Context, name string, pid int, workdir string) error {
+// SetNodeLaunched records that a provider launched a node, under the
+// provider's own ID for it.
+func (s *Store) SetNodeLaunched(ctx context.Context, name, providerID string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
 		if err != nil {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET pid = ?, workdir = ? WHERE name = ?`, pid, workdir, name); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET provider_id = ? WHERE name = ?`, providerID, name); err != nil {
 			return err
 		}
 		if n.Incarnation > 1 {
 			return nil // RestartNode recorded it
 		}
 		return s.event(ctx, tx, "Launched", "node/"+name, "ScaleUp", fmt.Sprintf("%s %s in zone %q", n.Priority, n.InstanceType, n.Zone))
+	})
+}
+
+// Placement is where a provider's platform put a node, and its prices
+// there. Zero fields are left as they are.
+type Placement struct {
+	Zone, InstanceType, Host    string
+	Capacity                    spec.Resources
+	PricePerHour, OnDemandPrice float64
+}
+
+// SetNodePlacement records where a node landed. A changed price applies
+// from now: the node's billing run is closed and a new one opened.
+func (s *Store) SetNodePlacement(ctx context.Context, name string, pl Placement) error {
+	defer s.forget(name)
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("node %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		was := n
+		if pl.Zone != "" {
+			n.Zone = pl.Zone
+		}
+		if pl.InstanceType != "" {
+			n.InstanceType = pl.InstanceType
+		}
+		if pl.Host != "" {
+			n.Host = pl.Host
+		}
+		if pl.Capacity != (spec.Resources{}) {
+			n.Capacity = pl.Capacity
+		}
+		if pl.PricePerHour > 0 {
+			n.PricePerHour = pl.PricePerHour
+		}
+		if pl.OnDemandPrice > 0 {
+			n.OnDemandPrice = pl.OnDemandPrice
+		}
+		if n == was {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET zone = ?, instance_type = ?, host = ?, cpu = ?, memory = ?, gpu = ?,
+			price = ?, ondemand_price = ? WHERE name = ?`, n.Zone, n.InstanceType, n.Host, n.Capacity.CPU, int64(n.Capacity.Memory),
+			n.Capacity.GPU, n.PricePerHour, n.OnDemandPrice, name); err != nil {
+			return err
+		}
+		if Live(n.State) && (n.PricePerHour != was.PricePerHour || n.OnDemandPrice != was.OnDemandPrice) {
+			now := s.now().UnixNano()
+			if _, err := tx.ExecContext(ctx, `UPDATE node_runs SET ended_at = ? WHERE node = ? AND ended_at = 0`, now, name); err != nil {
+				return err
+			}
+			if err := s.openRun(ctx, tx, n, now); err != nil {
+				return err
+			}
+		}
+		return s.event(ctx, tx, "Placed", "node/"+name, "Scheduled",
+			fmt.Sprintf("%s %s in zone %q on %s", n.Priority, n.InstanceType, n.Zone, n.Host))
 	})
 }
 

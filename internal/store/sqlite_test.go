@@ -111,6 +111,10 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 		`ALTER TABLE tasks DROP COLUMN progress`,
 		`ALTER TABLE tasks DROP COLUMN progress_message`,
 		`ALTER TABLE tasks DROP COLUMN progress_at`,
+		`ALTER TABLE nodes ADD COLUMN pid INTEGER NOT NULL DEFAULT 0`, // migration 7 undone
+		`ALTER TABLE nodes ADD COLUMN workdir TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE nodes DROP COLUMN provider_id`,
+		`ALTER TABLE nodes DROP COLUMN host`,
 		`UPDATE schema_version SET version = 2`,
 		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
 	} {

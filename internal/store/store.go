@@ -310,6 +310,15 @@ var migrations = []string{
 		ondemand REAL NOT NULL,
 		PRIMARY KEY (pool, priority, day)
 	);`,
+	// 7: the provider seam: a provider's opaque ID for a node replaces the
+	// local provider's process and work directory; host is the platform's
+	// machine under the node (a Kubernetes node). A local node's ID is its
+	// work directory.
+	`ALTER TABLE nodes ADD COLUMN provider_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE nodes ADD COLUMN host TEXT NOT NULL DEFAULT '';
+	UPDATE nodes SET provider_id = workdir;
+	ALTER TABLE nodes DROP COLUMN pid;
+	ALTER TABLE nodes DROP COLUMN workdir;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

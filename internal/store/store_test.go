@@ -139,7 +139,7 @@ func (h *harness) node(name string, ready bool) {
 	if err := h.st.CreateNode(h.ctx, n); err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.st.SetNodeProcess(h.ctx, name, 0, ""); err != nil { // the provider launched it
+	if err := h.st.SetNodeLaunched(h.ctx, name, ""); err != nil { // the provider launched it
 		h.t.Fatal(err)
 	}
 	if ready {
@@ -858,15 +858,15 @@ func testRuns(t *testing.T, h *harness) {
 	if err := h.st.EndNode(h.ctx, "n2", store.NodeDeallocated, "SpotEviction"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.RestartNode(h.ctx, "n1", 0); !errors.Is(err, store.ErrConflict) {
+	if err := h.st.RestartNode(h.ctx, "n1"); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("restart of a terminated node: %v, want ErrConflict", err)
 	}
 	h.clock.Advance(time.Hour)
-	if err := h.st.RestartNode(h.ctx, "n2", 42); err != nil {
+	if err := h.st.RestartNode(h.ctx, "n2"); err != nil {
 		t.Fatal(err)
 	}
 	n := h.getNode("n2")
-	if n.State != store.NodeProvisioning || n.Incarnation != 2 || n.PID != 42 || !n.HeartbeatAt.IsZero() || !n.StateAt.Equal(h.clock.Now()) {
+	if n.State != store.NodeProvisioning || n.Incarnation != 2 || !n.HeartbeatAt.IsZero() || !n.StateAt.Equal(h.clock.Now()) {
 		t.Errorf("restarted node: %+v", n)
 	}
 	runs, err := h.st.Runs(h.ctx)

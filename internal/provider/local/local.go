@@ -6,7 +6,6 @@
 package local
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -46,9 +45,9 @@ type Config struct {
 	Rand *rand.Rand
 }
 
-// Local is the local provider.
+// Local is the local provider. It writes no store: what its market does
+// goes to the control plane through the sink Run is given.
 type Local struct {
-	store    *store.Store
 	metadata *notice.Server
 	cfg      Config
 	log      *slog.Logger
@@ -56,12 +55,20 @@ type Local struct {
 
 	randMu sync.Mutex // Launch and the market draw from different goroutines
 	rand   *rand.Rand
+
+	mu   sync.Mutex
+	sink control.Sink // set by Run
+	view control.View
 }
 
-var _ control.Provider = (*Local)(nil)
+var (
+	_ control.Provider = (*Local)(nil)
+	_ control.Runner   = (*Local)(nil)
+	_ control.Evicter  = (*Local)(nil)
+)
 
 // New returns a local provider.
-func New(st *store.Store, cfg Config, log *slog.Logger, now func() time.Time) *Local {
+func New(cfg Config, log *slog.Logger, now func() time.Time) *Local {
 	if cfg.Interval == 0 {
 		cfg.Interval = 250 * time.Millisecond
 	}
@@ -69,7 +76,7 @@ func New(st *store.Store, cfg Config, log *slog.Logger, now func() time.Time) *L
 	if r == nil {
 		r = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
-	return &Local{store: st, metadata: notice.NewServer(now, log), cfg: cfg, log: log, now: now, rand: r}
+	return &Local{metadata: notice.NewServer(now, log), cfg: cfg, log: log, now: now, rand: r}
 }
 
 // draw reports whether an event of probability p happens.
@@ -84,12 +91,17 @@ func (l *Local) draw(p float64) bool {
 func (l *Local) Metadata() *notice.Server { return l.metadata }
 
 // Launch starts a node's agent process. A spot pool's capacityShortage is
-// the chance the market refuses the launch.
-func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (control.Launched, error) {
+// the chance the market refuses the launch. The node's provider ID is its
+// work directory, which a restart keeps.
+func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.Launched, error) {
+	pool, n := req.Pool, req.Node
 	if pool.Spec.Priority == spec.PrioritySpot && l.draw(pool.Spec.CapacityShortage) {
 		return control.Launched{}, fmt.Errorf("%w: no spot capacity for %s in zone %q now", control.ErrNoCapacity, pool.Spec.InstanceType, n.Zone)
 	}
 	wd := filepath.Join(l.cfg.DataDir, "nodes", n.Name)
+	if req.Restart && n.ProviderID != "" {
+		wd = n.ProviderID
+	}
 	if err := os.MkdirAll(wd, 0o755); err != nil {
 		return control.Launched{}, err
 	}
@@ -101,10 +113,7 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 	defer logf.Close()
 	// The node's own credential, bound to its name; the agent reads the
 	// file and deletes it, so that its tasks find no secret.
-	cred, err := l.store.IssueNodeCredential(ctx, n.Name)
-	if err != nil {
-		return control.Launched{}, err
-	}
+	cred := req.Credential
 	credFile := filepath.Join(wd, "credential")
 	os.Remove(credFile)
 	if err := os.WriteFile(credFile, []byte(cred+"\n"), 0o600); err != nil {
@@ -147,7 +156,7 @@ func (l *Local) Launch(ctx context.Context, pool spec.Pool, n store.Node) (contr
 	}
 	go cmd.Wait() // reap
 	l.log.Info("node launched", "node", n.Name, "pid", cmd.Process.Pid, "zone", n.Zone)
-	return control.Launched{PID: cmd.Process.Pid, WorkDir: wd}, nil
+	return control.Launched{ProviderID: wd}, nil
 }
 
 // Stop kills a node: its agent and every task process group it recorded,
@@ -166,33 +175,24 @@ const (
 	tasksPIDFile = "tasks.pids"
 )
 
-// killNode kills the agent's process group and its tasks' groups. Each
-// stored PID is killed only while it names the process that was started
+// killNode kills the agent's process group and its tasks' groups, named
+// in files under the node's work directory (its provider ID). Each stored
+// PID is killed only while it names the process that was started
 // (proc.KillGroup): the control plane may have restarted, and the agent
 // died, long after the PID was stored, and Linux hands PIDs out again.
 func (l *Local) killNode(n store.Node) {
-	if n.PID > 0 {
-		agent := proc.ID{PID: n.PID}
-		if ids, err := proc.ReadFile(filepath.Join(n.WorkDir, agentPIDFile)); err == nil && len(ids) == 1 && ids[0].PID == n.PID {
-			agent = ids[0]
-		} else if isAgentOf(n.PID, n.Name) {
-			// Launched before start times were recorded: its command
-			// line still names the node.
-			if id, err := proc.Identify(n.PID); err == nil {
-				agent = id
-			}
-		}
-		l.kill(n.Name, "agent", agent)
-	}
-	if n.WorkDir == "" {
+	wd := n.ProviderID
+	if wd == "" {
 		return
 	}
-	groups, err := proc.ReadFile(filepath.Join(n.WorkDir, tasksPIDFile))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		l.log.Warn("cannot read the node's task process groups", "node", n.Name, "err", err)
-	}
-	for _, g := range groups {
-		l.kill(n.Name, "task", g)
+	for _, f := range []struct{ file, what string }{{agentPIDFile, "agent"}, {tasksPIDFile, "task"}} {
+		ids, err := proc.ReadFile(filepath.Join(wd, f.file))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.log.Warn("cannot read the node's process groups", "node", n.Name, "file", f.file, "err", err)
+		}
+		for _, id := range ids {
+			l.kill(n.Name, f.what, id)
+		}
 	}
 }
 
@@ -202,46 +202,58 @@ func (l *Local) kill(node, what string, id proc.ID) {
 	}
 }
 
-func isAgentOf(pid int, node string) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+// Evict gives a node an eviction notice; it is killed when the notice runs
+// out. The control plane has checked that the node is live and local.
+func (l *Local) Evict(ctx context.Context, name string, noticeFor time.Duration) error {
+	sink, view := l.market()
+	if sink == nil {
+		return errors.New("the local market is not running yet; try again in a moment")
+	}
+	nodes, err := view.ListNodes(ctx)
 	if err != nil {
-		return false
+		return err
 	}
-	args := bytes.Split(b, []byte{0})
-	for i, a := range args {
-		if string(a) == "--node" && i+1 < len(args) && string(args[i+1]) == node {
-			return true
-		}
+	pools, err := view.ListPools(ctx)
+	if err != nil {
+		return err
 	}
-	return false
+	return l.evict(ctx, sink, nodes, pools, name, noticeFor)
 }
 
-// Evict gives a node an eviction notice; it is killed when the notice runs
-// out. Only spot nodes of local pools can be evicted.
-func (l *Local) Evict(ctx context.Context, name string, noticeFor time.Duration) error {
-	n, err := l.store.GetNode(ctx, name)
-	if err != nil {
-		return err
+func (l *Local) evict(ctx context.Context, sink control.Sink, nodes []store.Node, pools []store.Pool, name string, noticeFor time.Duration) error {
+	var node *store.Node
+	for i := range nodes {
+		if nodes[i].Name == name {
+			node = &nodes[i]
+		}
 	}
-	pool, err := l.store.GetPool(ctx, n.Pool)
-	if err != nil {
-		return fmt.Errorf("node %s: its pool is gone: %w", name, err)
+	if node == nil {
+		return fmt.Errorf("node %q: %w", name, store.ErrNotFound)
 	}
-	if pool.Spec.Spec.Provider != Name {
-		return store.Conflict("node %s is in pool %s of provider %q; only local nodes can be evicted", name, n.Pool, pool.Spec.Spec.Provider)
+	var pool *spec.Pool
+	for i := range pools {
+		if pools[i].Spec.Metadata.Name == node.Pool {
+			pool = &pools[i].Spec
+		}
 	}
-	if !store.Live(n.State) {
-		return store.Conflict("node %s is already %s", name, n.State)
+	if pool == nil || pool.Spec.Provider != Name {
+		return store.Conflict("node %s is not in a pool of the local provider", name)
 	}
 	if noticeFor <= 0 {
-		noticeFor = pool.Spec.Spec.Notice.Duration
+		noticeFor = pool.Spec.Notice.Duration
 	}
 	deadline := l.now().Add(noticeFor)
-	if _, err := l.store.SetNotice(ctx, name, deadline, "provider"); err != nil {
+	if err := sink.Notice(ctx, name, deadline, "provider"); err != nil {
 		return err
 	}
-	l.publish(n.Name, deadline, pool.Spec)
+	l.publish(name, deadline, *pool)
 	return nil
+}
+
+func (l *Local) market() (control.Sink, control.View) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sink, l.view
 }
 
 func (l *Local) publish(node string, deadline time.Time, pool spec.Pool) {
@@ -252,8 +264,12 @@ func (l *Local) publish(node string, deadline time.Time, pool spec.Pool) {
 	l.metadata.Set(node, deadline, action)
 }
 
-// Run runs the simulated market until ctx ends.
-func (l *Local) Run(ctx context.Context) error {
+// Run runs the simulated market until ctx ends, reporting what it does to
+// sink.
+func (l *Local) Run(ctx context.Context, sink control.Sink, view control.View) error {
+	l.mu.Lock()
+	l.sink, l.view = sink, view
+	l.mu.Unlock()
 	t := time.NewTicker(l.cfg.Interval)
 	defer t.Stop()
 	last := l.now()
@@ -264,7 +280,7 @@ func (l *Local) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		now := l.now()
-		if err := l.tick(ctx, now.Sub(last)); err != nil && ctx.Err() == nil {
+		if err := l.tick(ctx, sink, view, now.Sub(last)); err != nil && ctx.Err() == nil {
 			l.log.Error("market tick failed", "err", err)
 		}
 		last = now
@@ -274,8 +290,8 @@ func (l *Local) Run(ctx context.Context) error {
 // tick publishes the notices the store holds (so a restarted control plane
 // serves them again), ends nodes whose notice ran out, and draws random
 // evictions at each spot pool's rate.
-func (l *Local) tick(ctx context.Context, dt time.Duration) error {
-	pools, err := l.store.ListPools(ctx)
+func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, dt time.Duration) error {
+	pools, err := view.ListPools(ctx)
 	if err != nil {
 		return err
 	}
@@ -285,7 +301,7 @@ func (l *Local) tick(ctx context.Context, dt time.Duration) error {
 			byName[p.Spec.Metadata.Name] = p.Spec
 		}
 	}
-	nodes, err := l.store.ListNodes(ctx)
+	nodes, err := view.ListNodes(ctx)
 	if err != nil {
 		return err
 	}
@@ -306,7 +322,7 @@ func (l *Local) tick(ctx context.Context, dt time.Duration) error {
 			}
 			l.killNode(n)
 			l.metadata.Remove(n.Name)
-			if err := l.store.EndNode(ctx, n.Name, state, reason); err != nil {
+			if err := sink.Gone(ctx, n.Name, state, reason); err != nil {
 				return err
 			}
 			l.log.Info("node evicted", "node", n.Name, "state", state)
@@ -314,7 +330,7 @@ func (l *Local) tick(ctx context.Context, dt time.Duration) error {
 			l.publish(n.Name, n.NoticeDeadline, pool)
 		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.EvictionRate > 0:
 			if l.draw(pool.Spec.EvictionRate * dt.Hours()) {
-				if err := l.Evict(ctx, n.Name, 0); err != nil {
+				if err := l.evict(ctx, sink, nodes, pools, n.Name, 0); err != nil {
 					return err
 				}
 				l.log.Info("market evicts node", "node", n.Name, "notice", pool.Spec.Notice.Duration)

@@ -49,6 +49,9 @@ type harness struct {
 	clk *clock.Fake
 	l   *Local
 	ts  *httptest.Server
+	// plane is the sink and view the market reports to, as in spotml up;
+	// its reconcile loop does not run.
+	plane *control.Plane
 }
 
 func newHarness(t *testing.T, pools ...spec.Pool) *harness {
@@ -73,11 +76,19 @@ func newSeededHarness(t *testing.T, r *rand.Rand, pools ...spec.Pool) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := New(st, Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, Rand: r},
+	l := New(Config{Binary: bin, ServerURL: "http://127.0.0.1:1", DataDir: dir, Rand: r},
 		slog.New(slog.DiscardHandler), clk.Now)
 	ts := httptest.NewServer(l.Metadata())
 	t.Cleanup(ts.Close)
-	return &harness{t: t, ctx: ctx, st: st, clk: clk, l: l, ts: ts}
+	h := &harness{t: t, ctx: ctx, st: st, clk: clk, l: l, ts: ts}
+	h.attach()
+	return h
+}
+
+// attach hands the market its sink and view, as Run does.
+func (h *harness) attach() {
+	h.plane = control.New(h.st, map[string]control.Provider{Name: h.l}, slog.New(slog.DiscardHandler), h.clk.Now, control.Options{})
+	h.l.sink, h.l.view = h.plane, h.plane
 }
 
 func pool(name, priority, format string) spec.Pool {
@@ -106,6 +117,16 @@ func (h *harness) launch(p spec.Pool, name string) store.Node {
 	return h.node(name)
 }
 
+// agentPID is the PID of a node's agent, as Launch recorded it.
+func agentPID(t *testing.T, n store.Node) int {
+	t.Helper()
+	ids, err := proc.ReadFile(filepath.Join(n.ProviderID, agentPIDFile))
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("agent of %s: %v %v", n.Name, ids, err)
+	}
+	return ids[0].PID
+}
+
 func (h *harness) node(name string) store.Node {
 	h.t.Helper()
 	n, err := h.st.GetNode(h.ctx, name)
@@ -119,7 +140,7 @@ func (h *harness) node(name string) store.Node {
 func (h *harness) tick(dt time.Duration) {
 	h.t.Helper()
 	h.clk.Advance(dt)
-	if err := h.l.tick(h.ctx, dt); err != nil {
+	if err := h.l.tick(h.ctx, h.plane, h.plane, dt); err != nil {
 		h.t.Fatalf("tick: %v", err)
 	}
 }
@@ -173,20 +194,20 @@ func TestLaunchAndStop(t *testing.T) {
 	h := newHarness(t, p)
 	n := h.launch(p, "spot-a-1")
 
-	if n.PID <= 0 || !running(n.PID) {
-		t.Fatalf("agent pid %d not running", n.PID)
+	if agentPID(t, n) <= 0 || !running(agentPID(t, n)) {
+		t.Fatalf("agent pid %d not running", agentPID(t, n))
 	}
-	if pgid, _ := syscall.Getpgid(n.PID); pgid != n.PID {
-		t.Errorf("agent's process group %d, want its own (%d)", pgid, n.PID)
+	if pgid, _ := syscall.Getpgid(agentPID(t, n)); pgid != agentPID(t, n) {
+		t.Errorf("agent's process group %d, want its own (%d)", pgid, agentPID(t, n))
 	}
 	var args []byte
 	for range 200 {
-		if args, _ = os.ReadFile(filepath.Join(n.WorkDir, "agent.args")); len(args) > 0 {
+		if args, _ = os.ReadFile(filepath.Join(n.ProviderID, "agent.args")); len(args) > 0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, want := range []string{"agent", "--node\nspot-a-1", "--workdir\n" + n.WorkDir, "--metadata-format\naws",
+	for _, want := range []string{"agent", "--node\nspot-a-1", "--workdir\n" + n.ProviderID, "--metadata-format\naws",
 		"--metadata-url\nhttp://127.0.0.1:1/imds/nodes/spot-a-1"} {
 		if !strings.Contains(string(args), want) {
 			t.Errorf("agent arguments %q lack %q", args, want)
@@ -200,7 +221,7 @@ func TestLaunchAndStop(t *testing.T) {
 	if err := h.l.Stop(h.ctx, n); err != nil {
 		t.Fatal(err)
 	}
-	waitGone(t, n.PID)
+	waitGone(t, agentPID(t, n))
 	if status, _, _ := h.get("PUT", "/nodes/spot-a-1/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, ""); status != 404 {
 		t.Errorf("token after stop: %d, want 404 (the VM is gone)", status)
 	}
@@ -213,7 +234,7 @@ func TestLaunchCapacityShortage(t *testing.T) {
 	onDemand.Spec.CapacityShortage = 1 // only the spot market runs short
 	h := newHarness(t, spot, onDemand)
 
-	_, err := h.l.Launch(h.ctx, spot, store.Node{Name: "spot-a-1", Pool: "spot-a", Zone: "z1"})
+	_, err := h.l.Launch(h.ctx, control.LaunchRequest{Pool: spot, Node: store.Node{Name: "spot-a-1", Pool: "spot-a", Zone: "z1"}})
 	if !errors.Is(err, control.ErrNoCapacity) {
 		t.Fatalf("spot launch with capacityShortage 1: %v, want ErrNoCapacity", err)
 	}
@@ -253,8 +274,8 @@ func TestEvictionDraw(t *testing.T) {
 	if got := h.node(a.Name).State; got != store.NodePreempted {
 		t.Fatalf("at the deadline: %s, want preempted", got)
 	}
-	waitGone(t, a.PID)
-	if !running(b.PID) || !running(od.PID) {
+	waitGone(t, agentPID(t, a))
+	if !running(agentPID(t, b)) || !running(agentPID(t, od)) {
 		t.Errorf("other nodes' agents were killed")
 	}
 }
@@ -371,7 +392,8 @@ func TestAzureNoticeStaysPut(t *testing.T) {
 
 	// The control plane restarts: a new market over the same store serves
 	// the stored notice again, as the same event.
-	h.l = New(h.st, h.l.cfg, slog.New(slog.DiscardHandler), h.clk.Now)
+	h.l = New(h.l.cfg, slog.New(slog.DiscardHandler), h.clk.Now)
+	h.attach()
 	h.ts.Config.Handler = h.l.Metadata()
 	h.tick(250 * time.Millisecond)
 	if got := h.azure(n.Name); len(got.Events) != 1 || got.Events[0].EventId != noticed.Events[0].EventId {
@@ -457,7 +479,7 @@ func TestDeallocateAndRestart(t *testing.T) {
 	p.Spec.EvictionPolicy = spec.EvictionDeallocate
 	h := newHarness(t, p)
 	n := h.launch(p, "spot-a-1")
-	if err := os.WriteFile(filepath.Join(n.WorkDir, "disk"), []byte("kept"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(n.ProviderID, "disk"), []byte("kept"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ttl := map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
@@ -473,18 +495,18 @@ func TestDeallocateAndRestart(t *testing.T) {
 	if got := h.node(n.Name); got.State != store.NodeDeallocated {
 		t.Fatalf("after the notice: %s, want deallocated", got.State)
 	}
-	waitGone(t, n.PID)
+	waitGone(t, agentPID(t, n))
 
 	// The control plane restarts it: same name, same disk, a new VM whose
 	// metadata has no notice and knows no old token.
-	if err := h.st.RestartNode(h.ctx, n.Name, 0); err != nil {
+	if err := h.st.RestartNode(h.ctx, n.Name); err != nil {
 		t.Fatal(err)
 	}
 	again := h.relaunch(p, n.Name)
-	if again.WorkDir != n.WorkDir {
-		t.Errorf("restarted in %s, want %s", again.WorkDir, n.WorkDir)
+	if again.ProviderID != n.ProviderID {
+		t.Errorf("restarted in %s, want %s", again.ProviderID, n.ProviderID)
 	}
-	if b, _ := os.ReadFile(filepath.Join(again.WorkDir, "disk")); string(b) != "kept" {
+	if b, _ := os.ReadFile(filepath.Join(again.ProviderID, "disk")); string(b) != "kept" {
 		t.Errorf("disk after restart: %q", b)
 	}
 	if status, _, _ := h.get("GET", action, map[string]string{"X-aws-ec2-metadata-token": token}, ""); status != 401 {
@@ -500,12 +522,21 @@ func TestDeallocateAndRestart(t *testing.T) {
 // restart) and records its process, killed at the end of the test.
 func (h *harness) relaunch(p spec.Pool, name string) store.Node {
 	h.t.Helper()
-	at, err := h.l.Launch(h.ctx, p, h.node(name))
+	n := h.node(name)
+	cred, err := h.st.IssueNodeCredential(h.ctx, name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	at, err := h.l.Launch(h.ctx, control.LaunchRequest{Pool: p, Node: n, Credential: cred, Restart: n.Incarnation > 1})
 	if err != nil {
 		h.t.Fatalf("Launch %s: %v", name, err)
 	}
-	h.t.Cleanup(func() { syscall.Kill(-at.PID, syscall.SIGKILL) })
-	if err := h.st.SetNodeProcess(h.ctx, name, at.PID, at.WorkDir); err != nil {
+	ids, err := proc.ReadFile(filepath.Join(at.ProviderID, agentPIDFile))
+	if err != nil || len(ids) != 1 {
+		h.t.Fatalf("agent of %s not recorded: %v %v", name, ids, err)
+	}
+	h.t.Cleanup(func() { syscall.Kill(-ids[0].PID, syscall.SIGKILL) })
+	if err := h.st.SetNodeLaunched(h.ctx, name, at.ProviderID); err != nil {
 		h.t.Fatal(err)
 	}
 	return h.node(name)
@@ -539,13 +570,13 @@ func TestStoredPIDReused(t *testing.T) {
 	// as an older process that held it would have been recorded: with
 	// another start time, or (an agent before start times) with none.
 	groups := []proc.ID{task, {PID: stranger.PID, Start: stranger.Start - 1}, {PID: stranger.PID}}
-	if err := proc.WriteFile(filepath.Join(n.WorkDir, tasksPIDFile), groups); err != nil {
+	if err := proc.WriteFile(filepath.Join(n.ProviderID, tasksPIDFile), groups); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.l.Stop(h.ctx, n); err != nil {
 		t.Fatal(err)
 	}
-	waitGone(t, n.PID)
+	waitGone(t, agentPID(t, n))
 	waitGone(t, task.PID)
 	time.Sleep(50 * time.Millisecond)
 	if !running(stranger.PID) {
@@ -554,8 +585,10 @@ func TestStoredPIDReused(t *testing.T) {
 
 	// And as the node's own agent PID, as a control plane that restarted
 	// after the agent died would find it.
-	n.PID = stranger.PID
-	os.Remove(filepath.Join(n.WorkDir, tasksPIDFile))
+	if err := proc.WriteFile(filepath.Join(n.ProviderID, agentPIDFile), []proc.ID{{PID: stranger.PID, Start: stranger.Start - 1}}); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(n.ProviderID, tasksPIDFile))
 	if err := h.l.Stop(h.ctx, n); err != nil {
 		t.Fatal(err)
 	}
@@ -565,23 +598,3 @@ func TestStoredPIDReused(t *testing.T) {
 	}
 }
 
-// TestStopAgentWithoutStartTime: a node launched before start times were
-// recorded (no agent.pid) is still killed, its command line naming it.
-func TestStopAgentWithoutStartTime(t *testing.T) {
-	p := pool("spot-a", spec.PrioritySpot, "")
-	h := newHarness(t, p)
-	n := h.launch(p, "spot-a-1")
-	for range 200 { // the fake agent's arguments are its own once it runs
-		if _, err := os.Stat(filepath.Join(n.WorkDir, "agent.args")); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err := os.Remove(filepath.Join(n.WorkDir, agentPIDFile)); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.l.Stop(h.ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	waitGone(t, n.PID)
-}
