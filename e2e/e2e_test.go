@@ -246,8 +246,9 @@ spec:
   zones: ["1", "2"]
   min: 0
   max: %d
-  notice: 3s
-  noticeFormat: %s
+  local:
+    notice: 3s
+    noticeFormat: %s
   idleTimeout: 30s
 ---
 `, name, max, format)

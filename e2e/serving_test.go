@@ -523,8 +523,9 @@ spec:
   instanceType: local-small
   min: 0
   max: 3
-  notice: 3s
-  capacityShortage: %g
+  local:
+    notice: 3s
+    capacityShortage: %g
   idleTimeout: 20s
 ---
 `, shortage)

@@ -77,7 +77,13 @@ type PoolSpec struct {
 	// autoscaler removes it (above min). Default 60s.
 	IdleTimeout Duration `yaml:"idleTimeout,omitempty" json:"idleTimeout,omitzero"`
 
-	// The simulated spot market of a local spot pool.
+	// Each provider's own settings, in a block named after it; only the
+	// pool's provider's block may be set.
+	Local *LocalPool `yaml:"local,omitempty" json:"local,omitempty"`
+}
+
+// LocalPool is the simulated spot market of a local pool.
+type LocalPool struct {
 	EvictionRate     float64  `yaml:"evictionRate,omitempty" json:"evictionRate,omitempty"`         // evictions per node-hour
 	Notice           Duration `yaml:"notice,omitempty" json:"notice,omitzero"`                      // default 30s
 	CapacityShortage float64  `yaml:"capacityShortage,omitempty" json:"capacityShortage,omitempty"` // probability a launch fails
@@ -161,3 +167,11 @@ type Bytes int64
 // Command is argv. In YAML it is a list of strings, or a single string that
 // runs through /bin/sh -c.
 type Command []string
+
+// Market is a local pool's simulated market settings (zero when unset).
+func (s PoolSpec) Market() LocalPool {
+	if s.Local == nil {
+		return LocalPool{}
+	}
+	return *s.Local
+}

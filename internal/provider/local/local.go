@@ -95,7 +95,7 @@ func (l *Local) Metadata() *notice.Server { return l.metadata }
 // work directory, which a restart keeps.
 func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.Launched, error) {
 	pool, n := req.Pool, req.Node
-	if pool.Spec.Priority == spec.PrioritySpot && l.draw(pool.Spec.CapacityShortage) {
+	if pool.Spec.Priority == spec.PrioritySpot && l.draw(pool.Spec.Market().CapacityShortage) {
 		return control.Launched{}, fmt.Errorf("%w: no spot capacity for %s in zone %q now", control.ErrNoCapacity, pool.Spec.InstanceType, n.Zone)
 	}
 	wd := filepath.Join(l.cfg.DataDir, "nodes", n.Name)
@@ -240,7 +240,7 @@ func (l *Local) evict(ctx context.Context, sink control.Sink, nodes []store.Node
 		return store.Conflict("node %s is not in a pool of the local provider", name)
 	}
 	if noticeFor <= 0 {
-		noticeFor = pool.Spec.Notice.Duration
+		noticeFor = pool.Spec.Market().Notice.Duration
 	}
 	deadline := l.now().Add(noticeFor)
 	if err := sink.Notice(ctx, name, deadline, "provider"); err != nil {
@@ -328,12 +328,12 @@ func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, 
 			l.log.Info("node evicted", "node", n.Name, "state", state)
 		case !n.NoticeDeadline.IsZero():
 			l.publish(n.Name, n.NoticeDeadline, pool)
-		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.EvictionRate > 0:
-			if l.draw(pool.Spec.EvictionRate * dt.Hours()) {
+		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.Market().EvictionRate > 0:
+			if l.draw(pool.Spec.Market().EvictionRate * dt.Hours()) {
 				if err := l.evict(ctx, sink, nodes, pools, n.Name, 0); err != nil {
 					return err
 				}
-				l.log.Info("market evicts node", "node", n.Name, "notice", pool.Spec.Notice.Duration)
+				l.log.Info("market evicts node", "node", n.Name, "notice", pool.Spec.Market().Notice.Duration)
 			}
 		}
 	}
@@ -342,8 +342,8 @@ func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, 
 
 // noticeFormat is the metadata format of a pool's nodes.
 func noticeFormat(pool spec.Pool) string {
-	if pool.Spec.NoticeFormat == "" {
+	if pool.Spec.Market().NoticeFormat == "" {
 		return spec.NoticeAzure
 	}
-	return pool.Spec.NoticeFormat
+	return pool.Spec.Market().NoticeFormat
 }

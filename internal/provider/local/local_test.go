@@ -96,7 +96,7 @@ func pool(name, priority, format string) spec.Pool {
 		APIVersion: "spotml/v1", Kind: "Pool", Metadata: spec.Metadata{Name: name},
 		Spec: spec.PoolSpec{
 			Provider: Name, Priority: priority, InstanceType: "local-2", Max: 10,
-			Notice: spec.Duration{Duration: 30 * time.Second}, NoticeFormat: format,
+			Local: &spec.LocalPool{Notice: spec.Duration{Duration: 30 * time.Second}, NoticeFormat: format},
 		},
 	}
 }
@@ -229,9 +229,9 @@ func TestLaunchAndStop(t *testing.T) {
 
 func TestLaunchCapacityShortage(t *testing.T) {
 	spot := pool("spot-a", spec.PrioritySpot, "")
-	spot.Spec.CapacityShortage = 1
+	spot.Spec.Local.CapacityShortage = 1
 	onDemand := pool("od", spec.PriorityOnDemand, "")
-	onDemand.Spec.CapacityShortage = 1 // only the spot market runs short
+	onDemand.Spec.Local.CapacityShortage = 1 // only the spot market runs short
 	h := newHarness(t, spot, onDemand)
 
 	_, err := h.l.Launch(h.ctx, control.LaunchRequest{Pool: spot, Node: store.Node{Name: "spot-a-1", Pool: "spot-a", Zone: "z1"}})
@@ -249,10 +249,10 @@ func TestLaunchCapacityShortage(t *testing.T) {
 
 func TestEvictionDraw(t *testing.T) {
 	certain := pool("spot-a", spec.PrioritySpot, "")
-	certain.Spec.EvictionRate = 3600 // per node-hour: a 1 s tick draws with probability 1
+	certain.Spec.Local.EvictionRate = 3600 // per node-hour: a 1 s tick draws with probability 1
 	never := pool("spot-b", spec.PrioritySpot, "")
 	onDemand := pool("od", spec.PriorityOnDemand, "")
-	onDemand.Spec.EvictionRate = 3600 // on-demand nodes are never drawn
+	onDemand.Spec.Local.EvictionRate = 3600 // on-demand nodes are never drawn
 	h := newHarness(t, certain, never, onDemand)
 	a, b, od := h.launch(certain, "spot-a-1"), h.launch(never, "spot-b-1"), h.launch(onDemand, "od-1")
 
@@ -284,7 +284,7 @@ func TestEvictionDraw(t *testing.T) {
 // evictionRate × tick, and a seeded market draws the same nodes every run.
 func TestEvictionDrawSeeded(t *testing.T) {
 	p := pool("spot-a", spec.PrioritySpot, "")
-	p.Spec.EvictionRate = 1800 // per node-hour: a 1 s tick draws with probability 1/2
+	p.Spec.Local.EvictionRate = 1800 // per node-hour: a 1 s tick draws with probability 1/2
 	drawn := func(seed uint64) []string {
 		h := newSeededHarness(t, rand.New(rand.NewPCG(seed, 0)), p)
 		for i := range 40 {
