@@ -597,4 +597,3 @@ func TestStoredPIDReused(t *testing.T) {
 		t.Fatalf("an unrelated process (pid %d) stored as the agent's was killed", stranger.PID)
 	}
 }
-
