@@ -1,6 +1,7 @@
-package store_test
+package sqlite_test
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"os"
@@ -11,17 +12,20 @@ import (
 
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
+	"github.com/spotml/spotml/internal/store/storetest"
 )
 
-func sqliteDB(t *testing.T) opener {
+func sqliteDB(t *testing.T) storetest.Opener {
 	path := filepath.Join(t.TempDir(), "spotml.db")
-	return func(now func() time.Time) (*store.Store, error) {
-		return store.Open(t.Context(), path, now)
+	return func(now func() time.Time) (*sqlstore.Store, error) {
+		return sqlite.Open(t.Context(), path, now)
 	}
 }
 
 func TestSQLite(t *testing.T) {
-	testStore(t, sqliteDB)
+	storetest.Run(t, sqliteDB)
 }
 
 // rawCount counts rows of a table of a closed store's file.
@@ -44,16 +48,16 @@ func rawCount(t *testing.T, path, table string) int {
 // gone from every table (foreign keys are on).
 func TestSQLiteSchema(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spotml.db")
-	h := newHarness(t, func(now func() time.Time) (*store.Store, error) { return store.Open(t.Context(), path, now) })
-	h.reopen()
-	h.apply(poolCPU + "---" + jobYAML("gone", 3, 0))
-	h.node("n1", true)
-	h.assign(1, store.Assignment{TaskID: h.task("gone", "task-0").ID, Node: "n1"})
-	if err := h.st.DeleteJob(h.ctx, "gone"); err != nil {
+	h := storetest.NewHarness(t, func(now func() time.Time) (*sqlstore.Store, error) { return sqlite.Open(t.Context(), path, now) })
+	h.Reopen()
+	h.Apply(storetest.PoolCPU + "---" + storetest.JobYAML("gone", 3, 0))
+	h.Node("n1", true)
+	h.Assign(1, store.Assignment{TaskID: h.Task("gone", "task-0").ID, Node: "n1"})
+	if err := h.St.DeleteJob(h.Ctx, "gone"); err != nil {
 		t.Fatal(err)
 	}
-	h.reopen()
-	h.st.Close()
+	h.Reopen()
+	h.St.Close()
 	for table, want := range map[string]int{"schema_version": 1, "jobs": 0, "tasks": 0, "attempts": 0, "nodes": 1} {
 		if got := rawCount(t, path, table); got != want {
 			t.Errorf("%s has %d rows, want %d", table, got, want)
@@ -65,7 +69,7 @@ func TestSQLiteSchema(t *testing.T) {
 // newer one has migrated, rather than running over a schema it does not know.
 func TestSQLiteNewerSchema(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spotml.db")
-	st, err := store.Open(t.Context(), path, nil)
+	st, err := sqlite.Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +82,7 @@ func TestSQLiteNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	if st, err := store.Open(t.Context(), path, nil); err == nil || !strings.Contains(err.Error(), "upgrade spotml") {
+	if st, err := sqlite.Open(t.Context(), path, nil); err == nil || !strings.Contains(err.Error(), "upgrade spotml") {
 		if st != nil {
 			st.Close()
 		}
@@ -91,7 +95,7 @@ func TestSQLiteNewerSchema(t *testing.T) {
 // recorded (3), and tasks have no progress (4).
 func TestSQLiteMigrateFrom2(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spotml.db")
-	st, err := store.Open(t.Context(), path, nil)
+	st, err := sqlite.Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +129,7 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 	}
 	db.Close()
 
-	st, err = store.Open(t.Context(), path, nil)
+	st, err = sqlite.Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,20 +154,20 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 // bootstrap secret is replaced by its hash on first use.
 func TestSQLiteSecretsHashed(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spotml.db")
-	h := newHarness(t, func(now func() time.Time) (*store.Store, error) { return store.Open(t.Context(), path, now) })
-	h.apply(poolCPU)
-	h.node("n1", true)
-	cred, err := h.st.IssueNodeCredential(h.ctx, "n1")
+	h := storetest.NewHarness(t, func(now func() time.Time) (*sqlstore.Store, error) { return sqlite.Open(t.Context(), path, now) })
+	h.Apply(storetest.PoolCPU)
+	h.Node("n1", true)
+	cred, err := h.St.IssueNodeCredential(h.Ctx, "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := h.st.CreateAPIToken(h.ctx, "viewer1", store.RoleViewer)
+	tok, _, err := h.St.CreateAPIToken(h.Ctx, "viewer1", store.RoleViewer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, _ := h.st.EnsureSecret(h.ctx, "token", "")
-	join, _ := h.st.EnsureSecret(h.ctx, "join-token", "")
-	h.st.Close()
+	admin, _ := h.St.EnsureSecret(h.Ctx, "token", "")
+	join, _ := h.St.EnsureSecret(h.Ctx, "join-token", "")
+	h.St.Close()
 	// An older spotml kept its join token in plain text.
 	db, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
@@ -173,15 +177,15 @@ func TestSQLiteSecretsHashed(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	h.st = h.mustOpen()
-	if got, _ := h.st.EnsureSecret(h.ctx, "join-token", ""); got != "legacy-plain-join" {
+	h.St = h.MustOpen()
+	if got, _ := h.St.EnsureSecret(h.Ctx, "join-token", ""); got != "legacy-plain-join" {
 		t.Errorf("legacy secret = %q, want it kept once", got)
 	}
-	if got, _ := h.st.EnsureSecret(h.ctx, "join-token", "legacy-plain-join"); got != "legacy-plain-join" {
+	if got, _ := h.St.EnsureSecret(h.Ctx, "join-token", "legacy-plain-join"); got != "legacy-plain-join" {
 		t.Errorf("legacy secret after hashing = %q", got)
 	}
-	h.st.Close()
-	h.st = h.mustOpen() // for the harness's cleanup
+	h.St.Close()
+	h.St = h.MustOpen() // for the harness's cleanup
 	raw := readAll(t, path)
 	for name, secret := range map[string]string{"node credential": cred, "API token": tok, "admin token": admin,
 		"join token": join, "legacy join token": "legacy-plain-join"} {
@@ -213,7 +217,7 @@ func readAll(t *testing.T, path string) string {
 // BenchmarkCredentialNode is what every agent call adds: one lookup of
 // its credential's hash, joined with its node (1,000 nodes stored).
 func BenchmarkCredentialNode(b *testing.B) {
-	st, err := store.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
+	st, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -241,7 +245,7 @@ func BenchmarkCredentialNode(b *testing.B) {
 // BenchmarkGetNode is a reference for BenchmarkCredentialNode: the
 // simplest read by primary key, on the same 1,000 nodes.
 func BenchmarkGetNode(b *testing.B) {
-	st, err := store.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
+	st, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -265,7 +269,7 @@ func BenchmarkGetNode(b *testing.B) {
 // other pools are left as they were.
 func TestMigrateMarketSettings(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spotml.db")
-	st, err := store.Open(t.Context(), path, nil)
+	st, err := sqlite.Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +298,7 @@ func TestMigrateMarketSettings(t *testing.T) {
 	}
 	db.Close()
 
-	st, err = store.Open(t.Context(), path, nil)
+	st, err = sqlite.Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,5 +323,42 @@ func TestMigrateMarketSettings(t *testing.T) {
 	}
 	if n.ProviderID != "/data/nodes/spot-a-1" {
 		t.Errorf("node's provider ID after migrating: %q, want its work directory", n.ProviderID)
+	}
+}
+
+// TestHeartbeatWhileWriterBusy: a heartbeat of a known node is answered
+// while another connection holds the database's write lock (as a big
+// assign transaction does). A heartbeat that is its own transaction waits
+// for the lock and misses its deadline.
+func TestHeartbeatWhileWriterBusy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spotml.db")
+	h := storetest.NewHarness(t, func(now func() time.Time) (*sqlstore.Store, error) { return sqlite.Open(t.Context(), path, now) })
+	h.Apply(storetest.PoolCPU)
+	h.Node("n1", true)
+	h.Node("n2", true)
+
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(t.Context(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.ExecContext(context.Background(), `ROLLBACK`)
+
+	for i := range 20 {
+		h.Clock.Advance(time.Second / 4)
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		_, err := h.St.Heartbeat(ctx, []string{"n1", "n2"}[i%2], true)
+		cancel()
+		if err != nil {
+			t.Fatalf("heartbeat %d while the database is busy: %v", i, err)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package store_test
+package storetest
 
 import (
 	"errors"
@@ -11,22 +11,22 @@ import (
 )
 
 // services applies services by name, with nothing in their spec.
-func (h *harness) services(names ...string) {
-	h.t.Helper()
+func (h *Harness) services(names ...string) {
+	h.T.Helper()
 	var docs []store.ServiceDoc
 	for _, n := range names {
 		docs = append(docs, store.ServiceDoc{Name: n, Spec: []byte(`{"n":"` + n + `"}`), RolloutKey: "k", Initial: 1})
 	}
-	if _, err := h.st.Apply(h.ctx, nil, nil, docs...); err != nil {
-		h.t.Fatal(err)
+	if _, err := h.St.Apply(h.Ctx, nil, nil, docs...); err != nil {
+		h.T.Fatal(err)
 	}
 }
 
-func (h *harness) samples(service string, since time.Time) []store.ServiceSample {
-	h.t.Helper()
-	got, err := h.st.ServiceSamples(h.ctx, service, since)
+func (h *Harness) samples(service string, since time.Time) []store.ServiceSample {
+	h.T.Helper()
+	got, err := h.St.ServiceSamples(h.Ctx, service, since)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	return got
 }
@@ -34,7 +34,7 @@ func (h *harness) samples(service string, since time.Time) []store.ServiceSample
 // testGatewayStats checks how the gateways' reports combine: counts and
 // QPS add up, latencies take the worst gateway, a report replaces the
 // gateway's last one, and a stale one stops counting.
-func testGatewayStats(t *testing.T, h *harness) {
+func testGatewayStats(t *testing.T, h *Harness) {
 	h.services("a", "b")
 	const maxAge = 5 * time.Second
 	steps := []struct {
@@ -79,20 +79,20 @@ func testGatewayStats(t *testing.T, h *harness) {
 		},
 	}
 	for _, st := range steps {
-		h.clock.Advance(st.advance)
+		h.Clock.Advance(st.advance)
 		if st.gateway != "" {
-			if err := h.st.PutGatewayStats(h.ctx, st.gateway, st.stats); err != nil {
+			if err := h.St.PutGatewayStats(h.Ctx, st.gateway, st.stats); err != nil {
 				t.Fatalf("%s: %v", st.name, err)
 			}
 		}
-		got, err := h.st.ServiceTraffic(h.ctx, maxAge)
+		got, err := h.St.ServiceTraffic(h.Ctx, maxAge)
 		if err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		if !maps.Equal(got, st.want) {
 			t.Errorf("%s: ServiceTraffic = %+v, want %+v", st.name, got, st.want)
 		}
-		svcs, err := h.st.ListServices(h.ctx, maxAge)
+		svcs, err := h.St.ListServices(h.Ctx, maxAge)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,9 +107,9 @@ func testGatewayStats(t *testing.T, h *harness) {
 // testServiceSamples checks that samples come back as recorded, oldest
 // first from a time on, only for services that exist, and go with their
 // service.
-func testServiceSamples(t *testing.T, h *harness) {
+func testServiceSamples(t *testing.T, h *Harness) {
 	h.services("m")
-	if _, err := h.st.ServiceSamples(h.ctx, "nope", time.Time{}); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.ServiceSamples(h.Ctx, "nope", time.Time{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("samples of an unknown service: err = %v, want ErrNotFound", err)
 	}
 	if got := h.samples("m", time.Time{}); got == nil || len(got) != 0 {
@@ -118,10 +118,10 @@ func testServiceSamples(t *testing.T, h *harness) {
 	first := store.ServiceSample{QPS: 2.5, P50: 0.012, P99: 0.25, Requests: 150, Errors: 3, Ready: 3, Desired: 4, Spot: 2, OnDemand: 1}
 	second := store.ServiceSample{Time: t0.Add(10 * time.Second), QPS: 1, Ready: 1, Desired: 1, OnDemand: 1}
 	// The later sample is recorded first: order comes from the times.
-	if err := h.st.AddServiceSamples(h.ctx, map[string]store.ServiceSample{"m": second, "ghost": second}); err != nil {
+	if err := h.St.AddServiceSamples(h.Ctx, map[string]store.ServiceSample{"m": second, "ghost": second}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.AddServiceSamples(h.ctx, map[string]store.ServiceSample{"m": first}); err != nil {
+	if err := h.St.AddServiceSamples(h.Ctx, map[string]store.ServiceSample{"m": first}); err != nil {
 		t.Fatal(err)
 	}
 	first.Time = t0 // a zero time is the store's now
@@ -144,19 +144,19 @@ func testServiceSamples(t *testing.T, h *harness) {
 	// A sample at a time already recorded replaces it.
 	again := second
 	again.QPS = 7
-	if err := h.st.AddServiceSamples(h.ctx, map[string]store.ServiceSample{"m": again}); err != nil {
+	if err := h.St.AddServiceSamples(h.Ctx, map[string]store.ServiceSample{"m": again}); err != nil {
 		t.Fatal(err)
 	}
-	h.reopen()
+	h.Reopen()
 	if got := h.samples("m", time.Time{}); !slices.Equal(got, []store.ServiceSample{first, again}) {
 		t.Errorf("after replacing a sample and reopening: %+v", got)
 	}
 
 	// A service deleted and applied again starts with no history.
-	if err := h.st.DeleteService(h.ctx, "m"); err != nil {
+	if err := h.St.DeleteService(h.Ctx, "m"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.st.ServiceSamples(h.ctx, "m", time.Time{}); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.ServiceSamples(h.Ctx, "m", time.Time{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("samples of a deleted service: err = %v, want ErrNotFound", err)
 	}
 	h.services("m")
@@ -167,16 +167,16 @@ func testServiceSamples(t *testing.T, h *harness) {
 
 // testServiceSamplesRetention checks that recording samples drops those
 // older than store.SampleRetention.
-func testServiceSamplesRetention(t *testing.T, h *harness) {
+func testServiceSamplesRetention(t *testing.T, h *Harness) {
 	h.services("m")
 	for i := range 3 {
 		at := t0.Add(time.Duration(i) * time.Hour)
-		if err := h.st.AddServiceSamples(h.ctx, map[string]store.ServiceSample{"m": {Time: at, Ready: i}}); err != nil {
+		if err := h.St.AddServiceSamples(h.Ctx, map[string]store.ServiceSample{"m": {Time: at, Ready: i}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.clock.Advance(store.SampleRetention + time.Hour) // the first is older than the retention, the second just as old
-	if err := h.st.AddServiceSamples(h.ctx, map[string]store.ServiceSample{"m": {Ready: 3}}); err != nil {
+	h.Clock.Advance(store.SampleRetention + time.Hour) // the first is older than the retention, the second just as old
+	if err := h.St.AddServiceSamples(h.Ctx, map[string]store.ServiceSample{"m": {Ready: 3}}); err != nil {
 		t.Fatal(err)
 	}
 	var ready []int

@@ -1,11 +1,8 @@
-package store_test
+package storetest
 
 import (
-	"context"
-	"database/sql"
 	"errors"
 	"math"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,22 +12,22 @@ import (
 
 // costNow is what the cost report says now: the per-day totals of pruned
 // runs and the runs still kept.
-func (h *harness) costNow() (cost.Summary, cost.Timeline) {
-	h.t.Helper()
-	days, err := h.st.CostDays(h.ctx)
+func (h *Harness) costNow() (cost.Summary, cost.Timeline) {
+	h.T.Helper()
+	days, err := h.St.CostDays(h.Ctx)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
-	runs, err := h.st.Runs(h.ctx)
+	runs, err := h.St.Runs(h.Ctx)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	var us []cost.Usage
 	for _, r := range runs {
 		us = append(us, cost.Usage{Node: r.Node, Pool: r.Pool, Priority: r.Priority, Start: r.Start, End: r.End,
 			PricePerHour: r.PricePerHour, OnDemandPerHour: r.OnDemandPerHour})
 	}
-	now := h.clock.Now()
+	now := h.Clock.Now()
 	return cost.SummarizeDays(days, us, now), cost.HistoryDays(days, us, t0, now, 50)
 }
 
@@ -40,45 +37,45 @@ func same(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs
 // in batches; live nodes, deallocated ones (a pool may restart them) and
 // recent history stay; the cost report and the end of the cost chart are
 // the same before and after.
-func testPrune(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("j", 4, 0))
-	if _, err := h.st.Apply(h.ctx, nil, nil, store.ServiceDoc{Name: "m", Spec: []byte(`{}`), RolloutKey: "k", Initial: 1}); err != nil {
+func testPrune(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("j", 4, 0))
+	if _, err := h.St.Apply(h.Ctx, nil, nil, store.ServiceDoc{Name: "m", Spec: []byte(`{}`), RolloutKey: "k", Initial: 1}); err != nil {
 		t.Fatal(err)
 	}
 	// Three old nodes that each ran a task and a replica and ended, over
 	// two days; a deallocated one; a live one.
 	for i, name := range []string{"old-a", "old-b", "old-c", "dealloc", "live"} {
-		h.node(name, true)
-		tk := h.task("j", []string{"task-0", "task-1", "task-2", "task-3", "task-3"}[i])
+		h.Node(name, true)
+		tk := h.Task("j", []string{"task-0", "task-1", "task-2", "task-3", "task-3"}[i])
 		if i < 4 {
-			h.assign(1, store.Assignment{TaskID: tk.ID, Node: name})
-			ids, err := h.st.CreateReplicas(h.ctx, []store.Replica{{Service: "m", Version: 1, Spec: []byte(`{}`), Pool: "cpu", Priority: "spot"}})
+			h.Assign(1, store.Assignment{TaskID: tk.ID, Node: name})
+			ids, err := h.St.CreateReplicas(h.Ctx, []store.Replica{{Service: "m", Version: 1, Spec: []byte(`{}`), Pool: "cpu", Priority: "spot"}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := h.st.AssignReplicas(h.ctx, []store.ReplicaAssignment{{ID: ids[0], Node: name}}); err != nil {
+			if _, err := h.St.AssignReplicas(h.Ctx, []store.ReplicaAssignment{{ID: ids[0], Node: name}}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		h.clock.Advance(17 * time.Hour) // runs cross midnights
+		h.Clock.Advance(17 * time.Hour) // runs cross midnights
 		if i < 4 {
 			state := map[int]string{0: store.NodePreempted, 1: store.NodeLost, 2: store.NodeTerminated, 3: store.NodeDeallocated}[i]
-			if err := h.st.EndNode(h.ctx, name, state, "test"); err != nil {
+			if err := h.St.EndNode(h.Ctx, name, state, "test"); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	h.clock.Advance(time.Hour)
-	cutoff := h.clock.Now().Add(-24 * time.Hour) // old-a, old-b, old-c ended before it; dealloc after
-	h.clock.Advance(3 * time.Hour)
+	h.Clock.Advance(time.Hour)
+	cutoff := h.Clock.Now().Add(-24 * time.Hour) // old-a, old-b, old-c ended before it; dealloc after
+	h.Clock.Advance(3 * time.Hour)
 	sumBefore, histBefore := h.costNow()
-	nodesBefore, _ := h.st.ListNodes(h.ctx)
-	eventsBefore, _ := h.st.ListEvents(h.ctx, store.EventFilter{})
+	nodesBefore, _ := h.St.ListNodes(h.Ctx)
+	eventsBefore, _ := h.St.ListEvents(h.Ctx, store.EventFilter{})
 
 	var total store.PruneStats
 	batches := 0
 	for {
-		st, err := h.st.Prune(h.ctx, cutoff, 2)
+		st, err := h.St.Prune(h.Ctx, cutoff, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,11 +95,11 @@ func testPrune(t *testing.T, h *harness) {
 	if total.Nodes != 3 || total.Runs != 3 || total.Attempts != 3 || total.Replicas != 3 || batches < 2 {
 		t.Errorf("pruned %+v in %d batches, want 3 nodes, runs, attempts and replicas", total, batches)
 	}
-	nodes, _ := h.st.ListNodes(h.ctx)
+	nodes, _ := h.St.ListNodes(h.Ctx)
 	if len(nodes) != 2 || nodes[0].Name != "dealloc" || nodes[1].Name != "live" {
 		t.Errorf("nodes left: %+v (of %d)", nodes, len(nodesBefore))
 	}
-	events, _ := h.st.ListEvents(h.ctx, store.EventFilter{})
+	events, _ := h.St.ListEvents(h.Ctx, store.EventFilter{})
 	if len(events) != len(eventsBefore)-total.Events || total.Events == 0 {
 		t.Errorf("events: %d before, %d after, %d pruned", len(eventsBefore), len(events), total.Events)
 	}
@@ -111,10 +108,10 @@ func testPrune(t *testing.T, h *harness) {
 			t.Errorf("event older than the retention kept: %+v", e)
 		}
 	}
-	if reps, _ := h.st.ListReplicas(h.ctx, ""); len(reps) != 0 {
+	if reps, _ := h.St.ListReplicas(h.Ctx, ""); len(reps) != 0 {
 		t.Errorf("live replicas changed: %+v", reps)
 	}
-	if a := h.task("j", "task-3"); a.State != store.TaskPending || a.Attempt != 2 {
+	if a := h.Task("j", "task-3"); a.State != store.TaskPending || a.Attempt != 2 {
 		t.Errorf("task of the deallocated node: %+v", a)
 	}
 
@@ -136,39 +133,39 @@ func testPrune(t *testing.T, h *harness) {
 	}
 
 	// Pruned totals survive a restart, and pruning again removes nothing.
-	h.reopen()
+	h.Reopen()
 	if again, _ := h.costNow(); !same(again.Spent, sumBefore.Spent) {
 		t.Errorf("cost after reopening: %g, want %g", again.Spent, sumBefore.Spent)
 	}
-	if st, err := h.st.Prune(h.ctx, cutoff, 2); err != nil || st.Total() != 0 {
+	if st, err := h.St.Prune(h.Ctx, cutoff, 2); err != nil || st.Total() != 0 {
 		t.Errorf("second prune: %+v, %v", st, err)
 	}
-	if _, err := h.st.Prune(h.ctx, cutoff, 0); err == nil {
+	if _, err := h.St.Prune(h.Ctx, cutoff, 0); err == nil {
 		t.Error("Prune with batch 0: no error")
 	}
 }
 
 // testLiveNodes: the reconcile pass's read returns live and deallocated
 // nodes only, and counts the rows it returned.
-func testLiveNodes(t *testing.T, h *harness) {
-	h.apply(poolCPU)
+func testLiveNodes(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
 	for _, name := range []string{"a", "b", "c", "d"} {
-		h.node(name, true)
+		h.Node(name, true)
 	}
 	for name, state := range map[string]string{"a": store.NodeLost, "b": store.NodeDeallocated, "c": store.NodeTerminated} {
-		if err := h.st.EndNode(h.ctx, name, state, "test"); err != nil {
+		if err := h.St.EndNode(h.Ctx, name, state, "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	before := h.st.Stats().NodeRowsRead
-	ns, err := h.st.LiveNodes(h.ctx)
+	before := h.St.Stats().NodeRowsRead
+	ns, err := h.St.LiveNodes(h.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ns) != 2 || ns[0].Name != "b" || ns[1].Name != "d" {
 		t.Errorf("LiveNodes: %+v", ns)
 	}
-	if got := h.st.Stats().NodeRowsRead - before; got != 2 {
+	if got := h.St.Stats().NodeRowsRead - before; got != 2 {
 		t.Errorf("NodeRowsRead grew by %d, want 2", got)
 	}
 }
@@ -176,31 +173,31 @@ func testLiveNodes(t *testing.T, h *harness) {
 // testHeartbeatInMemory: a heartbeat keeps its node alive in every read,
 // is written to the database by FlushHeartbeats and on Close, and an
 // ended node's agent is told at its next heartbeat.
-func testHeartbeatInMemory(t *testing.T, h *harness) {
-	h.apply(poolCPU)
-	h.node("n1", true)
-	h.clock.Advance(time.Second)
-	if n, err := h.st.Heartbeat(h.ctx, "n1", true); err != nil || !n.HeartbeatAt.Equal(h.clock.Now()) || n.State != store.NodeReady {
+func testHeartbeatInMemory(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
+	h.Node("n1", true)
+	h.Clock.Advance(time.Second)
+	if n, err := h.St.Heartbeat(h.Ctx, "n1", true); err != nil || !n.HeartbeatAt.Equal(h.Clock.Now()) || n.State != store.NodeReady {
 		t.Fatalf("heartbeat: %+v, %v", n, err)
 	}
-	hb := h.clock.Now()
-	for _, n := range append(must(h.st.ListNodes(h.ctx)), must(h.st.LiveNodes(h.ctx))...) {
+	hb := h.Clock.Now()
+	for _, n := range append(must(h.St.ListNodes(h.Ctx)), must(h.St.LiveNodes(h.Ctx))...) {
 		if !n.HeartbeatAt.Equal(hb) {
 			t.Errorf("listed heartbeat %s, want %s", n.HeartbeatAt, hb)
 		}
 	}
-	h.reopen() // Close flushes
+	h.Reopen() // Close flushes
 	if n := h.getNode("n1"); !n.HeartbeatAt.Equal(hb) {
 		t.Errorf("heartbeat after a restart: %s, want %s", n.HeartbeatAt, hb)
 	}
-	h.clock.Advance(time.Second)
-	if _, err := h.st.Heartbeat(h.ctx, "n1", true); err != nil {
+	h.Clock.Advance(time.Second)
+	if _, err := h.St.Heartbeat(h.Ctx, "n1", true); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.EndNode(h.ctx, "n1", store.NodeTerminated, "test"); err != nil {
+	if err := h.St.EndNode(h.Ctx, "n1", store.NodeTerminated, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.st.Heartbeat(h.ctx, "n1", true); !errors.Is(err, store.ErrConflict) {
+	if _, err := h.St.Heartbeat(h.Ctx, "n1", true); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("heartbeat of an ended node: %v, want a conflict", err)
 	}
 }
@@ -210,41 +207,4 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
-}
-
-// TestHeartbeatWhileWriterBusy: a heartbeat of a known node is answered
-// while another connection holds the database's write lock (as a big
-// assign transaction does). A heartbeat that is its own transaction waits
-// for the lock and misses its deadline.
-func TestHeartbeatWhileWriterBusy(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "spotml.db")
-	h := newHarness(t, func(now func() time.Time) (*store.Store, error) { return store.Open(t.Context(), path, now) })
-	h.apply(poolCPU)
-	h.node("n1", true)
-	h.node("n2", true)
-
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	conn, err := db.Conn(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(t.Context(), `BEGIN IMMEDIATE`); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.ExecContext(context.Background(), `ROLLBACK`)
-
-	for i := range 20 {
-		h.clock.Advance(time.Second / 4)
-		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-		_, err := h.st.Heartbeat(ctx, []string{"n1", "n2"}[i%2], true)
-		cancel()
-		if err != nil {
-			t.Fatalf("heartbeat %d while the database is busy: %v", i, err)
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package store_test
+package sqlite_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
 )
 
 // BenchmarkHeartbeat is the store's side of one agent heartbeat from a
@@ -18,7 +19,7 @@ import (
 // heartbeats/s what it sustains.
 func BenchmarkHeartbeat(b *testing.B) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(b.TempDir(), "spotml.db"), time.Now)
+	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "spotml.db"), time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}

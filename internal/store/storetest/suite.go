@@ -1,4 +1,6 @@
-package store_test
+// Package storetest is the store's conformance suite (Run), which every
+// backend runs against its own database, and the harness its tests share.
+package storetest
 
 import (
 	"context"
@@ -13,19 +15,21 @@ import (
 	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
-// opener opens a store over one database that belongs to the test; called
+// Opener opens a store over one database that belongs to the test; called
 // again after Close it reopens the same database, so that durability can be
-// checked. Every backend of the store passes testStore.
-type opener func(now func() time.Time) (*store.Store, error)
+// checked. Every backend of the store passes Run.
+type Opener func(now func() time.Time) (*sqlstore.Store, error)
 
-// testStore is the conformance suite. newDB returns an opener over a fresh,
-// empty database.
-func testStore(t *testing.T, newDB func(t *testing.T) opener) {
+// Run is the conformance suite: every test of the store's behaviour that
+// holds whatever database is under it. newDB returns an Opener over a
+// fresh, empty database.
+func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, h *harness)
+		fn   func(t *testing.T, h *Harness)
 	}{
 		{"MigrateTwice", testMigrateTwice},
 		{"BootstrapSecret", testBootstrapSecret},
@@ -60,54 +64,57 @@ func testStore(t *testing.T, newDB func(t *testing.T) opener) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.fn(t, newHarness(t, newDB(t)))
+			tc.fn(t, NewHarness(t, newDB(t)))
 		})
 	}
 }
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-type harness struct {
-	t     *testing.T
-	ctx   context.Context
-	st    *store.Store
-	clock *clock.Fake
-	open  opener
+// Harness is one test's store, its fake clock, and helpers that fail the
+// test on an error.
+type Harness struct {
+	T     *testing.T
+	Ctx   context.Context
+	St    *sqlstore.Store
+	Clock *clock.Fake
+	open  Opener
 }
 
-func newHarness(t *testing.T, open opener) *harness {
-	h := &harness{t: t, ctx: t.Context(), clock: clock.NewFake(t0), open: open}
-	h.st = h.mustOpen()
-	t.Cleanup(func() { h.st.Close() })
+// NewHarness opens a store with open; it is closed when the test ends.
+func NewHarness(t *testing.T, open Opener) *Harness {
+	h := &Harness{T: t, Ctx: t.Context(), Clock: clock.NewFake(t0), open: open}
+	h.St = h.MustOpen()
+	t.Cleanup(func() { h.St.Close() })
 	return h
 }
 
-func (h *harness) mustOpen() *store.Store {
-	h.t.Helper()
-	st, err := h.open(h.clock.Now)
+func (h *Harness) MustOpen() *sqlstore.Store {
+	h.T.Helper()
+	st, err := h.open(h.Clock.Now)
 	if err != nil {
-		h.t.Fatalf("open store: %v", err)
+		h.T.Fatalf("open store: %v", err)
 	}
 	return st
 }
 
 // reopen closes the store and opens the same database again, as a
 // restarted control plane does.
-func (h *harness) reopen() {
-	h.t.Helper()
-	if err := h.st.Close(); err != nil {
-		h.t.Fatalf("close: %v", err)
+func (h *Harness) Reopen() {
+	h.T.Helper()
+	if err := h.St.Close(); err != nil {
+		h.T.Fatalf("close: %v", err)
 	}
-	h.st = h.mustOpen()
+	h.St = h.MustOpen()
 }
 
 // apply parses YAML documents and applies them.
-func (h *harness) apply(yaml string) []store.ApplyResult {
-	h.t.Helper()
-	pools, jobs := parse(h.t, yaml)
-	res, err := h.st.Apply(h.ctx, pools, jobs)
+func (h *Harness) Apply(yaml string) []store.ApplyResult {
+	h.T.Helper()
+	pools, jobs := parse(h.T, yaml)
+	res, err := h.St.Apply(h.Ctx, pools, jobs)
 	if err != nil {
-		h.t.Fatalf("apply: %v", err)
+		h.T.Fatalf("apply: %v", err)
 	}
 	return res
 }
@@ -132,79 +139,79 @@ func parse(t *testing.T, yaml string) ([]spec.Pool, []spec.Job) {
 }
 
 // node records a node and, when ready, has its agent report ready.
-func (h *harness) node(name string, ready bool) {
-	h.t.Helper()
+func (h *Harness) Node(name string, ready bool) {
+	h.T.Helper()
 	n := store.Node{Name: name, Pool: "cpu", Priority: spec.PrioritySpot, InstanceType: "local-small",
 		Capacity: spec.Resources{CPU: 2, Memory: 4 << 30}, PricePerHour: 0.1, OnDemandPrice: 0.4}
-	if err := h.st.CreateNode(h.ctx, n); err != nil {
-		h.t.Fatal(err)
+	if err := h.St.CreateNode(h.Ctx, n); err != nil {
+		h.T.Fatal(err)
 	}
-	if err := h.st.SetNodeLaunched(h.ctx, name, ""); err != nil { // the provider launched it
-		h.t.Fatal(err)
+	if err := h.St.SetNodeLaunched(h.Ctx, name, ""); err != nil { // the provider launched it
+		h.T.Fatal(err)
 	}
 	if ready {
-		if _, err := h.st.Heartbeat(h.ctx, name, true); err != nil {
-			h.t.Fatal(err)
+		if _, err := h.St.Heartbeat(h.Ctx, name, true); err != nil {
+			h.T.Fatal(err)
 		}
 	}
 }
 
-func (h *harness) job(name string) store.Job {
-	h.t.Helper()
-	j, err := h.st.GetJob(h.ctx, name)
+func (h *Harness) job(name string) store.Job {
+	h.T.Helper()
+	j, err := h.St.GetJob(h.Ctx, name)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	return j
 }
 
-func (h *harness) task(job, task string) store.Task {
-	h.t.Helper()
+func (h *Harness) Task(job, task string) store.Task {
+	h.T.Helper()
 	for _, t := range h.job(job).Tasks {
 		if t.Name == task {
 			return t
 		}
 	}
-	h.t.Fatalf("no task %s/%s", job, task)
+	h.T.Fatalf("no task %s/%s", job, task)
 	return store.Task{}
 }
 
-func (h *harness) getNode(name string) store.Node {
-	h.t.Helper()
-	n, err := h.st.GetNode(h.ctx, name)
+func (h *Harness) getNode(name string) store.Node {
+	h.T.Helper()
+	n, err := h.St.GetNode(h.Ctx, name)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	return n
 }
 
-func (h *harness) assign(want int, plan ...store.Assignment) {
-	h.t.Helper()
-	n, err := h.st.Assign(h.ctx, plan)
+func (h *Harness) Assign(want int, plan ...store.Assignment) {
+	h.T.Helper()
+	n, err := h.St.Assign(h.Ctx, plan)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	if n != want {
-		h.t.Fatalf("Assign applied %d of %v, want %d", n, plan, want)
+		h.T.Fatalf("Assign applied %d of %v, want %d", n, plan, want)
 	}
 }
 
-func (h *harness) report(t store.Task, node string, attempt int, outcome string, exit int, msg string) bool {
-	h.t.Helper()
-	ok, err := h.st.Report(h.ctx, t.ID, node, attempt, outcome, exit, msg)
+func (h *Harness) report(t store.Task, node string, attempt int, outcome string, exit int, msg string) bool {
+	h.T.Helper()
+	ok, err := h.St.Report(h.Ctx, t.ID, node, attempt, outcome, exit, msg)
 	if err != nil {
-		h.t.Fatalf("report %s/%s: %v", t.Job, t.Name, err)
+		h.T.Fatalf("report %s/%s: %v", t.Job, t.Name, err)
 	}
 	return ok
 }
 
 // events returns "Kind object" of the events whose object starts with
 // prefix, oldest first.
-func (h *harness) events(prefix string) []string {
-	h.t.Helper()
-	es, err := h.st.ListEvents(h.ctx, store.EventFilter{Object: prefix})
+func (h *Harness) events(prefix string) []string {
+	h.T.Helper()
+	es, err := h.St.ListEvents(h.Ctx, store.EventFilter{Object: prefix})
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	var out []string
 	for _, e := range es {
@@ -213,15 +220,15 @@ func (h *harness) events(prefix string) []string {
 	return out
 }
 
-const poolCPU = `
+const PoolCPU = `
 apiVersion: spotml/v1
 kind: Pool
 metadata: {name: cpu}
 spec: {provider: local, priority: spot, instanceType: local-small, max: 3}
 `
 
-// jobYAML is a job of n template tasks (task-0, task-1, …) in pool cpu.
-func jobYAML(name string, n, maxRetries int) string {
+// JobYAML is a job of n template tasks (task-0, task-1, …) in pool cpu.
+func JobYAML(name string, n, maxRetries int) string {
 	return fmt.Sprintf(`
 apiVersion: spotml/v1
 kind: Job
@@ -233,12 +240,12 @@ spec:
 `, name, n, maxRetries)
 }
 
-func testMigrateTwice(t *testing.T, h *harness) {
-	h.apply(poolCPU)
+func testMigrateTwice(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
 	for range 2 {
-		h.reopen()
+		h.Reopen()
 	}
-	ps, err := h.st.ListPools(h.ctx)
+	ps, err := h.St.ListPools(h.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,26 +254,26 @@ func testMigrateTwice(t *testing.T, h *harness) {
 	}
 }
 
-func testApplyPools(t *testing.T, h *harness) {
-	if got := h.apply(poolCPU); !slices.Equal(got, []store.ApplyResult{{Kind: "Pool", Name: "cpu", Action: "created"}}) {
+func testApplyPools(t *testing.T, h *Harness) {
+	if got := h.Apply(PoolCPU); !slices.Equal(got, []store.ApplyResult{{Kind: "Pool", Name: "cpu", Action: "created"}}) {
 		t.Errorf("first apply: %+v", got)
 	}
-	h.clock.Advance(time.Minute)
-	if got := h.apply(poolCPU); got[0].Action != "unchanged" {
+	h.Clock.Advance(time.Minute)
+	if got := h.Apply(PoolCPU); got[0].Action != "unchanged" {
 		t.Errorf("same spec again: %+v", got)
 	}
-	p, err := h.st.GetPool(h.ctx, "cpu")
+	p, err := h.St.GetPool(h.Ctx, "cpu")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.Generation != 1 || !p.UpdatedAt.Equal(t0) {
 		t.Errorf("unchanged apply touched the pool: generation %d, updated %s", p.Generation, p.UpdatedAt)
 	}
-	h.clock.Advance(time.Minute)
-	if got := h.apply(strings.Replace(poolCPU, "max: 3", "max: 5", 1)); got[0].Action != "configured" {
+	h.Clock.Advance(time.Minute)
+	if got := h.Apply(strings.Replace(PoolCPU, "max: 3", "max: 5", 1)); got[0].Action != "configured" {
 		t.Errorf("changed spec: %+v", got)
 	}
-	p, _ = h.st.GetPool(h.ctx, "cpu")
+	p, _ = h.St.GetPool(h.Ctx, "cpu")
 	if p.Generation != 2 || p.Spec.Spec.Max != 5 || !p.CreatedAt.Equal(t0) || !p.UpdatedAt.Equal(t0.Add(2*time.Minute)) {
 		t.Errorf("configured pool: generation %d, max %d, created %s, updated %s", p.Generation, p.Spec.Spec.Max, p.CreatedAt, p.UpdatedAt)
 	}
@@ -275,17 +282,17 @@ func testApplyPools(t *testing.T, h *harness) {
 	}
 }
 
-func testApplyJobImmutable(t *testing.T, h *harness) {
-	res := h.apply(poolCPU + "---" + jobYAML("train", 2, 1))
+func testApplyJobImmutable(t *testing.T, h *Harness) {
+	res := h.Apply(PoolCPU + "---" + JobYAML("train", 2, 1))
 	if res[1] != (store.ApplyResult{Kind: "Job", Name: "train", Action: "created"}) {
 		t.Errorf("apply: %+v", res)
 	}
 	before := h.job("train")
-	if res := h.apply(jobYAML("train", 2, 1)); res[0].Action != "unchanged" {
+	if res := h.Apply(JobYAML("train", 2, 1)); res[0].Action != "unchanged" {
 		t.Errorf("same job again: %+v", res)
 	}
-	pools, jobs := parse(t, jobYAML("train", 3, 1))
-	_, err := h.st.Apply(h.ctx, pools, jobs)
+	pools, jobs := parse(t, JobYAML("train", 3, 1))
+	_, err := h.St.Apply(h.Ctx, pools, jobs)
 	if !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("changed job: err %v, want ErrConflict", err)
 	}
@@ -301,16 +308,16 @@ func testApplyJobImmutable(t *testing.T, h *harness) {
 	}
 }
 
-func testApplyAllOrNothing(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("train", 1, 0))
-	pools, jobs := parse(t, strings.Replace(poolCPU, "name: cpu", "name: gpu", 1)+"---"+jobYAML("new", 1, 0)+"---"+jobYAML("train", 5, 0))
-	if _, err := h.st.Apply(h.ctx, pools, jobs); !errors.Is(err, store.ErrConflict) {
+func testApplyAllOrNothing(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("train", 1, 0))
+	pools, jobs := parse(t, strings.Replace(PoolCPU, "name: cpu", "name: gpu", 1)+"---"+JobYAML("new", 1, 0)+"---"+JobYAML("train", 5, 0))
+	if _, err := h.St.Apply(h.Ctx, pools, jobs); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("err %v, want ErrConflict", err)
 	}
-	if _, err := h.st.GetPool(h.ctx, "gpu"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.GetPool(h.Ctx, "gpu"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("pool of the refused apply: err %v, want ErrNotFound", err)
 	}
-	if _, err := h.st.GetJob(h.ctx, "new"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.GetJob(h.Ctx, "new"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("job of the refused apply: err %v, want ErrNotFound", err)
 	}
 	if got := h.events(""); len(got) != 2 {
@@ -318,22 +325,22 @@ func testApplyAllOrNothing(t *testing.T, h *harness) {
 	}
 }
 
-func testAssign(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("train", 4, 0))
-	h.node("prov", false)
-	h.node("ready", true)
-	h.node("noticed", true)
-	h.node("gone", true)
-	if _, err := h.st.SetNotice(h.ctx, "noticed", t0.Add(time.Minute), "provider"); err != nil {
+func testAssign(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("train", 4, 0))
+	h.Node("prov", false)
+	h.Node("ready", true)
+	h.Node("noticed", true)
+	h.Node("gone", true)
+	if _, err := h.St.SetNotice(h.Ctx, "noticed", t0.Add(time.Minute), "provider"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.EndNode(h.ctx, "gone", store.NodeTerminated, "test"); err != nil {
+	if err := h.St.EndNode(h.Ctx, "gone", store.NodeTerminated, "test"); err != nil {
 		t.Fatal(err)
 	}
-	h.clock.Advance(time.Minute)
-	now := h.clock.Now()
+	h.Clock.Advance(time.Minute)
+	now := h.Clock.Now()
 	tasks := h.job("train").Tasks
-	h.assign(1,
+	h.Assign(1,
 		store.Assignment{TaskID: tasks[0].ID, Node: "prov"},    // not ready yet
 		store.Assignment{TaskID: tasks[1].ID, Node: "ready"},   // the one that counts
 		store.Assignment{TaskID: tasks[2].ID, Node: "noticed"}, // has an eviction notice
@@ -360,14 +367,14 @@ func testAssign(t *testing.T, h *harness) {
 	if n := h.getNode("ready"); !n.IdleSince.IsZero() {
 		t.Errorf("busy node still idle since %s", n.IdleSince)
 	}
-	nt, err := h.st.NodeTasks(h.ctx, "ready")
+	nt, err := h.St.NodeTasks(h.Ctx, "ready")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(nt) != 1 || nt[0].ID != got.ID || !slices.Equal(nt[0].Spec.Command, spec.Command{"train"}) {
 		t.Errorf("NodeTasks: %+v", nt)
 	}
-	pending, _ := h.st.PendingTasks(h.ctx)
+	pending, _ := h.St.PendingTasks(h.Ctx)
 	var names []string
 	for _, p := range pending {
 		names = append(names, p.Name)
@@ -375,7 +382,7 @@ func testAssign(t *testing.T, h *harness) {
 	if want := []string{"task-0", "task-2", "task-3"}; !slices.Equal(names, want) {
 		t.Errorf("pending %q, want %q", names, want)
 	}
-	nodes, _ := h.st.ListNodes(h.ctx)
+	nodes, _ := h.St.ListNodes(h.Ctx)
 	for _, n := range nodes {
 		if want := map[string]int{"ready": 1}[n.Name]; n.Tasks != want {
 			t.Errorf("node %s runs %d tasks, want %d", n.Name, n.Tasks, want)
@@ -384,21 +391,21 @@ func testAssign(t *testing.T, h *harness) {
 }
 
 // RecentNodes: the live nodes and those that ended since a time.
-func testRecentNodes(t *testing.T, h *harness) {
-	h.apply(poolCPU)
-	h.node("old", true)
-	h.node("live", true)
-	h.node("provisioning", false)
-	if err := h.st.EndNode(h.ctx, "old", store.NodePreempted, "evicted"); err != nil {
+func testRecentNodes(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
+	h.Node("old", true)
+	h.Node("live", true)
+	h.Node("provisioning", false)
+	if err := h.St.EndNode(h.Ctx, "old", store.NodePreempted, "evicted"); err != nil {
 		t.Fatal(err)
 	}
-	h.clock.Advance(10 * time.Minute)
-	h.node("recent", true)
-	if err := h.st.EndNode(h.ctx, "recent", store.NodeTerminated, "idle"); err != nil {
+	h.Clock.Advance(10 * time.Minute)
+	h.Node("recent", true)
+	if err := h.St.EndNode(h.Ctx, "recent", store.NodeTerminated, "idle"); err != nil {
 		t.Fatal(err)
 	}
 	names := func(since time.Time) []string {
-		ns, err := h.st.RecentNodes(h.ctx, since)
+		ns, err := h.St.RecentNodes(h.Ctx, since)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -408,19 +415,19 @@ func testRecentNodes(t *testing.T, h *harness) {
 		}
 		return out
 	}
-	if got, want := names(h.clock.Now().Add(-time.Minute)), []string{"live", "provisioning", "recent"}; !slices.Equal(got, want) {
+	if got, want := names(h.Clock.Now().Add(-time.Minute)), []string{"live", "provisioning", "recent"}; !slices.Equal(got, want) {
 		t.Errorf("ended in the last minute: %q, want %q", got, want)
 	}
-	if got, want := names(h.clock.Now().Add(-time.Hour)), []string{"live", "old", "provisioning", "recent"}; !slices.Equal(got, want) {
+	if got, want := names(h.Clock.Now().Add(-time.Hour)), []string{"live", "old", "provisioning", "recent"}; !slices.Equal(got, want) {
 		t.Errorf("ended in the last hour: %q, want %q", got, want)
 	}
 }
 
-func testReportFencing(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("train", 1, 0))
-	h.node("n1", true)
-	tk := h.task("train", "task-0")
-	h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
+func testReportFencing(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("train", 1, 0))
+	h.Node("n1", true)
+	tk := h.Task("train", "task-0")
+	h.Assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
 
 	if h.report(tk, "n2", 1, store.OutcomeSucceeded, 0, "") {
 		t.Error("report from another node accepted")
@@ -428,13 +435,13 @@ func testReportFencing(t *testing.T, h *harness) {
 	if h.report(tk, "n1", 2, store.OutcomeSucceeded, 0, "") {
 		t.Error("report of another attempt accepted")
 	}
-	if ok, err := h.st.Report(h.ctx, tk.ID+1000, "n1", 1, store.OutcomeSucceeded, 0, ""); ok || err != nil {
+	if ok, err := h.St.Report(h.Ctx, tk.ID+1000, "n1", 1, store.OutcomeSucceeded, 0, ""); ok || err != nil {
 		t.Errorf("report of an unknown task: %v, %v; want false, nil", ok, err)
 	}
-	if _, err := h.st.Report(h.ctx, tk.ID, "n1", 1, "exploded", 0, ""); err == nil {
+	if _, err := h.St.Report(h.Ctx, tk.ID, "n1", 1, "exploded", 0, ""); err == nil {
 		t.Error("unknown outcome accepted")
 	}
-	if got := h.task("train", "task-0"); got.State != store.TaskRunning || got.Attempts[0].Outcome != "" {
+	if got := h.Task("train", "task-0"); got.State != store.TaskRunning || got.Attempts[0].Outcome != "" {
 		t.Fatalf("ignored reports changed the task: %+v", got)
 	}
 	if !h.report(tk, "n1", 1, store.OutcomeSucceeded, 0, "done") {
@@ -443,7 +450,7 @@ func testReportFencing(t *testing.T, h *harness) {
 	if h.report(tk, "n1", 1, store.OutcomeFailed, 1, "") {
 		t.Error("a second report of the same attempt was accepted")
 	}
-	if got := h.task("train", "task-0"); got.State != store.TaskSucceeded || got.Message != "done" {
+	if got := h.Task("train", "task-0"); got.State != store.TaskSucceeded || got.Message != "done" {
 		t.Errorf("task after a duplicate report: %+v", got)
 	}
 }
@@ -451,23 +458,23 @@ func testReportFencing(t *testing.T, h *harness) {
 // testReportBatch checks group commit: each report of a batch is fenced on
 // its own (a duplicate within the batch too), jobs settle once, and a bad
 // report refuses the whole batch.
-func testReportBatch(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("batch", 3, 1))
-	h.node("n1", true)
+func testReportBatch(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("batch", 3, 1))
+	h.Node("n1", true)
 	tasks := h.job("batch").Tasks
 	for _, tk := range tasks {
-		h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
+		h.Assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
 	}
 	report := func(tk store.Task, outcome string) store.Report {
 		return store.Report{TaskID: tk.ID, Node: "n1", Attempt: 1, Outcome: outcome}
 	}
-	if _, err := h.st.ReportBatch(h.ctx, []store.Report{report(tasks[0], store.OutcomeSucceeded), report(tasks[1], "exploded")}); err == nil {
+	if _, err := h.St.ReportBatch(h.Ctx, []store.Report{report(tasks[0], store.OutcomeSucceeded), report(tasks[1], "exploded")}); err == nil {
 		t.Fatal("batch with an unknown outcome accepted")
 	}
-	if got := h.task("batch", "task-0"); got.State != store.TaskRunning {
+	if got := h.Task("batch", "task-0"); got.State != store.TaskRunning {
 		t.Fatalf("refused batch changed a task: %+v", got)
 	}
-	oks, err := h.st.ReportBatch(h.ctx, []store.Report{
+	oks, err := h.St.ReportBatch(h.Ctx, []store.Report{
 		report(tasks[0], store.OutcomeSucceeded),
 		report(tasks[0], store.OutcomeSucceeded),                                       // duplicate
 		{TaskID: tasks[1].ID, Node: "n2", Attempt: 1, Outcome: store.OutcomeSucceeded}, // wrong node
@@ -480,11 +487,11 @@ func testReportBatch(t *testing.T, h *harness) {
 	if want := []bool{true, false, false, true, true}; !slices.Equal(oks, want) {
 		t.Errorf("accepted %v, want %v", oks, want)
 	}
-	if got := h.task("batch", "task-1"); got.State != store.TaskPending || got.Attempt != 2 || got.Failures != 1 {
+	if got := h.Task("batch", "task-1"); got.State != store.TaskPending || got.Attempt != 2 || got.Failures != 1 {
 		t.Errorf("failed task: %+v", got)
 	}
-	h.assign(1, store.Assignment{TaskID: tasks[1].ID, Node: "n1"})
-	oks, err = h.st.ReportBatch(h.ctx, []store.Report{
+	h.Assign(1, store.Assignment{TaskID: tasks[1].ID, Node: "n1"})
+	oks, err = h.St.ReportBatch(h.Ctx, []store.Report{
 		{TaskID: tasks[1].ID, Node: "n1", Attempt: 2, Outcome: store.OutcomeSucceeded},
 		{TaskID: tasks[1].ID, Node: "n1", Attempt: 2, Outcome: store.OutcomeFailed},
 	})
@@ -497,29 +504,29 @@ func testReportBatch(t *testing.T, h *harness) {
 	if got := h.events("job/"); !slices.Equal(got, []string{"Submitted job/batch", "Succeeded job/batch"}) {
 		t.Errorf("events %q", got)
 	}
-	if oks, err := h.st.ReportBatch(h.ctx, nil); err != nil || len(oks) != 0 {
+	if oks, err := h.St.ReportBatch(h.Ctx, nil); err != nil || len(oks) != 0 {
 		t.Errorf("empty batch: %v, %v", oks, err)
 	}
 }
 
-func testFailedRetried(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("flaky", 1, 2))
-	h.node("n1", true)
+func testFailedRetried(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("flaky", 1, 2))
+	h.Node("n1", true)
 	for attempt := 1; attempt <= 3; attempt++ {
-		tk := h.task("flaky", "task-0")
+		tk := h.Task("flaky", "task-0")
 		if tk.State != store.TaskPending || tk.Attempt != attempt || tk.Failures != attempt-1 {
 			t.Fatalf("before attempt %d: %+v", attempt, tk)
 		}
-		h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
-		h.clock.Advance(time.Second)
+		h.Assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
+		h.Clock.Advance(time.Second)
 		if !h.report(tk, "n1", attempt, store.OutcomeFailed, 3, "boom") {
 			t.Fatalf("attempt %d: report not accepted", attempt)
 		}
 	}
 	j := h.job("flaky")
 	tk := j.Tasks[0]
-	if j.State != store.JobFailed || !j.FinishedAt.Equal(h.clock.Now()) {
-		t.Errorf("job %s finished %s, want failed at %s", j.State, j.FinishedAt, h.clock.Now())
+	if j.State != store.JobFailed || !j.FinishedAt.Equal(h.Clock.Now()) {
+		t.Errorf("job %s finished %s, want failed at %s", j.State, j.FinishedAt, h.Clock.Now())
 	}
 	if tk.State != store.TaskFailed || tk.Failures != 3 || tk.Attempt != 3 || tk.ExitCode != 3 || tk.Message != "boom" || tk.Evictions != 0 {
 		t.Errorf("task: %+v", tk)
@@ -541,16 +548,16 @@ func testFailedRetried(t *testing.T, h *harness) {
 	}
 }
 
-func testPreemptedOutcome(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("ckpt", 1, 0))
-	h.node("n1", true)
-	h.node("n2", true)
-	tk := h.task("ckpt", "task-0")
-	h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
+func testPreemptedOutcome(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("ckpt", 1, 0))
+	h.Node("n1", true)
+	h.Node("n2", true)
+	tk := h.Task("ckpt", "task-0")
+	h.Assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
 	if !h.report(tk, "n1", 1, store.OutcomePreempted, 143, "notice") {
 		t.Fatal("report not accepted")
 	}
-	got := h.task("ckpt", "task-0")
+	got := h.Task("ckpt", "task-0")
 	if got.State != store.TaskPending || got.Attempt != 2 || got.Evictions != 1 || got.Failures != 0 || got.Node != "" {
 		t.Errorf("after preemption: %+v", got)
 	}
@@ -558,7 +565,7 @@ func testPreemptedOutcome(t *testing.T, h *harness) {
 		t.Errorf("attempt 1: %+v", got.Attempts[0])
 	}
 	// maxRetries is 0, yet the task runs again: evictions use no retries.
-	h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n2"})
+	h.Assign(1, store.Assignment{TaskID: tk.ID, Node: "n2"})
 	if !h.report(tk, "n2", 2, store.OutcomeSucceeded, 0, "") {
 		t.Fatal("attempt 2 report not accepted")
 	}
@@ -572,19 +579,19 @@ func testPreemptedOutcome(t *testing.T, h *harness) {
 	}
 }
 
-func testEndNodeRequeues(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("train", 3, 0))
-	h.node("n1", true)
-	h.node("n2", true)
+func testEndNodeRequeues(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("train", 3, 0))
+	h.Node("n1", true)
+	h.Node("n2", true)
 	tasks := h.job("train").Tasks
-	h.assign(3, store.Assignment{TaskID: tasks[0].ID, Node: "n1"}, store.Assignment{TaskID: tasks[1].ID, Node: "n1"},
+	h.Assign(3, store.Assignment{TaskID: tasks[0].ID, Node: "n1"}, store.Assignment{TaskID: tasks[1].ID, Node: "n1"},
 		store.Assignment{TaskID: tasks[2].ID, Node: "n2"})
-	if _, err := h.st.SetNotice(h.ctx, "n1", t0.Add(30*time.Second), "agent"); err != nil {
+	if _, err := h.St.SetNotice(h.Ctx, "n1", t0.Add(30*time.Second), "agent"); err != nil {
 		t.Fatal(err)
 	}
-	h.clock.Advance(time.Hour)
-	end := h.clock.Now()
-	if err := h.st.EndNode(h.ctx, "n1", store.NodePreempted, "SpotEviction"); err != nil {
+	h.Clock.Advance(time.Hour)
+	end := h.Clock.Now()
+	if err := h.St.EndNode(h.Ctx, "n1", store.NodePreempted, "SpotEviction"); err != nil {
 		t.Fatal(err)
 	}
 	n := h.getNode("n1")
@@ -606,7 +613,7 @@ func testEndNodeRequeues(t *testing.T, h *harness) {
 	if j.State != store.JobRunning || j.Evictions != 2 {
 		t.Errorf("job %s with %d evictions", j.State, j.Evictions)
 	}
-	runs, _ := h.st.Runs(h.ctx)
+	runs, _ := h.St.Runs(h.Ctx)
 	for _, r := range runs {
 		want := map[string]time.Time{"n1": end}[r.Node]
 		if !r.End.Equal(want) {
@@ -625,47 +632,47 @@ func testEndNodeRequeues(t *testing.T, h *harness) {
 	}
 
 	// Ending an ended node is a no-op; a live state is not an end.
-	if err := h.st.EndNode(h.ctx, "n1", store.NodeLost, "late"); err != nil {
+	if err := h.St.EndNode(h.Ctx, "n1", store.NodeLost, "late"); err != nil {
 		t.Errorf("second EndNode: %v", err)
 	}
 	if n := h.getNode("n1"); n.State != store.NodePreempted || len(h.events("node/n1")) != 4 {
 		t.Errorf("second EndNode changed the node: %+v", n)
 	}
-	if err := h.st.EndNode(h.ctx, "n2", store.NodeReady, ""); err == nil {
+	if err := h.St.EndNode(h.Ctx, "n2", store.NodeReady, ""); err == nil {
 		t.Error("EndNode to ready accepted")
 	}
-	if err := h.st.EndNode(h.ctx, "missing", store.NodeLost, ""); !errors.Is(err, store.ErrNotFound) {
+	if err := h.St.EndNode(h.Ctx, "missing", store.NodeLost, ""); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("EndNode of a missing node: %v", err)
 	}
-	if _, err := h.st.Heartbeat(h.ctx, "n1", true); !errors.Is(err, store.ErrConflict) {
+	if _, err := h.St.Heartbeat(h.Ctx, "n1", true); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("heartbeat of an ended node: %v, want ErrConflict", err)
 	}
-	if _, err := h.st.SetNotice(h.ctx, "n1", end, "agent"); !errors.Is(err, store.ErrConflict) {
+	if _, err := h.St.SetNotice(h.Ctx, "n1", end, "agent"); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("notice of an ended node: %v, want ErrConflict", err)
 	}
 }
 
-func testJobSettles(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("good", 2, 0) + "---" + jobYAML("mixed", 2, 0))
-	h.node("n1", true)
+func testJobSettles(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("good", 2, 0) + "---" + JobYAML("mixed", 2, 0))
+	h.Node("n1", true)
 	var plan []store.Assignment
 	for _, name := range []string{"good", "mixed"} {
 		for _, tk := range h.job(name).Tasks {
 			plan = append(plan, store.Assignment{TaskID: tk.ID, Node: "n1"})
 		}
 	}
-	h.assign(4, plan...)
-	h.report(h.task("good", "task-0"), "n1", 1, store.OutcomeSucceeded, 0, "")
-	h.report(h.task("mixed", "task-0"), "n1", 1, store.OutcomeFailed, 2, "")
+	h.Assign(4, plan...)
+	h.report(h.Task("good", "task-0"), "n1", 1, store.OutcomeSucceeded, 0, "")
+	h.report(h.Task("mixed", "task-0"), "n1", 1, store.OutcomeFailed, 2, "")
 	for _, name := range []string{"good", "mixed"} {
 		if j := h.job(name); j.State != store.JobRunning || !j.FinishedAt.IsZero() {
 			t.Errorf("job %s with a task running: %s", name, j.State)
 		}
 	}
-	h.clock.Advance(time.Minute)
-	h.report(h.task("good", "task-1"), "n1", 1, store.OutcomeSucceeded, 0, "")
-	h.report(h.task("mixed", "task-1"), "n1", 1, store.OutcomeSucceeded, 0, "")
-	jobs, err := h.st.ListJobs(h.ctx)
+	h.Clock.Advance(time.Minute)
+	h.report(h.Task("good", "task-1"), "n1", 1, store.OutcomeSucceeded, 0, "")
+	h.report(h.Task("mixed", "task-1"), "n1", 1, store.OutcomeSucceeded, 0, "")
+	jobs, err := h.St.ListJobs(h.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,11 +685,11 @@ func testJobSettles(t *testing.T, h *harness) {
 	}
 	for _, j := range jobs {
 		w := want[j.Spec.Metadata.Name]
-		if j.State != w.state || !j.FinishedAt.Equal(h.clock.Now()) || fmt.Sprint(j.Counts) != fmt.Sprint(w.counts) {
+		if j.State != w.state || !j.FinishedAt.Equal(h.Clock.Now()) || fmt.Sprint(j.Counts) != fmt.Sprint(w.counts) {
 			t.Errorf("job %s: state %s, finished %s, counts %v; want %s, %v", j.Spec.Metadata.Name, j.State, j.FinishedAt, j.Counts, w.state, w.counts)
 		}
 	}
-	es, _ := h.st.ListEvents(h.ctx, store.EventFilter{Object: "job/mixed"})
+	es, _ := h.St.ListEvents(h.Ctx, store.EventFilter{Object: "job/mixed"})
 	if last := es[len(es)-1]; last.Kind != "Failed" || last.Reason != "AllTasksDone" || last.Message != "1 failed" {
 		t.Errorf("last job event: %+v", last)
 	}
@@ -691,55 +698,55 @@ func testJobSettles(t *testing.T, h *harness) {
 	}
 }
 
-func testHeartbeatAndNotice(t *testing.T, h *harness) {
-	h.apply(poolCPU)
-	h.node("n1", false)
+func testHeartbeatAndNotice(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
+	h.Node("n1", false)
 	n := h.getNode("n1")
 	if n.State != store.NodeProvisioning || n.Incarnation != 1 || !n.CreatedAt.Equal(t0) || !n.HeartbeatAt.IsZero() {
 		t.Errorf("new node: %+v", n)
 	}
-	h.clock.Advance(time.Second)
-	if n, err := h.st.Heartbeat(h.ctx, "n1", false); err != nil || n.State != store.NodeProvisioning || !n.HeartbeatAt.Equal(h.clock.Now()) {
+	h.Clock.Advance(time.Second)
+	if n, err := h.St.Heartbeat(h.Ctx, "n1", false); err != nil || n.State != store.NodeProvisioning || !n.HeartbeatAt.Equal(h.Clock.Now()) {
 		t.Errorf("heartbeat while starting: %+v, %v", n, err)
 	}
-	h.clock.Advance(time.Second)
+	h.Clock.Advance(time.Second)
 	for range 2 {
-		n, err := h.st.Heartbeat(h.ctx, "n1", true)
+		n, err := h.St.Heartbeat(h.Ctx, "n1", true)
 		if err != nil || n.State != store.NodeReady || !n.StateAt.Equal(t0.Add(2*time.Second)) {
 			t.Errorf("ready heartbeat: %+v, %v", n, err)
 		}
 	}
-	if got := h.getNode("n1"); got.State != store.NodeReady || !got.HeartbeatAt.Equal(h.clock.Now()) {
+	if got := h.getNode("n1"); got.State != store.NodeReady || !got.HeartbeatAt.Equal(h.Clock.Now()) {
 		t.Errorf("stored node: %+v", got)
 	}
-	if _, err := h.st.Heartbeat(h.ctx, "missing", true); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.Heartbeat(h.Ctx, "missing", true); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("heartbeat of a missing node: %v", err)
 	}
 
-	deadline := h.clock.Now().Add(30 * time.Second)
-	if changed, err := h.st.SetNotice(h.ctx, "n1", deadline, "provider"); !changed || err != nil {
+	deadline := h.Clock.Now().Add(30 * time.Second)
+	if changed, err := h.St.SetNotice(h.Ctx, "n1", deadline, "provider"); !changed || err != nil {
 		t.Errorf("first notice: %v, %v", changed, err)
 	}
 	if n := h.getNode("n1"); n.State != store.NodeReady || !n.NoticeDeadline.Equal(deadline) {
 		t.Errorf("after a provider's notice: %+v", n)
 	}
-	if changed, err := h.st.SetNotice(h.ctx, "n1", deadline.Add(time.Hour), "agent"); changed || err != nil {
+	if changed, err := h.St.SetNotice(h.Ctx, "n1", deadline.Add(time.Hour), "agent"); changed || err != nil {
 		t.Errorf("second notice: %v, %v", changed, err)
 	}
 	if n := h.getNode("n1"); n.State != store.NodeDraining || !n.NoticeDeadline.Equal(deadline) {
 		t.Errorf("after the agent read the notice: %+v", n)
 	}
-	h.st.SetNotice(h.ctx, "n1", deadline, "agent")
+	h.St.SetNotice(h.Ctx, "n1", deadline, "agent")
 	want := []string{"Launched node/n1", "Ready node/n1", "Notice node/n1", "Draining node/n1"}
 	if got := h.events("node/"); !slices.Equal(got, want) {
 		t.Errorf("events %q, want %q", got, want)
 	}
-	if _, err := h.st.SetNotice(h.ctx, "missing", deadline, "agent"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.SetNotice(h.Ctx, "missing", deadline, "agent"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("notice of a missing node: %v", err)
 	}
 }
 
-func testListEvents(t *testing.T, h *harness) {
+func testListEvents(t *testing.T, h *Harness) {
 	add := []struct{ kind, object string }{
 		{"Launched", "node/a_b"},
 		{"Launched", "node/axb"},
@@ -750,12 +757,12 @@ func testListEvents(t *testing.T, h *harness) {
 		{"Requeued", "task/j10/x"},
 	}
 	for _, e := range add {
-		if err := h.st.AddEvent(h.ctx, e.kind, e.object, "Test", "msg"); err != nil {
+		if err := h.St.AddEvent(h.Ctx, e.kind, e.object, "Test", "msg"); err != nil {
 			t.Fatal(err)
 		}
-		h.clock.Advance(time.Second)
+		h.Clock.Advance(time.Second)
 	}
-	all, err := h.st.ListEvents(h.ctx, store.EventFilter{})
+	all, err := h.St.ListEvents(h.Ctx, store.EventFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -769,7 +776,7 @@ func testListEvents(t *testing.T, h *harness) {
 		}
 	}
 	objects := func(f store.EventFilter) []string {
-		es, err := h.st.ListEvents(h.ctx, f)
+		es, err := h.St.ListEvents(h.Ctx, f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -806,18 +813,18 @@ func testListEvents(t *testing.T, h *harness) {
 // testListEventsOf: the events of one object, with its job's tasks or its
 // service's replicas, and none of a namesake's, however many newer events
 // other objects have.
-func testListEventsOf(t *testing.T, h *harness) {
+func testListEventsOf(t *testing.T, h *Harness) {
 	for _, o := range []string{
 		"job/j", "task/j/a", "job/j1", "task/j1/a", "task/j-x/a", "node/j",
 		"service/s", "replica/s-1", "replica/s-12", "replica/s-x-1", "replica/sx-1", "replica/s-", "service/s-x",
 		"pool/p", "pool/p2",
 	} {
-		if err := h.st.AddEvent(h.ctx, "Test", o, "Test", ""); err != nil {
+		if err := h.St.AddEvent(h.Ctx, "Test", o, "Test", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i := range 200 {
-		if err := h.st.AddEvent(h.ctx, "Test", fmt.Sprintf("node/busy-%d", i), "Test", ""); err != nil {
+		if err := h.St.AddEvent(h.Ctx, "Test", fmt.Sprintf("node/busy-%d", i), "Test", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -832,7 +839,7 @@ func testListEventsOf(t *testing.T, h *harness) {
 		{"pool/p", []string{"pool/p"}},
 		{"node/none", nil},
 	} {
-		es, err := h.st.ListEvents(h.ctx, store.EventFilter{Of: tc.of, Limit: 50})
+		es, err := h.St.ListEvents(h.Ctx, store.EventFilter{Of: tc.of, Limit: 50})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -846,30 +853,30 @@ func testListEventsOf(t *testing.T, h *harness) {
 	}
 }
 
-func testRuns(t *testing.T, h *harness) {
-	h.apply(poolCPU)
-	h.node("n1", true)
-	h.clock.Advance(30 * time.Minute)
-	h.node("n2", true)
-	h.clock.Advance(30 * time.Minute)
-	if err := h.st.EndNode(h.ctx, "n1", store.NodeTerminated, "idle"); err != nil {
+func testRuns(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
+	h.Node("n1", true)
+	h.Clock.Advance(30 * time.Minute)
+	h.Node("n2", true)
+	h.Clock.Advance(30 * time.Minute)
+	if err := h.St.EndNode(h.Ctx, "n1", store.NodeTerminated, "idle"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.EndNode(h.ctx, "n2", store.NodeDeallocated, "SpotEviction"); err != nil {
+	if err := h.St.EndNode(h.Ctx, "n2", store.NodeDeallocated, "SpotEviction"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.st.RestartNode(h.ctx, "n1"); !errors.Is(err, store.ErrConflict) {
+	if err := h.St.RestartNode(h.Ctx, "n1"); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("restart of a terminated node: %v, want ErrConflict", err)
 	}
-	h.clock.Advance(time.Hour)
-	if err := h.st.RestartNode(h.ctx, "n2"); err != nil {
+	h.Clock.Advance(time.Hour)
+	if err := h.St.RestartNode(h.Ctx, "n2"); err != nil {
 		t.Fatal(err)
 	}
 	n := h.getNode("n2")
-	if n.State != store.NodeProvisioning || n.Incarnation != 2 || !n.HeartbeatAt.IsZero() || !n.StateAt.Equal(h.clock.Now()) {
+	if n.State != store.NodeProvisioning || n.Incarnation != 2 || !n.HeartbeatAt.IsZero() || !n.StateAt.Equal(h.Clock.Now()) {
 		t.Errorf("restarted node: %+v", n)
 	}
-	runs, err := h.st.Runs(h.ctx)
+	runs, err := h.St.Runs(h.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -883,18 +890,18 @@ func testRuns(t *testing.T, h *harness) {
 	}
 
 	// DeleteNode forgets only a node that never started, with its run.
-	h.node("refused", false)
-	h.node("started", true)
+	h.Node("refused", false)
+	h.Node("started", true)
 	for _, name := range []string{"refused", "started"} {
-		if err := h.st.DeleteNode(h.ctx, name); err != nil {
+		if err := h.St.DeleteNode(h.Ctx, name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := h.st.GetNode(h.ctx, "refused"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.GetNode(h.Ctx, "refused"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("deleted node: %v", err)
 	}
 	h.getNode("started")
-	runs, _ = h.st.Runs(h.ctx)
+	runs, _ = h.St.Runs(h.Ctx)
 	var nodes []string
 	for _, r := range runs {
 		nodes = append(nodes, r.Node)
@@ -904,42 +911,42 @@ func testRuns(t *testing.T, h *harness) {
 	}
 }
 
-func testDeleteJob(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("gone", 2, 0))
-	h.node("n1", true)
-	old := h.task("gone", "task-0")
-	h.assign(1, store.Assignment{TaskID: old.ID, Node: "n1"})
-	if err := h.st.DeleteJob(h.ctx, "gone"); err != nil {
+func testDeleteJob(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("gone", 2, 0))
+	h.Node("n1", true)
+	old := h.Task("gone", "task-0")
+	h.Assign(1, store.Assignment{TaskID: old.ID, Node: "n1"})
+	if err := h.St.DeleteJob(h.Ctx, "gone"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.st.GetJob(h.ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.GetJob(h.Ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetJob after delete: %v", err)
 	}
-	if _, err := h.st.GetTask(h.ctx, "gone", "task-0"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.GetTask(h.Ctx, "gone", "task-0"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetTask after delete: %v", err)
 	}
 	for name, list := range map[string]func(context.Context) ([]store.Task, error){
-		"pending": h.st.PendingTasks, "running": h.st.RunningTasks,
-		"on n1": func(ctx context.Context) ([]store.Task, error) { return h.st.NodeTasks(ctx, "n1") },
+		"pending": h.St.PendingTasks, "running": h.St.RunningTasks,
+		"on n1": func(ctx context.Context) ([]store.Task, error) { return h.St.NodeTasks(ctx, "n1") },
 	} {
-		if ts, err := list(h.ctx); err != nil || len(ts) != 0 {
+		if ts, err := list(h.Ctx); err != nil || len(ts) != 0 {
 			t.Errorf("%s tasks after delete: %+v, %v", name, ts, err)
 		}
 	}
-	if ns, _ := h.st.ListNodes(h.ctx); ns[0].Tasks != 0 {
+	if ns, _ := h.St.ListNodes(h.Ctx); ns[0].Tasks != 0 {
 		t.Errorf("node still counts %d tasks", ns[0].Tasks)
 	}
 	if h.report(old, "n1", 1, store.OutcomeSucceeded, 0, "") {
 		t.Error("report of a deleted task accepted")
 	}
-	if err := h.st.DeleteJob(h.ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
+	if err := h.St.DeleteJob(h.Ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
 	if got := h.events("job/"); !slices.Equal(got, []string{"Submitted job/gone", "Deleted job/gone"}) {
 		t.Errorf("events %q", got)
 	}
 	// The name is free again, for a new job with fresh tasks.
-	if res := h.apply(jobYAML("gone", 2, 0)); res[0].Action != "created" {
+	if res := h.Apply(JobYAML("gone", 2, 0)); res[0].Action != "created" {
 		t.Errorf("apply after delete: %+v", res)
 	}
 	for _, tk := range h.job("gone").Tasks {
@@ -949,15 +956,15 @@ func testDeleteJob(t *testing.T, h *harness) {
 	}
 }
 
-func testDeletePool(t *testing.T, h *harness) {
-	h.apply(poolCPU)
-	if err := h.st.DeletePool(h.ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+func testDeletePool(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
+	if err := h.St.DeletePool(h.Ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("delete missing pool: %v", err)
 	}
-	if err := h.st.DeletePool(h.ctx, "cpu"); err != nil {
+	if err := h.St.DeletePool(h.Ctx, "cpu"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.st.GetPool(h.ctx, "cpu"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := h.St.GetPool(h.Ctx, "cpu"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetPool after delete: %v", err)
 	}
 	if got := h.events("pool/"); !slices.Equal(got, []string{"Created pool/cpu", "Deleted pool/cpu"}) {
@@ -967,14 +974,14 @@ func testDeletePool(t *testing.T, h *harness) {
 
 // testDurable checks that what was accepted survives a restart of the
 // control plane.
-func testDurable(t *testing.T, h *harness) {
-	h.apply(poolCPU + "---" + jobYAML("train", 2, 0))
-	h.node("n1", true)
-	tk := h.task("train", "task-1")
-	h.assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
+func testDurable(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU + "---" + JobYAML("train", 2, 0))
+	h.Node("n1", true)
+	tk := h.Task("train", "task-1")
+	h.Assign(1, store.Assignment{TaskID: tk.ID, Node: "n1"})
 	before := h.job("train")
-	events, _ := h.st.ListEvents(h.ctx, store.EventFilter{})
-	h.reopen()
+	events, _ := h.St.ListEvents(h.Ctx, store.EventFilter{})
+	h.Reopen()
 	after := h.job("train")
 	if after.UID != before.UID || after.State != before.State || len(after.Tasks) != 2 || after.Tasks[1].State != store.TaskRunning ||
 		after.Tasks[1].Node != "n1" || len(after.Tasks[1].Attempts) != 1 || !after.SubmittedAt.Equal(before.SubmittedAt) {
@@ -983,7 +990,7 @@ func testDurable(t *testing.T, h *harness) {
 	if n := h.getNode("n1"); n.State != store.NodeReady {
 		t.Errorf("node after reopen: %+v", n)
 	}
-	if again, _ := h.st.ListEvents(h.ctx, store.EventFilter{}); !slices.Equal(again, events) {
+	if again, _ := h.St.ListEvents(h.Ctx, store.EventFilter{}); !slices.Equal(again, events) {
 		t.Errorf("events after reopen: %d, before %d", len(again), len(events))
 	}
 	// The reopened store carries on where it stopped.
@@ -994,28 +1001,28 @@ func testDurable(t *testing.T, h *harness) {
 
 // testConcurrentReports has agents report at once while the control plane
 // reads: every report lands, and the job settles once.
-func testConcurrentReports(t *testing.T, h *harness) {
+func testConcurrentReports(t *testing.T, h *Harness) {
 	const n = 16
-	h.apply(poolCPU + "---" + jobYAML("wide", n, 0))
-	h.node("n1", true)
+	h.Apply(PoolCPU + "---" + JobYAML("wide", n, 0))
+	h.Node("n1", true)
 	var plan []store.Assignment
 	tasks := h.job("wide").Tasks
 	for _, tk := range tasks {
 		plan = append(plan, store.Assignment{TaskID: tk.ID, Node: "n1"})
 	}
-	h.assign(n, plan...)
+	h.Assign(n, plan...)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*n)
 	for _, tk := range tasks {
 		wg.Go(func() {
-			ok, err := h.st.Report(h.ctx, tk.ID, "n1", 1, store.OutcomeSucceeded, 0, "")
+			ok, err := h.St.Report(h.Ctx, tk.ID, "n1", 1, store.OutcomeSucceeded, 0, "")
 			if err == nil && !ok {
 				err = fmt.Errorf("report of %s not accepted", tk.Name)
 			}
 			errs <- err
 		})
 		wg.Go(func() {
-			_, err := h.st.ListJobs(h.ctx)
+			_, err := h.St.ListJobs(h.Ctx)
 			errs <- err
 		})
 	}

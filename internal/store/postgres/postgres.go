@@ -1,0 +1,88 @@
+// Package postgres opens the store over PostgreSQL, through pgx: for a
+// control plane whose state must outlive its machine (a managed database,
+// several instances).
+//
+// Every write transaction is SERIALIZABLE and is run again when PostgreSQL
+// reports a serialization failure (40001) or a deadlock (40P01); the rows a
+// transaction reads and then changes (a node, a task, a service) are read
+// FOR UPDATE, so that two writers of the same row wait for each other
+// instead of one of them failing. New rows get their IDs from RETURNING,
+// and upserts are INSERT … ON CONFLICT.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/spotml/spotml/internal/store/sqlstore"
+)
+
+// Dialect is PostgreSQL's.
+var Dialect = sqlstore.Dialect{
+	Name:         "postgres",
+	Rebind:       sqlstore.Dollars,
+	Isolation:    sql.LevelSerializable,
+	Retryable:    Retryable,
+	ForUpdate:    " FOR UPDATE",
+	NotAllDigits: func(expr string) string { return expr + ` ~ '[^0-9]'` },
+	// Any fixed key: instances started together migrate one at a time.
+	LockMigrations: `SELECT pg_advisory_xact_lock(7316021195)`,
+}
+
+// MaxConns is the most connections one store opens.
+const MaxConns = 16
+
+// IsDSN reports whether a --store value names a PostgreSQL database.
+func IsDSN(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// Open connects to the database at dsn (postgres://user:pass@host/db?…,
+// any form pgx reads) and migrates it. now is the store's clock (nil:
+// time.Now).
+func Open(ctx context.Context, dsn string, now func() time.Time) (*sqlstore.Store, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", redact(dsn), err)
+	}
+	db := stdlib.OpenDB(*cfg)
+	db.SetMaxOpenConns(MaxConns)
+	db.SetMaxIdleConns(MaxConns)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", redact(dsn), err)
+	}
+	s, err := sqlstore.New(ctx, db, nil, Dialect, now)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", redact(dsn), err)
+	}
+	return s, nil
+}
+
+// Retryable reports a serialization failure or a deadlock: the transaction
+// was rolled back and may be run again from the start.
+func Retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+}
+
+// redact drops the password from a DSN for messages.
+func redact(dsn string) string {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil || cfg.Password == "" {
+		if i := strings.Index(dsn, "@"); i >= 0 {
+			if j := strings.Index(dsn, "://"); j >= 0 && j < i {
+				return dsn[:j+3] + "…" + dsn[i:]
+			}
+		}
+		return dsn
+	}
+	return strings.Replace(dsn, ":"+cfg.Password+"@", ":…@", 1)
+}
