@@ -14,20 +14,21 @@ import (
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
-	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // testPlane is a control plane's API on loopback, over a SQLite store and a
 // file blob store in a temporary directory, without reconcilers.
 type testPlane struct {
 	url   string
-	store *store.Store
+	store *sqlstore.Store
 	blobs *blob.Store
 }
 
 func newTestPlane(t *testing.T) *testPlane {
 	t.Helper()
-	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), time.Now)
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,8 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/inference"
-	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // newGatewayCmd runs a gateway on its own, over the store of a control
@@ -44,7 +45,7 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 			if _, err := os.Stat(dbPath); err != nil {
 				return fmt.Errorf("--data %s: no spotml store there (%w); start the control plane first or point --data at its data directory", data, err)
 			}
-			st, err := store.Open(c.Context(), dbPath, time.Now)
+			st, err := sqlite.Open(c.Context(), dbPath, time.Now)
 			if err != nil {
 				return err
 			}
@@ -82,7 +83,7 @@ func (o *gatewayOptions) bind(fs *pflag.FlagSet, prefix string) {
 
 // runGateway listens on addr and serves a gateway fed from st, in g, until
 // ctx ends. It returns the gateway's URL.
-func runGateway(ctx context.Context, g *errgroup.Group, st *store.Store, addr, id string, opts gatewayOptions, log *slog.Logger) (string, *gateway.Gateway, error) {
+func runGateway(ctx context.Context, g *errgroup.Group, st *sqlstore.Store, addr, id string, opts gatewayOptions, log *slog.Logger) (string, *gateway.Gateway, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("gateway address %s: %w", addr, err)

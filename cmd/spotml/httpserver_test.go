@@ -15,9 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/store/sqlite"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/spotml/spotml/internal/store"
 )
 
 // dial opens a raw connection to addr, closed with the test.
@@ -50,7 +49,7 @@ func closedWithin(c net.Conn, d time.Duration) bool {
 // both held their connection, and a buffer, for ever.)
 func TestGatewayServerCutsSlowAndIdleClients(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "spotml.db"), time.Now)
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "spotml.db"), time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 type serverFlags struct {
@@ -106,7 +108,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
-	st, err := store.Open(ctx, filepath.Join(data, "spotml.db"), time.Now)
+	st, err := sqlite.Open(ctx, filepath.Join(data, "spotml.db"), time.Now)
 	if err != nil {
 		return err
 	}
@@ -195,7 +197,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 // bootstrapSecret returns the secret kept in DATA/name, making it (and
 // the file) when there is none or the file does not hold the secret whose
 // hash the store keeps.
-func bootstrapSecret(ctx context.Context, st *store.Store, data, name string) (string, error) {
+func bootstrapSecret(ctx context.Context, st *sqlstore.Store, data, name string) (string, error) {
 	path := filepath.Join(data, name)
 	have := ""
 	if b, err := os.ReadFile(path); err == nil {
@@ -216,7 +218,7 @@ func bootstrapSecret(ctx context.Context, st *store.Store, data, name string) (s
 // stopLocalNodes ends the local nodes when spotml up stops on purpose: they
 // are processes of this machine and would otherwise linger. (A crash leaves
 // them running; the next start adopts them.)
-func stopLocalNodes(st *store.Store, loc *local.Local, log *slog.Logger) {
+func stopLocalNodes(st *sqlstore.Store, loc *local.Local, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	nodes, err := st.ListNodes(ctx)

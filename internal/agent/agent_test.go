@@ -21,6 +21,7 @@ import (
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
 )
 
 // TestEnvironDropsSecrets: what spotml starts inherits no token or
@@ -39,7 +40,7 @@ func TestEnvironDropsSecrets(t *testing.T) {
 // ends (its credential stops working).
 func TestJoinTokenExchange(t *testing.T) {
 	dir := t.TempDir()
-	st, err := store.Open(t.Context(), filepath.Join(dir, "spotml.db"), nil)
+	st, err := sqlite.Open(t.Context(), filepath.Join(dir, "spotml.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // BenchmarkControlPlaneThroughput measures how fast the control plane
@@ -96,7 +98,7 @@ func (benchProvider) Launch(context.Context, control.LaunchRequest) (control.Lau
 func (benchProvider) Stop(context.Context, store.Node) error { return nil }
 
 type benchFleet struct {
-	st    *store.Store
+	st    *sqlstore.Store
 	plane *control.Plane
 	path  string // the store's file
 }
@@ -108,7 +110,7 @@ func newBenchFleet(b *testing.B, nodes, tasks int) *benchFleet {
 	b.Helper()
 	ctx := context.Background()
 	path := filepath.Join(b.TempDir(), "spotml.db")
-	st, err := store.Open(ctx, path, time.Now)
+	st, err := sqlite.Open(ctx, path, time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}

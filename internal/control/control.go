@@ -19,6 +19,7 @@ import (
 	"github.com/spotml/spotml/internal/sched"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // Options tunes the control loops. Zero values get defaults.
@@ -38,7 +39,7 @@ type Options struct {
 
 // Plane is the control plane's set of reconcilers.
 type Plane struct {
-	store     *store.Store
+	store     *sqlstore.Store
 	providers map[string]Provider
 	log       *slog.Logger
 	now       func() time.Time
@@ -57,7 +58,7 @@ type Plane struct {
 
 // New returns a control plane over st using the given providers by name.
 // A nil log discards what it would log.
-func New(st *store.Store, providers map[string]Provider, log *slog.Logger, now func() time.Time, opt Options) *Plane {
+func New(st *sqlstore.Store, providers map[string]Provider, log *slog.Logger, now func() time.Time, opt Options) *Plane {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -16,6 +16,8 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // fakeProvider stands in for machines: it records what it is asked to do
@@ -70,7 +72,7 @@ func (p *fakeProvider) stops() []string {
 type plane struct {
 	t     *testing.T
 	ctx   context.Context
-	st    *store.Store
+	st    *sqlstore.Store
 	clock *clock.Fake
 	prov  *fakeProvider
 	p     *control.Plane
@@ -80,7 +82,7 @@ func newPlane(t *testing.T) *plane { return newPlaneWith(t, control.Options{}) }
 
 func newPlaneWith(t *testing.T, opt control.Options) *plane {
 	clock := clock.NewFake(now)
-	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clock.Now)
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

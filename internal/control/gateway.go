@@ -12,6 +12,7 @@ import (
 	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // Router is the gateway as the feed sees it.
@@ -36,7 +37,7 @@ type FeedOptions struct {
 // reports what it measures (QPS for the autoscaler, latencies and errors
 // for the console) until ctx ends. It works the same inside `spotml up`
 // and in a separate `spotml gateway` process over the same store.
-func FeedGateway(ctx context.Context, st *store.Store, gw Router, log *slog.Logger, now func() time.Time, opt FeedOptions) error {
+func FeedGateway(ctx context.Context, st *sqlstore.Store, gw Router, log *slog.Logger, now func() time.Time, opt FeedOptions) error {
 	if opt.ID == "" {
 		opt.ID = "gateway"
 	}
@@ -98,7 +99,7 @@ func gatewayStats(gw Router, window time.Duration) map[string]store.GatewayStat 
 
 // Routes builds the gateway's routing table from the store. readKeys reads
 // an API key file (named by a service's spec.auth.keysFile).
-func Routes(ctx context.Context, st *store.Store, readKeys func(string) ([]string, error)) ([]gateway.Route, error) {
+func Routes(ctx context.Context, st *sqlstore.Store, readKeys func(string) ([]string, error)) ([]gateway.Route, error) {
 	svcs, err := st.ListServices(ctx, QPSMaxAge)
 	if err != nil {
 		return nil, err

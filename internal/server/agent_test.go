@@ -15,6 +15,7 @@ import (
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // TestConcurrentReports has a fleet's agents report at once, each report
@@ -109,7 +110,7 @@ func post(ctx context.Context, url, token string, body []byte) (int, []byte, err
 // evictor is the local provider's market as the API sees it: an eviction
 // is a notice recorded for the node.
 type evictor struct {
-	st      *store.Store
+	st      *sqlstore.Store
 	now     func() time.Time
 	mu      sync.Mutex
 	notices []time.Duration

@@ -22,6 +22,8 @@ import (
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // nopProvider stands in for machines: the benchmark's nodes are rows, and
@@ -105,7 +107,7 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 }
 
 type fleet struct {
-	st    *store.Store
+	st    *sqlstore.Store
 	plane *control.Plane
 	srv   *httptest.Server
 	http  *http.Client
@@ -117,7 +119,7 @@ type fleet struct {
 func newFleet(b *testing.B, nodes, tasks int) *fleet {
 	ctx := context.Background()
 	dir := b.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "bench.db"), time.Now)
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "bench.db"), time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
 )
 
 // agentPaths are the agent API's endpoints a fuzzed body goes to; a
@@ -30,7 +31,7 @@ var agentPaths = []string{"/agent/register", "/agent/heartbeat", "/agent/tasks/%
 func FuzzAgentAPI(f *testing.F) {
 	ctx := context.Background()
 	clk := clock.NewFake(t0)
-	st, err := store.Open(ctx, filepath.Join(f.TempDir(), "spotml.db"), clk.Now)
+	st, err := sqlite.Open(ctx, filepath.Join(f.TempDir(), "spotml.db"), clk.Now)
 	if err != nil {
 		f.Fatal(err)
 	}

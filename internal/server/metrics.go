@@ -10,19 +10,20 @@ import (
 
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // collector reads the fleet's figures from the store at scrape time, so
 // every control plane over the same store reports the same numbers.
 type collector struct {
-	st  *store.Store
+	st  *sqlstore.Store
 	log *slog.Logger
 	now func() time.Time
 
 	nodes, tasks, jobs, evictions, spent, onDemand, replicas, desired *prometheus.Desc
 }
 
-func newCollector(st *store.Store, log *slog.Logger, now func() time.Time) *collector {
+func newCollector(st *sqlstore.Store, log *slog.Logger, now func() time.Time) *collector {
 	return &collector{st: st, log: log, now: now,
 		nodes:     prometheus.NewDesc("spotml_nodes", "Nodes by pool, priority and state (live states only).", []string{"pool", "priority", "state"}, nil),
 		tasks:     prometheus.NewDesc("spotml_tasks", "Tasks by state.", []string{"state"}, nil),
@@ -117,7 +118,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // costRecord reads what the cost report sums: the per-day totals of
 // pruned node runs and the runs still kept.
-func costRecord(ctx context.Context, st *store.Store) ([]cost.DayTotal, []cost.Usage, error) {
+func costRecord(ctx context.Context, st *sqlstore.Store) ([]cost.DayTotal, []cost.Usage, error) {
 	days, err := st.CostDays(ctx)
 	if err != nil {
 		return nil, nil, err

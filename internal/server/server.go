@@ -28,6 +28,7 @@ import (
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // Evictor evicts a node with a notice (the local provider's market).
@@ -37,7 +38,7 @@ type Evictor interface {
 
 // Config wires the server.
 type Config struct {
-	Store             *store.Store
+	Store             *sqlstore.Store
 	Blobs             *blob.Store
 	Plane             *control.Plane // kicked after changes; may be nil
 	Evictor           Evictor        // may be nil: evict answers 501

@@ -26,6 +26,8 @@ import (
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
@@ -59,7 +61,7 @@ type apiServer struct {
 	t       *testing.T
 	ctx     context.Context
 	url     string
-	st      *store.Store
+	st      *sqlstore.Store
 	blobs   *blob.Store
 	clock   *clock.Fake
 	prov    *recorder
@@ -72,7 +74,7 @@ type apiServer struct {
 func newAPI(t *testing.T, opts ...func(*server.Config)) *apiServer {
 	dir := t.TempDir()
 	clock := clock.NewFake(t0)
-	st, err := store.Open(t.Context(), filepath.Join(dir, "spotml.db"), clock.Now)
+	st, err := sqlite.Open(t.Context(), filepath.Join(dir, "spotml.db"), clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +395,7 @@ func TestAuth(t *testing.T) {
 
 // TestAuthWithoutJoinToken checks that an unset token opens nothing.
 func TestAuthWithoutJoinToken(t *testing.T) {
-	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), nil)
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -814,7 +816,7 @@ func TestApplyService(t *testing.T) {
 // TestNilLogger: a server given no logger answers a failing request with
 // a 500 rather than panicking while it logs the failure.
 func TestNilLogger(t *testing.T) {
-	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), nil)
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

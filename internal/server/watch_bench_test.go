@@ -15,6 +15,7 @@ import (
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
 )
 
 // What one console viewer costs the control plane each second, against
@@ -102,7 +103,7 @@ func benchServer(b *testing.B, live, ended, jobs int) *Server {
 	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(b.TempDir(), "spotml.db"), clock)
+	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "spotml.db"), clock)
 	if err != nil {
 		b.Fatal(err)
 	}

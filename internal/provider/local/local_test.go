@@ -24,6 +24,8 @@ import (
 	"github.com/spotml/spotml/internal/proc"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // fakeAgentEnv makes the test binary, started by Launch as the agent, stand
@@ -45,7 +47,7 @@ func TestMain(m *testing.M) {
 type harness struct {
 	t   *testing.T
 	ctx context.Context
-	st  *store.Store
+	st  *sqlstore.Store
 	clk *clock.Fake
 	l   *Local
 	ts  *httptest.Server
@@ -64,7 +66,7 @@ func newSeededHarness(t *testing.T, r *rand.Rand, pools ...spec.Pool) *harness {
 	ctx := t.Context()
 	clk := clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	dir := t.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "spotml.db"), clk.Now)
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "spotml.db"), clk.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
