@@ -19,7 +19,6 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/inference"
-	"github.com/spotml/spotml/internal/store/sqlite"
 	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
@@ -27,11 +26,11 @@ import (
 // plane on this machine (more gateways, or one restarted apart from the
 // control plane).
 func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
-	var data, addr, id, logLevel string
+	var data, dsn, addr, id, logLevel string
 	opts := defaultGatewayOptions
 	c := &cobra.Command{
 		Use:   "gateway",
-		Short: "Run an inference gateway alone, routing by the store in --data",
+		Short: "Run an inference gateway alone, routing by the store (--store, or the one in --data)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := newLogger(stderr, logLevel)
@@ -41,11 +40,14 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 			if err := opts.timeouts.check(""); err != nil {
 				return err
 			}
-			dbPath := filepath.Join(data, "spotml.db")
-			if _, err := os.Stat(dbPath); err != nil {
-				return fmt.Errorf("--data %s: no spotml store there (%w); start the control plane first or point --data at its data directory", data, err)
+			if dsn == "" {
+				// The gateway makes no store of its own: it routes by
+				// the control plane's.
+				if _, err := os.Stat(filepath.Join(data, "spotml.db")); err != nil {
+					return fmt.Errorf("--data %s: no spotml store there (%w); start the control plane first, point --data at its data directory, or give its --store", data, err)
+				}
 			}
-			st, err := sqlite.Open(c.Context(), dbPath, time.Now)
+			st, err := openStore(c.Context(), dsn, data)
 			if err != nil {
 				return err
 			}
@@ -60,6 +62,7 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&data, "data", "./spotml-data", "the control plane's data directory")
+	c.Flags().StringVar(&dsn, "store", "", "the control plane's store, as its --store; default: spotml.db in --data")
 	c.Flags().StringVar(&addr, "addr", "127.0.0.1:8000", "address to serve on")
 	c.Flags().StringVar(&id, "id", "", "name of this gateway in the QPS reports (default gateway-HOSTNAME-PID)")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -22,12 +22,12 @@ import (
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
-	"github.com/spotml/spotml/internal/store/sqlite"
 	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 type serverFlags struct {
 	data        string
+	store       string
 	addr        string
 	gatewayAddr string
 	heartbeat   time.Duration
@@ -40,7 +40,8 @@ type serverFlags struct {
 }
 
 func (f *serverFlags) bind(c *cobra.Command) {
-	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: database, blobs, tokens, node work directories")
+	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: database (unless --store names one), blobs, tokens, node work directories")
+	c.Flags().StringVar(&f.store, "store", "", storeUsage)
 	c.Flags().StringVar(&f.addr, "addr", "127.0.0.1:8080", "address of the API")
 	c.Flags().StringVar(&f.gatewayAddr, "gateway-addr", "127.0.0.1:8000", "address of the inference gateway (no admin token needed); empty: no gateway")
 	c.Flags().DurationVar(&f.heartbeat, "heartbeat", time.Second, "how often agents heartbeat")
@@ -108,7 +109,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
-	st, err := sqlite.Open(ctx, filepath.Join(data, "spotml.db"), time.Now)
+	st, err := openStore(ctx, f.store, data)
 	if err != nil {
 		return err
 	}
@@ -185,6 +186,9 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	fmt.Fprintf(stdout, "spotml is up\n  console: %s/ (log in with the token)\n  API:     %s\n  token:   %s\n  data:    %s\n", url, url, filepath.Join(data, "token"), data)
 	if gatewayURL != "" {
 		fmt.Fprintf(stdout, "  gateway: %s\n", gatewayURL)
+	}
+	if f.store != "" {
+		fmt.Fprintf(stdout, "  store:   %s\n", redactDSN(f.store))
 	}
 	log.Info("control plane started", "api", url, "data", data)
 	err = g.Wait()

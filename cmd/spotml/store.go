@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spotml/spotml/internal/store/postgres"
+	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
+)
+
+// storeUsage is the --store flag's help.
+const storeUsage = "the store: postgres://USER:PASSWORD@HOST:5432/DB?sslmode=… for PostgreSQL, sqlite:PATH for a SQLite file; default: the SQLite file spotml.db in --data"
+
+// openStore opens the store that --store names; "" is the SQLite file in
+// the data directory.
+func openStore(ctx context.Context, dsn, data string) (*sqlstore.Store, error) {
+	switch {
+	case dsn == "":
+		return sqlite.Open(ctx, filepath.Join(data, "spotml.db"), time.Now)
+	case postgres.IsDSN(dsn):
+		st, err := postgres.Open(ctx, dsn, time.Now)
+		if err != nil {
+			return nil, fmt.Errorf("--store: %w; check that PostgreSQL runs there and that the URL's host, port, user, password and database are right", err)
+		}
+		return st, nil
+	case strings.HasPrefix(dsn, "sqlite:"):
+		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "//")
+		if path == "" {
+			return nil, fmt.Errorf("--store %q: no file after sqlite:; use sqlite:/PATH/TO/spotml.db", dsn)
+		}
+		return sqlite.Open(ctx, path, time.Now)
+	}
+	return nil, fmt.Errorf("--store %q: not a store; use postgres://USER:PASSWORD@HOST:5432/DB for PostgreSQL, sqlite:PATH for a SQLite file, or leave --store out for spotml.db in --data", redactDSN(dsn))
+}
+
+// redactDSN hides what looks like a password in a DSN that is echoed back.
+func redactDSN(dsn string) string {
+	scheme, rest, ok := strings.Cut(dsn, "://")
+	if !ok {
+		return dsn
+	}
+	userinfo, host, ok := strings.Cut(rest, "@")
+	if !ok {
+		return dsn
+	}
+	if u, _, ok := strings.Cut(userinfo, ":"); ok {
+		return scheme + "://" + u + ":…@" + host
+	}
+	return dsn
+}
