@@ -55,6 +55,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"DeletePool", testDeletePool},
 		{"Durable", testDurable},
 		{"ConcurrentReports", testConcurrentReports},
+		{"ConcurrentAssign", testConcurrentAssign},
 		{"GatewayStats", testGatewayStats},
 		{"ServiceSamples", testServiceSamples},
 		{"ServiceSamplesRetention", testServiceSamplesRetention},
@@ -1038,5 +1039,53 @@ func testConcurrentReports(t *testing.T, h *Harness) {
 	}
 	if got := h.events("job/"); !slices.Equal(got, []string{"Submitted job/wide", "Succeeded job/wide"}) {
 		t.Errorf("events %q", got)
+	}
+}
+
+// testConcurrentAssign: plans that race for the same tasks on different
+// nodes, each in its own transaction at once (as several control planes,
+// or a plan beside a report, would), place every task exactly once, with
+// one attempt each. On PostgreSQL the losers fail to serialize and are run
+// again, and then find the tasks taken.
+func testConcurrentAssign(t *testing.T, h *Harness) {
+	const tasks, planners = 8, 6
+	h.Apply(PoolCPU + "---" + JobYAML("race", tasks, 0))
+	for i := range planners {
+		h.Node(fmt.Sprintf("n%d", i), true)
+	}
+	ts := h.job("race").Tasks
+	var wg sync.WaitGroup
+	applied := make(chan int, planners)
+	errs := make(chan error, planners)
+	for i := range planners {
+		wg.Go(func() {
+			var plan []store.Assignment
+			for _, tk := range ts {
+				plan = append(plan, store.Assignment{TaskID: tk.ID, Node: fmt.Sprintf("n%d", i)})
+			}
+			n, err := h.St.Assign(h.Ctx, plan)
+			applied <- n
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(applied)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	total := 0
+	for n := range applied {
+		total += n
+	}
+	if total != tasks {
+		t.Errorf("%d assignments applied in all, want %d (each task once)", total, tasks)
+	}
+	for _, tk := range h.job("race").Tasks {
+		if tk.State != store.TaskRunning || tk.Node == "" || len(tk.Attempts) != 1 || tk.Attempts[0].Node != tk.Node {
+			t.Errorf("task %s: %s on %q, attempts %+v", tk.Name, tk.State, tk.Node, tk.Attempts)
+		}
 	}
 }
