@@ -13,6 +13,8 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/postgres"
+	"github.com/spotml/spotml/internal/store/postgres/pgtest"
 	"github.com/spotml/spotml/internal/store/sqlite"
 	"github.com/spotml/spotml/internal/store/sqlstore"
 )
@@ -33,7 +35,12 @@ import (
 // (store.ReportBatch), as the server's group commit does when a fleet
 // finishes together. report=each: one store.Report (one transaction, one
 // disk sync) per task — the cost of reports that arrive one at a time.
+//
+// Each case runs over SQLite (a file in a temp dir) and over PostgreSQL (a
+// throwaway local cluster, pgtest; skipped where PostgreSQL is not
+// installed), so that the two read side by side.
 func BenchmarkControlPlaneThroughput(b *testing.B) {
+	pg := pgtest.New(b)
 	for _, c := range []struct {
 		nodes, tasks int
 		each         bool
@@ -46,43 +53,65 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 		if c.each {
 			mode = "each"
 		}
-		b.Run(fmt.Sprintf("nodes=%d/tasks=%d/report=%s", c.nodes, c.tasks, mode), func(b *testing.B) {
-			ctx := context.Background()
-			var reconcile, report time.Duration
-			passes := 0
-			for range b.N {
-				b.StopTimer()
-				f := newBenchFleet(b, c.nodes, c.tasks)
-				b.StartTimer()
-				for done := 0; done < c.tasks; {
-					t0 := time.Now()
-					if err := f.plane.Reconcile(ctx); err != nil {
-						b.Fatal(err)
+		for _, backend := range []string{"sqlite", "postgres"} {
+			b.Run(fmt.Sprintf("store=%s/nodes=%d/tasks=%d/report=%s", backend, c.nodes, c.tasks, mode), func(b *testing.B) {
+				ctx := context.Background()
+				var reconcile, report time.Duration
+				passes := 0
+				for range b.N {
+					b.StopTimer()
+					f := newBenchFleetOn(b, openBench(b, backend, pg), c.nodes, c.tasks)
+					b.StartTimer()
+					for done := 0; done < c.tasks; {
+						t0 := time.Now()
+						if err := f.plane.Reconcile(ctx); err != nil {
+							b.Fatal(err)
+						}
+						t1 := time.Now()
+						n, err := f.finishWave(ctx, c.each)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if n == 0 {
+							b.Fatalf("pass %d assigned nothing with %d of %d tasks done", passes+1, done, c.tasks)
+						}
+						passes++
+						done += n
+						reconcile += t1.Sub(t0)
+						report += time.Since(t1)
 					}
-					t1 := time.Now()
-					n, err := f.finishWave(ctx, c.each)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if n == 0 {
-						b.Fatalf("pass %d assigned nothing with %d of %d tasks done", passes+1, done, c.tasks)
-					}
-					passes++
-					done += n
-					reconcile += t1.Sub(t0)
-					report += time.Since(t1)
+					b.StopTimer()
+					f.st.Close()
 				}
-				b.StopTimer()
-				f.st.Close()
-			}
-			tasks := float64(c.tasks * b.N)
-			b.ReportMetric(tasks/reconcile.Seconds(), "tasks/s")
-			b.ReportMetric(tasks/(reconcile+report).Seconds(), "completed/s")
-			b.ReportMetric(float64(passes)/float64(b.N), "passes/op")
-			b.ReportMetric(float64(reconcile.Milliseconds())/float64(passes), "ms/pass")
-			b.ReportMetric(float64(report.Milliseconds())/float64(passes), "report-ms/wave")
-		})
+				tasks := float64(c.tasks * b.N)
+				b.ReportMetric(tasks/reconcile.Seconds(), "tasks/s")
+				b.ReportMetric(tasks/(reconcile+report).Seconds(), "completed/s")
+				b.ReportMetric(float64(passes)/float64(b.N), "passes/op")
+				b.ReportMetric(float64(reconcile.Milliseconds())/float64(passes), "ms/pass")
+				b.ReportMetric(float64(report.Milliseconds())/float64(passes), "report-ms/wave")
+			})
+		}
 	}
+}
+
+// openBench opens an empty store on a backend: a SQLite file, or a fresh
+// database of the cluster pg.
+func openBench(b *testing.B, backend string, pg *pgtest.Cluster) *sqlstore.Store {
+	b.Helper()
+	var st *sqlstore.Store
+	var err error
+	switch backend {
+	case "sqlite":
+		st, err = sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), time.Now)
+	case "postgres":
+		st, err = postgres.Open(b.Context(), pg.DB(b), time.Now)
+	default:
+		b.Fatalf("no backend %q", backend)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st
 }
 
 // benchProvider stands in for machines: the benchmark's nodes are rows, and
@@ -108,12 +137,20 @@ type benchFleet struct {
 // one job of tasks (1 cpu each) queued.
 func newBenchFleet(b *testing.B, nodes, tasks int) *benchFleet {
 	b.Helper()
-	ctx := context.Background()
 	path := filepath.Join(b.TempDir(), "spotml.db")
-	st, err := sqlite.Open(ctx, path, time.Now)
+	st, err := sqlite.Open(b.Context(), path, time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}
+	f := newBenchFleetOn(b, st, nodes, tasks)
+	f.path = path
+	return f
+}
+
+// newBenchFleetOn is newBenchFleet over an open, empty store.
+func newBenchFleetOn(b *testing.B, st *sqlstore.Store, nodes, tasks int) *benchFleet {
+	b.Helper()
+	ctx := context.Background()
 	capacity := spec.Resources{CPU: 16, Memory: 64 << 30}
 	price := 0.1
 	pool := spec.Pool{APIVersion: spec.APIVersion, Kind: spec.KindPool, Metadata: spec.Metadata{Name: "fleet"},
@@ -153,7 +190,7 @@ func newBenchFleet(b *testing.B, nodes, tasks int) *benchFleet {
 	// the nodes alive.
 	plane := control.New(st, map[string]control.Provider{spec.ProviderLocal: benchProvider{}}, log, time.Now,
 		control.Options{NodeTimeout: 24 * time.Hour})
-	return &benchFleet{st: st, plane: plane, path: path}
+	return &benchFleet{st: st, plane: plane}
 }
 
 // finishWave has every node's agent report its running tasks succeeded,

@@ -31,6 +31,7 @@ var Dialect = sqlstore.Dialect{
 	Isolation:    sql.LevelSerializable,
 	Retryable:    Retryable,
 	ForUpdate:    " FOR UPDATE",
+	Arrays:       true,
 	NotAllDigits: func(expr string) string { return expr + ` ~ '[^0-9]'` },
 	// Any fixed key: instances started together migrate one at a time.
 	LockMigrations: `SELECT pg_advisory_xact_lock(7316021195)`,

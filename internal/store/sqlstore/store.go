@@ -54,6 +54,10 @@ type Dialect struct {
 	// so that control planes started together over one database migrate it
 	// one after the other.
 	LockMigrations string
+	// Arrays: the database takes Go slices as array parameters and has
+	// unnest, so that a plan of thousands of assignments is one statement
+	// (one round trip) rather than two per assignment.
+	Arrays bool
 	// PrepareReads keeps a prepared statement per query on the read pool
 	// (the driver does not cache them itself).
 	PrepareReads bool

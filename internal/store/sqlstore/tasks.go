@@ -23,6 +23,11 @@ func (s *Store) Assign(ctx context.Context, plan []store.Assignment) (int, error
 	err := s.txNodes(ctx, nodes, func(tx *txn) error {
 		applied = 0
 		now := s.now().UnixNano()
+		if s.d.Arrays {
+			var err error
+			applied, err = s.assignArrays(ctx, tx, plan, now)
+			return err
+		}
 		upd, err := tx.PrepareContext(ctx, `UPDATE tasks SET state = ?, node = ?, started_at = ?, message = ''
 			WHERE id = ? AND state = ? AND EXISTS (SELECT 1 FROM nodes n WHERE n.name = ? AND n.state = ? AND n.notice_deadline = 0)`)
 		if err != nil {
@@ -55,6 +60,34 @@ func (s *Store) Assign(ctx context.Context, plan []store.Assignment) (int, error
 		}
 		return err
 	})
+	return applied, err
+}
+
+// assignArrays is Assign's transaction in one statement, for a database
+// with arrays (Dialect.Arrays): the same checks, the same rows written.
+func (s *Store) assignArrays(ctx context.Context, tx *txn, plan []store.Assignment, now int64) (int, error) {
+	// A task named twice goes to its first node, as one by one.
+	ids := make([]int64, 0, len(plan))
+	nodes := make([]string, 0, len(plan))
+	seen := make(map[int64]bool, len(plan))
+	for _, a := range plan {
+		if !seen[a.TaskID] {
+			seen[a.TaskID] = true
+			ids, nodes = append(ids, a.TaskID), append(nodes, a.Node)
+		}
+	}
+	var applied int
+	err := tx.QueryRowContext(ctx, `WITH p AS (SELECT * FROM unnest(?::bigint[], ?::text[]) AS p(id, node)),
+		upd AS (UPDATE tasks t SET state = ?, node = p.node, started_at = ?, message = ''
+			FROM p JOIN nodes n ON n.name = p.node AND n.state = ? AND n.notice_deadline = 0
+			WHERE t.id = p.id AND t.state = ?
+			RETURNING t.id, t.attempt, t.node, t.started_at),
+		rec AS (INSERT INTO attempts (task_id, attempt, node, started_at) SELECT id, attempt, node, started_at FROM upd
+			ON CONFLICT (task_id, attempt) DO UPDATE SET node = excluded.node, started_at = excluded.started_at,
+				ended_at = 0, outcome = '', exit_code = 0),
+		busy AS (UPDATE nodes SET idle_since = 0 WHERE name IN (SELECT node FROM upd))
+		SELECT count(*) FROM upd`,
+		ids, nodes, store.TaskRunning, now, store.NodeReady, store.TaskPending).Scan(&applied)
 	return applied, err
 }
 

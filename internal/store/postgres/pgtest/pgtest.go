@@ -2,7 +2,7 @@
 // one package: initdb and pg_ctl from Debian's PostgreSQL, run as the
 // postgres user when the tests run as root (initdb refuses root), in a
 // temporary directory, listening only on a unix socket there
-// (listen_addresses=''), with fsync off (for tests only: a crash of the
+// (listen_addresses=”), with fsync off (for tests only: a crash of the
 // test machine may lose the cluster, which is thrown away anyway). Each
 // test gets a database of its own.
 //
@@ -69,6 +69,24 @@ func Main(m *testing.M, c **Cluster) int {
 		}
 	}
 	return code
+}
+
+// New starts a cluster for one test or benchmark and stops it when that
+// ends; where it cannot start, the Cluster's DB skips (or fails) as in
+// Main. For a benchmark that wants PostgreSQL beside SQLite without every
+// test of its package paying for a cluster.
+func New(tb testing.TB) *Cluster {
+	tb.Helper()
+	c, err := Start(tb.Context())
+	if err != nil {
+		return &Cluster{err: err}
+	}
+	tb.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			tb.Errorf("pgtest: %v", err)
+		}
+	})
+	return c
 }
 
 // Start initializes and starts a cluster in a new temporary directory.
