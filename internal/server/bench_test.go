@@ -22,6 +22,8 @@ import (
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/postgres"
+	"github.com/spotml/spotml/internal/store/postgres/pgtest"
 	"github.com/spotml/spotml/internal/store/sqlite"
 	"github.com/spotml/spotml/internal/store/sqlstore"
 )
@@ -41,69 +43,96 @@ func (nopProvider) Stop(context.Context, store.Node) error { return nil }
 // goroutine per node, that report each task they were given as succeeded
 // over the real HTTP API, all at once, as a fleet finishing a wave would.
 //
+// store=sqlite is a SQLite file in a temp dir; store=postgres a database of
+// a throwaway local PostgreSQL cluster (pgtest; skipped where PostgreSQL is
+// not installed), so that the two read side by side in one run.
+//
 // heartbeat=1s: meanwhile every node's agent also heartbeats every second
 // over the same API (staggered, as agents that joined at different times
 // do), and hb-p99-ms is the 99th percentile of the heartbeats' response
 // times.
 func BenchmarkControlPlaneThroughput(b *testing.B) {
+	pg := pgtest.New(b)
 	for _, size := range []struct {
 		nodes, tasks int
 		heartbeat    time.Duration
 	}{{100, 10_000, 0}, {1_000, 100_000, 0}, {1_000, 100_000, time.Second}} {
-		name := fmt.Sprintf("nodes=%d/tasks=%d/heartbeat=off", size.nodes, size.tasks)
-		if size.heartbeat > 0 {
-			name = fmt.Sprintf("nodes=%d/tasks=%d/heartbeat=%s", size.nodes, size.tasks, size.heartbeat)
-		}
-		b.Run(name, func(b *testing.B) {
-			var assign, report time.Duration
-			passes := 0
-			var beats []time.Duration
-			for range b.N {
-				b.StopTimer()
-				f := newFleet(b, size.nodes, size.tasks)
-				stop := func() []time.Duration { return nil }
-				if size.heartbeat > 0 {
-					stop = f.heartbeatAll(size.nodes, size.heartbeat)
-				}
-				b.StartTimer()
-				ctx := context.Background()
-				for done := 0; done < size.tasks; {
-					t0 := time.Now()
-					if err := f.plane.Reconcile(ctx); err != nil {
-						b.Fatal(err)
-					}
-					passes++
-					t1 := time.Now()
-					n, err := f.reportWave(ctx)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if n == 0 {
-						b.Fatalf("no progress with %d of %d done", done, size.tasks)
-					}
-					done += n
-					assign += t1.Sub(t0)
-					report += time.Since(t1)
-				}
-				b.StopTimer()
-				beats = append(beats, stop()...)
-				f.close()
-			}
-			n := float64(size.tasks * b.N)
-			b.ReportMetric(n/assign.Seconds(), "assigned/s")
-			b.ReportMetric(n/(assign+report).Seconds(), "completed/s")
-			b.ReportMetric(float64(passes)/float64(b.N), "passes/op")
+		for _, backend := range []string{"sqlite", "postgres"} {
+			name := fmt.Sprintf("store=%s/nodes=%d/tasks=%d/heartbeat=off", backend, size.nodes, size.tasks)
 			if size.heartbeat > 0 {
-				if len(beats) == 0 {
-					b.Fatal("no heartbeat was answered")
-				}
-				slices.Sort(beats)
-				b.ReportMetric(float64(beats[len(beats)*99/100].Microseconds())/1000, "hb-p99-ms")
-				b.ReportMetric(float64(beats[len(beats)-1].Microseconds())/1000, "hb-max-ms")
-				b.ReportMetric(float64(len(beats))/(assign+report).Seconds()/float64(b.N), "heartbeats/s")
+				name = fmt.Sprintf("store=%s/nodes=%d/tasks=%d/heartbeat=%s", backend, size.nodes, size.tasks, size.heartbeat)
 			}
-		})
+			b.Run(name, func(b *testing.B) {
+				var assign, report time.Duration
+				passes := 0
+				var beats []time.Duration
+				for range b.N {
+					b.StopTimer()
+					f := newFleetOn(b, openStore(b, backend, pg), size.nodes, size.tasks)
+					stop := func() []time.Duration { return nil }
+					if size.heartbeat > 0 {
+						stop = f.heartbeatAll(size.nodes, size.heartbeat)
+					}
+					b.StartTimer()
+					ctx := context.Background()
+					for done := 0; done < size.tasks; {
+						t0 := time.Now()
+						if err := f.plane.Reconcile(ctx); err != nil {
+							b.Fatal(err)
+						}
+						passes++
+						t1 := time.Now()
+						n, err := f.reportWave(ctx)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if n == 0 {
+							b.Fatalf("no progress with %d of %d done", done, size.tasks)
+						}
+						done += n
+						assign += t1.Sub(t0)
+						report += time.Since(t1)
+					}
+					b.StopTimer()
+					beats = append(beats, stop()...)
+					f.close()
+				}
+				n := float64(size.tasks * b.N)
+				b.ReportMetric(n/assign.Seconds(), "assigned/s")
+				b.ReportMetric(n/(assign+report).Seconds(), "completed/s")
+				b.ReportMetric(float64(passes)/float64(b.N), "passes/op")
+				if size.heartbeat > 0 {
+					if len(beats) == 0 {
+						b.Fatal("no heartbeat was answered")
+					}
+					slices.Sort(beats)
+					b.ReportMetric(float64(beats[len(beats)*99/100].Microseconds())/1000, "hb-p99-ms")
+					b.ReportMetric(float64(beats[len(beats)-1].Microseconds())/1000, "hb-max-ms")
+					b.ReportMetric(float64(len(beats))/(assign+report).Seconds()/float64(b.N), "heartbeats/s")
+				}
+			})
+		}
 	}
+}
+
+// openStore opens an empty store on a backend: a SQLite file, or a fresh
+// database of the cluster pg.
+func openStore(b *testing.B, backend string, pg *pgtest.Cluster) *sqlstore.Store {
+	b.Helper()
+	var st *sqlstore.Store
+	var err error
+	switch backend {
+	case "sqlite":
+		st, err = sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "bench.db"), time.Now)
+	case "postgres":
+		st, err = postgres.Open(b.Context(), pg.DB(b), time.Now)
+	default:
+		b.Fatalf("no backend %q", backend)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st
 }
 
 type fleet struct {
@@ -114,15 +143,12 @@ type fleet struct {
 	creds map[string]string // node credentials by node
 }
 
-// newFleet makes one pool of ready nodes (16 cpu each) and one job of
+// newFleetOn makes one pool of ready nodes (16 cpu each) and one job of
 // tasks (1 cpu each) waiting, behind a real API server.
-func newFleet(b *testing.B, nodes, tasks int) *fleet {
+func newFleetOn(b *testing.B, st *sqlstore.Store, nodes, tasks int) *fleet {
 	ctx := context.Background()
 	dir := b.TempDir()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "bench.db"), time.Now)
-	if err != nil {
-		b.Fatal(err)
-	}
+	var err error
 	pool := spec.Pool{APIVersion: spec.APIVersion, Kind: spec.KindPool, Metadata: spec.Metadata{Name: "fleet"},
 		Spec: spec.PoolSpec{Provider: "local", Priority: spec.PrioritySpot, InstanceType: "custom", Min: nodes, Max: nodes,
 			Capacity: &spec.Resources{CPU: 16, Memory: 64 << 30}, PricePerHour: new(0.1)}}
