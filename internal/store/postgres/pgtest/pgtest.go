@@ -94,7 +94,13 @@ func Start(ctx context.Context) (*Cluster, error) {
 	if _, err := os.Stat(filepath.Join(Bin, "initdb")); err != nil {
 		return nil, fmt.Errorf("PostgreSQL 15 is not installed (%s/initdb: %w); install it with apt-get install postgresql", Bin, err)
 	}
-	dir, err := os.MkdirTemp("", "spotml-pg-")
+	parent := ""
+	if os.Geteuid() == 0 {
+		// The postgres user must reach the directory: $TMPDIR may be
+		// under root's home.
+		parent = "/tmp"
+	}
+	dir, err := os.MkdirTemp(parent, "spotml-pg-")
 	if err != nil {
 		return nil, err
 	}
