@@ -1,51 +1,20 @@
 package sqlite_test
 
 import (
-	"context"
-	"fmt"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/spotml/spotml/internal/spec"
-	"github.com/spotml/spotml/internal/store"
 	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/storetest"
 )
 
-// BenchmarkHeartbeat is the store's side of one agent heartbeat from a
-// fleet of 1,000 ready nodes, called from many goroutines at once as the
-// API's handlers call it: ns/op is the store's cost per heartbeat, and
-// heartbeats/s what it sustains.
+// BenchmarkHeartbeat: storetest.BenchHeartbeat over SQLite.
 func BenchmarkHeartbeat(b *testing.B) {
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "spotml.db"), time.Now)
+	st, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	const nodes = 1000
-	for i := range nodes {
-		n := store.Node{Name: fmt.Sprintf("n%04d", i), Pool: "cpu", Priority: spec.PrioritySpot, InstanceType: "local-small"}
-		if err := st.CreateNode(ctx, n); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := st.Heartbeat(ctx, n.Name, true); err != nil {
-			b.Fatal(err)
-		}
-	}
-	var next atomic.Int64
-	b.SetParallelism(50)
-	b.ResetTimer()
-	t0 := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			name := fmt.Sprintf("n%04d", next.Add(1)%nodes)
-			if _, err := st.Heartbeat(ctx, name, true); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "heartbeats/s")
+	storetest.BenchHeartbeat(b, st)
 }
