@@ -27,7 +27,7 @@ type liveness struct {
 	flushing bool
 
 	// Node credentials found valid, so that the agent API does not ask
-	// SQLite who sends each heartbeat: hash -> node, and node -> hash to
+	// the database who sends each heartbeat: hash -> node, and node -> hash to
 	// forget them. forget drops a node's entry, so a credential read
 	// again from the database after its node ended, restarted or got a
 	// new credential.

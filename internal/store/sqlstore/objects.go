@@ -94,26 +94,58 @@ func (s *Store) insertJob(ctx context.Context, tx *txn, j spec.Job, now int64) (
 		j.Metadata.Name, store.RandomHex(4), string(b), store.JobRunning, now).Scan(&jobID); err != nil {
 		return store.ApplyResult{}, err
 	}
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO tasks (job_id, name, idx, spec, pool, priority, cpu, memory, gpu, max_retries, state)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return store.ApplyResult{}, err
-	}
-	defer ins.Close()
-	for i, t := range j.ExpandTasks() {
-		tb, err := json.Marshal(t)
+	tasks := j.ExpandTasks()
+	if s.d.Arrays {
+		if err := s.insertTasksArrays(ctx, tx, jobID, tasks); err != nil {
+			return store.ApplyResult{}, err
+		}
+	} else {
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO tasks (job_id, name, idx, spec, pool, priority, cpu, memory, gpu, max_retries, state)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return store.ApplyResult{}, err
 		}
-		if _, err := ins.ExecContext(ctx, jobID, t.Name, i, string(tb), t.Pool, t.Priority,
-			t.Resources.CPU, int64(t.Resources.Memory), t.Resources.GPU, t.MaxRetries, store.TaskPending); err != nil {
-			return store.ApplyResult{}, err
+		defer ins.Close()
+		for i, t := range tasks {
+			tb, err := json.Marshal(t)
+			if err != nil {
+				return store.ApplyResult{}, err
+			}
+			if _, err := ins.ExecContext(ctx, jobID, t.Name, i, string(tb), t.Pool, t.Priority,
+				t.Resources.CPU, int64(t.Resources.Memory), t.Resources.GPU, t.MaxRetries, store.TaskPending); err != nil {
+				return store.ApplyResult{}, err
+			}
 		}
 	}
-	if err := s.event(ctx, tx, "Submitted", "job/"+j.Metadata.Name, "Applied", fmt.Sprintf("%d tasks", len(j.ExpandTasks()))); err != nil {
+	if err := s.event(ctx, tx, "Submitted", "job/"+j.Metadata.Name, "Applied", fmt.Sprintf("%d tasks", len(tasks))); err != nil {
 		return store.ApplyResult{}, err
 	}
 	return store.ApplyResult{Kind: spec.KindJob, Name: j.Metadata.Name, Action: "created"}, nil
+}
+
+// insertTasksArrays inserts a job's tasks in one statement, for a database
+// with arrays (Dialect.Arrays): a job of 100,000 tasks is one round trip,
+// not 100,000.
+func (s *Store) insertTasksArrays(ctx context.Context, tx *txn, jobID int64, tasks []spec.TaskSpec) error {
+	n := len(tasks)
+	names, specs, pools, prios := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	idx, mems, gpus, retries := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	cpus := make([]float64, n)
+	for i, t := range tasks {
+		tb, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		names[i], specs[i], pools[i], prios[i] = t.Name, string(tb), t.Pool, t.Priority
+		idx[i], mems[i], gpus[i], retries[i] = int64(i), int64(t.Resources.Memory), int64(t.Resources.GPU), int64(t.MaxRetries)
+		cpus[i] = t.Resources.CPU
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO tasks (job_id, name, idx, spec, pool, priority, cpu, memory, gpu, max_retries, state)
+		SELECT ?::bigint, u.name, u.idx, u.spec, u.pool, u.priority, u.cpu, u.memory, u.gpu, u.max_retries, ?::text
+		FROM unnest(?::text[], ?::bigint[], ?::text[], ?::text[], ?::text[], ?::float8[], ?::bigint[], ?::bigint[], ?::bigint[])
+			AS u(name, idx, spec, pool, priority, cpu, memory, gpu, max_retries)`,
+		jobID, store.TaskPending, names, idx, specs, pools, prios, cpus, mems, gpus, retries)
+	return err
 }
 
 // ListPools returns all pools by name.

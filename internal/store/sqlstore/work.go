@@ -11,7 +11,7 @@ import (
 // workCache keeps each node's NodeWork as read at a write generation:
 // every node heartbeats every second, and between two writes that may
 // change a node's work its answer cannot change, so a heartbeat costs no
-// SQLite read unless such a write came since the node's last one.
+// database read unless such a write came since the node's last one.
 //
 // A write transaction (Store.tx) bumps the generation of all nodes after
 // it ends; the two frequent ones, Assign and ReportBatch, change the
