@@ -73,9 +73,9 @@ func Simulate(j Job, m Market, start time.Duration, step time.Duration, o Option
 		lookback = 48 * time.Hour
 	}
 	var (
-		s      State
-		warm   time.Duration // changeover left before progress resumes
-		r      = Result{OnDemandCost: OnDemandCost(j)}
+		s     State
+		warm  time.Duration // changeover left before progress resumes
+		r     = Result{OnDemandCost: OnDemandCost(j)}
 		limit = 10 * j.Deadline // a policy that never finishes is cut off
 	)
 	for s.Done < j.Work && s.Elapsed < limit {
