@@ -133,12 +133,12 @@ func blobURL(p string) string {
 	return api.Prefix + "/blobs/" + strings.Join(parts, "/")
 }
 
-func listBlobs(c *cobra.Command, g *globals, prefix string) ([]blob.Object, error) {
+func listBlobs(c *cobra.Command, g *globals, prefix string) ([]api.BlobObject, error) {
 	cl, err := g.client()
 	if err != nil {
 		return nil, err
 	}
-	var objs []blob.Object
+	var objs []api.BlobObject
 	err = cl.Do(c.Context(), http.MethodGet, api.Prefix+"/blobs?"+url.Values{"prefix": {prefix}}.Encode(), nil, &objs)
 	return objs, err
 }

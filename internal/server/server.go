@@ -256,7 +256,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusOK, nonNil(res))
+	writeJSON(w, http.StatusOK, convert(res, toApplyResult))
 	return nil
 }
 
@@ -410,7 +410,7 @@ func (s *Server) listPools(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(ps))
+	writeJSON(w, http.StatusOK, convert(ps, toPool))
 	return nil
 }
 
@@ -419,7 +419,7 @@ func (s *Server) getPool(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, p)
+	writeJSON(w, http.StatusOK, toPool(p))
 	return nil
 }
 
@@ -446,7 +446,7 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) error {
 		}
 		ns = live
 	}
-	writeJSON(w, http.StatusOK, nonNil(ns))
+	writeJSON(w, http.StatusOK, convert(ns, toNode))
 	return nil
 }
 
@@ -455,7 +455,7 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, n)
+	writeJSON(w, http.StatusOK, toNode(n))
 	return nil
 }
 
@@ -485,7 +485,7 @@ func (s *Server) evict(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusAccepted, n)
+	writeJSON(w, http.StatusAccepted, toNode(n))
 	return nil
 }
 
@@ -494,7 +494,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(js))
+	writeJSON(w, http.StatusOK, convert(js, toJob))
 	return nil
 }
 
@@ -503,7 +503,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, j)
+	writeJSON(w, http.StatusOK, toJob(j))
 	return nil
 }
 
@@ -579,7 +579,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(es))
+	writeJSON(w, http.StatusOK, convert(es, toEvent))
 	return nil
 }
 
@@ -588,7 +588,7 @@ func (s *Server) cost(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, cost.SummarizeDays(days, runs, s.cfg.Now()))
+	writeJSON(w, http.StatusOK, toCost(cost.SummarizeDays(days, runs, s.cfg.Now())))
 	return nil
 }
 
