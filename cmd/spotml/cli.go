@@ -69,7 +69,8 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	srv := newUpCmd(stdout, stderr, false)
 	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
-		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout))
+		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout),
+		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout))
 	return root
 }
 

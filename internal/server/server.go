@@ -48,8 +48,13 @@ type Config struct {
 	Token             string // the bootstrap admin token (DATA_DIR/token): every path but the agent API
 	JoinToken         string // registers an agent, which gets its node's own credential back
 	HeartbeatInterval time.Duration
-	Log               *slog.Logger // nil: discard
-	Now               func() time.Time
+	// Backup makes GET /backup's snapshots, in temporary files under
+	// BackupDir (empty: the system's temporary directory). nil: the
+	// store has no online backup here and the endpoint answers 501.
+	Backup    Backuper
+	BackupDir string
+	Log       *slog.Logger // nil: discard
+	Now       func() time.Time
 }
 
 // Server is the control plane's HTTP handler.
@@ -134,6 +139,9 @@ func (s *Server) routes() {
 	write("GET "+p+"/tokens", s.listTokens)
 	write("POST "+p+"/tokens", s.createToken)
 	write("DELETE "+p+"/tokens/{name}", s.revokeToken)
+	// A backup holds every spec and secret hash: an admin's, though it
+	// changes nothing.
+	write("GET "+p+"/backup", s.backup)
 	s.mux.Handle("POST "+p+"/agent/register", s.auth(needJoin, s.register))
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
