@@ -295,6 +295,7 @@ var routes = []struct {
 	{"GET", "/tokens", "admin"},
 	{"POST", "/tokens", "admin"},
 	{"DELETE", "/tokens/nobody", "admin"},
+	{"GET", "/backup", "admin"},
 	{"GET", "/no/such/route", "read"},
 	{"PATCH", "/pools", "read"},
 	{"POST", "/agent/register", "join"},
