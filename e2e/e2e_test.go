@@ -52,7 +52,13 @@ type cluster struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	c := &cluster{t: t, data: t.TempDir(), addr: freeAddr(t), gw: freeAddr(t)}
+	return newClusterIn(t, t.TempDir())
+}
+
+// newClusterIn runs spotml up over the data directory data.
+func newClusterIn(t *testing.T, data string) *cluster {
+	t.Helper()
+	c := &cluster{t: t, data: data, addr: freeAddr(t), gw: freeAddr(t)}
 	c.start()
 	t.Cleanup(func() {
 		c.stop(syscall.SIGINT)
