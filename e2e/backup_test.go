@@ -85,7 +85,7 @@ spec:
 	time.Sleep(300 * time.Millisecond)
 	close(stop)
 	wg.Wait()
-	if !strings.Contains(out, "store schema version") {
+	if !strings.Contains(out, "SHA-256") {
 		t.Errorf("backup said %q", out)
 	}
 	if served.Load() == 0 || failed.Load() != 0 {

@@ -2,7 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -13,17 +14,14 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/client"
-	"github.com/spotml/spotml/internal/store"
 )
 
-// Backups of the SQLite store. The snapshot is taken by the running
-// control plane (GET /backup: SQLite's VACUUM INTO, one read transaction,
-// so it is consistent and holds no writer up) and streamed to the CLI,
-// which keeps it only once it is whole, checked and on disk. Restore is a
-// local operation on a data directory, like spotml up itself.
-
-// storeFile is the store's file name in a data directory.
-const storeFile = "spotml.db"
+// Backups of the SQLite store. The snapshot is taken and checked by the
+// running control plane (GET /backup: SQLite's VACUUM INTO, one read
+// transaction, so it is consistent and holds no writer up) and streamed to
+// the CLI, which keeps it only once it is whole (length and SHA-256 as the
+// server sent them) and on disk. Like every client command it speaks the
+// API only; spotml restore (restore.go) opens the file itself.
 
 func newBackupCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 	return &cobra.Command{
@@ -39,33 +37,37 @@ spotml up: DATA/blobs) is not in FILE: copy it after the backup (see README).`,
 			if err != nil {
 				return err
 			}
-			v, size, err := backup(c.Context(), cl, args[0], stderr)
+			size, sum, err := backup(c.Context(), cl, args[0], stderr)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "backup %s: %s, store schema version %d\n", args[0], sizeString(size), v)
+			fmt.Fprintf(stdout, "backup %s: %s, SHA-256 %s\n", args[0], sizeString(size), sum)
 			return nil
 		},
 	}
 }
 
 // backup downloads a snapshot into file through a temporary file beside
-// it: synced, checked to be a store this spotml can open, then renamed
-// over file and the directory synced. A cut-off or damaged download leaves
-// file as it was.
-func backup(ctx context.Context, cl *client.Client, file string, progress io.Writer) (version int, size int64, err error) {
+// it: checked against the server's length and SHA-256, synced, then
+// renamed over file and the directory synced. A cut-off or damaged
+// download leaves file as it was.
+func backup(ctx context.Context, cl *client.Client, file string, progress io.Writer) (size int64, sum string, err error) {
 	dir := filepath.Dir(file)
 	if fi, err := os.Stat(file); err == nil && fi.IsDir() {
-		return 0, 0, fmt.Errorf("backup %s: a directory; name the file to write, e.g. %s", file, filepath.Join(file, "spotml-"+time.Now().Format("20060102-150405")+".db"))
+		return 0, "", fmt.Errorf("backup %s: a directory; name the file to write, e.g. %s", file, filepath.Join(file, "spotml-"+time.Now().Format("20060102-150405")+".db"))
 	}
-	body, total, err := cl.Download(ctx, api.Prefix+"/backup")
+	body, err := cl.Download(ctx, api.Prefix+"/backup")
 	if err != nil {
-		return 0, 0, fmt.Errorf("backup: %w", err)
+		return 0, "", fmt.Errorf("backup: %w", err)
 	}
 	defer body.Close()
+	want := body.Header.Get(api.BackupSHA256Header)
+	if want == "" {
+		return 0, "", fmt.Errorf("backup: the server sent no %s header; is it a spotml of this version?", api.BackupSHA256Header)
+	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(file)+".*.tmp")
 	if err != nil {
-		return 0, 0, fmt.Errorf("backup %s: %w", file, err)
+		return 0, "", fmt.Errorf("backup %s: %w", file, err)
 	}
 	defer func() {
 		if err != nil {
@@ -73,123 +75,32 @@ func backup(ctx context.Context, cl *client.Client, file string, progress io.Wri
 			os.Remove(tmp.Name())
 		}
 	}()
-	bar := newTransferBar(progress, "backup", total)
-	n, err := io.Copy(tmp, bar.reader(body))
+	bar := newTransferBar(progress, "backup", body.Size)
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h), bar.reader(body))
 	if err != nil {
-		return 0, 0, fmt.Errorf("backup: %w", err)
+		return 0, "", fmt.Errorf("backup: %w", err)
 	}
-	if total >= 0 && n != total {
-		return 0, 0, fmt.Errorf("backup: got %d of %d bytes; try again", n, total)
+	if body.Size >= 0 && n != body.Size {
+		return 0, "", fmt.Errorf("backup: got %d of %d bytes; try again", n, body.Size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return 0, "", fmt.Errorf("backup: the file's SHA-256 is %s, the server's %s: it was damaged on the way; try again", got, want)
 	}
 	if err := tmp.Sync(); err != nil {
-		return 0, 0, fmt.Errorf("backup %s: %w", file, err)
+		return 0, "", fmt.Errorf("backup %s: %w", file, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return 0, 0, fmt.Errorf("backup %s: %w", file, err)
+		return 0, "", fmt.Errorf("backup %s: %w", file, err)
 	}
 	bar.finish()
-	if version, err = store.CheckBackup(ctx, tmp.Name()); err != nil {
-		return 0, 0, fmt.Errorf("backup: the server sent something that is not a whole store: %w", err)
-	}
 	if err := os.Rename(tmp.Name(), file); err != nil {
-		return 0, 0, fmt.Errorf("backup %s: %w", file, err)
+		return 0, "", fmt.Errorf("backup %s: %w", file, err)
 	}
 	if err := syncDir(dir); err != nil {
-		return 0, 0, fmt.Errorf("backup %s: %w", file, err)
+		return 0, "", fmt.Errorf("backup %s: %w", file, err)
 	}
-	return version, n, nil
-}
-
-func newRestoreCmd(g *globals, stdout io.Writer) *cobra.Command {
-	return &cobra.Command{
-		Use:   "restore FILE --data DIR",
-		Short: "Make DIR a data directory whose store is the backup FILE; then run spotml up (or server) --data DIR",
-		Long: `Restore a backup made by spotml backup into a new data directory: FILE is
-checked (an intact spotml store of a schema this spotml can open) and copied
-to DIR/spotml.db. DIR must not hold a store already. Nothing is started:
-run spotml up --data DIR afterwards. Nodes the backup names as running are
-found lost there and their work is requeued.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(c *cobra.Command, args []string) error {
-			if !c.Flags().Changed("data") && !c.Root().PersistentFlags().Changed("data") {
-				return errors.New("--data: name the data directory to restore into (a new or empty one), e.g. spotml restore " + args[0] + " --data ./spotml-restored")
-			}
-			v, err := restore(c.Context(), args[0], g.data)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "restored %s into %s (store schema version %d); start it with: spotml up --data %s\n", args[0], g.data, v, g.data)
-			return nil
-		},
-	}
-}
-
-// restore copies the backup file into data as its store. It refuses a data
-// directory that has a store (or its write-ahead log), and a file that is
-// not a store this spotml can open; either way data is left as it was.
-func restore(ctx context.Context, file, data string) (version int, err error) {
-	if _, err := os.Stat(file); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	for _, name := range []string{storeFile, storeFile + "-wal"} {
-		if _, err := os.Stat(filepath.Join(data, name)); err == nil {
-			return 0, fmt.Errorf("--data %s: holds a store already (%s); restore into a new directory (--data DIR where DIR does not exist or has no %s), or stop the spotml using it and move the directory away first",
-				data, filepath.Join(data, name), storeFile)
-		}
-	}
-	if version, err = store.CheckBackup(ctx, file); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return 0, fmt.Errorf("--data: %w", err)
-	}
-	src, err := os.Open(file)
-	if err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	defer src.Close()
-	tmp, err := os.CreateTemp(data, "."+storeFile+".*.tmp")
-	if err != nil {
-		return 0, fmt.Errorf("--data: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			removeStoreFiles(tmp.Name())
-		}
-	}()
-	if _, err := io.Copy(tmp, src); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	// Opened once before it takes the store's name: this applies the
-	// migrations a backup of an older spotml needs, so that a copy this
-	// spotml cannot use never becomes the directory's store.
-	st, err := store.Open(ctx, tmp.Name(), time.Now)
-	if err != nil {
-		return 0, fmt.Errorf("restore: %s: %w", file, err)
-	}
-	if err := st.Close(); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(data, storeFile)); err != nil {
-		return 0, fmt.Errorf("restore: %w", err)
-	}
-	removeStoreFiles(tmp.Name()) // its -shm, if SQLite left one
-	return version, syncDir(data)
-}
-
-// removeStoreFiles removes a SQLite database file and the files SQLite
-// keeps beside it.
-func removeStoreFiles(path string) {
-	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
-		os.Remove(path + suffix)
-	}
+	return n, want, nil
 }
 
 // syncDir makes a rename in dir durable.

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
@@ -142,5 +144,42 @@ func TestBackupWithoutOnlineBackup(t *testing.T) {
 	}
 	if _, err := os.Stat(file); err == nil {
 		t.Error("a file was written")
+	}
+}
+
+// TestBackupDamagedOnTheWay: a body that does not match the SHA-256 the
+// server sent, or is cut off, is refused and the older backup stays.
+func TestBackupDamagedOnTheWay(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "b.db")
+	os.WriteFile(file, []byte("the older backup"), 0o600)
+	for _, c := range []struct {
+		name, want string
+		serve      func(w http.ResponseWriter)
+	}{
+		{"damaged", "damaged on the way", func(w http.ResponseWriter) {
+			w.Header().Set(api.BackupSHA256Header, strings.Repeat("0", 64))
+			w.Write([]byte("SQLite format 3\x00 and more"))
+		}},
+		{"cut off", "unexpected EOF", func(w http.ResponseWriter) {
+			w.Header().Set(api.BackupSHA256Header, strings.Repeat("0", 64))
+			w.Header().Set("Content-Length", "1000")
+			w.Write([]byte("SQLite format 3\x00"))
+		}},
+		{"no hash", "no " + api.BackupSHA256Header, func(w http.ResponseWriter) {
+			w.Write([]byte("SQLite format 3\x00"))
+		}},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { c.serve(w) }))
+		_, err := spotml(t, srv.URL, "backup", file)
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
+		if b, _ := os.ReadFile(file); string(b) != "the older backup" {
+			t.Errorf("%s: the older backup was replaced by %q", c.name, b)
+		}
+		if left, _ := filepath.Glob(filepath.Join(filepath.Dir(file), ".*tmp")); len(left) != 0 {
+			t.Errorf("%s: temporary files left: %v", c.name, left)
+		}
 	}
 }

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -57,8 +59,11 @@ func TestBackup(t *testing.T) {
 	var sizes []int
 	for i := range 5 {
 		r := a.admin("GET", "/backup", nil, http.StatusOK)
-		if ct := r.header.Get("Content-Type"); ct != server.BackupContentType {
+		if ct := r.header.Get("Content-Type"); ct != api.BackupContentType {
 			t.Errorf("backup Content-Type %q", ct)
+		}
+		if sum := sha256.Sum256(r.body); r.header.Get(api.BackupSHA256Header) != hex.EncodeToString(sum[:]) {
+			t.Errorf("backup %s %q, body's %x", api.BackupSHA256Header, r.header.Get(api.BackupSHA256Header), sum)
 		}
 		if cl := r.header.Get("Content-Length"); cl != fmt.Sprint(len(r.body)) {
 			t.Errorf("backup Content-Length %s, body %d bytes", cl, len(r.body))

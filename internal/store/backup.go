@@ -14,7 +14,8 @@ import (
 // It is SQLite's VACUUM INTO, a reader like any other: one read transaction
 // sees one commit, so the copy is consistent, and in WAL mode it holds no
 // writer up (a heartbeat or an assignment commits meanwhile; the copy does
-// not see it). The copy is a compact database on its own, with no -wal
+// not see it). The copy is checked (CheckBackup) before Backup returns.
+// It is a compact database on its own, with no -wal
 // file: a store that Open can use as it is. VACUUM INTO does not sync what
 // it writes, so Backup syncs the file before it returns; a caller that
 // renames it still syncs the directory.
@@ -45,6 +46,10 @@ func (s *Store) Backup(ctx context.Context, path string) error {
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("backup to %s: sync: %w", path, err)
+	}
+	if _, err := CheckBackup(ctx, path); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("backup: the copy does not check out: %w", err)
 	}
 	return nil
 }
