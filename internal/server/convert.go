@@ -105,6 +105,12 @@ func toCostSeries(s cost.Series) api.CostSeries {
 	return api.CostSeries{Spent: nonNil(s.Spent), OnDemand: nonNil(s.OnDemand)}
 }
 
+// toToken shows a named token without its secret, which the store does
+// not have (it keeps the hash).
+func toToken(t store.APIToken) api.Token {
+	return api.Token{Name: t.Name, Role: t.Role, CreatedAt: t.CreatedAt}
+}
+
 func toBlobObject(o blob.Object) api.BlobObject {
 	return api.BlobObject{Key: o.Key, Size: o.Size, ModTime: o.ModTime}
 }
