@@ -228,7 +228,7 @@ func (c *cluster) readyReplicas(name string) []api.Replica {
 func pool(name, priority string, max int) string {
 	notice := ""
 	if priority == spec.PrioritySpot {
-		notice = "\n  notice: 3s"
+		notice = "\n  local: {notice: 3s}"
 	}
 	return fmt.Sprintf(`apiVersion: spotml/v1
 kind: Pool

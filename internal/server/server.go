@@ -28,6 +28,7 @@ import (
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/trace"
 )
 
 // Evictor evicts a node with a notice (the local provider's market).
@@ -237,6 +238,14 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 		for _, d := range docs {
 			switch {
 			case d.Pool != nil:
+				// A replayed market's trace is read where the market
+				// runs: here. Refused now, not at the first tick.
+				if m := d.Pool.Spec.Market().Market; m != nil {
+					if _, err := trace.Load(m.Trace); err != nil {
+						errs = append(errs, prefixSource(f.Name, fmt.Errorf("pool %s: spec.local.market.trace: %v; give a trace file the control plane can read (a path on its machine, relative to where it runs; see traces/README.md)", d.Pool.Metadata.Name, err)))
+						continue
+					}
+				}
 				pools = append(pools, *d.Pool)
 			case d.Job != nil:
 				jobs = append(jobs, *d.Job)

@@ -513,6 +513,14 @@ func TestApplyRefused(t *testing.T) {
 		files: []string{"svc.yaml", poolYAML + "---\n" + serviceYAML("auth: {keysFile: /nonexistent/keys}")},
 		want:  []string{"service m: spec.auth.keysFile", "absolute path"},
 	}, {
+		name:  "replayed market without its trace",
+		files: []string{"pool.yaml", strings.Replace(poolYAML, "  max: 2\n", "  max: 2\n  local: {market: {trace: /nonexistent/trace.json}}\n", 1)},
+		want:  []string{"pool.yaml: pool cpu: spec.local.market.trace: open /nonexistent/trace.json", "give a trace file the control plane can read"},
+	}, {
+		name:  "replayed market from a file that is no trace",
+		files: []string{"pool.yaml", strings.Replace(poolYAML, "  max: 2\n", "  max: 2\n  local: {market: {trace: ../../go.mod}}\n", 1)},
+		want:  []string{"pool cpu: spec.local.market.trace: ../../go.mod: not a trace this market reads"},
+	}, {
 		name:  "instance type without capacity",
 		files: []string{"pool.yaml", strings.Replace(poolYAML, "local-small", "huge.metal", 1)},
 		want:  []string{`pool cpu: spec.instanceType "huge.metal" is not in the price table`, "spec.capacity"},
