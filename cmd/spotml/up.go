@@ -106,6 +106,11 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
+	// Snapshots a backup was streaming when the last run ended.
+	left, _ := filepath.Glob(filepath.Join(data, ".backup-*"))
+	for _, d := range left {
+		os.RemoveAll(d)
+	}
 	st, err := store.Open(ctx, filepath.Join(data, storeFile), time.Now)
 	if err != nil {
 		return err
