@@ -110,7 +110,7 @@ func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.
 		}
 	}
 	wd := filepath.Join(l.cfg.DataDir, "nodes", n.Name)
-	if req.Restart && n.ProviderID != "" {
+	if req.Restart && l.ours(n.ProviderID) {
 		wd = n.ProviderID
 	}
 	if err := os.MkdirAll(wd, 0o755); err != nil {
@@ -193,7 +193,10 @@ const (
 // died, long after the PID was stored, and Linux hands PIDs out again.
 func (l *Local) killNode(n store.Node) {
 	wd := n.ProviderID
-	if wd == "" {
+	if !l.ours(wd) {
+		if wd != "" {
+			l.log.Warn("node's work directory is not under this data directory; its processes are left alone", "node", n.Name, "dir", wd)
+		}
 		return
 	}
 	for _, f := range []struct{ file, what string }{{agentPIDFile, "agent"}, {tasksPIDFile, "task"}} {
@@ -205,6 +208,19 @@ func (l *Local) killNode(n store.Node) {
 			l.kill(n.Name, f.what, id)
 		}
 	}
+}
+
+// ours reports whether a node's work directory is one this provider
+// makes, under its data directory. A store restored from another data
+// directory (spotml restore) names nodes of the spotml that made the
+// backup, which may still be running them: their processes are not ours
+// to kill, nor their disks ours to restart on.
+func (l *Local) ours(wd string) bool {
+	if wd == "" {
+		return false
+	}
+	rel, err := filepath.Rel(filepath.Join(l.cfg.DataDir, "nodes"), wd)
+	return err == nil && rel != "." && filepath.IsLocal(rel)
 }
 
 func (l *Local) kill(node, what string, id proc.ID) {
