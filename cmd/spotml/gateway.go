@@ -47,7 +47,7 @@ func newGatewayCmd(stdout, stderr io.Writer) *cobra.Command {
 					return fmt.Errorf("--data %s: no spotml store there (%w); start the control plane first, point --data at its data directory, or give its --store", data, err)
 				}
 			}
-			st, err := openStore(c.Context(), dsn, data)
+			st, _, err := openStore(c.Context(), dsn, data)
 			if err != nil {
 				return err
 			}

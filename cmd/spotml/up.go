@@ -109,7 +109,12 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
-	st, err := openStore(ctx, f.store, data)
+	// Snapshots a backup was streaming when the last run ended.
+	left, _ := filepath.Glob(filepath.Join(data, ".backup-*"))
+	for _, d := range left {
+		os.RemoveAll(d)
+	}
+	st, backups, err := openStore(ctx, f.store, data)
 	if err != nil {
 		return err
 	}
@@ -135,7 +140,8 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	url := "http://" + ln.Addr().String()
 
 	providers := map[string]control.Provider{}
-	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now}
+	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now,
+		Backup: backups, BackupDir: data}
 	var loc *local.Local
 	if withLocal {
 		self, err := os.Executable()

@@ -88,6 +88,20 @@ type LocalPool struct {
 	Notice           Duration `yaml:"notice,omitempty" json:"notice,omitzero"`                      // default 30s
 	CapacityShortage float64  `yaml:"capacityShortage,omitempty" json:"capacityShortage,omitempty"` // probability a launch fails
 	NoticeFormat     string   `yaml:"noticeFormat,omitempty" json:"noticeFormat,omitempty"`         // azure (default) | aws | gcp
+	// Market replays a recorded spot market (on top of EvictionRate, if
+	// that is set too).
+	Market *Market `yaml:"market,omitempty" json:"market,omitempty"`
+}
+
+// Market is a spot market replayed from a trace file.
+type Market struct {
+	// Trace is a trace file on the control plane's machine (see traces/).
+	Trace string `yaml:"trace" json:"trace"`
+	// Speedup compresses time: 60 replays an hour of the trace a minute.
+	// Default 1.
+	Speedup float64 `yaml:"speedup,omitempty" json:"speedup,omitempty"`
+	// Start is where in the trace the replay begins.
+	Start Duration `yaml:"start,omitempty" json:"start,omitzero"`
 }
 
 // StartTask runs on each node as it joins, before it takes work.

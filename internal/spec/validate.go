@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"math"
 	"path"
 	"strings"
 	"time"
@@ -47,6 +48,9 @@ func (p *Pool) Default() {
 		}
 		if s.Local.NoticeFormat == "" {
 			s.Local.NoticeFormat = NoticeAzure
+		}
+		if m := s.Local.Market; m != nil && m.Speedup == 0 {
+			m.Speedup = 1
 		}
 	}
 }
@@ -130,7 +134,19 @@ func (l *LocalPool) validate(errs *fieldErrors, priority string) {
 		spotOnly("spec.local.capacityShortage", l.CapacityShortage != 0)
 		spotOnly("spec.local.notice", l.Notice.Duration != 0)
 		spotOnly("spec.local.noticeFormat", l.NoticeFormat != "")
+		spotOnly("spec.local.market", l.Market != nil)
 		return
+	}
+	if m := l.Market; m != nil {
+		if m.Trace == "" {
+			errs.add("spec.local.market.trace", "required: a trace file on the control plane's machine, e.g. traces/bamboo/p3-trace.csv")
+		}
+		if !(m.Speedup >= 0) || math.IsInf(m.Speedup, 0) {
+			errs.add("spec.local.market.speedup", "must be a positive number (60 replays an hour of the trace a minute), got %g", m.Speedup)
+		}
+		if m.Start.Duration < 0 {
+			errs.add("spec.local.market.start", "must not be negative, got %s", m.Start)
+		}
 	}
 	if !(l.EvictionRate >= 0) {
 		errs.add("spec.local.evictionRate", "must not be negative, got %g", l.EvictionRate)

@@ -599,3 +599,48 @@ func TestStoredPIDReused(t *testing.T) {
 		t.Fatalf("an unrelated process (pid %d) stored as the agent's was killed", stranger.PID)
 	}
 }
+
+// TestForeignWorkDirLeftAlone: a store restored from another data
+// directory names nodes whose work directories, and processes, belong to
+// the spotml that made the backup. Stopping such a node kills nothing,
+// and restarting a deallocated one starts it in this data directory.
+func TestForeignWorkDirLeftAlone(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, "azure")
+	h := newHarness(t, p)
+	other := filepath.Join(t.TempDir(), "nodes", "spot-a-1") // the other data directory's
+	if err := os.MkdirAll(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	id, err := proc.Identify(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.WriteFile(filepath.Join(other, agentPIDFile), []proc.ID{id}); err != nil {
+		t.Fatal(err)
+	}
+	n := store.Node{Name: "spot-a-1", Pool: "spot-a", Priority: spec.PrioritySpot, Zone: "z1", InstanceType: "local-2", ProviderID: other}
+	if err := h.st.CreateNode(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.l.Stop(h.ctx, h.node("spot-a-1")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !running(id.PID) {
+		t.Fatal("the other data directory's agent was killed")
+	}
+	got, err := h.l.Launch(h.ctx, control.LaunchRequest{Pool: p, Node: h.node("spot-a-1"), Restart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.l.Stop(context.Background(), store.Node{Name: "spot-a-1", ProviderID: got.ProviderID}) })
+	if want := filepath.Join(h.l.cfg.DataDir, "nodes", "spot-a-1"); got.ProviderID != want {
+		t.Errorf("restarted in %s, want %s", got.ProviderID, want)
+	}
+}
