@@ -216,6 +216,19 @@ func (s *Store) flushHeartbeats(ctx context.Context) error {
 	var err error
 	if len(beats) > 0 {
 		err = s.tx(ctx, func(tx *txn) error {
+			if s.d.Arrays {
+				// One statement: the node rows are locked for one round
+				// trip, not a thousand, so an assign pass that waits for
+				// them waits little.
+				names, ats := make([]string, len(beats)), make([]int64, len(beats))
+				for i, b := range beats {
+					names[i], ats[i] = b.name, b.at.UnixNano()
+				}
+				_, err := tx.ExecContext(ctx, `UPDATE nodes AS n SET heartbeat_at = b.at FROM unnest(?::text[], ?::bigint[]) AS b(name, at)
+					WHERE n.name = b.name AND n.heartbeat_at < b.at AND n.state IN (?, ?, ?)`,
+					names, ats, store.NodeProvisioning, store.NodeReady, store.NodeDraining)
+				return err
+			}
 			upd, err := tx.PrepareContext(ctx, `UPDATE nodes SET heartbeat_at = ? WHERE name = ? AND heartbeat_at < ? AND state IN (?, ?, ?)`)
 			if err != nil {
 				return err
