@@ -16,6 +16,8 @@ import (
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/spotml/spotml/internal/blob/disk"
 )
 
@@ -68,7 +70,7 @@ func (c *Checkpoint) Save(ctx context.Context) (files int, err error) {
 		return 0, err
 	}
 	prefix := dirKey(r.key)
-	b, err := c.store.root(r)
+	b, err := c.store.root(ctx, r)
 	if err != nil {
 		return 0, err
 	}
@@ -117,7 +119,7 @@ func (c *Checkpoint) Restore(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	prefix := dirKey(r.key)
-	b, err := c.store.root(r)
+	b, err := c.store.root(ctx, r)
 	if err != nil {
 		return false, err
 	}
@@ -301,18 +303,26 @@ func prune(ctx context.Context, b *blob.Bucket, d disk.FS, r ref, prefix, keep s
 		}
 		return nil
 	}
+	// A cloud store has no directories: a generation is gone once its
+	// objects are. They are deleted several at a time, as they were
+	// uploaded, since each delete is a round trip.
 	objs, err := listObjects(ctx, b, r, prefix)
 	if err != nil {
 		return err
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transfers)
 	for _, o := range objs {
 		gen, _, nested := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/")
 		if !nested || gen == keep || !genRE.MatchString(gen) {
 			continue
 		}
-		if err := b.Delete(ctx, o.Key); err != nil && !IsNotExist(err) {
-			return err
-		}
+		g.Go(func() error {
+			if err := b.Delete(gctx, o.Key); err != nil && !IsNotExist(err) {
+				return err
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }

@@ -30,7 +30,7 @@ func (s *Store) NewReader(ctx context.Context, location string) (*Reader, error)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(ref)
+	b, err := s.root(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

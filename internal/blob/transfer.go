@@ -73,7 +73,7 @@ func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) (
 		return nil, err
 	}
 	prefix := dirKey(r.key)
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func (s *Store) UploadFile(ctx context.Context, path, location string) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -108,12 +108,12 @@ func (s *Store) UploadFile(ctx context.Context, path, location string) error {
 // prefix into the directory path instead; an object key that would land
 // outside path is an error, and nothing is written then.
 func (s *Store) Download(ctx context.Context, location, path string) error {
-	if location != "" && !strings.HasSuffix(location, "/") {
+	if location != "" && !endsInSlash(location) {
 		r, err := s.objectRef(location)
 		if err != nil {
 			return err
 		}
-		b, err := s.root(r)
+		b, err := s.root(ctx, r)
 		if err != nil {
 			return err
 		}
@@ -124,7 +124,7 @@ func (s *Store) Download(ctx context.Context, location, path string) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (s *Store) ReadAll(ctx context.Context, location string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +164,7 @@ func (s *Store) List(ctx context.Context, location string) ([]Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -186,10 +186,19 @@ func (s *Store) objectRef(location string) (ref, error) {
 	if err != nil {
 		return ref{}, err
 	}
-	if r.key == "" || strings.HasSuffix(r.key, "/") || strings.HasSuffix(location, "/") {
+	if r.key == "" || strings.HasSuffix(r.key, "/") || endsInSlash(location) {
 		return ref{}, fmt.Errorf("blob location %q names a directory, want an object", location)
 	}
 	return r, nil
+}
+
+// endsInSlash reports whether location, less a URL's query, ends in "/":
+// whether it names a directory.
+func endsInSlash(location string) bool {
+	if hasScheme(location) {
+		location, _, _ = strings.Cut(location, "?")
+	}
+	return strings.HasSuffix(location, "/")
 }
 
 // uploadFiles uploads dir/rel to prefix+rel for each rel, n at a time.
@@ -219,20 +228,29 @@ func uploadFile(ctx context.Context, b *blob.Bucket, file, key string) error {
 
 // write stores what r yields at key. The write is cancelled if reading r
 // fails, so a partial object is never committed: fileblob renames its
-// temporary file only when Close sees a live context.
+// temporary file, and a cloud store commits the object (completes the
+// multipart upload, commits the block list, finalizes the upload), only
+// when Close sees a live context. The driver reads r itself where it can
+// (Bucket.Upload), streaming in parts without a copy through a pipe.
 func write(ctx context.Context, b *blob.Bucket, key string, r io.Reader) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType(key)})
-	if err != nil {
-		return err
+	return b.Upload(wctx, key, cancelOnError{r, cancel}, &blob.WriterOptions{ContentType: contentType(key)})
+}
+
+// cancelOnError cancels the write it feeds as soon as reading fails, before
+// the driver sees the error and before the writer is closed.
+type cancelOnError struct {
+	r      io.Reader
+	cancel context.CancelFunc
+}
+
+func (c cancelOnError) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		c.cancel()
 	}
-	if _, err := io.Copy(w, r); err != nil {
-		cancel()
-		_ = w.Close()
-		return err
-	}
-	return w.Close()
+	return n, err
 }
 
 func contentType(key string) string {
@@ -346,6 +364,12 @@ func listObjects(ctx context.Context, b *blob.Bucket, r ref, prefix string) ([]O
 		if o.IsDir || (r.scheme == fileblob.Scheme && fileTempRE.MatchString(o.Key)) {
 			continue
 		}
+		if strings.HasSuffix(o.Key, "/") {
+			// A zero-byte directory marker that a cloud console or another
+			// tool made: a cloud store has no directories, and no file
+			// could be downloaded under this name.
+			continue
+		}
 		objs = append(objs, Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime})
 	}
 }
@@ -357,7 +381,7 @@ func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.root(ref)
+	b, err := s.root(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -374,7 +398,7 @@ func (s *Store) Copy(ctx context.Context, w io.Writer, location string) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.root(ref)
+	b, err := s.root(ctx, ref)
 	if err != nil {
 		return err
 	}
