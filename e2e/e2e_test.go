@@ -48,11 +48,12 @@ type cluster struct {
 	gw   string // gateway address
 	cmd  *exec.Cmd
 	logf *os.File
+	args []string // more flags for spotml up
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T, args ...string) *cluster {
 	t.Helper()
-	c := &cluster{t: t, data: t.TempDir(), addr: freeAddr(t), gw: freeAddr(t)}
+	c := &cluster{t: t, data: t.TempDir(), addr: freeAddr(t), gw: freeAddr(t), args: args}
 	c.start()
 	t.Cleanup(func() {
 		c.stop(syscall.SIGINT)
@@ -72,8 +73,9 @@ func (c *cluster) start() {
 		c.t.Fatal(err)
 	}
 	c.logf = f
-	c.cmd = exec.Command(binary, "up", "--data", c.data, "--addr", c.addr, "--gateway-addr", c.gw,
-		"--heartbeat", "200ms", "--reconcile-interval", "200ms", "--node-timeout", "5s")
+	args := []string{"up", "--data", c.data, "--addr", c.addr, "--gateway-addr", c.gw,
+		"--heartbeat", "200ms", "--reconcile-interval", "200ms", "--node-timeout", "5s"}
+	c.cmd = exec.Command(binary, append(args, c.args...)...)
 	c.cmd.Stdout, c.cmd.Stderr = f, f
 	if err := c.cmd.Start(); err != nil {
 		c.t.Fatal(err)
