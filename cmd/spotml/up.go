@@ -186,11 +186,11 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	fmt.Fprintf(stdout, "spotml is up\n  console: %s/ (log in with the token)\n  API:     %s\n  token:   %s\n  data:    %s\n", url, url, filepath.Join(data, "token"), data)
+	fmt.Fprintf(stdout, "spotml is up\n  console: %s/ (log in with the token)\n  API:     %s\n  token:   %s\n  data:    %s\n  blobs:   %s\n", url, url, filepath.Join(data, "token"), data, blobs.DefaultURL())
 	if gatewayURL != "" {
 		fmt.Fprintf(stdout, "  gateway: %s\n", gatewayURL)
 	}
-	log.Info("control plane started", "api", url, "data", data)
+	log.Info("control plane started", "api", url, "data", data, "blobs", blobs.DefaultURL())
 	err = g.Wait()
 	if loc != nil {
 		stopLocalNodes(st, loc, log)
