@@ -65,6 +65,11 @@ func (s *Store) Checkpoint(location, dir string) *Checkpoint {
 // says that removing older generations failed, the new generation is saved
 // and current.
 func (c *Checkpoint) Save(ctx context.Context) (files int, err error) {
+	files, err = c.save(ctx)
+	return files, c.store.explain(c.location, err)
+}
+
+func (c *Checkpoint) save(ctx context.Context) (files int, err error) {
 	r, err := c.store.resolve(c.location)
 	if err != nil {
 		return 0, err
@@ -114,6 +119,11 @@ func (c *Checkpoint) Save(ctx context.Context) (files int, err error) {
 // alone. The generation is downloaded beside the existing contents first, so
 // a failed download leaves the directory as it was.
 func (c *Checkpoint) Restore(ctx context.Context) (bool, error) {
+	ok, err := c.restoreLatest(ctx)
+	return ok, c.store.explain(c.location, err)
+}
+
+func (c *Checkpoint) restoreLatest(ctx context.Context) (bool, error) {
 	r, err := c.store.resolve(c.location)
 	if err != nil {
 		return false, err

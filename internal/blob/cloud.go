@@ -4,16 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/azureblob"
 	"gocloud.dev/blob/gcsblob"
 	"gocloud.dev/blob/s3blob"
 	"gocloud.dev/gcerrors"
 	"gocloud.dev/gcp"
+	"google.golang.org/api/googleapi"
 )
 
 // Cloud object stores: s3://BUCKET/KEY, gs://BUCKET/KEY and
@@ -142,6 +146,47 @@ func cloudHint(scheme string) string {
 		return "the Azure account comes from AZURE_STORAGE_ACCOUNT (or ?storage_account=), credentials from AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING or the default Azure credential chain (managed identity, workload identity, az login); Azurite is named with ?localemu=true&protocol=http&domain=HOST:PORT"
 	}
 	return ""
+}
+
+// explain adds to an error from a cloud location whose credentials were
+// refused, or whose service could not be reached, where the credentials
+// and endpoint come from. Other errors are returned as they are.
+func (s *Store) explain(location string, err error) error {
+	if err == nil {
+		return nil
+	}
+	r, rerr := s.resolve(location)
+	if rerr != nil || !isCloud(r.scheme) {
+		return err
+	}
+	var ne net.Error
+	if refused(err) || errors.As(err, &ne) {
+		return fmt.Errorf("%w; %s", err, cloudHint(r.scheme))
+	}
+	return err
+}
+
+// refused reports whether the service turned the request down for its
+// credentials (HTTP 401 or 403). gocloud.dev does not map every cloud's
+// refusal to PermissionDenied (Azure's AuthorizationFailure is Unknown), so
+// each SDK's own response error is asked too.
+func refused(err error) bool {
+	if gcerrors.Code(err) == gcerrors.PermissionDenied {
+		return true
+	}
+	denied := func(code int) bool { return code == http.StatusUnauthorized || code == http.StatusForbidden }
+	var az *azcore.ResponseError
+	var g *googleapi.Error
+	var aws interface{ HTTPStatusCode() int } // smithy-go's and the AWS SDK's response errors
+	switch {
+	case errors.As(err, &az):
+		return denied(az.StatusCode)
+	case errors.As(err, &g):
+		return denied(g.Code)
+	case errors.As(err, &aws):
+		return denied(aws.HTTPStatusCode())
+	}
+	return false
 }
 
 // Check makes sure the default store can be used: for a cloud store, that

@@ -319,3 +319,36 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestCloudErrorsSayWhereCredentialsComeFrom: an operation that the store
+// refuses for its credentials, or that cannot reach the service, says where
+// that scheme's credentials and endpoint come from.
+func TestCloudErrorsSayWhereCredentialsComeFrom(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := blobtest.StartAzurite(t)
+	u := withPath(t, a.Bucket(t), "/root")
+	// Azurite checks shared-key signatures as Azure does.
+	t.Setenv("AZURE_STORAGE_KEY", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==")
+	s, err := NewStore(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Write(ctx, "x.txt", strings.NewReader("x")); err == nil || !strings.Contains(err.Error(), "credentials from AZURE_STORAGE_KEY") {
+		t.Errorf("Write with a wrong key: %v, want the credential sources named", err)
+	}
+	if err := s.Check(ctx); err == nil || !strings.Contains(err.Error(), "cannot be listed") {
+		t.Errorf("Check with a wrong key: %v", err)
+	}
+
+	blobtest.StartS3(t) // its credentials
+	down, err := NewStore("s3://b/x?endpoint=http://127.0.0.1:1&use_path_style=true&region=us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer down.Close()
+	if _, err := down.ReadAll(ctx, "k"); err == nil || !strings.Contains(err.Error(), "an S3-compatible server is named with ?endpoint=") {
+		t.Errorf("ReadAll from an unreachable endpoint: %v, want the endpoint option named", err)
+	}
+}

@@ -36,6 +36,11 @@ const transfers = 8
 // to dir, and returns the locations written, sorted. No match is not an
 // error. A dir that does not exist is (IsNotExist reports it).
 func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) ([]string, error) {
+	written, err := s.uploadGlob(ctx, dir, pattern, location)
+	return written, s.explain(location, err)
+}
+
+func (s *Store) uploadGlob(ctx context.Context, dir, pattern, location string) ([]string, error) {
 	if pattern == "" || strings.HasPrefix(pattern, "/") || hasDotDot(pattern) {
 		return nil, fmt.Errorf("upload pattern %q: want a pattern relative to %s with no .. element, such as **/*.pt", pattern, dir)
 	}
@@ -91,6 +96,10 @@ func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) (
 // UploadFile uploads the local file at path to location, which names the
 // object itself.
 func (s *Store) UploadFile(ctx context.Context, path, location string) error {
+	return s.explain(location, s.uploadFile(ctx, path, location))
+}
+
+func (s *Store) uploadFile(ctx context.Context, path, location string) error {
 	r, err := s.objectRef(location)
 	if err != nil {
 		return err
@@ -108,6 +117,10 @@ func (s *Store) UploadFile(ctx context.Context, path, location string) error {
 // prefix into the directory path instead; an object key that would land
 // outside path is an error, and nothing is written then.
 func (s *Store) Download(ctx context.Context, location, path string) error {
+	return s.explain(location, s.download(ctx, location, path))
+}
+
+func (s *Store) download(ctx context.Context, location, path string) error {
 	if location != "" && !endsInSlash(location) {
 		r, err := s.objectRef(location)
 		if err != nil {
@@ -141,6 +154,11 @@ func (s *Store) Download(ctx context.Context, location, path string) error {
 
 // ReadAll returns the content of the object at location.
 func (s *Store) ReadAll(ctx context.Context, location string) ([]byte, error) {
+	data, err := s.readAll(ctx, location)
+	return data, s.explain(location, err)
+}
+
+func (s *Store) readAll(ctx context.Context, location string) ([]byte, error) {
 	r, err := s.objectRef(location)
 	if err != nil {
 		return nil, err
@@ -160,6 +178,11 @@ func (s *Store) ReadAll(ctx context.Context, location string) ([]byte, error) {
 // List returns every object under location, which is taken as a directory,
 // recursively, in key order. A location with nothing under it lists empty.
 func (s *Store) List(ctx context.Context, location string) ([]Object, error) {
+	objs, err := s.list(ctx, location)
+	return objs, s.explain(location, err)
+}
+
+func (s *Store) list(ctx context.Context, location string) ([]Object, error) {
 	r, err := s.resolve(location)
 	if err != nil {
 		return nil, err
@@ -377,6 +400,10 @@ func listObjects(ctx context.Context, b *blob.Bucket, r ref, prefix string) ([]O
 // Write stores what r yields as the object at location. Nothing is stored
 // if reading r fails.
 func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
+	return s.explain(location, s.writeObject(ctx, location, r))
+}
+
+func (s *Store) writeObject(ctx context.Context, location string, r io.Reader) error {
 	ref, err := s.objectRef(location)
 	if err != nil {
 		return err
@@ -394,6 +421,10 @@ func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
 
 // Copy streams the object at location to w.
 func (s *Store) Copy(ctx context.Context, w io.Writer, location string) error {
+	return s.explain(location, s.copyTo(ctx, w, location))
+}
+
+func (s *Store) copyTo(ctx context.Context, w io.Writer, location string) error {
 	ref, err := s.objectRef(location)
 	if err != nil {
 		return err
