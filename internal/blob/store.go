@@ -9,13 +9,12 @@
 //
 // Built in: file, mem, and the cloud object stores s3, gs and azblob (see
 // cloud.go for their URLs, credentials and how they differ from a local
-// directory). file:// stores objects as plain
-// files (no metadata sidecars) and writes each one to a temporary file next to
-// it, synced before it is renamed into place and its directory synced after,
-// so readers never see half an object and a write that returned survives a
-// power cut (see fileBucket). mem:// buckets live
-// as long as the Store that opened them; mem://a and mem://b are different
-// buckets.
+// directory). file:// stores objects as plain files (no metadata sidecars)
+// and writes each one to a temporary file next to it, synced before it is
+// renamed into place and its directory synced after, so readers never see
+// half an object and a write that returned survives a power cut (see
+// fileBucket). mem:// buckets live as long as the Store that opened them;
+// mem://a and mem://b are different buckets.
 package blob
 
 import (
@@ -40,8 +39,8 @@ import (
 
 // Store resolves blob locations. A location is either a full URL
 // (file:///abs/dir/sub/, mem://bucket/prefix, s3://bucket/prefix) or a path
-// without a scheme,
-// which is relative to the default store (e.g. "outputs/job1/").
+// without a scheme, which is relative to the default store (e.g.
+// "outputs/job1/").
 //
 // A Store is safe for concurrent use.
 type Store struct {
