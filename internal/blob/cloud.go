@@ -73,6 +73,9 @@ func (s *Store) openCloud(ctx context.Context, r ref) (*blob.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The bucket outlives this call, so whatever its clients keep of the
+	// context must not end with the caller's (a task's, say).
+	ctx = context.WithoutCancel(ctx)
 	var b *blob.Bucket
 	switch r.scheme {
 	case s3blob.Scheme:
