@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/blob/blobtest"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // TestCheckpointsInS3 runs a checkpointing job under `spotml up` whose
@@ -32,7 +32,7 @@ func TestCheckpointsInS3(t *testing.T) {
 	var node string
 	waitFor(t, 30*time.Second, "tasks running", func() bool {
 		for _, n := range c.nodes() {
-			if n.Tasks == 2 && n.State == store.NodeReady {
+			if n.Tasks == 2 && n.State == api.NodeReady {
 				node = n.Name
 				return true
 			}
@@ -51,13 +51,13 @@ func TestCheckpointsInS3(t *testing.T) {
 	}
 	defer blobs.Close()
 	ctx := context.Background()
-	var tasks []store.Task
+	var tasks []api.Task
 	json.Unmarshal([]byte(c.mustCLI("get", "tasks", "s3job", "-o", "json")), &tasks)
 	if len(tasks) != 2 {
 		t.Fatalf("%d tasks", len(tasks))
 	}
 	for _, task := range tasks {
-		if task.State != store.TaskSucceeded || task.Failures != 0 || task.Evictions != 1 || task.Attempt != 2 {
+		if task.State != api.TaskSucceeded || task.Failures != 0 || task.Evictions != 1 || task.Attempt != 2 {
 			t.Errorf("%s: state %s, attempt %d, %d evictions, %d failures; want succeeded on attempt 2 after 1 eviction, no failure",
 				task.Name, task.State, task.Attempt, task.Evictions, task.Failures)
 		}

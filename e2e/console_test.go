@@ -25,8 +25,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/spec"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // The web console in a real browser (Debian's chromium, driven over the
@@ -223,7 +223,7 @@ spec:
       resources: {cpu: 1, memory: 128Mi}
 `)
 	c.waitServing("fmnist", 1, 90*time.Second)
-	waitFor(t, 60*time.Second, "job hello to succeed", func() bool { return c.job("hello").State == store.JobSucceeded })
+	waitFor(t, 60*time.Second, "job hello to succeed", func() bool { return c.job("hello").State == api.JobSucceeded })
 	token, err := os.ReadFile(filepath.Join(c.data, "token"))
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +255,7 @@ spec:
 	var victim string
 	waitFor(t, 30*time.Second, "an idle ready spot node", func() bool {
 		for _, n := range c.nodes() {
-			if n.Priority == spec.PrioritySpot && n.State == store.NodeReady && n.Replicas == 0 {
+			if n.Priority == spec.PrioritySpot && n.State == api.NodeReady && n.Replicas == 0 {
 				victim = n.Name
 				return true
 			}

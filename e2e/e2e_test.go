@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/proc"
-	"github.com/spotml/spotml/internal/store"
 )
 
 var binary string
@@ -53,7 +53,14 @@ type cluster struct {
 
 func newCluster(t *testing.T, args ...string) *cluster {
 	t.Helper()
-	c := &cluster{t: t, data: t.TempDir(), addr: freeAddr(t), gw: freeAddr(t), args: args}
+	return newClusterIn(t, t.TempDir(), args...)
+}
+
+// newClusterIn runs spotml up over the data directory data, with more
+// flags for it.
+func newClusterIn(t *testing.T, data string, args ...string) *cluster {
+	t.Helper()
+	c := &cluster{t: t, data: data, addr: freeAddr(t), gw: freeAddr(t), args: args}
 	c.start()
 	t.Cleanup(func() {
 		c.stop(syscall.SIGINT)
@@ -137,32 +144,37 @@ func (c *cluster) apply(yaml string) {
 	c.mustCLI("apply", "-f", f)
 }
 
-func (c *cluster) job(name string) store.Job {
+func (c *cluster) job(name string) api.Job {
 	c.t.Helper()
-	var js []store.Job
+	var js []api.Job
 	if err := json.Unmarshal([]byte(c.mustCLI("get", "jobs", name, "-o", "json")), &js); err != nil || len(js) != 1 {
 		c.t.Fatalf("get job %s: %v", name, err)
 	}
 	return js[0]
 }
 
-func (c *cluster) nodes() []store.Node {
+func (c *cluster) nodes() []api.Node {
 	c.t.Helper()
-	var ns []store.Node
+	var ns []api.Node
 	if err := json.Unmarshal([]byte(c.mustCLI("get", "nodes", "-o", "json")), &ns); err != nil {
 		c.t.Fatal(err)
 	}
 	return ns
 }
 
-func (c *cluster) events() []store.Event {
+func (c *cluster) events() []api.Event {
 	c.t.Helper()
-	var es []store.Event
+	var es []api.Event
 	if err := json.Unmarshal([]byte(c.mustCLI("get", "events", "-o", "json")), &es); err != nil {
 		c.t.Fatal(err)
 	}
 	return es
 }
+
+// nodeDir is where the local provider keeps a node's work directory
+// (its disk, its agent's pid file): DATA/nodes/NAME. The API does not
+// say: that is the provider's business.
+func (c *cluster) nodeDir(name string) string { return filepath.Join(c.data, "nodes", name) }
 
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -248,8 +260,9 @@ spec:
   zones: ["1", "2"]
   min: 0
   max: %d
-  notice: 3s
-  noticeFormat: %s
+  local:
+    notice: 3s
+    noticeFormat: %s
   idleTimeout: 30s
 ---
 `, name, max, format)
@@ -267,7 +280,7 @@ func TestBatchSurvivesEvictions(t *testing.T) {
 	waitFor(t, 30*time.Second, "tasks running on every pool", func() bool {
 		pools := map[string]bool{}
 		for _, n := range c.nodes() {
-			if n.Tasks > 0 && n.State == store.NodeReady {
+			if n.Tasks > 0 && n.State == api.NodeReady {
 				pools[n.Pool] = true
 			}
 		}
@@ -301,12 +314,12 @@ func TestBatchSurvivesEvictions(t *testing.T) {
 			t.Errorf("no node of pool spot-%s drained on its notice; events: %v", f, drained)
 		}
 	}
-	var tasks []store.Task
+	var tasks []api.Task
 	json.Unmarshal([]byte(c.mustCLI("get", "tasks", "counter", "-o", "json")), &tasks)
 	evictions := 0
 	for _, task := range tasks {
 		evictions += task.Evictions
-		if task.State != store.TaskSucceeded || task.Failures != 0 {
+		if task.State != api.TaskSucceeded || task.Failures != 0 {
 			t.Errorf("%s: state %s, failures %d; want succeeded with no failures used", task.Name, task.State, task.Failures)
 		}
 		if task.Attempt != task.Evictions+1 {
@@ -357,7 +370,7 @@ func TestBatchSurvivesEvictions(t *testing.T) {
 func TestControlPlaneKilled(t *testing.T) {
 	c := newCluster(t)
 	c.apply(spotPool("spot-a", "azure", 2) + jobYAML("survivor", "pool: spot-a", 3, 30, "0.2"))
-	waitFor(t, 30*time.Second, "tasks running", func() bool { return c.job("survivor").Counts[store.TaskRunning] == 3 })
+	waitFor(t, 30*time.Second, "tasks running", func() bool { return c.job("survivor").Counts[api.TaskRunning] == 3 })
 	time.Sleep(time.Second)
 	c.stop(syscall.SIGKILL)
 	time.Sleep(3 * time.Second) // the tasks go on and finish while the control plane is away
@@ -366,7 +379,7 @@ func TestControlPlaneKilled(t *testing.T) {
 		t.Fatalf("job did not complete after restart: %v\n%s\n%s", err, out, c.mustCLI("get", "tasks", "survivor"))
 	}
 	for _, task := range c.job("survivor").Tasks {
-		if task.State != store.TaskSucceeded || task.Failures != 0 {
+		if task.State != api.TaskSucceeded || task.Failures != 0 {
 			t.Errorf("%s: %s with %d failures", task.Name, task.State, task.Failures)
 		}
 	}
@@ -403,7 +416,7 @@ spec:
 	}
 	_ = ee
 	j := c.job("broken")
-	if j.State != store.JobFailed || j.Tasks[0].Failures != 3 || j.Tasks[0].Attempt != 3 {
+	if j.State != api.JobFailed || j.Tasks[0].Failures != 3 || j.Tasks[0].Attempt != 3 {
 		t.Errorf("job %s, failures %d, attempt %d; want failed after 3 attempts", j.State, j.Tasks[0].Failures, j.Tasks[0].Attempt)
 	}
 	stderr := c.mustCLI("logs", "broken/boom", "--stderr")
@@ -457,7 +470,7 @@ func TestDeallocateAndLostNode(t *testing.T) {
 	c := newCluster(t)
 	c.apply(strings.Replace(spotPool("spot-d", "gcp", 1), "idleTimeout: 30s", "idleTimeout: 30s\n  evictionPolicy: deallocate", 1) +
 		jobYAML("dealloc", "pool: spot-d", 1, 40, "0.15"))
-	var node store.Node
+	var node api.Node
 	waitFor(t, 30*time.Second, "task running", func() bool {
 		for _, n := range c.nodes() {
 			if n.Tasks > 0 {
@@ -467,7 +480,7 @@ func TestDeallocateAndLostNode(t *testing.T) {
 		}
 		return false
 	})
-	marker := filepath.Join(node.ProviderID, "disk-marker")
+	marker := filepath.Join(c.nodeDir(node.Name), "disk-marker")
 	if err := os.WriteFile(marker, []byte("kept"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -475,7 +488,7 @@ func TestDeallocateAndLostNode(t *testing.T) {
 	c.mustCLI("evict", node.Name, "--notice", "2s")
 	waitFor(t, 30*time.Second, "node restarted", func() bool {
 		for _, n := range c.nodes() {
-			if n.Name == node.Name && n.Incarnation == 2 && n.State == store.NodeReady {
+			if n.Name == node.Name && n.Incarnation == 2 && n.State == api.NodeReady {
 				return true
 			}
 		}
@@ -491,10 +504,10 @@ func TestDeallocateAndLostNode(t *testing.T) {
 	}
 
 	// Now kill the agent of the node running the task, with no notice.
-	var victim store.Node
+	var victim api.Node
 	waitFor(t, 30*time.Second, "task running again", func() bool {
 		for _, n := range c.nodes() {
-			if n.Tasks > 0 && n.ProviderID != "" {
+			if n.Tasks > 0 {
 				victim = n
 				return true
 			}
@@ -502,7 +515,7 @@ func TestDeallocateAndLostNode(t *testing.T) {
 		return false
 	})
 	time.Sleep(1500 * time.Millisecond)
-	ids, err := proc.ReadFile(filepath.Join(victim.ProviderID, "agent.pid"))
+	ids, err := proc.ReadFile(filepath.Join(c.nodeDir(victim.Name), "agent.pid"))
 	if err != nil || len(ids) != 1 {
 		t.Fatalf("agent of %s: %v %v", victim.Name, ids, err)
 	}

@@ -10,14 +10,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/api"
 )
 
 // TestFashionMNISTExample runs the shipped example as the demo does: the
 // real pools.yaml and job.yaml, train.py uploaded to the blob store, one
 // eviction of the training's node once it has a checkpoint. The model must
 // reach 85 % test accuracy, resumed from the checkpoint, with its outputs in
-// the blob store. It takes a few minutes; it needs Debian's python3-torch
+// the blob api. It takes a few minutes; it needs Debian's python3-torch
 // and dataset-fashion-mnist (.ci/run installs them and sets
 // SPOTML_REQUIRE_EXAMPLE=1 so that their absence fails instead of skipping).
 func TestFashionMNISTExample(t *testing.T) {
@@ -44,7 +44,7 @@ func TestFashionMNISTExample(t *testing.T) {
 	var node string
 	waitFor(t, 2*time.Minute, "a checkpoint of the first attempt", func() bool {
 		ts := c.job("fashion-mnist").Tasks
-		if len(ts) == 0 || ts[0].State != store.TaskRunning || ts[0].Attempt != 1 {
+		if len(ts) == 0 || ts[0].State != api.TaskRunning || ts[0].Attempt != 1 {
 			return false
 		}
 		node = ts[0].Node

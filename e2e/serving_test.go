@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/spec"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // The serving tests run the shipped Fashion-MNIST model on the builtin
@@ -205,9 +205,9 @@ func (l *load) finish(t *testing.T) {
 	}
 }
 
-func (c *cluster) service(name string) store.Service {
+func (c *cluster) service(name string) api.Service {
 	c.t.Helper()
-	var ss []store.Service
+	var ss []api.Service
 	if err := json.Unmarshal([]byte(c.mustCLI("get", "services", name, "-o", "json")), &ss); err != nil || len(ss) != 1 {
 		c.t.Fatalf("get service %s: %v", name, err)
 	}
@@ -215,10 +215,10 @@ func (c *cluster) service(name string) store.Service {
 }
 
 // readyReplicas returns the service's ready replicas without a notice.
-func (c *cluster) readyReplicas(name string) []store.Replica {
-	var out []store.Replica
+func (c *cluster) readyReplicas(name string) []api.Replica {
+	var out []api.Replica
 	for _, r := range c.service(name).Replicas {
-		if r.State == store.ReplicaReady && !r.Noticed {
+		if r.State == api.ReplicaReady && !r.Noticed {
 			out = append(out, r)
 		}
 	}
@@ -228,7 +228,7 @@ func (c *cluster) readyReplicas(name string) []store.Replica {
 func pool(name, priority string, max int) string {
 	notice := ""
 	if priority == spec.PrioritySpot {
-		notice = "\n  notice: 3s"
+		notice = "\n  local: {notice: 3s}"
 	}
 	return fmt.Sprintf(`apiVersion: spotml/v1
 kind: Pool
@@ -361,7 +361,7 @@ func TestServingSurvivesEvictions(t *testing.T) {
 	l := startLoad(c.gw, "fmnist", xs, ys, 4, 0)
 	for round := range 2 {
 		time.Sleep(2 * time.Second)
-		var victim store.Replica
+		var victim api.Replica
 		for _, r := range c.readyReplicas("fmnist") {
 			if r.Priority == spec.PrioritySpot {
 				victim = r
@@ -433,7 +433,7 @@ func TestServingStrictAllSpotEvicted(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	var spots []string
 	for _, n := range c.nodes() {
-		if n.Priority == spec.PrioritySpot && n.State == store.NodeReady {
+		if n.Priority == spec.PrioritySpot && n.State == api.NodeReady {
 			spots = append(spots, n.Name)
 		}
 	}
@@ -491,7 +491,7 @@ func TestServingAutoscaleAndRollingUpdate(t *testing.T) {
 			return false
 		}
 		for _, r := range s.Replicas {
-			if r.Version != 2 || r.State != store.ReplicaReady {
+			if r.Version != 2 || r.State != api.ReplicaReady {
 				return false
 			}
 		}
@@ -523,8 +523,9 @@ spec:
   instanceType: local-small
   min: 0
   max: 3
-  notice: 3s
-  capacityShortage: %g
+  local:
+    notice: 3s
+    capacityShortage: %g
   idleTimeout: 20s
 ---
 `, shortage)

@@ -252,7 +252,7 @@ func (sc scenario) run(ctx context.Context, bin, data string, cfg config, progre
 func (sc scenario) yaml(cfg config) string {
 	market, ckpt, state := "", "", "."
 	if sc.priority == "spot" {
-		market = fmt.Sprintf("  evictionRate: %g\n  notice: %s\n", cfg.rate, cfg.notice)
+		market = fmt.Sprintf("  local:\n    evictionRate: %g\n    notice: %s\n", cfg.rate, cfg.notice)
 	}
 	if sc.checkpoint {
 		ckpt = "    checkpoint: {path: ckpt, interval: 2s}\n"

@@ -326,8 +326,8 @@ func (s *soak) run(ctx context.Context, rep *Report) error {
 func pools() string {
 	var b strings.Builder
 	for _, p := range []struct{ name, priority, zone, market string }{
-		{"spot-a", "spot", "1", "  evictionRate: 0\n  notice: 3s\n  capacityShortage: 0.25\n"},
-		{"spot-b", "spot", "2", "  evictionRate: 0\n  notice: 3s\n  capacityShortage: 0.25\n"},
+		{"spot-a", "spot", "1", "  local:\n    evictionRate: 0\n    notice: 3s\n    capacityShortage: 0.25\n"},
+		{"spot-b", "spot", "2", "  local:\n    evictionRate: 0\n    notice: 3s\n    capacityShortage: 0.25\n"},
 		{"od", "ondemand", "1", ""},
 	} {
 		fmt.Fprintf(&b, `apiVersion: spotml/v1

@@ -81,7 +81,7 @@ func newBlobCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 				dest = args[1]
 			}
 			if dest == "-" {
-				body, _, err := cl.Download(c.Context(), blobURL(src))
+				body, err := cl.Download(c.Context(), blobURL(src))
 				if err != nil {
 					return err
 				}
@@ -133,12 +133,12 @@ func blobURL(p string) string {
 	return api.Prefix + "/blobs/" + strings.Join(parts, "/")
 }
 
-func listBlobs(c *cobra.Command, g *globals, prefix string) ([]blob.Object, error) {
+func listBlobs(c *cobra.Command, g *globals, prefix string) ([]api.BlobObject, error) {
 	cl, err := g.client()
 	if err != nil {
 		return nil, err
 	}
-	var objs []blob.Object
+	var objs []api.BlobObject
 	err = cl.Do(c.Context(), http.MethodGet, api.Prefix+"/blobs?"+url.Values{"prefix": {prefix}}.Encode(), nil, &objs)
 	return objs, err
 }
@@ -159,11 +159,12 @@ func downloadPath(dest, src, key string) (string, error) {
 // getBlob downloads src into the file dest as it arrives, replacing dest
 // only once complete (blob.WriteFile).
 func getBlob(ctx context.Context, cl *client.Client, src, dest string, progress io.Writer) error {
-	body, size, err := cl.Download(ctx, blobURL(src))
+	body, err := cl.Download(ctx, blobURL(src))
 	if err != nil {
 		return fmt.Errorf("get %s: %w", src, err)
 	}
 	defer body.Close()
+	size := body.Size
 	bar := newTransferBar(progress, src, size)
 	err = blob.WriteFile(dest, func(w io.Writer) error {
 		if _, err := io.Copy(w, bar.reader(body)); err != nil {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/api"
 )
 
 // TestBlobRoundTrip: put and get through the real blob API, byte for byte,
@@ -154,7 +154,7 @@ func TestBlobGetRefusesEscape(t *testing.T) {
 		t.Run(key, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Query().Has("prefix") {
-					json.NewEncoder(w).Encode([]blob.Object{{Key: key, Size: 4}})
+					json.NewEncoder(w).Encode([]api.BlobObject{{Key: key, Size: 4}})
 					return
 				}
 				io.WriteString(w, "evil")

@@ -20,9 +20,7 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/client"
-	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/spec"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // globals are the flags every client command shares.
@@ -71,7 +69,8 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	srv := newUpCmd(stdout, stderr, false)
 	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
-		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout))
+		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout),
+		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout))
 	return root
 }
 
@@ -111,7 +110,7 @@ func newApplyCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var res []store.ApplyResult
+			var res []api.ApplyResult
 			if err := cl.Do(c.Context(), http.MethodPost, api.Prefix+"/apply", req, &res); err != nil {
 				return err
 			}
@@ -180,11 +179,11 @@ func newGetCmd(g *globals, stdout io.Writer) *cobra.Command {
 func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output string, all bool) error {
 	switch kind {
 	case "pools":
-		var ps []store.Pool
+		var ps []api.Pool
 		if err := fetchList(ctx, cl, "pools", name, &ps); err != nil {
 			return err
 		}
-		return print(w, output, ps, func(p store.Pool) string { return p.Spec.Metadata.Name }, "NAME\tPROVIDER\tPRIORITY\tINSTANCE\tMIN\tMAX\tZONES", func(p store.Pool) string {
+		return print(w, output, ps, func(p api.Pool) string { return p.Spec.Metadata.Name }, "NAME\tPROVIDER\tPRIORITY\tINSTANCE\tMIN\tMAX\tZONES", func(p api.Pool) string {
 			s := p.Spec.Spec
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%d\t%s", p.Spec.Metadata.Name, s.Provider, s.Priority, s.InstanceType, s.Min, s.Max, strings.Join(s.Zones, ","))
 		})
@@ -193,17 +192,17 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		if all {
 			path += "?all=true"
 		}
-		var ns []store.Node
+		var ns []api.Node
 		if name != "" {
-			var n store.Node
+			var n api.Node
 			if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/nodes/"+url.PathEscape(name), nil, &n); err != nil {
 				return err
 			}
-			ns = []store.Node{n}
+			ns = []api.Node{n}
 		} else if err := cl.Do(ctx, http.MethodGet, path, nil, &ns); err != nil {
 			return err
 		}
-		return print(w, output, ns, func(n store.Node) string { return n.Name }, "NAME\tPOOL\tPRIORITY\tZONE\tSTATE\tTASKS\tNOTICE\tAGE", func(n store.Node) string {
+		return print(w, output, ns, func(n api.Node) string { return n.Name }, "NAME\tPOOL\tPRIORITY\tZONE\tSTATE\tTASKS\tNOTICE\tAGE", func(n api.Node) string {
 			nt := "-"
 			if !n.NoticeDeadline.IsZero() {
 				nt = "evicted in " + time.Until(n.NoticeDeadline).Round(time.Second).String()
@@ -211,23 +210,23 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", n.Name, n.Pool, n.Priority, n.Zone, n.State, n.Tasks, nt, age(n.CreatedAt))
 		})
 	case "jobs":
-		var js []store.Job
+		var js []api.Job
 		if err := fetchList(ctx, cl, "jobs", name, &js); err != nil {
 			return err
 		}
-		return print(w, output, js, func(j store.Job) string { return j.Spec.Metadata.Name }, "NAME\tSTATE\tSUCCEEDED\tRUNNING\tPENDING\tFAILED\tEVICTIONS\tAGE", func(j store.Job) string {
-			return fmt.Sprintf("%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%s", j.Spec.Metadata.Name, j.State, j.Counts[store.TaskSucceeded], total(j),
-				j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Counts[store.TaskFailed], j.Evictions, age(j.SubmittedAt))
+		return print(w, output, js, func(j api.Job) string { return j.Spec.Metadata.Name }, "NAME\tSTATE\tSUCCEEDED\tRUNNING\tPENDING\tFAILED\tEVICTIONS\tAGE", func(j api.Job) string {
+			return fmt.Sprintf("%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%s", j.Spec.Metadata.Name, j.State, j.Counts[api.TaskSucceeded], total(j),
+				j.Counts[api.TaskRunning], j.Counts[api.TaskPending], j.Counts[api.TaskFailed], j.Evictions, age(j.SubmittedAt))
 		})
 	case "tasks":
 		if name == "" {
 			return errors.New("get tasks JOB: name the job whose tasks to list")
 		}
-		var j store.Job
+		var j api.Job
 		if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/jobs/"+url.PathEscape(name), nil, &j); err != nil {
 			return err
 		}
-		return print(w, output, j.Tasks, func(t store.Task) string { return t.Job + "/" + t.Name }, "NAME\tSTATE\tATTEMPT\tFAILURES\tEVICTIONS\tNODE\tPROGRESS\tEXIT\tMESSAGE", func(t store.Task) string {
+		return print(w, output, j.Tasks, func(t api.Task) string { return t.Job + "/" + t.Name }, "NAME\tSTATE\tATTEMPT\tFAILURES\tEVICTIONS\tNODE\tPROGRESS\tEXIT\tMESSAGE", func(t api.Task) string {
 			progress := "-"
 			if t.Progress != nil {
 				progress = fmt.Sprintf("%.0f%%", 100**t.Progress)
@@ -238,12 +237,12 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 			return fmt.Sprintf("%s\t%s\t%d\t%d/%d\t%d\t%s\t%s\t%d\t%s", t.Name, t.State, t.Attempt, t.Failures, t.MaxRetries, t.Evictions, dash(t.Node), progress, t.ExitCode, t.Message)
 		})
 	case "services":
-		var ss []store.Service
+		var ss []api.Service
 		if err := fetchList(ctx, cl, "services", name, &ss); err != nil {
 			return err
 		}
-		return print(w, output, ss, func(s store.Service) string { return s.Name },
-			"NAME\tVERSION\tMODEL\tREADY\tSPOT\tON-DEMAND\tDESIRED\tQPS\tAGE", func(s store.Service) string {
+		return print(w, output, ss, func(s api.Service) string { return s.Name },
+			"NAME\tVERSION\tMODEL\tREADY\tSPOT\tON-DEMAND\tDESIRED\tQPS\tAGE", func(s api.Service) string {
 				ready := s.Ready[spec.PrioritySpot] + s.Ready[spec.PriorityOnDemand]
 				return fmt.Sprintf("%s\t%d\t%s\t%d/%d\t%d\t%d\t%d\t%.1f\t%s", s.Name, s.Generation, s.Model, ready, len(s.Replicas),
 					s.Ready[spec.PrioritySpot], s.Ready[spec.PriorityOnDemand], s.Desired, s.QPS, age(s.CreatedAt))
@@ -253,12 +252,12 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		if name != "" {
 			path += "?service=" + url.QueryEscape(name)
 		}
-		var rs []store.Replica
+		var rs []api.Replica
 		if err := cl.Do(ctx, http.MethodGet, path, nil, &rs); err != nil {
 			return err
 		}
-		return print(w, output, rs, func(r store.Replica) string { return r.Name },
-			"NAME\tVERSION\tSTATE\tPRIORITY\tPOOL\tNODE\tADDR\tNOTICE\tAGE", func(r store.Replica) string {
+		return print(w, output, rs, func(r api.Replica) string { return r.Name },
+			"NAME\tVERSION\tSTATE\tPRIORITY\tPOOL\tNODE\tADDR\tNOTICE\tAGE", func(r api.Replica) string {
 				pr := r.Priority
 				if r.StandIn {
 					pr += " (stand-in)"
@@ -274,11 +273,11 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		if name != "" {
 			q.Set("object", name)
 		}
-		var es []store.Event
+		var es []api.Event
 		if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/events?"+q.Encode(), nil, &es); err != nil {
 			return err
 		}
-		return print(w, output, es, func(e store.Event) string { return fmt.Sprint(e.ID) }, "TIME\tKIND\tOBJECT\tREASON\tMESSAGE", func(e store.Event) string {
+		return print(w, output, es, func(e api.Event) string { return fmt.Sprint(e.ID) }, "TIME\tKIND\tOBJECT\tREASON\tMESSAGE", func(e api.Event) string {
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", e.Time.Local().Format("15:04:05.000"), e.Kind, e.Object, e.Reason, e.Message)
 		})
 	}
@@ -328,7 +327,7 @@ func print[T any](w io.Writer, output string, items []T, name func(T) string, he
 	return tw.Flush()
 }
 
-func total(j store.Job) int {
+func total(j api.Job) int {
 	n := 0
 	for _, c := range j.Counts {
 		n += c
@@ -379,7 +378,7 @@ func newDescribeCmd(g *globals, stdout io.Writer) *cobra.Command {
 			// The server picks the object's own events (a job's with its
 			// tasks', a service's with its replicas'), however many newer
 			// ones other objects have.
-			var es []store.Event
+			var es []api.Event
 			q := url.Values{"of": {singular + "/" + args[1]}, "limit": {"50"}}
 			if err := cl.Do(c.Context(), http.MethodGet, api.Prefix+"/events?"+q.Encode(), nil, &es); err != nil {
 				return err
@@ -470,7 +469,7 @@ func newEvictCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if noticeFor > 0 {
 				req.Notice = noticeFor.String()
 			}
-			var n store.Node
+			var n api.Node
 			if err := cl.Do(c.Context(), http.MethodPost, api.Prefix+"/nodes/"+url.PathEscape(args[0])+"/evict", req, &n); err != nil {
 				return err
 			}
@@ -494,7 +493,7 @@ func newCostCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var s cost.Summary
+			var s api.Cost
 			if err := cl.Do(c.Context(), http.MethodGet, api.Prefix+"/cost", nil, &s); err != nil {
 				return err
 			}
@@ -511,7 +510,7 @@ func newCostCmd(g *globals, stdout io.Writer) *cobra.Command {
 	return c
 }
 
-func printCost(w io.Writer, s cost.Summary) {
+func printCost(w io.Writer, s api.Cost) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "POOL\tPRIORITY\tNODE-HOURS\tSPENT\tON-DEMAND\tSAVING\t")
 	for _, l := range s.Lines {

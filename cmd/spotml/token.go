@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spotml/spotml/internal/api"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // newTokenCmd manages named API tokens (admin only, through the API).
@@ -39,7 +38,7 @@ func newTokenCmd(g *globals, stdout io.Writer) *cobra.Command {
 			return nil
 		},
 	}
-	create.Flags().StringVar(&role, "role", store.RoleViewer, "admin (everything) or viewer (read-only API and console)")
+	create.Flags().StringVar(&role, "role", api.RoleViewer, "admin (everything) or viewer (read-only API and console)")
 	var output string
 	ls := &cobra.Command{
 		Use:     "ls",

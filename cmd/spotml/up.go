@@ -116,7 +116,12 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
-	st, err := store.Open(ctx, filepath.Join(data, "spotml.db"), time.Now)
+	// Snapshots a backup was streaming when the last run ended.
+	left, _ := filepath.Glob(filepath.Join(data, ".backup-*"))
+	for _, d := range left {
+		os.RemoveAll(d)
+	}
+	st, err := store.Open(ctx, filepath.Join(data, storeFile), time.Now)
 	if err != nil {
 		return err
 	}
@@ -138,7 +143,8 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	url := "http://" + ln.Addr().String()
 
 	providers := map[string]control.Provider{}
-	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now}
+	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now,
+		Backup: st, BackupDir: data}
 	var loc *local.Local
 	if withLocal {
 		self, err := os.Executable()

@@ -13,8 +13,6 @@ import (
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/client"
-	"github.com/spotml/spotml/internal/cost"
-	"github.com/spotml/spotml/internal/store"
 )
 
 func newWaitCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
@@ -51,7 +49,7 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 	last, lastPrint := "", time.Time{}
 	var lastErr error
 	for {
-		var j store.Job
+		var j api.Job
 		err := cl.Do(ctx, http.MethodGet, api.Prefix+"/jobs/"+url.PathEscape(name), nil, &j)
 		if client.Code(err) == http.StatusNotFound {
 			return exitError{1, err}
@@ -64,7 +62,7 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 			lastErr = err
 		} else {
 			lastErr = nil
-			var s cost.Summary
+			var s api.Cost
 			cl.Do(ctx, http.MethodGet, api.Prefix+"/cost", nil, &s)
 			line := progressLine(j, s, time.Since(start))
 			// On a terminal the line redraws in place; in a log, a new line
@@ -77,19 +75,19 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 				last, lastPrint = counts, time.Now()
 			}
 			switch j.State {
-			case store.JobSucceeded:
+			case api.JobSucceeded:
 				if tty {
 					fmt.Fprintln(progress)
 				}
 				fmt.Fprintf(stdout, "job/%s succeeded: %d tasks, %d evictions survived\n", name, len(j.Tasks), j.Evictions)
 				return nil
-			case store.JobFailed:
+			case api.JobFailed:
 				if tty {
 					fmt.Fprintln(progress)
 				}
 				var failed []string
 				for _, t := range j.Tasks {
-					if t.State == store.TaskFailed {
+					if t.State == api.TaskFailed {
 						failed = append(failed, fmt.Sprintf("%s (exit %d: %s)", t.Name, t.ExitCode, t.Message))
 					}
 				}
@@ -111,14 +109,14 @@ func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Dura
 }
 
 // progressLine is a bar with the figures a spot user watches.
-func progressLine(j store.Job, s cost.Summary, elapsed time.Duration) string {
+func progressLine(j api.Job, s api.Cost, elapsed time.Duration) string {
 	n := len(j.Tasks)
-	done := j.Counts[store.TaskSucceeded] + j.Counts[store.TaskFailed]
+	done := j.Counts[api.TaskSucceeded] + j.Counts[api.TaskFailed]
 	// Running tasks that report their progress fill the bar by that much.
 	frac := float64(done)
 	reported := ""
 	for _, t := range j.Tasks {
-		if t.State == store.TaskRunning && t.Progress != nil {
+		if t.State == api.TaskRunning && t.Progress != nil {
 			frac += *t.Progress
 			reported = fmt.Sprintf(" (%.0f%%)", 100*frac/float64(n))
 		}
@@ -128,5 +126,5 @@ func progressLine(j store.Job, s cost.Summary, elapsed time.Duration) string {
 		filled = frac / float64(n)
 	}
 	return fmt.Sprintf("[%s] %d/%d tasks done%s, %d running, %d pending, %d evictions | cost $%.4f (on-demand $%.4f) | %s",
-		bar(filled), done, n, reported, j.Counts[store.TaskRunning], j.Counts[store.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
+		bar(filled), done, n, reported, j.Counts[api.TaskRunning], j.Counts[api.TaskPending], j.Evictions, s.Spent, s.OnDemand, elapsed.Round(time.Second))
 }

@@ -27,7 +27,6 @@ import (
 	"github.com/spotml/spotml/internal/client"
 	"github.com/spotml/spotml/internal/notice"
 	"github.com/spotml/spotml/internal/proc"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // Config says who the agent is and where things are.
@@ -481,8 +480,6 @@ func (a *Agent) report(ctx context.Context, as api.Assignment, outcome string, c
 		}
 	}
 }
-
-var _ = store.OutcomeSucceeded // outcomes are the store's
 
 // Environ returns env without spotml's secrets: whatever spotml starts
 // (agents, start tasks, tasks, replicas) inherits the rest of its

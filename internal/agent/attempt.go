@@ -16,7 +16,6 @@ import (
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/proc"
 	"github.com/spotml/spotml/internal/spec"
-	"github.com/spotml/spotml/internal/store"
 )
 
 // attempt is one run of one task on this node.
@@ -78,7 +77,7 @@ func (at *attempt) run(agentCtx context.Context) {
 	logDir := at.logDir()
 	fail := func(msg string, err error) {
 		log.Error(msg, "err", err)
-		a.report(agentCtx, as, store.OutcomeFailed, -1, fmt.Sprintf("%s: %v", msg, err))
+		a.report(agentCtx, as, api.OutcomeFailed, -1, fmt.Sprintf("%s: %v", msg, err))
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		fail("clean working directory", err)
@@ -271,12 +270,12 @@ loop:
 	case preempted:
 		saveCkpt(agentCtx, "eviction notice")
 		<-logsDone
-		at.a.report(agentCtx, as, store.OutcomePreempted, code, "stopped by eviction notice")
+		at.a.report(agentCtx, as, api.OutcomePreempted, code, "stopped by eviction notice")
 	default:
-		outcome := store.OutcomeSucceeded
+		outcome := api.OutcomeSucceeded
 		msg := ""
 		if code != 0 {
-			outcome = store.OutcomeFailed
+			outcome = api.OutcomeFailed
 			msg = fmt.Sprintf("exit code %d", code)
 			saveCkpt(agentCtx, "failure") // a retry resumes from here
 		}
@@ -284,7 +283,7 @@ loop:
 		// store syncs each object before its write returns), so a task
 		// reported succeeded never has outputs a power cut could truncate.
 		if err := at.uploadOutputs(agentCtx, dir, outcome); err != nil {
-			outcome = store.OutcomeFailed
+			outcome = api.OutcomeFailed
 			msg = fmt.Sprintf("output upload failed: %v", err)
 			if code == 0 {
 				code = -1
@@ -303,7 +302,7 @@ func (at *attempt) uploadOutputs(ctx context.Context, dir, outcome string) error
 		if cond == "" {
 			cond = spec.UploadOnSuccess
 		}
-		if (cond == spec.UploadOnSuccess && outcome != store.OutcomeSucceeded) || (cond == spec.UploadOnFailure && outcome != store.OutcomeFailed) {
+		if (cond == spec.UploadOnSuccess && outcome != api.OutcomeSucceeded) || (cond == spec.UploadOnFailure && outcome != api.OutcomeFailed) {
 			continue
 		}
 		keys, err := at.a.blobs.UploadGlob(ctx, dir, of.Pattern, of.Destination)

@@ -194,3 +194,11 @@ type TokenCreated struct {
 	Token
 	Secret string `json:"token"`
 }
+
+// What GET Prefix/backup answers with: a SQLite database file, the store
+// as it was at one commit, its SHA-256 (hex) in a header so that the
+// client can tell that what it wrote is what the server sent.
+const (
+	BackupContentType  = "application/vnd.sqlite3"
+	BackupSHA256Header = "X-Spotml-Backup-Sha256"
+)

@@ -51,17 +51,16 @@ func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader
 	return statusError(resp)
 }
 
-// Download starts a GET of path and returns its body as it arrives, with
-// its length (-1 if the server did not say). The caller closes it. Reading
-// fails if no byte arrives for the client's stall timeout; there is no
-// limit on the total time.
-func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, int64, error) {
+// Download starts a GET of path and returns its body as it arrives. The
+// caller closes it. Reading fails if no byte arrives for the client's
+// stall timeout; there is no limit on the total time.
+func (c *Client) Download(ctx context.Context, path string) (*Download, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := newWatchdog(c.stall, cancel)
-	fail := func(err error) (io.ReadCloser, int64, error) {
+	fail := func(err error) (*Download, error) {
 		w.stop()
 		cancel(nil)
-		return nil, 0, err
+		return nil, err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
@@ -77,10 +76,14 @@ func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, int6
 		return fail(err)
 	}
 	w.kick()
-	return &download{c: c, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, resp.ContentLength, nil
+	return &Download{Size: resp.ContentLength, Header: resp.Header, c: c, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, nil
 }
 
-type download struct {
+// Download is a response body being read.
+type Download struct {
+	Size   int64       // the body's length; -1 if the server did not say
+	Header http.Header // the response's header
+
 	c      *Client
 	ctx    context.Context
 	body   io.ReadCloser
@@ -88,7 +91,7 @@ type download struct {
 	cancel context.CancelCauseFunc
 }
 
-func (d *download) Read(p []byte) (int, error) {
+func (d *Download) Read(p []byte) (int, error) {
 	n, err := d.body.Read(p)
 	if n > 0 {
 		d.w.kick()
@@ -99,7 +102,7 @@ func (d *download) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (d *download) Close() error {
+func (d *Download) Close() error {
 	d.w.stop()
 	err := d.body.Close()
 	d.cancel(nil)

@@ -33,7 +33,7 @@ func TestDownloadNoTotalTimeout(t *testing.T) {
 	c.http.Timeout = 500 * time.Millisecond
 	c.stall = time.Second
 
-	body, _, err := c.Download(t.Context(), "/slow")
+	body, err := c.Download(t.Context(), "/slow")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestDownloadNoTotalTimeout(t *testing.T) {
 	}
 
 	c.stall = 200 * time.Millisecond
-	body, _, err = c.Download(t.Context(), "/stalled")
+	body, err = c.Download(t.Context(), "/stalled")
 	if err != nil {
 		t.Fatal(err)
 	}

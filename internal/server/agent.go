@@ -115,7 +115,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	if err := nodeOnly(r, req.Node); err != nil {
 		return err
 	}
-	if req.Outcome != store.OutcomeSucceeded && req.Outcome != store.OutcomeFailed && req.Outcome != store.OutcomePreempted {
+	if req.Outcome != api.OutcomeSucceeded && req.Outcome != api.OutcomeFailed && req.Outcome != api.OutcomePreempted {
 		return badRequest{fmt.Errorf("outcome: %q is not succeeded, failed or preempted", req.Outcome)}
 	}
 	ok, err := s.reports.report(r.Context(), store.Report{TaskID: id, Node: req.Node, Attempt: req.Attempt,
@@ -124,7 +124,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusOK, map[string]bool{"accepted": ok})
+	writeJSON(w, http.StatusOK, api.ReportResponse{Accepted: ok})
 	return nil
 }
 

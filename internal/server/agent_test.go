@@ -80,11 +80,11 @@ func TestConcurrentReports(t *testing.T) {
 	if accepted != tasks {
 		t.Errorf("%d reports accepted, want %d (one per attempt)", accepted, tasks)
 	}
-	j := decode[store.Job](t, a.admin("GET", "/jobs/wide", nil, http.StatusOK))
+	j := decode[api.Job](t, a.admin("GET", "/jobs/wide", nil, http.StatusOK))
 	if j.State != store.JobSucceeded || j.Counts[store.TaskSucceeded] != tasks {
 		t.Errorf("job %s with %v", j.State, j.Counts)
 	}
-	if es := decode[[]store.Event](t, a.admin("GET", "/events?object=job/wide&kind=Succeeded", nil, http.StatusOK)); len(es) != 1 {
+	if es := decode[[]api.Event](t, a.admin("GET", "/events?object=job/wide&kind=Succeeded", nil, http.StatusOK)); len(es) != 1 {
 		t.Errorf("job Succeeded events: %+v", es)
 	}
 }
@@ -147,7 +147,7 @@ func TestEvict(t *testing.T) {
 	}
 	a.admin("POST", "/nodes/"+node+"/evict", map[string]string{"when": "now"}, http.StatusBadRequest)
 	a.admin("POST", "/nodes/nope/evict", api.EvictRequest{Notice: "10s"}, http.StatusNotFound)
-	n := decode[store.Node](t, a.admin("POST", "/nodes/"+node+"/evict", api.EvictRequest{Notice: "2m"}, http.StatusAccepted))
+	n := decode[api.Node](t, a.admin("POST", "/nodes/"+node+"/evict", api.EvictRequest{Notice: "2m"}, http.StatusAccepted))
 	if n.Name != node || !n.NoticeDeadline.Equal(t0.Add(2*time.Minute)) {
 		t.Errorf("evicted node: %+v", n)
 	}

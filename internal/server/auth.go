@@ -161,11 +161,7 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := []api.Token{}
-	for _, t := range ts {
-		out = append(out, api.Token{Name: t.Name, Role: t.Role, CreatedAt: t.CreatedAt})
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, convert(ts, toToken))
 	return nil
 }
 
@@ -181,7 +177,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, api.TokenCreated{Token: api.Token{Name: t.Name, Role: t.Role, CreatedAt: t.CreatedAt}, Secret: secret})
+	writeJSON(w, http.StatusCreated, api.TokenCreated{Token: toToken(t), Secret: secret})
 	return nil
 }
 

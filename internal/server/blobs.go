@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -43,10 +44,11 @@ func (s *Server) listBlobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	for i := range objs {
-		objs[i].Key = prefix + objs[i].Key
+	out := convert(objs, toBlobObject)
+	for i := range out {
+		out[i].Key = prefix + out[i].Key
 	}
-	writeJSON(w, http.StatusOK, nonNil(objs))
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -78,6 +80,6 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Blobs.Write(r.Context(), p, http.MaxBytesReader(w, r.Body, maxBlobUpload)); err != nil {
 		return badRequest{err}
 	}
-	writeJSON(w, http.StatusCreated, map[string]string{"path": p})
+	writeJSON(w, http.StatusCreated, api.BlobWritten{Path: p})
 	return nil
 }

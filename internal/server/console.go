@@ -30,19 +30,6 @@ const (
 	watchEvents     = 500              // events sent when a stream opens
 )
 
-// fleet is the watch stream's fleet view.
-type fleet struct {
-	Time  time.Time    `json:"time,omitzero"` // the server's clock when sent
-	Pools []store.Pool `json:"pools"`
-	Nodes []store.Node `json:"nodes"` // live, and ended in the last watchEndedNodes
-}
-
-// serviceHistory is the answer of GET /services/{name}/history.
-type serviceHistory struct {
-	Service string                `json:"service"`
-	Samples []store.ServiceSample `json:"samples"`
-}
-
 func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 	version := "(devel)"
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
@@ -153,7 +140,7 @@ func (st *watcher) send(w io.Writer, views []view, evs []store.Event) int {
 	}
 	if len(evs) > 0 {
 		st.lastEvent = evs[len(evs)-1].ID
-		b, _ := json.Marshal(evs)
+		b, _ := json.Marshal(convert(evs, toEvent))
 		n += writeSSE(w, "events", b)
 	}
 	return n
@@ -211,14 +198,11 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i := range svcs {
-		withModel(&svcs[i])
-	}
 	days, runs, err := costRecord(ctx, s.cfg.Store)
 	if err != nil {
 		return nil, err
 	}
-	fl := fleet{Pools: nonNil(pools), Nodes: nonNil(nodes)}
+	fl := api.Fleet{Pools: convert(pools, toPool), Nodes: convert(nodes, toNode)}
 	fleetKey, _ := json.Marshal(fl)
 	fl.Time = now
 	out := []view{{name: "fleet", key: fleetKey}}
@@ -226,13 +210,13 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 	// Cost changes whenever a node runs: compare it to three significant
 	// digits so that a running fleet is not resent every second, yet a
 	// small one (cents a day) still moves.
-	sum := cost.SummarizeDays(days, runs, now)
+	sum := toCost(cost.SummarizeDays(days, runs, now))
 	costKey := fmt.Appendf(nil, "%.3g %.3g %d", sum.Spent, sum.OnDemand, len(sum.Lines))
 	for _, v := range []struct {
 		name string
 		v    any
 		key  []byte
-	}{{"jobs", nonNil(jobs), nil}, {"services", nonNil(svcs), nil}, {"cost", sum, costKey}} {
+	}{{"jobs", convert(jobs, toJob), nil}, {"services", convert(svcs, toService), nil}, {"cost", sum, costKey}} {
 		b, err := json.Marshal(v.v)
 		if err != nil {
 			return nil, err
@@ -269,7 +253,7 @@ func (s *Server) serviceHistory(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, serviceHistory{Service: name, Samples: nonNil(samples)})
+	writeJSON(w, http.StatusOK, api.ServiceHistory{Service: name, Samples: convert(samples, toSample)})
 	return nil
 }
 
@@ -301,7 +285,7 @@ func (s *Server) costHistory(w http.ResponseWriter, r *http.Request) error {
 			from = d.First
 		}
 	}
-	writeJSON(w, http.StatusOK, cost.HistoryDays(days, runs, from, now, points))
+	writeJSON(w, http.StatusOK, toCostHistory(cost.HistoryDays(days, runs, from, now, points)))
 	return nil
 }
 

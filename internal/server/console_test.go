@@ -108,7 +108,7 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch := a.watch()
-	var first []store.Event
+	var first []api.Event
 	if err := json.Unmarshal([]byte(next(t, ch, "events")), &first); err != nil || len(first) != 1 || first[0].Object != "pool/old" {
 		t.Fatalf("first events = %+v, %v", first, err)
 	}
@@ -117,11 +117,7 @@ kind: Pool
 metadata: {name: spot-a}
 spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 2}
 `), http.StatusOK)
-	var fl struct {
-		Time  time.Time    `json:"time"`
-		Pools []store.Pool `json:"pools"`
-		Nodes []store.Node `json:"nodes"`
-	}
+	var fl api.Fleet
 	for fl.Pools == nil {
 		if err := json.Unmarshal([]byte(next(t, ch, "fleet")), &fl); err != nil {
 			t.Fatal(err)
@@ -130,7 +126,7 @@ spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 
 	if len(fl.Pools) != 1 || fl.Pools[0].Spec.Metadata.Name != "spot-a" || !fl.Time.Equal(t0) {
 		t.Errorf("fleet after apply = %+v", fl)
 	}
-	var evs []store.Event
+	var evs []api.Event
 	if err := json.Unmarshal([]byte(next(t, ch, "events")), &evs); err != nil {
 		t.Fatal(err)
 	}
@@ -240,11 +236,7 @@ spec:
 			t.Fatal(err)
 		}
 	}
-	type history struct {
-		Service string                `json:"service"`
-		Samples []store.ServiceSample `json:"samples"`
-	}
-	h := decode[history](t, a.admin(http.MethodGet, "/services/m/history?window=45m", nil, http.StatusOK))
+	h := decode[api.ServiceHistory](t, a.admin(http.MethodGet, "/services/m/history?window=45m", nil, http.StatusOK))
 	if h.Service != "m" || len(h.Samples) != 2 || h.Samples[0].QPS != 1 || h.Samples[1].QPS != 2 {
 		t.Errorf("history over 45m = %+v", h)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/trace"
 )
 
 // Evictor evicts a node with a notice (the local provider's market).
@@ -48,8 +49,13 @@ type Config struct {
 	Token             string // the bootstrap admin token (DATA_DIR/token): every path but the agent API
 	JoinToken         string // registers an agent, which gets its node's own credential back
 	HeartbeatInterval time.Duration
-	Log               *slog.Logger // nil: discard
-	Now               func() time.Time
+	// Backup makes GET /backup's snapshots, in temporary files under
+	// BackupDir (empty: the system's temporary directory). nil: the
+	// store has no online backup here and the endpoint answers 501.
+	Backup    Backuper
+	BackupDir string
+	Log       *slog.Logger // nil: discard
+	Now       func() time.Time
 }
 
 // Server is the control plane's HTTP handler.
@@ -134,6 +140,9 @@ func (s *Server) routes() {
 	write("GET "+p+"/tokens", s.listTokens)
 	write("POST "+p+"/tokens", s.createToken)
 	write("DELETE "+p+"/tokens/{name}", s.revokeToken)
+	// A backup holds every spec and secret hash: an admin's, though it
+	// changes nothing.
+	write("GET "+p+"/backup", s.backup)
 	s.mux.Handle("POST "+p+"/agent/register", s.auth(needJoin, s.register))
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
@@ -229,6 +238,14 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 		for _, d := range docs {
 			switch {
 			case d.Pool != nil:
+				// A replayed market's trace is read where the market
+				// runs: here. Refused now, not at the first tick.
+				if m := d.Pool.Spec.Market().Market; m != nil {
+					if _, err := trace.Load(m.Trace); err != nil {
+						errs = append(errs, prefixSource(f.Name, fmt.Errorf("pool %s: spec.local.market.trace: %v; give a trace file the control plane can read (a path on its machine, relative to where it runs; see traces/README.md)", d.Pool.Metadata.Name, err)))
+						continue
+					}
+				}
 				pools = append(pools, *d.Pool)
 			case d.Job != nil:
 				jobs = append(jobs, *d.Job)
@@ -256,7 +273,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusOK, nonNil(res))
+	writeJSON(w, http.StatusOK, convert(res, toApplyResult))
 	return nil
 }
 
@@ -410,7 +427,7 @@ func (s *Server) listPools(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(ps))
+	writeJSON(w, http.StatusOK, convert(ps, toPool))
 	return nil
 }
 
@@ -419,7 +436,7 @@ func (s *Server) getPool(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, p)
+	writeJSON(w, http.StatusOK, toPool(p))
 	return nil
 }
 
@@ -446,7 +463,7 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) error {
 		}
 		ns = live
 	}
-	writeJSON(w, http.StatusOK, nonNil(ns))
+	writeJSON(w, http.StatusOK, convert(ns, toNode))
 	return nil
 }
 
@@ -455,7 +472,7 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, n)
+	writeJSON(w, http.StatusOK, toNode(n))
 	return nil
 }
 
@@ -485,7 +502,7 @@ func (s *Server) evict(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusAccepted, n)
+	writeJSON(w, http.StatusAccepted, toNode(n))
 	return nil
 }
 
@@ -494,7 +511,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(js))
+	writeJSON(w, http.StatusOK, convert(js, toJob))
 	return nil
 }
 
@@ -503,7 +520,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, j)
+	writeJSON(w, http.StatusOK, toJob(j))
 	return nil
 }
 
@@ -579,7 +596,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(es))
+	writeJSON(w, http.StatusOK, convert(es, toEvent))
 	return nil
 }
 
@@ -588,7 +605,7 @@ func (s *Server) cost(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, cost.SummarizeDays(days, runs, s.cfg.Now()))
+	writeJSON(w, http.StatusOK, toCost(cost.SummarizeDays(days, runs, s.cfg.Now())))
 	return nil
 }
 

@@ -295,6 +295,7 @@ var routes = []struct {
 	{"GET", "/tokens", "admin"},
 	{"POST", "/tokens", "admin"},
 	{"DELETE", "/tokens/nobody", "admin"},
+	{"GET", "/backup", "admin"},
 	{"GET", "/no/such/route", "read"},
 	{"PATCH", "/pools", "read"},
 	{"POST", "/agent/register", "join"},
@@ -417,13 +418,13 @@ func TestAuthWithoutJoinToken(t *testing.T) {
 func TestApply(t *testing.T) {
 	a := newAPI(t)
 	r := a.admin("POST", "/apply", applyFiles("train.yaml", poolYAML+"---\n"+jobYAML), http.StatusOK)
-	want := []store.ApplyResult{{Kind: "Pool", Name: "cpu", Action: "created"}, {Kind: "Job", Name: "train", Action: "created"}}
-	if got := decode[[]store.ApplyResult](t, r); !slices.Equal(got, want) {
+	want := []api.ApplyResult{{Kind: "Pool", Name: "cpu", Action: "created"}, {Kind: "Job", Name: "train", Action: "created"}}
+	if got := decode[[]api.ApplyResult](t, r); !slices.Equal(got, want) {
 		t.Errorf("apply: %+v, want %+v", got, want)
 	}
 	// Raw YAML works too; the same documents are unchanged.
 	r = a.admin("POST", "/apply?source=train.yaml", []byte(poolYAML+"---\n"+jobYAML), http.StatusOK)
-	for _, res := range decode[[]store.ApplyResult](t, r) {
+	for _, res := range decode[[]api.ApplyResult](t, r) {
 		if res.Action != "unchanged" {
 			t.Errorf("second apply: %+v", res)
 		}
@@ -432,7 +433,7 @@ func TestApply(t *testing.T) {
 	other := strings.ReplaceAll(poolYAML, "name: cpu", "name: gpu")
 	r = a.admin("POST", "/apply", applyFiles("job.yaml", strings.ReplaceAll(strings.ReplaceAll(jobYAML, "pool: cpu", "pool: gpu"), "name: train", "name: eval"),
 		"pool.yaml", other), http.StatusOK)
-	if got := decode[[]store.ApplyResult](t, r); len(got) != 2 {
+	if got := decode[[]api.ApplyResult](t, r); len(got) != 2 {
 		t.Errorf("apply over two files: %+v", got)
 	}
 	// Nothing to apply is an empty list, not null.
@@ -444,7 +445,7 @@ func TestApply(t *testing.T) {
 	if msg := r.errorText(t); !strings.Contains(msg, `job "train" already exists`) {
 		t.Errorf("conflict: %s", msg)
 	}
-	if j := decode[store.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK)); j.Tasks[0].Spec.Command[1] != "fit.py" {
+	if j := decode[api.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK)); j.Tasks[0].Spec.Command[1] != "fit.py" {
 		t.Errorf("conflicting apply changed the job: %+v", j.Tasks[0].Spec)
 	}
 }
@@ -511,6 +512,14 @@ func TestApplyRefused(t *testing.T) {
 		name:  "service with an unreadable key file",
 		files: []string{"svc.yaml", poolYAML + "---\n" + serviceYAML("auth: {keysFile: /nonexistent/keys}")},
 		want:  []string{"service m: spec.auth.keysFile", "absolute path"},
+	}, {
+		name:  "replayed market without its trace",
+		files: []string{"pool.yaml", strings.Replace(poolYAML, "  max: 2\n", "  max: 2\n  local: {market: {trace: /nonexistent/trace.json}}\n", 1)},
+		want:  []string{"pool.yaml: pool cpu: spec.local.market.trace: open /nonexistent/trace.json", "give a trace file the control plane can read"},
+	}, {
+		name:  "replayed market from a file that is no trace",
+		files: []string{"pool.yaml", strings.Replace(poolYAML, "  max: 2\n", "  max: 2\n  local: {market: {trace: ../../go.mod}}\n", 1)},
+		want:  []string{"pool cpu: spec.local.market.trace: ../../go.mod: not a trace this market reads"},
 	}, {
 		name:  "instance type without capacity",
 		files: []string{"pool.yaml", strings.Replace(poolYAML, "local-small", "huge.metal", 1)},
@@ -629,7 +638,7 @@ func TestAgentProtocol(t *testing.T) {
 	a.agent("/heartbeat", running(2, &api.Progress{Fraction: 0.9, Message: "stale"}), http.StatusOK)
 	a.agent("/heartbeat", running(1, &api.Progress{Fraction: 0.5, Message: "epoch 1/2"}), http.StatusOK)
 	a.agent("/heartbeat", running(1, nil), http.StatusOK) // unchanged: not sent again
-	if ft := decode[store.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK)).Tasks[0]; ft.Progress == nil || *ft.Progress != 0.5 || ft.ProgressMessage != "epoch 1/2" {
+	if ft := decode[api.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK)).Tasks[0]; ft.Progress == nil || *ft.Progress != 0.5 || ft.ProgressMessage != "epoch 1/2" {
 		t.Errorf("task progress after heartbeats: %v %q", ft.Progress, ft.ProgressMessage)
 	}
 
@@ -650,7 +659,7 @@ func TestAgentProtocol(t *testing.T) {
 	}
 
 	job := a.admin("GET", "/jobs/train", nil, http.StatusOK)
-	if j := decode[store.Job](t, job); j.State != store.JobSucceeded {
+	if j := decode[api.Job](t, job); j.State != store.JobSucceeded {
 		t.Errorf("job %s, want succeeded", j.State)
 	}
 	golden(t, "job.golden", mask(job.body, node))
@@ -661,7 +670,7 @@ func TestAgentProtocol(t *testing.T) {
 
 	// An eviction notice the agent read drains the node.
 	a.agent("/notice", api.NoticeRequest{Node: node, Deadline: a.clock.Now().Add(30 * time.Second), Format: "azure"}, http.StatusNoContent)
-	if n := decode[store.Node](t, a.admin("GET", "/nodes/"+node, nil, http.StatusOK)); n.State != store.NodeDraining || n.NoticeDeadline.IsZero() {
+	if n := decode[api.Node](t, a.admin("GET", "/nodes/"+node, nil, http.StatusOK)); n.State != store.NodeDraining || n.NoticeDeadline.IsZero() {
 		t.Errorf("node after a notice: %+v", n)
 	}
 
@@ -682,7 +691,7 @@ func TestAgentProtocol(t *testing.T) {
 	if live := a.admin("GET", "/nodes", nil, http.StatusOK); strings.TrimSpace(string(live.body)) != "[]" {
 		t.Errorf("live nodes: %s", live.body)
 	}
-	if all := decode[[]store.Node](t, a.admin("GET", "/nodes?all=true", nil, http.StatusOK)); len(all) != 1 || all[0].State != store.NodePreempted {
+	if all := decode[[]api.Node](t, a.admin("GET", "/nodes?all=true", nil, http.StatusOK)); len(all) != 1 || all[0].State != store.NodePreempted {
 		t.Errorf("all nodes: %+v", all)
 	}
 
@@ -699,16 +708,16 @@ func TestAgentProtocol(t *testing.T) {
 		}
 	}
 
-	events := decode[[]store.Event](t, a.admin("GET", "/events?object=node/&kind=Joined", nil, http.StatusOK))
+	events := decode[[]api.Event](t, a.admin("GET", "/events?object=node/&kind=Joined", nil, http.StatusOK))
 	if len(events) != 1 || events[0].Object != "node/"+node || events[0].Message != "pid 4242" {
 		t.Errorf("Joined events: %+v", events)
 	}
-	all := decode[[]store.Event](t, a.admin("GET", "/events", nil, http.StatusOK))
-	last := decode[[]store.Event](t, a.admin("GET", "/events?limit=2", nil, http.StatusOK))
+	all := decode[[]api.Event](t, a.admin("GET", "/events", nil, http.StatusOK))
+	last := decode[[]api.Event](t, a.admin("GET", "/events?limit=2", nil, http.StatusOK))
 	if len(last) != 2 || last[1] != all[len(all)-1] {
 		t.Errorf("events?limit=2: %+v", last)
 	}
-	after := decode[[]store.Event](t, a.admin("GET", fmt.Sprintf("/events?after=%d", all[len(all)-2].ID), nil, http.StatusOK))
+	after := decode[[]api.Event](t, a.admin("GET", fmt.Sprintf("/events?after=%d", all[len(all)-2].ID), nil, http.StatusOK))
 	if len(after) != 1 || after[0] != all[len(all)-1] {
 		t.Errorf("events?after: %+v", after)
 	}
@@ -719,7 +728,7 @@ func TestAgentProtocol(t *testing.T) {
 func TestLogs(t *testing.T) {
 	a := newAPI(t)
 	a.admin("POST", "/apply", applyFiles("train.yaml", poolYAML+"---\n"+jobYAML), http.StatusOK)
-	j := decode[store.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK))
+	j := decode[api.Job](t, a.admin("GET", "/jobs/train", nil, http.StatusOK))
 	// No attempt has written a log yet.
 	if r := a.admin("GET", "/jobs/train/tasks/fit/logs", nil, http.StatusOK); len(r.body) != 0 {
 		t.Errorf("logs before any attempt: %q", r.body)
@@ -774,17 +783,17 @@ func TestApplyService(t *testing.T) {
 	a := newAPI(t)
 	svc := serviceYAML("replicas: {min: 2, max: 4}")
 	r := a.admin("POST", "/apply", applyFiles("svc.yaml", poolYAML+"---\n"+svc), http.StatusOK)
-	if got := decode[[]store.ApplyResult](t, r); len(got) != 2 || got[1] != (store.ApplyResult{Kind: "Service", Name: "m", Action: "created"}) {
+	if got := decode[[]api.ApplyResult](t, r); len(got) != 2 || got[1] != (api.ApplyResult{Kind: "Service", Name: "m", Action: "created"}) {
 		t.Fatalf("apply: %+v", got)
 	}
-	get := func() store.Service {
-		return decode[store.Service](t, a.admin("GET", "/services/m", nil, http.StatusOK))
+	get := func() api.Service {
+		return decode[api.Service](t, a.admin("GET", "/services/m", nil, http.StatusOK))
 	}
 	s := get()
 	if s.Generation != 1 || s.Model != "models/m.onnx" || s.Desired != 2 || s.Ready["spot"] != 0 || s.Ready["ondemand"] != 0 {
 		t.Errorf("service: %+v", s)
 	}
-	if got := decode[[]store.ApplyResult](t, a.admin("POST", "/apply", applyFiles("svc.yaml", svc), http.StatusOK)); got[0].Action != "unchanged" {
+	if got := decode[[]api.ApplyResult](t, a.admin("POST", "/apply", applyFiles("svc.yaml", svc), http.StatusOK)); got[0].Action != "unchanged" {
 		t.Errorf("same spec: %+v", got)
 	}
 	a.admin("POST", "/apply", applyFiles("svc.yaml", serviceYAML("replicas: {min: 2, max: 6}")), http.StatusOK)
@@ -795,7 +804,7 @@ func TestApplyService(t *testing.T) {
 	if s := get(); s.Generation != 2 || s.Model != "models/m2.onnx" {
 		t.Errorf("a new model is version 2: %+v", s)
 	}
-	if ss := decode[[]store.Service](t, a.admin("GET", "/services", nil, http.StatusOK)); len(ss) != 1 {
+	if ss := decode[[]api.Service](t, a.admin("GET", "/services", nil, http.StatusOK)); len(ss) != 1 {
 		t.Errorf("list: %+v", ss)
 	}
 	resp, err := http.Get(a.url + "/metrics")
@@ -830,5 +839,52 @@ func TestNilLogger(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Errorf("GET /pools on a closed store: %s, want 500", resp.Status)
+	}
+}
+
+// TestNodeJSON: a node's public JSON is the API's, not the store's row:
+// its provider's ID (a local node's work directory, a pod name) stays
+// inside the control plane, the platform machine it runs on shows.
+func TestNodeJSON(t *testing.T) {
+	a := newAPI(t)
+	const secretDir = "/var/lib/spotml/nodes/secret-dir"
+	n := store.Node{Name: "gpu-1", Pool: "gpu", Priority: spec.PrioritySpot, Zone: "z1", InstanceType: "local-small",
+		Capacity: spec.Resources{CPU: 2, Memory: 1 << 30}, PricePerHour: 0.1, OnDemandPrice: 0.4,
+		ProviderID: secretDir, Host: "k8s-worker-7"}
+	if err := a.st.CreateNode(a.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	one := a.admin("GET", "/nodes/gpu-1", nil, http.StatusOK)
+	list := a.admin("GET", "/nodes", nil, http.StatusOK)
+	for _, body := range [][]byte{one.body, list.body} {
+		if bytes.Contains(body, []byte(secretDir)) || bytes.Contains(body, []byte("providerID")) {
+			t.Errorf("the provider's ID is public: %s", body)
+		}
+	}
+	golden(t, "node.golden", one.body)
+	if got := decode[[]api.Node](t, list); len(got) != 1 || got[0].Host != "k8s-worker-7" || got[0].State != api.NodeProvisioning {
+		t.Errorf("nodes = %+v", got)
+	}
+}
+
+// TestStatesMatchStore: the API names states and outcomes with the
+// store's own words; a rename on one side alone would change the public
+// schema without anyone meaning to.
+func TestStatesMatchStore(t *testing.T) {
+	for _, p := range [][2]string{
+		{api.NodeProvisioning, store.NodeProvisioning}, {api.NodeReady, store.NodeReady}, {api.NodeDraining, store.NodeDraining},
+		{api.NodePreempted, store.NodePreempted}, {api.NodeDeallocated, store.NodeDeallocated}, {api.NodeLost, store.NodeLost},
+		{api.NodeTerminated, store.NodeTerminated},
+		{api.JobRunning, store.JobRunning}, {api.JobSucceeded, store.JobSucceeded}, {api.JobFailed, store.JobFailed},
+		{api.TaskPending, store.TaskPending}, {api.TaskRunning, store.TaskRunning}, {api.TaskSucceeded, store.TaskSucceeded},
+		{api.TaskFailed, store.TaskFailed},
+		{api.ReplicaPending, store.ReplicaPending}, {api.ReplicaStarting, store.ReplicaStarting}, {api.ReplicaReady, store.ReplicaReady},
+		{api.ReplicaStopping, store.ReplicaStopping}, {api.ReplicaStopped, store.ReplicaStopped}, {api.ReplicaFailed, store.ReplicaFailed},
+		{api.OutcomeSucceeded, store.OutcomeSucceeded}, {api.OutcomeFailed, store.OutcomeFailed}, {api.OutcomePreempted, store.OutcomePreempted},
+		{api.RoleAdmin, store.RoleAdmin}, {api.RoleViewer, store.RoleViewer},
+	} {
+		if p[0] != p[1] {
+			t.Errorf("api says %q where the store says %q", p[0], p[1])
+		}
 	}
 }

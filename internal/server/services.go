@@ -1,11 +1,9 @@
 package server
 
 import (
-	"encoding/json"
 	"net/http"
 
 	"github.com/spotml/spotml/internal/control"
-	"github.com/spotml/spotml/internal/store"
 )
 
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
@@ -13,10 +11,7 @@ func (s *Server) listServices(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	for i := range ss {
-		withModel(&ss[i])
-	}
-	writeJSON(w, http.StatusOK, nonNil(ss))
+	writeJSON(w, http.StatusOK, convert(ss, toService))
 	return nil
 }
 
@@ -25,23 +20,8 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	withModel(&v)
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, toService(v))
 	return nil
-}
-
-// withModel fills in the model of the service's current version.
-func withModel(v *store.Service) {
-	var sp struct {
-		Spec struct {
-			Model struct {
-				URI string `json:"uri"`
-			} `json:"model"`
-		} `json:"spec"`
-	}
-	if json.Unmarshal(v.Spec, &sp) == nil {
-		v.Model = sp.Spec.Model.URI
-	}
 }
 
 func (s *Server) deleteService(w http.ResponseWriter, r *http.Request) error {
@@ -59,6 +39,6 @@ func (s *Server) listReplicas(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, nonNil(rs))
+	writeJSON(w, http.StatusOK, convert(rs, toReplica))
 	return nil
 }

@@ -143,6 +143,10 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		p := keyPath(path, kv.key.Value)
 		i := slices.IndexFunc(fields, func(f field) bool { return f.name == kv.key.Value })
 		if i < 0 {
+			if to, ok := movedFields[p]; ok {
+				d.fail(kv.key.Line, p, "moved: write it as %s", to)
+				continue
+			}
 			msg, meant := unknownField(kv.key.Value, fields)
 			d.fail(kv.key.Line, p, "%s", msg)
 			if meant != "" {
@@ -153,6 +157,15 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		d.lines[p] = kv.key.Line
 		d.decode(kv.value, v.Field(fields[i].index), p)
 	}
+}
+
+// movedFields are fields that moved elsewhere, by their old path: a spec
+// that still uses one is told where it went.
+var movedFields = map[string]string{
+	"spec.evictionRate":     "spec.local.evictionRate",
+	"spec.notice":           "spec.local.notice",
+	"spec.capacityShortage": "spec.local.capacityShortage",
+	"spec.noticeFormat":     "spec.local.noticeFormat",
 }
 
 type field struct {

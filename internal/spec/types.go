@@ -77,11 +77,31 @@ type PoolSpec struct {
 	// autoscaler removes it (above min). Default 60s.
 	IdleTimeout Duration `yaml:"idleTimeout,omitempty" json:"idleTimeout,omitzero"`
 
-	// The simulated spot market of a local spot pool.
+	// Each provider's own settings, in a block named after it; only the
+	// pool's provider's block may be set.
+	Local *LocalPool `yaml:"local,omitempty" json:"local,omitempty"`
+}
+
+// LocalPool is the simulated spot market of a local pool.
+type LocalPool struct {
 	EvictionRate     float64  `yaml:"evictionRate,omitempty" json:"evictionRate,omitempty"`         // evictions per node-hour
 	Notice           Duration `yaml:"notice,omitempty" json:"notice,omitzero"`                      // default 30s
 	CapacityShortage float64  `yaml:"capacityShortage,omitempty" json:"capacityShortage,omitempty"` // probability a launch fails
 	NoticeFormat     string   `yaml:"noticeFormat,omitempty" json:"noticeFormat,omitempty"`         // azure (default) | aws | gcp
+	// Market replays a recorded spot market (on top of EvictionRate, if
+	// that is set too).
+	Market *Market `yaml:"market,omitempty" json:"market,omitempty"`
+}
+
+// Market is a spot market replayed from a trace file.
+type Market struct {
+	// Trace is a trace file on the control plane's machine (see traces/).
+	Trace string `yaml:"trace" json:"trace"`
+	// Speedup compresses time: 60 replays an hour of the trace a minute.
+	// Default 1.
+	Speedup float64 `yaml:"speedup,omitempty" json:"speedup,omitempty"`
+	// Start is where in the trace the replay begins.
+	Start Duration `yaml:"start,omitempty" json:"start,omitzero"`
 }
 
 // StartTask runs on each node as it joins, before it takes work.
@@ -161,3 +181,11 @@ type Bytes int64
 // Command is argv. In YAML it is a list of strings, or a single string that
 // runs through /bin/sh -c.
 type Command []string
+
+// Market is a local pool's simulated market settings (zero when unset).
+func (s PoolSpec) Market() LocalPool {
+	if s.Local == nil {
+		return LocalPool{}
+	}
+	return *s.Local
+}

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"math"
 	"net/url"
 	"path"
 	"strings"
@@ -39,12 +40,18 @@ func (p *Pool) Default() {
 	if s.IdleTimeout.Duration == 0 {
 		s.IdleTimeout.Duration = DefaultIdleTimeout
 	}
-	if s.Priority == PrioritySpot {
-		if s.Notice.Duration == 0 {
-			s.Notice.Duration = DefaultNotice
+	if s.Provider == ProviderLocal && s.Priority == PrioritySpot {
+		if s.Local == nil {
+			s.Local = &LocalPool{}
 		}
-		if s.NoticeFormat == "" {
-			s.NoticeFormat = NoticeAzure
+		if s.Local.Notice.Duration == 0 {
+			s.Local.Notice.Duration = DefaultNotice
+		}
+		if s.Local.NoticeFormat == "" {
+			s.Local.NoticeFormat = NoticeAzure
+		}
+		if m := s.Local.Market; m != nil && m.Speedup == 0 {
+			m.Speedup = 1
 		}
 	}
 }
@@ -104,7 +111,19 @@ func (p *Pool) Validate() error {
 		errs.add("spec.idleTimeout", "must not be negative, got %s", s.IdleTimeout)
 	}
 
-	if s.Priority == PriorityOnDemand {
+	if s.Local != nil {
+		if s.Provider != ProviderLocal {
+			errs.add("spec.local", "only allowed when provider is %q; settings for provider %q go in spec.%s", ProviderLocal, s.Provider, s.Provider)
+		} else {
+			s.Local.validate(&errs, s.Priority)
+		}
+	}
+	return errs.err()
+}
+
+// validate checks the simulated market's settings of a pool of priority.
+func (l *LocalPool) validate(errs *fieldErrors, priority string) {
+	if priority == PriorityOnDemand {
 		// The simulated market is a spot pool's; on demand it would be
 		// silently ignored, so it is refused.
 		spotOnly := func(field string, set bool) {
@@ -112,27 +131,38 @@ func (p *Pool) Validate() error {
 				errs.add(field, "only allowed when priority is %q", PrioritySpot)
 			}
 		}
-		spotOnly("spec.evictionRate", s.EvictionRate != 0)
-		spotOnly("spec.capacityShortage", s.CapacityShortage != 0)
-		spotOnly("spec.notice", s.Notice.Duration != 0)
-		spotOnly("spec.noticeFormat", s.NoticeFormat != "")
-		return errs.err()
+		spotOnly("spec.local.evictionRate", l.EvictionRate != 0)
+		spotOnly("spec.local.capacityShortage", l.CapacityShortage != 0)
+		spotOnly("spec.local.notice", l.Notice.Duration != 0)
+		spotOnly("spec.local.noticeFormat", l.NoticeFormat != "")
+		spotOnly("spec.local.market", l.Market != nil)
+		return
 	}
-	if !(s.EvictionRate >= 0) {
-		errs.add("spec.evictionRate", "must not be negative, got %g", s.EvictionRate)
+	if m := l.Market; m != nil {
+		if m.Trace == "" {
+			errs.add("spec.local.market.trace", "required: a trace file on the control plane's machine, e.g. traces/bamboo/p3-trace.csv")
+		}
+		if !(m.Speedup >= 0) || math.IsInf(m.Speedup, 0) {
+			errs.add("spec.local.market.speedup", "must be a positive number (60 replays an hour of the trace a minute), got %g", m.Speedup)
+		}
+		if m.Start.Duration < 0 {
+			errs.add("spec.local.market.start", "must not be negative, got %s", m.Start)
+		}
 	}
-	if !(s.CapacityShortage >= 0 && s.CapacityShortage <= 1) {
-		errs.add("spec.capacityShortage", "is a probability between 0 and 1, got %g", s.CapacityShortage)
+	if !(l.EvictionRate >= 0) {
+		errs.add("spec.local.evictionRate", "must not be negative, got %g", l.EvictionRate)
 	}
-	if s.Notice.Duration < 0 {
-		errs.add("spec.notice", "must be positive, got %s", s.Notice)
+	if !(l.CapacityShortage >= 0 && l.CapacityShortage <= 1) {
+		errs.add("spec.local.capacityShortage", "is a probability between 0 and 1, got %g", l.CapacityShortage)
 	}
-	switch s.NoticeFormat {
+	if l.Notice.Duration < 0 {
+		errs.add("spec.local.notice", "must be positive, got %s", l.Notice)
+	}
+	switch l.NoticeFormat {
 	case "", NoticeAzure, NoticeAWS, NoticeGCP:
 	default:
-		errs.add("spec.noticeFormat", "%q is not a notice format; use %q, %q or %q", s.NoticeFormat, NoticeAzure, NoticeAWS, NoticeGCP)
+		errs.add("spec.local.noticeFormat", "%q is not a notice format; use %q, %q or %q", l.NoticeFormat, NoticeAzure, NoticeAWS, NoticeGCP)
 	}
-	return errs.err()
 }
 
 // Default fills in what the tasks or the template leave out. Job-level pool

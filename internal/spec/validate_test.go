@@ -25,9 +25,15 @@ func TestValidateJSON(t *testing.T) {
 		{
 			name: "bad pool",
 			json: `{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"gpu"},
-				"spec":{"provider":"aws","priority":"ondemand","instanceType":"x","max":1,"notice":"1m"}}`,
+				"spec":{"provider":"aws","priority":"ondemand","instanceType":"x","max":1,"local":{"notice":"1m"}}}`,
 			want: `spec.provider: "aws" is not supported yet; use "local"` + "\n" +
-				`spec.notice: only allowed when priority is "spot"`,
+				`spec.local: only allowed when provider is "local"; settings for provider "aws" go in spec.aws`,
+		},
+		{
+			name: "market on demand",
+			json: `{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"gpu"},
+				"spec":{"provider":"local","priority":"ondemand","instanceType":"x","max":1,"local":{"notice":"1m"}}}`,
+			want: `spec.local.notice: only allowed when priority is "spot"`,
 		},
 		{
 			name: "good job",

@@ -313,12 +313,21 @@ var migrations = []string{
 	// 7: the provider seam: a provider's opaque ID for a node replaces the
 	// local provider's process and work directory; host is the platform's
 	// machine under the node (a Kubernetes node). A local node's ID is its
-	// work directory.
+	// work directory. A local spot pool's market settings move into the
+	// pool's spec.local block (json_patch drops the ones not set).
 	`ALTER TABLE nodes ADD COLUMN provider_id TEXT NOT NULL DEFAULT '';
 	ALTER TABLE nodes ADD COLUMN host TEXT NOT NULL DEFAULT '';
 	UPDATE nodes SET provider_id = workdir;
 	ALTER TABLE nodes DROP COLUMN pid;
-	ALTER TABLE nodes DROP COLUMN workdir;`,
+	ALTER TABLE nodes DROP COLUMN workdir;
+	UPDATE pools SET spec = json_set(
+		json_remove(spec, '$.spec.evictionRate', '$.spec.notice', '$.spec.capacityShortage', '$.spec.noticeFormat'),
+		'$.spec.local', json_patch('{}', json_object(
+			'evictionRate', json_extract(spec, '$.spec.evictionRate'),
+			'notice', json_extract(spec, '$.spec.notice'),
+			'capacityShortage', json_extract(spec, '$.spec.capacityShortage'),
+			'noticeFormat', json_extract(spec, '$.spec.noticeFormat'))))
+	WHERE json_extract(spec, '$.spec.provider') = 'local' AND json_extract(spec, '$.spec.priority') = 'spot';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -384,7 +384,7 @@ spec:
 %s%s---
 `, name, priority, instanceType, zone, 2*cfg.replicas, cfg.idle, market, boot)
 	}
-	market := fmt.Sprintf("  evictionRate: 0\n  notice: %s\n", cfg.notice)
+	market := fmt.Sprintf("  local:\n    evictionRate: 0\n    notice: %s\n", cfg.notice)
 	return pool("spot-a", "spot", "1", market) + pool("spot-b", "spot", "2", market) + pool("od", "ondemand", "1", "") +
 		fmt.Sprintf(`apiVersion: spotml/v1
 kind: Service

@@ -604,7 +604,7 @@ function fleetPage() {
     // A viewer's token is read-only: it gets no button the API would refuse.
     const canEvict = !!store.info.evict && store.info.role !== 'viewer';
     syncRows(nodes.tbody, list, (n) => n.name,
-      (n) => JSON.stringify([n.state, n.noticeDeadline, n.reason, n.tasks, n.replicas, n.zone, n.pricePerHour, canEvict]),
+      (n) => JSON.stringify([n.state, n.noticeDeadline, n.reason, n.tasks, n.replicas, n.zone, n.host, n.pricePerHour, canEvict]),
       (n) => nodeRow(n, canEvict, evict));
     if (!list.length) {
       nodes.tbody.append(h('tr', null, h('td', { colspan: 10, class: 'muted' }, 'No nodes. Apply a pool with min > 0, or submit work.')));
@@ -644,7 +644,8 @@ function nodeRow(n, canEvict, evict) {
   h('th', { scope: 'row' }, h('a', { href: `#/events?object=node/${enc(n.name)}`, title: `Events of ${n.name}` }, n.name)),
   h('td', null, n.pool),
   h('td', null, priorityBadge(n.priority)),
-  h('td', null, n.zone || '—'),
+  // host: the platform's machine under the node, where that is not the node itself (a Kubernetes node).
+  h('td', null, n.zone || '—', n.host ? h('span', { class: 'muted', title: 'runs on this machine of the platform' }, ` · on ${n.host}`) : ''),
   h('td', null, stateBadge(n.state)),
   h('td', null, work.join(', ') || h('span', { class: 'muted' }, 'idle')),
   h('td', { class: 'num' }, fmtUSD(n.pricePerHour)),

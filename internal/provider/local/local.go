@@ -59,6 +59,8 @@ type Local struct {
 	mu   sync.Mutex
 	sink control.Sink // set by Run
 	view control.View
+
+	replay replays
 }
 
 var (
@@ -95,11 +97,20 @@ func (l *Local) Metadata() *notice.Server { return l.metadata }
 // work directory, which a restart keeps.
 func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.Launched, error) {
 	pool, n := req.Pool, req.Node
-	if pool.Spec.Priority == spec.PrioritySpot && l.draw(pool.Spec.CapacityShortage) {
+	if pool.Spec.Priority == spec.PrioritySpot && l.draw(pool.Spec.Market().CapacityShortage) {
 		return control.Launched{}, fmt.Errorf("%w: no spot capacity for %s in zone %q now", control.ErrNoCapacity, pool.Spec.InstanceType, n.Zone)
 	}
+	if pool.Spec.Priority == spec.PrioritySpot {
+		why, err := l.traceRefuses(ctx, pool, n.Name)
+		if err != nil {
+			return control.Launched{}, err
+		}
+		if why != "" {
+			return control.Launched{}, fmt.Errorf("%w: no spot capacity for %s: %s", control.ErrNoCapacity, pool.Spec.InstanceType, why)
+		}
+	}
 	wd := filepath.Join(l.cfg.DataDir, "nodes", n.Name)
-	if req.Restart && n.ProviderID != "" {
+	if req.Restart && l.ours(n.ProviderID) {
 		wd = n.ProviderID
 	}
 	if err := os.MkdirAll(wd, 0o755); err != nil {
@@ -182,7 +193,10 @@ const (
 // died, long after the PID was stored, and Linux hands PIDs out again.
 func (l *Local) killNode(n store.Node) {
 	wd := n.ProviderID
-	if wd == "" {
+	if !l.ours(wd) {
+		if wd != "" {
+			l.log.Warn("node's work directory is not under this data directory; its processes are left alone", "node", n.Name, "dir", wd)
+		}
 		return
 	}
 	for _, f := range []struct{ file, what string }{{agentPIDFile, "agent"}, {tasksPIDFile, "task"}} {
@@ -194,6 +208,19 @@ func (l *Local) killNode(n store.Node) {
 			l.kill(n.Name, f.what, id)
 		}
 	}
+}
+
+// ours reports whether a node's work directory is one this provider
+// makes, under its data directory. A store restored from another data
+// directory (spotml restore) names nodes of the spotml that made the
+// backup, which may still be running them: their processes are not ours
+// to kill, nor their disks ours to restart on.
+func (l *Local) ours(wd string) bool {
+	if wd == "" {
+		return false
+	}
+	rel, err := filepath.Rel(filepath.Join(l.cfg.DataDir, "nodes"), wd)
+	return err == nil && rel != "." && filepath.IsLocal(rel)
 }
 
 func (l *Local) kill(node, what string, id proc.ID) {
@@ -240,7 +267,7 @@ func (l *Local) evict(ctx context.Context, sink control.Sink, nodes []store.Node
 		return store.Conflict("node %s is not in a pool of the local provider", name)
 	}
 	if noticeFor <= 0 {
-		noticeFor = pool.Spec.Notice.Duration
+		noticeFor = pool.Spec.Market().Notice.Duration
 	}
 	deadline := l.now().Add(noticeFor)
 	if err := sink.Notice(ctx, name, deadline, "provider"); err != nil {
@@ -287,9 +314,9 @@ func (l *Local) Run(ctx context.Context, sink control.Sink, view control.View) e
 	}
 }
 
-// tick publishes the notices the store holds (so a restarted control plane
-// serves them again), ends nodes whose notice ran out, and draws random
-// evictions at each spot pool's rate.
+// tick replays the traced markets, publishes the notices the store holds
+// (so a restarted control plane serves them again), ends nodes whose
+// notice ran out, and draws random evictions at each spot pool's rate.
 func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, dt time.Duration) error {
 	pools, err := view.ListPools(ctx)
 	if err != nil {
@@ -306,9 +333,22 @@ func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, 
 		return err
 	}
 	now := l.now()
+	// Traced markets first; the nodes they evict are not drawn again.
+	traced := map[string]bool{}
+	for _, p := range pools {
+		if p.Spec.Spec.Provider == Name && p.Spec.Spec.Priority == spec.PrioritySpot {
+			evicted, err := l.replayMarket(ctx, sink, p, nodes, pools, now)
+			if err != nil {
+				return err
+			}
+			for _, n := range evicted {
+				traced[n] = true
+			}
+		}
+	}
 	for _, n := range nodes {
 		pool, ok := byName[n.Pool]
-		if !ok || !store.Live(n.State) {
+		if !ok || !store.Live(n.State) || traced[n.Name] {
 			continue
 		}
 		// Registered at launch; Ensure only brings back the nodes a
@@ -328,12 +368,12 @@ func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, 
 			l.log.Info("node evicted", "node", n.Name, "state", state)
 		case !n.NoticeDeadline.IsZero():
 			l.publish(n.Name, n.NoticeDeadline, pool)
-		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.EvictionRate > 0:
-			if l.draw(pool.Spec.EvictionRate * dt.Hours()) {
+		case pool.Spec.Priority == spec.PrioritySpot && n.State == store.NodeReady && pool.Spec.Market().EvictionRate > 0:
+			if l.draw(pool.Spec.Market().EvictionRate * dt.Hours()) {
 				if err := l.evict(ctx, sink, nodes, pools, n.Name, 0); err != nil {
 					return err
 				}
-				l.log.Info("market evicts node", "node", n.Name, "notice", pool.Spec.Notice.Duration)
+				l.log.Info("market evicts node", "node", n.Name, "notice", pool.Spec.Market().Notice.Duration)
 			}
 		}
 	}
@@ -342,8 +382,8 @@ func (l *Local) tick(ctx context.Context, sink control.Sink, view control.View, 
 
 // noticeFormat is the metadata format of a pool's nodes.
 func noticeFormat(pool spec.Pool) string {
-	if pool.Spec.NoticeFormat == "" {
+	if pool.Spec.Market().NoticeFormat == "" {
 		return spec.NoticeAzure
 	}
-	return pool.Spec.NoticeFormat
+	return pool.Spec.Market().NoticeFormat
 }

@@ -96,7 +96,7 @@ func pool(name, priority, format string) spec.Pool {
 		APIVersion: "spotml/v1", Kind: "Pool", Metadata: spec.Metadata{Name: name},
 		Spec: spec.PoolSpec{
 			Provider: Name, Priority: priority, InstanceType: "local-2", Max: 10,
-			Notice: spec.Duration{Duration: 30 * time.Second}, NoticeFormat: format,
+			Local: &spec.LocalPool{Notice: spec.Duration{Duration: 30 * time.Second}, NoticeFormat: format},
 		},
 	}
 }
@@ -229,9 +229,9 @@ func TestLaunchAndStop(t *testing.T) {
 
 func TestLaunchCapacityShortage(t *testing.T) {
 	spot := pool("spot-a", spec.PrioritySpot, "")
-	spot.Spec.CapacityShortage = 1
+	spot.Spec.Local.CapacityShortage = 1
 	onDemand := pool("od", spec.PriorityOnDemand, "")
-	onDemand.Spec.CapacityShortage = 1 // only the spot market runs short
+	onDemand.Spec.Local.CapacityShortage = 1 // only the spot market runs short
 	h := newHarness(t, spot, onDemand)
 
 	_, err := h.l.Launch(h.ctx, control.LaunchRequest{Pool: spot, Node: store.Node{Name: "spot-a-1", Pool: "spot-a", Zone: "z1"}})
@@ -249,10 +249,10 @@ func TestLaunchCapacityShortage(t *testing.T) {
 
 func TestEvictionDraw(t *testing.T) {
 	certain := pool("spot-a", spec.PrioritySpot, "")
-	certain.Spec.EvictionRate = 3600 // per node-hour: a 1 s tick draws with probability 1
+	certain.Spec.Local.EvictionRate = 3600 // per node-hour: a 1 s tick draws with probability 1
 	never := pool("spot-b", spec.PrioritySpot, "")
 	onDemand := pool("od", spec.PriorityOnDemand, "")
-	onDemand.Spec.EvictionRate = 3600 // on-demand nodes are never drawn
+	onDemand.Spec.Local.EvictionRate = 3600 // on-demand nodes are never drawn
 	h := newHarness(t, certain, never, onDemand)
 	a, b, od := h.launch(certain, "spot-a-1"), h.launch(never, "spot-b-1"), h.launch(onDemand, "od-1")
 
@@ -284,7 +284,7 @@ func TestEvictionDraw(t *testing.T) {
 // evictionRate × tick, and a seeded market draws the same nodes every run.
 func TestEvictionDrawSeeded(t *testing.T) {
 	p := pool("spot-a", spec.PrioritySpot, "")
-	p.Spec.EvictionRate = 1800 // per node-hour: a 1 s tick draws with probability 1/2
+	p.Spec.Local.EvictionRate = 1800 // per node-hour: a 1 s tick draws with probability 1/2
 	drawn := func(seed uint64) []string {
 		h := newSeededHarness(t, rand.New(rand.NewPCG(seed, 0)), p)
 		for i := range 40 {
@@ -598,3 +598,47 @@ func TestStoredPIDReused(t *testing.T) {
 	}
 }
 
+// TestForeignWorkDirLeftAlone: a store restored from another data
+// directory names nodes whose work directories, and processes, belong to
+// the spotml that made the backup. Stopping such a node kills nothing,
+// and restarting a deallocated one starts it in this data directory.
+func TestForeignWorkDirLeftAlone(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, "azure")
+	h := newHarness(t, p)
+	other := filepath.Join(t.TempDir(), "nodes", "spot-a-1") // the other data directory's
+	if err := os.MkdirAll(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	id, err := proc.Identify(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.WriteFile(filepath.Join(other, agentPIDFile), []proc.ID{id}); err != nil {
+		t.Fatal(err)
+	}
+	n := store.Node{Name: "spot-a-1", Pool: "spot-a", Priority: spec.PrioritySpot, Zone: "z1", InstanceType: "local-2", ProviderID: other}
+	if err := h.st.CreateNode(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.l.Stop(h.ctx, h.node("spot-a-1")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !running(id.PID) {
+		t.Fatal("the other data directory's agent was killed")
+	}
+	got, err := h.l.Launch(h.ctx, control.LaunchRequest{Pool: p, Node: h.node("spot-a-1"), Restart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.l.Stop(context.Background(), store.Node{Name: "spot-a-1", ProviderID: got.ProviderID}) })
+	if want := filepath.Join(h.l.cfg.DataDir, "nodes", "spot-a-1"); got.ProviderID != want {
+		t.Errorf("restarted in %s, want %s", got.ProviderID, want)
+	}
+}
