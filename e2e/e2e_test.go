@@ -48,7 +48,7 @@ type cluster struct {
 	gw   string // gateway address
 	cmd  *exec.Cmd
 	logf *os.File
-	args []string // more flags of spotml up (--store)
+	args []string // more flags for spotml up
 }
 
 func newCluster(t *testing.T, args ...string) *cluster {
@@ -57,7 +57,7 @@ func newCluster(t *testing.T, args ...string) *cluster {
 }
 
 // newClusterIn runs spotml up over the data directory data, with more
-// flags args.
+// flags for it.
 func newClusterIn(t *testing.T, data string, args ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, data: data, addr: freeAddr(t), gw: freeAddr(t), args: args}
@@ -80,8 +80,9 @@ func (c *cluster) start() {
 		c.t.Fatal(err)
 	}
 	c.logf = f
-	c.cmd = exec.Command(binary, append([]string{"up", "--data", c.data, "--addr", c.addr, "--gateway-addr", c.gw,
-		"--heartbeat", "200ms", "--reconcile-interval", "200ms", "--node-timeout", "5s"}, c.args...)...)
+	args := []string{"up", "--data", c.data, "--addr", c.addr, "--gateway-addr", c.gw,
+		"--heartbeat", "200ms", "--reconcile-interval", "200ms", "--node-timeout", "5s"}
+	c.cmd = exec.Command(binary, append(args, c.args...)...)
 	c.cmd.Stdout, c.cmd.Stderr = f, f
 	if err := c.cmd.Start(); err != nil {
 		c.t.Fatal(err)

@@ -16,9 +16,8 @@ import (
 	"github.com/spotml/spotml/internal/store/storetest"
 )
 
+// cluster is this package's PostgreSQL (TestMain, in blobstore_test.go).
 var cluster *pgtest.Cluster
-
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &cluster)) }
 
 // TestStoreBadDSN: a --store that names no store is refused with the flag
 // named and the fix, before anything is created, by server and gateway.

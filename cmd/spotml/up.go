@@ -28,6 +28,7 @@ import (
 type serverFlags struct {
 	data        string
 	store       string
+	blobStore   string
 	addr        string
 	gatewayAddr string
 	heartbeat   time.Duration
@@ -42,6 +43,8 @@ type serverFlags struct {
 func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: database (unless --store names one), blobs, tokens, node work directories")
 	c.Flags().StringVar(&f.store, "store", "", storeUsage)
+	c.Flags().StringVar(&f.blobStore, "blob-store", "",
+		"default blob store for outputs, checkpoints, logs and models: file:///DIR, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or azblob://CONTAINER/PREFIX (nodes on other machines need a cloud store); empty: DATA/blobs")
 	c.Flags().StringVar(&f.addr, "addr", "127.0.0.1:8080", "address of the API")
 	c.Flags().StringVar(&f.gatewayAddr, "gateway-addr", "127.0.0.1:8000", "address of the inference gateway (no admin token needed); empty: no gateway")
 	c.Flags().DurationVar(&f.heartbeat, "heartbeat", time.Second, "how often agents heartbeat")
@@ -106,6 +109,13 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if err != nil {
 		return err
 	}
+	// Before anything is created: a store that cannot be used stops the
+	// server with nothing written.
+	blobs, err := openBlobStore(ctx, f.blobStore, data)
+	if err != nil {
+		return err
+	}
+	defer blobs.Close()
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
@@ -126,10 +136,6 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		return err
 	}
 	joinToken, err := bootstrapSecret(ctx, st, data, "join-token")
-	if err != nil {
-		return err
-	}
-	blobs, err := blob.NewStore("file://" + filepath.Join(data, "blobs"))
 	if err != nil {
 		return err
 	}
@@ -189,19 +195,39 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	fmt.Fprintf(stdout, "spotml is up\n  console: %s/ (log in with the token)\n  API:     %s\n  token:   %s\n  data:    %s\n", url, url, filepath.Join(data, "token"), data)
+	fmt.Fprintf(stdout, "spotml is up\n  console: %s/ (log in with the token)\n  API:     %s\n  token:   %s\n  data:    %s\n  blobs:   %s\n", url, url, filepath.Join(data, "token"), data, blobs.DefaultURL())
 	if gatewayURL != "" {
 		fmt.Fprintf(stdout, "  gateway: %s\n", gatewayURL)
 	}
 	if f.store != "" {
 		fmt.Fprintf(stdout, "  store:   %s\n", redactDSN(f.store))
 	}
-	log.Info("control plane started", "api", url, "data", data)
+	log.Info("control plane started", "api", url, "data", data, "blobs", blobs.DefaultURL())
 	err = g.Wait()
 	if loc != nil {
 		stopLocalNodes(st, loc, log)
 	}
 	return err
+}
+
+// openBlobStore opens the default blob store that --blob-store names (DATA/
+// blobs if it names none) and makes sure it can be used before anything
+// is accepted that would write to it.
+func openBlobStore(ctx context.Context, location, data string) (*blob.Store, error) {
+	if location == "" {
+		location = "file://" + filepath.Join(data, "blobs")
+	}
+	blobs, err := blob.NewStore(location)
+	if err != nil {
+		return nil, fmt.Errorf("--blob-store: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := blobs.Check(cctx); err != nil {
+		blobs.Close()
+		return nil, fmt.Errorf("--blob-store: %w", err)
+	}
+	return blobs, nil
 }
 
 // bootstrapSecret returns the secret kept in DATA/name, making it (and

@@ -93,6 +93,10 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
 }
 
+// blobCheckTimeout bounds the check that the blob store can be reached,
+// retries included.
+const blobCheckTimeout = 30 * time.Second
+
 // errNodeEnded means the control plane says this node is gone.
 var errNodeEnded = errors.New("node ended")
 
@@ -109,7 +113,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.blobs, err = blob.NewStore(reg.BlobURL)
 	if err != nil {
-		return err
+		return fmt.Errorf("blob store the control plane gave (its --blob-store): %w", err)
+	}
+	// The store stays open for the agent's life (its buckets are closed
+	// with the process): tasks still uploading when Run returns use it.
+	//
+	// A node that cannot reach the store would lose every output and
+	// checkpoint; say so at once, with this node's credentials named,
+	// rather than fail each task.
+	cctx, ccancel := context.WithTimeout(ctx, blobCheckTimeout)
+	err = a.blobs.Check(cctx)
+	ccancel()
+	if err != nil {
+		return fmt.Errorf("node %s cannot use the blob store the control plane gave (its --blob-store); give this node credentials for it: %w", a.cfg.Node, err)
 	}
 	if reg.StartTask != nil {
 		if err := a.runStartTask(ctx, reg); err != nil {

@@ -16,6 +16,8 @@ import (
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/spotml/spotml/internal/blob/disk"
 )
 
@@ -63,12 +65,17 @@ func (s *Store) Checkpoint(location, dir string) *Checkpoint {
 // says that removing older generations failed, the new generation is saved
 // and current.
 func (c *Checkpoint) Save(ctx context.Context) (files int, err error) {
+	files, err = c.save(ctx)
+	return files, c.store.explain(c.location, err)
+}
+
+func (c *Checkpoint) save(ctx context.Context) (files int, err error) {
 	r, err := c.store.resolve(c.location)
 	if err != nil {
 		return 0, err
 	}
 	prefix := dirKey(r.key)
-	b, err := c.store.root(r)
+	b, err := c.store.root(ctx, r)
 	if err != nil {
 		return 0, err
 	}
@@ -112,12 +119,17 @@ func (c *Checkpoint) Save(ctx context.Context) (files int, err error) {
 // alone. The generation is downloaded beside the existing contents first, so
 // a failed download leaves the directory as it was.
 func (c *Checkpoint) Restore(ctx context.Context) (bool, error) {
+	ok, err := c.restoreLatest(ctx)
+	return ok, c.store.explain(c.location, err)
+}
+
+func (c *Checkpoint) restoreLatest(ctx context.Context) (bool, error) {
 	r, err := c.store.resolve(c.location)
 	if err != nil {
 		return false, err
 	}
 	prefix := dirKey(r.key)
-	b, err := c.store.root(r)
+	b, err := c.store.root(ctx, r)
 	if err != nil {
 		return false, err
 	}
@@ -301,18 +313,26 @@ func prune(ctx context.Context, b *blob.Bucket, d disk.FS, r ref, prefix, keep s
 		}
 		return nil
 	}
+	// A cloud store has no directories: a generation is gone once its
+	// objects are. They are deleted several at a time, as they were
+	// uploaded, since each delete is a round trip.
 	objs, err := listObjects(ctx, b, r, prefix)
 	if err != nil {
 		return err
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transfers)
 	for _, o := range objs {
 		gen, _, nested := strings.Cut(strings.TrimPrefix(o.Key, prefix), "/")
 		if !nested || gen == keep || !genRE.MatchString(gen) {
 			continue
 		}
-		if err := b.Delete(ctx, o.Key); err != nil && !IsNotExist(err) {
-			return err
-		}
+		g.Go(func() error {
+			if err := b.Delete(gctx, o.Key); err != nil && !IsNotExist(err) {
+				return err
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }

@@ -185,8 +185,8 @@ func TestCheckpointErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "not a generation name") {
 			t.Errorf("Restore with a corrupt LATEST: error = %v", err)
 		}
-		if _, err := s.Checkpoint("s3://b/ckpt", t.TempDir()).Save(ctx); err == nil {
-			t.Error("Save to s3:// succeeded")
+		if _, err := s.Checkpoint("ftp://b/ckpt", t.TempDir()).Save(ctx); err == nil {
+			t.Error("Save to ftp:// succeeded")
 		}
 	})
 }
@@ -219,10 +219,12 @@ func latest(t *testing.T, s *Store, location string) string {
 }
 
 // BenchmarkCheckpointSave saves 20 files of 1 MiB per iteration; MB/s is
-// the snapshot size over the time to save it.
+// the snapshot size over the time to save it. The cloud kinds go to their
+// stand-ins on loopback: they measure the client side (signing, checksums,
+// HTTP), not a cloud's latency.
 func BenchmarkCheckpointSave(b *testing.B) {
 	const files, size = 20, 1 << 20
-	for _, kind := range []string{"file", "mem"} {
+	for _, kind := range storeKinds {
 		b.Run(kind, func(b *testing.B) {
 			s := newTestStore(b, kind)
 			dir := b.TempDir()

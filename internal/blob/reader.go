@@ -26,11 +26,16 @@ func (r *Reader) Close() error {
 // NewReader opens the object at location, so that its length is known
 // before its bytes are streamed (the blob API's Content-Length).
 func (s *Store) NewReader(ctx context.Context, location string) (*Reader, error) {
+	r, err := s.newReader(ctx, location)
+	return r, s.explain(location, err)
+}
+
+func (s *Store) newReader(ctx context.Context, location string) (*Reader, error) {
 	ref, err := s.objectRef(location)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(ref)
+	b, err := s.root(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

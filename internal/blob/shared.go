@@ -1,7 +1,10 @@
 package blob
 
 import (
+	"cmp"
 	"context"
+	"io"
+	"net/http"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/driver"
@@ -9,9 +12,10 @@ import (
 )
 
 // sharedBucket is a driver that forwards every call to a *blob.Bucket and
-// ignores Close. A mem:// bucket must outlive the *blob.Bucket values that
-// Open hands out, and both Close and blob.PrefixedBucket close the driver
-// underneath, so each caller gets its own *blob.Bucket over this driver.
+// ignores Close. A mem:// bucket, and a cloud bucket with its clients and
+// credentials, must outlive the *blob.Bucket values that Open hands out,
+// and both Close and blob.PrefixedBucket close the driver underneath, so
+// each caller gets its own *blob.Bucket over this driver.
 type sharedBucket struct {
 	b *blob.Bucket
 }
@@ -84,7 +88,7 @@ func (s sharedBucket) NewRangeReader(ctx context.Context, key string, offset, le
 }
 
 func (s sharedBucket) NewTypedWriter(ctx context.Context, key, contentType string, opts *driver.WriterOptions) (driver.Writer, error) {
-	return s.b.NewWriter(ctx, key, &blob.WriterOptions{
+	return &sharedWriter{ctx: ctx, b: s.b, key: key, opts: &blob.WriterOptions{
 		BufferSize:                  opts.BufferSize,
 		MaxConcurrency:              opts.MaxConcurrency,
 		CacheControl:                opts.CacheControl,
@@ -97,7 +101,63 @@ func (s sharedBucket) NewTypedWriter(ctx context.Context, key, contentType strin
 		Metadata:                    opts.Metadata,
 		BeforeWrite:                 opts.BeforeWrite,
 		IfNotExist:                  opts.IfNotExist,
-	})
+	}}, nil
+}
+
+// sharedWriter writes one object through the shared bucket, always with the
+// bucket's Upload, which hands the driver a reader to stream from (S3's
+// multipart uploader, Azure's UploadStream, GCS's resumable writer): Writes
+// go into a pipe that an Upload reads. gocloud.dev's azureblob writer, fed
+// by Write instead, dereferences a pipe its upload goroutine has already
+// cleared when the upload fails during Close (v0.47.0), so a write whose
+// commit fails would crash the process rather than return the error.
+type sharedWriter struct {
+	ctx  context.Context
+	b    *blob.Bucket
+	key  string
+	opts *blob.WriterOptions
+
+	pw   *io.PipeWriter // Writes go here, once the first one starts the upload
+	done chan struct{}  // closed when that upload has returned
+	err  error          // the upload's result, set before done closes
+
+	uploaded bool // Upload was called instead
+}
+
+func (w *sharedWriter) Write(p []byte) (int, error) {
+	if w.pw == nil {
+		pr, pw := io.Pipe()
+		w.pw, w.done = pw, make(chan struct{})
+		go func() {
+			defer close(w.done)
+			w.err = w.b.Upload(w.ctx, w.key, pr, w.opts)
+			// Later Writes fail rather than block if the upload ended
+			// before reading everything.
+			pr.CloseWithError(cmp.Or(w.err, io.ErrClosedPipe))
+		}()
+	}
+	return w.pw.Write(p)
+}
+
+// Upload writes the whole object from r; blob.Bucket.Upload calls it as
+// the writer's only write.
+func (w *sharedWriter) Upload(r io.Reader) error {
+	w.uploaded = true
+	w.err = w.b.Upload(w.ctx, w.key, r, w.opts)
+	return w.err
+}
+
+// Close commits the object, an empty one if nothing was written.
+func (w *sharedWriter) Close() error {
+	switch {
+	case w.uploaded:
+		return w.err
+	case w.pw == nil:
+		return w.b.Upload(w.ctx, w.key, http.NoBody, w.opts)
+	}
+	w.pw.Close()
+	<-w.done
+	return w.err
 }
 
 func (s sharedBucket) Copy(ctx context.Context, dstKey, srcKey string, opts *driver.CopyOptions) error {

@@ -7,13 +7,14 @@
 // A location that ends in "/" is a directory (a key prefix); one that does not
 // names a single object, except where a method says it takes a directory.
 //
-// Only the file and mem schemes are built in. file:// stores objects as plain
-// files (no metadata sidecars) and writes each one to a temporary file next to
-// it, synced before it is renamed into place and its directory synced after,
-// so readers never see half an object and a write that returned survives a
-// power cut (see fileBucket). mem:// buckets live
-// as long as the Store that opened them; mem://a and mem://b are different
-// buckets.
+// Built in: file, mem, and the cloud object stores s3, gs and azblob (see
+// cloud.go for their URLs, credentials and how they differ from a local
+// directory). file:// stores objects as plain files (no metadata sidecars)
+// and writes each one to a temporary file next to it, synced before it is
+// renamed into place and its directory synced after, so readers never see
+// half an object and a write that returned survives a power cut (see
+// fileBucket). mem:// buckets live as long as the Store that opened them;
+// mem://a and mem://b are different buckets.
 package blob
 
 import (
@@ -37,8 +38,9 @@ import (
 )
 
 // Store resolves blob locations. A location is either a full URL
-// (file:///abs/dir/sub/, mem://bucket/prefix) or a path without a scheme,
-// which is relative to the default store (e.g. "outputs/job1/").
+// (file:///abs/dir/sub/, mem://bucket/prefix, s3://bucket/prefix) or a path
+// without a scheme, which is relative to the default store (e.g.
+// "outputs/job1/").
 //
 // A Store is safe for concurrent use.
 type Store struct {
@@ -47,8 +49,9 @@ type Store struct {
 	disk       *fileDisk // what file:// writes go through
 	transfers  int       // objects moved at once in one call
 
-	mu  sync.Mutex
-	mem map[string]*blob.Bucket // mem:// buckets by host name, kept for the Store's life
+	mu    sync.Mutex
+	mem   map[string]*blob.Bucket // mem:// buckets by host name, kept for the Store's life
+	cloud map[string]*blob.Bucket // cloud buckets by bucketURL, opened once (see cloud.go)
 }
 
 // SchemeError reports a location whose URL scheme has no driver built into
@@ -58,7 +61,7 @@ type SchemeError struct {
 }
 
 func (e *SchemeError) Error() string {
-	return "scheme " + e.Scheme + " is not built in yet (built in: file, mem)"
+	return "scheme " + e.Scheme + " is not supported: use s3://BUCKET/PATH, gs://BUCKET/PATH, azblob://CONTAINER/PATH, file:///ABS/PATH or mem://NAME/PATH"
 }
 
 // Option changes how NewStore sets up a Store.
@@ -74,12 +77,13 @@ func WithTransfers(n int) Option { return func(s *Store) { s.transfers = max(n, 
 
 // NewStore returns a Store whose schemeless locations are relative to
 // defaultURL, e.g. "file:///work/spotml-data/blobs". For file:// the
-// directory is created if it is missing.
+// directory is created if it is missing. A cloud store is not contacted
+// until it is used; Check contacts it.
 func NewStore(defaultURL string, opts ...Option) (*Store, error) {
 	if !hasScheme(defaultURL) {
-		return nil, fmt.Errorf("default blob store %q: want a URL such as file:///var/lib/spotml/blobs or mem://test", defaultURL)
+		return nil, fmt.Errorf("default blob store %q: want a URL such as file:///var/lib/spotml/blobs, s3://bucket/spotml or mem://test", defaultURL)
 	}
-	s := &Store{mem: map[string]*blob.Bucket{}, disk: newFileDisk(disk.OS{}), transfers: transfers}
+	s := &Store{mem: map[string]*blob.Bucket{}, cloud: map[string]*blob.Bucket{}, disk: newFileDisk(disk.OS{}), transfers: transfers}
 	for _, o := range opts {
 		o(s)
 	}
@@ -109,7 +113,7 @@ func (s *Store) Open(ctx context.Context, location string) (*blob.Bucket, error)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -145,8 +149,9 @@ func IsNotExist(err error) bool {
 
 // ref is a resolved location: which bucket, and the key inside it.
 type ref struct {
-	scheme string // "file" or "mem"
-	host   string // mem bucket name; always "" for file
+	scheme string // "file", "mem", or a cloud scheme
+	host   string // the bucket (container) name; always "" for file
+	query  string // a cloud bucket's driver options, encoded in key order
 	key    string // slash-separated, no leading "/"; a trailing "/" marks a directory
 }
 
@@ -155,7 +160,7 @@ type ref struct {
 func (r ref) filePath() string { return filepath.FromSlash("/" + r.key) }
 
 func (r ref) url() string {
-	u := url.URL{Scheme: r.scheme, Host: r.host, Path: "/" + strings.TrimSuffix(r.key, "/")}
+	u := url.URL{Scheme: r.scheme, Host: r.host, Path: "/" + strings.TrimSuffix(r.key, "/"), RawQuery: r.query}
 	return u.String()
 }
 
@@ -173,17 +178,28 @@ func (s *Store) resolve(location string) (ref, error) {
 	if err != nil {
 		return ref{}, fmt.Errorf("blob location %q: %w", location, err)
 	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return ref{}, fmt.Errorf("blob location %q: query parameters and fragments are not supported", location)
+	if u.Fragment != "" {
+		return ref{}, fmt.Errorf("blob location %q: fragments (#...) are not supported; remove it", location)
+	}
+	if u.RawQuery != "" && !isCloud(u.Scheme) {
+		return ref{}, fmt.Errorf("blob location %q: query parameters are only for s3, gs and azblob URLs; remove it", location)
 	}
 	r := ref{scheme: u.Scheme, key: cleanKey(u.Path)}
-	switch u.Scheme {
-	case fileblob.Scheme:
+	switch {
+	case u.Scheme == fileblob.Scheme:
 		if u.Host != "" && u.Host != "localhost" {
 			return ref{}, fmt.Errorf("blob location %q: a file URL needs an absolute path, as in file:///%s%s", location, u.Host, u.Path)
 		}
-	case memblob.Scheme:
+	case u.Scheme == memblob.Scheme:
 		r.host = u.Host
+	case isCloud(u.Scheme):
+		if u.Host == "" {
+			return ref{}, fmt.Errorf("blob location %q names no bucket: write %s://BUCKET/PATH", location, u.Scheme)
+		}
+		r.host = u.Host
+		// Canonical order, so that one bucket opens once however its
+		// options were written.
+		r.query = u.Query().Encode()
 	default:
 		return ref{}, fmt.Errorf("blob location %q: %w", location, &SchemeError{Scheme: u.Scheme})
 	}
@@ -202,7 +218,10 @@ func (s *Store) resolveRelative(location string) (ref, error) {
 
 // root opens the whole bucket that r lives in. Keys passed to it are r.key
 // and keys derived from it.
-func (s *Store) root(r ref) (*blob.Bucket, error) {
+func (s *Store) root(ctx context.Context, r ref) (*blob.Bucket, error) {
+	if isCloud(r.scheme) {
+		return s.openCloud(ctx, r)
+	}
 	switch r.scheme {
 	case fileblob.Scheme:
 		// Rooted at "/" so that a location is just a key and reading a

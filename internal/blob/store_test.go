@@ -3,35 +3,70 @@ package blob
 import (
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/spotml/spotml/internal/blob/blobtest"
 )
 
-// eachStore runs test against a file:// store in a temp dir and a mem://
-// store; every behaviour here must hold for both.
+// storeKinds are the stores every behaviour in eachStore's tests must hold
+// for: a file:// store in a temp dir, a mem:// store, and the three cloud
+// stores, each against a stand-in that speaks its real protocol on
+// loopback (see blobtest; azblob is skipped without Azurite unless
+// SPOTML_REQUIRE_AZURITE=1).
+var storeKinds = []string{"file", "mem", "s3", "gs", "azblob"}
+
+// eachStore runs test against a fresh store of every kind.
 func eachStore(t *testing.T, test func(t *testing.T, s *Store)) {
 	t.Helper()
-	for _, kind := range []string{"file", "mem"} {
+	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
 			test(t, newTestStore(t, kind))
 		})
 	}
 }
 
+// newTestStore returns a store of the kind whose default location is a
+// "root" directory in a fresh bucket (or temp dir).
 func newTestStore(t testing.TB, kind string) *Store {
 	t.Helper()
-	u := "mem://test/root"
-	if kind == "file" {
+	var u string
+	switch kind {
+	case "file":
 		u = "file://" + filepath.ToSlash(filepath.Join(t.TempDir(), "blobs"))
+	case "mem":
+		u = "mem://test/root"
+	case "s3":
+		u = withPath(t, blobtest.StartS3(t).Bucket(t), "/root")
+	case "gs":
+		u = withPath(t, blobtest.StartGCS(t).Bucket(t), "/root")
+	case "azblob":
+		a := blobtest.StartAzurite(t)
+		u = withPath(t, a.Bucket(t), "/root")
+	default:
+		t.Fatalf("unknown store kind %q", kind)
 	}
 	s, err := NewStore(u)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// withPath returns the URL u with its path set to p.
+func withPath(t testing.TB, u, p string) string {
+	t.Helper()
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu.Path = p
+	return pu.String()
 }
 
 // writeTree creates files under dir; keys are slash-separated paths.
@@ -127,13 +162,13 @@ func TestJoin(t *testing.T) {
 func TestUnknownScheme(t *testing.T) {
 	s := newTestStore(t, "mem")
 	ctx := context.Background()
-	for _, loc := range []string{"s3://bucket/x/", "gs://bucket/x", "azblob://c/x"} {
+	for _, loc := range []string{"ftp://host/x/", "hdfs://nn/x", "azure://c/x"} {
 		_, err := s.Open(ctx, loc)
 		var se *SchemeError
 		if !errors.As(err, &se) {
 			t.Fatalf("Open(%q) error = %v, want a *SchemeError", loc, err)
 		}
-		want := "scheme " + se.Scheme + " is not built in yet"
+		want := "scheme " + se.Scheme + " is not supported: use s3://BUCKET/PATH"
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Open(%q) error = %q, want it to say %q", loc, err, want)
 		}
@@ -141,8 +176,8 @@ func TestUnknownScheme(t *testing.T) {
 			t.Errorf("ReadAll(%q) error = %v, want a *SchemeError", loc, err)
 		}
 	}
-	if _, err := NewStore("s3://bucket/blobs"); err == nil || !strings.Contains(err.Error(), "scheme s3 is not built in yet") {
-		t.Errorf("NewStore(s3://...) error = %v", err)
+	if _, err := NewStore("ftp://host/blobs"); err == nil || !strings.Contains(err.Error(), "scheme ftp is not supported") {
+		t.Errorf("NewStore(ftp://...) error = %v", err)
 	}
 }
 

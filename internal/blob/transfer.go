@@ -36,6 +36,11 @@ const transfers = 8
 // to dir, and returns the locations written, sorted. No match is not an
 // error. A dir that does not exist is (IsNotExist reports it).
 func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) ([]string, error) {
+	written, err := s.uploadGlob(ctx, dir, pattern, location)
+	return written, s.explain(location, err)
+}
+
+func (s *Store) uploadGlob(ctx context.Context, dir, pattern, location string) ([]string, error) {
 	if pattern == "" || strings.HasPrefix(pattern, "/") || hasDotDot(pattern) {
 		return nil, fmt.Errorf("upload pattern %q: want a pattern relative to %s with no .. element, such as **/*.pt", pattern, dir)
 	}
@@ -73,7 +78,7 @@ func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) (
 		return nil, err
 	}
 	prefix := dirKey(r.key)
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -91,11 +96,15 @@ func (s *Store) UploadGlob(ctx context.Context, dir, pattern, location string) (
 // UploadFile uploads the local file at path to location, which names the
 // object itself.
 func (s *Store) UploadFile(ctx context.Context, path, location string) error {
+	return s.explain(location, s.uploadFile(ctx, path, location))
+}
+
+func (s *Store) uploadFile(ctx context.Context, path, location string) error {
 	r, err := s.objectRef(location)
 	if err != nil {
 		return err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -108,12 +117,16 @@ func (s *Store) UploadFile(ctx context.Context, path, location string) error {
 // prefix into the directory path instead; an object key that would land
 // outside path is an error, and nothing is written then.
 func (s *Store) Download(ctx context.Context, location, path string) error {
-	if location != "" && !strings.HasSuffix(location, "/") {
+	return s.explain(location, s.download(ctx, location, path))
+}
+
+func (s *Store) download(ctx context.Context, location, path string) error {
+	if location != "" && !endsInSlash(location) {
 		r, err := s.objectRef(location)
 		if err != nil {
 			return err
 		}
-		b, err := s.root(r)
+		b, err := s.root(ctx, r)
 		if err != nil {
 			return err
 		}
@@ -124,7 +137,7 @@ func (s *Store) Download(ctx context.Context, location, path string) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -141,11 +154,16 @@ func (s *Store) Download(ctx context.Context, location, path string) error {
 
 // ReadAll returns the content of the object at location.
 func (s *Store) ReadAll(ctx context.Context, location string) ([]byte, error) {
+	data, err := s.readAll(ctx, location)
+	return data, s.explain(location, err)
+}
+
+func (s *Store) readAll(ctx context.Context, location string) ([]byte, error) {
 	r, err := s.objectRef(location)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -160,11 +178,16 @@ func (s *Store) ReadAll(ctx context.Context, location string) ([]byte, error) {
 // List returns every object under location, which is taken as a directory,
 // recursively, in key order. A location with nothing under it lists empty.
 func (s *Store) List(ctx context.Context, location string) ([]Object, error) {
+	objs, err := s.list(ctx, location)
+	return objs, s.explain(location, err)
+}
+
+func (s *Store) list(ctx context.Context, location string) ([]Object, error) {
 	r, err := s.resolve(location)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.root(r)
+	b, err := s.root(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -186,10 +209,19 @@ func (s *Store) objectRef(location string) (ref, error) {
 	if err != nil {
 		return ref{}, err
 	}
-	if r.key == "" || strings.HasSuffix(r.key, "/") || strings.HasSuffix(location, "/") {
+	if r.key == "" || strings.HasSuffix(r.key, "/") || endsInSlash(location) {
 		return ref{}, fmt.Errorf("blob location %q names a directory, want an object", location)
 	}
 	return r, nil
+}
+
+// endsInSlash reports whether location, less a URL's query, ends in "/":
+// whether it names a directory.
+func endsInSlash(location string) bool {
+	if hasScheme(location) {
+		location, _, _ = strings.Cut(location, "?")
+	}
+	return strings.HasSuffix(location, "/")
 }
 
 // uploadFiles uploads dir/rel to prefix+rel for each rel, n at a time.
@@ -219,20 +251,29 @@ func uploadFile(ctx context.Context, b *blob.Bucket, file, key string) error {
 
 // write stores what r yields at key. The write is cancelled if reading r
 // fails, so a partial object is never committed: fileblob renames its
-// temporary file only when Close sees a live context.
+// temporary file, and a cloud store commits the object (completes the
+// multipart upload, commits the block list, finalizes the upload), only
+// when Close sees a live context. The driver reads r itself where it can
+// (Bucket.Upload), streaming in parts without a copy through a pipe.
 func write(ctx context.Context, b *blob.Bucket, key string, r io.Reader) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType(key)})
-	if err != nil {
-		return err
+	return b.Upload(wctx, key, cancelOnError{r, cancel}, &blob.WriterOptions{ContentType: contentType(key)})
+}
+
+// cancelOnError cancels the write it feeds as soon as reading fails, before
+// the driver sees the error and before the writer is closed.
+type cancelOnError struct {
+	r      io.Reader
+	cancel context.CancelFunc
+}
+
+func (c cancelOnError) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		c.cancel()
 	}
-	if _, err := io.Copy(w, r); err != nil {
-		cancel()
-		_ = w.Close()
-		return err
-	}
-	return w.Close()
+	return n, err
 }
 
 func contentType(key string) string {
@@ -346,6 +387,12 @@ func listObjects(ctx context.Context, b *blob.Bucket, r ref, prefix string) ([]O
 		if o.IsDir || (r.scheme == fileblob.Scheme && fileTempRE.MatchString(o.Key)) {
 			continue
 		}
+		if strings.HasSuffix(o.Key, "/") {
+			// A zero-byte directory marker that a cloud console or another
+			// tool made: a cloud store has no directories, and no file
+			// could be downloaded under this name.
+			continue
+		}
 		objs = append(objs, Object{Key: o.Key, Size: o.Size, ModTime: o.ModTime})
 	}
 }
@@ -353,11 +400,15 @@ func listObjects(ctx context.Context, b *blob.Bucket, r ref, prefix string) ([]O
 // Write stores what r yields as the object at location. Nothing is stored
 // if reading r fails.
 func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
+	return s.explain(location, s.writeObject(ctx, location, r))
+}
+
+func (s *Store) writeObject(ctx context.Context, location string, r io.Reader) error {
 	ref, err := s.objectRef(location)
 	if err != nil {
 		return err
 	}
-	b, err := s.root(ref)
+	b, err := s.root(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -370,11 +421,15 @@ func (s *Store) Write(ctx context.Context, location string, r io.Reader) error {
 
 // Copy streams the object at location to w.
 func (s *Store) Copy(ctx context.Context, w io.Writer, location string) error {
+	return s.explain(location, s.copyTo(ctx, w, location))
+}
+
+func (s *Store) copyTo(ctx context.Context, w io.Writer, location string) error {
 	ref, err := s.objectRef(location)
 	if err != nil {
 		return err
 	}
-	b, err := s.root(ref)
+	b, err := s.root(ctx, ref)
 	if err != nil {
 		return err
 	}

@@ -386,8 +386,11 @@ func (s *Service) Validate() error {
 		errs.add("spec.model.uri", "required; a blob URL such as s3://bucket/model.onnx, or a path in the default store such as outputs/job/out/model.onnx")
 	} else if strings.TrimSpace(sp.Model.URI) != sp.Model.URI {
 		errs.add("spec.model.uri", "%q has leading or trailing spaces; remove them", sp.Model.URI)
-	} else if (rt.Type == "" || rt.Type == RuntimeBuiltin) && strings.HasSuffix(sp.Model.URI, "/") {
-		errs.add("spec.model.uri", "%q is a directory; the builtin runtime serves one .onnx file, so name the file (or use runtime type %q for a server that loads a directory)", sp.Model.URI, RuntimeCommand)
+	} else {
+		errs.blobLocation("spec.model.uri", sp.Model.URI)
+		if (rt.Type == "" || rt.Type == RuntimeBuiltin) && strings.HasSuffix(sp.Model.URI, "/") {
+			errs.add("spec.model.uri", "%q is a directory; the builtin runtime serves one .onnx file, so name the file (or use runtime type %q for a server that loads a directory)", sp.Model.URI, RuntimeCommand)
+		}
 	}
 
 	errs.runtime(rt)

@@ -3,6 +3,7 @@ package spec
 import (
 	"fmt"
 	"math"
+	"net/url"
 	"path"
 	"strings"
 	"time"
@@ -416,6 +417,8 @@ func (e *fieldErrors) task(at string, t *TaskSpec) {
 		fat := fmt.Sprintf("%s.resourceFiles[%d]", at, i)
 		if f.Source == "" {
 			e.add(fat+".source", "required")
+		} else {
+			e.blobLocation(fat+".source", f.Source)
 		}
 		e.relativePath(fat+".path", f.Path)
 		if f.Path != "" && path.Clean(f.Path) == "." {
@@ -427,6 +430,8 @@ func (e *fieldErrors) task(at string, t *TaskSpec) {
 		e.relativePath(fat+".pattern", f.Pattern)
 		if f.Destination == "" {
 			e.add(fat+".destination", "required")
+		} else {
+			e.blobLocation(fat+".destination", f.Destination)
 		}
 		switch f.Upload {
 		case "", UploadOnSuccess, UploadOnFailure, UploadAlways:
@@ -461,5 +466,40 @@ func (e *fieldErrors) relativePath(field, p string) {
 		e.add(field, "%q is absolute; use a path relative to the task's working directory", p)
 	case clean == ".." || strings.HasPrefix(clean, "../"):
 		e.add(field, "%q leaves the task's working directory; use a path inside it, without \"..\"", p)
+	}
+}
+
+// blobSchemes are the blob URL schemes the agents can read and write.
+var blobSchemes = map[string]bool{"file": true, "mem": true, "s3": true, "gs": true, "azblob": true}
+
+// blobLocation checks the form of a blob location: a URL of a supported
+// scheme, or a path inside the default store. Whether the bucket exists
+// and the node's credentials reach it is for the agent to find out.
+func (e *fieldErrors) blobLocation(field, loc string) {
+	const want = "use s3://BUCKET/PATH, gs://BUCKET/PATH, azblob://CONTAINER/PATH, file:///ABS/PATH, or a path in the default store such as outputs/job/"
+	if !strings.Contains(loc, "://") {
+		clean := path.Clean(loc)
+		switch {
+		case strings.HasPrefix(loc, "/"):
+			e.add(field, "%q has no scheme: write file://%s for a directory on every node, or drop the leading / for a path in the default store", loc, loc)
+		case clean == ".." || strings.HasPrefix(clean, "../"):
+			e.add(field, "%q leaves the default store; remove the \"..\" or %s", loc, want)
+		}
+		return
+	}
+	u, err := url.Parse(loc)
+	switch {
+	case err != nil:
+		e.add(field, "%q is not a URL (%v); %s", loc, err, want)
+	case !blobSchemes[u.Scheme]:
+		e.add(field, "scheme %q is not supported; %s", u.Scheme, want)
+	case u.Fragment != "":
+		e.add(field, "%q has a fragment (#...); remove it", loc)
+	case u.Scheme == "file" && u.Host != "" && u.Host != "localhost":
+		e.add(field, "%q: a file URL needs an absolute path, as in file:///%s%s", loc, u.Host, u.Path)
+	case (u.Scheme == "file" || u.Scheme == "mem") && u.RawQuery != "":
+		e.add(field, "%q: query options are only for s3, gs and azblob URLs; remove them", loc)
+	case u.Scheme != "file" && u.Host == "":
+		e.add(field, "%q names no bucket: write %s://BUCKET/PATH", loc, u.Scheme)
 	}
 }
