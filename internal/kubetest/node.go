@@ -194,11 +194,10 @@ func (n *Node) register(ctx context.Context) error {
 	return nil
 }
 
-// heartbeat renews the node's Lease every few seconds, as the kubelet does
-// (leaseDurationSeconds 40, renewed at a quarter of it... here more often
-// so a test's node-monitor grace period can be short). Once the Node object
-// is gone the heartbeat stops: a node whose object was deleted by the
-// platform does not re-register.
+// heartbeat renews the node's Lease as the kubelet does (lease duration
+// 40s), every 2s rather than every 10s so that a test may shorten the
+// node-monitor grace period. Once the Node object is gone the heartbeat
+// stops: a node whose object the platform deleted does not re-register.
 func (n *Node) heartbeat() {
 	defer n.wg.Done()
 	leases := n.c.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
