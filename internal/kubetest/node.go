@@ -237,12 +237,11 @@ func (n *Node) podChanged(pod *corev1.Pod) {
 		r = newPodRun(n, pod)
 		n.pods[pod.UID] = r
 		n.wg.Add(1)
+		// The run stays in pods until the pod leaves the API, so that a late
+		// event about a pod it finished never starts it again.
 		go func() {
 			defer n.wg.Done()
 			r.run()
-			n.mu.Lock()
-			delete(n.pods, pod.UID)
-			n.mu.Unlock()
 		}()
 	}
 	r.update(pod)
@@ -253,6 +252,7 @@ func (n *Node) podChanged(pod *corev1.Pod) {
 func (n *Node) podDeleted(uid types.UID) {
 	n.mu.Lock()
 	r := n.pods[uid]
+	delete(n.pods, uid)
 	n.mu.Unlock()
 	if r != nil {
 		r.removed()
