@@ -16,7 +16,8 @@ type binaries struct {
 
 // findBinaries returns the binaries from SPOTML_KUBE_BIN (default
 // build/kube/v1.37.2/bin of the repository), or why they cannot be used.
-func findBinaries() (binaries, error) {
+// The kubelet is needed only for a real kubelet.
+func findBinaries(kubelet bool) (binaries, error) {
 	dir := os.Getenv(envKubeBin)
 	if dir == "" {
 		_, file, _, _ := runtime.Caller(0)
@@ -32,6 +33,9 @@ func findBinaries() (binaries, error) {
 		{"kube-controller-manager", &b.controllerManager},
 		{"kube-scheduler", &b.scheduler}, {"kubelet", &b.kubelet},
 	} {
+		if p.name == "kubelet" && !kubelet {
+			continue
+		}
 		path := filepath.Join(dir, p.name)
 		if _, err := os.Stat(path); err != nil {
 			return b, fmt.Errorf("no %s in %s (SPOTML_KUBE_BIN): build the Kubernetes binaries with `bash scripts/kube-build.sh`", p.name, dir)

@@ -104,7 +104,7 @@ type Cluster struct {
 // started is killed by its PID, its directory removed.
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	bins, err := findBinaries()
+	bins, err := findBinaries(opts.RealKubelet)
 	if err != nil {
 		unavailable(t, err.Error())
 	}
@@ -133,7 +133,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	t.Cleanup(c.stop)
 	if err := c.start(); err != nil {
-		c.dumpLogs()
+		// The cleanup shows the end of each process's log.
 		t.Fatalf("kubetest: start the cluster: %v", err)
 	}
 	c.StartupTime = time.Since(began)
