@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 )
 
@@ -156,7 +157,7 @@ func (n *Node) register(ctx context.Context) error {
 	cond := func(t corev1.NodeConditionType, s corev1.ConditionStatus, reason, msg string) corev1.NodeCondition {
 		return corev1.NodeCondition{Type: t, Status: s, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now}
 	}
-	created.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Capacity: n.opts.Capacity, Allocatable: n.opts.Allocatable,
 		Phase: corev1.NodeRunning,
 		Conditions: []corev1.NodeCondition{
@@ -174,7 +175,17 @@ func (n *Node) register(ctx context.Context) error {
 			ContainerRuntimeVersion: "runc://kubetest", OSImage: "kubetest played node",
 		},
 	}
-	if _, err := n.c.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	// The node lifecycle controller may write the new Node first.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := n.c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = status
+		_, err = n.c.Client.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	lease := &coordinationv1.Lease{

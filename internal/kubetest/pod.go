@@ -59,7 +59,7 @@ type podEvent struct {
 
 func newPodRun(n *Node, pod *corev1.Pod) *podRun {
 	return &podRun{
-		n: n, uid: pod.UID, namespace: pod.Namespace, name: pod.Name,
+		n: n, uid: pod.UID, namespace: pod.Namespace, name: pod.Name, pod: pod,
 		dir:  filepath.Join(n.dir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID)),
 		term: make(chan time.Duration, 1), gone: make(chan struct{}),
 		running: map[string]*runningCtr{}, ready: map[string]bool{},
