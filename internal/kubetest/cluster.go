@@ -122,7 +122,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	began := time.Now()
 	// A short path: containerd's and etcd's unix sockets live under it.
-	dir, err := os.MkdirTemp("", "kt-")
+	dir, err := os.MkdirTemp(os.Getenv(envRunDir), "kt-")
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}

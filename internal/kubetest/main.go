@@ -17,6 +17,7 @@ const (
 	envInside   = "SPOTML_KUBETEST_INSIDE"   // set inside the namespaces Main made
 	envNoNS     = "SPOTML_KUBETEST_NO_NETNS" // why Main could not make them
 	envCgroup   = "SPOTML_KUBETEST_CGROUP"   // cgroup name every container of this run lives under
+	envRunDir   = "SPOTML_KUBETEST_DIR"      // directory the clusters' directories are made in
 	envRequire  = "SPOTML_REQUIRE_KUBE"
 	envKubeBin  = "SPOTML_KUBE_BIN"
 	kubeVersion = "v1.37.2"
@@ -61,11 +62,18 @@ func reexec() (int, error) {
 		return 0, fmt.Errorf("kubetest: find the test binary: %w", err)
 	}
 	cgroup := "spotml-kubetest-" + strconv.Itoa(os.Getpid())
+	// Every cluster's directory lives under this one, removed afterwards
+	// even if the tests crashed before their cleanups ran.
+	runDir, err := os.MkdirTemp("", "kubetest-")
+	if err != nil {
+		return 0, fmt.Errorf("kubetest: %w", err)
+	}
+	defer os.RemoveAll(runDir)
 	args := append([]string{"--net", "--mount", "--pid", "--fork", "--kill-child",
 		"--propagation", "private", "--mount-proc", self}, os.Args[1:]...)
 	cmd := exec.Command(unshare, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), envInside+"=1", envCgroup+"="+cgroup)
+	cmd.Env = append(os.Environ(), envInside+"=1", envCgroup+"="+cgroup, envRunDir+"="+runDir)
 	// If this process is killed, unshare dies, and --kill-child takes the
 	// tests' namespace, and so everything in it, down with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
