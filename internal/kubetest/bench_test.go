@@ -14,9 +14,10 @@ import (
 
 // BenchmarkClusterStart: a cold control plane to ready (etcd, apiserver,
 // scheduler, controller-manager, default service account), and the
-// resident memory of each piece once it is up.
+// resident memory of each piece once it is up. Each iteration's cluster
+// lives until the benchmark ends, so run it once:
 //
-//	go test ./internal/kubetest -run '^$' -bench ClusterStart -benchtime 3x
+//	go test ./internal/kubetest -run '^$' -bench ClusterStart -benchtime 1x
 func BenchmarkClusterStart(b *testing.B) {
 	var rss map[string]int64
 	for range b.N {
