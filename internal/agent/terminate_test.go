@@ -45,7 +45,7 @@ func TestTerminateDrains(t *testing.T) {
 			// checkpointing tasks of spotml's guide do.
 			resp.Tasks = []api.Assignment{{TaskID: 7, Attempt: 1, Job: "j", JobUID: "u", Task: "task-0",
 				Spec: spec.TaskSpec{
-					Command: spec.Command{"/bin/sh", "-c", "trap 'echo step-41 > ckpt/state; exit 143' TERM; touch " + started + "; while :; do sleep 0.05; done"},
+					Command:    spec.Command{"/bin/sh", "-c", "trap 'echo step-41 > ckpt/state; exit 143' TERM; touch " + started + "; while :; do sleep 0.05; done"},
 					Checkpoint: &spec.Checkpoint{Path: "ckpt", Interval: spec.Duration{Duration: time.Hour}},
 				}}}
 		}

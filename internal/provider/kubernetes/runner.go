@@ -270,7 +270,7 @@ func (r *runner) reconcile(ctx context.Context, pool spec.Pool, n store.Node, po
 		}
 		r.p.log.Info("eviction notice", "node", n.Name, "host", host.Name, "source", sig.source, "deadline", sig.deadline)
 	}
-	if sig.onNode && pod.DeletionTimestamp == nil {
+	if sig.nodeSignalled && pod.DeletionTimestamp == nil {
 		// The agent has no other way to hear of its cluster node's
 		// signals: it is told by SIGTERM, with the time left.
 		grace := max(int64(math.Ceil(sig.deadline.Sub(now).Seconds())), 1)
@@ -299,14 +299,18 @@ type signalSeen struct {
 	deadline time.Time
 	source   string
 	onNode   bool // on the cluster node, not the pod: the pod is not being deleted yet
+	// nodeSignalled is set on the earliest signal when any signal is on
+	// the cluster node.
+	nodeSignalled bool
 }
 
 // signal returns the earliest-ending disruption signal on a pod and its
 // cluster node.
 func (p *Provider) signal(pod *corev1.Pod, host *corev1.Node, notice time.Duration, now time.Time) (signalSeen, bool) {
 	var best signalSeen
-	found := false
+	found, onNode := false, false
 	consider := func(s signalSeen) {
+		onNode = onNode || s.onNode
 		if !found || s.deadline.Before(best.deadline) {
 			best, found = s, true
 		}
@@ -334,6 +338,7 @@ func (p *Provider) signal(pod *corev1.Pod, host *corev1.Node, notice time.Durati
 		}
 		consider(signalSeen{deadline: at.Add(notice), source: t.Key + " taint", onNode: true})
 	}
+	best.nodeSignalled = onNode
 	return best, found
 }
 
