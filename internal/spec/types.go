@@ -122,7 +122,8 @@ type KubernetesPool struct {
 	ServiceAccount string `yaml:"serviceAccount,omitempty" json:"serviceAccount,omitempty"`
 	// UnschedulableTimeout is how long a pod may stay unschedulable (the
 	// autoscaler adding a node) before it counts as a capacity shortage.
-	// Default 3m.
+	// Default 90s, under the control plane's provisioning timeout (2m),
+	// which would otherwise end the node as lost first.
 	UnschedulableTimeout Duration `yaml:"unschedulableTimeout,omitempty" json:"unschedulableTimeout,omitzero"`
 	// Notice is the platform's eviction notice, and the pods' grace
 	// period; default the flavor's (2m on AWS, 30s on AKS and GKE, 3m on

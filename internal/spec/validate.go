@@ -35,7 +35,7 @@ const (
 
 	DefaultKubernetesNamespace      = "spotml"
 	DefaultGPUResource              = "nvidia.com/gpu"
-	DefaultUnschedulableTimeout     = 3 * time.Minute
+	DefaultUnschedulableTimeout     = 90 * time.Second
 	MaxKubernetesNamespaceLen       = 63
 	maxKubernetesNoticeGraceSeconds = 3600
 )

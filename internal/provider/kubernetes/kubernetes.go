@@ -82,7 +82,8 @@ type Provider struct {
 	wake chan struct{} // informer events: run a pass soon
 
 	mu        sync.Mutex
-	firstSeen map[string]time.Time // host/signal → when the runner first saw it
+	firstSeen map[string]time.Time   // host/signal → when the runner first saw it
+	deleted   map[types.UID]struct{} // pods the runner deleted for a signal
 }
 
 var (
@@ -105,7 +106,7 @@ func New(client kubernetes.Interface, cfg Config, log *slog.Logger, now func() t
 		now = time.Now
 	}
 	return &Provider{client: client, cfg: cfg, log: log.With("provider", Name), now: now,
-		wake: make(chan struct{}, 1), firstSeen: map[string]time.Time{}}
+		wake: make(chan struct{}, 1), firstSeen: map[string]time.Time{}, deleted: map[types.UID]struct{}{}}
 }
 
 // RESTConfig finds the cluster as kubectl does: kubeconfig (the path

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	policylisters "k8s.io/client-go/listers/policy/v1"
@@ -240,6 +241,14 @@ func (r *runner) reconcile(ctx context.Context, pool spec.Pool, n store.Node, po
 	}
 	host, err := r.nodes.Get(pod.Spec.NodeName)
 	if apierrors.IsNotFound(err) {
+		// The node cache may trail the pod cache (a node that just
+		// joined): only the API's word makes a node gone.
+		_, err = r.p.client.CoreV1().Nodes().Get(ctx, pod.Spec.NodeName, metav1.GetOptions{})
+		if err == nil {
+			return nil // not in the cache yet: next pass
+		}
+	}
+	if apierrors.IsNotFound(err) {
 		// The machine vanished without warning: its pod cannot drain.
 		if err := r.sink.Gone(ctx, n.Name, store.NodeLost, "cluster node "+pod.Spec.NodeName+" vanished"); err != nil {
 			return err
@@ -273,10 +282,28 @@ func (r *runner) reconcile(ctx context.Context, pool spec.Pool, n store.Node, po
 	if sig.nodeSignalled && pod.DeletionTimestamp == nil {
 		// The agent has no other way to hear of its cluster node's
 		// signals: it is told by SIGTERM, with the time left.
+		if r.p.deleting(pod.UID, false) {
+			return nil // asked already; the cache has not caught up
+		}
 		grace := max(int64(math.Ceil(sig.deadline.Sub(now).Seconds())), 1)
-		return r.p.deletePod(ctx, pod.Namespace, pod.Name, pod.UID, &grace)
+		if err := r.p.deletePod(ctx, pod.Namespace, pod.Name, pod.UID, &grace); err != nil {
+			return err
+		}
+		r.p.deleting(pod.UID, true)
 	}
 	return nil
+}
+
+// deleting reports whether the runner deleted a pod for a signal
+// already, and records that it did when mark is set.
+func (p *Provider) deleting(uid types.UID, mark bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if mark {
+		p.deleted[uid] = struct{}{}
+	}
+	_, ok := p.deleted[uid]
+	return ok
 }
 
 // noticeOf is how long a node has from its first signal: the platform's

@@ -3,8 +3,10 @@ package kubernetes
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -144,6 +147,15 @@ func newHarness(t *testing.T, pool spec.Pool) *harness {
 	cs := fake.NewClientset()
 	h := &harness{t: t, cs: cs, clk: clk, pool: pool, plane: newPlane(clk.Now)}
 	h.plane.pools = []store.Pool{{Spec: pool}}
+	// The API server stamps what it creates; the fake does not.
+	var uids atomic.Int64
+	cs.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if o, ok := a.(k8stesting.CreateAction).GetObject().(metav1.Object); ok {
+			o.SetCreationTimestamp(metav1.Time{Time: clk.Now()})
+			o.SetUID(types.UID(fmt.Sprintf("uid-%d", uids.Add(1))))
+		}
+		return false, nil, nil
+	})
 	h.start()
 	return h
 }
@@ -151,7 +163,7 @@ func newHarness(t *testing.T, pool spec.Pool) *harness {
 func (h *harness) start() {
 	cfg := testCfg
 	cfg.Interval = 20 * time.Millisecond
-	h.p = New(h.cs, cfg, nil, h.clk.Now)
+	h.p = New(h.cs, cfg, slog.New(slog.NewTextHandler(testLog{h.t}, nil)), h.clk.Now)
 	ctx, cancel := context.WithCancel(h.t.Context())
 	done := make(chan struct{})
 	go func() {
@@ -426,10 +438,10 @@ func TestUnschedulableIsShortage(t *testing.T) {
 		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
 			Reason: corev1.PodReasonUnschedulable, Message: "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."}}
 	})
-	h.clk.Add(2 * time.Minute)
+	h.clk.Add(80 * time.Second)
 	h.quiet() // the autoscaler may still bring a node
-	h.clk.Add(time.Minute)
-	h.expect("Shortage gpu-a: pod spotml/gpu-a unschedulable for 3m: 0/3 nodes are available")
+	h.clk.Add(10 * time.Second)
+	h.expect("Shortage gpu-a: pod spotml/gpu-a unschedulable for 1m30s: 0/3 nodes are available")
 }
 
 // TestEndings: how a pod ends says how its node ended.
@@ -583,3 +595,8 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// testLog writes the provider's log to the test's.
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(b []byte) (int, error) { w.t.Logf("%s", b); return len(b), nil }
