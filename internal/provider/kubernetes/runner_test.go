@@ -506,6 +506,9 @@ func TestNodeVanished(t *testing.T) {
 func TestPodGoneUnannounced(t *testing.T) {
 	h := newHarness(t, karpenterPool(t))
 	h.launch("gpu-a")
+	h.addHost("ip-1")
+	h.bind("gpu-a", "ip-1")
+	h.expect("Placed gpu-a") // the informers are watching (the fake's watch drops what comes before)
 	if err := h.cs.CoreV1().Pods(h.ns()).Delete(t.Context(), "gpu-a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
