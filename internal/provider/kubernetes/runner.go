@@ -273,7 +273,9 @@ func (r *runner) reconcile(ctx context.Context, pool spec.Pool, n store.Node, po
 	if !ok {
 		return nil
 	}
-	if n.NoticeDeadline.IsZero() || sig.deadline.Before(n.NoticeDeadline) {
+	// Deletion timestamps are whole seconds: a deadline within a second of
+	// the one recorded is the same notice.
+	if n.NoticeDeadline.IsZero() || sig.deadline.Before(n.NoticeDeadline.Add(-time.Second)) {
 		if err := r.sink.Notice(ctx, n.Name, sig.deadline, sig.source); err != nil {
 			return err
 		}

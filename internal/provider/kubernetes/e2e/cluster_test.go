@@ -186,8 +186,19 @@ func TestProviderOnCluster(t *testing.T) {
 		{Name: "od-a", Labels: map[string]string{"karpenter.sh/capacity-type": "on-demand", "node.kubernetes.io/instance-type": "m5.xlarge", "topology.kubernetes.io/zone": "us-east-1a"}},
 	} {
 		n.Capacity = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("16Gi"), corev1.ResourcePods: resource.MustParse("110")}
-		if _, err := c.AddNode(n); err != nil {
-			t.Fatal(err)
+		// kubetest's registration may lose a race with the node
+		// controllers' first write (a conflict): register again.
+		for try := 1; ; try++ {
+			_, err := c.AddNode(n)
+			if err == nil {
+				break
+			}
+			if try == 3 {
+				t.Fatal(err)
+			}
+			t.Logf("register %s again: %v", n.Name, err)
+			c.Client.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{})
+			time.Sleep(time.Second)
 		}
 	}
 
@@ -279,6 +290,14 @@ func TestProviderOnCluster(t *testing.T) {
 		}
 		return false
 	})
+
+	all, err := p.st.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range all {
+		t.Logf("node %s on %s (%s, %s): %s: %s", n.Name, n.Host, n.InstanceType, n.Zone, n.State, n.Reason)
+	}
 
 	// The pool deleted: its pods and ConfigMap go.
 	if err := p.st.DeletePool(ctx, "gpu"); err != nil {
