@@ -67,7 +67,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	root.PersistentFlags().StringVar(&g.data, "data", "./spotml-data", "data directory whose token file the CLI uses when SPOTML_TOKEN is not set")
 	up := newUpCmd(stdout, stderr, true)
 	srv := newUpCmd(stdout, stderr, false)
-	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr),
+	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newAgentInitCmd(stderr), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
 		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout),
 		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout))

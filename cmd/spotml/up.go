@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +21,8 @@ import (
 	"github.com/spotml/spotml/internal/agent"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/notice"
+	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/store"
@@ -38,6 +42,7 @@ type serverFlags struct {
 	logLevel    string
 	api         timeouts
 	gateway     gatewayOptions
+	kube        kubeFlags
 }
 
 func (f *serverFlags) bind(c *cobra.Command) {
@@ -57,6 +62,7 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	f.api.bind(c.Flags(), "api-", "API", false)
 	f.gateway = defaultGatewayOptions
 	f.gateway.bind(c.Flags(), "gateway-")
+	f.kube.bind(c)
 }
 
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
@@ -157,6 +163,13 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		loc = local.New(local.Config{Binary: self, ServerURL: url, DataDir: data}, log, time.Now)
 		providers[local.Name] = loc
 		cfg.Metadata, cfg.MetadataPrefix = loc.Metadata(), local.MetadataPrefix
+	}
+	if f.kube.enabled {
+		kp, err := f.kube.provider(nil, log)
+		if err != nil {
+			return err
+		}
+		providers[kubeprov.Name] = kp
 	}
 	if withLocal {
 		// Replicas of the builtin runtime run `spotml serve` under the
@@ -276,6 +289,7 @@ func stopLocalNodes(st *sqlstore.Store, loc *local.Local, log *slog.Logger) {
 func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 	var cfg agent.Config
 	var logLevel, credFile, joinFile string
+	var termNotice time.Duration
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent (started by providers on each node)",
@@ -312,9 +326,32 @@ func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 			if cfg.Credential == "" && cfg.JoinToken == "" {
 				return errors.New("no credential: start the agent with --join-token-file DATA_DIR/join-token (or SPOTML_JOIN_TOKEN set to that file's content); it joins with it and gets its node's own credential")
 			}
-			return agent.New(cfg, log, time.Now).Run(c.Context())
+			ag := agent.New(cfg, log, time.Now)
+			ctx := c.Context()
+			if termNotice > 0 {
+				// In a pod, SIGTERM is the eviction (the pod is evicted or
+				// deleted, its grace period running): drain within it
+				// instead of stopping at once. An interrupt still stops.
+				terms := make(chan os.Signal, 1)
+				signal.Notify(terms, syscall.SIGTERM)
+				defer signal.Stop(terms)
+				var stop context.CancelFunc
+				ctx, stop = signal.NotifyContext(context.WithoutCancel(ctx), os.Interrupt)
+				defer stop()
+				go func() {
+					select {
+					case <-terms:
+						log.Warn("SIGTERM: draining as on an eviction notice", "notice", termNotice)
+						ag.Terminate(notice.Notice{Deadline: time.Now().Add(termNotice), Format: "kubernetes", Detail: "SIGTERM"})
+					case <-ctx.Done():
+					}
+				}()
+			}
+			return ag.Run(ctx)
 		},
 	}
+	c.Flags().DurationVar(&termNotice, "termination-notice", 0, "treat SIGTERM as an eviction notice of this length (a pod's grace period): drain, checkpoint and report, then exit; 0: SIGTERM stops the agent at once")
+	c.Flags().StringVar(&cfg.AdvertiseHost, "advertise-host", "", "the host gateways reach this node's replicas on (a pod's IP); default 127.0.0.1")
 	c.Flags().StringVar(&credFile, "credential-file", "", "file holding this node's own credential (providers write it at launch); read once and deleted")
 	c.Flags().StringVar(&joinFile, "join-token-file", "", "file holding the control plane's join token (DATA_DIR/join-token), exchanged at registration for this node's own credential; default $SPOTML_JOIN_TOKEN")
 	c.Flags().StringVar(&cfg.Server, "server", "http://127.0.0.1:8080", "control plane URL")

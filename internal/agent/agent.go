@@ -72,6 +72,10 @@ type Agent struct {
 	deadline time.Time // eviction deadline once a notice arrived
 	drainCh  chan struct{}
 	wg       sync.WaitGroup
+
+	// terminate carries a notice from outside the metadata watcher (SIGTERM
+	// to a pod's agent); after one, Run returns once the node is drained.
+	terminate chan notice.Notice
 }
 
 // New returns an agent.
@@ -90,7 +94,8 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 		token = cfg.JoinToken
 	}
 	return &Agent{cfg: cfg, api: client.New(cfg.Server, token), log: log.With("node", cfg.Node), now: now,
-		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{})}
+		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{}),
+		terminate: make(chan notice.Notice, 1)}
 }
 
 // blobCheckTimeout bounds the check that the blob store can be reached,
@@ -154,6 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var terminating time.Time // the deadline of a Terminate
 	for {
 		err := a.heartbeat(ctx)
 		if errors.Is(err, errNodeEnded) {
@@ -164,12 +170,37 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed; retrying", "err", err)
 		}
+		if !terminating.IsZero() && (a.drained() || !a.now().Before(terminating)) {
+			// Every attempt has reported (checkpoint saved first) and the
+			// replicas are down: nothing is left for the grace period.
+			a.log.Info("drained after termination notice; exiting")
+			a.stopAll()
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			a.stopAll()
 			return nil
+		case n := <-a.terminate:
+			terminating = n.Deadline
+			// Reported before the next beat, so that the control plane
+			// hears of the notice before the node drains and goes.
+			a.onNotice(ctx, n)
 		case <-t.C:
 		}
+	}
+}
+
+// Terminate is an eviction notice from outside the metadata watcher: the
+// SIGTERM Kubernetes sends an agent pod's container when its pod is
+// evicted or deleted, with the pod's grace period to go. The agent drains
+// as on any notice (reports it, stops its tasks, saves their checkpoints,
+// reports them preempted), and Run returns once it has drained or the
+// deadline has passed. Only the first notice counts.
+func (a *Agent) Terminate(n notice.Notice) {
+	select {
+	case a.terminate <- n:
+	default:
 	}
 }
 

@@ -79,7 +79,8 @@ type PoolSpec struct {
 
 	// Each provider's own settings, in a block named after it; only the
 	// pool's provider's block may be set.
-	Local *LocalPool `yaml:"local,omitempty" json:"local,omitempty"`
+	Local      *LocalPool      `yaml:"local,omitempty" json:"local,omitempty"`
+	Kubernetes *KubernetesPool `yaml:"kubernetes,omitempty" json:"kubernetes,omitempty"`
 }
 
 // LocalPool is the simulated spot market of a local pool.
@@ -102,6 +103,58 @@ type Market struct {
 	Speedup float64 `yaml:"speedup,omitempty" json:"speedup,omitempty"`
 	// Start is where in the trace the replay begins.
 	Start Duration `yaml:"start,omitempty" json:"start,omitzero"`
+}
+
+// Kubernetes flavors: how the cluster marks its spot and on-demand nodes
+// (internal/provider/kubernetes has the table).
+const (
+	FlavorKarpenter = "karpenter"
+	FlavorEKS       = "eks"
+	FlavorAKS       = "aks"
+	FlavorGKE       = "gke"
+	FlavorACK       = "ack"
+	FlavorCustom    = "custom"
+)
+
+// KubernetesPool places a pool's nodes as agent pods on a cluster's node
+// pools: one pod per cluster node, requesting spec.capacity.
+type KubernetesPool struct {
+	// Flavor names the platform, which says how spot and on-demand nodes
+	// are marked (labels, taints); custom leaves that to nodeSelector and
+	// tolerations.
+	Flavor    string `yaml:"flavor" json:"flavor"`
+	Namespace string `yaml:"namespace,omitempty" json:"namespace,omitempty"` // default spotml
+	// Image is what the pool's work runs in; the spotml binary is copied
+	// into it at start.
+	Image string `yaml:"image" json:"image"`
+	// NodeSelector and Tolerations are added to the flavor's.
+	NodeSelector map[string]string `yaml:"nodeSelector,omitempty" json:"nodeSelector,omitempty"`
+	Tolerations  []Toleration      `yaml:"tolerations,omitempty" json:"tolerations,omitempty"`
+	// GPUResource is the extended resource a node's GPUs are requested as
+	// (default nvidia.com/gpu; amd.com/gpu, aliyun.com/gpu-mem …).
+	GPUResource    string `yaml:"gpuResource,omitempty" json:"gpuResource,omitempty"`
+	ServiceAccount string `yaml:"serviceAccount,omitempty" json:"serviceAccount,omitempty"`
+	// UnschedulableTimeout is how long a pod may stay unschedulable (the
+	// autoscaler adding a node) before it counts as a capacity shortage.
+	// Default 90s, under the control plane's provisioning timeout (2m),
+	// which would otherwise end the node as lost first.
+	UnschedulableTimeout Duration `yaml:"unschedulableTimeout,omitempty" json:"unschedulableTimeout,omitzero"`
+	// Notice is the platform's eviction notice, and the pods' grace
+	// period; default the flavor's (2m on AWS, 30s on AKS and GKE, 3m on
+	// ACK, 30s custom).
+	Notice Duration `yaml:"notice,omitempty" json:"notice,omitzero"`
+	// InstanceMetadata also watches the cloud's instance metadata service
+	// from inside the pod (where the pod can reach it) in the flavor's
+	// format; the Kubernetes signals stay the primary path.
+	InstanceMetadata bool `yaml:"instanceMetadata,omitempty" json:"instanceMetadata,omitempty"`
+}
+
+// Toleration is a Kubernetes pod toleration.
+type Toleration struct {
+	Key      string `yaml:"key,omitempty" json:"key,omitempty"`
+	Operator string `yaml:"operator,omitempty" json:"operator,omitempty"` // Equal (default) or Exists
+	Value    string `yaml:"value,omitempty" json:"value,omitempty"`
+	Effect   string `yaml:"effect,omitempty" json:"effect,omitempty"` // NoSchedule, PreferNoSchedule, NoExecute; empty: all
 }
 
 // StartTask runs on each node as it joins, before it takes work.

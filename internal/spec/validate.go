@@ -9,9 +9,15 @@ import (
 	"time"
 )
 
-// ProviderLocal is the only provider so far: nodes are processes on this
-// machine, and spot evictions are simulated.
-const ProviderLocal = "local"
+// Providers a pool may name.
+const (
+	// ProviderLocal runs nodes as processes on this machine, and simulates
+	// spot evictions.
+	ProviderLocal = "local"
+	// ProviderKubernetes runs nodes as agent pods on a cluster's node
+	// pools, and reads evictions from the cluster's own signals.
+	ProviderKubernetes = "kubernetes"
+)
 
 // Limits checked by Validate.
 const (
@@ -28,7 +34,27 @@ const (
 	DefaultIdleTimeout        = 60 * time.Second
 	DefaultNotice             = 30 * time.Second
 	DefaultCheckpointInterval = 30 * time.Second
+
+	DefaultKubernetesNamespace      = "spotml"
+	DefaultGPUResource              = "nvidia.com/gpu"
+	DefaultUnschedulableTimeout     = 90 * time.Second
+	MaxKubernetesNamespaceLen       = 63
+	maxKubernetesNoticeGraceSeconds = 3600
 )
+
+// FlavorNotice is each flavor's eviction notice, the default of
+// spec.kubernetes.notice: AWS gives spot instances two minutes (Karpenter
+// and NTH act on it), Azure and Google Cloud 30 seconds; Alibaba's ECS
+// documents about three minutes before a spot instance is released
+// (ECI's SpotToBeReleased event); custom assumes the shortest.
+var FlavorNotice = map[string]time.Duration{
+	FlavorKarpenter: 2 * time.Minute,
+	FlavorEKS:       2 * time.Minute,
+	FlavorAKS:       30 * time.Second,
+	FlavorGKE:       30 * time.Second,
+	FlavorACK:       3 * time.Minute,
+	FlavorCustom:    30 * time.Second,
+}
 
 // Default fills in what a pool leaves out. It is idempotent, and leaves the
 // spot-only fields of an on-demand pool empty.
@@ -54,6 +80,20 @@ func (p *Pool) Default() {
 			m.Speedup = 1
 		}
 	}
+	if k := s.Kubernetes; k != nil && s.Provider == ProviderKubernetes {
+		if k.Namespace == "" {
+			k.Namespace = DefaultKubernetesNamespace
+		}
+		if k.GPUResource == "" {
+			k.GPUResource = DefaultGPUResource
+		}
+		if k.UnschedulableTimeout.Duration == 0 {
+			k.UnschedulableTimeout.Duration = DefaultUnschedulableTimeout
+		}
+		if d, ok := FlavorNotice[k.Flavor]; ok && k.Notice.Duration == 0 {
+			k.Notice.Duration = d
+		}
+	}
 }
 
 // Validate checks a pool, before or after Default. Its error is an *Error
@@ -63,18 +103,20 @@ func (p *Pool) Validate() error {
 	errs.header(p.APIVersion, p.Kind, KindPool, p.Metadata)
 	s := &p.Spec
 	switch s.Provider {
-	case ProviderLocal:
+	case ProviderLocal, ProviderKubernetes:
 	case "":
-		errs.add("spec.provider", "required; use %q", ProviderLocal)
+		errs.add("spec.provider", "required; use %q or %q", ProviderLocal, ProviderKubernetes)
 	default:
-		errs.add("spec.provider", "%q is not supported yet; use %q", s.Provider, ProviderLocal)
+		errs.add("spec.provider", "%q is not supported yet; use %q or %q", s.Provider, ProviderLocal, ProviderKubernetes)
 	}
 	if s.Priority == "" {
 		errs.add("spec.priority", "required; use %q or %q", PrioritySpot, PriorityOnDemand)
 	} else {
 		errs.priority("spec.priority", s.Priority)
 	}
-	if s.InstanceType == "" {
+	// On Kubernetes the cluster picks the machine; an instance type only
+	// narrows the choice (and prices the node until it is placed).
+	if s.InstanceType == "" && s.Provider != ProviderKubernetes {
 		errs.add("spec.instanceType", "required")
 	}
 	for i, z := range s.Zones {
@@ -118,7 +160,87 @@ func (p *Pool) Validate() error {
 			s.Local.validate(&errs, s.Priority)
 		}
 	}
+	if s.Kubernetes != nil && s.Provider != ProviderKubernetes {
+		errs.add("spec.kubernetes", "only allowed when provider is %q; settings for provider %q go in spec.%s", ProviderKubernetes, s.Provider, s.Provider)
+	}
+	if s.Provider == ProviderKubernetes {
+		if s.Kubernetes == nil {
+			errs.add("spec.kubernetes", "required when provider is %q: at least flavor and image", ProviderKubernetes)
+		} else {
+			s.Kubernetes.validate(&errs)
+		}
+		if s.Capacity == nil {
+			errs.add("spec.capacity", "required when provider is %q: what each node's agent pod requests (cpu, memory, gpu); keep it within the cluster node's allocatable, which is less than the instance's capacity", ProviderKubernetes)
+		}
+		if s.EvictionPolicy == EvictionDeallocate {
+			errs.add("spec.evictionPolicy", "%q cannot be kept on Kubernetes (an evicted pod is gone); use %q", EvictionDeallocate, EvictionDelete)
+		}
+	}
 	return errs.err()
+}
+
+// validate checks a Kubernetes pool's settings.
+func (k *KubernetesPool) validate(errs *fieldErrors) {
+	const at = "spec.kubernetes"
+	flavors := []string{FlavorKarpenter, FlavorEKS, FlavorAKS, FlavorGKE, FlavorACK, FlavorCustom}
+	switch {
+	case k.Flavor == "":
+		errs.add(at+".flavor", "required; use one of %s", strings.Join(flavors, ", "))
+	case FlavorNotice[k.Flavor] == 0:
+		errs.add(at+".flavor", "%q is not a flavor; use one of %s", k.Flavor, strings.Join(flavors, ", "))
+	case k.Flavor == FlavorCustom && len(k.NodeSelector) == 0:
+		errs.add(at+".nodeSelector", "required with flavor %q: the labels that mark this pool's nodes (custom knows no spot labels)", FlavorCustom)
+	}
+	if k.Namespace != "" {
+		errs.name(at+".namespace", k.Namespace, MaxKubernetesNamespaceLen)
+	}
+	if k.Image == "" {
+		errs.add(at+".image", "required: the container image the pool's work runs in")
+	} else if strings.ContainsAny(k.Image, " \t\n") {
+		errs.add(at+".image", "%q is not an image reference", k.Image)
+	}
+	for key := range k.NodeSelector {
+		if key == "" {
+			errs.add(at+".nodeSelector", "a label key must not be empty")
+		}
+	}
+	for i, t := range k.Tolerations {
+		tat := fmt.Sprintf("%s.tolerations[%d]", at, i)
+		switch t.Operator {
+		case "", "Equal":
+			if t.Key == "" {
+				errs.add(tat+".key", "required with operator Equal; an empty key matches every taint only with operator Exists")
+			}
+		case "Exists":
+			if t.Value != "" {
+				errs.add(tat+".value", "must be empty with operator Exists")
+			}
+		default:
+			errs.add(tat+".operator", "%q is not an operator; use Equal or Exists", t.Operator)
+		}
+		switch t.Effect {
+		case "", "NoSchedule", "PreferNoSchedule", "NoExecute":
+		default:
+			errs.add(tat+".effect", "%q is not a taint effect; use NoSchedule, PreferNoSchedule or NoExecute (empty: all)", t.Effect)
+		}
+	}
+	if k.GPUResource != "" {
+		if domain, name, ok := strings.Cut(k.GPUResource, "/"); !ok || domain == "" || name == "" || strings.Contains(name, "/") {
+			errs.add(at+".gpuResource", "%q is not an extended resource name; use domain/name such as nvidia.com/gpu or amd.com/gpu", k.GPUResource)
+		}
+	}
+	if k.UnschedulableTimeout.Duration < 0 {
+		errs.add(at+".unschedulableTimeout", "must not be negative, got %s", k.UnschedulableTimeout)
+	}
+	switch {
+	case k.Notice.Duration < 0:
+		errs.add(at+".notice", "must not be negative, got %s", k.Notice)
+	case k.Notice.Duration > maxKubernetesNoticeGraceSeconds*time.Second:
+		errs.add(at+".notice", "%s is longer than any platform's notice; at most %s", k.Notice, Duration{maxKubernetesNoticeGraceSeconds * time.Second})
+	}
+	if k.InstanceMetadata && (k.Flavor == FlavorACK || k.Flavor == FlavorCustom) {
+		errs.add(at+".instanceMetadata", "not available with flavor %q: spotml watches AWS, Azure and GCP metadata only; leave it out (the Kubernetes signals still apply)", k.Flavor)
+	}
 }
 
 // validate checks the simulated market's settings of a pool of priority.
