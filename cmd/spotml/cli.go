@@ -202,12 +202,15 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		} else if err := cl.Do(ctx, http.MethodGet, path, nil, &ns); err != nil {
 			return err
 		}
-		return print(w, output, ns, func(n api.Node) string { return n.Name }, "NAME\tPOOL\tPRIORITY\tZONE\tSTATE\tTASKS\tNOTICE\tAGE", func(n api.Node) string {
+		// HOST is the platform's machine under a node (a Kubernetes
+		// node); local nodes have none.
+		return print(w, output, ns, func(n api.Node) string { return n.Name }, "NAME\tPOOL\tPRIORITY\tTYPE\tZONE\tHOST\tPRICE/H\tSTATE\tTASKS\tNOTICE\tAGE", func(n api.Node) string {
 			nt := "-"
 			if !n.NoticeDeadline.IsZero() {
 				nt = "evicted in " + time.Until(n.NoticeDeadline).Round(time.Second).String()
 			}
-			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", n.Name, n.Pool, n.Priority, n.Zone, n.State, n.Tasks, nt, age(n.CreatedAt))
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t$%.4f\t%s\t%d\t%s\t%s", n.Name, n.Pool, n.Priority, n.InstanceType, dash(n.Zone),
+				dash(n.Host), n.PricePerHour, n.State, n.Tasks, nt, age(n.CreatedAt))
 		})
 	case "jobs":
 		var js []api.Job
