@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store/postgres"
 	"github.com/spotml/spotml/internal/store/postgres/pgtest"
 	"github.com/spotml/spotml/internal/store/sqlstore"
@@ -60,24 +59,7 @@ func TestMigrate7(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := st.DB()
-	for _, q := range []string{
-		`ALTER TABLE nodes ADD COLUMN pid BIGINT NOT NULL DEFAULT 0`,
-		`ALTER TABLE nodes ADD COLUMN workdir TEXT NOT NULL DEFAULT ''`,
-		`ALTER TABLE nodes DROP COLUMN provider_id`,
-		`ALTER TABLE nodes DROP COLUMN host`,
-		`UPDATE schema_version SET version = 6`,
-		`INSERT INTO nodes (name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
-			created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation)
-			VALUES ('spot-a-1', 'spot-a', 'spot', '', 'local-small', 'ready', 2, 0, 0, 0, 0, 42, '/data/nodes/spot-a-1', 1, 1, 0, 0, 0, '', 1)`,
-		`INSERT INTO pools (name, spec, created_at, updated_at) VALUES ('spot-a', '{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"spot-a"},
-			"spec":{"provider":"local","priority":"spot","instanceType":"local-small","max":2,"evictionRate":6,"notice":"15s","noticeFormat":"aws"}}', 1, 1)`,
-		`INSERT INTO pools (name, spec, created_at, updated_at) VALUES ('od', '{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"od"},
-			"spec":{"provider":"local","priority":"ondemand","instanceType":"local-small","max":2}}', 1, 1)`,
-	} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	storetest.DowngradeTo6(t, db, "BIGINT")
 	st.Close()
 
 	st, err = postgres.Open(t.Context(), dsn, nil)
@@ -85,27 +67,7 @@ func TestMigrate7(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	pools, err := st.ListPools(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(pools) != 2 {
-		t.Fatalf("%d pools after migrating, want 2", len(pools))
-	}
-	want := spec.LocalPool{EvictionRate: 6, Notice: spec.Duration{Duration: 15 * time.Second}, NoticeFormat: "aws"}
-	if got := pools[1].Spec.Spec.Local; pools[1].Spec.Metadata.Name != "spot-a" || got == nil || *got != want {
-		t.Errorf("spot-a's market after migrating: %+v, want %+v", got, want)
-	}
-	if got := pools[0].Spec.Spec.Local; got != nil {
-		t.Errorf("od's market after migrating: %+v, want none", got)
-	}
-	n, err := st.GetNode(t.Context(), "spot-a-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n.ProviderID != "/data/nodes/spot-a-1" {
-		t.Errorf("node's provider ID after migrating: %q, want its work directory", n.ProviderID)
-	}
+	storetest.CheckMigrated7(t, st)
 }
 
 // TestDollars: placeholders become $n, except inside quotes.
