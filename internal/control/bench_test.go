@@ -13,10 +13,10 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
-	"github.com/spotml/spotml/internal/store/postgres"
 	"github.com/spotml/spotml/internal/store/postgres/pgtest"
 	"github.com/spotml/spotml/internal/store/sqlite"
 	"github.com/spotml/spotml/internal/store/sqlstore"
+	"github.com/spotml/spotml/internal/store/storetest"
 )
 
 // BenchmarkControlPlaneThroughput measures how fast the control plane
@@ -60,7 +60,7 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 				passes := 0
 				for range b.N {
 					b.StopTimer()
-					f := newBenchFleetOn(b, openBench(b, backend, pg), c.nodes, c.tasks)
+					f := newBenchFleetOn(b, storetest.OpenBackend(b, backend, pg), c.nodes, c.tasks)
 					b.StartTimer()
 					for done := 0; done < c.tasks; {
 						t0 := time.Now()
@@ -92,26 +92,6 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 			})
 		}
 	}
-}
-
-// openBench opens an empty store on a backend: a SQLite file, or a fresh
-// database of the cluster pg.
-func openBench(b *testing.B, backend string, pg *pgtest.Cluster) *sqlstore.Store {
-	b.Helper()
-	var st *sqlstore.Store
-	var err error
-	switch backend {
-	case "sqlite":
-		st, err = sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), time.Now)
-	case "postgres":
-		st, err = postgres.Open(b.Context(), pg.DB(b), time.Now)
-	default:
-		b.Fatalf("no backend %q", backend)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	return st
 }
 
 // benchProvider stands in for machines: the benchmark's nodes are rows, and

@@ -22,10 +22,9 @@ import (
 	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
-	"github.com/spotml/spotml/internal/store/postgres"
 	"github.com/spotml/spotml/internal/store/postgres/pgtest"
-	"github.com/spotml/spotml/internal/store/sqlite"
 	"github.com/spotml/spotml/internal/store/sqlstore"
+	"github.com/spotml/spotml/internal/store/storetest"
 )
 
 // nopProvider stands in for machines: the benchmark's nodes are rows, and
@@ -68,7 +67,7 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 				var beats []time.Duration
 				for range b.N {
 					b.StopTimer()
-					f := newFleetOn(b, openStore(b, backend, pg), size.nodes, size.tasks)
+					f := newFleetOn(b, storetest.OpenBackend(b, backend, pg), size.nodes, size.tasks)
 					stop := func() []time.Duration { return nil }
 					if size.heartbeat > 0 {
 						stop = f.heartbeatAll(size.nodes, size.heartbeat)
@@ -113,26 +112,6 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 			})
 		}
 	}
-}
-
-// openStore opens an empty store on a backend: a SQLite file, or a fresh
-// database of the cluster pg.
-func openStore(b *testing.B, backend string, pg *pgtest.Cluster) *sqlstore.Store {
-	b.Helper()
-	var st *sqlstore.Store
-	var err error
-	switch backend {
-	case "sqlite":
-		st, err = sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "bench.db"), time.Now)
-	case "postgres":
-		st, err = postgres.Open(b.Context(), pg.DB(b), time.Now)
-	default:
-		b.Fatalf("no backend %q", backend)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	return st
 }
 
 type fleet struct {
