@@ -152,6 +152,9 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 		MaxUnavailable: sp.Spec.Update.MaxUnavailable,
 		Pools:          p.placementPools(svc.Name, pools, nodes, free, hosts, sp.Spec.Resources, now),
 	}
+	if in.Spare, err = p.spares(ctx, svc, desired, pl, in.Pools, now); err != nil {
+		return err
+	}
 	avail := map[string]bool{}
 	for _, pp := range in.Pools {
 		avail[pp.Name] = pp.Available

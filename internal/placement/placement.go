@@ -26,6 +26,10 @@
 //     replica that is Slow (not ready after Placement.StandInAfter: its
 //     node still boots) also gets an on-demand stand-in beside it, as far
 //     as the spot slots are short of ready replicas.
+//   - Spare spot replicas (Input.Spare, see Spares) run beyond the spot
+//     share, spread like the others, so that an eviction wave leaves the
+//     service its count while replacements boot. They hold no stand-in:
+//     on-demand stand-ins cover only the spot share.
 //   - A rolling update creates replicas of the new version while the live
 //     total stays under N + MaxSurge, and stops old ones (not ready ones
 //     first) while the ready replicas left stay at least N −
@@ -96,6 +100,10 @@ type Input struct {
 	MaxSurge, MaxUnavailable int
 	Pools                    []Pool
 	Replicas                 []Replica
+	// Spare is how many spot replicas to run beyond the spot share
+	// (Placement.SpareSpot, or what Spares sized from history); none
+	// when the mix has no spot share.
+	Spare int
 }
 
 // Create asks for a new replica of Version in Pool.
@@ -140,7 +148,9 @@ func Decide(in Input) Plan {
 type planner struct {
 	in       Input
 	n        int // desired replicas
-	od, spot int // mix targets
+	od, spot int // mix targets; spot counts the spares
+	spare    int // spare spot replicas within spot
+	base     int // spot - spare: the spot share stand-ins cover
 
 	pools   []Pool         // in order of preference
 	pref    map[string]int // pool name -> rank in pools
@@ -185,6 +195,11 @@ func newPlanner(in Input) *planner {
 		p.n = max(in.Desired, in.Placement.MinReplicas)
 	}
 	p.od, p.spot = in.Placement.Mix(p.n)
+	p.base = p.spot
+	if p.spot > 0 {
+		p.spare = max(0, in.Spare)
+		p.spot += p.spare
+	}
 
 	// Pools in order of preference: as listed in placement.pools when it
 	// restricts them, else by name. Pools it leaves out are never used.
@@ -283,9 +298,10 @@ func (p *planner) trim() {
 	var extra []*Replica
 	extra = append(extra, p.pick(od, len(od)-p.od)...)
 	extra = append(extra, p.pick(spot, len(spot)-p.spot)...)
-	// A stand-in holds a spot slot until a spot replica in it is ready.
+	// A stand-in holds a slot of the spot share until a spot replica in
+	// it is ready; spares have none.
 	readySpot := min(p.spot, countReady(spot))
-	extra = append(extra, p.pick(standIns, len(standIns)-max(0, p.spot-readySpot))...)
+	extra = append(extra, p.pick(standIns, len(standIns)-max(0, p.base-readySpot))...)
 
 	// Not ready ones first; then the order above (stand-ins before spot
 	// before on-demand), as far as the ready replicas left stay at N.
@@ -304,9 +320,9 @@ func (p *planner) trim() {
 		}
 		switch roleOf(r) {
 		case roleStandIn:
-			p.stop(r, fmt.Sprintf("stand-in no longer needed: %d of %d spot replicas ready", readySpot, p.spot))
+			p.stop(r, fmt.Sprintf("stand-in no longer needed: %d of %d spot replicas ready", readySpot, p.base))
 		case roleSpot:
-			p.stop(r, fmt.Sprintf("scale down to %d replicas (%d on spot)", p.n, p.spot))
+			p.stop(r, "scale down to "+p.spotCount())
 		default:
 			p.stop(r, fmt.Sprintf("scale down to %d replicas (%d on demand)", p.n, p.od))
 		}
@@ -413,7 +429,7 @@ func (p *planner) fill() {
 			pool, _ := p.choose(spec.PrioritySpot)
 			var why string
 			if i < empty {
-				why = reason(roleSpot, fmt.Sprintf("scale up to %d replicas (%d on spot)", p.n, p.spot))
+				why = reason(roleSpot, "scale up to "+p.spotCount())
 			} else {
 				why = fmt.Sprintf("replaces stand-in %s: spot capacity is back", holders[i-empty].ID)
 			}
@@ -421,7 +437,8 @@ func (p *planner) fill() {
 		}
 		return
 	}
-	empty := missing - min(len(holders), max(0, p.spot-countReady(spot)))
+	// Stand-ins only for the spot share: a spare is not worth on-demand.
+	empty := p.base - len(spot) - min(len(holders), max(0, p.base-countReady(spot)))
 	if empty <= 0 {
 		return
 	}
@@ -439,7 +456,7 @@ func (p *planner) fill() {
 			return
 		}
 		p.create(pool, true, "stand-in for a spot replica: no spot pool has capacity; "+
-			reason(roleSpot, fmt.Sprintf("scale up to %d replicas (%d on spot)", p.n, p.spot)))
+			reason(roleSpot, "scale up to "+p.spotCount()))
 	}
 }
 
@@ -456,7 +473,16 @@ func (p *planner) wantCover(spot []*Replica) int {
 			slow++
 		}
 	}
-	return min(slow, max(0, p.spot-countReady(spot)))
+	return min(slow, max(0, p.base-countReady(spot)))
+}
+
+// spotCount says how many replicas the service runs and how many of them
+// on spot, for reasons.
+func (p *planner) spotCount() string {
+	if p.spare > 0 {
+		return fmt.Sprintf("%d replicas (%d on spot) and %d spare spot", p.n, p.base, p.spare)
+	}
+	return fmt.Sprintf("%d replicas (%d on spot)", p.n, p.spot)
 }
 
 // cover starts n on-demand stand-ins beside spot replicas that are slow to
