@@ -10,7 +10,9 @@ import (
 
 func TestSpares(t *testing.T) {
 	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-	at := func(pool string, s int) Preemption { return Preemption{Pool: pool, At: t0.Add(time.Duration(s) * time.Second)} }
+	at := func(pool string, s int) Preemption {
+		return Preemption{Pool: pool, At: t0.Add(time.Duration(s) * time.Second)}
+	}
 	two := []string{"a", "b"}
 	tests := []struct {
 		name   string
