@@ -59,7 +59,7 @@ type Plane struct {
 	// spare spot replicas each service was last given (see spares.go).
 	preempt   []placement.Preemption
 	preemptAt time.Time
-	spare     map[string]int
+	spare     map[string]spareState
 }
 
 // New returns a control plane over st using the given providers by name.
@@ -90,7 +90,7 @@ func New(st *sqlstore.Store, providers map[string]Provider, log *slog.Logger, no
 		opt.PruneBatch = 500
 	}
 	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt, started: now(),
-		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}, spare: map[string]int{}}
+		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}, spare: map[string]spareState{}}
 }
 
 // Kick asks for a reconcile pass soon (after a submit, a report, a notice).

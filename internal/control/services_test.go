@@ -371,6 +371,7 @@ spec:
 
 	p.clock.Advance(control.SpareWindow)
 	p.reconcile()
+	ready()
 	if n := live(); n != 2 {
 		t.Errorf("%d replicas once the preemption is %s old, want 2", n, control.SpareWindow)
 	}

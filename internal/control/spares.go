@@ -15,10 +15,20 @@ import (
 // size a service's spare spot replicas (placement.Spares), and
 // spareRefresh how often that history is read again: it changes on the
 // scale of preemptions, not of reconcile passes.
+// A lower count waits spareHold after the last raise, so that a
+// measurement that wobbles (the time to ready, a wave at the window's
+// edge) does not start and stop replicas.
 const (
 	SpareWindow  = 6 * time.Hour
 	spareRefresh = 10 * time.Second
+	spareHold    = 5 * time.Minute
 )
+
+// spareState is a service's spare count and when it was last raised.
+type spareState struct {
+	n      int
+	raised time.Time
+}
 
 // preemptions returns the spot preemptions of the last SpareWindow, read
 // at most every spareRefresh.
@@ -66,8 +76,17 @@ func (p *Plane) spares(ctx context.Context, svc store.Service, desired int, pl s
 	n, why := placement.Spares(spot, names, pl.SpreadZones,
 		placement.History{Preemptions: pre, Window: SpareWindow, Replace: replaceTime(svc.Replicas, pl.StandInAfter.Duration)})
 	p.mu.Lock()
-	was, known := p.spare[svc.Name]
-	p.spare[svc.Name] = n
+	st, known := p.spare[svc.Name]
+	was := st.n
+	switch {
+	case n > was || !known:
+		st = spareState{n, now}
+	case n < was && now.Sub(st.raised) < spareHold:
+		n = was // not yet
+	default:
+		st.n = n
+	}
+	p.spare[svc.Name] = st
 	p.mu.Unlock()
 	if !known && n == 0 || was == n && known {
 		return n, nil
@@ -87,8 +106,9 @@ func spareMessage(n int, why string) string {
 }
 
 // replaceTime is how long the service's replicas took from creation to
-// ready, the median over its live ones that got there; def while none
-// has.
+// ready: the 90th percentile over its live ones that got there (a
+// replacement that must boot a node, not one that found room on a
+// running one); def while none has.
 func replaceTime(reps []store.Replica, def time.Duration) time.Duration {
 	var ds []time.Duration
 	for _, r := range reps {
@@ -100,5 +120,5 @@ func replaceTime(reps []store.Replica, def time.Duration) time.Duration {
 		return def
 	}
 	slices.Sort(ds)
-	return ds[len(ds)/2]
+	return ds[(len(ds)*9)/10]
 }

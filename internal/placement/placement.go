@@ -16,7 +16,8 @@
 //     notice. Only live replicas count. A noticed replica is not stopped
 //     (it serves until its node dies, which ends it) but is replaced at
 //     once. A replica still pending in a pool that is not Available (its
-//     launches fail, or it is full) is stopped and replaced elsewhere.
+//     launches fail, or it is full) is stopped and replaced elsewhere,
+//     unless a node is on the way for it (Launching).
 //   - The current version's N = max(Desired, MinReplicas) replicas are
 //     split by Placement.Mix into on-demand and spot. A spot slot takes a
 //     spot replica in an Available spot pool; while there is none and
@@ -86,6 +87,10 @@ type Replica struct {
 	// Slow is true when the replica has not been ready for longer than
 	// Placement.StandInAfter (the caller, which has the clock, decides).
 	Slow bool
+	// Launching is true for a pending replica whose pool has a node on
+	// the way for it: it is not stuck, even while that pool refuses
+	// further launches, and replacing it would waste that node.
+	Launching bool
 }
 
 // Input is the snapshot one decision sees.
@@ -240,7 +245,7 @@ func newPlanner(in Input) *planner {
 				p.gone[slotOf(r)] = append(p.gone[slotOf(r)], r.ID+", which got an eviction notice")
 			}
 			continue
-		case r.State == Pending && !available[r.Pool]:
+		case r.State == Pending && !available[r.Pool] && !r.Launching:
 			// It will not get a node there; another pool may have one.
 			p.record(r, fmt.Sprintf("pending in pool %s, which has no capacity now; replaced", r.Pool))
 			if current {
