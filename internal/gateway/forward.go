@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -54,7 +53,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 		status = g.bodyError(w, err)
 		return
 	}
-	out := g.outgoing(r, tg, &body, strip)
+	out := g.outgoing(r, tg, strip)
 	// relay copies an answer; if it breaks off, the client's connection
 	// is aborted, after the deferred accounting has what it needs.
 	relay := func(a *attempt) {
@@ -151,30 +150,25 @@ const (
 
 // attempt is one try of a request on one replica.
 type attempt struct {
-	g      *Gateway
-	e      *entry
-	client context.Context // the client's request
-	ctx    context.Context // this attempt's, with its timeout
-	start  time.Time
-	cancel context.CancelFunc
-	resp   *http.Response
-	err    error
-	fail   failure
+	g        *Gateway
+	e        *entry
+	client   context.Context // the client's request
+	start    time.Time
+	deadline time.Time // Config.Timeout after start
+	conn     *hopConn  // held until the answer is read or dropped
+	stop     func() bool
+	resp     *http.Response
+	err      error
+	fail     failure
 }
 
 // send makes one attempt, up to the response headers.
-func (g *Gateway) send(ctx context.Context, out *http.Request, e *entry, body *body) *attempt {
-	actx, cancel := context.WithTimeout(ctx, g.timeout)
-	a := &attempt{g: g, e: e, client: ctx, ctx: actx, start: time.Now(), cancel: cancel}
+func (g *Gateway) send(ctx context.Context, out *hopRequest, e *entry, body *body) *attempt {
+	a := &attempt{g: g, e: e, client: ctx, start: time.Now()}
+	a.deadline = a.start.Add(g.timeout)
 	e.b.inflight.Add(1)
 
-	req := out.WithContext(actx)
-	u := *out.URL
-	u.Host = e.Addr
-	req.URL = &u
-	body.attach(req)
-
-	a.resp, a.err = g.transport.RoundTrip(req)
+	a.resp, a.err = a.roundTrip(out, body)
 	switch {
 	case a.err == nil:
 		e.b.answered()
@@ -183,10 +177,10 @@ func (g *Gateway) send(ctx context.Context, out *http.Request, e *entry, body *b
 		}
 	case ctx.Err() != nil:
 		a.fail = failClient
-	case actx.Err() == context.DeadlineExceeded:
+	case !time.Now().Before(a.deadline):
 		a.fail = failTimeout
 	case body.err() != nil:
-		// The transport failed reading the client's body, not the replica.
+		// Reading the client's body failed, not the replica.
 		a.fail = failClient
 	default:
 		a.fail = failConn
@@ -194,9 +188,84 @@ func (g *Gateway) send(ctx context.Context, out *http.Request, e *entry, body *b
 	return a
 }
 
+// roundTrip writes the request on a connection to the replica and reads
+// the answer's head. The connection's deadline is the attempt's; a client
+// that goes away moves it to the past, which ends the attempt at once.
+func (a *attempt) roundTrip(out *hopRequest, body *body) (*http.Response, error) {
+	pool := &a.e.b.conns
+	for {
+		c, err := pool.get(a.client, a.deadline)
+		if err != nil {
+			return nil, err
+		}
+		a.conn = c
+		if err := c.nc.SetDeadline(a.deadline); err != nil {
+			a.release(false)
+			return nil, err
+		}
+		a.stop = context.AfterFunc(a.client, c.poison)
+		werr := out.write(c, pool.addr, body)
+		if werr != nil && body.err() != nil {
+			a.release(false)
+			return nil, werr
+		}
+		// Even after a failed write the replica may have answered (early,
+		// e.g. 413, before reading the whole body): that answer counts.
+		resp, err := out.read(c)
+		if err == nil {
+			if werr != nil {
+				resp.Close = true
+			}
+			return resp, nil
+		}
+		if werr != nil {
+			err = werr
+		}
+		a.release(false)
+		// A kept-alive connection the replica closed while it was idle
+		// fails before any answer byte: send again on a new one, as
+		// http.Transport does. The replica never saw the request.
+		if c.reused && body.replayable && a.client.Err() == nil && time.Now().Before(a.deadline) && staleConn(err) {
+			continue
+		}
+		return nil, err
+	}
+}
+
+// release gives the attempt's connection back for the next request
+// (reuse: the answer was read to its end) or closes it.
+func (a *attempt) release(reuse bool) {
+	c := a.conn
+	if c == nil {
+		return
+	}
+	a.conn = nil
+	if a.stop != nil && !a.stop() {
+		reuse = false // the client left: its deadline is in the past
+	}
+	a.stop = nil
+	if reuse {
+		a.e.b.conns.put(c)
+	} else {
+		c.nc.Close()
+	}
+}
+
+// closeAnswer closes an answer's body; reuse: it was read to its end and
+// the connection may carry the next request.
+func (a *attempt) closeAnswer(reuse bool) {
+	reuse = reuse && !a.resp.Close
+	if !reuse {
+		// Closed first, so that closing the body does not read on.
+		a.release(false)
+	}
+	a.resp.Body.Close()
+	a.release(reuse)
+}
+
 // end settles an attempt's accounting: outstanding count, latency, errors.
 func (a *attempt) end(r reason) {
-	a.cancel()
+	a.release(false)
 	b := a.e.b
 	b.inflight.Add(-1)
 	if r != reasonNone {
@@ -211,8 +280,8 @@ func (a *attempt) discard() {
 	if a.resp != nil {
 		r = reasonGone
 		// Draining a small error body lets the connection be reused.
-		_, _ = io.CopyN(io.Discard, a.resp.Body, 4<<10)
-		a.resp.Body.Close()
+		_, err := io.CopyN(io.Discard, a.resp.Body, 4<<10)
+		a.closeAnswer(err == io.EOF)
 	}
 	a.end(r)
 }
@@ -224,8 +293,6 @@ func (a *attempt) discard() {
 // take a truncated answer for a whole one.
 func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bool) {
 	resp := a.resp
-	defer resp.Body.Close()
-
 	removeHopHeaders(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {
@@ -237,6 +304,7 @@ func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bo
 	// come, so that a token stream from a custom server is not held back.
 	flush := resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	readErr, writeErr := copyBody(w, resp.Body, flush)
+	a.closeAnswer(readErr == nil && writeErr == nil)
 	for k, vv := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vv
 	}
@@ -248,7 +316,7 @@ func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bo
 		status, abort = 499, true
 	case readErr != nil:
 		abort, r = true, reasonBroken
-		if a.ctx.Err() == context.DeadlineExceeded {
+		if !time.Now().Before(a.deadline) {
 			r = reasonTimeout
 		}
 		g.log.Warn("gateway: answer broke off", "service", a.e.b.service, "replica", a.e.ID, "err", readErr)
@@ -417,19 +485,6 @@ func (g *Gateway) refuse(w http.ResponseWriter, s *service, msg string) {
 	writeError(w, http.StatusTooManyRequests, msg)
 }
 
-// attach gives an attempt its own reader over the body.
-func (b *body) attach(req *http.Request) {
-	switch {
-	case !b.replayable:
-		req.Body, req.ContentLength = b.stream, b.length
-	case len(b.buf) == 0:
-		req.Body, req.ContentLength, req.GetBody = nil, 0, nil
-	default:
-		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.buf)), nil }
-	}
-}
-
 // err is the error reading a streamed body gave, if any.
 func (b *body) err() error {
 	if b.stream == nil {
@@ -466,61 +521,6 @@ func (b *clientBody) error() error {
 	return b.bad
 }
 
-// outgoing builds the request every attempt starts from: the client's,
-// with hop-by-hop headers removed, the checked API key dropped and the
-// X-Forwarded-* headers set.
-func (g *Gateway) outgoing(r *http.Request, tg target, b *body, strip string) *http.Request {
-	out := r.Clone(r.Context())
-	out.RequestURI = ""
-	out.Close = false
-	out.Host = ""
-	out.TransferEncoding = nil
-	out.Trailer = nil
-	out.URL = &url.URL{Scheme: "http", Path: tg.path, RawPath: tg.rawPath, RawQuery: r.URL.RawQuery}
-
-	h := out.Header
-	te := acceptsTrailers(h)
-	removeHopHeaders(h)
-	if te {
-		h.Set("Te", "trailers")
-	}
-	if strip != "" {
-		h.Del(strip)
-	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior, ok := h["X-Forwarded-For"]; ok && len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		h.Set("X-Forwarded-For", ip)
-	}
-	// Someone in front of the gateway (a cloud load balancer) knows the
-	// original host and scheme better than we do.
-	if h.Get("X-Forwarded-Host") == "" {
-		h.Set("X-Forwarded-Host", r.Host)
-	}
-	if h.Get("X-Forwarded-Proto") == "" {
-		proto := "http"
-		if r.TLS != nil {
-			proto = "https"
-		}
-		h.Set("X-Forwarded-Proto", proto)
-	}
-	if tg.prefix != "" {
-		h.Set("X-Forwarded-Prefix", tg.prefix)
-	}
-	if _, ok := h["User-Agent"]; !ok {
-		h.Set("User-Agent", "") // not Go's default: the client sent none
-	}
-	if b.replayable && h["Idempotency-Key"] == nil && h["X-Idempotency-Key"] == nil {
-		// An empty key is not sent, but lets the transport resend the
-		// (buffered) request on a fresh connection when a keep-alive one
-		// turns out closed by the replica — a race that must not count as
-		// the replica's failure.
-		h["X-Idempotency-Key"] = nil
-	}
-	return out
-}
-
 // hopHeaders apply to one connection, not to the request (RFC 9110 7.6.1).
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
@@ -551,26 +551,4 @@ func acceptsTrailers(h http.Header) bool {
 		}
 	}
 	return false
-}
-
-// newTransport is shared by every request: keep-alive connections are what
-// make the gateway cheap, so enough of them are kept per replica for 64+
-// concurrent requests.
-func newTransport() *http.Transport {
-	return &http.Transport{
-		Proxy: nil, // replicas are on the cluster network, never behind a proxy
-		DialContext: (&net.Dialer{
-			Timeout:   5 * time.Second, // a dead node may not refuse, only stay silent
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		// Answers pass through as the replica encoded them.
-		DisableCompression: true,
-		// Tensors are large: fewer syscalls per request than the 4 KiB
-		// default, at 64 KiB a connection.
-		WriteBufferSize: 32 << 10,
-		ReadBufferSize:  32 << 10,
-	}
 }
