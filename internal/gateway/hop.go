@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -54,6 +55,7 @@ type hopConn struct {
 	bw       *bufio.Writer
 	idleFrom time.Time
 	reused   bool
+	body     fixedBody // the answer being read, when readFast framed it
 }
 
 // connPool holds a replica's idle connections, most recently used last.
@@ -318,6 +320,9 @@ func bodyMethod(m string) bool {
 
 // read reads the replica's answer head; 1xx interim answers are skipped.
 func (o *hopRequest) read(c *hopConn) (*http.Response, error) {
+	if resp, ok, err := o.readFast(c); ok {
+		return resp, err
+	}
 	for {
 		resp, err := http.ReadResponse(c.br, o.r)
 		if err != nil {
@@ -343,3 +348,223 @@ func staleConn(err error) bool {
 // aLongTimeAgo is a deadline in the past: it fails the reads and writes
 // of a connection at once.
 var aLongTimeAgo = time.Unix(1, 0)
+
+// readFast parses the common answer without http.ReadResponse's per-header
+// copies: HTTP/1.1, a final status, a Content-Length (or no body by
+// status or method), plain "Name: value" lines, the whole head within the
+// connection's buffer. ok is false for anything else (chunked,
+// close-delimited, interim 1xx, folded lines, odd bytes) and then nothing
+// was consumed: http.ReadResponse reads it as the standard library does.
+// The header strings share one allocation.
+func (o *hopRequest) readFast(c *hopConn) (resp *http.Response, ok bool, err error) {
+	br := c.br
+	var head []byte
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
+			head = buf[:i+4]
+			break
+		}
+		if len(buf) == br.Size() {
+			return nil, false, nil // a head this big is read the slow way
+		}
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			if len(buf) > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, true, err
+		}
+	}
+	status, rest, found := bytes.Cut(head, crlf)
+	if !found || len(status) < len("HTTP/1.1 200") || string(status[:9]) != "HTTP/1.1 " || (len(status) > 12 && status[12] != ' ') {
+		return nil, false, nil
+	}
+	code := 0
+	for _, d := range status[9:12] {
+		if d < '0' || d > '9' {
+			return nil, false, nil
+		}
+		code = code*10 + int(d-'0')
+	}
+	if code < 200 || code > 599 {
+		return nil, false, nil
+	}
+	// Check every line before allocating anything.
+	lines, length, closing := 0, int64(-1), false
+	hdrs := bytes.TrimSuffix(rest[:len(rest)-2], crlf) // "" when there are none
+	for l := range bytes.SplitSeq(hdrs, crlf) {
+		if len(hdrs) == 0 {
+			break
+		}
+		k, v, found := bytes.Cut(l, colon)
+		if !found || !validName(k) || !validValue(v) {
+			return nil, false, nil
+		}
+		v = trimOWS(v)
+		switch {
+		case equalFold(k, "Content-Length"):
+			n, err := strconv.ParseUint(string(v), 10, 63)
+			if err != nil || length >= 0 {
+				return nil, false, nil
+			}
+			length = int64(n)
+		case equalFold(k, "Transfer-Encoding"):
+			return nil, false, nil
+		case equalFold(k, "Connection"):
+			closing = closing || hasToken(v, "close")
+		}
+		lines++
+	}
+	noBody := o.head || code == http.StatusNoContent || code == http.StatusNotModified
+	if length < 0 && !noBody {
+		return nil, false, nil // close-delimited
+	}
+
+	hs := string(head)
+	vals := make([]string, lines)
+	h := make(http.Header, lines)
+	rs := hs[len(status)+2 : len(status)+2+len(hdrs)]
+	for i := 0; rs != ""; i++ {
+		var l string
+		l, rs, _ = strings.Cut(rs, "\r\n")
+		k, v, _ := strings.Cut(l, ":")
+		k = textproto.CanonicalMIMEHeaderKey(k) // no copy when canonical already
+		vals[i] = textproto.TrimString(v)
+		if prior, dup := h[k]; dup {
+			h[k] = append(prior, vals[i])
+		} else {
+			h[k] = vals[i : i+1 : i+1]
+		}
+	}
+	if closing {
+		h.Del("Connection") // as http.ReadResponse does
+	}
+	if _, err := br.Discard(len(head)); err != nil {
+		return nil, true, err
+	}
+	resp = &http.Response{
+		Status: hs[9:len(status)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: length, Close: closing, Request: o.r,
+	}
+	switch {
+	case noBody:
+		resp.Body = http.NoBody
+		if o.head {
+			resp.ContentLength = length
+		} else {
+			resp.ContentLength = 0
+		}
+	case length == 0:
+		resp.Body = http.NoBody
+	default:
+		c.body = fixedBody{br: br, left: length}
+		resp.Body = &c.body
+	}
+	return resp, true, nil
+}
+
+var (
+	crlf     = []byte("\r\n")
+	crlfcrlf = []byte("\r\n\r\n")
+	colon    = []byte(":")
+)
+
+// validName: a header name is a non-empty token (RFC 9110 5.1).
+func validName(k []byte) bool {
+	if len(k) == 0 {
+		return false
+	}
+	for _, b := range k {
+		if b >= 0x80 || !tokenChar[b] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenChar = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// validValue: no control bytes but tab (which also rules out a bare CR or
+// LF).
+func validValue(v []byte) bool {
+	for _, b := range v {
+		if (b < ' ' && b != '\t') || b == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func trimOWS(v []byte) []byte {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
+}
+
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		x, y := b[i]|0x20, s[i]|0x20
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// hasToken reports whether a comma-separated header value lists tok.
+func hasToken(v []byte, tok string) bool {
+	for t := range bytes.SplitSeq(v, []byte(",")) {
+		if equalFold(trimOWS(t), tok) {
+			return true
+		}
+	}
+	return false
+}
+
+// fixedBody is an answer body of a known length, read from the
+// connection's buffer; each connection has one, reused, since a connection
+// carries one answer at a time.
+type fixedBody struct {
+	br   *bufio.Reader
+	left int64
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.br.Read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left == 0:
+		return n, io.EOF
+	case err == io.EOF:
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// Close leaves the rest unread: a connection whose answer was not read to
+// its end is closed, not reused (attempt.closeAnswer).
+func (b *fixedBody) Close() error { return nil }

@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -54,6 +55,9 @@ type config struct {
 	replicas    int
 	maxBatch    int
 	keep        bool
+	baseline    string    // another spotml binary whose gateway runs beside
+	curve       []float64 // fractions of nginx's maximum for the open-loop curve
+	curveFor    time.Duration
 }
 
 const (
@@ -74,8 +78,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	fs.IntVar(&cfg.replicas, "replicas", 2, "replicas of the service (on-demand nodes)")
 	fs.IntVar(&cfg.maxBatch, "max-batch", 32, "the replicas' runtime.maxBatch")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the data directory (spotml and nginx logs) and say where")
+	fs.StringVar(&cfg.baseline, "baseline", "", "a spotml binary (e.g. built from main) whose `spotml gateway` is measured too, over the same replicas: before and after in one run")
+	var curve string
+	fs.StringVar(&curve, "curve", "0.1,0.25,0.5,0.75,0.9,1,1.1,1.2", "open-loop rates for the latency-under-load curve, as fractions of nginx's requests/s at the most connections; empty: no curve")
+	fs.DurationVar(&cfg.curveFor, "curve-duration", 8*time.Second, "length of each open-loop run of the curve")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	for _, f := range strings.Split(curve, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("-curve %q: want positive fractions separated by commas, e.g. 0.1,0.5,1,1.2", curve)
+		}
+		cfg.curve = append(cfg.curve, v)
 	}
 	for _, s := range strings.Split(conns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -146,12 +164,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	defer stopNginx()
 
+	// The gateways run as `spotml gateway` processes of their own over
+	// up's store, as a deployment runs them, so that before and after are
+	// measured alike and apart from the control plane's work.
+	gwAddr, stopGw, err := startGateway(ctx, bin, c.Data, filepath.Join(dir, "gateway.log"))
+	if err != nil {
+		return err
+	}
+	defer stopGw()
 	path := "/v2/models/" + service + "/infer"
 	targets := []target{
 		{name: "direct to one replica", url: "http://" + replicas[0] + path},
-		{name: "spotml gateway", url: "http://" + c.Gateway + path},
-		{name: "nginx", url: "http://" + ngAddr + path},
+		{name: "spotml gateway", url: "http://" + gwAddr + path},
 	}
+	if cfg.baseline != "" {
+		bAddr, stopB, err := startGateway(ctx, cfg.baseline, c.Data, filepath.Join(dir, "gateway-before.log"))
+		if err != nil {
+			return fmt.Errorf("-baseline: %w", err)
+		}
+		defer stopB()
+		targets = append(targets, target{name: "spotml gateway before (-baseline)", url: "http://" + bAddr + path})
+	}
+	targets = append(targets, target{name: "nginx", url: "http://" + ngAddr + path})
 	for _, t := range targets {
 		if err := warmUp(ctx, t.url, 50); err != nil {
 			return fmt.Errorf("warm-up of %s: %w", t.name, err)
@@ -176,6 +210,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}
 	printReport(stdout, args, cfg, host, replicas, targets, figures)
+	if len(cfg.curve) > 0 {
+		last := len(cfg.connections) - 1
+		peak := median(figures[last][len(targets)-1], func(r wrk.Result) float64 { return r.RPS })
+		loadgen := filepath.Join(dir, "loadgen")
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", loadgen, "./bench/serving/loadgen").CombinedOutput(); err != nil {
+			return fmt.Errorf("build loadgen: %v\n%s", err, out)
+		}
+		rows, err := runCurve(ctx, stderr, loadgen, cfg, peak, targets)
+		if err != nil {
+			return err
+		}
+		printCurve(stdout, cfg, peak, cfg.connections[last], targets, rows)
+	}
 	return nil
 }
 
@@ -378,4 +425,123 @@ func printReport(w io.Writer, args []string, cfg config, host string, replicas [
 		}
 	}
 	fmt.Fprintln(w, "- \"direct to one replica\" has one replica behind it, the proxies two; at 1 connection that does not matter (one request at a time), at more it does when the replicas are the bottleneck rather than the CPUs.")
+}
+
+// startGateway runs `bin gateway` over the store in data and waits until
+// it routes the service.
+func startGateway(ctx context.Context, bin, data, logPath string) (string, func(), error) {
+	addr, err := cluster.FreeAddr()
+	if err != nil {
+		return "", nil, err
+	}
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "gateway", "--data", data, "--addr", addr, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return "", nil, fmt.Errorf("start %s gateway: %w", bin, err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get("http://" + addr + "/v2/models/" + service + "/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return addr, stop, nil
+			}
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(logPath)
+			return "", nil, fmt.Errorf("%s gateway exited at start: %s", bin, b)
+		case <-ctx.Done():
+			stop()
+			return "", nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("%s gateway not routing %s after 30s; see %s", bin, service, logPath)
+		}
+	}
+}
+
+// curvePoint is one open-loop run: loadgen's report, cut down.
+type curvePoint struct {
+	Rate      float64 `json:"rate"`
+	Sent      int     `json:"sent"`
+	OK        int     `json:"ok"`
+	Failed    int     `json:"failed"`
+	MaxLagMs  float64 `json:"maxLagMs"`
+	LatencyMs struct {
+		P50 float64 `json:"p50"`
+		P99 float64 `json:"p99"`
+	} `json:"latencyMs"`
+}
+
+// runCurve sends open-loop load at each fraction of peak to every target
+// in turn (targets interleaved at each rate, lowest rate first) and
+// returns rows[fraction][target].
+func runCurve(ctx context.Context, stderr io.Writer, loadgen string, cfg config, peak float64, targets []target) ([][]curvePoint, error) {
+	rows := make([][]curvePoint, len(cfg.curve))
+	for i, f := range cfg.curve {
+		rate := f * peak
+		for _, t := range targets {
+			cmd := exec.CommandContext(ctx, loadgen, "-url", t.url, "-body", requestFile,
+				"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-duration", cfg.curveFor.String(), "-timeout", "10s")
+			var out strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, io.Discard
+			if err := cmd.Run(); err != nil {
+				return nil, fmt.Errorf("loadgen at %.0f/s on %s: %v", rate, t.name, err)
+			}
+			var p curvePoint
+			if err := json.Unmarshal([]byte(out.String()), &p); err != nil {
+				return nil, fmt.Errorf("loadgen at %.0f/s on %s: %v", rate, t.name, err)
+			}
+			fmt.Fprintf(stderr, "curve %.0f%% (%.0f/s), %s: p50 %.2f ms, p99 %.2f ms, %d/%d ok\n",
+				100*f, rate, t.name, p.LatencyMs.P50, p.LatencyMs.P99, p.OK, p.Sent)
+			rows[i] = append(rows[i], p)
+		}
+	}
+	return rows, nil
+}
+
+func printCurve(w io.Writer, cfg config, peak float64, conns int, targets []target, rows [][]curvePoint) {
+	fmt.Fprintf(w, "\n### Latency under load: open loop, %s per rate\n\n", cfg.curveFor)
+	fmt.Fprintf(w, "Rates are fractions of nginx's %.0f requests/s at %d connections above; the same rates go to every target "+
+		"(bench/serving/loadgen: request i leaves at start + i/rate whatever came back, latency from its due time; a failure is anything but 200 within 10 s). "+
+		"Targets interleaved at each rate, lowest rate first. Cells: p50 / p99 in ms, then failed requests if any.\n\n", peak, conns)
+	fmt.Fprint(w, "| load | rate/s |")
+	for _, t := range targets {
+		fmt.Fprintf(w, " %s |", t.name)
+	}
+	fmt.Fprint(w, "\n| ---: | ---: |")
+	for range targets {
+		fmt.Fprint(w, " ---: |")
+	}
+	fmt.Fprintln(w)
+	for i, f := range cfg.curve {
+		fmt.Fprintf(w, "| %.0f %% | %.0f |", 100*f, f*peak)
+		for _, p := range rows[i] {
+			cell := fmt.Sprintf("%.2f / %.2f", p.LatencyMs.P50, p.LatencyMs.P99)
+			if p.Failed > 0 {
+				cell += fmt.Sprintf(" (%d failed)", p.Failed)
+			}
+			fmt.Fprintf(w, " %s |", cell)
+		}
+		fmt.Fprintln(w)
+	}
 }
