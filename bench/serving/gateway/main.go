@@ -158,7 +158,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if err != nil {
 		return err
 	}
-	stopNginx, err := startNginx(ctx, nginx, filepath.Join(dir, "nginx"), ngAddr, replicas)
+	stopNginx, ngPid, err := startNginx(ctx, nginx, filepath.Join(dir, "nginx"), ngAddr, replicas)
 	if err != nil {
 		return err
 	}
@@ -167,7 +167,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	// The gateways run as `spotml gateway` processes of their own over
 	// up's store, as a deployment runs them, so that before and after are
 	// measured alike and apart from the control plane's work.
-	gwAddr, stopGw, err := startGateway(ctx, bin, c.Data, filepath.Join(dir, "gateway.log"))
+	gwAddr, stopGw, gwPid, err := startGateway(ctx, bin, c.Data, filepath.Join(dir, "gateway.log"))
 	if err != nil {
 		return err
 	}
@@ -175,17 +175,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	path := "/v2/models/" + service + "/infer"
 	targets := []target{
 		{name: "direct to one replica", url: "http://" + replicas[0] + path},
-		{name: "spotml gateway", url: "http://" + gwAddr + path},
+		{name: "spotml gateway", url: "http://" + gwAddr + path, pids: []int{gwPid}},
 	}
 	if cfg.baseline != "" {
-		bAddr, stopB, err := startGateway(ctx, cfg.baseline, c.Data, filepath.Join(dir, "gateway-before.log"))
+		bAddr, stopB, bPid, err := startGateway(ctx, cfg.baseline, c.Data, filepath.Join(dir, "gateway-before.log"))
 		if err != nil {
 			return fmt.Errorf("-baseline: %w", err)
 		}
 		defer stopB()
-		targets = append(targets, target{name: "spotml gateway before (-baseline)", url: "http://" + bAddr + path})
+		targets = append(targets, target{name: "spotml gateway before (-baseline)", url: "http://" + bAddr + path, pids: []int{bPid}})
 	}
-	targets = append(targets, target{name: "nginx", url: "http://" + ngAddr + path})
+	targets = append(targets, target{name: "nginx", url: "http://" + ngAddr + path, pids: []int{ngPid}})
 	for _, t := range targets {
 		if err := warmUp(ctx, t.url, 50); err != nil {
 			return fmt.Errorf("warm-up of %s: %w", t.name, err)
@@ -193,15 +193,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	// figures[conn index][target index] holds one result per round.
 	figures := make([][][]wrk.Result, len(cfg.connections))
+	cpuPerReq := make([][][]float64, len(cfg.connections)) // µs of proxy CPU per request
 	for i := range figures {
 		figures[i] = make([][]wrk.Result, len(targets))
+		cpuPerReq[i] = make([][]float64, len(targets))
 	}
 	for round := range cfg.rounds {
 		for ci, conns := range cfg.connections {
 			for ti, t := range targets {
+				cpu0 := cpuTime(t.pids)
 				r, err := wrk.Run(ctx, wrk.Options{URL: t.url, Body: requestFile, Threads: min(cfg.threads, conns), Connections: conns, Duration: cfg.duration})
 				if err != nil {
 					return err
+				}
+				if r.Requests > 0 && len(t.pids) > 0 {
+					cpuPerReq[ci][ti] = append(cpuPerReq[ci][ti], float64((cpuTime(t.pids)-cpu0).Microseconds())/float64(r.Requests))
 				}
 				fmt.Fprintf(stderr, "round %d, %d connections, %s: %.0f requests/s, p50 %s, p99 %s, %d errors\n",
 					round+1, conns, t.name, r.RPS, wrk.Ms(r.P50), wrk.Ms(r.P99), r.Errors)
@@ -209,7 +215,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			}
 		}
 	}
-	printReport(stdout, args, cfg, host, replicas, targets, figures)
+	printReport(stdout, args, cfg, host, replicas, targets, figures, cpuPerReq)
 	if len(cfg.curve) > 0 {
 		last := len(cfg.connections) - 1
 		peak := median(figures[last][len(targets)-1], func(r wrk.Result) float64 { return r.RPS })
@@ -226,7 +232,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	return nil
 }
 
-type target struct{ name, url string }
+// target is what wrk measures; pids are the proxy's processes (their
+// children too), whose CPU time per request the report shows.
+type target struct {
+	name, url string
+	pids      []int
+}
 
 // specYAML is an on-demand pool (never evicted) and the service, all of
 // its replicas on it.
@@ -295,23 +306,23 @@ http {
 
 // startNginx runs nginx in the foreground with its files in dir, waits
 // until it answers, and returns how to stop it.
-func startNginx(ctx context.Context, bin, dir, addr string, replicas []string) (func(), error) {
+func startNginx(ctx context.Context, bin, dir, addr string, replicas []string) (func(), int, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, []byte(nginxConf(dir, addr, replicas)), 0o644); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "nginx.out"))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	cmd := exec.Command(bin, "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", conf, "-g", "daemon off;")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("start nginx: %w", err)
+		return nil, 0, fmt.Errorf("start nginx: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(exited) }()
@@ -329,21 +340,21 @@ func startNginx(ctx context.Context, bin, dir, addr string, replicas []string) (
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return stop, nil
+				return stop, cmd.Process.Pid, nil
 			}
 		}
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			return nil, fmt.Errorf("nginx exited at start: %s", b)
+			return nil, 0, fmt.Errorf("nginx exited at start: %s", b)
 		case <-ctx.Done():
 			stop()
-			return nil, ctx.Err()
+			return nil, 0, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, errors.New("nginx not answering after 10s; see " + dir)
+			return nil, 0, errors.New("nginx not answering after 10s; see " + dir)
 		}
 	}
 }
@@ -383,7 +394,7 @@ func median[T int64 | float64 | time.Duration](rs []wrk.Result, f func(wrk.Resul
 	return vs[len(vs)/2]
 }
 
-func printReport(w io.Writer, args []string, cfg config, host string, replicas []string, targets []target, figures [][][]wrk.Result) {
+func printReport(w io.Writer, args []string, cfg config, host string, replicas []string, targets []target, figures [][][]wrk.Result, cpuPerReq [][][]float64) {
 	fmt.Fprintf(w, "\n### Gateway overhead: %d replicas, wrk at %v connections, %d rounds of %s\n\n",
 		cfg.replicas, cfg.connections, cfg.rounds, cfg.duration)
 	fmt.Fprintf(w, "command: `%s`\n\n", strings.TrimSpace("go run ./bench/serving/gateway "+strings.Join(args[1:], " ")))
@@ -393,8 +404,8 @@ func printReport(w io.Writer, args []string, cfg config, host string, replicas [
 		"wrk runs e.g. `%s` (one image per request, KServe v2 JSON, 4 kB). "+
 		"Nothing is pinned: wrk, the proxies and the replicas share the machine's CPUs. Each cell is the median over %d interleaved rounds.\n\n",
 		cfg.replicas, cfg.maxBatch, strings.Join(replicas, ", "), figures[0][1][0].Command, cfg.rounds)
-	fmt.Fprintln(w, "| connections | target | requests/s | p50 | p99 | p50 over direct | errors |")
-	fmt.Fprintln(w, "| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(w, "| connections | target | requests/s | p50 | p99 | p50 over direct | proxy CPU per request | errors |")
+	fmt.Fprintln(w, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for ci, conns := range cfg.connections {
 		direct := median(figures[ci][0], func(r wrk.Result) time.Duration { return r.P50 })
 		for ti, t := range targets {
@@ -408,9 +419,13 @@ func printReport(w io.Writer, args []string, cfg config, host string, replicas [
 			if ti > 0 {
 				over = fmt.Sprintf("%+.0f µs", float64((p50-direct).Nanoseconds())/1000)
 			}
-			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %d |\n", conns, t.name,
+			cpu := "–"
+			if vs := slices.Sorted(slices.Values(cpuPerReq[ci][ti])); len(vs) > 0 {
+				cpu = fmt.Sprintf("%.0f µs", vs[len(vs)/2])
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d |\n", conns, t.name,
 				median(rs, func(r wrk.Result) float64 { return r.RPS }), wrk.Ms(p50),
-				wrk.Ms(median(rs, func(r wrk.Result) time.Duration { return r.P99 })), over, errs)
+				wrk.Ms(median(rs, func(r wrk.Result) time.Duration { return r.P99 })), over, cpu, errs)
 		}
 	}
 	fmt.Fprintln(w)
@@ -424,25 +439,26 @@ func printReport(w io.Writer, args []string, cfg config, host string, replicas [
 			fmt.Fprintf(w, "  - %d connections, %s: %s\n", conns, t.name, strings.Join(vs, ", "))
 		}
 	}
+	fmt.Fprintln(w, "- proxy CPU per request: user + system CPU time of the proxy's processes (nginx: master and workers) during the wrk run, over the requests wrk completed; median over the rounds.")
 	fmt.Fprintln(w, "- \"direct to one replica\" has one replica behind it, the proxies two; at 1 connection that does not matter (one request at a time), at more it does when the replicas are the bottleneck rather than the CPUs.")
 }
 
 // startGateway runs `bin gateway` over the store in data and waits until
 // it routes the service.
-func startGateway(ctx context.Context, bin, data, logPath string) (string, func(), error) {
+func startGateway(ctx context.Context, bin, data, logPath string) (string, func(), int, error) {
 	addr, err := cluster.FreeAddr()
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	logf, err := os.Create(logPath)
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	cmd := exec.Command(bin, "gateway", "--data", data, "--addr", addr, "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return "", nil, fmt.Errorf("start %s gateway: %w", bin, err)
+		return "", nil, 0, fmt.Errorf("start %s gateway: %w", bin, err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(exited) }()
@@ -460,21 +476,21 @@ func startGateway(ctx context.Context, bin, data, logPath string) (string, func(
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return addr, stop, nil
+				return addr, stop, cmd.Process.Pid, nil
 			}
 		}
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(logPath)
-			return "", nil, fmt.Errorf("%s gateway exited at start: %s", bin, b)
+			return "", nil, 0, fmt.Errorf("%s gateway exited at start: %s", bin, b)
 		case <-ctx.Done():
 			stop()
-			return "", nil, ctx.Err()
+			return "", nil, 0, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", nil, fmt.Errorf("%s gateway not routing %s after 30s; see %s", bin, service, logPath)
+			return "", nil, 0, fmt.Errorf("%s gateway not routing %s after 30s; see %s", bin, service, logPath)
 		}
 	}
 }
@@ -501,7 +517,7 @@ func runCurve(ctx context.Context, stderr io.Writer, loadgen string, cfg config,
 		rate := f * peak
 		for _, t := range targets {
 			cmd := exec.CommandContext(ctx, loadgen, "-url", t.url, "-body", requestFile,
-				"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-duration", cfg.curveFor.String(), "-timeout", "10s")
+				"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-duration", cfg.curveFor.String(), "-timeout", "10s", "-warmup", "20")
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, io.Discard
 			if err := cmd.Run(); err != nil {
@@ -544,4 +560,55 @@ func printCurve(w io.Writer, cfg config, peak float64, conns int, targets []targ
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// cpuTime is the user + system CPU time the processes pids and their
+// children (nginx's workers) have used, from /proc; 0 where unreadable.
+func cpuTime(pids []int) time.Duration {
+	if len(pids) == 0 {
+		return 0
+	}
+	all := slices.Clone(pids)
+	if ents, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if ppid, _, ok := procStat(pid); ok && slices.Contains(pids, ppid) {
+				all = append(all, pid)
+			}
+		}
+	}
+	var ticks int64
+	for _, pid := range all {
+		if _, t, ok := procStat(pid); ok {
+			ticks += t
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on Linux.
+const clockTicks = 100
+
+// procStat reads a process's parent and utime + stime (in clock ticks).
+func procStat(pid int) (ppid int, ticks int64, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	// The command name may hold spaces: fields start after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return ppid, ut + st, true
 }
