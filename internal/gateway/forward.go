@@ -39,6 +39,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	)
 	defer func() {
 		g.buffered.Add(-body.reserved)
+		body.free()
 		g.finish(s, last, status, broken, time.Since(start))
 		s.state.inflight.Add(-1) // last: once it is 0, the figures are in
 	}()
@@ -53,7 +54,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 		status = g.bodyError(w, err)
 		return
 	}
-	out := g.outgoing(r, tg, strip)
+	var out hopRequest
+	g.outgoing(&out, r, tg, strip)
 	// relay copies an answer; if it breaks off, the client's connection
 	// is aborted, after the deferred accounting has what it needs.
 	relay := func(a *attempt) {
@@ -65,6 +67,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	}
 
 	tried := make([]*backend, 0, 4)
+	var att attempt // each attempt in turn; one ends before the next starts
 	e := s.pick(g.now().UnixNano(), tried, g.intn)
 	if e == nil {
 		s.state.noReplica.Add(1)
@@ -76,7 +79,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	for {
 		tried = append(tried, e.b)
 		last = e.b
-		a := g.send(r.Context(), out, e, &body)
+		a := &att
+		g.send(r.Context(), a, &out, e, &body)
 
 		switch a.fail {
 		case failNone:
@@ -163,8 +167,8 @@ type attempt struct {
 }
 
 // send makes one attempt, up to the response headers.
-func (g *Gateway) send(ctx context.Context, out *hopRequest, e *entry, body *body) *attempt {
-	a := &attempt{g: g, e: e, client: ctx, start: time.Now()}
+func (g *Gateway) send(ctx context.Context, a *attempt, out *hopRequest, e *entry, body *body) {
+	*a = attempt{g: g, e: e, client: ctx, start: time.Now()}
 	a.deadline = a.start.Add(g.timeout)
 	e.b.inflight.Add(1)
 
@@ -185,7 +189,6 @@ func (g *Gateway) send(ctx context.Context, out *hopRequest, e *entry, body *bod
 	default:
 		a.fail = failConn
 	}
-	return a
 }
 
 // roundTrip writes the request on a connection to the replica and reads
@@ -370,6 +373,7 @@ type body struct {
 	stream     *clientBody // when not replayable
 	length     int64       // when not replayable: -1 if unknown
 	reserved   int64       // bytes of buf counted in Gateway.buffered
+	pooled     *[]byte     // buf's storage when it came from bodyPools
 }
 
 // errBuffersFull: buffering a body would take the gateway past
@@ -423,7 +427,7 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int64, 
 				break // all the declared bytes are in
 			}
 			if int64(len(buf)) > keep {
-				*b = body{stream: &clientBody{r: io.MultiReader(bytes.NewReader(buf), src), c: r.Body}, length: -1, reserved: b.reserved}
+				*b = body{stream: &clientBody{r: io.MultiReader(bytes.NewReader(buf), src), c: r.Body}, length: -1, reserved: b.reserved, pooled: b.pooled}
 				return nil
 			}
 			if buf, err = g.grow(buf, min(most, 2*int64(cap(buf))), b); err != nil {
@@ -447,6 +451,23 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int64, 
 // g.buffered (and b.reserved), or errBuffersFull when that would pass
 // MaxBufferedBytes.
 func (g *Gateway) grow(buf []byte, to int64, b *body) ([]byte, error) {
+	if buf == nil && to <= firstChunk {
+		// A first buffer comes from a pool, counted at its class size.
+		i := bodyClass(to)
+		size := int64(minPooled) << i
+		if g.buffered.Add(size) > g.maxBuffered {
+			g.buffered.Add(-size)
+			return nil, errBuffersFull
+		}
+		b.reserved += size
+		p, _ := bodyPools[i].Get().(*[]byte)
+		if p == nil {
+			s := make([]byte, size)
+			p = &s
+		}
+		b.pooled = p
+		return (*p)[:0:to], nil
+	}
 	more := to - int64(cap(buf))
 	if g.buffered.Add(more) > g.maxBuffered {
 		g.buffered.Add(-more)
@@ -456,6 +477,30 @@ func (g *Gateway) grow(buf []byte, to int64, b *body) ([]byte, error) {
 	nb := make([]byte, len(buf), to)
 	copy(nb, buf)
 	return nb, nil
+}
+
+// Request bodies up to firstChunk (most inference requests) are buffered
+// in pooled buffers of minPooled << i bytes, so that a request costs no
+// fresh buffer for the garbage collector.
+const minPooled = 4 << 10
+
+var bodyPools [5]sync.Pool // 4, 8, 16, 32 and 64 KiB
+
+// bodyClass is the pool whose buffers hold n bytes (n <= firstChunk).
+func bodyClass(n int64) int {
+	i := 0
+	for int64(minPooled)<<i < n {
+		i++
+	}
+	return i
+}
+
+// free gives a pooled buffer back once the request is done with it.
+func (b *body) free() {
+	if b.pooled != nil {
+		bodyPools[bodyClass(int64(cap(*b.pooled)))].Put(b.pooled)
+		b.pooled, b.buf = nil, nil
+	}
 }
 
 // bodyError answers a request whose body could not be read and returns the

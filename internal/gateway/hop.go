@@ -169,8 +169,8 @@ var hopSkip = map[string]bool{
 // outgoing builds the request every attempt sends: the client's, with
 // hop-by-hop headers removed, the checked API key dropped and the
 // X-Forwarded-* headers set.
-func (g *Gateway) outgoing(r *http.Request, tg target, strip string) *hopRequest {
-	out := &hopRequest{r: r, method: r.Method, query: r.URL.RawQuery, strip: strip,
+func (g *Gateway) outgoing(out *hopRequest, r *http.Request, tg target, strip string) {
+	*out = hopRequest{r: r, method: r.Method, query: r.URL.RawQuery, strip: strip,
 		trailers: acceptsTrailers(r.Header), prefix: tg.prefix, head: r.Method == http.MethodHead}
 	u := url.URL{Path: tg.path, RawPath: tg.rawPath}
 	out.path = u.EscapedPath()
@@ -199,7 +199,6 @@ func (g *Gateway) outgoing(r *http.Request, tg target, strip string) *hopRequest
 			out.fwdProto = "https"
 		}
 	}
-	return out
 }
 
 // skips reports whether the client's header k is not passed on.
@@ -277,16 +276,14 @@ func (o *hopRequest) write(c *hopConn, addr string, b *body) error {
 	case b.replayable:
 		if len(b.buf) > 0 || bodyMethod(o.method) {
 			w.WriteString("Content-Length: ")
-			var nb [20]byte
-			w.Write(strconv.AppendInt(nb[:0], int64(len(b.buf)), 10))
+			writeInt(w, int64(len(b.buf)))
 			w.WriteString("\r\n")
 		}
 		w.WriteString("\r\n")
 		w.Write(b.buf)
 	case b.length >= 0:
 		w.WriteString("Content-Length: ")
-		var nb [20]byte
-		w.Write(strconv.AppendInt(nb[:0], b.length, 10))
+		writeInt(w, b.length)
 		w.WriteString("\r\n\r\n")
 		if _, err := io.CopyN(w, b.stream, b.length); err != nil {
 			return err
@@ -303,6 +300,23 @@ func (o *hopRequest) write(c *hopConn, addr string, b *body) error {
 		w.WriteString("\r\n")
 	}
 	return w.Flush()
+}
+
+// writeInt writes a non-negative n in decimal, byte by byte so that its
+// digits need no heap buffer.
+func writeInt(w *bufio.Writer, n int64) {
+	var d [20]byte
+	i := len(d)
+	for {
+		i--
+		d[i] = byte('0' + n%10)
+		if n /= 10; n == 0 {
+			break
+		}
+	}
+	for _, c := range d[i:] {
+		w.WriteByte(c)
+	}
 }
 
 func writeHeader(w *bufio.Writer, k, v string) {
