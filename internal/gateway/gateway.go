@@ -40,6 +40,9 @@
 //     growing. Requests refused with 429 count in QPS, so that the
 //     autoscaler sees the demand. The gateway sets no server timeouts
 //     itself; whoever runs its http.Server does (see cmd/spotml).
+//   - The hop to a replica is HTTP/1.1 on keep-alive connections kept per
+//     replica (hop.go), written and read by the request's own goroutine;
+//     see hop.go for why not http.Transport.
 package gateway
 
 import (

@@ -1,17 +1,22 @@
 // Command gateway measures what the spotml inference gateway adds to a
-// request: requests per second and latency percentiles through the
-// gateway, straight to one replica, and through nginx as a reverse proxy
-// over the same replicas, with the same load generator (wrk and
-// bench/serving/wrk/post.lua, POSTing the Fashion-MNIST sample request).
+// request: requests per second, latency percentiles and the proxy's CPU
+// time per request through the gateway, straight to one replica, and
+// through nginx as a reverse proxy over the same replicas, with the same
+// load generator (wrk and bench/serving/wrk/post.lua, POSTing the
+// Fashion-MNIST sample request); then a latency-under-load curve: open-loop
+// load (bench/serving/loadgen) at fractions of nginx's maximum, the same
+// rates to every target.
 //
 // It builds spotml and runs `spotml up` with a service of -replicas
-// replicas of the builtin runtime on on-demand nodes (no evictions), then
-// starts nginx (Debian package nginx) with an upstream of those replicas
-// (least_conn, keepalive), and runs wrk against the three in interleaved
-// rounds, so that other work on the machine hits them alike. It prints a
-// Markdown table of the medians over the rounds.
+// replicas of the builtin runtime on on-demand nodes (no evictions), a
+// `spotml gateway` process over up's store (and, with -baseline, one of
+// another spotml binary, e.g. built from main, for before and after in one
+// run), then nginx (Debian package nginx) with an upstream of those
+// replicas (least_conn, keepalive), and runs wrk against them in
+// interleaved rounds, so that other work on the machine hits them alike.
+// It prints Markdown tables of the medians over the rounds.
 //
-//	go run ./bench/serving/gateway -duration 15s -connections 1,32 -rounds 3
+//	go run ./bench/serving/gateway -duration 15s -connections 1,32 -rounds 3 -baseline /tmp/spotml-main
 package main
 
 import (
