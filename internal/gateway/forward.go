@@ -201,6 +201,12 @@ func (a *attempt) roundTrip(out *hopRequest, body *body) (*http.Response, error)
 		if err != nil {
 			return nil, err
 		}
+		if c.reused && !body.replayable && !c.alive() {
+			// A streamed body cannot be sent again: make sure first
+			// that the replica has not closed the connection meanwhile.
+			c.nc.Close()
+			continue
+		}
 		a.conn = c
 		if err := c.nc.SetDeadline(a.deadline); err != nil {
 			a.release(false)

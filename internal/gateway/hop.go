@@ -104,6 +104,18 @@ func (p *connPool) get(ctx context.Context, deadline time.Time) (*hopConn, error
 	return c, nil
 }
 
+// alive reports whether an idle connection is still open: a replica that
+// closed it has sent EOF, which a read finds at once; an open one has
+// nothing to say and the read waits out a millisecond.
+func (c *hopConn) alive() bool {
+	if err := c.nc.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
+		return false
+	}
+	_, err := c.br.Peek(1)
+	var ne net.Error
+	return c.br.Buffered() == 0 && errors.As(err, &ne) && ne.Timeout()
+}
+
 // put keeps a connection whose last answer was read to its end.
 func (p *connPool) put(c *hopConn) {
 	if err := c.nc.SetDeadline(time.Time{}); err != nil {

@@ -409,3 +409,31 @@ func TestChurnLosesNoRequest(t *testing.T) {
 	t.Logf("%d requests, %d failed, %s retried, %d replicas started, slowest %v",
 		sent.Load(), failed.Load(), retries(t, front), next, time.Duration(slowest.Load()))
 }
+
+// A kept-alive connection that the replica closed while it sat idle is not
+// the replica's failure: the request goes again on a new connection to the
+// same replica, with no retry, error or ejection counted. Without a body to
+// send again (streamed) the same holds when the replica closed it before.
+func TestStaleKeepAliveConnection(t *testing.T) {
+	rp := newReplica(t, "only")
+	g, front := newFront(t, gateway.Config{MaxRetryBody: 16})
+	g.Update([]gateway.Route{route("mnist", rp.replica())})
+	c := front.Client()
+	url := front.URL + "/v1/models/mnist:predict"
+	for i, body := range [][]byte{[]byte(`{}`), []byte(`{}`), []byte(`{"instances":[1]}`)} {
+		if i > 0 {
+			rp.srv.CloseClientConnections() // the gateway's idle ones too
+		}
+		a := call(t, c, "POST", url, body)
+		if a.code != http.StatusOK || a.echo.Replica != "only" || a.echo.Body != len(body) {
+			t.Fatalf("request %d after the replica closed its connections: %d %s %v", i, a.code, a.body, a.err)
+		}
+	}
+	m := scrape(t, front)
+	if strings.Contains(m, "spotml_gateway_replica_errors_total") || retries(t, front) != "0" {
+		t.Errorf("a closed idle connection counted against the replica:\n%s", m)
+	}
+	if st := g.Stats(); st[0].Replicas[0].Ejected != 0 {
+		t.Errorf("replica ejected for %v", st[0].Replicas[0].Ejected)
+	}
+}
