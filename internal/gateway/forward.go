@@ -196,8 +196,9 @@ func (g *Gateway) send(ctx context.Context, a *attempt, out *hopRequest, e *entr
 // that goes away moves it to the past, which ends the attempt at once.
 func (a *attempt) roundTrip(out *hopRequest, body *body) (*http.Response, error) {
 	pool := &a.e.b.conns
+	fresh := false // after a stale connection: a new one, not another idle one
 	for {
-		c, err := pool.get(a.client, a.deadline)
+		c, err := pool.get(a.client, a.deadline, fresh)
 		if err != nil {
 			return nil, err
 		}
@@ -235,6 +236,7 @@ func (a *attempt) roundTrip(out *hopRequest, body *body) (*http.Response, error)
 		// fails before any answer byte: send again on a new one, as
 		// http.Transport does. The replica never saw the request.
 		if c.reused && body.replayable && a.client.Err() == nil && time.Now().Before(a.deadline) && staleConn(err) {
+			fresh = true // once: a replica that drops every request is not sent it again and again
 			continue
 		}
 		return nil, err

@@ -66,8 +66,8 @@ type connPool struct {
 	closed bool // the replica left the routing table: keep nothing
 }
 
-// get returns an idle connection or dials a new one.
-func (p *connPool) get(ctx context.Context, deadline time.Time) (*hopConn, error) {
+// get returns an idle connection or dials a new one (always, when fresh).
+func (p *connPool) get(ctx context.Context, deadline time.Time, fresh bool) (*hopConn, error) {
 	now := time.Now()
 	p.mu.Lock()
 	// The oldest are first: drop those idle too long.
@@ -81,7 +81,7 @@ func (p *connPool) get(ctx context.Context, deadline time.Time) (*hopConn, error
 		p.idle = append(p.idle[:0], p.idle[stale:]...)
 	}
 	var c *hopConn
-	if n := len(p.idle); n > 0 {
+	if n := len(p.idle); n > 0 && !fresh {
 		c = p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]

@@ -437,3 +437,38 @@ func TestStaleKeepAliveConnection(t *testing.T) {
 		t.Errorf("replica ejected for %v", st[0].Replicas[0].Ejected)
 	}
 }
+
+// A replica that drops a request on a kept-alive connection gets it once
+// more on a new connection (the first may have been closed while idle),
+// not once per idle connection; then the request goes to another replica.
+func TestDroppedRequestNotRepeated(t *testing.T) {
+	first, spare := newReplica(t, "first"), newReplica(t, "spare")
+	g, front := newFront(t, gateway.Config{})
+	c := front.Client()
+	url := front.URL + "/v1/models/mnist:predict"
+	g.Update([]gateway.Route{route("mnist", first.replica())})
+	// Several idle connections to the first replica.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { call(t, c, "POST", url, []byte(`{}`)) })
+	}
+	wg.Wait()
+	g.Update([]gateway.Route{route("mnist", first.replica(), spare.replica())})
+	before := first.hits.Load()
+	spare.before = func(w http.ResponseWriter, r *http.Request) bool {
+		r.Header.Del("X-Test")
+		return true
+	}
+	for range 20 { // until P2C has picked the first replica
+		a := call(t, c, "POST", url, []byte(`{}`), "X-Test", "drop")
+		if a.code != http.StatusOK || a.echo.Replica != "spare" {
+			t.Fatalf("got %d from %q %s", a.code, a.echo.Replica, a.body)
+		}
+		if first.hits.Load() > before {
+			break
+		}
+	}
+	if n := first.hits.Load() - before; n != 2 {
+		t.Errorf("the dropping replica got the request %d times, want 2 (a kept-alive connection, then a new one)", n)
+	}
+}
