@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -164,7 +165,9 @@ func (h *Handler) putBuf(b *[]byte) {
 }
 
 // answer appends a protocol's response for the outputs of a request to buf.
-type answer func(buf []byte, outputs []Tensor) []byte
+// binaryAt is where binary data (the binary tensor extension) begins after
+// the JSON, -1 when the response is all JSON.
+type answer func(buf []byte, outputs []Tensor) (out []byte, binaryAt int)
 
 // predict decodes a body with decode (a protocol's request decoder), runs
 // the model and writes the answer.
@@ -187,8 +190,14 @@ func (h *Handler) predict(w http.ResponseWriter, r *http.Request, decode func(bo
 	}
 	out := h.getBuf()
 	defer h.putBuf(out)
-	*out = encode(*out, outputs)
-	w.Header().Set("Content-Type", "application/json")
+	var binaryAt int
+	*out, binaryAt = encode(*out, outputs)
+	if binaryAt >= 0 {
+		w.Header().Set(headerLengthKey, strconv.Itoa(binaryAt))
+		w.Header().Set("Content-Type", "application/octet-stream")
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
 	w.Write(*out)
 }
 

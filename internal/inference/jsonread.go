@@ -294,7 +294,17 @@ func asInvalid(err error) error {
 // row-major order, each converted by leaf. Ragged arrays are refused. hint is
 // how many leaves to expect, when known.
 func parseArray[T any](r *reader, hint int, leaf func(tok []byte) (T, error)) ([]int64, []T, error) {
-	p := arrayParser[T]{r: r, leaf: leaf, rank: -1, vals: make([]T, 0, hint)}
+	return parse(&arrayParser[T]{r: r, leaf: leaf, rank: -1, vals: make([]T, 0, hint)})
+}
+
+// parseElems is parseArray for elements that are not scalars (BYTES'
+// strings and {"b64"} objects): elem reads each.
+func parseElems[T any](r *reader, hint int, elem func(r *reader) (T, error)) ([]int64, []T, error) {
+	return parse(&arrayParser[T]{r: r, elem: elem, rank: -1, vals: make([]T, 0, hint)})
+}
+
+func parse[T any](p *arrayParser[T]) ([]int64, []T, error) {
+	r := p.r
 	if r.peek() != '[' {
 		if err := p.scalar(); err != nil {
 			return nil, nil, err
@@ -310,6 +320,7 @@ func parseArray[T any](r *reader, hint int, leaf func(tok []byte) (T, error)) ([
 type arrayParser[T any] struct {
 	r    *reader
 	leaf func([]byte) (T, error)
+	elem func(*reader) (T, error) // instead of leaf
 	// shape[d] is the length of the arrays at depth d, -1 until the first
 	// of them closes.
 	shape []int64
@@ -366,6 +377,14 @@ func (p *arrayParser[T]) setRank(rank int) error {
 
 func (p *arrayParser[T]) scalar() error {
 	at := p.r.i
+	if p.elem != nil {
+		v, err := p.elem(p.r)
+		if err != nil {
+			return fmt.Errorf("%w (at byte %d)", err, at)
+		}
+		p.vals = append(p.vals, v)
+		return nil
+	}
 	tok, err := p.r.scalar()
 	if err != nil {
 		return err

@@ -447,8 +447,8 @@ func (m *Model) run(inputs []Tensor, rows int) ([]Tensor, error) {
 		if m.batches {
 			shape[0] = int64(rows)
 		}
-		if elements(shape) < 0 {
-			continue
+		if elements(shape) < 0 || m.outKinds[i].size == 0 {
+			continue // ONNX Runtime makes string tensors itself
 		}
 		v, err := m.outKinds[i].tensor(shape, m.outKinds[i].make(int(elements(shape))))
 		if err != nil {
