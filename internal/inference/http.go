@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // DefaultMaxBodyBytes bounds a request body unless WithMaxBodyBytes says
@@ -103,9 +104,13 @@ func notFoundf(format string, args ...any) error {
 var errMethod = errors.New("method not allowed")
 
 // checkModel resolves the model name and version of a path.
-func (h *Handler) checkModel(name, version string) error {
-	if name != h.name {
-		return notFoundf("model %q not found (this server serves %q)", name, h.name)
+func (h *Handler) checkModel(name, version string) error { return checkModel(h.name, name, version) }
+
+// checkModel resolves a request's model name and version against the one
+// model served, served.
+func checkModel(served, name, version string) error {
+	if name != served {
+		return notFoundf("model %q not found (this server serves %q)", name, served)
 	}
 	if version != "" && version != modelVersion {
 		return notFoundf("model %q has no version %q (it has version %s)", name, version, modelVersion)
@@ -177,7 +182,9 @@ func (h *Handler) predict(w http.ResponseWriter, r *http.Request, decode func(bo
 		h.fail(w, err)
 		return
 	}
+	start := time.Now()
 	inputs, encode, err := decode(*body)
+	decoded := time.Now()
 	h.putBuf(body)
 	if err != nil {
 		h.fail(w, err)
@@ -191,7 +198,9 @@ func (h *Handler) predict(w http.ResponseWriter, r *http.Request, decode func(bo
 	out := h.getBuf()
 	defer h.putBuf(out)
 	var binaryAt int
+	predicted := time.Now()
 	*out, binaryAt = encode(*out, outputs)
+	h.model.NoteCodec(decoded.Sub(start), time.Since(predicted))
 	if binaryAt >= 0 {
 		w.Header().Set(headerLengthKey, strconv.Itoa(binaryAt))
 		w.Header().Set("Content-Type", "application/octet-stream")

@@ -58,7 +58,7 @@ func (r *reader) firstElement() byte {
 
 // end checks that nothing but white space follows the value read.
 func (r *reader) end() error {
-	if r.peek() != 0 {
+	if r.peek(); r.i < len(r.b) { // not peek() != 0: a NUL byte is data too
 		return r.errorf("unexpected data after the top-level value")
 	}
 	return nil
