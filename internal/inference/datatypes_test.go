@@ -227,7 +227,7 @@ func TestHTTPBinaryBadRequests(t *testing.T) {
 		{"too few bytes", ok, "", img[:100], `"binary_data_size" is 3136, but only 100 bytes of binary data are left`},
 		{"bytes left over", ok, "", append(img, 1, 2, 3), "3 bytes of binary data after the JSON are not claimed"},
 		{"size disagrees with shape", in(`{"binary_data_size":3132}`), "", img[:3132], "3132 bytes of FP32 data for 784 elements, which take 3136"},
-		{"data and binary", `{"inputs":[{"name":"input","shape":[1,1,28,28],"datatype":"FP32","data":[0],"parameters":{"binary_data_size":3136}}]}`, "", img, `has both "data" and "binary_data_size"`},
+		{"data and binary", `{"inputs":[{"name":"input","shape":[1,1,28,28],"datatype":"FP32","data":[` + strings.Repeat("0,", 783) + `0],"parameters":{"binary_data_size":3136}}]}`, "", img, `has both "data" and "binary_data_size"`},
 		{"size not a number", in(`{"binary_data_size":"3136"}`), "", img, `"binary_data_size" must be a number of bytes`},
 		{"size negative", in(`{"binary_data_size":-1}`), "", img, `"binary_data_size" must be a number of bytes`},
 		{"parameters not an object", in(`[1]`), "", img, `input "parameters" must be an object`},

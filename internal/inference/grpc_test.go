@@ -163,7 +163,9 @@ func TestGRPCErrors(t *testing.T) {
 		in.Contents = &kservev2.InferTensorContents{Fp32Contents: data}
 		return in
 	}
-	ins := func(in ...*kservev2.ModelInferRequest_InferInputTensor) []*kservev2.ModelInferRequest_InferInputTensor { return in }
+	ins := func(in ...*kservev2.ModelInferRequest_InferInputTensor) []*kservev2.ModelInferRequest_InferInputTensor {
+		return in
+	}
 	for _, tc := range []struct {
 		name string
 		req  *kservev2.ModelInferRequest

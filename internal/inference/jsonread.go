@@ -321,6 +321,8 @@ type arrayParser[T any] struct {
 	r    *reader
 	leaf func([]byte) (T, error)
 	elem func(*reader) (T, error) // instead of leaf
+	// fast, when set, reads a flat array of numbers at once (fastFloats).
+	fast func(b []byte, i int, vals []T) (end int, out []T, n int, ok bool)
 	// shape[d] is the length of the arrays at depth d, -1 until the first
 	// of them closes.
 	shape []int64
@@ -333,6 +335,15 @@ type arrayParser[T any] struct {
 func (p *arrayParser[T]) array(d int) error {
 	if d == len(p.shape) {
 		p.shape = append(p.shape, -1)
+	}
+	if p.fast != nil && (p.rank < 0 || p.rank == d+1) && p.r.depth < maxDepth {
+		if end, vals, n, ok := p.fast(p.r.b, p.r.i, p.vals); ok && n > 0 {
+			p.vals, p.r.i = vals, end
+			if err := p.setRank(d + 1); err != nil {
+				return err
+			}
+			return p.closed(d, int64(n))
+		}
 	}
 	n := int64(0)
 	err := p.r.array(func() error {
@@ -356,6 +367,11 @@ func (p *arrayParser[T]) array(d int) error {
 			return err
 		}
 	}
+	return p.closed(d, n)
+}
+
+// closed records that an array at depth d had n elements.
+func (p *arrayParser[T]) closed(d int, n int64) error {
 	switch p.shape[d] {
 	case -1:
 		p.shape[d] = n

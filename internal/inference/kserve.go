@@ -311,6 +311,31 @@ func (m *Model) decodeV2Input(r *reader, n int) (t Tensor, binSize int, err erro
 	if r.peek() != '{' {
 		return t, -1, notAnObject(r, "input %d is not an object with name, shape, datatype and data", n)
 	}
+	// resolve finds the input's kind and size once its name, datatype and
+	// shape are known; its errors are reported after the whole object.
+	resolve := func() (*kind, int64, bool) {
+		i := indexOf(m.inputs, t.Name)
+		if i < 0 {
+			return nil, 0, false
+		}
+		k, ok := kindOf(DataType(datatype))
+		want := elements(t.Shape)
+		return k, want, ok && k.dt == m.inputs[i].DataType && want >= 0
+	}
+	// parseData reads the data at rd into t: flat or nested, only the
+	// number of elements has to agree with the shape.
+	parseData := func(rd *reader, k *kind, want int64) error {
+		_, values, err := k.parse(rd, int(min(want, int64(len(rd.b)/2+1))))
+		if err != nil {
+			return err
+		}
+		if got := k.length(values); int64(got) != want {
+			return invalidf("%d values for shape %s, which holds %d", got, shapeString(t.Shape), want)
+		}
+		t.Data = values
+		return nil
+	}
+	parsed := false
 	err = r.object(func(key string) error {
 		var err error
 		switch key {
@@ -328,6 +353,14 @@ func (m *Model) decodeV2Input(r *reader, n int) (t Tensor, binSize int, err erro
 			shapeGiven = true
 		case "data":
 			dataAt = r.i
+			// Clients write name, shape and datatype first: the data can
+			// then be read straight into its tensor, in one pass.
+			if hasName && datatype != "" && shapeGiven {
+				if k, want, ok := resolve(); ok {
+					parsed = true
+					return parseData(r, k, want)
+				}
+			}
 			_, err = r.value()
 		case "parameters":
 			err = readParameters(r, `input "parameters"`, func(key string, v param) error {
@@ -383,17 +416,11 @@ func (m *Model) decodeV2Input(r *reader, n int) (t Tensor, binSize int, err erro
 	if binSize >= 0 {
 		return t, binSize, nil // filled in by binaryInputs
 	}
-	// The data is flat or nested: only the number of elements has to agree
-	// with the shape.
-	data := &reader{b: r.b, i: dataAt}
-	_, values, err := k.parse(data, int(min(want, int64(len(r.b)/2+1))))
-	if err != nil {
-		return t, -1, invalidf("%s: %v", label(), err)
+	if !parsed {
+		if err := parseData(&reader{b: r.b, i: dataAt}, k, want); err != nil {
+			return t, -1, invalidf("%s: %v", label(), err)
+		}
 	}
-	if got := k.length(values); int64(got) != want {
-		return t, -1, invalidf("%s: %d values for shape %s, which holds %d", label(), got, shapeString(t.Shape), want)
-	}
-	t.Data = values
 	return t, -1, nil
 }
 

@@ -149,13 +149,15 @@ func newKind[T element](dt DataType, ortType ort.TensorElementDataType, tfType s
 			return t.GetData(), true
 		},
 		parse: func(r *reader, hint int) ([]int64, any, error) {
-			shape, vals, err := parseArray(r, hint, func(tok []byte) (T, error) {
-				v, ok := leaf(tok)
-				if !ok {
-					return v, fmt.Errorf("%s is not a valid %s value", tok, dt)
-				}
-				return v, nil
-			})
+			p := &arrayParser[T]{r: r, rank: -1, vals: make([]T, 0, hint), fast: fastFloatsFor[T](),
+				leaf: func(tok []byte) (T, error) {
+					v, ok := leaf(tok)
+					if !ok {
+						return v, fmt.Errorf("%s is not a valid %s value", tok, dt)
+					}
+					return v, nil
+				}}
+			shape, vals, err := parse(p)
 			return shape, vals, err
 		},
 		appendJSON: func(buf []byte, d any, lo, hi int) []byte {
@@ -168,6 +170,19 @@ func newKind[T element](dt DataType, ortType ort.TensorElementDataType, tfType s
 			return buf
 		},
 	}
+}
+
+// fastFloatsFor is fastFloats for FP32 and FP64 kinds, nil for others.
+func fastFloatsFor[T element]() func([]byte, int, []T) (int, []T, int, bool) {
+	switch any(*new(T)).(type) {
+	case float32:
+		f, _ := any(fastFloats[float32]).(func([]byte, int, []T) (int, []T, int, bool))
+		return f
+	case float64:
+		f, _ := any(fastFloats[float64]).(func([]byte, int, []T) (int, []T, int, bool))
+		return f
+	}
+	return nil
 }
 
 // kinds is a constant table (never written after initialisation).
@@ -277,6 +292,13 @@ func fastFloat(tok []byte, bits int) (float64, bool) {
 		}
 		exp += e
 	}
+	return decimal(m, exp, neg, bits)
+}
+
+// decimal is m×10^exp (negated when neg) as a float of the given bits, when
+// one IEEE operation gets it exactly rounded (m < 10^15: the caller counts
+// digits). See fastFloat.
+func decimal(m uint64, exp int, neg bool, bits int) (float64, bool) {
 	var f float64
 	switch {
 	case m == 0:
@@ -296,11 +318,107 @@ func fastFloat(tok []byte, bits int) (float64, bool) {
 		if b := math.Float64bits(f); b&(1<<29-1) == 1<<28 {
 			return 0, false
 		}
-		if math.Abs(f) > math.MaxFloat32 {
-			return 0, false // strconv says it is out of range
-		}
 	}
 	return f, true
+}
+
+// fastFloats reads a flat JSON array of short decimals, b[i] == '[', in one
+// pass that checks the JSON grammar and converts each number as it goes
+// (decimal), appending to vals: most of a request's bytes are such arrays.
+// ok is false for anything else (an empty or nested array, a long or huge
+// number, a malformed one): the caller then reads the array the general
+// way, from i, which also says what is wrong.
+func fastFloats[T float32 | float64](b []byte, i int, vals []T) (end int, out []T, n int, ok bool) {
+	bits := 64
+	if _, is32 := any(T(0)).(float32); is32 {
+		bits = 32
+	}
+	i = skipSpace(b, i+1)
+	for i < len(b) {
+		neg := false
+		if b[i] == '-' {
+			neg = true
+			if i++; i == len(b) {
+				return
+			}
+		}
+		var m uint64
+		digits, exp := 0, 0
+		switch c := b[i]; {
+		case c == '0':
+			i++
+		case c >= '1' && c <= '9':
+			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+				m = m*10 + uint64(b[i]-'0')
+				digits++
+			}
+		default:
+			return
+		}
+		if i < len(b) && b[i] == '.' {
+			i++
+			start := i
+			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+				if m != 0 || b[i] != '0' {
+					digits++
+				}
+				m = m*10 + uint64(b[i]-'0')
+				exp--
+			}
+			if i == start {
+				return
+			}
+		}
+		if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+			i++
+			eneg := false
+			if i < len(b) && (b[i] == '+' || b[i] == '-') {
+				eneg = b[i] == '-'
+				i++
+			}
+			start, e := i, 0
+			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+				if e < 1000 {
+					e = e*10 + int(b[i]-'0')
+				}
+			}
+			if i == start {
+				return
+			}
+			if eneg {
+				e = -e
+			}
+			exp += e
+		}
+		if digits > 15 {
+			return
+		}
+		f, fine := decimal(m, exp, neg, bits)
+		if !fine {
+			return
+		}
+		vals = append(vals, T(f))
+		n++
+		if i = skipSpace(b, i); i == len(b) {
+			return
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return i + 1, vals, n, true
+		default:
+			return
+		}
+	}
+	return
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
+	}
+	return i
 }
 
 var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
