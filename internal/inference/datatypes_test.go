@@ -376,3 +376,62 @@ func TestHTTPBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestFastFloatsMatchGeneral: reading arrays of numbers through fastFloats
+// gives what the general reader gives (values bit for bit, shapes, and an
+// error for the same bodies), malformed arrays included.
+func TestFastFloatsMatchGeneral(t *testing.T) {
+	k, _ := kindOf(FP32)
+	general := func(b []byte) ([]int64, []float32, error) {
+		leaf := parseFloat[float32](32)
+		return parse(&arrayParser[float32]{r: &reader{b: b}, rank: -1, leaf: func(tok []byte) (float32, error) {
+			v, ok := leaf(tok)
+			if !ok {
+				return 0, invalidf("bad")
+			}
+			return v, nil
+		}})
+	}
+	toks := []string{"0", "-0", "0.5", "1e3", "1E-3", "0.003921569", "12345678901234567", "01", "1.", "-", ".5", "1e", "true",
+		"3.4e39", "1e400", "0.1", " 2 ", "\n3", "[1]", "[]", "\"x\""}
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 20000 {
+		var sb strings.Builder
+		nested := r.IntN(3) == 0
+		if nested {
+			sb.WriteString("[")
+		}
+		rows := 1 + r.IntN(3)
+		for row := range rows {
+			if row > 0 {
+				sb.WriteString(",")
+			}
+			sb.WriteString("[")
+			for i := range 1 + r.IntN(4) {
+				if i > 0 {
+					sb.WriteString([]string{",", " , ", ",,", ","}[r.IntN(4)])
+				}
+				sb.WriteString(toks[r.IntN(len(toks))])
+			}
+			sb.WriteString("]")
+			if !nested {
+				break
+			}
+		}
+		if nested {
+			sb.WriteString("]")
+		}
+		b := []byte(sb.String())
+		shapeF, valsF, errF := k.parse(&reader{b: b}, 4)
+		shapeG, valsG, errG := general(b)
+		if (errF == nil) != (errG == nil) {
+			t.Fatalf("%s: fast error %v, general error %v", b, errF, errG)
+		}
+		if errF != nil {
+			continue
+		}
+		if !reflect.DeepEqual(shapeF, shapeG) || !reflect.DeepEqual(rawBytes(valsF.([]float32)), rawBytes(valsG)) {
+			t.Fatalf("%s: fast %v %v, general %v %v", b, shapeF, valsF, shapeG, valsG)
+		}
+	}
+}

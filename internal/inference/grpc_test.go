@@ -1,10 +1,12 @@
 package inference
 
 import (
+	"bufio"
 	"encoding/binary"
 	"net"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +115,26 @@ func TestGRPC(t *testing.T) {
 	// The same address serves HTTP/1.1.
 	if status, doc := call(t, http.MethodGet, "http://"+addr+"/v2/health/ready", nil); status != 200 || doc["ready"] != true {
 		t.Errorf("HTTP on the gRPC address: %d %v", status, doc)
+	}
+
+	// The per-phase costs count these calls: three requests run (the
+	// direct Predict and two calls), two decoded and encoded.
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	metrics := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if name, v, ok := strings.Cut(sc.Text(), " "); ok && !strings.HasPrefix(name, "#") {
+			metrics[name], _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if metrics["spotml_inference_requests_total"] != 3 || metrics["spotml_inference_runs_total"] != 3 || metrics["spotml_inference_rows_total"] != 9 ||
+		metrics["spotml_inference_decode_seconds_total"] <= 0 || metrics["spotml_inference_encode_seconds_total"] <= 0 ||
+		metrics["spotml_inference_run_seconds_total"] <= 0 || metrics["spotml_inference_queue_seconds_total"] <= 0 {
+		t.Errorf("metrics: %v", metrics)
 	}
 }
 

@@ -76,6 +76,7 @@ func NewHandler(name string, m *Model, opts ...HandlerOption) *Handler {
 	mux.HandleFunc("/v2/health/live", h.v2Live)
 	mux.HandleFunc("/v2/health/ready", h.v2Ready)
 	mux.HandleFunc("/v2", h.v2Server)
+	mux.HandleFunc("GET /metrics", h.metrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, notFoundf("no such endpoint %s %s: this server speaks TensorFlow Serving (/v1/models/%s:predict) and the Open Inference Protocol (/v2/models/%s/infer)",
 			r.Method, r.URL.Path, h.name, h.name))
@@ -87,6 +88,33 @@ func NewHandler(name string, m *Model, opts ...HandlerOption) *Handler {
 var _ http.Handler = (*Handler)(nil)
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// metrics writes the model's Stats in Prometheus' text format: requests,
+// runs, rows, and the seconds spent per phase (decoding requests, waiting
+// in the queue, running the model, encoding answers), from which the cost
+// of a request splits into its parts.
+func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
+	st := h.model.Stats()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	b := h.getBuf()
+	defer h.putBuf(b)
+	for _, c := range []struct {
+		name, help string
+		v          float64
+	}{
+		{"requests_total", "Requests answered by a model run.", float64(st.Requests)},
+		{"runs_total", "Model runs (one per batch).", float64(st.Runs)},
+		{"rows_total", "Rows run, over all runs.", float64(st.Rows)},
+		{"decode_seconds_total", "Time decoding requests into tensors, summed over requests.", st.Decode.Seconds()},
+		{"queue_seconds_total", "Time requests waited for their batch's run, summed over requests.", st.Queue.Seconds()},
+		{"run_seconds_total", "Time running the model (stacking a batch included), summed over runs.", st.Run.Seconds()},
+		{"encode_seconds_total", "Time encoding answers, summed over requests.", st.Encode.Seconds()},
+	} {
+		name := "spotml_inference_" + c.name
+		*b = fmt.Appendf(*b, "# HELP %s %s\n# TYPE %s counter\n%s %g\n", name, c.help, name, name, c.v)
+	}
+	w.Write(*b)
+}
 
 // errNotFound marks errors answered with 404: an unknown model, version or
 // path.

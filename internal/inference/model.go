@@ -101,6 +101,11 @@ type Model struct {
 	batches bool
 	session *ort.DynamicAdvancedSession
 	batcher *batcher
+	// stacked holds, per input, the buffer batches of several requests
+	// are stacked into; reused from run to run (only the batcher's
+	// goroutine touches it, and ONNX Runtime is done with it when a run
+	// returns).
+	stacked []any
 	log     *slog.Logger
 
 	stop    context.CancelFunc
@@ -428,12 +433,21 @@ func (m *Model) runBatch(batch []*request) {
 	m.split(live, outputs)
 }
 
-// stack concatenates the requests' inputs along the batch dimension.
+// stack concatenates the requests' inputs along the batch dimension. A
+// batch of one request is not stacked: its tensors go to ONNX Runtime as
+// decoded.
 func (m *Model) stack(live []*request, rows int) []Tensor {
 	inputs := make([]Tensor, len(m.inputs))
+	if m.stacked == nil {
+		m.stacked = make([]any, len(m.inputs))
+	}
 	for i, k := range m.inKinds {
 		shape := append([]int64{int64(rows)}, live[0].inputs[i].Shape[1:]...)
-		data := k.make(int(elements(shape)))
+		n := int(elements(shape))
+		if m.stacked[i] == nil || k.length(m.stacked[i]) < n {
+			m.stacked[i] = k.make(n)
+		}
+		data := k.slice(m.stacked[i], 0, n)
 		off := 0
 		for _, r := range live {
 			k.copyAt(data, off, r.inputs[i].Data)
