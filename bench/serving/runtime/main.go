@@ -861,9 +861,11 @@ func printReport(w io.Writer, args []string, cfg config, host string, inProc []i
 	fmt.Fprintln(w)
 
 	// Where a request's time goes.
-	fmt.Fprintln(w, "Cost per request in spotml serve (its /metrics, summed over the rounds): decode, encode and model are CPU time on the server's core "+
-		"(model: the runs' time divided by the requests they served); queue is time waited for a batch to start, not CPU; "+
-		"rest is 1/throughput − decode − model − encode: the HTTP or gRPC stack, the kernel's networking and scheduling.")
+	fmt.Fprintln(w, "Cost per request in spotml serve (its /metrics, summed over the rounds): decode, model and encode are the time each phase took "+
+		"(model: the runs' time divided by the requests they served), which is CPU time on the server's one core when requests do not overlap (1 connection); "+
+		"with many in flight, phases of different requests interleave on the core and their clocks include each other's time, so they overstate CPU. "+
+		"queue is time waited for a batch to start, not CPU; rest is 1/throughput − decode − model − encode: at 1 connection the round trip "+
+		"(client, kernel, HTTP or gRPC stack), at 64 the server's HTTP or gRPC stack and networking.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| what | concurrency | µs per request (1/throughput) | decode | model | encode | rest | queue (wait) | images per run |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
