@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -434,4 +435,37 @@ func TestFastFloatsMatchGeneral(t *testing.T) {
 			t.Fatalf("%s: fast %v %v, general %v %v", b, shapeF, valsF, shapeG, valsG)
 		}
 	}
+}
+
+// FuzzDecodeBinary: no binary-extension request, however malformed, makes
+// the decoder panic or hand Predict tensors whose data disagrees with their
+// shape; every refusal is the caller's (400).
+func FuzzDecodeBinary(f *testing.F) {
+	f.Add([]byte(`{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":8}},{"name":"ids","shape":[1],"datatype":"INT64","data":[3]}]}`),
+		float32Bytes(1, 2))
+	f.Add([]byte(`{"parameters":{"binary_data_output":true},"inputs":[{"name":"ids","shape":[2],"datatype":"INT64","parameters":{"binary_data_size":16}}],"outputs":[{"name":"y","parameters":{"binary_data":false}}]}`),
+		make([]byte, 16))
+	f.Add([]byte(`{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":9}}]}`), []byte{1, 0, 0, 0, 'a', 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, header, bin []byte) {
+		for _, m := range []*Model{pairModel(t), describedModel(t,
+			[]TensorInfo{{Name: "s", DataType: BYTES, Shape: []int64{-1}}}, []TensorInfo{{Name: "t", DataType: BYTES, Shape: []int64{-1}}})} {
+			inputs, _, err := m.decodeV2(header, bin, true, "m")
+			if err != nil {
+				if !errors.Is(err, ErrInvalidInput) {
+					t.Fatalf("error %v is not ErrInvalidInput", err)
+				}
+				continue
+			}
+			for _, in := range inputs {
+				i := indexOf(m.inputs, in.Name)
+				if i < 0 || in.Data == nil {
+					t.Fatalf("decoded input %q without data", in.Name)
+				}
+				if n := m.inKinds[i].length(in.Data); int64(n) != elements(in.Shape) {
+					t.Fatalf("input %q: %d values for shape %v", in.Name, n, in.Shape)
+				}
+			}
+			_, _, _ = m.check(inputs)
+		}
+	})
 }

@@ -289,3 +289,30 @@ func TestGRPCDatatypes(t *testing.T) {
 		t.Errorf("raw BYTES: %v %v", r, err)
 	}
 }
+
+// TestGRPCMessageLimit: a message over the limit (--max-body-bytes) is
+// RESOURCE_EXHAUSTED, and runs nothing.
+func TestGRPCMessageLimit(t *testing.T) {
+	m := openTestModel(t, DefaultOptions())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewGRPCServer(NewGRPCService(served, m, nil), 1024)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = kservev2.NewGRPCInferenceServiceClient(conn).ModelInfer(t.Context(), &kservev2.ModelInferRequest{ModelName: served,
+		Inputs:           []*kservev2.ModelInferRequest_InferInputTensor{{Name: modelInput, Datatype: "FP32", Shape: []int64{1, 1, 28, 28}}},
+		RawInputContents: [][]byte{make([]byte, 3136)}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("%v, want ResourceExhausted", err)
+	}
+	if st := m.Stats(); st.Runs != 0 {
+		t.Errorf("an oversized message ran the model: %+v", st)
+	}
+}
