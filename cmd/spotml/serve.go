@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -31,8 +33,10 @@ type serveFlags struct {
 }
 
 // newServeCmd is `spotml serve`: the builtin inference runtime, one ONNX
-// model over HTTP. Service replicas with the builtin runtime are this
-// command, started by the agent with PORT set.
+// model over HTTP/1.1 (TensorFlow Serving REST, KServe v2 JSON and binary)
+// and gRPC (KServe v2 / Open Inference Protocol) on the same address.
+// Service replicas with the builtin runtime are this command, started by
+// the agent with PORT set.
 func newServeCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
 	f := serveFlags{timeouts: serveTimeouts}
 	d := inference.DefaultOptions()
@@ -42,7 +46,7 @@ func newServeCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Co
 	}
 	c := &cobra.Command{
 		Use:   "serve --model PATH",
-		Short: "Serve an ONNX model over HTTP (TensorFlow Serving and KServe v2 APIs), batching concurrent requests",
+		Short: "Serve an ONNX model over HTTP and gRPC (TensorFlow Serving and KServe v2 APIs), batching concurrent requests",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			log, err := newLogger(stderr, f.logLevel)
@@ -58,8 +62,8 @@ func newServeCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Co
 	c.Flags().IntVar(&f.maxBatch, "max-batch", d.MaxBatch, "most rows in one model run; concurrent requests are batched up to it")
 	c.Flags().DurationVar(&f.maxQueueDelay, "max-queue-delay", d.MaxQueueDelay, "longest a batch waits for more requests (0: run what is queued at once)")
 	c.Flags().IntVar(&f.maxQueue, "max-queue", d.MaxQueue, "most requests waiting for the model; beyond it requests get 503")
-	c.Flags().IntVar(&f.threads, "threads", d.Threads, "ONNX Runtime threads per model run")
-	c.Flags().Int64Var(&f.maxBody, "max-body-bytes", inference.DefaultMaxBodyBytes, "largest request body; larger ones get 413")
+	c.Flags().IntVar(&f.threads, "threads", d.Threads, "ONNX Runtime threads per model run (0: as many as the CPUs this process may use)")
+	c.Flags().Int64Var(&f.maxBody, "max-body-bytes", inference.DefaultMaxBodyBytes, "largest request body or gRPC message; larger ones get 413 (HTTP) or RESOURCE_EXHAUSTED (gRPC)")
 	c.Flags().StringVar(&f.data, "data", "./spotml-data", "data directory: ONNX Runtime is looked for in its lib/ (also $"+inference.LibraryEnv+", ./build/onnxruntime, beside the executable)")
 	c.Flags().DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in flight may take to finish")
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -77,12 +81,12 @@ func runServe(ctx context.Context, f serveFlags, getenv func(string) string, log
 		return fmt.Errorf("--max-batch %d: must be at least 1", f.maxBatch)
 	case f.maxQueue < 1:
 		return fmt.Errorf("--max-queue %d: must be at least 1", f.maxQueue)
-	case f.threads < 1:
-		return fmt.Errorf("--threads %d: must be at least 1", f.threads)
+	case f.threads < 0:
+		return fmt.Errorf("--threads %d: must be at least 1 (or 0 for one per CPU)", f.threads)
 	case f.maxQueueDelay < 0:
 		return fmt.Errorf("--max-queue-delay %s: must not be negative", f.maxQueueDelay)
-	case f.maxBody < 1:
-		return fmt.Errorf("--max-body-bytes %d: must be at least 1", f.maxBody)
+	case f.maxBody < 1 || f.maxBody > math.MaxInt32:
+		return fmt.Errorf("--max-body-bytes %d: must be between 1 and %d", f.maxBody, math.MaxInt32)
 	}
 	if err := f.timeouts.check(""); err != nil {
 		return err
@@ -110,31 +114,52 @@ func runServe(ctx context.Context, f serveFlags, getenv func(string) string, log
 	}
 	h := inference.NewHandler(name, m, inference.WithMaxBodyBytes(f.maxBody), inference.WithLogger(log))
 	srv := newServer(h, f.timeouts)
+	gsrv := inference.NewGRPCServer(inference.NewGRPCService(name, m, log), int(f.maxBody))
+	// One address, both protocols: gRPC clients open with HTTP/2's
+	// preface, HTTP/1.1 clients with a request line.
+	split := inference.NewSplit(ln, readHeaderTimeout)
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(split.Run)
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(split.HTTP()); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
+	g.Go(func() error { return gsrv.Serve(split.GRPC()) }) // nil after GracefulStop
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down: finishing requests in flight", "timeout", f.shutdownTimeout)
 		sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		defer ln.Close() // after both servers have stopped taking connections
+		stopped := make(chan struct{})
+		go func() { gsrv.GracefulStop(); close(stopped) }()
+		err := srv.Shutdown(sctx)
+		select {
+		case <-stopped:
+		case <-sctx.Done():
+			gsrv.Stop() // cuts the calls still running
+			<-stopped
+		}
+		return err
 	})
 
 	url := "http://" + ln.Addr().String()
-	fmt.Fprintf(stdout, "spotml serve: model %s on %s\n  TensorFlow Serving: POST %s/v1/models/%s:predict\n  KServe v2:          POST %s/v2/models/%s/infer\n",
-		name, url, url, name, url, name)
+	fmt.Fprintf(stdout, "spotml serve: model %s on %s\n  TensorFlow Serving: POST %s/v1/models/%s:predict\n  KServe v2:          POST %s/v2/models/%s/infer\n  KServe v2 gRPC:     inference.GRPCInferenceService on %s (h2c)\n",
+		name, url, url, name, url, name, ln.Addr())
+	threads := f.threads
+	if threads == 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
 	log.Info("model server ready", "model", name, "file", f.model, "addr", url,
 		"inputs", describeTensors(m.Inputs()), "outputs", describeTensors(m.Outputs()),
-		"max_batch", f.maxBatch, "max_queue_delay", f.maxQueueDelay, "threads", f.threads, "onnxruntime", lib)
+		"max_batch", f.maxBatch, "max_queue_delay", f.maxQueueDelay, "threads", threads, "onnxruntime", lib)
 	err = g.Wait()
 	st := m.Stats()
-	log.Info("model server stopped", "requests", st.Requests, "runs", st.Runs, "rows", st.Rows)
+	log.Info("model server stopped", "requests", st.Requests, "runs", st.Runs, "rows", st.Rows,
+		"decode", st.Decode, "queue", st.Queue, "run", st.Run, "encode", st.Encode)
 	return err
 }
 

@@ -183,7 +183,7 @@ func TestDecodeTF(t *testing.T) {
 		t.Errorf("got %+v, want %+v", inputs, want)
 	}
 	outs := []Tensor{{Name: "y", Shape: []int64{2, 2}, Data: []float32{0.5, 1, 1.5, 2}}, {Name: "n", Shape: []int64{2}, Data: []int64{1, 2}}}
-	got := answer(nil, outs)
+	got, _ := answer(nil, outs)
 	if w := `{"predictions":[{"y":[0.5,1],"n":1},{"y":[1.5,2],"n":2}]}` + "\n"; string(got) != w {
 		t.Errorf("row answer %s, want %s", got, w)
 	}
@@ -191,7 +191,7 @@ func TestDecodeTF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got = answer(nil, outs)
+	got, _ = answer(nil, outs)
 	if w := `{"outputs":{"y":[[0.5,1],[1.5,2]],"n":[1,2]}}` + "\n"; string(got) != w {
 		t.Errorf("columnar answer %s, want %s", got, w)
 	}
@@ -203,7 +203,7 @@ func TestDecodeV2(t *testing.T) {
 		{"name": "ids", "shape": [2], "datatype": "INT64", "data": [7, 8]},
 		{"data": [[1, 2], [3, 4]], "datatype": "FP32", "shape": [2, 2], "name": "x", "parameters": {}}],
 		"outputs": [{"name": "n"}]}`
-	inputs, answer, err := p.decodeV2([]byte(body), "pair")
+	inputs, answer, err := p.decodeV2([]byte(body), nil, false, "pair")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestDecodeV2(t *testing.T) {
 		t.Errorf("got %+v, want %+v", inputs, want)
 	}
 	outs := []Tensor{{Name: "y", Shape: []int64{2, 2}, Data: []float32{0.5, 1, 1.5, 2}}, {Name: "n", Shape: []int64{2}, Data: []int64{1, 2}}}
-	got := answer(nil, outs)
+	got, _ := answer(nil, outs)
 	if w := `{"model_name":"pair","model_version":"1","id":"r-1","outputs":[{"name":"n","datatype":"INT64","shape":[2],"data":[1,2]}]}` + "\n"; string(got) != w {
 		t.Errorf("answer %s, want %s", got, w)
 	}
@@ -267,7 +267,7 @@ func TestDecodeErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
 			if tc.v2 {
-				_, _, err = tc.model.decodeV2([]byte(tc.body), "m")
+				_, _, err = tc.model.decodeV2([]byte(tc.body), nil, false, "m")
 			} else {
 				_, _, err = tc.model.decodeTF([]byte(tc.body))
 			}
@@ -294,7 +294,7 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, m := range []*Model{imageModel(t), pairModel(t)} {
 			tf, _, errTF := m.decodeTF(body)
-			v2, _, errV2 := m.decodeV2(body, "m")
+			v2, _, errV2 := m.decodeV2(body, nil, false, "m")
 			for _, c := range []struct {
 				inputs []Tensor
 				err    error

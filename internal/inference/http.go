@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // DefaultMaxBodyBytes bounds a request body unless WithMaxBodyBytes says
@@ -74,6 +76,7 @@ func NewHandler(name string, m *Model, opts ...HandlerOption) *Handler {
 	mux.HandleFunc("/v2/health/live", h.v2Live)
 	mux.HandleFunc("/v2/health/ready", h.v2Ready)
 	mux.HandleFunc("/v2", h.v2Server)
+	mux.HandleFunc("GET /metrics", h.metrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, notFoundf("no such endpoint %s %s: this server speaks TensorFlow Serving (/v1/models/%s:predict) and the Open Inference Protocol (/v2/models/%s/infer)",
 			r.Method, r.URL.Path, h.name, h.name))
@@ -85,6 +88,33 @@ func NewHandler(name string, m *Model, opts ...HandlerOption) *Handler {
 var _ http.Handler = (*Handler)(nil)
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// metrics writes the model's Stats in Prometheus' text format: requests,
+// runs, rows, and the seconds spent per phase (decoding requests, waiting
+// in the queue, running the model, encoding answers), from which the cost
+// of a request splits into its parts.
+func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
+	st := h.model.Stats()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	b := h.getBuf()
+	defer h.putBuf(b)
+	for _, c := range []struct {
+		name, help string
+		v          float64
+	}{
+		{"requests_total", "Requests answered by a model run.", float64(st.Requests)},
+		{"runs_total", "Model runs (one per batch).", float64(st.Runs)},
+		{"rows_total", "Rows run, over all runs.", float64(st.Rows)},
+		{"decode_seconds_total", "Time decoding requests into tensors, summed over requests.", st.Decode.Seconds()},
+		{"queue_seconds_total", "Time requests waited for their batch's run, summed over requests.", st.Queue.Seconds()},
+		{"run_seconds_total", "Time running the model (stacking a batch included), summed over runs.", st.Run.Seconds()},
+		{"encode_seconds_total", "Time encoding answers, summed over requests.", st.Encode.Seconds()},
+	} {
+		name := "spotml_inference_" + c.name
+		*b = fmt.Appendf(*b, "# HELP %s %s\n# TYPE %s counter\n%s %g\n", name, c.help, name, name, c.v)
+	}
+	w.Write(*b)
+}
 
 // errNotFound marks errors answered with 404: an unknown model, version or
 // path.
@@ -102,9 +132,13 @@ func notFoundf(format string, args ...any) error {
 var errMethod = errors.New("method not allowed")
 
 // checkModel resolves the model name and version of a path.
-func (h *Handler) checkModel(name, version string) error {
-	if name != h.name {
-		return notFoundf("model %q not found (this server serves %q)", name, h.name)
+func (h *Handler) checkModel(name, version string) error { return checkModel(h.name, name, version) }
+
+// checkModel resolves a request's model name and version against the one
+// model served, served.
+func checkModel(served, name, version string) error {
+	if name != served {
+		return notFoundf("model %q not found (this server serves %q)", name, served)
 	}
 	if version != "" && version != modelVersion {
 		return notFoundf("model %q has no version %q (it has version %s)", name, version, modelVersion)
@@ -164,7 +198,9 @@ func (h *Handler) putBuf(b *[]byte) {
 }
 
 // answer appends a protocol's response for the outputs of a request to buf.
-type answer func(buf []byte, outputs []Tensor) []byte
+// binaryAt is where binary data (the binary tensor extension) begins after
+// the JSON, -1 when the response is all JSON.
+type answer func(buf []byte, outputs []Tensor) (out []byte, binaryAt int)
 
 // predict decodes a body with decode (a protocol's request decoder), runs
 // the model and writes the answer.
@@ -174,7 +210,9 @@ func (h *Handler) predict(w http.ResponseWriter, r *http.Request, decode func(bo
 		h.fail(w, err)
 		return
 	}
+	start := time.Now()
 	inputs, encode, err := decode(*body)
+	decoded := time.Now()
 	h.putBuf(body)
 	if err != nil {
 		h.fail(w, err)
@@ -187,8 +225,16 @@ func (h *Handler) predict(w http.ResponseWriter, r *http.Request, decode func(bo
 	}
 	out := h.getBuf()
 	defer h.putBuf(out)
-	*out = encode(*out, outputs)
-	w.Header().Set("Content-Type", "application/json")
+	var binaryAt int
+	predicted := time.Now()
+	*out, binaryAt = encode(*out, outputs)
+	h.model.NoteCodec(decoded.Sub(start), time.Since(predicted))
+	if binaryAt >= 0 {
+		w.Header().Set(headerLengthKey, strconv.Itoa(binaryAt))
+		w.Header().Set("Content-Type", "application/octet-stream")
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
 	w.Write(*out)
 }
 

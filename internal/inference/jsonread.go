@@ -58,7 +58,7 @@ func (r *reader) firstElement() byte {
 
 // end checks that nothing but white space follows the value read.
 func (r *reader) end() error {
-	if r.peek() != 0 {
+	if r.peek(); r.i < len(r.b) { // not peek() != 0: a NUL byte is data too
 		return r.errorf("unexpected data after the top-level value")
 	}
 	return nil
@@ -294,7 +294,17 @@ func asInvalid(err error) error {
 // row-major order, each converted by leaf. Ragged arrays are refused. hint is
 // how many leaves to expect, when known.
 func parseArray[T any](r *reader, hint int, leaf func(tok []byte) (T, error)) ([]int64, []T, error) {
-	p := arrayParser[T]{r: r, leaf: leaf, rank: -1, vals: make([]T, 0, hint)}
+	return parse(&arrayParser[T]{r: r, leaf: leaf, rank: -1, vals: make([]T, 0, hint)})
+}
+
+// parseElems is parseArray for elements that are not scalars (BYTES'
+// strings and {"b64"} objects): elem reads each.
+func parseElems[T any](r *reader, hint int, elem func(r *reader) (T, error)) ([]int64, []T, error) {
+	return parse(&arrayParser[T]{r: r, elem: elem, rank: -1, vals: make([]T, 0, hint)})
+}
+
+func parse[T any](p *arrayParser[T]) ([]int64, []T, error) {
+	r := p.r
 	if r.peek() != '[' {
 		if err := p.scalar(); err != nil {
 			return nil, nil, err
@@ -310,6 +320,9 @@ func parseArray[T any](r *reader, hint int, leaf func(tok []byte) (T, error)) ([
 type arrayParser[T any] struct {
 	r    *reader
 	leaf func([]byte) (T, error)
+	elem func(*reader) (T, error) // instead of leaf
+	// fast, when set, reads a flat array of numbers at once (fastFloats).
+	fast func(b []byte, i int, vals []T) (end int, out []T, n int, ok bool)
 	// shape[d] is the length of the arrays at depth d, -1 until the first
 	// of them closes.
 	shape []int64
@@ -322,6 +335,15 @@ type arrayParser[T any] struct {
 func (p *arrayParser[T]) array(d int) error {
 	if d == len(p.shape) {
 		p.shape = append(p.shape, -1)
+	}
+	if p.fast != nil && (p.rank < 0 || p.rank == d+1) && p.r.depth < maxDepth {
+		if end, vals, n, ok := p.fast(p.r.b, p.r.i, p.vals); ok && n > 0 {
+			p.vals, p.r.i = vals, end
+			if err := p.setRank(d + 1); err != nil {
+				return err
+			}
+			return p.closed(d, int64(n))
+		}
 	}
 	n := int64(0)
 	err := p.r.array(func() error {
@@ -345,6 +367,11 @@ func (p *arrayParser[T]) array(d int) error {
 			return err
 		}
 	}
+	return p.closed(d, n)
+}
+
+// closed records that an array at depth d had n elements.
+func (p *arrayParser[T]) closed(d int, n int64) error {
 	switch p.shape[d] {
 	case -1:
 		p.shape[d] = n
@@ -366,6 +393,14 @@ func (p *arrayParser[T]) setRank(rank int) error {
 
 func (p *arrayParser[T]) scalar() error {
 	at := p.r.i
+	if p.elem != nil {
+		v, err := p.elem(p.r)
+		if err != nil {
+			return fmt.Errorf("%w (at byte %d)", err, at)
+		}
+		p.vals = append(p.vals, v)
+		return nil
+	}
 	tok, err := p.r.scalar()
 	if err != nil {
 		return err

@@ -1,11 +1,13 @@
 package inference
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,10 +22,12 @@ type Options struct {
 	// Library is the ONNX Runtime shared library to load (see FindLibrary).
 	Library string
 	// Threads is how many threads ONNX Runtime uses inside one run
-	// (intra-op). Default 2. Small models gain little from a second
-	// thread: the example model on 2 shared cores ran ~40,000 rows/s at
-	// batch 1 on one thread, ~20,000 on two, and about the same at batch
-	// 32 (~67,000) either way.
+	// (intra-op). Default (0): the CPUs this process may use
+	// (runtime.GOMAXPROCS, which follows the CPU affinity and the cgroup's
+	// CPU limit), so that a replica given 4 CPUs runs a model on 4. Small
+	// models gain little from more: the example model on 2 shared cores
+	// ran ~40,000 rows/s at batch 1 on one thread, ~20,000 on two, and
+	// about the same at batch 32 (~67,000) either way.
 	Threads int
 	// MaxBatch is the most rows one run takes; queued requests are combined
 	// up to it. A request bigger than MaxBatch runs alone. Default 32.
@@ -41,13 +45,13 @@ type Options struct {
 
 // DefaultOptions are the settings `spotml serve` starts from.
 func DefaultOptions() Options {
-	return Options{Threads: 2, MaxBatch: 32, MaxQueueDelay: 2 * time.Millisecond, MaxQueue: 1024}
+	return Options{MaxBatch: 32, MaxQueueDelay: 2 * time.Millisecond, MaxQueue: 1024}
 }
 
 func (o *Options) setDefaults() {
 	d := DefaultOptions()
 	if o.Threads <= 0 {
-		o.Threads = d.Threads
+		o.Threads = runtime.GOMAXPROCS(0)
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = d.MaxBatch
@@ -97,6 +101,11 @@ type Model struct {
 	batches bool
 	session *ort.DynamicAdvancedSession
 	batcher *batcher
+	// stacked holds, per input, the buffer batches of several requests
+	// are stacked into; reused from run to run (only the batcher's
+	// goroutine touches it, and ONNX Runtime is done with it when a run
+	// returns).
+	stacked []any
 	log     *slog.Logger
 
 	stop    context.CancelFunc
@@ -104,6 +113,10 @@ type Model struct {
 	closing sync.Once
 
 	requests, runs, rows, maxRows atomic.Int64
+	// Time spent, in nanoseconds, summed over requests (queue: from
+	// Predict to the start of its batch's run; decode, encode: the
+	// protocol's, as NoteCodec reports them) and over runs (run).
+	queueNs, runNs, decodeNs, encodeNs atomic.Int64
 }
 
 // Stats count what a model has done since it was opened.
@@ -112,6 +125,10 @@ type Stats struct {
 	Runs     int64 // model runs
 	Rows     int64 // rows run, over all runs
 	MaxRows  int64 // rows of the largest run
+
+	// Where the time went. Queue, Decode and Encode are summed over
+	// requests; Run over runs (a run serves a batch of requests).
+	Queue, Run, Decode, Encode time.Duration
 }
 
 // Open loads ONNX Runtime (once per process, from opts.Library) and opens
@@ -228,7 +245,16 @@ func (m *Model) Outputs() []TensorInfo { return m.outputs }
 
 // Stats reports what the model has done so far.
 func (m *Model) Stats() Stats {
-	return Stats{Requests: m.requests.Load(), Runs: m.runs.Load(), Rows: m.rows.Load(), MaxRows: m.maxRows.Load()}
+	return Stats{Requests: m.requests.Load(), Runs: m.runs.Load(), Rows: m.rows.Load(), MaxRows: m.maxRows.Load(),
+		Queue: time.Duration(m.queueNs.Load()), Run: time.Duration(m.runNs.Load()),
+		Decode: time.Duration(m.decodeNs.Load()), Encode: time.Duration(m.encodeNs.Load())}
+}
+
+// NoteCodec adds one request's decoding and encoding time to the Stats:
+// the protocol front ends (HTTP, gRPC) call it.
+func (m *Model) NoteCodec(decode, encode time.Duration) {
+	m.decodeNs.Add(int64(decode))
+	m.encodeNs.Add(int64(encode))
 }
 
 // Ready reports whether the model takes requests (it has not been closed).
@@ -314,6 +340,13 @@ func (m *Model) checkInput(i int, in Tensor) error {
 	if got, n := m.inKinds[i].length(in.Data), elements(in.Shape); int64(got) != n {
 		return invalidf("input %q: %d values for shape %s, which holds %d", in.Name, got, shapeString(in.Shape), n)
 	}
+	if elems, ok := in.Data.([][]byte); ok {
+		for j, e := range elems {
+			if bytes.IndexByte(e, 0) >= 0 {
+				return invalidf("input %q: BYTES element %d holds a NUL byte, which ONNX Runtime's string tensors cannot carry", in.Name, j)
+			}
+		}
+	}
 	return nil
 }
 
@@ -370,11 +403,16 @@ func (m *Model) runBatch(batch []*request) {
 	if len(live) == 0 {
 		return
 	}
+	start := time.Now()
+	for _, r := range live {
+		m.queueNs.Add(int64(start.Sub(r.enqueued)))
+	}
 	inputs := live[0].inputs
 	if len(live) > 1 {
 		inputs = m.stack(live, rows)
 	}
 	outputs, err := m.run(inputs, rows)
+	m.runNs.Add(int64(time.Since(start)))
 	if err != nil {
 		m.log.Error("model run failed", "model", m.path, "rows", rows, "requests", len(live), "err", err)
 		for _, r := range live {
@@ -395,12 +433,21 @@ func (m *Model) runBatch(batch []*request) {
 	m.split(live, outputs)
 }
 
-// stack concatenates the requests' inputs along the batch dimension.
+// stack concatenates the requests' inputs along the batch dimension. A
+// batch of one request is not stacked: its tensors go to ONNX Runtime as
+// decoded.
 func (m *Model) stack(live []*request, rows int) []Tensor {
 	inputs := make([]Tensor, len(m.inputs))
+	if m.stacked == nil {
+		m.stacked = make([]any, len(m.inputs))
+	}
 	for i, k := range m.inKinds {
 		shape := append([]int64{int64(rows)}, live[0].inputs[i].Shape[1:]...)
-		data := k.make(int(elements(shape)))
+		n := int(elements(shape))
+		if m.stacked[i] == nil || k.length(m.stacked[i]) < n {
+			m.stacked[i] = k.make(n)
+		}
+		data := k.slice(m.stacked[i], 0, n)
 		off := 0
 		for _, r := range live {
 			k.copyAt(data, off, r.inputs[i].Data)
@@ -447,8 +494,8 @@ func (m *Model) run(inputs []Tensor, rows int) ([]Tensor, error) {
 		if m.batches {
 			shape[0] = int64(rows)
 		}
-		if elements(shape) < 0 {
-			continue
+		if elements(shape) < 0 || m.outKinds[i].size == 0 {
+			continue // ONNX Runtime makes string tensors itself
 		}
 		v, err := m.outKinds[i].tensor(shape, m.outKinds[i].make(int(elements(shape))))
 		if err != nil {

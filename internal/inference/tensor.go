@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -13,8 +14,8 @@ import (
 // (KServe v2) does: FP32, INT64, BOOL, ...
 type DataType string
 
-// The element types a model's inputs and outputs may have. FP16, BF16 and
-// BYTES models can be described but not served.
+// The element types a model's inputs and outputs may have. BF16 models can
+// be described but not served.
 const (
 	BOOL   DataType = "BOOL"
 	UINT8  DataType = "UINT8"
@@ -40,7 +41,7 @@ type Tensor struct {
 	Shape []int64
 	// Data holds the elements in row-major order, as a slice of the element
 	// type: []float32 for FP32, []float64 for FP64, []int64 for INT64, []bool
-	// for BOOL, and so on.
+	// for BOOL, and so on; []Float16 for FP16 and [][]byte for BYTES.
 	Data any
 }
 
@@ -86,6 +87,19 @@ type kind struct {
 	parse func(r *reader, hint int) (shape []int64, data any, err error)
 	// appendJSON appends data[lo:hi] as a flat JSON array's elements.
 	appendJSON func(buf []byte, data any, lo, hi int) []byte
+	// size is the bytes of one element in the binary tensor format and
+	// in gRPC's raw contents; 0 for BYTES, whose elements each carry a
+	// 4-byte length.
+	size int
+	// fromRaw decodes n elements in the binary format (little-endian,
+	// row-major); appendRaw encodes data[lo:hi] in it.
+	fromRaw   func(b []byte, n int) (any, error)
+	appendRaw func(buf []byte, data any, lo, hi int) []byte
+	// view is fromRaw without the copy, for bytes the caller will not
+	// reuse (a gRPC message's): ok is false where b is not aligned for the
+	// element type, or the kind cannot be viewed (BOOL and BYTES need
+	// checking or decoding).
+	view func(b []byte, n int) (data any, ok bool)
 }
 
 type element interface {
@@ -94,8 +108,33 @@ type element interface {
 
 func newKind[T element](dt DataType, ortType ort.TensorElementDataType, tfType string,
 	leaf func(tok []byte) (T, bool), appendLeaf func([]byte, T) []byte) *kind {
+	size := int(unsafe.Sizeof(*new(T)))
 	return &kind{
-		dt: dt, ort: ortType, tfType: tfType,
+		dt: dt, ort: ortType, tfType: tfType, size: size,
+		fromRaw: func(b []byte, n int) (any, error) {
+			if len(b) != n*size {
+				return nil, fmt.Errorf("%d bytes of %s data for %d elements, which take %d", len(b), dt, n, n*size)
+			}
+			out := make([]T, n)
+			copy(rawBytes(out), b) // little-endian both: spotml runs on amd64 and arm64
+			if dt == BOOL {
+				for i, c := range b {
+					if c > 1 {
+						return nil, fmt.Errorf("BOOL element %d is byte %d; booleans are 0 or 1", i, c)
+					}
+				}
+			}
+			return out, nil
+		},
+		appendRaw: func(buf []byte, d any, lo, hi int) []byte {
+			return append(buf, rawBytes(d.([]T)[lo:hi])...)
+		},
+		view: func(b []byte, n int) (any, bool) {
+			if dt == BOOL || len(b) != n*size || n == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(size) != 0 {
+				return nil, false
+			}
+			return unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(b))), n), true
+		},
 		is:     func(d any) bool { _, ok := d.([]T); return ok },
 		length: func(d any) int { return len(d.([]T)) },
 		make:   func(n int) any { return make([]T, n) },
@@ -110,13 +149,15 @@ func newKind[T element](dt DataType, ortType ort.TensorElementDataType, tfType s
 			return t.GetData(), true
 		},
 		parse: func(r *reader, hint int) ([]int64, any, error) {
-			shape, vals, err := parseArray(r, hint, func(tok []byte) (T, error) {
-				v, ok := leaf(tok)
-				if !ok {
-					return v, fmt.Errorf("%s is not a valid %s value", tok, dt)
-				}
-				return v, nil
-			})
+			p := &arrayParser[T]{r: r, rank: -1, vals: make([]T, 0, hint), fast: fastFloatsFor[T](),
+				leaf: func(tok []byte) (T, error) {
+					v, ok := leaf(tok)
+					if !ok {
+						return v, fmt.Errorf("%s is not a valid %s value", tok, dt)
+					}
+					return v, nil
+				}}
+			shape, vals, err := parse(p)
 			return shape, vals, err
 		},
 		appendJSON: func(buf []byte, d any, lo, hi int) []byte {
@@ -131,8 +172,23 @@ func newKind[T element](dt DataType, ortType ort.TensorElementDataType, tfType s
 	}
 }
 
+// fastFloatsFor is fastFloats for FP32 and FP64 kinds, nil for others.
+func fastFloatsFor[T element]() func([]byte, int, []T) (int, []T, int, bool) {
+	switch any(*new(T)).(type) {
+	case float32:
+		f, _ := any(fastFloats[float32]).(func([]byte, int, []T) (int, []T, int, bool))
+		return f
+	case float64:
+		f, _ := any(fastFloats[float64]).(func([]byte, int, []T) (int, []T, int, bool))
+		return f
+	}
+	return nil
+}
+
 // kinds is a constant table (never written after initialisation).
 var kinds = []*kind{
+	fp16Kind(),
+	bytesKind(),
 	newKind(FP32, ort.TensorElementDataTypeFloat, "DT_FLOAT", parseFloat[float32](32), appendFloat[float32](32)),
 	newKind(FP64, ort.TensorElementDataTypeDouble, "DT_DOUBLE", parseFloat[float64](64), appendFloat[float64](64)),
 	newKind(INT64, ort.TensorElementDataTypeInt64, "DT_INT64", parseInt[int64](64), appendInt[int64]),
@@ -164,13 +220,8 @@ func dataTypeOf(t ort.TensorElementDataType) DataType {
 			return k.dt
 		}
 	}
-	switch t {
-	case ort.TensorElementDataTypeFloat16:
-		return FP16
-	case ort.TensorElementDataTypeBFloat16:
+	if t == ort.TensorElementDataTypeBFloat16 {
 		return BF16
-	case ort.TensorElementDataTypeString:
-		return BYTES
 	}
 	return DataType(strings.TrimPrefix(t.String(), "ONNX_TENSOR_ELEMENT_DATA_TYPE_"))
 }
@@ -180,12 +231,198 @@ func parseFloat[T float32 | float64](bits int) func([]byte) (T, bool) {
 		if tok[0] != '-' && (tok[0] < '0' || tok[0] > '9') {
 			return 0, false // true, false or null
 		}
+		if f, ok := fastFloat(tok, bits); ok {
+			return T(f), true
+		}
 		// The reader has checked that tok is a JSON number; out-of-range
 		// values come back as ±Inf with an error, which is refused too.
 		f, err := strconv.ParseFloat(string(tok), bits)
 		return T(f), err == nil
 	}
 }
+
+// fastFloat converts the short decimals requests are made of (0.0,
+// 0.003921569, 12.5) without strconv: the digits as an integer m and a power
+// of ten e, then one IEEE multiplication or division of exact operands, which
+// is correctly rounded (Clinger's fast path). ok is false where that does
+// not hold, and strconv does it. For float32 the operation is done in
+// float64 and rounded again, which is right unless the float64 lands exactly
+// halfway between two float32s (then ok is false too).
+func fastFloat(tok []byte, bits int) (float64, bool) {
+	i, neg := 0, false
+	if tok[0] == '-' {
+		neg, i = true, 1
+	}
+	var m uint64
+	digits, exp := 0, 0
+	for ; i < len(tok) && tok[i] >= '0' && tok[i] <= '9'; i++ {
+		if m != 0 || tok[i] != '0' {
+			digits++
+		}
+		m = m*10 + uint64(tok[i]-'0')
+	}
+	if i < len(tok) && tok[i] == '.' {
+		for i++; i < len(tok) && tok[i] >= '0' && tok[i] <= '9'; i++ {
+			if m != 0 || tok[i] != '0' {
+				digits++
+			}
+			m = m*10 + uint64(tok[i]-'0')
+			exp--
+		}
+	}
+	if digits > 15 {
+		return 0, false // m may have overflowed, or exceed 2^53
+	}
+	if i < len(tok) { // exponent
+		i++
+		eneg := false
+		if tok[i] == '+' || tok[i] == '-' {
+			eneg = tok[i] == '-'
+			i++
+		}
+		e := 0
+		for ; i < len(tok); i++ {
+			if e > 1000 {
+				return 0, false
+			}
+			e = e*10 + int(tok[i]-'0')
+		}
+		if eneg {
+			e = -e
+		}
+		exp += e
+	}
+	return decimal(m, exp, neg, bits)
+}
+
+// decimal is m×10^exp (negated when neg) as a float of the given bits, when
+// one IEEE operation gets it exactly rounded (m < 10^15: the caller counts
+// digits). See fastFloat.
+func decimal(m uint64, exp int, neg bool, bits int) (float64, bool) {
+	var f float64
+	switch {
+	case m == 0:
+	case exp < -22 || exp > 22:
+		return 0, false
+	case exp < 0:
+		f = float64(m) / pow10[-exp]
+	default:
+		f = float64(m) * pow10[exp]
+	}
+	if neg {
+		f = -f
+	}
+	if bits == 32 {
+		// A float32 halfway point has a 1 then 28 zeros below float32's
+		// 24 bits of mantissa.
+		if b := math.Float64bits(f); b&(1<<29-1) == 1<<28 {
+			return 0, false
+		}
+	}
+	return f, true
+}
+
+// fastFloats reads a flat JSON array of short decimals, b[i] == '[', in one
+// pass that checks the JSON grammar and converts each number as it goes
+// (decimal), appending to vals: most of a request's bytes are such arrays.
+// ok is false for anything else (an empty or nested array, a long or huge
+// number, a malformed one): the caller then reads the array the general
+// way, from i, which also says what is wrong.
+func fastFloats[T float32 | float64](b []byte, i int, vals []T) (end int, out []T, n int, ok bool) {
+	bits := 64
+	if _, is32 := any(T(0)).(float32); is32 {
+		bits = 32
+	}
+	i = skipSpace(b, i+1)
+	for i < len(b) {
+		neg := false
+		if b[i] == '-' {
+			neg = true
+			if i++; i == len(b) {
+				return
+			}
+		}
+		var m uint64
+		digits, exp := 0, 0
+		switch c := b[i]; {
+		case c == '0':
+			i++
+		case c >= '1' && c <= '9':
+			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+				m = m*10 + uint64(b[i]-'0')
+				digits++
+			}
+		default:
+			return
+		}
+		if i < len(b) && b[i] == '.' {
+			i++
+			start := i
+			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+				if m != 0 || b[i] != '0' {
+					digits++
+				}
+				m = m*10 + uint64(b[i]-'0')
+				exp--
+			}
+			if i == start {
+				return
+			}
+		}
+		if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+			i++
+			eneg := false
+			if i < len(b) && (b[i] == '+' || b[i] == '-') {
+				eneg = b[i] == '-'
+				i++
+			}
+			start, e := i, 0
+			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+				if e < 1000 {
+					e = e*10 + int(b[i]-'0')
+				}
+			}
+			if i == start {
+				return
+			}
+			if eneg {
+				e = -e
+			}
+			exp += e
+		}
+		if digits > 15 {
+			return
+		}
+		f, fine := decimal(m, exp, neg, bits)
+		if !fine {
+			return
+		}
+		vals = append(vals, T(f))
+		n++
+		if i = skipSpace(b, i); i == len(b) {
+			return
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return i + 1, vals, n, true
+		default:
+			return
+		}
+	}
+	return
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
 
 func parseInt[T int8 | int16 | int32 | int64](bits int) func([]byte) (T, bool) {
 	return func(tok []byte) (T, bool) {

@@ -161,8 +161,8 @@ func (m *Model) decodeTF(body []byte) ([]Tensor, answer, error) {
 	if format == "" {
 		return nil, nil, invalidf(`the request has neither "instances" (one element per row) nor "inputs" (whole tensors)`)
 	}
-	return inputs, func(buf []byte, outputs []Tensor) []byte {
-		return m.encodeTF(buf, outputs, format == "instances")
+	return inputs, func(buf []byte, outputs []Tensor) ([]byte, int) {
+		return m.encodeTF(buf, outputs, format == "instances"), -1
 	}, nil
 }
 

@@ -1,6 +1,7 @@
 -- wrk script for the serving benchmarks: every request POSTs the same JSON
 -- body, read from the file named after "--" (default: the Fashion-MNIST
--- sample request), and at the end one line starting with "WRKJSON " gives
+-- sample request), with one more header when a second argument gives one
+-- ("Name: value"), and at the end one line starting with "WRKJSON " gives
 -- the figures as JSON (latencies in microseconds), for programs to read.
 --
 --   wrk -t2 -c32 -d15s --latency -s bench/serving/wrk/post.lua \
@@ -19,6 +20,10 @@ function init(args)
   f:close()
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  if args[2] ~= nil then
+    local name, value = args[2]:match("^([^:]+):%s*(.*)$")
+    wrk.headers[name] = value
+  end
 end
 
 function done(summary, latency, requests)

@@ -34,6 +34,9 @@ type Options struct {
 	Duration    time.Duration
 	// CPUs, when set, pins wrk to these CPUs (taskset -c).
 	CPUs string
+	// Header, when set, is one more request header, "Name: value" (the
+	// binary tensor extension's Inference-Header-Content-Length).
+	Header string
 }
 
 // Result is one run's figures.
@@ -81,6 +84,9 @@ func Available() error {
 func Run(ctx context.Context, o Options) (Result, error) {
 	args := []string{"wrk", "-t", strconv.Itoa(o.Threads), "-c", strconv.Itoa(o.Connections),
 		"-d", strconv.Itoa(int(o.Duration.Seconds())) + "s", "--timeout", "10s", "-s", Script, o.URL, "--", o.Body}
+	if o.Header != "" {
+		args = append(args, o.Header)
+	}
 	if o.CPUs != "" {
 		args = append([]string{"taskset", "-c", o.CPUs}, args...)
 	}
