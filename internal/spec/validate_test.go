@@ -26,7 +26,7 @@ func TestValidateJSON(t *testing.T) {
 			name: "bad pool",
 			json: `{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"gpu"},
 				"spec":{"provider":"aws","priority":"ondemand","instanceType":"x","max":1,"local":{"notice":"1m"}}}`,
-			want: `spec.provider: "aws" is not supported yet; use "local" or "kubernetes"` + "\n" +
+			want: `spec.provider: "aws" is not supported yet; use "local", "kubernetes" or "azure"` + "\n" +
 				`spec.local: only allowed when provider is "local"; settings for provider "aws" go in spec.aws`,
 		},
 		{
