@@ -82,6 +82,7 @@ type PoolSpec struct {
 	Local      *LocalPool      `yaml:"local,omitempty" json:"local,omitempty"`
 	Kubernetes *KubernetesPool `yaml:"kubernetes,omitempty" json:"kubernetes,omitempty"`
 	Azure      *AzurePool      `yaml:"azure,omitempty" json:"azure,omitempty"`
+	AWS        *AWSPool        `yaml:"aws,omitempty" json:"aws,omitempty"`
 }
 
 // LocalPool is the simulated spot market of a local pool.

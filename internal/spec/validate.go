@@ -19,10 +19,12 @@ const (
 	ProviderKubernetes = "kubernetes"
 	// ProviderAzure runs nodes as VMs of an Azure VM Scale Set.
 	ProviderAzure = "azure"
+	// ProviderAWS runs nodes as EC2 instances.
+	ProviderAWS = "aws"
 )
 
 // providers lists the providers a pool may name, for error messages.
-const providers = `"local", "kubernetes" or "azure"`
+const providers = `"local", "kubernetes", "azure" or "aws"`
 
 // Limits checked by Validate.
 const (
@@ -111,7 +113,7 @@ func (p *Pool) Validate() error {
 	errs.header(p.APIVersion, p.Kind, KindPool, p.Metadata)
 	s := &p.Spec
 	switch s.Provider {
-	case ProviderLocal, ProviderKubernetes, ProviderAzure:
+	case ProviderLocal, ProviderKubernetes, ProviderAzure, ProviderAWS:
 	case "":
 		errs.add("spec.provider", "required; use %s", providers)
 	default:
@@ -189,6 +191,12 @@ func (p *Pool) Validate() error {
 	}
 	if s.Provider == ProviderAzure {
 		s.validateAzure(&errs)
+	}
+	if s.AWS != nil && s.Provider != ProviderAWS {
+		errs.add("spec.aws", "only allowed when provider is %q; settings for provider %q go in spec.%s", ProviderAWS, s.Provider, s.Provider)
+	}
+	if s.Provider == ProviderAWS {
+		s.validateAWS(&errs)
 	}
 	return errs.err()
 }

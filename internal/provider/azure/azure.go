@@ -25,6 +25,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 
 	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/provider/cloudinit"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -264,8 +265,7 @@ func (p *Provider) restart(ctx context.Context, vms *armcompute.VirtualMachinesC
 // with the bootstrap as custom data and the node's identity as user data.
 func (p *Provider) vmFor(pool spec.Pool, n store.Node, credential string, ss scaleSet) (armcompute.VirtualMachine, error) {
 	a := pool.Spec.Azure
-	boot := Bootstrap{ServerURL: p.cfg.ServerURL, SpotmlURL: p.cfg.SpotmlURL, AgentArgs: p.cfg.AgentArgs, Setup: a.Setup}
-	ci, err := boot.CloudInit()
+	ci, err := Bootstrap(p.cfg, a.Setup).CloudInit()
 	if err != nil {
 		return armcompute.VirtualMachine{}, err
 	}
@@ -435,6 +435,29 @@ func code(err error) string {
 func isNotFound(err error) bool {
 	var re *azcore.ResponseError
 	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound
+}
+
+// A VM's bootstrap is in two parts, because Azure gives a VM two kinds of
+// data. Its custom data, fixed when the VM is made, is the cloud-init
+// document that installs and starts the agent. Its user data, which
+// spotml can change (a deallocated VM restarted is a new incarnation with
+// a new credential), holds the node's identity, which the start script
+// reads from the instance metadata service. Once the agent has
+// registered, spotml empties the user data, so that no task on the VM can
+// read the credential from the metadata service.
+
+// Bootstrap is the cloud-init of the provider's VMs.
+func Bootstrap(cfg Config, setup []string) cloudinit.Bootstrap {
+	return cloudinit.Bootstrap{ServerURL: cfg.ServerURL, SpotmlURL: cfg.SpotmlURL, AgentArgs: cfg.AgentArgs, Setup: setup,
+		Format: spec.NoticeAzure,
+		ReadIdentity: `curl -fsS --retry 20 --retry-delay 3 --retry-connrefused -H Metadata:true ` +
+			`"$imds/metadata/instance/compute/userData?api-version=2021-01-01&format=text" | base64 -d`}
+}
+
+// Identity is the user data of a node's VM: its identity, base64 as Azure
+// takes it.
+func Identity(node, credential string) string {
+	return base64.StdEncoding.EncodeToString([]byte(cloudinit.Identity(node, credential)))
 }
 
 // runtimePollOptions polls Azure's long-running operations every 2s (the

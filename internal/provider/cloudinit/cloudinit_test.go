@@ -1,6 +1,7 @@
-package azure
+package cloudinit
 
 import (
+	"encoding/base64"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,7 +33,7 @@ func TestStartScriptRuns(t *testing.T) {
 		w.Write([]byte(fakeSpotml))
 	}))
 	defer bins.Close()
-	userData := Identity("gpu-a1", "s3cr3t 'quoted'")
+	userData := base64.StdEncoding.EncodeToString([]byte(Identity("gpu-a1", "s3cr3t 'quoted'")))
 	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Metadata") != "true" || r.URL.Path != "/metadata/instance/compute/userData" || r.URL.Query().Get("format") != "text" {
 			http.Error(w, "bad request", http.StatusBadRequest)
@@ -42,7 +43,9 @@ func TestStartScriptRuns(t *testing.T) {
 	}))
 	defer imds.Close()
 
-	b := Bootstrap{ServerURL: "http://127.0.0.1:1/x y", SpotmlURL: bins.URL + "/spotml", AgentArgs: []string{"--log-level", "debug"}}
+	// As the azure provider reads it: Azure's user data, base64.
+	b := Bootstrap{ServerURL: "http://127.0.0.1:1/x y", SpotmlURL: bins.URL + "/spotml", AgentArgs: []string{"--log-level", "debug"},
+		Format: "azure", ReadIdentity: `curl -fsS -H Metadata:true "$imds/metadata/instance/compute/userData?api-version=2021-01-01&format=text" | base64 -d`}
 	script := filepath.Join(root, "start-agent.sh")
 	if err := os.WriteFile(script, []byte(b.StartScript()), 0o755); err != nil {
 		t.Fatal(err)
@@ -86,17 +89,18 @@ func TestStartScriptRuns(t *testing.T) {
 // TestCloudInit checks the custom data is a cloud-config that writes the
 // start script and unit and starts the unit after the pool's setup.
 func TestCloudInit(t *testing.T) {
-	b := Bootstrap{ServerURL: "https://cp", SpotmlURL: "https://blob/spotml", Setup: []string{"apt-get install -y nvidia-driver-550", "echo 'x: y'"}}
+	b := Bootstrap{ServerURL: "https://cp", SpotmlURL: "https://blob/spotml", Setup: []string{"apt-get install -y nvidia-driver-550", "echo 'x: y'"},
+		Comments: []string{"spotml-node=gpu-a1"}}
 	ci, err := b.CloudInit()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(ci, "#cloud-config\n") {
+	if !strings.HasPrefix(ci, "#cloud-config\n# spotml-node=gpu-a1\n") {
 		t.Fatalf("custom data does not start with #cloud-config:\n%s", ci)
 	}
 	var doc struct {
 		WriteFiles []struct{ Path, Permissions, Content string } `yaml:"write_files"`
-		RunCmd     [][]string                                     `yaml:"runcmd"`
+		RunCmd     [][]string                                    `yaml:"runcmd"`
 	}
 	if err := yaml.Unmarshal([]byte(ci), &doc); err != nil {
 		t.Fatal(err)

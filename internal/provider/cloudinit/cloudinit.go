@@ -1,24 +1,18 @@
-package azure
+// Package cloudinit renders what a cloud VM runs to become a spotml node:
+// a cloud-config document that installs spotml, writes a start script and
+// a systemd unit that runs it at every boot. The start script reads the
+// node's identity (its name and this incarnation's credential) from the
+// cloud's instance metadata service at each boot, because a VM stopped
+// and started again is a new incarnation with a new credential, and runs
+// the agent.
+package cloudinit
 
 import (
-	"encoding/base64"
 	"fmt"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/spotml/spotml/internal/spec"
 )
-
-// A VM's bootstrap is in two parts, because Azure gives a VM two kinds of
-// data. Its custom data, fixed when the VM is made, is a cloud-init
-// document: it installs spotml, writes the start script below and a
-// systemd unit that runs it at every boot. Its user data, which spotml
-// can change (a deallocated VM restarted is a new incarnation with a new
-// credential), holds the node's identity; the start script reads it from
-// the instance metadata service. Once the agent has registered, spotml
-// empties the user data, so that no task on the VM can read the
-// credential from the metadata service.
 
 // Paths on the VM.
 const (
@@ -33,6 +27,21 @@ type Bootstrap struct {
 	SpotmlURL string   // where the VM downloads a linux spotml binary
 	AgentArgs []string // extra flags for the agent
 	Setup     []string // the pool's setup commands, run once as root
+	// Format is the agent's --metadata-format: the cloud whose eviction
+	// notices it watches (azure, aws, gcp).
+	Format string
+	// ReadIdentity is a shell snippet that prints the node's identity
+	// from the metadata service at "$imds": lines node=NAME and
+	// credential=SECRET (other lines are ignored).
+	ReadIdentity string
+	// Comments are put at the top of the cloud-config, as comments (AWS
+	// carries the identity there: user data is all an instance has).
+	Comments []string
+}
+
+// Identity is the identity text a start script reads.
+func Identity(node, credential string) string {
+	return "node=" + node + "\ncredential=" + credential + "\n"
 }
 
 // StartScript renders the POSIX shell script that downloads spotml (once),
@@ -42,12 +51,12 @@ type Bootstrap struct {
 // neither set.
 func (b Bootstrap) StartScript() string {
 	args := []string{"agent", "--server", shellQuote(b.ServerURL), "--node", `"$node"`, "--workdir", `"$state/work"`,
-		"--credential-file", `"$state/credential"`, "--metadata-url", `"$imds"`, "--metadata-format", spec.NoticeAzure}
+		"--credential-file", `"$state/credential"`, "--metadata-url", `"$imds"`, "--metadata-format", b.Format}
 	for _, a := range b.AgentArgs {
 		args = append(args, shellQuote(a))
 	}
 	return `#!/bin/sh
-# spotml agent start script, written by spotml's azure provider.
+# spotml agent start script, written by spotml.
 set -eu
 root="${SPOTML_ROOT:-}"
 imds="${SPOTML_IMDS:-http://169.254.169.254}"
@@ -61,12 +70,11 @@ if [ ! -x "$bin" ]; then
 	mv "$bin.tmp" "$bin"
 fi
 # The node's identity: its name and this incarnation's credential.
-ud=$(curl -fsS --retry 20 --retry-delay 3 --retry-connrefused -H Metadata:true \
-	"$imds/metadata/instance/compute/userData?api-version=2021-01-01&format=text" | base64 -d)
+ud=$(` + b.ReadIdentity + `)
 node=$(printf '%s\n' "$ud" | sed -n 's/^node=//p')
 cred=$(printf '%s\n' "$ud" | sed -n 's/^credential=//p')
 if [ -z "$node" ] || [ -z "$cred" ]; then
-	echo "spotml: this VM's user data holds no node identity (spotml empties it once the agent has registered); the node is replaced when its heartbeats stop" >&2
+	echo "spotml: the metadata service holds no node identity for this VM (spotml may have removed it once the agent registered); the node is replaced when its heartbeats stop" >&2
 	exit 1
 fi
 printf '%s\n' "$cred" >"$state/credential"
@@ -111,12 +119,11 @@ WantedBy=multi-user.target
 	if err != nil {
 		return "", fmt.Errorf("render cloud-init: %w", err)
 	}
-	return "#cloud-config\n" + string(out), nil
-}
-
-// Identity is the user data of a node's VM, base64 as Azure takes it.
-func Identity(node, credential string) string {
-	return base64.StdEncoding.EncodeToString([]byte("node=" + node + "\ncredential=" + credential + "\n"))
+	head := "#cloud-config\n"
+	for _, c := range b.Comments {
+		head += "# " + c + "\n"
+	}
+	return head + string(out), nil
 }
 
 // shellQuote quotes s for a POSIX shell.
