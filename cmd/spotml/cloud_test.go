@@ -18,8 +18,17 @@ func TestCloudFlags(t *testing.T) {
 		{cloudFlags{azure: true, agentURL: "cp:8080", spotmlURL: "https://b/spotml", azureInterval: time.Minute}, "--cloud-agent-server-url"},
 		{cloudFlags{azure: true, agentURL: "https://cp", spotmlURL: "https://b/spotml", azureInterval: time.Millisecond}, "--azure-poll-interval"},
 		{cloudFlags{azure: true, agentURL: "https://cp/", spotmlURL: "https://b/spotml", azureInterval: time.Minute}, ""},
+		{cloudFlags{aws: true, agentURL: "https://cp/", azureInterval: time.Minute}, "--cloud-spotml-url: required with --aws"},
 	} {
 		p, err := tc.f.azureProvider(nil)
+		if tc.want == "" {
+			// The same flags make the aws provider.
+			f := tc.f
+			f.azure, f.aws, f.awsInterval = false, true, time.Minute
+			if ap, err := f.awsProvider(nil); err != nil || ap == nil {
+				t.Errorf("aws %+v: %v", f, err)
+			}
+		}
 		switch {
 		case tc.want == "" && err != nil:
 			t.Errorf("%+v: %v", tc.f, err)

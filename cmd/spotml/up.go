@@ -22,6 +22,7 @@ import (
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
+	awsprov "github.com/spotml/spotml/internal/provider/aws"
 	azureprov "github.com/spotml/spotml/internal/provider/azure"
 	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
 	"github.com/spotml/spotml/internal/provider/local"
@@ -180,6 +181,13 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 			return err
 		}
 		providers[azureprov.Name] = ap
+	}
+	if f.cloud.aws {
+		ap, err := f.cloud.awsProvider(log)
+		if err != nil {
+			return err
+		}
+		providers[awsprov.Name] = ap
 	}
 	if withLocal {
 		// Replicas of the builtin runtime run `spotml serve` under the

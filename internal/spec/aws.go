@@ -7,10 +7,8 @@ import (
 	"strings"
 )
 
-// AWSPool makes a pool's nodes EC2 instances: Spot (one-time, or
-// persistent when the pool's evictionPolicy is deallocate, so that an
-// interruption stops the instance and keeps its volume) or On-Demand as
-// spec.priority says, of spec.instanceType, in the pool's subnets (their
+// AWSPool makes a pool's nodes EC2 instances: one-time Spot (terminated
+// on interruption) or On-Demand as spec.priority says, of spec.instanceType, in the pool's subnets (their
 // zones are the pool's zones).
 type AWSPool struct {
 	Region string `yaml:"region" json:"region"`
@@ -95,8 +93,13 @@ func (s *PoolSpec) validateAWS(errs *fieldErrors) {
 			errs.add(at+".maxPrice", "%q is not a price; use US dollars per hour above 0, such as \"0.35\", or leave it out to pay up to the On-Demand price", a.MaxPrice)
 		}
 	}
-	if s.EvictionPolicy == EvictionDeallocate && s.Priority == PriorityOnDemand {
+	switch {
+	case s.EvictionPolicy == EvictionDeallocate && s.Priority == PriorityOnDemand:
 		errs.add("spec.evictionPolicy", "%q applies to Spot instances only; leave it out for an on-demand pool", EvictionDeallocate)
+	case s.EvictionPolicy == EvictionDeallocate:
+		// A stopped Spot instance needs a persistent Spot request, which
+		// spotml does not manage yet.
+		errs.add("spec.evictionPolicy", "%q is not supported on aws yet (it needs a persistent Spot request); use %q", EvictionDeallocate, EvictionDelete)
 	}
 	for i, c := range a.Setup {
 		if strings.TrimSpace(c) == "" {

@@ -122,6 +122,9 @@ func (p *Provider) passScaleSet(ctx context.Context, sink control.Sink, a spec.A
 		if pool == "" || deref(vm.Tags[TagNode]) == "" {
 			continue // not spotml's
 		}
+		if strings.EqualFold(deref(deref(vm.Properties).ProvisioningState), "Deleting") {
+			continue // on its way already
+		}
 		if !allPools[pool] {
 			p.log.Info("deleting VM of a deleted pool", "vm", deref(vm.Name), "pool", pool)
 			errs = append(errs, p.deleteVM(ctx, f, a.ResourceGroup, deref(vm.Name)))
