@@ -22,6 +22,8 @@ import (
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
+	awsprov "github.com/spotml/spotml/internal/provider/aws"
+	azureprov "github.com/spotml/spotml/internal/provider/azure"
 	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
@@ -43,6 +45,7 @@ type serverFlags struct {
 	api         timeouts
 	gateway     gatewayOptions
 	kube        kubeFlags
+	cloud       cloudFlags
 }
 
 func (f *serverFlags) bind(c *cobra.Command) {
@@ -63,6 +66,7 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	f.gateway = defaultGatewayOptions
 	f.gateway.bind(c.Flags(), "gateway-")
 	f.kube.bind(c)
+	f.cloud.bind(c)
 }
 
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
@@ -170,6 +174,20 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 			return err
 		}
 		providers[kubeprov.Name] = kp
+	}
+	if f.cloud.azure {
+		ap, err := f.cloud.azureProvider(log)
+		if err != nil {
+			return err
+		}
+		providers[azureprov.Name] = ap
+	}
+	if f.cloud.aws {
+		ap, err := f.cloud.awsProvider(log)
+		if err != nil {
+			return err
+		}
+		providers[awsprov.Name] = ap
 	}
 	if withLocal {
 		// Replicas of the builtin runtime run `spotml serve` under the

@@ -81,6 +81,8 @@ type PoolSpec struct {
 	// pool's provider's block may be set.
 	Local      *LocalPool      `yaml:"local,omitempty" json:"local,omitempty"`
 	Kubernetes *KubernetesPool `yaml:"kubernetes,omitempty" json:"kubernetes,omitempty"`
+	Azure      *AzurePool      `yaml:"azure,omitempty" json:"azure,omitempty"`
+	AWS        *AWSPool        `yaml:"aws,omitempty" json:"aws,omitempty"`
 }
 
 // LocalPool is the simulated spot market of a local pool.

@@ -17,7 +17,14 @@ const (
 	// ProviderKubernetes runs nodes as agent pods on a cluster's node
 	// pools, and reads evictions from the cluster's own signals.
 	ProviderKubernetes = "kubernetes"
+	// ProviderAzure runs nodes as VMs of an Azure VM Scale Set.
+	ProviderAzure = "azure"
+	// ProviderAWS runs nodes as EC2 instances.
+	ProviderAWS = "aws"
 )
+
+// providers lists the providers a pool may name, for error messages.
+const providers = `"local", "kubernetes", "azure" or "aws"`
 
 // Limits checked by Validate.
 const (
@@ -80,6 +87,9 @@ func (p *Pool) Default() {
 			m.Speedup = 1
 		}
 	}
+	if a := s.Azure; a != nil && s.Provider == ProviderAzure {
+		a.defaults(s.Priority)
+	}
 	if k := s.Kubernetes; k != nil && s.Provider == ProviderKubernetes {
 		if k.Namespace == "" {
 			k.Namespace = DefaultKubernetesNamespace
@@ -103,11 +113,11 @@ func (p *Pool) Validate() error {
 	errs.header(p.APIVersion, p.Kind, KindPool, p.Metadata)
 	s := &p.Spec
 	switch s.Provider {
-	case ProviderLocal, ProviderKubernetes:
+	case ProviderLocal, ProviderKubernetes, ProviderAzure, ProviderAWS:
 	case "":
-		errs.add("spec.provider", "required; use %q or %q", ProviderLocal, ProviderKubernetes)
+		errs.add("spec.provider", "required; use %s", providers)
 	default:
-		errs.add("spec.provider", "%q is not supported yet; use %q or %q", s.Provider, ProviderLocal, ProviderKubernetes)
+		errs.add("spec.provider", "%q is not supported yet; use %s", s.Provider, providers)
 	}
 	if s.Priority == "" {
 		errs.add("spec.priority", "required; use %q or %q", PrioritySpot, PriorityOnDemand)
@@ -175,6 +185,18 @@ func (p *Pool) Validate() error {
 		if s.EvictionPolicy == EvictionDeallocate {
 			errs.add("spec.evictionPolicy", "%q cannot be kept on Kubernetes (an evicted pod is gone); use %q", EvictionDeallocate, EvictionDelete)
 		}
+	}
+	if s.Azure != nil && s.Provider != ProviderAzure {
+		errs.add("spec.azure", "only allowed when provider is %q; settings for provider %q go in spec.%s", ProviderAzure, s.Provider, s.Provider)
+	}
+	if s.Provider == ProviderAzure {
+		s.validateAzure(&errs)
+	}
+	if s.AWS != nil && s.Provider != ProviderAWS {
+		errs.add("spec.aws", "only allowed when provider is %q; settings for provider %q go in spec.%s", ProviderAWS, s.Provider, s.Provider)
+	}
+	if s.Provider == ProviderAWS {
+		s.validateAWS(&errs)
 	}
 	return errs.err()
 }

@@ -25,9 +25,9 @@ func TestValidateJSON(t *testing.T) {
 		{
 			name: "bad pool",
 			json: `{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"gpu"},
-				"spec":{"provider":"aws","priority":"ondemand","instanceType":"x","max":1,"local":{"notice":"1m"}}}`,
-			want: `spec.provider: "aws" is not supported yet; use "local" or "kubernetes"` + "\n" +
-				`spec.local: only allowed when provider is "local"; settings for provider "aws" go in spec.aws`,
+				"spec":{"provider":"ibm","priority":"ondemand","instanceType":"x","max":1,"local":{"notice":"1m"}}}`,
+			want: `spec.provider: "ibm" is not supported yet; use "local", "kubernetes", "azure" or "aws"` + "\n" +
+				`spec.local: only allowed when provider is "local"; settings for provider "ibm" go in spec.ibm`,
 		},
 		{
 			name: "market on demand",
