@@ -139,7 +139,7 @@ func (p *Plane) Reconcile(ctx context.Context) error {
 		return err
 	}
 	nodes, lerr := p.checkLiveness(ctx, nodes)
-	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
+	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.reconcileBatches(ctx), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
 }
 
 // checkLiveness ends nodes whose agent went silent; their tasks requeue.
