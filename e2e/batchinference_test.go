@@ -78,7 +78,7 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 
 	// Bad input is refused at apply time, naming the field.
 	f := filepath.Join(t.TempDir(), "bad.yaml")
-	os.WriteFile(f, []byte(batchYAML("nothing", "empty/", "**/*.png", "spot-a", "")), 0o644)
+	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("nothing", "empty/", "**/*.png", "spot-a", "")), 0o644)
 	if _, err := c.cli("apply", "-f", f); err == nil || !strings.Contains(err.Error(), "spec.input") {
 		t.Fatalf("apply with an empty prefix: %v; want an error naming spec.input", err)
 	}
