@@ -51,6 +51,11 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 			continue
 		}
 		sp := b.Spec.Spec
+		if sp.Trigger == spec.TriggerWatch {
+			n, err := p.watchBatch(ctx, b)
+			errs = append(errs, err)
+			b.Counts.Pending += n
+		}
 		left := b.Counts.Left()
 		if left == 0 && sp.Trigger != spec.TriggerWatch {
 			msg := fmt.Sprintf("%d done, %d failed", b.Counts.Done, b.Counts.Failed)
@@ -64,6 +69,26 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// watchBatch lists a watched batch's input once its poll interval has
+// passed and queues what is new. The store queues an input once per batch
+// ((batch, input) is unique), so a blob is never scored twice, whatever
+// restarts.
+func (p *Plane) watchBatch(ctx context.Context, b store.Batch) (int, error) {
+	sp := b.Spec.Spec
+	if p.opt.BatchInputs == nil || p.now().Sub(b.ListedAt) < sp.Queue.PollInterval.Duration {
+		return 0, nil
+	}
+	inputs, err := p.opt.BatchInputs(ctx, sp.Input)
+	if err != nil {
+		return 0, fmt.Errorf("batchinference %s: list spec.input: %w", b.Name, err)
+	}
+	n, err := p.store.AddBatchItems(ctx, b.Name, inputs)
+	if n > 0 {
+		p.log.Info("batch inputs queued", "batch", b.Name, "new", n)
+	}
+	return n, err
 }
 
 // BatchWorkers is how many workers a queue of left items calls for:

@@ -35,6 +35,10 @@ type Options struct {
 	Retention  time.Duration
 	PruneEvery time.Duration // default 1m
 	PruneBatch int           // rows of each kind per transaction; default 500
+	// BatchInputs lists a BatchInference's inputs (the blob store's
+	// keys under input.uri matching input.pattern), for trigger: watch;
+	// nil: watches queue nothing new.
+	BatchInputs func(ctx context.Context, in spec.BatchInput) ([]string, error)
 }
 
 // Plane is the control plane's set of reconcilers.
