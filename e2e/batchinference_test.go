@@ -91,6 +91,9 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 
 	// Every spot node evicted once a fifth is done.
 	waitFor(t, 60*time.Second, "a fifth of the items scored", func() bool { return c.batch("score").Done >= n/5 })
+	if b := c.batch("score"); b.Done+b.Failed >= b.Total {
+		t.Fatalf("all scored before the evictions: %+v", b)
+	}
 	evicted := 0
 	for _, nd := range c.nodes() {
 		if nd.Pool == "spot-a" && nd.State == "ready" {
@@ -203,4 +206,38 @@ spec:
   workers: {min: 0, max: 3, itemsPerWorker: 300}
   queue: {leaseTimeout: 10s}
 %s`, name, input, pattern, pool, extra)
+}
+
+// TestBatchInferenceWatch: with trigger: watch, blobs that arrive under
+// the prefix are scored within seconds, workers start from zero and go
+// back to zero when idle, and across a control-plane SIGKILL nothing is
+// queued twice.
+func TestBatchInferenceWatch(t *testing.T) {
+	requireORT(t)
+	c := newServingCluster(t)
+	c.putModel("models/fmnist.onnx")
+	in := filepath.Join(c.data, "blobs", "incoming")
+	c.apply(pool("spot-a", "spot", 2) + batchYAML("watch", "incoming/", "**/*.png", "spot-a",
+		"  trigger: watch\n  queue: {leaseTimeout: 10s, pollInterval: 1s, idleTimeout: 4s}\n"))
+	if b := c.batch("watch"); b.Total != 0 || b.Workers+b.WorkersPending != 0 || b.State != "running" {
+		t.Fatalf("watch before any input: %+v", b)
+	}
+	writePNGs(t, filepath.Join(in, "first"), 150)
+	arrived := time.Now()
+	waitFor(t, 60*time.Second, "the first 150 scored", func() bool { return c.batch("watch").Done == 150 })
+	t.Logf("150 new blobs scored %s after they arrived (workers started from zero)", time.Since(arrived).Round(100*time.Millisecond))
+	waitFor(t, 30*time.Second, "workers back to zero", func() bool { b := c.batch("watch"); return b.Workers+b.WorkersPending == 0 })
+
+	c.stop(syscall.SIGKILL)
+	c.start()
+	writePNGs(t, filepath.Join(in, "second"), 40)
+	waitFor(t, 60*time.Second, "the next 40 scored", func() bool { return c.batch("watch").Done == 190 })
+	time.Sleep(3 * time.Second) // a few more polls
+	if b := c.batch("watch"); b.Total != 190 || b.Done != 190 || b.State != "running" {
+		t.Fatalf("after a restart: %+v; want each of 190 inputs queued and scored once", b)
+	}
+	results, _ := filepath.Glob(filepath.Join(c.data, "blobs", "scored", "*", "*", "*.png.jsonl"))
+	if len(results) != 190 {
+		t.Fatalf("%d results, want 190", len(results))
+	}
 }
