@@ -70,6 +70,8 @@ type BatchInference struct {
 	Evictions int `json:"evictions"`
 	Released  int `json:"released"`
 	Expired   int `json:"expired"`
+	// Redone counts items scored (and written) more than once.
+	Redone int `json:"redone"`
 	// Cost of the workers' node time so far, and the same time on demand.
 	Cost         float64 `json:"cost"`
 	OnDemandCost float64 `json:"onDemandCost"`

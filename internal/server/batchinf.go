@@ -238,7 +238,7 @@ func (s *Server) batchStatus(ctx context.Context, bs []store.Batch) ([]api.Batch
 		index[b.Name] = i
 		c := b.Counts
 		o := api.BatchInference{Name: b.Name, Spec: b.Spec, State: b.State, CreatedAt: b.CreatedAt, StartedAt: b.StartedAt, FinishedAt: b.FinishedAt,
-			Total: c.Total, Pending: c.Pending, InFlight: c.Leased, Done: c.Done, Failed: c.Failed, Released: c.Released, Expired: c.Expired}
+			Total: c.Total, Pending: c.Pending, InFlight: c.Leased, Done: c.Done, Failed: c.Failed, Released: c.Released, Expired: c.Expired, Redone: c.Redone}
 		// The rate over the last minute, or since the first lease when
 		// that is shorter; a finished batch's over its whole run.
 		switch {

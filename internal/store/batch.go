@@ -50,6 +50,8 @@ type BatchCounts struct {
 	// those whose lease ran out: work that was interrupted.
 	Released int `json:"released"`
 	Expired  int `json:"expired"`
+	// Redone counts acks of items already done: results written again.
+	Redone int `json:"redone"`
 }
 
 // Left is how many items are not yet done or failed.

@@ -178,7 +178,13 @@ func (s *Store) AckBatchItems(ctx context.Context, name string, ids []int64) (in
 		}
 		c, _ := r.RowsAffected()
 		n = int(c)
-		return nil
+		if dup := len(ids) - n; dup > 0 {
+			// Acked again: done by another worker after this one's lease
+			// ran out, or by this one before an ack that got lost. Its
+			// result was written more than once (the same object).
+			_, err = tx.ExecContext(ctx, `UPDATE batches SET redone = redone + ? WHERE name = ?`, dup, name)
+		}
+		return err
 	})
 	return n, err
 }
@@ -313,7 +319,7 @@ func (s *Store) DeleteBatch(ctx context.Context, name string) error {
 	})
 }
 
-const batchCols = `name, uid, spec, state, created_at, started_at, finished_at, listed_at, released, expired`
+const batchCols = `name, uid, spec, state, created_at, started_at, finished_at, listed_at, released, expired, redone`
 
 // ListBatches returns every batch with its counts, oldest first.
 func (s *Store) ListBatches(ctx context.Context) ([]store.Batch, error) {
@@ -342,7 +348,7 @@ func (s *Store) batches(ctx context.Context, where string, args ...any) ([]store
 		var b store.Batch
 		var body string
 		var c, st, fin, listed int64
-		if err := rows.Scan(&b.Name, &b.UID, &body, &b.State, &c, &st, &fin, &listed, &b.Counts.Released, &b.Counts.Expired); err != nil {
+		if err := rows.Scan(&b.Name, &b.UID, &body, &b.State, &c, &st, &fin, &listed, &b.Counts.Released, &b.Counts.Expired, &b.Counts.Redone); err != nil {
 			rows.Close()
 			return nil, err
 		}

@@ -443,7 +443,8 @@ var migrations = []migration{
 			finished_at INTEGER NOT NULL DEFAULT 0,
 			listed_at INTEGER NOT NULL DEFAULT 0,
 			released INTEGER NOT NULL DEFAULT 0,
-			expired INTEGER NOT NULL DEFAULT 0
+			expired INTEGER NOT NULL DEFAULT 0,
+			redone INTEGER NOT NULL DEFAULT 0
 		);
 		CREATE TABLE IF NOT EXISTS batch_items (
 			batch TEXT NOT NULL,
@@ -471,7 +472,8 @@ var migrations = []migration{
 			finished_at BIGINT NOT NULL DEFAULT 0,
 			listed_at BIGINT NOT NULL DEFAULT 0,
 			released BIGINT NOT NULL DEFAULT 0,
-			expired BIGINT NOT NULL DEFAULT 0
+			expired BIGINT NOT NULL DEFAULT 0,
+			redone BIGINT NOT NULL DEFAULT 0
 		);
 		CREATE TABLE IF NOT EXISTS batch_items (
 			batch TEXT NOT NULL,

@@ -88,6 +88,9 @@ func testBatchQueue(t *testing.T, h *Harness) {
 	if n, err := h.St.AckBatchItems(h.Ctx, "b1", ids(a[:60])); err != nil || n != 0 {
 		t.Fatalf("second ack = %d, %v; want 0 (done once)", n, err)
 	}
+	if r := h.batch("b1").Counts.Redone; r != 60 {
+		t.Fatalf("redone = %d after acking 60 items twice", r)
+	}
 	if n, err := h.St.FailBatchItems(h.Ctx, "b1", []store.ItemFailure{{ID: a[60].ID, Reason: "png: invalid format"}, {ID: a[61].ID, Reason: "bad shape"}}); err != nil || n != 2 {
 		t.Fatalf("fail = %d, %v", n, err)
 	}
