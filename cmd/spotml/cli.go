@@ -67,7 +67,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	root.PersistentFlags().StringVar(&g.data, "data", "./spotml-data", "data directory whose token file the CLI uses when SPOTML_TOKEN is not set")
 	up := newUpCmd(stdout, stderr, true)
 	srv := newUpCmd(stdout, stderr, false)
-	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newAgentInitCmd(stderr), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr),
+	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newAgentInitCmd(stderr), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr), newBatchWorkerCmd(getenv, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
 		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout),
 		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout))
@@ -133,12 +133,13 @@ var kinds = map[string]string{
 	"event": "events", "events": "events",
 	"service": "services", "services": "services", "svc": "services",
 	"replica": "replicas", "replicas": "replicas",
+	"batchinference": "batchinferences", "batchinferences": "batchinferences", "bi": "batchinferences",
 }
 
 func kindOf(arg string) (string, error) {
 	k, ok := kinds[strings.ToLower(arg)]
 	if !ok {
-		return "", fmt.Errorf("unknown kind %q: use pools, nodes, jobs, tasks, services, replicas or events", arg)
+		return "", fmt.Errorf("unknown kind %q: use pools, nodes, jobs, tasks, services, replicas, batchinferences or events", arg)
 	}
 	return k, nil
 }
@@ -239,6 +240,8 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 			}
 			return fmt.Sprintf("%s\t%s\t%d\t%d/%d\t%d\t%s\t%s\t%d\t%s", t.Name, t.State, t.Attempt, t.Failures, t.MaxRetries, t.Evictions, dash(t.Node), progress, t.ExitCode, t.Message)
 		})
+	case "batchinferences":
+		return getBatches(ctx, cl, w, name, output)
 	case "services":
 		var ss []api.Service
 		if err := fetchList(ctx, cl, "services", name, &ss); err != nil {
@@ -405,8 +408,8 @@ func newDeleteCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if kind != "pools" && kind != "jobs" && kind != "services" {
-				return fmt.Errorf("delete %s: only pools, jobs and services can be deleted", args[0])
+			if kind != "pools" && kind != "jobs" && kind != "services" && kind != "batchinferences" {
+				return fmt.Errorf("delete %s: only pools, jobs, services and batchinferences can be deleted", args[0])
 			}
 			cl, err := g.client()
 			if err != nil {
@@ -431,11 +434,14 @@ func newLogsCmd(g *globals, stdout io.Writer) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			job, task, ok := strings.Cut(args[0], "/")
 			if !ok || job == "" || task == "" {
-				return fmt.Errorf("logs %s: write JOB/TASK, e.g. fashion-mnist/train", args[0])
+				return fmt.Errorf("logs %s: write JOB/TASK, e.g. fashion-mnist/train, or batchinference/NAME for a BatchInference's failed items", args[0])
 			}
 			cl, err := g.client()
 			if err != nil {
 				return err
+			}
+			if job == "batchinference" {
+				return batchLogs(c.Context(), cl, stdout, task)
 			}
 			q := url.Values{"stream": {"stdout"}}
 			if stderrFlag {

@@ -27,6 +27,7 @@ import (
 	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
+	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 	"github.com/spotml/spotml/internal/store/sqlstore"
 )
@@ -198,7 +199,10 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 			os.Setenv("SPOTML_ONNXRUNTIME_LIB", lib)
 		}
 	}
-	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout, Retention: retention})
+	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout, Retention: retention,
+		BatchInputs: func(ctx context.Context, in spec.BatchInput) ([]string, error) {
+			return server.ListBatchInputs(ctx, cfg.Blobs, in)
+		}})
 	cfg.Plane, cfg.Evictor = plane, plane
 	g, gctx := errgroup.WithContext(ctx)
 	gatewayURL := ""

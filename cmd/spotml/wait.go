@@ -19,12 +19,13 @@ func newWaitCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 	var timeout time.Duration
 	var quiet bool
 	c := &cobra.Command{
-		Use:   "wait job NAME",
+		Use:   "wait job|batchinference NAME",
 		Short: "Wait for a job, showing progress; exit 0 only when every task succeeded (1: failed, 2: timed out)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			if k, _ := kindOf(args[0]); k != "jobs" {
-				return fmt.Errorf("wait %s: only jobs can be waited for (spotml wait job NAME)", args[0])
+			k, _ := kindOf(args[0])
+			if k != "jobs" && k != "batchinferences" {
+				return fmt.Errorf("wait %s: only jobs and batchinferences can be waited for (spotml wait job NAME)", args[0])
 			}
 			cl, err := g.client()
 			if err != nil {
@@ -33,6 +34,9 @@ func newWaitCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 			var progress io.Writer = stderr
 			if quiet {
 				progress = io.Discard
+			}
+			if k == "batchinferences" {
+				return waitBatch(c.Context(), cl, args[1], timeout, progress, stdout)
 			}
 			return waitJob(c, cl, args[1], timeout, progress, stdout)
 		},

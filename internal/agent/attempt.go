@@ -121,7 +121,15 @@ func (at *attempt) run(agentCtx context.Context) {
 	defer stdout.Close()
 	defer stderr.Close()
 
-	cmd := exec.Command(as.Spec.Command[0], as.Spec.Command[1:]...)
+	argv, workerEnv, _, err := a.batchWorker(as)
+	if err != nil {
+		fail("start batch worker", err)
+		return
+	}
+	if argv == nil {
+		argv = as.Spec.Command
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Env = append(Environ(os.Environ()),
@@ -136,11 +144,12 @@ func (at *attempt) run(agentCtx context.Context) {
 	for k, v := range as.Spec.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
+	cmd.Env = append(cmd.Env, workerEnv...)
 	// Own process group: signals reach the whole task tree. Pdeathsig: if
 	// the agent dies, so does the task, as on a machine that went away.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	at.mu.Lock()
-	err := cmd.Start()
+	err = cmd.Start()
 	at.cmd = cmd
 	if err == nil {
 		at.group = identify(cmd.Process.Pid)

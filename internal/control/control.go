@@ -36,6 +36,10 @@ type Options struct {
 	Retention  time.Duration
 	PruneEvery time.Duration // default 1m
 	PruneBatch int           // rows of each kind per transaction; default 500
+	// BatchInputs lists a BatchInference's inputs (the blob store's
+	// keys under input.uri matching input.pattern), for trigger: watch;
+	// nil: watches queue nothing new.
+	BatchInputs func(ctx context.Context, in spec.BatchInput) ([]string, error)
 }
 
 // Plane is the control plane's set of reconcilers.
@@ -145,7 +149,7 @@ func (p *Plane) Reconcile(ctx context.Context) error {
 		return err
 	}
 	nodes, lerr := p.checkLiveness(ctx, nodes)
-	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
+	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.reconcileBatches(ctx), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
 }
 
 // checkLiveness ends nodes whose agent went silent; their tasks requeue.

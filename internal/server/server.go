@@ -144,6 +144,7 @@ func (s *Server) routes() {
 	// A backup holds every spec and secret hash: an admin's, though it
 	// changes nothing.
 	write("GET "+p+"/backup", s.backup)
+	s.batchRoutes(read, write, agent)
 	s.mux.Handle("POST "+p+"/agent/register", s.auth(needJoin, s.register))
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
@@ -229,6 +230,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 	var pools []spec.Pool
 	var jobs []spec.Job
 	var svcs []spec.Service
+	var batches []spec.BatchInference
 	var errs []error
 	for _, f := range files {
 		docs, err := spec.Parse([]byte(f.Data))
@@ -252,6 +254,8 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 				jobs = append(jobs, *d.Job)
 			case d.Service != nil:
 				svcs = append(svcs, *d.Service)
+			case d.BatchInference != nil:
+				batches = append(batches, *d.BatchInference)
 			}
 		}
 	}
@@ -260,6 +264,10 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.checkRefs(r.Context(), pools, jobs, svcs); err != nil {
 		return badRequest{err}
+	}
+	batchInputs, err := s.checkBatches(r.Context(), pools, batches)
+	if err != nil {
+		return err
 	}
 	docs := make([]store.ServiceDoc, len(svcs))
 	for i, v := range svcs {
@@ -271,6 +279,9 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := s.cfg.Store.Apply(r.Context(), pools, jobs, docs...)
 	if err != nil {
+		return err
+	}
+	if res, err = s.applyBatches(r.Context(), res, batches, batchInputs); err != nil {
 		return err
 	}
 	s.kick()

@@ -22,7 +22,9 @@ type Document struct {
 	Pool    *Pool    `json:"pool,omitempty"`
 	Job     *Job     `json:"job,omitempty"`
 	Service *Service `json:"service,omitempty"`
-	Line    int      `json:"line"` // where the document starts in its file
+	// BatchInference is set for kind BatchInference.
+	BatchInference *BatchInference `json:"batchInference,omitempty"`
+	Line           int             `json:"line"` // where the document starts in its file
 }
 
 // ErrInvalid is what every *Error is (errors.Is), so that callers can tell a
@@ -146,6 +148,7 @@ var (
 	_ resource = (*Pool)(nil)
 	_ resource = (*Job)(nil)
 	_ resource = (*Service)(nil)
+	_ resource = (*BatchInference)(nil)
 )
 
 // kinds are the document kinds Parse accepts. Adding a kind takes a line
@@ -157,6 +160,7 @@ var kinds = []struct {
 	{KindPool, func(d *Document) resource { d.Pool = new(Pool); return d.Pool }},
 	{KindJob, func(d *Document) resource { d.Job = new(Job); return d.Job }},
 	{KindService, func(d *Document) resource { d.Service = new(Service); return d.Service }},
+	{KindBatchInference, func(d *Document) resource { d.BatchInference = new(BatchInference); return d.BatchInference }},
 }
 
 func (p *Pool) name() string { return p.Metadata.Name }

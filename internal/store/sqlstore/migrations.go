@@ -427,6 +427,70 @@ var migrations = []migration{
 				'noticeFormat', spec::jsonb #> '{spec,noticeFormat}')))::text
 		WHERE spec::jsonb #>> '{spec,provider}' = 'local' AND spec::jsonb #>> '{spec,priority}' = 'spot';`),
 	},
+	// 8: BatchInference: the batches and their queue of items, one row
+	// per input. (batch, input) is unique, so that a watch never queues
+	// a blob twice, whatever restarts. IF NOT EXISTS: the migration tests
+	// run the steps after a downgraded version again.
+	{
+		sqlite: `CREATE TABLE IF NOT EXISTS batches (
+			name TEXT PRIMARY KEY,
+			uid TEXT NOT NULL,
+			spec TEXT NOT NULL,
+			state TEXT NOT NULL,
+			max_attempts INTEGER NOT NULL,
+			created_at INTEGER NOT NULL,
+			started_at INTEGER NOT NULL DEFAULT 0,
+			finished_at INTEGER NOT NULL DEFAULT 0,
+			listed_at INTEGER NOT NULL DEFAULT 0,
+			released INTEGER NOT NULL DEFAULT 0,
+			expired INTEGER NOT NULL DEFAULT 0,
+			redone INTEGER NOT NULL DEFAULT 0
+		);
+		CREATE TABLE IF NOT EXISTS batch_items (
+			batch TEXT NOT NULL,
+			id INTEGER NOT NULL,
+			input TEXT NOT NULL,
+			state TEXT NOT NULL,
+			worker TEXT NOT NULL DEFAULT '',
+			lease_until INTEGER NOT NULL DEFAULT 0,
+			attempts INTEGER NOT NULL DEFAULT 0,
+			reason TEXT NOT NULL DEFAULT '',
+			done_at INTEGER NOT NULL DEFAULT 0,
+			PRIMARY KEY (batch, id)
+		);
+		CREATE UNIQUE INDEX IF NOT EXISTS batch_items_input ON batch_items(batch, input);
+		CREATE INDEX IF NOT EXISTS batch_items_state ON batch_items(batch, state, id);
+		CREATE INDEX IF NOT EXISTS batch_items_lease ON batch_items(state, lease_until);`,
+		postgres: pg(`CREATE TABLE IF NOT EXISTS batches (
+			name TEXT PRIMARY KEY,
+			uid TEXT NOT NULL,
+			spec TEXT NOT NULL,
+			state TEXT NOT NULL,
+			max_attempts BIGINT NOT NULL,
+			created_at BIGINT NOT NULL,
+			started_at BIGINT NOT NULL DEFAULT 0,
+			finished_at BIGINT NOT NULL DEFAULT 0,
+			listed_at BIGINT NOT NULL DEFAULT 0,
+			released BIGINT NOT NULL DEFAULT 0,
+			expired BIGINT NOT NULL DEFAULT 0,
+			redone BIGINT NOT NULL DEFAULT 0
+		);
+		CREATE TABLE IF NOT EXISTS batch_items (
+			batch TEXT NOT NULL,
+			id BIGINT NOT NULL,
+			input TEXT NOT NULL,
+			state TEXT NOT NULL,
+			worker TEXT NOT NULL DEFAULT '',
+			lease_until BIGINT NOT NULL DEFAULT 0,
+			attempts BIGINT NOT NULL DEFAULT 0,
+			reason TEXT NOT NULL DEFAULT '',
+			done_at BIGINT NOT NULL DEFAULT 0,
+			PRIMARY KEY (batch, id)
+		);
+		CREATE UNIQUE INDEX IF NOT EXISTS batch_items_input ON batch_items(batch, input);
+		CREATE INDEX IF NOT EXISTS batch_items_state ON batch_items(batch, state, id);
+		CREATE INDEX IF NOT EXISTS batch_items_lease ON batch_items(state, lease_until);`),
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

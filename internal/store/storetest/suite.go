@@ -62,6 +62,9 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"Prune", testPrune},
 		{"LiveNodes", testLiveNodes},
 		{"HeartbeatInMemory", testHeartbeatInMemory},
+		{"BatchQueue", testBatchQueue},
+		{"BatchLeaseExpiry", testBatchLeaseExpiry},
+		{"BatchConcurrentLeases", testBatchConcurrentLeases},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

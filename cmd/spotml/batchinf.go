@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/batchinf"
+	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/client"
+	"github.com/spotml/spotml/internal/inference"
+)
+
+// newBatchWorkerCmd is what the agent runs for a BatchInference worker
+// task; its settings come from the environment the agent gives it.
+func newBatchWorkerCmd(getenv func(string) string, stderr io.Writer) *cobra.Command {
+	var logLevel string
+	c := &cobra.Command{
+		Use:    api.BatchWorkerCmd,
+		Short:  "Score a BatchInference's items (the agent runs this on a node; not for people)",
+		Args:   cobra.NoArgs,
+		Hidden: true,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			env := map[string]string{}
+			for _, k := range []string{api.EnvBatch, api.EnvServer, api.EnvWorkerCred, api.EnvBlobURL, api.EnvWorkerID} {
+				if env[k] = getenv(k); env[k] == "" {
+					return fmt.Errorf("%s is not set: the agent runs batch-worker for a BatchInference's worker tasks", k)
+				}
+			}
+			blobs, err := blob.NewStore(env[api.EnvBlobURL])
+			if err != nil {
+				return err
+			}
+			defer blobs.Close()
+			dirs := []string{filepath.Join("build", "onnxruntime")}
+			if exe, err := os.Executable(); err == nil {
+				d := filepath.Dir(exe)
+				dirs = append(dirs, d, filepath.Join(d, "lib"), filepath.Join(d, "..", "build", "onnxruntime"))
+			}
+			lib, err := inference.FindLibrary(getenv, dirs...)
+			if err != nil {
+				return err
+			}
+			wd, _ := os.Getwd()
+			// The command's context ends on SIGTERM (the node's notice): stop
+			// leasing then, but finish the batch in hand; the agent's
+			// SIGKILL before the notice runs out bounds that.
+			stop := c.Context()
+			st, err := batchinf.Run(stop, context.WithoutCancel(stop), batchinf.Config{
+				API: client.New(env[api.EnvServer], env[api.EnvWorkerCred]), Blobs: blobs,
+				Batch: env[api.EnvBatch], Worker: env[api.EnvWorkerID], Library: lib,
+				Dir: filepath.Join(wd, "model"), Log: log.With("worker", env[api.EnvWorkerID]),
+			})
+			log.Info("worker done", "leased", st.Leased, "done", st.Done, "failed", st.Failed, "released", st.Released, "stopped", stop.Err() != nil)
+			fmt.Fprintf(stderr, "leased %d, done %d, failed %d, released %d\n", st.Leased, st.Done, st.Failed, st.Released)
+			return err
+		},
+	}
+	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return c
+}
+
+// getBatches prints BatchInferences: items, rate, evictions, cost.
+func getBatches(ctx context.Context, cl *client.Client, w io.Writer, name, output string) error {
+	var bs []api.BatchInference
+	if err := fetchList(ctx, cl, "batchinferences", name, &bs); err != nil {
+		return err
+	}
+	return print(w, output, bs, func(b api.BatchInference) string { return b.Name },
+		"NAME\tSTATE\tTOTAL\tDONE\tIN-FLIGHT\tFAILED\tITEMS/S\tETA\tWORKERS\tEVICTIONS\tCOST\tON-DEMAND\tAGE", func(b api.BatchInference) string {
+			eta := "-"
+			if b.ETA > 0 {
+				eta = b.ETA.String()
+			}
+			return fmt.Sprintf("%s\t%s\t%d\t%d\t%d\t%d\t%.1f\t%s\t%d/%d\t%d\t$%.4f\t$%.4f\t%s", b.Name, b.State, b.Total, b.Done, b.InFlight, b.Failed,
+				b.Throughput, eta, b.Workers, b.Workers+b.WorkersPending, b.Evictions, b.Cost, b.OnDemandCost, age(b.CreatedAt))
+		})
+}
+
+// batchLogs lists a BatchInference's failed items with their reasons.
+func batchLogs(ctx context.Context, cl *client.Client, w io.Writer, name string) error {
+	var items []api.BatchItem
+	if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/batchinferences/"+url.PathEscape(name)+"/items?state=failed", nil, &items); err != nil {
+		return err
+	}
+	if len(items) == 0 {
+		fmt.Fprintf(w, "batchinference/%s: no failed items\n", name)
+		return nil
+	}
+	for _, it := range items {
+		fmt.Fprintf(w, "%s\t%s\n", it.Input, it.Reason)
+	}
+	return nil
+}
+
+// waitBatch waits for a BatchInference to finish, with a progress bar;
+// exit 1 when some items failed, 2 on timeout.
+func waitBatch(ctx context.Context, cl *client.Client, name string, timeout time.Duration, progress, stdout io.Writer) error {
+	start := time.Now()
+	tty := isTerminal(progress)
+	last, lastPrint := "", time.Time{}
+	var lastErr error
+	for {
+		var b api.BatchInference
+		err := cl.Do(ctx, http.MethodGet, api.Prefix+"/batchinferences/"+url.PathEscape(name), nil, &b)
+		if client.Code(err) == http.StatusNotFound {
+			return exitError{1, err}
+		}
+		if err != nil {
+			if lastErr == nil {
+				fmt.Fprintf(progress, "\nwaiting for the control plane: %v\n", err)
+			}
+			lastErr = err
+		} else {
+			lastErr = nil
+			line := batchProgressLine(b, time.Since(start))
+			counts := line[:strings.Index(line, "|")]
+			if tty {
+				fmt.Fprintf(progress, "\r\033[K%s", line)
+			} else if counts != last || time.Since(lastPrint) >= 15*time.Second {
+				fmt.Fprintln(progress, line)
+				last, lastPrint = counts, time.Now()
+			}
+			if b.State != "running" {
+				if tty {
+					fmt.Fprintln(progress)
+				}
+				if b.Failed > 0 {
+					return exitError{1, fmt.Errorf("batchinference/%s finished: %d done, %d failed; spotml logs batchinference/%s lists them", name, b.Done, b.Failed, name)}
+				}
+				fmt.Fprintf(stdout, "batchinference/%s succeeded: %d items scored, %d evictions survived\n", name, b.Done, b.Evictions)
+				return nil
+			}
+		}
+		if timeout > 0 && time.Since(start) > timeout {
+			if tty {
+				fmt.Fprintln(progress)
+			}
+			return exitError{2, fmt.Errorf("batchinference/%s still running after %s", name, timeout)}
+		}
+		select {
+		case <-ctx.Done():
+			return exitError{2, errors.New("interrupted")}
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func batchProgressLine(b api.BatchInference, elapsed time.Duration) string {
+	frac := 0.0
+	if b.Total > 0 {
+		frac = float64(b.Done+b.Failed) / float64(b.Total)
+	}
+	eta := ""
+	if b.ETA > 0 {
+		eta = ", ETA " + b.ETA.String()
+	}
+	return fmt.Sprintf("[%s] %d/%d items done, %d in flight, %d failed, %d workers, %d evictions | %.1f items/s%s | cost $%.4f (on-demand $%.4f) | %s",
+		bar(frac), b.Done, b.Total, b.InFlight, b.Failed, b.Workers, b.Evictions, b.Throughput, eta, b.Cost, b.OnDemandCost, elapsed.Round(time.Second))
+}

@@ -1,0 +1,243 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/batchinf"
+	"github.com/spotml/spotml/internal/inference"
+	"github.com/spotml/spotml/internal/spec"
+)
+
+// writePNGs writes n Fashion-MNIST test images as PNG files under dir,
+// spread over ten sub-directories, and returns their keys relative to it.
+func writePNGs(t *testing.T, dir string, n int) []string {
+	t.Helper()
+	xs, _ := testSet(t, n)
+	var keys []string
+	for i, x := range xs {
+		img := image.NewGray(image.Rect(0, 0, 28, 28))
+		for j, v := range x {
+			img.Pix[j] = uint8(math.Round(float64(v) * 255))
+		}
+		key := fmt.Sprintf("batch-%d/img-%05d.png", i%10, i)
+		p := filepath.Join(dir, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := png.Encode(f, img); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		keys = append(keys, key)
+	}
+	return keys
+}
+
+func (c *cluster) batch(name string) api.BatchInference {
+	c.t.Helper()
+	var bs []api.BatchInference
+	out := c.mustCLI("get", "batchinference", name, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &bs); err != nil || len(bs) != 1 {
+		c.t.Fatalf("get batchinference %s: %v: %s", name, err, out)
+	}
+	return bs[0]
+}
+
+// TestBatchInferenceExactlyOnce scores Fashion-MNIST PNGs with the shipped
+// model on a spot pool. Mid-run every spot node is evicted (3s notice),
+// later the control plane is SIGKILLed and restarted. At the end there is
+// exactly one result per good input, each the same as scoring the file in
+// this process, none for the undecodable inputs, which are listed as
+// failed with their reason.
+func TestBatchInferenceExactlyOnce(t *testing.T) {
+	requireORT(t)
+	const n = 3000
+	c := newServingCluster(t)
+	in := filepath.Join(c.data, "blobs", "uploads")
+	keys := writePNGs(t, in, n)
+	bad := []string{"batch-0/broken.png", "batch-1/empty.png"}
+	os.WriteFile(filepath.Join(in, "batch-0", "broken.png"), []byte("not a png"), 0o644)
+	os.WriteFile(filepath.Join(in, "batch-1", "empty.png"), nil, 0o644)
+	os.WriteFile(filepath.Join(in, "batch-2", "notes.txt"), []byte("not matched by the pattern"), 0o644)
+	c.putModel("models/fmnist.onnx")
+
+	// Bad input is refused at apply time, naming the field.
+	f := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("nothing", "empty/", "**/*.png", "spot-a", "")), 0o644)
+	if _, err := c.cli("apply", "-f", f); err == nil || !strings.Contains(err.Error(), "spec.input") {
+		t.Fatalf("apply with an empty prefix: %v; want an error naming spec.input", err)
+	}
+
+	c.apply(pool("spot-a", "spot", 3) + batchYAML("score", "uploads/", "**/*.png", "spot-a", ""))
+	start := time.Now()
+	if b := c.batch("score"); b.Total != n+len(bad) {
+		t.Fatalf("total = %d, want %d (the PNGs, not notes.txt)", b.Total, n+len(bad))
+	}
+
+	// Every spot node evicted once a fifth is done.
+	waitFor(t, 60*time.Second, "a tenth of the items scored", func() bool { return c.batch("score").Done >= n/10 })
+	evicted := 0
+	for _, nd := range c.nodes() {
+		if nd.Pool == "spot-a" && nd.State == "ready" {
+			c.mustCLI("evict", nd.Name)
+			evicted++
+		}
+	}
+	if evicted == 0 {
+		t.Fatal("no ready spot node to evict")
+	}
+	if b := c.batch("score"); b.Done+b.Failed >= b.Total {
+		t.Fatalf("all scored before the evictions landed: %+v; the test needs more items", b)
+	}
+	// The control plane SIGKILLed once half is done, and restarted.
+	waitFor(t, 60*time.Second, "half the items scored", func() bool { return c.batch("score").Done >= n/2 })
+	c.stop(syscall.SIGKILL)
+	time.Sleep(time.Second)
+	c.start()
+
+	waitFor(t, 90*time.Second, "the batch to finish", func() bool { return c.batch("score").State != "running" })
+	b := c.batch("score")
+	t.Logf("scored %d items in %s: %.0f items/s, %d evictions, %d released, %d expired, %d scored again, cost $%.5f (on demand $%.5f)",
+		b.Done, time.Since(start).Round(time.Second), float64(b.Done)/time.Since(start).Seconds(), b.Evictions, b.Released, b.Expired, b.Redone, b.Cost, b.OnDemandCost)
+	if b.Done != n || b.Failed != len(bad) || b.Pending+b.InFlight != 0 {
+		t.Fatalf("done %d, failed %d, left %d; want %d, %d, 0", b.Done, b.Failed, b.Pending+b.InFlight, n, len(bad))
+	}
+	if b.Evictions < evicted {
+		t.Errorf("evictions = %d, want at least %d", b.Evictions, evicted)
+	}
+
+	// Results: one per good input, none for the bad ones, nothing else.
+	out := filepath.Join(c.data, "blobs", "scored")
+	var got []string
+	filepath.WalkDir(out, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(out, p)
+			got = append(got, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if len(got) != n {
+		t.Fatalf("%d objects under scored/, want %d", len(got), n)
+	}
+	// Each the same as scoring the file here.
+	lib := os.Getenv("SPOTML_ONNXRUNTIME_LIB")
+	model, err := inference.Open(filepath.Join("..", "examples", "fashion-mnist", "model.onnx"), inference.Options{Library: lib, Threads: 1, MaxBatch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer model.Close()
+	pre, _ := batchinf.NewPreprocessor(spec.Preprocess{Image: &spec.ImagePreprocess{Grayscale: true, Size: []int{28, 28}, Scale: "1/255"}})
+	info := model.Inputs()[0]
+	for _, k := range keys {
+		data, err := os.ReadFile(filepath.Join(out, filepath.FromSlash(batchinf.ResultKey(k, spec.FormatJSONL))))
+		if err != nil {
+			t.Fatalf("result of %s: %v", k, err)
+		}
+		if strings.Count(string(data), "\n") != 1 {
+			t.Fatalf("result of %s has %d lines, want 1", k, strings.Count(string(data), "\n"))
+		}
+		var res batchinf.Result
+		if err := json.Unmarshal(data, &res); err != nil {
+			t.Fatalf("result of %s: %v", k, err)
+		}
+		png, _ := os.ReadFile(filepath.Join(in, filepath.FromSlash(k)))
+		row, err := pre.Row(png)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shape := append([]int64{1}, info.Shape[1:]...)
+		outs, err := model.Predict(t.Context(), []inference.Tensor{{Name: info.Name, Shape: shape, Data: row}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := batchinf.RowResult(k, outs, 0)
+		if res.Input != k || res.Class == nil || *res.Class != *want.Class {
+			t.Fatalf("result of %s = %s; want class %d", k, data, *want.Class)
+		}
+		for name, vs := range want.Outputs {
+			for i, v := range vs {
+				if math.Abs(res.Outputs[name][i]-v) > 1e-3*math.Max(1, math.Abs(v)) {
+					t.Fatalf("result of %s: %s[%d] = %g, scored here %g", k, name, i, res.Outputs[name][i], v)
+				}
+			}
+		}
+	}
+	// The failed items, with their reasons.
+	logs := c.mustCLI("logs", "batchinference/score")
+	for _, k := range bad {
+		if !strings.Contains(logs, k) || !strings.Contains(logs, "decode image") {
+			t.Errorf("spotml logs batchinference/score does not list %s with its reason:\n%s", k, logs)
+		}
+	}
+	if table := c.mustCLI("get", "batchinference"); !strings.Contains(table, "score") || !strings.Contains(table, "succeeded") {
+		t.Errorf("get batchinference:\n%s", table)
+	}
+	// Scaled to zero: no worker left.
+	waitFor(t, 20*time.Second, "workers to end", func() bool { b := c.batch("score"); return b.Workers+b.WorkersPending == 0 })
+}
+
+func batchYAML(name, input, pattern, pool, extra string) string {
+	return fmt.Sprintf(`apiVersion: spotml/v1
+kind: BatchInference
+metadata: {name: %s}
+spec:
+  input: {uri: %s, pattern: "%s"}
+  output: {uri: scored/, format: jsonl}
+  model: {uri: models/fmnist.onnx}
+  runtime: {type: builtin, batchSize: 32, threads: 1}
+  preprocess: {image: {grayscale: true, size: [28, 28], scale: 1/255}}
+  pool: %s
+  resources: {cpu: 1, memory: 512Mi}
+  workers: {min: 0, max: 3, itemsPerWorker: 300}
+  queue: {leaseTimeout: 10s}
+%s`, name, input, pattern, pool, extra)
+}
+
+// TestBatchInferenceWatch: with trigger: watch, blobs that arrive under
+// the prefix are scored within seconds, workers start from zero and go
+// back to zero when idle, and across a control-plane SIGKILL nothing is
+// queued twice.
+func TestBatchInferenceWatch(t *testing.T) {
+	requireORT(t)
+	c := newServingCluster(t)
+	c.putModel("models/fmnist.onnx")
+	in := filepath.Join(c.data, "blobs", "incoming")
+	c.apply(pool("spot-a", "spot", 2) + strings.Replace(batchYAML("watch", "incoming/", "**/*.png", "spot-a", "  trigger: watch\n"),
+		"queue: {leaseTimeout: 10s}", "queue: {leaseTimeout: 10s, pollInterval: 1s, idleTimeout: 4s}", 1))
+	if b := c.batch("watch"); b.Total != 0 || b.Workers+b.WorkersPending != 0 || b.State != "running" {
+		t.Fatalf("watch before any input: %+v", b)
+	}
+	writePNGs(t, filepath.Join(in, "first"), 150)
+	arrived := time.Now()
+	waitFor(t, 60*time.Second, "the first 150 scored", func() bool { return c.batch("watch").Done == 150 })
+	t.Logf("150 new blobs scored %s after they arrived (workers started from zero)", time.Since(arrived).Round(100*time.Millisecond))
+	waitFor(t, 30*time.Second, "workers back to zero", func() bool { b := c.batch("watch"); return b.Workers+b.WorkersPending == 0 })
+
+	c.stop(syscall.SIGKILL)
+	c.start()
+	writePNGs(t, filepath.Join(in, "second"), 40)
+	waitFor(t, 60*time.Second, "the next 40 scored", func() bool { return c.batch("watch").Done == 190 })
+	time.Sleep(3 * time.Second) // a few more polls
+	if b := c.batch("watch"); b.Total != 190 || b.Done != 190 || b.State != "running" {
+		t.Fatalf("after a restart: %+v; want each of 190 inputs queued and scored once", b)
+	}
+	results, _ := filepath.Glob(filepath.Join(c.data, "blobs", "scored", "*", "*", "*.png.jsonl"))
+	if len(results) != 190 {
+		t.Fatalf("%d results, want 190", len(results))
+	}
+}

@@ -1,0 +1,124 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// BatchWorkerRetries is how often a worker task that fails (crashes, not
+// an eviction) is started again.
+const BatchWorkerRetries = 3
+
+// reconcileBatches runs the BatchInference loop: leases that ran out go
+// back to the queue (their worker's node vanished), a batch whose items
+// are all settled finishes (trigger once), and each running batch gets the
+// workers its queue calls for. Workers are the tasks of worker jobs
+// (api.BatchWorkerJob), so that pools grow from them and evictions requeue
+// them like any task; a worker exits by itself when nothing is left.
+func (p *Plane) reconcileBatches(ctx context.Context) error {
+	requeued, failed, err := p.store.ExpireBatchLeases(ctx)
+	if err != nil {
+		return err
+	}
+	if requeued+failed > 0 {
+		p.log.Info("batch leases expired", "requeued", requeued, "failed", failed)
+	}
+	bs, err := p.store.ListBatches(ctx)
+	if err != nil || len(bs) == 0 {
+		return err
+	}
+	jobs, err := p.store.ListJobs(ctx)
+	if err != nil {
+		return err
+	}
+	active, seq := map[string]int{}, map[string]int{}
+	for _, j := range jobs {
+		b, ok := api.BatchOfJob(j.Spec.Metadata.Name)
+		if !ok {
+			continue
+		}
+		active[b] += j.Counts[store.TaskPending] + j.Counts[store.TaskRunning]
+		seq[b]++
+	}
+	var errs []error
+	for _, b := range bs {
+		if b.State != store.BatchRunning {
+			continue
+		}
+		sp := b.Spec.Spec
+		if sp.Trigger == spec.TriggerWatch {
+			n, err := p.watchBatch(ctx, b)
+			errs = append(errs, err)
+			b.Counts.Pending += n
+		}
+		left := b.Counts.Left()
+		if left == 0 && sp.Trigger != spec.TriggerWatch {
+			msg := fmt.Sprintf("%d done, %d failed", b.Counts.Done, b.Counts.Failed)
+			p.log.Info("batch finished", "batch", b.Name, "done", b.Counts.Done, "failed", b.Counts.Failed)
+			errs = append(errs, p.store.FinishBatch(ctx, b.Name, store.BatchSucceeded, msg))
+			continue
+		}
+		want := BatchWorkers(sp.Workers, left)
+		if add := want - active[b.Name]; add > 0 {
+			errs = append(errs, p.addBatchWorkers(ctx, b, seq[b.Name]+1, add, left))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// watchBatch lists a watched batch's input once its poll interval has
+// passed and queues what is new. The store queues an input once per batch
+// ((batch, input) is unique), so a blob is never scored twice, whatever
+// restarts.
+func (p *Plane) watchBatch(ctx context.Context, b store.Batch) (int, error) {
+	sp := b.Spec.Spec
+	if p.opt.BatchInputs == nil || p.now().Sub(b.ListedAt) < sp.Queue.PollInterval.Duration {
+		return 0, nil
+	}
+	inputs, err := p.opt.BatchInputs(ctx, sp.Input)
+	if err != nil {
+		return 0, fmt.Errorf("batchinference %s: list spec.input: %w", b.Name, err)
+	}
+	n, err := p.store.AddBatchItems(ctx, b.Name, inputs)
+	if n > 0 {
+		p.log.Info("batch inputs queued", "batch", b.Name, "new", n)
+	}
+	return n, err
+}
+
+// BatchWorkers is how many workers a queue of left items calls for:
+// ceil(left / itemsPerWorker) between min and max, and min (0 by default)
+// when nothing is left.
+func BatchWorkers(w spec.BatchWorkers, left int) int {
+	if left <= 0 {
+		return w.Min
+	}
+	per := max(w.ItemsPerWorker, 1)
+	n := (left + per - 1) / per
+	return max(min(n, w.Max), w.Min, 1)
+}
+
+// addBatchWorkers submits a worker job of n workers for batch b.
+func (p *Plane) addBatchWorkers(ctx context.Context, b store.Batch, seq, n, left int) error {
+	sp := b.Spec.Spec
+	j := spec.Job{APIVersion: spec.APIVersion, Kind: spec.KindJob,
+		Metadata: spec.Metadata{Name: api.BatchWorkerJob(b.Name, seq), Labels: map[string]string{"spotml/batchinference": b.Name}},
+		Spec: spec.JobSpec{Pool: sp.Pool, Priority: sp.Priority, Count: n, Template: &spec.TaskSpec{
+			Command:    spec.Command{"spotml", api.BatchWorkerCmd},
+			Env:        map[string]string{api.EnvBatch: b.Name},
+			Resources:  sp.Resources,
+			MaxRetries: BatchWorkerRetries,
+		}}}
+	j.Default()
+	if _, err := p.store.Apply(ctx, nil, []spec.Job{j}); err != nil {
+		return fmt.Errorf("batchinference %s: add workers: %w", b.Name, err)
+	}
+	p.log.Info("batch workers added", "batch", b.Name, "job", j.Metadata.Name, "workers", n, "left", left)
+	return p.store.AddEvent(ctx, "Scaled", "batchinference/"+b.Name, "QueueDepth",
+		fmt.Sprintf("%d workers added (job %s) for %d items left", n, j.Metadata.Name, left))
+}

@@ -1,0 +1,452 @@
+package sqlstore
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// noNodes is txNodes' list for a transaction that changes no node's work:
+// the batch queue is not part of a heartbeat's answer.
+var noNodes = []string{}
+
+// ApplyBatch stores a BatchInference and queues one item per input, in one
+// transaction. Like a job it is immutable: the same spec again is
+// "unchanged" (and queues nothing), a different one under the same name is
+// ErrConflict.
+func (s *Store) ApplyBatch(ctx context.Context, b spec.BatchInference, inputs []string) (store.ApplyResult, error) {
+	body, err := json.Marshal(b)
+	if err != nil {
+		return store.ApplyResult{}, err
+	}
+	name := b.Metadata.Name
+	var res store.ApplyResult
+	err = s.txNodes(ctx, noNodes, func(tx *txn) error {
+		var old string
+		err := tx.QueryRowContext(ctx, `SELECT spec FROM batches WHERE name = ?`, name).Scan(&old)
+		switch {
+		case err == nil && old == string(body):
+			res = store.ApplyResult{Kind: spec.KindBatchInference, Name: name, Action: "unchanged"}
+			return nil
+		case err == nil:
+			return store.Conflict("batchinference %q already exists with a different spec; it cannot be changed once submitted: delete it first (spotml delete batchinference %s) or use another metadata.name", name, name)
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		now := s.now().UnixNano()
+		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (name, uid, spec, state, max_attempts, created_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			name, store.RandomHex(4), string(body), store.BatchRunning, b.Spec.Queue.MaxAttempts, now, now); err != nil {
+			return err
+		}
+		n, err := s.addItems(ctx, tx, name, inputs)
+		if err != nil {
+			return err
+		}
+		res = store.ApplyResult{Kind: spec.KindBatchInference, Name: name, Action: "created"}
+		return s.event(ctx, tx, "Submitted", "batchinference/"+name, "Applied", fmt.Sprintf("%d items", n))
+	})
+	return res, err
+}
+
+// AddBatchItems queues the inputs a running batch does not have yet (a
+// watch's new blobs) and records when the input was listed. It returns how
+// many were new.
+func (s *Store) AddBatchItems(ctx context.Context, name string, inputs []string) (int, error) {
+	var n int
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		var state string
+		if err := tx.QueryRowContext(ctx, `SELECT state FROM batches WHERE name = ?`, name).Scan(&state); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("batchinference %q: %w", name, store.ErrNotFound)
+			}
+			return err
+		}
+		if state != store.BatchRunning {
+			n = 0
+			return nil
+		}
+		var err error
+		if n, err = s.addItems(ctx, tx, name, inputs); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET listed_at = ? WHERE name = ?`, s.now().UnixNano(), name); err != nil {
+			return err
+		}
+		if n > 0 {
+			return s.event(ctx, tx, "Queued", "batchinference/"+name, "NewInputs", fmt.Sprintf("%d items", n))
+		}
+		return nil
+	})
+	return n, err
+}
+
+// addItems inserts the inputs not queued yet, numbering them after the
+// batch's last item, a few hundred rows a statement.
+func (s *Store) addItems(ctx context.Context, tx *txn, name string, inputs []string) (int, error) {
+	var next int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM batch_items WHERE batch = ?`, name).Scan(&next); err != nil {
+		return 0, err
+	}
+	added := 0
+	const chunk = 400
+	for start := 0; start < len(inputs); start += chunk {
+		part := inputs[start:min(start+chunk, len(inputs))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO batch_items (batch, id, input, state) VALUES `)
+		args := make([]any, 0, 4*len(part))
+		for i, in := range part {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?, ?, ?, ?)")
+			next++
+			args = append(args, name, next, in, store.ItemPending)
+		}
+		q.WriteString(` ON CONFLICT (batch, input) DO NOTHING`)
+		r, err := tx.ExecContext(ctx, q.String(), args...)
+		if err != nil {
+			return 0, err
+		}
+		n, _ := r.RowsAffected()
+		added += int(n)
+	}
+	return added, nil
+}
+
+// LeaseBatchItems gives worker up to n pending items of a running batch,
+// leased until now+ttl. An empty answer is not an error.
+func (s *Store) LeaseBatchItems(ctx context.Context, name, worker string, n int, ttl time.Duration) ([]store.BatchItem, error) {
+	var items []store.BatchItem
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		items = items[:0]
+		now := s.now()
+		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = ?, lease_until = ?, attempts = attempts + 1
+			WHERE batch = ? AND state = ? AND id IN (
+				SELECT i.id FROM batch_items i JOIN batches b ON b.name = i.batch
+				WHERE i.batch = ? AND i.state = ? AND b.state = ? ORDER BY i.id LIMIT ?)
+			RETURNING id, input, attempts`,
+			store.ItemLeased, worker, now.Add(ttl).UnixNano(), name, store.ItemPending, name, store.ItemPending, store.BatchRunning, n)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			it := store.BatchItem{State: store.ItemLeased, Worker: worker, LeaseUntil: now.Add(ttl).UTC()}
+			if err := rows.Scan(&it.ID, &it.Input, &it.Attempts); err != nil {
+				return err
+			}
+			items = append(items, it)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(items) > 0 {
+			_, err = tx.ExecContext(ctx, `UPDATE batches SET started_at = ? WHERE name = ? AND started_at = 0`, now.UnixNano(), name)
+		}
+		return err
+	})
+	// RETURNING's order is not the statement's: leases come in id order.
+	sortItems(items)
+	return items, err
+}
+
+// AckBatchItems marks items done. An item done already stays as it was
+// (its result was written under the same name again), so a worker whose
+// lease ran out and the one that took the item over may both ack. It
+// returns how many items became done.
+func (s *Store) AckBatchItems(ctx context.Context, name string, ids []int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		in, args := idList(ids)
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, done_at = ?
+			WHERE batch = ? AND state IN (?, ?) AND id IN (`+in+`)`,
+			append([]any{store.ItemDone, s.now().UnixNano(), name, store.ItemPending, store.ItemLeased}, args...)...)
+		if err != nil {
+			return err
+		}
+		c, _ := r.RowsAffected()
+		n = int(c)
+		if dup := len(ids) - n; dup > 0 {
+			// Acked again: done by another worker after this one's lease
+			// ran out, or by this one before an ack that got lost. Its
+			// result was written more than once (the same object).
+			_, err = tx.ExecContext(ctx, `UPDATE batches SET redone = redone + ? WHERE name = ?`, dup, name)
+		}
+		return err
+	})
+	return n, err
+}
+
+// FailBatchItems marks items failed with their reasons (an undecodable
+// input, a wrong shape): they are not retried and do not hold up the rest.
+func (s *Store) FailBatchItems(ctx context.Context, name string, fails []store.ItemFailure) (int, error) {
+	var n int
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		n = 0
+		now := s.now().UnixNano()
+		for _, f := range fails {
+			r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, done_at = ?, reason = ?
+				WHERE batch = ? AND id = ? AND state IN (?, ?)`,
+				store.ItemFailed, now, truncate(f.Reason, 1000), name, f.ID, store.ItemPending, store.ItemLeased)
+			if err != nil {
+				return err
+			}
+			c, _ := r.RowsAffected()
+			n += int(c)
+		}
+		return nil
+	})
+	return n, err
+}
+
+// ReleaseBatchItems gives a worker's leased items back to the queue at
+// once (its node got a notice). The lease does not count as an attempt.
+func (s *Store) ReleaseBatchItems(ctx context.Context, name, worker string, ids []int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		in, args := idList(ids)
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, attempts = attempts - 1
+			WHERE batch = ? AND state = ? AND worker = ? AND id IN (`+in+`)`,
+			append([]any{store.ItemPending, name, store.ItemLeased, worker}, args...)...)
+		if err != nil {
+			return err
+		}
+		c, _ := r.RowsAffected()
+		n = int(c)
+		if n == 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE batches SET released = released + ? WHERE name = ?`, n, name)
+		return err
+	})
+	return n, err
+}
+
+// ExpireBatchLeases returns to the queue every item whose lease ran out
+// (its worker's node vanished), or fails it once it has been leased the
+// batch's maximum number of times. It returns how many were requeued and
+// failed.
+func (s *Store) ExpireBatchLeases(ctx context.Context) (requeued, failed int, err error) {
+	err = s.txNodes(ctx, noNodes, func(tx *txn) error {
+		now := s.now().UnixNano()
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, done_at = ?,
+				reason = 'leased ' || attempts || ' times; each lease ran out before the item was scored (its worker vanished or hung)'
+			WHERE state = ? AND lease_until < ? AND attempts >= (SELECT b.max_attempts FROM batches b WHERE b.name = batch_items.batch)`,
+			store.ItemFailed, now, store.ItemLeased, now)
+		if err != nil {
+			return err
+		}
+		c, _ := r.RowsAffected()
+		failed = int(c)
+		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0
+			WHERE state = ? AND lease_until < ? RETURNING batch`, store.ItemPending, store.ItemLeased, now)
+		if err != nil {
+			return err
+		}
+		per := map[string]int{}
+		for rows.Next() {
+			var b string
+			if err := rows.Scan(&b); err != nil {
+				rows.Close()
+				return err
+			}
+			per[b]++
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		requeued = 0
+		for b, k := range per {
+			requeued += k
+			if _, err := tx.ExecContext(ctx, `UPDATE batches SET expired = expired + ? WHERE name = ?`, k, b); err != nil {
+				return err
+			}
+			if err := s.event(ctx, tx, "LeaseExpired", "batchinference/"+b, "WorkerVanished", fmt.Sprintf("%d items back in the queue", k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return requeued, failed, err
+}
+
+// FinishBatch ends a batch in state (succeeded); workers lease nothing
+// more from it.
+func (s *Store) FinishBatch(ctx context.Context, name, state, message string) error {
+	return s.txNodes(ctx, noNodes, func(tx *txn) error {
+		r, err := tx.ExecContext(ctx, `UPDATE batches SET state = ?, finished_at = ? WHERE name = ? AND state = ?`,
+			state, s.now().UnixNano(), name, store.BatchRunning)
+		if err != nil {
+			return err
+		}
+		if c, _ := r.RowsAffected(); c == 0 {
+			return nil
+		}
+		return s.event(ctx, tx, "Finished", "batchinference/"+name, "AllItemsScored", message)
+	})
+}
+
+// DeleteBatch removes a batch and its queue.
+func (s *Store) DeleteBatch(ctx context.Context, name string) error {
+	return s.txNodes(ctx, noNodes, func(tx *txn) error {
+		r, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if c, _ := r.RowsAffected(); c == 0 {
+			return fmt.Errorf("batchinference %q: %w", name, store.ErrNotFound)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM batch_items WHERE batch = ?`, name); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, "Deleted", "batchinference/"+name, "Deleted", "")
+	})
+}
+
+const batchCols = `name, uid, spec, state, created_at, started_at, finished_at, listed_at, released, expired, redone`
+
+// ListBatches returns every batch with its counts, oldest first.
+func (s *Store) ListBatches(ctx context.Context) ([]store.Batch, error) {
+	return s.batches(ctx, ``)
+}
+
+// GetBatch returns one batch with its counts.
+func (s *Store) GetBatch(ctx context.Context, name string) (store.Batch, error) {
+	bs, err := s.batches(ctx, ` WHERE name = ?`, name)
+	if err != nil {
+		return store.Batch{}, err
+	}
+	if len(bs) == 0 {
+		return store.Batch{}, fmt.Errorf("batchinference %q: %w", name, store.ErrNotFound)
+	}
+	return bs[0], nil
+}
+
+func (s *Store) batches(ctx context.Context, where string, args ...any) ([]store.Batch, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+batchCols+` FROM batches`+where+` ORDER BY created_at, name`, args...)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Batch
+	for rows.Next() {
+		var b store.Batch
+		var body string
+		var c, st, fin, listed int64
+		if err := rows.Scan(&b.Name, &b.UID, &body, &b.State, &c, &st, &fin, &listed, &b.Counts.Released, &b.Counts.Expired, &b.Counts.Redone); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(body), &b.Spec); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("stored batchinference %s: %w", b.Name, err)
+		}
+		b.CreatedAt, b.StartedAt, b.FinishedAt, b.ListedAt = fromNanos(c), fromNanos(st), fromNanos(fin), fromNanos(listed)
+		out = append(out, b)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	recent := s.now().Add(-time.Minute).UnixNano()
+	for i := range out {
+		b := &out[i]
+		rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*), MAX(done_at), SUM(CASE WHEN done_at >= ? THEN 1 ELSE 0 END)
+			FROM batch_items WHERE batch = ? GROUP BY state`, recent, b.Name)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var state string
+			var n, last, rec int64
+			if err := rows.Scan(&state, &n, &last, &rec); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			b.Counts.Total += int(n)
+			switch state {
+			case store.ItemPending:
+				b.Counts.Pending = int(n)
+			case store.ItemLeased:
+				b.Counts.Leased = int(n)
+			case store.ItemDone:
+				b.Counts.Done = int(n)
+				b.Counts.DoneRecently = int(rec)
+				b.Counts.LastDoneAt = fromNanos(last)
+			case store.ItemFailed:
+				b.Counts.Failed = int(n)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// BatchItems returns a batch's items in one state ("" for all), in id
+// order, at most limit (0: all).
+func (s *Store) BatchItems(ctx context.Context, name, state string, limit int) ([]store.BatchItem, error) {
+	q := `SELECT id, input, state, worker, lease_until, attempts, reason, done_at FROM batch_items WHERE batch = ?`
+	args := []any{name}
+	if state != "" {
+		q += ` AND state = ?`
+		args = append(args, state)
+	}
+	q += ` ORDER BY id`
+	if limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.BatchItem
+	for rows.Next() {
+		var it store.BatchItem
+		var lease, done int64
+		if err := rows.Scan(&it.ID, &it.Input, &it.State, &it.Worker, &lease, &it.Attempts, &it.Reason, &done); err != nil {
+			return nil, err
+		}
+		it.LeaseUntil, it.DoneAt = fromNanos(lease), fromNanos(done)
+		out = append(out, it)
+	}
+	return out, rows.Err()
+}
+
+func idList(ids []int64) (string, []any) {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return strings.TrimSuffix(strings.Repeat("?, ", len(ids)), ", "), args
+}
+
+func sortItems(items []store.BatchItem) {
+	slices.SortFunc(items, func(a, b store.BatchItem) int { return cmp.Compare(a.ID, b.ID) })
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,220 @@
+package storetest
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+func batchDoc(t *testing.T, name string, maxAttempts int) spec.BatchInference {
+	t.Helper()
+	docs, err := spec.Parse(fmt.Appendf(nil, `apiVersion: spotml/v1
+kind: BatchInference
+metadata: {name: %s}
+spec:
+  input: {uri: in/, pattern: "**/*.png"}
+  output: {uri: out/}
+  model: {uri: models/m.onnx}
+  queue: {maxAttempts: %d}
+`, name, maxAttempts))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return *docs[0].BatchInference
+}
+
+func inputs(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("img/%04d.png", i))
+	}
+	return out
+}
+
+func (h *Harness) batch(name string) store.Batch {
+	h.T.Helper()
+	b, err := h.St.GetBatch(h.Ctx, name)
+	if err != nil {
+		h.T.Fatalf("get batch: %v", err)
+	}
+	return b
+}
+
+func ids(items []store.BatchItem) []int64 {
+	var out []int64
+	for _, it := range items {
+		out = append(out, it.ID)
+	}
+	return out
+}
+
+// testBatchQueue walks items through lease, ack, fail and release, and
+// checks the apply rules (immutable, nothing queued twice).
+func testBatchQueue(t *testing.T, h *Harness) {
+	doc := batchDoc(t, "b1", 3)
+	res, err := h.St.ApplyBatch(h.Ctx, doc, inputs(1000))
+	if err != nil || res.Action != "created" {
+		t.Fatalf("apply = %+v, %v", res, err)
+	}
+	if res, err := h.St.ApplyBatch(h.Ctx, doc, inputs(1000)); err != nil || res.Action != "unchanged" {
+		t.Fatalf("apply again = %+v, %v; want unchanged", res, err)
+	}
+	other := batchDoc(t, "b1", 4)
+	if _, err := h.St.ApplyBatch(h.Ctx, other, inputs(3)); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("apply changed spec: err = %v, want ErrConflict", err)
+	}
+	if c := h.batch("b1").Counts; c.Total != 1000 || c.Pending != 1000 {
+		t.Fatalf("counts = %+v, want 1000 pending", c)
+	}
+
+	a, err := h.St.LeaseBatchItems(h.Ctx, "b1", "w1", 64, time.Minute)
+	if err != nil || len(a) != 64 || a[0].Input != "img/0000.png" || a[63].Input != "img/0063.png" {
+		t.Fatalf("lease w1 = %d items (%v), err %v; want img/0000..0063", len(a), a[:min(len(a), 1)], err)
+	}
+	b, err := h.St.LeaseBatchItems(h.Ctx, "b1", "w2", 64, time.Minute)
+	if err != nil || len(b) != 64 || b[0].Input != "img/0064.png" {
+		t.Fatalf("lease w2 = %d items, err %v; want the next 64", len(b), err)
+	}
+	// w1 scores 60, fails 2, and is evicted holding 2.
+	if n, err := h.St.AckBatchItems(h.Ctx, "b1", ids(a[:60])); err != nil || n != 60 {
+		t.Fatalf("ack = %d, %v", n, err)
+	}
+	if n, err := h.St.AckBatchItems(h.Ctx, "b1", ids(a[:60])); err != nil || n != 0 {
+		t.Fatalf("second ack = %d, %v; want 0 (done once)", n, err)
+	}
+	if r := h.batch("b1").Counts.Redone; r != 60 {
+		t.Fatalf("redone = %d after acking 60 items twice", r)
+	}
+	if n, err := h.St.FailBatchItems(h.Ctx, "b1", []store.ItemFailure{{ID: a[60].ID, Reason: "png: invalid format"}, {ID: a[61].ID, Reason: "bad shape"}}); err != nil || n != 2 {
+		t.Fatalf("fail = %d, %v", n, err)
+	}
+	// Another worker's items are not w1's to release.
+	if n, err := h.St.ReleaseBatchItems(h.Ctx, "b1", "w1", ids(b[:2])); err != nil || n != 0 {
+		t.Fatalf("release of w2's items by w1 = %d, %v; want 0", n, err)
+	}
+	if n, err := h.St.ReleaseBatchItems(h.Ctx, "b1", "w1", ids(a[62:])); err != nil || n != 2 {
+		t.Fatalf("release = %d, %v", n, err)
+	}
+	c := h.batch("b1").Counts
+	if c.Done != 60 || c.Failed != 2 || c.Leased != 64 || c.Pending != 874 || c.Released != 2 || c.Total != 1000 {
+		t.Fatalf("counts = %+v", c)
+	}
+	failed, err := h.St.BatchItems(h.Ctx, "b1", store.ItemFailed, 0)
+	if err != nil || len(failed) != 2 || failed[0].Reason != "png: invalid format" {
+		t.Fatalf("failed items = %+v, %v", failed, err)
+	}
+	// Released items come first again, and their lease was not an attempt.
+	again, err := h.St.LeaseBatchItems(h.Ctx, "b1", "w3", 2, time.Minute)
+	if err != nil || len(again) != 2 || again[0].ID != a[62].ID || again[0].Attempts != 1 {
+		t.Fatalf("lease after release = %+v, %v; want item %d on its first attempt", again, err, a[62].ID)
+	}
+
+	// A watch adds only what is new, whatever it lists again.
+	n, err := h.St.AddBatchItems(h.Ctx, "b1", inputs(1010))
+	if err != nil || n != 10 {
+		t.Fatalf("add items = %d, %v; want 10 new", n, err)
+	}
+	h.Reopen()
+	if n, err := h.St.AddBatchItems(h.Ctx, "b1", inputs(1010)); err != nil || n != 0 {
+		t.Fatalf("add after reopen = %d, %v; want 0", n, err)
+	}
+	if c := h.batch("b1").Counts; c.Total != 1010 {
+		t.Fatalf("total = %d, want 1010", c.Total)
+	}
+
+	if err := h.St.FinishBatch(h.Ctx, "b1", store.BatchSucceeded, "done"); err != nil {
+		t.Fatal(err)
+	}
+	if it, err := h.St.LeaseBatchItems(h.Ctx, "b1", "w1", 10, time.Minute); err != nil || len(it) != 0 {
+		t.Fatalf("lease from a finished batch = %d items, %v; want none", len(it), err)
+	}
+	if err := h.St.DeleteBatch(h.Ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.St.GetBatch(h.Ctx, "b1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get deleted batch: %v, want ErrNotFound", err)
+	}
+	if it, _ := h.St.BatchItems(h.Ctx, "b1", "", 0); len(it) != 0 {
+		t.Fatalf("deleted batch left %d items", len(it))
+	}
+}
+
+// testBatchLeaseExpiry: a vanished worker's items come back after the
+// lease timeout, and fail after maxAttempts leases.
+func testBatchLeaseExpiry(t *testing.T, h *Harness) {
+	if _, err := h.St.ApplyBatch(h.Ctx, batchDoc(t, "b2", 2), inputs(3)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := h.St.LeaseBatchItems(h.Ctx, "b2", "w1", 3, 10*time.Second)
+	if err != nil || len(a) != 3 {
+		t.Fatalf("lease = %d, %v", len(a), err)
+	}
+	h.Clock.Advance(5 * time.Second)
+	if r, f, err := h.St.ExpireBatchLeases(h.Ctx); err != nil || r != 0 || f != 0 {
+		t.Fatalf("expire before the timeout = %d, %d, %v; want nothing", r, f, err)
+	}
+	h.Clock.Advance(6 * time.Second)
+	if r, f, err := h.St.ExpireBatchLeases(h.Ctx); err != nil || r != 3 || f != 0 {
+		t.Fatalf("expire = %d requeued, %d failed, %v; want 3, 0", r, f, err)
+	}
+	if c := h.batch("b2").Counts; c.Pending != 3 || c.Expired != 3 {
+		t.Fatalf("counts = %+v", c)
+	}
+	// The second lease is the last allowed: expiring it fails the items.
+	b, _ := h.St.LeaseBatchItems(h.Ctx, "b2", "w2", 3, 10*time.Second)
+	if len(b) != 3 || b[0].Attempts != 2 {
+		t.Fatalf("second lease = %+v", b)
+	}
+	// w1 wakes up and acks one it no longer holds: the result is the
+	// same object, so it counts, once.
+	if n, _ := h.St.AckBatchItems(h.Ctx, "b2", []int64{a[0].ID}); n != 1 {
+		t.Fatalf("late ack = %d, want 1", n)
+	}
+	h.Clock.Advance(11 * time.Second)
+	if r, f, err := h.St.ExpireBatchLeases(h.Ctx); err != nil || r != 0 || f != 2 {
+		t.Fatalf("expire at max attempts = %d, %d, %v; want 0, 2", r, f, err)
+	}
+	c := h.batch("b2").Counts
+	if c.Done != 1 || c.Failed != 2 || c.Left() != 0 {
+		t.Fatalf("counts = %+v", c)
+	}
+}
+
+// testBatchConcurrentLeases: workers leasing at once never get the same
+// item.
+func testBatchConcurrentLeases(t *testing.T, h *Harness) {
+	if _, err := h.St.ApplyBatch(h.Ctx, batchDoc(t, "b3", 3), inputs(600)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []int64
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Go(func() {
+			for {
+				items, err := h.St.LeaseBatchItems(h.Ctx, "b3", fmt.Sprint("w", w), 25, time.Minute)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(items) == 0 {
+					return
+				}
+				mu.Lock()
+				got = append(got, ids(items)...)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(got)
+	if len(got) != 600 || len(slices.Compact(got)) != 600 {
+		t.Fatalf("leased %d items, want each of 600 once", len(got))
+	}
+}
