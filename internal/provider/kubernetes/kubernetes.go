@@ -47,6 +47,12 @@ type Config struct {
 	PullPolicy corev1.PullPolicy
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
+	// AgentEnv is added to every agent container's environment: the
+	// blob store's credentials and endpoint where the cluster has no
+	// workload identity (IRSA, Azure or GKE Workload Identity) to give
+	// them, e.g. AWS_ACCESS_KEY_ID from a Secret through valueFrom.
+	// The node's tasks, which run in the same container, see it too.
+	AgentEnv []corev1.EnvVar
 	// MetadataURL is the instance metadata service as pods reach it, for
 	// pools that set instanceMetadata; default http://169.254.169.254.
 	MetadataURL string
