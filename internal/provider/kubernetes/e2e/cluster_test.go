@@ -32,7 +32,7 @@ func TestMain(m *testing.M) { kubetest.Main(m) }
 func TestProviderOnCluster(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{})
 	ctx := t.Context()
-	setUp(t, c)
+	setUp(t, c, nil)
 	addNodes(t, c, karpenterNode("spot-a", "spot", "g4dn.xlarge", "us-east-1a"), karpenterNode("spot-b", "spot", "g4dn.xlarge", "us-east-1b"),
 		karpenterNode("od-a", "on-demand", "m5.xlarge", "us-east-1a"))
 

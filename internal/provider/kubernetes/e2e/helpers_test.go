@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -65,13 +66,16 @@ var built struct {
 
 // setUp makes the images the tests' pods run (spotml:e2e with the
 // spotml binary for the init container, train:e2e the pools' image: a
-// shell and libc, no spotml) and the spotml namespace.
-func setUp(t *testing.T, c *kubetest.Cluster) {
+// shell and libc, no spotml, and extra, image path to file) and the
+// spotml namespace.
+func setUp(t *testing.T, c *kubetest.Cluster, extra map[string]string) {
 	t.Helper()
 	bin := spotmlBinary(t)
+	train := libsOnly(withLibs(t, bin, "/usr/local/bin/spotml"))
+	maps.Copy(train, extra)
 	for name, files := range map[string]map[string]string{
 		"spotml:e2e": withLibs(t, bin, "/usr/local/bin/spotml"),
-		"train:e2e":  libsOnly(withLibs(t, bin, "/usr/local/bin/spotml")),
+		"train:e2e":  train,
 	} {
 		dir := t.TempDir()
 		if err := kubetest.BuildImage(dir, files); err != nil {

@@ -87,7 +87,7 @@ func waitJob(t *testing.T, st *sqlstore.Store, name, what string, timeout time.D
 func TestCheckpointedJobOnCluster(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{RealKubelet: true})
 	ctx := t.Context()
-	setUp(t, c)
+	setUp(t, c, nil)
 	// The real kubelet's node is a spot node too.
 	err := c.UpdateNode(ctx, kubetest.RealNodeName, func(n *corev1.Node) {
 		for k, v := range karpenterNode("", "spot", "g5.xlarge", "us-east-1c").Labels {
