@@ -62,6 +62,10 @@ type Config struct {
 	Interval time.Duration
 	// Resync is the informers' resync period; default 10m.
 	Resync time.Duration
+	// OnPass, when set, is told how long each pass over the nodes took
+	// and how many live nodes of kubernetes pools it went over (for
+	// benchmarks and metrics).
+	OnPass func(took time.Duration, nodes int)
 }
 
 func (c Config) spotmlPath() string {

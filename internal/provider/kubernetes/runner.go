@@ -141,6 +141,15 @@ func (r *runner) watch(ctx context.Context, ns string) *nsCache {
 // removes what no live node or pool owns. It reads the view once and the
 // informers' caches, never the API.
 func (r *runner) pass(ctx context.Context) error {
+	if on := r.p.cfg.OnPass; on != nil {
+		began, nodes := time.Now(), 0
+		defer func() { on(time.Since(began), nodes) }()
+		return r.passCounting(ctx, &nodes)
+	}
+	return r.passCounting(ctx, new(int))
+}
+
+func (r *runner) passCounting(ctx context.Context, count *int) error {
 	pools, err := r.view.ListPools(ctx)
 	if err != nil {
 		return err
@@ -177,6 +186,7 @@ func (r *runner) pass(ctx context.Context) error {
 		}
 		ns := pool.Spec.Kubernetes.Namespace
 		live[ns+"/"+n.Name] = true
+		*count++
 		c := ready[ns]
 		if c == nil {
 			continue
