@@ -240,10 +240,13 @@ func BenchmarkReaction(b *testing.B) {
 				}
 				toReport = append(toReport, reported.Sub(t0))
 				toReplacement = append(toReplacement, launched.Sub(t0))
-				// The platform finishes the job: the victim's pod and node
-				// go (the kubelet's part, which no kubelet plays here).
+				// The platform finishes the job: the victim's pod goes (the
+				// kubelet's part, which no kubelet plays here) and its node
+				// takes no more pods. (Deleting the node would orphan a
+				// replacement the scheduler put there after the victim's
+				// pod went.)
 				cs.CoreV1().Pods("spotml").Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
-				if err := cs.CoreV1().Nodes().Delete(ctx, victim.Host, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				if err := c.Cordon(ctx, victim.Host); err != nil && !apierrors.IsNotFound(err) {
 					b.Fatal(err)
 				}
 			}

@@ -299,7 +299,15 @@ func (r *runner) reconcile(ctx context.Context, pool spec.Pool, n store.Node, po
 		if r.p.deleting(pod.UID, false) {
 			return nil // asked already; the cache has not caught up
 		}
-		grace := max(int64(math.Ceil(sig.deadline.Sub(now).Seconds())), 1)
+		// The notice recorded may be earlier than the signal's deadline
+		// seen now: a restarted control plane sees an old taint (which
+		// carries no time) afresh. The agent gets what is left of the
+		// recorded one, not a new full notice.
+		deadline := sig.deadline
+		if !n.NoticeDeadline.IsZero() && n.NoticeDeadline.Before(deadline) {
+			deadline = n.NoticeDeadline
+		}
+		grace := max(int64(math.Ceil(deadline.Sub(now).Seconds())), 1)
 		if err := r.p.deletePod(ctx, pod.Namespace, pod.Name, pod.UID, &grace); err != nil {
 			return err
 		}

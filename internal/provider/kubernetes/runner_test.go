@@ -430,6 +430,54 @@ func TestFirstSignalWins(t *testing.T) {
 	}
 }
 
+// TestRestartKeepsNoticeDeadline: a control plane restarted while a
+// cluster node carries a disruption taint (which has no time of its own)
+// sees the taint afresh; the notice recorded before the restart stands,
+// and the agent's pod is deleted with what is left of it, not a new full
+// notice.
+func TestRestartKeepsNoticeDeadline(t *testing.T) {
+	h := newHarness(t, karpenterPool(t))
+	var mu sync.Mutex
+	var graces []int64
+	h.cs.PrependReactor("delete", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if g := a.(k8stesting.DeleteActionImpl).DeleteOptions.GracePeriodSeconds; g != nil {
+			mu.Lock()
+			graces = append(graces, *g)
+			mu.Unlock()
+		}
+		return false, nil, nil
+	})
+	h.launch("gpu-a")
+	h.addHost("ip-1")
+	h.updatePod("gpu-a", func(p *corev1.Pod) { p.Finalizers = []string{"test/hold"} })
+	h.bind("gpu-a", "ip-1")
+	h.expect("Placed gpu-a")
+	// The old control plane recorded the taint's notice (40s left now) and
+	// went down before it deleted the pod.
+	h.stop()
+	h.plane.mu.Lock()
+	h.plane.nodes["gpu-a"].NoticeDeadline = h.clk.Now().Add(40 * time.Second)
+	h.plane.mu.Unlock()
+	h.updateHost("ip-1", func(n *corev1.Node) {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "karpenter.sh/disrupted", Effect: corev1.TaintEffectNoSchedule})
+	})
+	h.start()
+	waitFor(t, "the tainted node's pod deleted", func() bool {
+		pod, err := h.cs.CoreV1().Pods(h.ns()).Get(t.Context(), "gpu-a", metav1.GetOptions{})
+		return apierrors.IsNotFound(err) || err == nil && pod.DeletionTimestamp != nil
+	})
+	for _, c := range h.plane.took() {
+		if strings.HasPrefix(c, "Notice") {
+			t.Errorf("the taint seen again after the restart reported a later notice: %s", c)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(graces) != 1 || graces[0] != 40 {
+		t.Errorf("pod deleted with grace periods %v, want once with the 40s left of the recorded notice", graces)
+	}
+}
+
 // TestUnschedulableIsShortage: a spot pod the scheduler cannot place for
 // longer than unschedulableTimeout is a capacity shortage.
 func TestUnschedulableIsShortage(t *testing.T) {
