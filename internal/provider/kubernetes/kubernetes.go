@@ -53,6 +53,9 @@ type Config struct {
 	// them, e.g. AWS_ACCESS_KEY_ID from a Secret through valueFrom.
 	// The node's tasks, which run in the same container, see it too.
 	AgentEnv []corev1.EnvVar
+	// AgentEnvFrom is added to every agent container's envFrom (a
+	// Secret's keys as variables; --kube-agent-env-secret).
+	AgentEnvFrom []corev1.EnvFromSource
 	// MetadataURL is the instance metadata service as pods reach it, for
 	// pools that set instanceMetadata; default http://169.254.169.254.
 	MetadataURL string

@@ -203,6 +203,7 @@ func buildObjects(in podSpecInput) (objects, error) {
 					Name:      "SPOTML_POD_IP",
 					ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}},
 				}}, in.cfg.AgentEnv...),
+				EnvFrom:   in.cfg.AgentEnvFrom,
 				Resources: res,
 				VolumeMounts: []corev1.VolumeMount{
 					{Name: "spotml-bin", MountPath: binDir},
