@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -26,6 +27,8 @@ type kubeFlags struct {
 	spotmlImage string
 	spotmlPath  string
 	pullPolicy  string
+	agentEnv    []string // NAME=VALUE
+	envSecrets  []string // Secret names, every key an environment variable
 }
 
 func (f *kubeFlags) bind(c *cobra.Command) {
@@ -35,6 +38,8 @@ func (f *kubeFlags) bind(c *cobra.Command) {
 	c.Flags().StringVar(&f.agentURL, "kube-agent-server-url", "", "the control plane's URL as agents in pods reach it (e.g. http://spotml.spotml.svc:8080)")
 	c.Flags().StringVar(&f.spotmlImage, "kube-spotml-image", "", "image holding the spotml binary, copied into each agent pod by an init container")
 	c.Flags().StringVar(&f.spotmlPath, "kube-spotml-path", "/usr/local/bin/spotml", "path of the spotml binary in --kube-spotml-image")
+	c.Flags().StringArrayVar(&f.agentEnv, "kube-agent-env", nil, "NAME=VALUE added to every agent pod's environment (repeatable), e.g. a blob store's region or endpoint")
+	c.Flags().StringArrayVar(&f.envSecrets, "kube-agent-env-secret", nil, "a Secret in the pool's namespace whose keys become agent pods' environment variables (repeatable), e.g. blob store credentials where the cluster has no workload identity")
 	c.Flags().StringVar(&f.pullPolicy, "kube-image-pull-policy", string(corev1.PullIfNotPresent), "imagePullPolicy of agent pods: Always, IfNotPresent or Never")
 }
 
@@ -52,6 +57,21 @@ func (f *kubeFlags) provider(agentArgs []string, log *slog.Logger) (*kubeprov.Pr
 	default:
 		return nil, fmt.Errorf("--kube-image-pull-policy: %q is not Always, IfNotPresent or Never", f.pullPolicy)
 	}
+	var env []corev1.EnvVar
+	for _, kv := range f.agentEnv {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !envName.MatchString(k) {
+			return nil, fmt.Errorf("--kube-agent-env %q: want NAME=VALUE with NAME letters, digits and _ (not starting with a digit)", kv)
+		}
+		env = append(env, corev1.EnvVar{Name: k, Value: v})
+	}
+	var envFrom []corev1.EnvFromSource
+	for _, name := range f.envSecrets {
+		if name == "" {
+			return nil, errors.New("--kube-agent-env-secret: empty: name a Secret in the pool's namespace")
+		}
+		envFrom = append(envFrom, corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: name}}})
+	}
 	rc, err := kubeprov.RESTConfig(f.kubeconfig, f.context)
 	if err != nil {
 		return nil, err
@@ -63,9 +83,11 @@ func (f *kubeFlags) provider(agentArgs []string, log *slog.Logger) (*kubeprov.Pr
 	}
 	return kubeprov.New(cs, kubeprov.Config{
 		ServerURL: strings.TrimSuffix(f.agentURL, "/"), SpotmlImage: f.spotmlImage, SpotmlPath: f.spotmlPath,
-		PullPolicy: pull, AgentArgs: agentArgs,
+		PullPolicy: pull, AgentArgs: agentArgs, AgentEnv: env, AgentEnvFrom: envFrom,
 	}, log, time.Now), nil
 }
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // newAgentInitCmd is the init container of an agent pod: it copies this
 // binary and the node's credential into the pod's shared emptyDir, so that

@@ -27,7 +27,10 @@ current-context: a
 		{kubeFlags{enabled: true, agentURL: "http://x", kubeconfig: kc}, "--kube-spotml-image"},
 		{kubeFlags{enabled: true, agentURL: "http://x", spotmlImage: "s", kubeconfig: kc, pullPolicy: "Sometimes"}, "--kube-image-pull-policy"},
 		{kubeFlags{enabled: true, agentURL: "http://x", spotmlImage: "s", kubeconfig: kc, pullPolicy: "Never", context: "other"}, "--kube-context"},
-		{kubeFlags{enabled: true, agentURL: "http://x/", spotmlImage: "s", kubeconfig: kc, pullPolicy: "IfNotPresent"}, ""},
+		{kubeFlags{enabled: true, agentURL: "http://x", spotmlImage: "s", kubeconfig: kc, pullPolicy: "Never", agentEnv: []string{"1X=y"}}, "--kube-agent-env"},
+		{kubeFlags{enabled: true, agentURL: "http://x", spotmlImage: "s", kubeconfig: kc, pullPolicy: "Never", agentEnv: []string{"NOVALUE"}}, "--kube-agent-env"},
+		{kubeFlags{enabled: true, agentURL: "http://x", spotmlImage: "s", kubeconfig: kc, pullPolicy: "Never", envSecrets: []string{""}}, "--kube-agent-env-secret"},
+		{kubeFlags{enabled: true, agentURL: "http://x/", spotmlImage: "s", kubeconfig: kc, pullPolicy: "IfNotPresent", agentEnv: []string{"AWS_REGION=us-east-1"}, envSecrets: []string{"s3-creds"}}, ""},
 	} {
 		p, err := tc.f.provider(nil, nil)
 		switch {

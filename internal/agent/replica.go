@@ -114,7 +114,7 @@ func (r *replica) run(ctx context.Context) {
 	}
 	port := as.Spec.Port
 	if port == 0 {
-		p, err := freePort()
+		p, err := freePort(a.cfg.advertiseHost())
 		if err != nil {
 			r.fail("find a free port: " + err.Error())
 			return
@@ -131,7 +131,9 @@ func (r *replica) run(ctx context.Context) {
 			r.fail("find the spotml executable: " + err.Error())
 			return
 		}
-		argv = []string{exe, "serve", "--model", modelPath, "--name", as.Service, "--addr", "127.0.0.1:" + strconv.Itoa(port)}
+		// On the address gateways reach it at: in a pod that is the
+		// pod's IP, which a server on 127.0.0.1 would not answer.
+		argv = []string{exe, "serve", "--model", modelPath, "--name", as.Service, "--addr", addr}
 		if as.Spec.MaxBatch > 0 {
 			argv = append(argv, "--max-batch", strconv.Itoa(as.Spec.MaxBatch))
 		}
@@ -191,7 +193,7 @@ func (r *replica) run(ctx context.Context) {
 	go func() { exited <- cmd.Wait() }()
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
-	go r.probe(probeCtx, port)
+	go r.probe(probeCtx, addr)
 
 	signal := func(sig syscall.Signal) { syscall.Kill(-cmd.Process.Pid, sig) }
 	var termAt, killAt <-chan time.Time
@@ -243,7 +245,7 @@ func (r *replica) run(ctx context.Context) {
 }
 
 // probe marks the replica ready while its readiness path answers 2xx.
-func (r *replica) probe(ctx context.Context, port int) {
+func (r *replica) probe(ctx context.Context, addr string) {
 	sp := r.as.Spec
 	period, timeout := sp.ReadinessPeriod, sp.ReadinessTimeout
 	if period <= 0 {
@@ -256,7 +258,7 @@ func (r *replica) probe(ctx context.Context, port int) {
 	if p == "" {
 		p = "/"
 	}
-	url := "http://127.0.0.1:" + strconv.Itoa(port) + p
+	url := "http://" + addr + p
 	client := &http.Client{Timeout: timeout}
 	wait := sp.InitialDelay
 	// Probe often until first ready: the replica joins the gateway sooner.
@@ -294,8 +296,8 @@ func (r *replica) probe(ctx context.Context, port int) {
 }
 
 // freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}

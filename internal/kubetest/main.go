@@ -136,3 +136,8 @@ func removeCgroups(name string) {
 		}
 	}
 }
+
+// RunDir is a directory of this test run's own, removed when the run ends
+// (even if the tests crashed before their cleanups ran): for files several
+// tests share, such as a binary built once.
+func RunDir() string { return os.Getenv(envRunDir) }

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
@@ -137,6 +138,38 @@ func (c *Cluster) AddNode(opts NodeOptions) (*Node, error) {
 	return n, nil
 }
 
+// RegisterNode registers a node through the apiserver (Ready, with its
+// addresses, capacity and allocatable, and a Lease) and does not play its
+// kubelet: pods bound to it stay Pending and its Lease is never renewed.
+// It is for tests of many nodes as API objects (scale), where a played
+// kubelet each would cost too much. Start such a cluster with a long
+// Options.NodeMonitorGracePeriod: the node lifecycle controller lifts the
+// not-ready taint the apiserver gives every new Node, and would otherwise
+// call these nodes unreachable once their Lease expires.
+func (c *Cluster) RegisterNode(ctx context.Context, opts NodeOptions) error {
+	if opts.Name == "" {
+		return errors.New("kubetest: RegisterNode: NodeOptions.Name is empty: name the node")
+	}
+	if opts.Address == "" {
+		opts.Address = "192.0.2.1" // TEST-NET-1: nothing dials it
+	}
+	if opts.Capacity == nil {
+		opts.Capacity = corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("4"),
+			corev1.ResourceMemory: resource.MustParse("16Gi"),
+			corev1.ResourcePods:   resource.MustParse("110"),
+		}
+	}
+	if opts.Allocatable == nil {
+		opts.Allocatable = opts.Capacity
+	}
+	n := &Node{Name: opts.Name, Address: opts.Address, c: c, opts: opts}
+	if err := n.register(ctx); err != nil {
+		return fmt.Errorf("kubetest: register node %s: %w", opts.Name, err)
+	}
+	return nil
+}
+
 // register creates the Node, its Ready status and its Lease.
 func (n *Node) register(ctx context.Context) error {
 	labels := map[string]string{
@@ -175,8 +208,12 @@ func (n *Node) register(ctx context.Context) error {
 			ContainerRuntimeVersion: "runc://kubetest", OSImage: "kubetest played node",
 		},
 	}
-	// The node lifecycle controller may write the new Node first.
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	// The node lifecycle controller (and, in a busy cluster, the taint
+	// manager and the garbage collector's owner updates) may write the new
+	// Node first, several times: retry for longer than client-go's
+	// DefaultRetry (five tries within ~0.1s), which lost that race now and
+	// then.
+	err = retry.RetryOnConflict(wait.Backoff{Steps: 12, Duration: 20 * time.Millisecond, Factor: 1.5, Jitter: 0.2}, func() error {
 		cur, err := n.c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
 			return err

@@ -56,6 +56,12 @@ func (c *Cluster) Cordon(ctx context.Context, node string) error {
 	return c.updateNode(ctx, node, func(n *corev1.Node) { n.Spec.Unschedulable = true })
 }
 
+// UpdateNode changes the Node object (labels, say) through the API,
+// retrying on a conflict with the node's other writers.
+func (c *Cluster) UpdateNode(ctx context.Context, name string, change func(*corev1.Node)) error {
+	return c.updateNode(ctx, name, change)
+}
+
 func (c *Cluster) updateNode(ctx context.Context, name string, change func(*corev1.Node)) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		n, err := c.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})

@@ -47,6 +47,15 @@ type Config struct {
 	PullPolicy corev1.PullPolicy
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
+	// AgentEnv is added to every agent container's environment: the
+	// blob store's credentials and endpoint where the cluster has no
+	// workload identity (IRSA, Azure or GKE Workload Identity) to give
+	// them, e.g. AWS_ACCESS_KEY_ID from a Secret through valueFrom.
+	// The node's tasks, which run in the same container, see it too.
+	AgentEnv []corev1.EnvVar
+	// AgentEnvFrom is added to every agent container's envFrom (a
+	// Secret's keys as variables; --kube-agent-env-secret).
+	AgentEnvFrom []corev1.EnvFromSource
 	// MetadataURL is the instance metadata service as pods reach it, for
 	// pools that set instanceMetadata; default http://169.254.169.254.
 	MetadataURL string
@@ -56,6 +65,10 @@ type Config struct {
 	Interval time.Duration
 	// Resync is the informers' resync period; default 10m.
 	Resync time.Duration
+	// OnPass, when set, is told how long each pass over the nodes took
+	// and how many live nodes of kubernetes pools it went over (for
+	// benchmarks and metrics).
+	OnPass func(took time.Duration, nodes int)
 }
 
 func (c Config) spotmlPath() string {

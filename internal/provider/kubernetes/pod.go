@@ -199,10 +199,11 @@ func buildObjects(in podSpecInput) (objects, error) {
 				ImagePullPolicy: pull,
 				Command:         []string{binDir + "/spotml"},
 				Args:            args,
-				Env: []corev1.EnvVar{{
+				Env: append([]corev1.EnvVar{{
 					Name:      "SPOTML_POD_IP",
 					ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}},
-				}},
+				}}, in.cfg.AgentEnv...),
+				EnvFrom:   in.cfg.AgentEnvFrom,
 				Resources: res,
 				VolumeMounts: []corev1.VolumeMount{
 					{Name: "spotml-bin", MountPath: binDir},

@@ -305,3 +305,27 @@ func TestProviderID(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentEnv: the deployment's agent environment (a blob store's
+// settings, a Secret's keys) reaches the agent container, after the pod
+// IP it advertises, and not the init container.
+func TestAgentEnv(t *testing.T) {
+	pool := testPool(t, "a", spec.FlavorKarpenter, spec.PrioritySpot, nil)
+	cfg := testCfg
+	cfg.AgentEnv = []corev1.EnvVar{{Name: "AWS_REGION", Value: "us-east-1"}}
+	cfg.AgentEnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "s3"}}}}
+	objs, err := buildObjects(podSpecInput{pool: pool, node: testNode(pool), credential: "c", cfg: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := objs.pod.Spec.Containers[0]
+	if len(agent.Env) != 2 || agent.Env[0].Name != "SPOTML_POD_IP" || agent.Env[1] != cfg.AgentEnv[0] {
+		t.Errorf("agent env %+v, want SPOTML_POD_IP then AWS_REGION", agent.Env)
+	}
+	if len(agent.EnvFrom) != 1 || agent.EnvFrom[0].SecretRef.Name != "s3" {
+		t.Errorf("agent envFrom %+v, want the Secret s3", agent.EnvFrom)
+	}
+	if init := objs.pod.Spec.InitContainers[0]; len(init.Env) != 0 || len(init.EnvFrom) != 0 {
+		t.Errorf("init container has environment %+v %+v", init.Env, init.EnvFrom)
+	}
+}

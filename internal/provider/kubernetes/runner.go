@@ -141,6 +141,15 @@ func (r *runner) watch(ctx context.Context, ns string) *nsCache {
 // removes what no live node or pool owns. It reads the view once and the
 // informers' caches, never the API.
 func (r *runner) pass(ctx context.Context) error {
+	if on := r.p.cfg.OnPass; on != nil {
+		began, nodes := time.Now(), 0
+		defer func() { on(time.Since(began), nodes) }()
+		return r.passCounting(ctx, &nodes)
+	}
+	return r.passCounting(ctx, new(int))
+}
+
+func (r *runner) passCounting(ctx context.Context, count *int) error {
 	pools, err := r.view.ListPools(ctx)
 	if err != nil {
 		return err
@@ -177,6 +186,7 @@ func (r *runner) pass(ctx context.Context) error {
 		}
 		ns := pool.Spec.Kubernetes.Namespace
 		live[ns+"/"+n.Name] = true
+		*count++
 		c := ready[ns]
 		if c == nil {
 			continue
@@ -281,13 +291,23 @@ func (r *runner) reconcile(ctx context.Context, pool spec.Pool, n store.Node, po
 		}
 		r.p.log.Info("eviction notice", "node", n.Name, "host", host.Name, "source", sig.source, "deadline", sig.deadline)
 	}
-	if sig.nodeSignalled && pod.DeletionTimestamp == nil {
+	if sig.tellAgent && pod.DeletionTimestamp == nil {
 		// The agent has no other way to hear of its cluster node's
-		// signals: it is told by SIGTERM, with the time left.
+		// signals, nor of a DisruptionTarget before the disrupting
+		// component acts: it is told by SIGTERM, with the time left, so
+		// that it drains on the first signal.
 		if r.p.deleting(pod.UID, false) {
 			return nil // asked already; the cache has not caught up
 		}
-		grace := max(int64(math.Ceil(sig.deadline.Sub(now).Seconds())), 1)
+		// The notice recorded may be earlier than the signal's deadline
+		// seen now: a restarted control plane sees an old taint (which
+		// carries no time) afresh. The agent gets what is left of the
+		// recorded one, not a new full notice.
+		deadline := sig.deadline
+		if !n.NoticeDeadline.IsZero() && n.NoticeDeadline.Before(deadline) {
+			deadline = n.NoticeDeadline
+		}
+		grace := max(int64(math.Ceil(deadline.Sub(now).Seconds())), 1)
 		if err := r.p.deletePod(ctx, pod.Namespace, pod.Name, pod.UID, &grace); err != nil {
 			return err
 		}
@@ -327,19 +347,24 @@ func noticeOf(pool spec.Pool, pod *corev1.Pod) time.Duration {
 type signalSeen struct {
 	deadline time.Time
 	source   string
-	onNode   bool // on the cluster node, not the pod: the pod is not being deleted yet
-	// nodeSignalled is set on the earliest signal when any signal is on
-	// the cluster node.
-	nodeSignalled bool
+	// tell: the agent hears of this signal only if spotml tells it (by
+	// deleting its pod: SIGTERM with the time left), as the pod is not
+	// being deleted yet: a signal on the cluster node, or DisruptionTarget,
+	// which the disrupting component (the kubelet shutting its node down,
+	// the scheduler, the taint manager) sets before it acts.
+	tell bool
+	// tellAgent is set on the earliest signal when any signal is one to
+	// tell.
+	tellAgent bool
 }
 
 // signal returns the earliest-ending disruption signal on a pod and its
 // cluster node.
 func (p *Provider) signal(pod *corev1.Pod, host *corev1.Node, notice time.Duration, now time.Time) (signalSeen, bool) {
 	var best signalSeen
-	found, onNode := false, false
+	found, tell := false, false
 	consider := func(s signalSeen) {
-		onNode = onNode || s.onNode
+		tell = tell || s.tell
 		if !found || s.deadline.Before(best.deadline) {
 			best, found = s, true
 		}
@@ -349,13 +374,13 @@ func (p *Provider) signal(pod *corev1.Pod, host *corev1.Node, notice time.Durati
 		consider(signalSeen{deadline: t.Time, source: "pod deletionTimestamp"})
 	}
 	if c := condition(pod, corev1.DisruptionTarget); c != nil && c.Status == corev1.ConditionTrue {
-		consider(signalSeen{deadline: c.LastTransitionTime.Add(notice), source: "DisruptionTarget: " + c.Reason})
+		consider(signalSeen{deadline: c.LastTransitionTime.Add(notice), source: "DisruptionTarget: " + c.Reason, tell: true})
 	}
 	if t := host.DeletionTimestamp; t != nil {
-		consider(signalSeen{deadline: t.Add(notice), source: "node deletionTimestamp", onNode: true})
+		consider(signalSeen{deadline: t.Add(notice), source: "node deletionTimestamp", tell: true})
 	}
 	if host.Spec.Unschedulable {
-		consider(signalSeen{deadline: p.seen(host.Name, "cordon", now).Add(notice), source: "node cordoned", onNode: true})
+		consider(signalSeen{deadline: p.seen(host.Name, "cordon", now).Add(notice), source: "node cordoned", tell: true})
 	}
 	for _, t := range host.Spec.Taints {
 		if _, ok := NodeTaints[t.Key]; !ok {
@@ -365,9 +390,9 @@ func (p *Provider) signal(pod *corev1.Pod, host *corev1.Node, notice time.Durati
 		if t.TimeAdded != nil && t.TimeAdded.Time.Before(at) {
 			at = t.TimeAdded.Time
 		}
-		consider(signalSeen{deadline: at.Add(notice), source: t.Key + " taint", onNode: true})
+		consider(signalSeen{deadline: at.Add(notice), source: t.Key + " taint", tell: true})
 	}
-	best.nodeSignalled = onNode
+	best.tellAgent = tell
 	return best, found
 }
 

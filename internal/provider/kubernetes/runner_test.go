@@ -304,8 +304,9 @@ func TestPlacedWhenBound(t *testing.T) {
 
 // TestSignalsNotice: each of the platform's signals is the node's notice,
 // with deadline min(platform notice, pod grace); signals on the cluster
-// node make spotml delete the pod with the time left (the agent hears
-// SIGTERM); the pod then gone is the node preempted, never failed.
+// node and DisruptionTarget make spotml delete the pod with the time left
+// (the agent hears SIGTERM and drains on the first signal); the pod then
+// gone is the node preempted, never failed.
 func TestSignalsNotice(t *testing.T) {
 	taint := func(key string) func(*corev1.Node) {
 		return func(n *corev1.Node) {
@@ -318,27 +319,27 @@ func TestSignalsNotice(t *testing.T) {
 		pod    func(*corev1.Pod, time.Time)
 		source string
 		in     string // the deadline from now
-		onNode bool
+		tell   bool   // spotml deletes the pod (the agent hears SIGTERM)
 	}{
-		{name: "karpenter", host: taint("karpenter.sh/disrupted"), source: "karpenter.sh/disrupted taint", in: "2m0s", onNode: true},
-		{name: "nth-spot-itn", host: taint("aws-node-termination-handler/spot-itn"), source: "aws-node-termination-handler/spot-itn taint", in: "2m0s", onNode: true},
-		{name: "nth-rebalance", host: taint("aws-node-termination-handler/rebalance-recommendation"), source: "aws-node-termination-handler/rebalance-recommendation taint", in: "2m0s", onNode: true},
-		{name: "nth-maintenance", host: taint("aws-node-termination-handler/scheduled-maintenance"), source: "aws-node-termination-handler/scheduled-maintenance taint", in: "2m0s", onNode: true},
-		{name: "nth-asg", host: taint("aws-node-termination-handler/asg-lifecycle-termination"), source: "aws-node-termination-handler/asg-lifecycle-termination taint", in: "2m0s", onNode: true},
-		{name: "aks-drain", host: taint("remediator.kubernetes.azure.com/unschedulable"), source: "remediator.kubernetes.azure.com/unschedulable taint", in: "2m0s", onNode: true},
-		{name: "cordon", host: func(n *corev1.Node) { n.Spec.Unschedulable = true }, source: "node cordoned", in: "2m0s", onNode: true},
+		{name: "karpenter", host: taint("karpenter.sh/disrupted"), source: "karpenter.sh/disrupted taint", in: "2m0s", tell: true},
+		{name: "nth-spot-itn", host: taint("aws-node-termination-handler/spot-itn"), source: "aws-node-termination-handler/spot-itn taint", in: "2m0s", tell: true},
+		{name: "nth-rebalance", host: taint("aws-node-termination-handler/rebalance-recommendation"), source: "aws-node-termination-handler/rebalance-recommendation taint", in: "2m0s", tell: true},
+		{name: "nth-maintenance", host: taint("aws-node-termination-handler/scheduled-maintenance"), source: "aws-node-termination-handler/scheduled-maintenance taint", in: "2m0s", tell: true},
+		{name: "nth-asg", host: taint("aws-node-termination-handler/asg-lifecycle-termination"), source: "aws-node-termination-handler/asg-lifecycle-termination taint", in: "2m0s", tell: true},
+		{name: "aks-drain", host: taint("remediator.kubernetes.azure.com/unschedulable"), source: "remediator.kubernetes.azure.com/unschedulable taint", in: "2m0s", tell: true},
+		{name: "cordon", host: func(n *corev1.Node) { n.Spec.Unschedulable = true }, source: "node cordoned", in: "2m0s", tell: true},
 		{name: "node-deleting", host: func(n *corev1.Node) {
 			n.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 11, 29, 11, 59, 30, 0, time.UTC)}
 			n.Finalizers = []string{"karpenter.sh/termination"}
-		}, source: "node deletionTimestamp", in: "1m30s", onNode: true},
+		}, source: "node deletionTimestamp", in: "1m30s", tell: true},
 		{name: "disruption-target", pod: func(p *corev1.Pod, now time.Time) {
 			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue,
 				Reason: "EvictionByEvictionAPI", LastTransitionTime: metav1.Time{Time: now}})
-		}, source: "DisruptionTarget: EvictionByEvictionAPI", in: "2m0s"},
+		}, source: "DisruptionTarget: EvictionByEvictionAPI", in: "2m0s", tell: true},
 		{name: "terminated-by-kubelet", pod: func(p *corev1.Pod, now time.Time) {
 			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue,
 				Reason: "TerminationByKubelet", LastTransitionTime: metav1.Time{Time: now.Add(-10 * time.Second)}})
-		}, source: "DisruptionTarget: TerminationByKubelet", in: "1m50s"},
+		}, source: "DisruptionTarget: TerminationByKubelet", in: "1m50s", tell: true},
 		{name: "pod-deleting", pod: func(p *corev1.Pod, now time.Time) {
 			p.DeletionTimestamp = &metav1.Time{Time: now.Add(45 * time.Second)}
 			p.Finalizers = []string{"test/hold"} // the fake deletes at once otherwise
@@ -357,7 +358,7 @@ func TestSignalsNotice(t *testing.T) {
 				h.updatePod("gpu-a", func(p *corev1.Pod) { tc.pod(p, h.clk.Now()) })
 			}
 			h.expect("Notice gpu-a " + tc.source + " in " + tc.in)
-			if tc.onNode {
+			if tc.tell {
 				// The fake API deletes at once; a cluster would give the
 				// pod the time left.
 				waitFor(t, "the pod deleted", func() bool {
@@ -422,8 +423,58 @@ func TestFirstSignalWins(t *testing.T) {
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	if len(graces) != 1 || graces[0] != 85 {
-		t.Errorf("pod deleted with grace periods %v, want once with the 85s left of the first notice", graces)
+	// Deleted once, on the first signal, with its 90s left; the later
+	// cordon deletes nothing again.
+	if len(graces) != 1 || graces[0] != 90 {
+		t.Errorf("pod deleted with grace periods %v, want once with the 90s left of the first notice", graces)
+	}
+}
+
+// TestRestartKeepsNoticeDeadline: a control plane restarted while a
+// cluster node carries a disruption taint (which has no time of its own)
+// sees the taint afresh; the notice recorded before the restart stands,
+// and the agent's pod is deleted with what is left of it, not a new full
+// notice.
+func TestRestartKeepsNoticeDeadline(t *testing.T) {
+	h := newHarness(t, karpenterPool(t))
+	var mu sync.Mutex
+	var graces []int64
+	h.cs.PrependReactor("delete", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if g := a.(k8stesting.DeleteActionImpl).DeleteOptions.GracePeriodSeconds; g != nil {
+			mu.Lock()
+			graces = append(graces, *g)
+			mu.Unlock()
+		}
+		return false, nil, nil
+	})
+	h.launch("gpu-a")
+	h.addHost("ip-1")
+	h.updatePod("gpu-a", func(p *corev1.Pod) { p.Finalizers = []string{"test/hold"} })
+	h.bind("gpu-a", "ip-1")
+	h.expect("Placed gpu-a")
+	// The old control plane recorded the taint's notice (40s left now) and
+	// went down before it deleted the pod.
+	h.stop()
+	h.plane.mu.Lock()
+	h.plane.nodes["gpu-a"].NoticeDeadline = h.clk.Now().Add(40 * time.Second)
+	h.plane.mu.Unlock()
+	h.updateHost("ip-1", func(n *corev1.Node) {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "karpenter.sh/disrupted", Effect: corev1.TaintEffectNoSchedule})
+	})
+	h.start()
+	waitFor(t, "the tainted node's pod deleted", func() bool {
+		pod, err := h.cs.CoreV1().Pods(h.ns()).Get(t.Context(), "gpu-a", metav1.GetOptions{})
+		return apierrors.IsNotFound(err) || err == nil && pod.DeletionTimestamp != nil
+	})
+	for _, c := range h.plane.took() {
+		if strings.HasPrefix(c, "Notice") {
+			t.Errorf("the taint seen again after the restart reported a later notice: %s", c)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(graces) != 1 || graces[0] != 40 {
+		t.Errorf("pod deleted with grace periods %v, want once with the 40s left of the recorded notice", graces)
 	}
 }
 

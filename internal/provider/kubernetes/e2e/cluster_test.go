@@ -5,154 +5,20 @@
 package e2e
 
 import (
-	"context"
-	"log/slog"
 	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/spotml/spotml/internal/blob"
-	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/kubetest"
 	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
-	"github.com/spotml/spotml/internal/server"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
-	"github.com/spotml/spotml/internal/store/sqlite"
-	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
-
-// spotmlBinary is the spotml executable the images carry: $SPOTML_BIN, or
-// one built now.
-func spotmlBinary(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("SPOTML_BIN"); b != "" {
-		return b
-	}
-	out := filepath.Join(t.TempDir(), "spotml")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/spotml/spotml/cmd/spotml")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build spotml: %v\n%s", err, b)
-	}
-	return out
-}
-
-// withLibs maps the binary into an image at path, with the shared
-// libraries it loads (spotml links ONNX Runtime's loader with cgo).
-func withLibs(t *testing.T, bin, path string) map[string]string {
-	t.Helper()
-	files := map[string]string{path: bin}
-	out, err := exec.Command("ldd", bin).Output()
-	if err != nil {
-		return files // static
-	}
-	for _, m := range regexp.MustCompile(`(?m)(/\S+)\s+\(0x`).FindAllStringSubmatch(string(out), -1) {
-		files[m[1]] = m[1]
-	}
-	return files
-}
-
-func libsOnly(files map[string]string) map[string]string {
-	delete(files, "/usr/local/bin/spotml")
-	return files
-}
-
-// plane is a control plane as spotml server runs it, with only the
-// kubernetes provider, listening on loopback in the test's namespace
-// (which the played nodes' pods share).
-type plane struct {
-	st     *sqlstore.Store
-	url    string
-	cancel func()
-	done   chan struct{}
-}
-
-func startPlane(t *testing.T, dir string, client *kubetest.Cluster, ln net.Listener) *plane {
-	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	st, err := sqlite.Open(t.Context(), filepath.Join(dir, "spotml.db"), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := blob.NewStore("file://" + filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + ln.Addr().String()
-	prov := kubeprov.New(client.Client, kubeprov.Config{ServerURL: url, SpotmlImage: "spotml:e2e", PullPolicy: corev1.PullNever,
-		Interval: 200 * time.Millisecond}, log, time.Now)
-	cp := control.New(st, map[string]control.Provider{kubeprov.Name: prov}, log, time.Now,
-		control.Options{Interval: 200 * time.Millisecond, Retention: -1})
-	srv := &http.Server{Handler: server.New(server.Config{Store: st, Blobs: blobs, Plane: cp, JoinToken: "join", Token: "admin",
-		HeartbeatInterval: 200 * time.Millisecond, Log: log, Now: time.Now})}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &plane{st: st, url: url, done: make(chan struct{})}
-	go srv.Serve(ln)
-	go func() {
-		defer close(p.done)
-		cp.Run(ctx)
-	}()
-	p.cancel = func() {
-		cancel()
-		<-p.done
-		srv.Close()
-		st.Close()
-	}
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cancel()
-		}
-	})
-	return p
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) { w.t.Logf("%s", b); return len(b), nil }
-
-func waitNode(t *testing.T, st *sqlstore.Store, what string, timeout time.Duration, ok func([]store.Node) bool) []store.Node {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		nodes, err := st.ListNodes(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok(nodes) {
-			return nodes
-		}
-		if time.Now().After(deadline) {
-			for _, n := range nodes {
-				t.Logf("node %s: %s host=%s reason=%q notice=%v", n.Name, n.State, n.Host, n.Reason, n.NoticeDeadline)
-			}
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func live(nodes []store.Node, state string) []store.Node {
-	var out []store.Node
-	for _, n := range nodes {
-		if n.State == state {
-			out = append(out, n)
-		}
-	}
-	return out
-}
 
 // TestProviderOnCluster: a spot pool of min 1 on a cluster with two
 // Karpenter spot nodes and one on-demand node. The control plane launches
@@ -166,43 +32,9 @@ func live(nodes []store.Node, state string) []store.Node {
 func TestProviderOnCluster(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{})
 	ctx := t.Context()
-	bin := spotmlBinary(t)
-	for name, files := range map[string]map[string]string{
-		"spotml:e2e": withLibs(t, bin, "/usr/local/bin/spotml"),
-		"train:e2e":  libsOnly(withLibs(t, bin, "/usr/local/bin/spotml")), // the pool's image: a shell and libc, no spotml
-	} {
-		dir := t.TempDir()
-		if err := kubetest.BuildImage(dir, files); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.ImportImage(name, dir); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.CreateNamespace(ctx, "spotml"); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []kubetest.NodeOptions{
-		{Name: "spot-a", Labels: map[string]string{"karpenter.sh/capacity-type": "spot", "node.kubernetes.io/instance-type": "g4dn.xlarge", "topology.kubernetes.io/zone": "us-east-1a"}},
-		{Name: "spot-b", Labels: map[string]string{"karpenter.sh/capacity-type": "spot", "node.kubernetes.io/instance-type": "g4dn.xlarge", "topology.kubernetes.io/zone": "us-east-1b"}},
-		{Name: "od-a", Labels: map[string]string{"karpenter.sh/capacity-type": "on-demand", "node.kubernetes.io/instance-type": "m5.xlarge", "topology.kubernetes.io/zone": "us-east-1a"}},
-	} {
-		n.Capacity = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("16Gi"), corev1.ResourcePods: resource.MustParse("110")}
-		// kubetest's registration may lose a race with the node
-		// controllers' first write (a conflict): register again.
-		for try := 1; ; try++ {
-			_, err := c.AddNode(n)
-			if err == nil {
-				break
-			}
-			if try == 3 {
-				t.Fatal(err)
-			}
-			t.Logf("register %s again: %v", n.Name, err)
-			c.Client.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{})
-			time.Sleep(time.Second)
-		}
-	}
+	setUp(t, c, nil)
+	addNodes(t, c, karpenterNode("spot-a", "spot", "g4dn.xlarge", "us-east-1a"), karpenterNode("spot-b", "spot", "g4dn.xlarge", "us-east-1b"),
+		karpenterNode("od-a", "on-demand", "m5.xlarge", "us-east-1a"))
 
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -210,11 +42,9 @@ func TestProviderOnCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	p := startPlane(t, dir, c, ln)
-	pool := spec.Pool{APIVersion: spec.APIVersion, Kind: spec.KindPool, Metadata: spec.Metadata{Name: "gpu"},
-		Spec: spec.PoolSpec{Provider: spec.ProviderKubernetes, Priority: spec.PrioritySpot, Min: 1, Max: 2,
-			Capacity:   &spec.Resources{CPU: 1, Memory: 1 << 30},
-			Kubernetes: &spec.KubernetesPool{Flavor: spec.FlavorKarpenter, Image: "train:e2e", Notice: spec.Duration{Duration: 20 * time.Second}}}}
+	p := startPlane(t, dir, c, ln, planeConfig{})
+	pool := kubePool("gpu", spec.PrioritySpot, 2, 20*time.Second)
+	pool.Spec.Min = 1
 	pool.Default()
 	if err := pool.Validate(); err != nil {
 		t.Fatal(err)
@@ -273,7 +103,7 @@ func TestProviderOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p = startPlane(t, dir, c, ln2)
+	p = startPlane(t, dir, c, ln2, planeConfig{})
 	time.Sleep(2 * time.Second)
 	waitNode(t, p.st, "the same node ready after the restart", 30*time.Second, func(ns []store.Node) bool {
 		r := live(ns, store.NodeReady)
