@@ -427,6 +427,39 @@ var migrations = []migration{
 				'noticeFormat', spec::jsonb #> '{spec,noticeFormat}')))::text
 		WHERE spec::jsonb #>> '{spec,provider}' = 'local' AND spec::jsonb #>> '{spec,priority}' = 'spot';`),
 	},
+	// 8: several control-plane instances over one store: the leader
+	// lease (holder, term, expiry by the database's clock, in ms) and the
+	// instances seen lately, for `spotml get controlplane`.
+	{
+		sqlite: `CREATE TABLE IF NOT EXISTS leases (
+			name TEXT PRIMARY KEY,
+			holder TEXT NOT NULL,
+			term INTEGER NOT NULL,
+			acquired_ms INTEGER NOT NULL,
+			expires_ms INTEGER NOT NULL
+		);
+		CREATE TABLE IF NOT EXISTS instances (
+			id TEXT PRIMARY KEY,
+			address TEXT NOT NULL,
+			version TEXT NOT NULL,
+			started_ms INTEGER NOT NULL,
+			seen_ms INTEGER NOT NULL
+		);`,
+		postgres: pg(`CREATE TABLE IF NOT EXISTS leases (
+			name TEXT PRIMARY KEY,
+			holder TEXT NOT NULL,
+			term BIGINT NOT NULL,
+			acquired_ms BIGINT NOT NULL,
+			expires_ms BIGINT NOT NULL
+		);
+		CREATE TABLE IF NOT EXISTS instances (
+			id TEXT PRIMARY KEY,
+			address TEXT NOT NULL,
+			version TEXT NOT NULL,
+			started_ms BIGINT NOT NULL,
+			seen_ms BIGINT NOT NULL
+		);`),
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

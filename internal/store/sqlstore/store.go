@@ -47,6 +47,18 @@ type Dialect struct {
 	// write the same node wait for each other instead of one failing to
 	// serialize. SQLite has one writer and no row locks: "".
 	ForUpdate string
+	// ForShare ends the SELECT that checks a write's fence (" FOR SHARE"):
+	// the lease row stays as read until the write commits, so a takeover
+	// waits for it rather than overlapping it. SQLite: "" (one writer).
+	ForShare string
+	// NowMillis is an expression for the database's clock in Unix
+	// milliseconds, read afresh (not the transaction's start): leases
+	// expire by it, so the instances' clocks never decide who leads.
+	NowMillis string
+	// LeaseLockTimeout, when set, is run first in a lease transaction, so
+	// that a follower does not wait behind a paused leader's open write
+	// (which holds the lease row) but tries again at its next beat.
+	LeaseLockTimeout string
 	// NotAllDigits is a condition that holds when the text expr has a
 	// character that is not an ASCII digit.
 	NotAllDigits func(expr string) string
@@ -82,6 +94,7 @@ type Store struct {
 
 	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 	retries  atomic.Int64 // transactions run again (Dialect.Retryable)
+	fenced   atomic.Int64 // fenced transactions refused (ErrFenced)
 }
 
 // New makes a store over db and migrates its schema. rdb is where
@@ -95,6 +108,9 @@ func New(ctx context.Context, db, rdb *sql.DB, d Dialect, now func() time.Time) 
 		d.Rebind = func(q string) string { return q }
 	} else {
 		d.Rebind = cached(d.Rebind)
+	}
+	if d.NowMillis == "" {
+		d.NowMillis = sqliteNowMillis
 	}
 	if d.Retryable == nil {
 		d.Retryable = func(error) bool { return false }
@@ -332,7 +348,14 @@ func (s *Store) txOnce(ctx context.Context, fn func(*txn) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(&txn{tx, s.d.Rebind}); err != nil {
+	t := &txn{tx, s.d.Rebind}
+	if f, ok := FenceFrom(ctx); ok {
+		if err := s.checkFence(ctx, t, f); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	if err := fn(t); err != nil {
 		tx.Rollback()
 		return err
 	}

@@ -62,6 +62,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"Prune", testPrune},
 		{"LiveNodes", testLiveNodes},
 		{"HeartbeatInMemory", testHeartbeatInMemory},
+		{"LeaderLease", testLeaderLease},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
