@@ -51,7 +51,7 @@ type Plane struct {
 	now       func() time.Time
 	opt       Options
 	kick      chan struct{}
-	lead leader
+	lead      leader
 	// created is when this Plane was made: the liveness grace for passes
 	// run outside Run (tests, tools), where no term has begun.
 	created time.Time

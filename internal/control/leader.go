@@ -67,7 +67,9 @@ func NewInstanceID() string {
 func (p *Plane) Leadership() Leadership {
 	p.lead.mu.Lock()
 	defer p.lead.mu.Unlock()
-	return p.lead.state
+	st := p.lead.state
+	st.Instance = p.opt.Instance.ID
+	return st
 }
 
 // ControlPlane returns the instances seen within three lease TTLs and the

@@ -128,6 +128,7 @@ func (s *Server) routes() {
 	read("GET "+p+"/cost", s.cost)
 	read("GET "+p+"/services/{name}/history", s.serviceHistory)
 	read("GET "+p+"/info", s.info)
+	read("GET "+p+"/controlplane", s.controlPlane)
 	read("GET "+p+"/watch", s.watch)
 	read("GET "+p+"/cost/history", s.costHistory)
 	// Inference through the gateway changes no state (the gateway's own
