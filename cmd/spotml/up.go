@@ -199,7 +199,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if instance.ID == "" {
 		instance.ID = control.NewInstanceID()
 	}
-	plane := control.New(st, providers, log.With("instance", instance.ID), time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
+	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
 		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL})
 	cfg.Plane, cfg.Evictor = plane, plane
 	g, gctx := errgroup.WithContext(ctx)

@@ -51,9 +51,6 @@ func (s *Store) checkFence(ctx context.Context, tx *txn, f Fence) error {
 	return err
 }
 
-// FencedWrites is how many fenced transactions were refused.
-func (s *Store) FencedWrites() int64 { return s.fenced.Load() }
-
 // AcquireLease takes or renews the leader lease for holder for ttl, by
 // the database's clock: the holder renews it (same term) while it is
 // valid; anyone takes it over once it has expired, with the term

@@ -95,6 +95,7 @@ type Store struct {
 	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 	retries  atomic.Int64 // transactions run again (Dialect.Retryable)
 	fenced   atomic.Int64 // fenced transactions refused (ErrFenced)
+	leader   atomic.Int64 // fenced transactions committed
 }
 
 // New makes a store over db and migrates its schema. rdb is where
@@ -169,7 +170,7 @@ func (s *Store) readQuery(ctx context.Context, db *handle, query string, args ..
 
 // Stats returns the store's counters.
 func (s *Store) Stats() store.Stats {
-	return store.Stats{NodeRowsRead: s.nodeRows.Load(), Retries: s.retries.Load()}
+	return store.Stats{NodeRowsRead: s.nodeRows.Load(), Retries: s.retries.Load(), LeaderWrites: s.leader.Load(), FencedWrites: s.fenced.Load()}
 }
 
 // forUpdateOf is Dialect.ForUpdate for a join that changes rows of one of
@@ -349,7 +350,8 @@ func (s *Store) txOnce(ctx context.Context, fn func(*txn) error) error {
 		return err
 	}
 	t := &txn{tx, s.d.Rebind}
-	if f, ok := FenceFrom(ctx); ok {
+	f, fenced := FenceFrom(ctx)
+	if fenced {
 		if err := s.checkFence(ctx, t, f); err != nil {
 			tx.Rollback()
 			return err
@@ -359,7 +361,13 @@ func (s *Store) txOnce(ctx context.Context, fn func(*txn) error) error {
 		tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if fenced {
+		s.leader.Add(1)
+	}
+	return nil
 }
 
 // AddEvent records an event on its own.

@@ -57,8 +57,8 @@ func testLeaderLease(t *testing.T, h *Harness) {
 	if n := h.getNode("n1"); n.State != n0.State || !n.IdleSince.Equal(n0.IdleSince) {
 		t.Errorf("fenced writes changed node: %+v, before %+v", n, n0)
 	}
-	if a.FencedWrites() != 3 {
-		t.Errorf("FencedWrites = %d, want 3", a.FencedWrites())
+	if st := a.Stats(); st.FencedWrites != 3 || st.LeaderWrites != 1 {
+		t.Errorf("stats: %+v, want 3 fenced writes refused, 1 committed", st)
 	}
 	// Writes not fenced (the API's) go through on any instance.
 	if err := a.AddEvent(ctx, "Test", "x/3", "Unfenced", "an API write"); err != nil {
