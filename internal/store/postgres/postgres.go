@@ -38,6 +38,7 @@ var Dialect = sqlstore.Dialect{
 	LeaseLockTimeout: `SET LOCAL lock_timeout = '500ms'`,
 	NowMillis:        `(extract(epoch from clock_timestamp()) * 1000)::bigint`,
 	Arrays:           true,
+	Listen:           listen,
 	NotAllDigits:     func(expr string) string { return expr + ` ~ '[^0-9]'` },
 	// Any fixed key: instances started together migrate one at a time.
 	LockMigrations: `SELECT pg_advisory_xact_lock(7316021195)`,
@@ -100,4 +101,26 @@ func redact(dsn string) string {
 		return dsn
 	}
 	return strings.Replace(dsn, ":"+cfg.Password+"@", ":…@", 1)
+}
+
+// listen holds one connection of db and calls notify on every
+// notification of channel until ctx ends or the connection fails.
+func listen(ctx context.Context, db *sql.DB, channel string, notify func()) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		c := dc.(*stdlib.Conn).Conn()
+		if _, err := c.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+			return err
+		}
+		for {
+			if _, err := c.WaitForNotification(ctx); err != nil {
+				return err
+			}
+			notify()
+		}
+	})
 }

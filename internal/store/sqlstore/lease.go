@@ -188,3 +188,28 @@ func fromMillis(ms int64) time.Time {
 	}
 	return time.UnixMilli(ms).UTC()
 }
+
+// RoutesChannel is the notification channel of route changes (PostgreSQL).
+const RoutesChannel = "spotml_routes"
+
+// WatchRoutes calls changed after every committed change of services,
+// replicas or node notices, from any process, until ctx ends; it reports
+// false at once where the database has no notifications (SQLite: poll).
+// A lost connection is listened on again after a second, and changed is
+// called then too, since a notification may have been missed.
+func (s *Store) WatchRoutes(ctx context.Context, changed func()) bool {
+	if s.d.Listen == nil {
+		return false
+	}
+	go func() {
+		for ctx.Err() == nil {
+			s.d.Listen(ctx, s.db.DB, RoutesChannel, changed)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+				changed()
+			}
+		}
+	}()
+	return true
+}

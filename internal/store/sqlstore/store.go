@@ -66,6 +66,11 @@ type Dialect struct {
 	// so that control planes started together over one database migrate it
 	// one after the other.
 	LockMigrations string
+	// Listen, when set, calls notify on each notification of channel
+	// (LISTEN) over a connection of db of its own, until ctx ends or the
+	// connection fails. nil: the database has no notifications (SQLite),
+	// and readers poll.
+	Listen func(ctx context.Context, db *sql.DB, channel string, notify func()) error
 	// Arrays: the database takes Go slices as array parameters and has
 	// unnest, so that a plan of thousands of assignments is one statement
 	// (one round trip) rather than two per assignment.
