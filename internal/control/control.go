@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spotml/spotml/internal/cost"
+	"github.com/spotml/spotml/internal/placement"
 	"github.com/spotml/spotml/internal/sched"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
@@ -60,6 +61,11 @@ type Plane struct {
 	backoff map[string]time.Time // pool -> no launch before
 	gens    map[string]int64     // pool -> generation its backoff is for
 	fails   map[string]int
+	// The spot preemptions of the last SpareWindow as last read, and the
+	// spare spot replicas each service was last given (see spares.go).
+	preempt   []placement.Preemption
+	preemptAt time.Time
+	spare     map[string]spareState
 }
 
 // New returns a control plane over st using the given providers by name.
@@ -99,7 +105,7 @@ func New(st *sqlstore.Store, providers map[string]Provider, log *slog.Logger, no
 		opt.Instance.Started = now()
 	}
 	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt, created: now(),
-		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}}
+		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}, spare: map[string]spareState{}}
 }
 
 // Kick asks for a reconcile pass soon (after a submit, a report, a notice).

@@ -152,16 +152,33 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 		MaxUnavailable: sp.Spec.Update.MaxUnavailable,
 		Pools:          p.placementPools(svc.Name, pools, nodes, free, hosts, sp.Spec.Resources, now),
 	}
+	if in.Spare, err = p.spares(ctx, svc, desired, pl, in.Pools, now); err != nil {
+		return err
+	}
 	avail := map[string]bool{}
 	for _, pp := range in.Pools {
 		avail[pp.Name] = pp.Available
+	}
+	// Nodes on the way (provisioning, no notice) per pool: as many of the
+	// oldest pending replicas there are not stuck, whatever the pool's
+	// later launches do.
+	coming := map[string]int{}
+	for _, n := range nodes {
+		if n.State == store.NodeProvisioning && n.NoticeDeadline.IsZero() {
+			coming[n.Pool]++
+		}
 	}
 	var stuck []store.ReplicaStop
 	for _, r := range svc.Replicas {
 		if r.State == store.ReplicaStopping {
 			continue
 		}
-		if r.State == store.ReplicaPending && !avail[r.Pool] {
+		launching := false
+		if r.State == store.ReplicaPending && !avail[r.Pool] && coming[r.Pool] > 0 {
+			coming[r.Pool]--
+			launching = true
+		}
+		if r.State == store.ReplicaPending && !avail[r.Pool] && !launching {
 			// Its pool cannot take it now (launches refused, or full):
 			// give it up so that placement can put it elsewhere, on an
 			// on-demand stand-in if allowed.
@@ -173,7 +190,7 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 		// boots, its model still loads); placement may start a stand-in.
 		slow := state != placement.Ready && now.Sub(r.CreatedAt) >= pl.StandInAfter.Duration
 		in.Replicas = append(in.Replicas, placement.Replica{ID: strconv.FormatInt(r.ID, 10), Version: r.Version, Pool: r.Pool,
-			Priority: r.Priority, State: state, StandIn: r.StandIn, Noticed: r.Noticed, Slow: slow})
+			Priority: r.Priority, State: state, StandIn: r.StandIn, Noticed: r.Noticed, Slow: slow, Launching: launching})
 	}
 	plan := placement.Decide(in)
 	if len(plan.Stop) > 0 || len(stuck) > 0 {

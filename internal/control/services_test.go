@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -289,5 +290,89 @@ func TestEvictedReplicaIsNotAFailure(t *testing.T) {
 	}
 	if f := failures["m"]; f.Count != 1 {
 		t.Fatalf("a replica that served and was then killed counted: %d failures, want still 1", f.Count)
+	}
+}
+
+// A prod service gets a spare spot replica once its spot pools have been
+// preempted lately (placement.Spares), says why in an event, and drops
+// it once the preemptions are older than control.SpareWindow.
+func TestPreemptionsBringSpares(t *testing.T) {
+	p := newPlaneWith(t, control.Options{NodeTimeout: 24 * time.Hour, Retention: -1})
+	p.apply(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot-a}
+spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
+---
+apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot-b}
+spec: {provider: local, priority: spot, instanceType: local-small, min: 0, max: 4}
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: m}
+spec:
+  model: {uri: models/m.onnx}
+  resources: {cpu: 0.5}
+  placement: {tier: prod}
+`)
+	ready := func() {
+		for range 2 {
+			for _, n := range p.nodes() {
+				if store.Live(n.State) {
+					if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			p.reconcile()
+		}
+		for _, r := range p.replicas() {
+			if r.Node != "" && r.State == store.ReplicaStarting {
+				if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		p.reconcile()
+	}
+	live := func() (n int) {
+		for _, r := range p.replicas() {
+			if r.State != store.ReplicaStopping {
+				n++
+			}
+		}
+		return n
+	}
+	p.reconcile()
+	ready()
+	if n := live(); n != 2 {
+		t.Fatalf("%d replicas before any preemption, want 2 and no spare", n)
+	}
+
+	victim := p.replicas()[0]
+	if err := p.st.EndNode(p.ctx, victim.Node, store.NodePreempted, "evicted"); err != nil {
+		t.Fatal(err)
+	}
+	p.clock.Advance(11 * time.Second) // past the history's refresh
+	p.reconcile()
+	ready()
+	if n := live(); n != 3 {
+		t.Fatalf("%d replicas after a preemption, want 2 and a spare", n)
+	}
+	evs, err := p.st.ListEvents(p.ctx, store.EventFilter{Of: "service/m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(evs, func(e store.Event) bool { return e.Kind == "Spares" })
+	if i < 0 || !strings.Contains(evs[i].Message, "1 spare spot replica: the worst wave") {
+		t.Fatalf("no Spares event naming its reason in %+v", evs)
+	}
+
+	p.clock.Advance(control.SpareWindow)
+	p.reconcile()
+	ready()
+	if n := live(); n != 2 {
+		t.Errorf("%d replicas once the preemption is %s old, want 2", n, control.SpareWindow)
 	}
 }

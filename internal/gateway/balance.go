@@ -51,10 +51,14 @@ type backend struct {
 	// codes counts the answers clients got from (or about) this replica.
 	codes codeCounts
 	lat   latencyWindow
+
+	conns connPool // keep-alive connections to it
 }
 
 func newBackend(service, id, addr string) *backend {
-	return &backend{service: service, id: id, addr: addr}
+	b := &backend{service: service, id: id, addr: addr}
+	b.conns.addr = addr
+	return b
 }
 
 func (b *backend) ejected(now int64) bool { return b.ejectedUntil.Load() > now }

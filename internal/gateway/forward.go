@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +39,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	)
 	defer func() {
 		g.buffered.Add(-body.reserved)
+		body.free()
 		g.finish(s, last, status, broken, time.Since(start))
 		s.state.inflight.Add(-1) // last: once it is 0, the figures are in
 	}()
@@ -54,7 +54,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 		status = g.bodyError(w, err)
 		return
 	}
-	out := g.outgoing(r, tg, &body, strip)
+	var out hopRequest
+	g.outgoing(&out, r, tg, strip)
 	// relay copies an answer; if it breaks off, the client's connection
 	// is aborted, after the deferred accounting has what it needs.
 	relay := func(a *attempt) {
@@ -66,6 +67,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	}
 
 	tried := make([]*backend, 0, 4)
+	var att attempt // each attempt in turn; one ends before the next starts
 	e := s.pick(g.now().UnixNano(), tried, g.intn)
 	if e == nil {
 		s.state.noReplica.Add(1)
@@ -77,7 +79,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 	for {
 		tried = append(tried, e.b)
 		last = e.b
-		a := g.send(r.Context(), out, e, &body)
+		a := &att
+		g.send(r.Context(), a, &out, e, &body)
 
 		switch a.fail {
 		case failNone:
@@ -151,30 +154,25 @@ const (
 
 // attempt is one try of a request on one replica.
 type attempt struct {
-	g      *Gateway
-	e      *entry
-	client context.Context // the client's request
-	ctx    context.Context // this attempt's, with its timeout
-	start  time.Time
-	cancel context.CancelFunc
-	resp   *http.Response
-	err    error
-	fail   failure
+	g        *Gateway
+	e        *entry
+	client   context.Context // the client's request
+	start    time.Time
+	deadline time.Time // Config.Timeout after start
+	conn     *hopConn  // held until the answer is read or dropped
+	stop     func() bool
+	resp     *http.Response
+	err      error
+	fail     failure
 }
 
 // send makes one attempt, up to the response headers.
-func (g *Gateway) send(ctx context.Context, out *http.Request, e *entry, body *body) *attempt {
-	actx, cancel := context.WithTimeout(ctx, g.timeout)
-	a := &attempt{g: g, e: e, client: ctx, ctx: actx, start: time.Now(), cancel: cancel}
+func (g *Gateway) send(ctx context.Context, a *attempt, out *hopRequest, e *entry, body *body) {
+	*a = attempt{g: g, e: e, client: ctx, start: time.Now()}
+	a.deadline = a.start.Add(g.timeout)
 	e.b.inflight.Add(1)
 
-	req := out.WithContext(actx)
-	u := *out.URL
-	u.Host = e.Addr
-	req.URL = &u
-	body.attach(req)
-
-	a.resp, a.err = g.transport.RoundTrip(req)
+	a.resp, a.err = a.roundTrip(out, body)
 	switch {
 	case a.err == nil:
 		e.b.answered()
@@ -183,20 +181,102 @@ func (g *Gateway) send(ctx context.Context, out *http.Request, e *entry, body *b
 		}
 	case ctx.Err() != nil:
 		a.fail = failClient
-	case actx.Err() == context.DeadlineExceeded:
+	case !time.Now().Before(a.deadline):
 		a.fail = failTimeout
 	case body.err() != nil:
-		// The transport failed reading the client's body, not the replica.
+		// Reading the client's body failed, not the replica.
 		a.fail = failClient
 	default:
 		a.fail = failConn
 	}
-	return a
+}
+
+// roundTrip writes the request on a connection to the replica and reads
+// the answer's head. The connection's deadline is the attempt's; a client
+// that goes away moves it to the past, which ends the attempt at once.
+func (a *attempt) roundTrip(out *hopRequest, body *body) (*http.Response, error) {
+	pool := &a.e.b.conns
+	fresh := false // after a stale connection: a new one, not another idle one
+	for {
+		c, err := pool.get(a.client, a.deadline, fresh)
+		if err != nil {
+			return nil, err
+		}
+		if c.reused && !body.replayable && !c.alive() {
+			// A streamed body cannot be sent again: make sure first
+			// that the replica has not closed the connection meanwhile.
+			c.nc.Close()
+			continue
+		}
+		a.conn = c
+		if err := c.nc.SetDeadline(a.deadline); err != nil {
+			a.release(false)
+			return nil, err
+		}
+		a.stop = context.AfterFunc(a.client, c.poison)
+		werr := out.write(c, pool.addr, body)
+		if werr != nil && body.err() != nil {
+			a.release(false)
+			return nil, werr
+		}
+		// Even after a failed write the replica may have answered (early,
+		// e.g. 413, before reading the whole body): that answer counts.
+		resp, err := out.read(c)
+		if err == nil {
+			if werr != nil {
+				resp.Close = true
+			}
+			return resp, nil
+		}
+		if werr != nil {
+			err = werr
+		}
+		a.release(false)
+		// A kept-alive connection the replica closed while it was idle
+		// fails before any answer byte: send again on a new one, as
+		// http.Transport does. The replica never saw the request.
+		if c.reused && body.replayable && a.client.Err() == nil && time.Now().Before(a.deadline) && staleConn(err) {
+			fresh = true // once: a replica that drops every request is not sent it again and again
+			continue
+		}
+		return nil, err
+	}
+}
+
+// release gives the attempt's connection back for the next request
+// (reuse: the answer was read to its end) or closes it.
+func (a *attempt) release(reuse bool) {
+	c := a.conn
+	if c == nil {
+		return
+	}
+	a.conn = nil
+	if a.stop != nil && !a.stop() {
+		reuse = false // the client left: its deadline is in the past
+	}
+	a.stop = nil
+	if reuse {
+		a.e.b.conns.put(c)
+	} else {
+		c.nc.Close()
+	}
+}
+
+// closeAnswer closes an answer's body; reuse: it was read to its end and
+// the connection may carry the next request.
+func (a *attempt) closeAnswer(reuse bool) {
+	reuse = reuse && !a.resp.Close
+	if !reuse {
+		// Closed first, so that closing the body does not read on.
+		a.release(false)
+	}
+	a.resp.Body.Close()
+	a.release(reuse)
 }
 
 // end settles an attempt's accounting: outstanding count, latency, errors.
 func (a *attempt) end(r reason) {
-	a.cancel()
+	a.release(false)
 	b := a.e.b
 	b.inflight.Add(-1)
 	if r != reasonNone {
@@ -211,8 +291,8 @@ func (a *attempt) discard() {
 	if a.resp != nil {
 		r = reasonGone
 		// Draining a small error body lets the connection be reused.
-		_, _ = io.CopyN(io.Discard, a.resp.Body, 4<<10)
-		a.resp.Body.Close()
+		_, err := io.CopyN(io.Discard, a.resp.Body, 4<<10)
+		a.closeAnswer(err == io.EOF)
 	}
 	a.end(r)
 }
@@ -224,8 +304,6 @@ func (a *attempt) discard() {
 // take a truncated answer for a whole one.
 func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bool) {
 	resp := a.resp
-	defer resp.Body.Close()
-
 	removeHopHeaders(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {
@@ -237,6 +315,7 @@ func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bo
 	// come, so that a token stream from a custom server is not held back.
 	flush := resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	readErr, writeErr := copyBody(w, resp.Body, flush)
+	a.closeAnswer(readErr == nil && writeErr == nil)
 	for k, vv := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vv
 	}
@@ -248,7 +327,7 @@ func (g *Gateway) reply(w http.ResponseWriter, a *attempt) (status int, abort bo
 		status, abort = 499, true
 	case readErr != nil:
 		abort, r = true, reasonBroken
-		if a.ctx.Err() == context.DeadlineExceeded {
+		if !time.Now().Before(a.deadline) {
 			r = reasonTimeout
 		}
 		g.log.Warn("gateway: answer broke off", "service", a.e.b.service, "replica", a.e.ID, "err", readErr)
@@ -302,6 +381,7 @@ type body struct {
 	stream     *clientBody // when not replayable
 	length     int64       // when not replayable: -1 if unknown
 	reserved   int64       // bytes of buf counted in Gateway.buffered
+	pooled     *[]byte     // buf's storage when it came from bodyPools
 }
 
 // errBuffersFull: buffering a body would take the gateway past
@@ -355,7 +435,7 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int64, 
 				break // all the declared bytes are in
 			}
 			if int64(len(buf)) > keep {
-				*b = body{stream: &clientBody{r: io.MultiReader(bytes.NewReader(buf), src), c: r.Body}, length: -1, reserved: b.reserved}
+				*b = body{stream: &clientBody{r: io.MultiReader(bytes.NewReader(buf), src), c: r.Body}, length: -1, reserved: b.reserved, pooled: b.pooled}
 				return nil
 			}
 			if buf, err = g.grow(buf, min(most, 2*int64(cap(buf))), b); err != nil {
@@ -379,6 +459,23 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request, limit int64, 
 // g.buffered (and b.reserved), or errBuffersFull when that would pass
 // MaxBufferedBytes.
 func (g *Gateway) grow(buf []byte, to int64, b *body) ([]byte, error) {
+	if buf == nil && to <= firstChunk {
+		// A first buffer comes from a pool, counted at its class size.
+		i := bodyClass(to)
+		size := int64(minPooled) << i
+		if g.buffered.Add(size) > g.maxBuffered {
+			g.buffered.Add(-size)
+			return nil, errBuffersFull
+		}
+		b.reserved += size
+		p, _ := bodyPools[i].Get().(*[]byte)
+		if p == nil {
+			s := make([]byte, size)
+			p = &s
+		}
+		b.pooled = p
+		return (*p)[:0:to], nil
+	}
 	more := to - int64(cap(buf))
 	if g.buffered.Add(more) > g.maxBuffered {
 		g.buffered.Add(-more)
@@ -388,6 +485,30 @@ func (g *Gateway) grow(buf []byte, to int64, b *body) ([]byte, error) {
 	nb := make([]byte, len(buf), to)
 	copy(nb, buf)
 	return nb, nil
+}
+
+// Request bodies up to firstChunk (most inference requests) are buffered
+// in pooled buffers of minPooled << i bytes, so that a request costs no
+// fresh buffer for the garbage collector.
+const minPooled = 4 << 10
+
+var bodyPools [5]sync.Pool // 4, 8, 16, 32 and 64 KiB
+
+// bodyClass is the pool whose buffers hold n bytes (n <= firstChunk).
+func bodyClass(n int64) int {
+	i := 0
+	for int64(minPooled)<<i < n {
+		i++
+	}
+	return i
+}
+
+// free gives a pooled buffer back once the request is done with it.
+func (b *body) free() {
+	if b.pooled != nil {
+		bodyPools[bodyClass(int64(cap(*b.pooled)))].Put(b.pooled)
+		b.pooled, b.buf = nil, nil
+	}
 }
 
 // bodyError answers a request whose body could not be read and returns the
@@ -415,19 +536,6 @@ func (g *Gateway) refuse(w http.ResponseWriter, s *service, msg string) {
 	s.state.answered(http.StatusTooManyRequests)
 	w.Header().Set("Retry-After", retryAfterBusy)
 	writeError(w, http.StatusTooManyRequests, msg)
-}
-
-// attach gives an attempt its own reader over the body.
-func (b *body) attach(req *http.Request) {
-	switch {
-	case !b.replayable:
-		req.Body, req.ContentLength = b.stream, b.length
-	case len(b.buf) == 0:
-		req.Body, req.ContentLength, req.GetBody = nil, 0, nil
-	default:
-		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.buf)), nil }
-	}
 }
 
 // err is the error reading a streamed body gave, if any.
@@ -466,61 +574,6 @@ func (b *clientBody) error() error {
 	return b.bad
 }
 
-// outgoing builds the request every attempt starts from: the client's,
-// with hop-by-hop headers removed, the checked API key dropped and the
-// X-Forwarded-* headers set.
-func (g *Gateway) outgoing(r *http.Request, tg target, b *body, strip string) *http.Request {
-	out := r.Clone(r.Context())
-	out.RequestURI = ""
-	out.Close = false
-	out.Host = ""
-	out.TransferEncoding = nil
-	out.Trailer = nil
-	out.URL = &url.URL{Scheme: "http", Path: tg.path, RawPath: tg.rawPath, RawQuery: r.URL.RawQuery}
-
-	h := out.Header
-	te := acceptsTrailers(h)
-	removeHopHeaders(h)
-	if te {
-		h.Set("Te", "trailers")
-	}
-	if strip != "" {
-		h.Del(strip)
-	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior, ok := h["X-Forwarded-For"]; ok && len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		h.Set("X-Forwarded-For", ip)
-	}
-	// Someone in front of the gateway (a cloud load balancer) knows the
-	// original host and scheme better than we do.
-	if h.Get("X-Forwarded-Host") == "" {
-		h.Set("X-Forwarded-Host", r.Host)
-	}
-	if h.Get("X-Forwarded-Proto") == "" {
-		proto := "http"
-		if r.TLS != nil {
-			proto = "https"
-		}
-		h.Set("X-Forwarded-Proto", proto)
-	}
-	if tg.prefix != "" {
-		h.Set("X-Forwarded-Prefix", tg.prefix)
-	}
-	if _, ok := h["User-Agent"]; !ok {
-		h.Set("User-Agent", "") // not Go's default: the client sent none
-	}
-	if b.replayable && h["Idempotency-Key"] == nil && h["X-Idempotency-Key"] == nil {
-		// An empty key is not sent, but lets the transport resend the
-		// (buffered) request on a fresh connection when a keep-alive one
-		// turns out closed by the replica — a race that must not count as
-		// the replica's failure.
-		h["X-Idempotency-Key"] = nil
-	}
-	return out
-}
-
 // hopHeaders apply to one connection, not to the request (RFC 9110 7.6.1).
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
@@ -551,26 +604,4 @@ func acceptsTrailers(h http.Header) bool {
 		}
 	}
 	return false
-}
-
-// newTransport is shared by every request: keep-alive connections are what
-// make the gateway cheap, so enough of them are kept per replica for 64+
-// concurrent requests.
-func newTransport() *http.Transport {
-	return &http.Transport{
-		Proxy: nil, // replicas are on the cluster network, never behind a proxy
-		DialContext: (&net.Dialer{
-			Timeout:   5 * time.Second, // a dead node may not refuse, only stay silent
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		// Answers pass through as the replica encoded them.
-		DisableCompression: true,
-		// Tensors are large: fewer syscalls per request than the 4 KiB
-		// default, at 64 KiB a connection.
-		WriteBufferSize: 32 << 10,
-		ReadBufferSize:  32 << 10,
-	}
 }

@@ -40,6 +40,9 @@
 //     growing. Requests refused with 429 count in QPS, so that the
 //     autoscaler sees the demand. The gateway sets no server timeouts
 //     itself; whoever runs its http.Server does (see cmd/spotml).
+//   - The hop to a replica is HTTP/1.1 on keep-alive connections kept per
+//     replica (hop.go), written and read by the request's own goroutine;
+//     see hop.go for why not http.Transport.
 package gateway
 
 import (
@@ -164,9 +167,8 @@ type Gateway struct {
 	ejectMax     time.Duration
 	intn         func(n int) int
 
-	transport *http.Transport
-	metrics   *metrics
-	metricsH  http.Handler
+	metrics  *metrics
+	metricsH http.Handler
 
 	// table is the routing table requests read without locking; Update
 	// swaps it whole.
@@ -193,7 +195,6 @@ func New(cfg Config) *Gateway {
 		ejectFor:     cfg.EjectFor,
 		ejectMax:     cfg.EjectMax,
 		intn:         newIntn(cfg.Rand),
-		transport:    newTransport(),
 		backends:     map[backendKey]*backend{},
 		states:       map[string]*serviceState{},
 	}
@@ -306,10 +307,11 @@ func (g *Gateway) Update(routes []Route) {
 		t.services[rt.Service] = s
 	}
 
-	addrGone := false
 	for k, b := range g.backends {
 		if nb := backends[k]; nb != b {
-			addrGone = true
+			// Idle keep-alive connections to replicas that left would
+			// linger until their idle timeout.
+			b.conns.close()
 		}
 	}
 	for name := range g.states {
@@ -319,11 +321,6 @@ func (g *Gateway) Update(routes []Route) {
 	}
 	g.backends, g.states = backends, states
 	g.table.Store(t)
-	if addrGone {
-		// Idle keep-alive connections to replicas that left would linger
-		// until IdleConnTimeout; the others are re-dialled on demand.
-		g.transport.CloseIdleConnections()
-	}
 	g.log.Debug("gateway: routes updated", "services", len(t.services), "replicas", len(backends))
 }
 
@@ -447,8 +444,8 @@ func (s *service) authorize(h http.Header) (strip string, ok bool) {
 			return "Authorization", true
 		}
 	}
-	if k := h.Get("X-API-Key"); k != "" && s.keys[sha256.Sum256([]byte(k))] {
-		return "X-API-Key", true
+	if k := h.Get("X-Api-Key"); k != "" && s.keys[sha256.Sum256([]byte(k))] {
+		return "X-Api-Key", true // canonical: it names a header map key
 	}
 	return "", false
 }

@@ -409,3 +409,66 @@ func TestChurnLosesNoRequest(t *testing.T) {
 	t.Logf("%d requests, %d failed, %s retried, %d replicas started, slowest %v",
 		sent.Load(), failed.Load(), retries(t, front), next, time.Duration(slowest.Load()))
 }
+
+// A kept-alive connection that the replica closed while it sat idle is not
+// the replica's failure: the request goes again on a new connection to the
+// same replica, with no retry, error or ejection counted. Without a body to
+// send again (streamed) the same holds when the replica closed it before.
+func TestStaleKeepAliveConnection(t *testing.T) {
+	rp := newReplica(t, "only")
+	g, front := newFront(t, gateway.Config{MaxRetryBody: 16})
+	g.Update([]gateway.Route{route("mnist", rp.replica())})
+	c := front.Client()
+	url := front.URL + "/v1/models/mnist:predict"
+	for i, body := range [][]byte{[]byte(`{}`), []byte(`{}`), []byte(`{"instances":[1]}`)} {
+		if i > 0 {
+			rp.srv.CloseClientConnections() // the gateway's idle ones too
+		}
+		a := call(t, c, "POST", url, body)
+		if a.code != http.StatusOK || a.echo.Replica != "only" || a.echo.Body != len(body) {
+			t.Fatalf("request %d after the replica closed its connections: %d %s %v", i, a.code, a.body, a.err)
+		}
+	}
+	m := scrape(t, front)
+	if strings.Contains(m, "spotml_gateway_replica_errors_total") || retries(t, front) != "0" {
+		t.Errorf("a closed idle connection counted against the replica:\n%s", m)
+	}
+	if st := g.Stats(); st[0].Replicas[0].Ejected != 0 {
+		t.Errorf("replica ejected for %v", st[0].Replicas[0].Ejected)
+	}
+}
+
+// A replica that drops a request on a kept-alive connection gets it once
+// more on a new connection (the first may have been closed while idle),
+// not once per idle connection; then the request goes to another replica.
+func TestDroppedRequestNotRepeated(t *testing.T) {
+	first, spare := newReplica(t, "first"), newReplica(t, "spare")
+	g, front := newFront(t, gateway.Config{})
+	c := front.Client()
+	url := front.URL + "/v1/models/mnist:predict"
+	g.Update([]gateway.Route{route("mnist", first.replica())})
+	// Several idle connections to the first replica.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { call(t, c, "POST", url, []byte(`{}`)) })
+	}
+	wg.Wait()
+	g.Update([]gateway.Route{route("mnist", first.replica(), spare.replica())})
+	before := first.hits.Load()
+	spare.before = func(w http.ResponseWriter, r *http.Request) bool {
+		r.Header.Del("X-Test")
+		return true
+	}
+	for range 20 { // until P2C has picked the first replica
+		a := call(t, c, "POST", url, []byte(`{}`), "X-Test", "drop")
+		if a.code != http.StatusOK || a.echo.Replica != "spare" {
+			t.Fatalf("got %d from %q %s", a.code, a.echo.Replica, a.body)
+		}
+		if first.hits.Load() > before {
+			break
+		}
+	}
+	if n := first.hits.Load() - before; n != 2 {
+		t.Errorf("the dropping replica got the request %d times, want 2 (a kept-alive connection, then a new one)", n)
+	}
+}

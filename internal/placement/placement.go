@@ -16,7 +16,8 @@
 //     notice. Only live replicas count. A noticed replica is not stopped
 //     (it serves until its node dies, which ends it) but is replaced at
 //     once. A replica still pending in a pool that is not Available (its
-//     launches fail, or it is full) is stopped and replaced elsewhere.
+//     launches fail, or it is full) is stopped and replaced elsewhere,
+//     unless a node is on the way for it (Launching).
 //   - The current version's N = max(Desired, MinReplicas) replicas are
 //     split by Placement.Mix into on-demand and spot. A spot slot takes a
 //     spot replica in an Available spot pool; while there is none and
@@ -26,6 +27,10 @@
 //     replica that is Slow (not ready after Placement.StandInAfter: its
 //     node still boots) also gets an on-demand stand-in beside it, as far
 //     as the spot slots are short of ready replicas.
+//   - Spare spot replicas (Input.Spare, see Spares) run beyond the spot
+//     share, spread like the others, so that an eviction wave leaves the
+//     service its count while replacements boot. They hold no stand-in:
+//     on-demand stand-ins cover only the spot share.
 //   - A rolling update creates replicas of the new version while the live
 //     total stays under N + MaxSurge, and stops old ones (not ready ones
 //     first) while the ready replicas left stay at least N −
@@ -82,6 +87,10 @@ type Replica struct {
 	// Slow is true when the replica has not been ready for longer than
 	// Placement.StandInAfter (the caller, which has the clock, decides).
 	Slow bool
+	// Launching is true for a pending replica whose pool has a node on
+	// the way for it: it is not stuck, even while that pool refuses
+	// further launches, and replacing it would waste that node.
+	Launching bool
 }
 
 // Input is the snapshot one decision sees.
@@ -96,6 +105,10 @@ type Input struct {
 	MaxSurge, MaxUnavailable int
 	Pools                    []Pool
 	Replicas                 []Replica
+	// Spare is how many spot replicas to run beyond the spot share
+	// (Placement.SpareSpot, or what Spares sized from history); none
+	// when the mix has no spot share.
+	Spare int
 }
 
 // Create asks for a new replica of Version in Pool.
@@ -140,7 +153,9 @@ func Decide(in Input) Plan {
 type planner struct {
 	in       Input
 	n        int // desired replicas
-	od, spot int // mix targets
+	od, spot int // mix targets; spot counts the spares
+	spare    int // spare spot replicas within spot
+	base     int // spot - spare: the spot share stand-ins cover
 
 	pools   []Pool         // in order of preference
 	pref    map[string]int // pool name -> rank in pools
@@ -185,6 +200,11 @@ func newPlanner(in Input) *planner {
 		p.n = max(in.Desired, in.Placement.MinReplicas)
 	}
 	p.od, p.spot = in.Placement.Mix(p.n)
+	p.base = p.spot
+	if p.spot > 0 {
+		p.spare = max(0, in.Spare)
+		p.spot += p.spare
+	}
 
 	// Pools in order of preference: as listed in placement.pools when it
 	// restricts them, else by name. Pools it leaves out are never used.
@@ -225,7 +245,7 @@ func newPlanner(in Input) *planner {
 				p.gone[slotOf(r)] = append(p.gone[slotOf(r)], r.ID+", which got an eviction notice")
 			}
 			continue
-		case r.State == Pending && !available[r.Pool]:
+		case r.State == Pending && !available[r.Pool] && !r.Launching:
 			// It will not get a node there; another pool may have one.
 			p.record(r, fmt.Sprintf("pending in pool %s, which has no capacity now; replaced", r.Pool))
 			if current {
@@ -283,9 +303,10 @@ func (p *planner) trim() {
 	var extra []*Replica
 	extra = append(extra, p.pick(od, len(od)-p.od)...)
 	extra = append(extra, p.pick(spot, len(spot)-p.spot)...)
-	// A stand-in holds a spot slot until a spot replica in it is ready.
+	// A stand-in holds a slot of the spot share until a spot replica in
+	// it is ready; spares have none.
 	readySpot := min(p.spot, countReady(spot))
-	extra = append(extra, p.pick(standIns, len(standIns)-max(0, p.spot-readySpot))...)
+	extra = append(extra, p.pick(standIns, len(standIns)-max(0, p.base-readySpot))...)
 
 	// Not ready ones first; then the order above (stand-ins before spot
 	// before on-demand), as far as the ready replicas left stay at N.
@@ -304,9 +325,9 @@ func (p *planner) trim() {
 		}
 		switch roleOf(r) {
 		case roleStandIn:
-			p.stop(r, fmt.Sprintf("stand-in no longer needed: %d of %d spot replicas ready", readySpot, p.spot))
+			p.stop(r, fmt.Sprintf("stand-in no longer needed: %d of %d spot replicas ready", readySpot, p.base))
 		case roleSpot:
-			p.stop(r, fmt.Sprintf("scale down to %d replicas (%d on spot)", p.n, p.spot))
+			p.stop(r, "scale down to "+p.spotCount())
 		default:
 			p.stop(r, fmt.Sprintf("scale down to %d replicas (%d on demand)", p.n, p.od))
 		}
@@ -413,7 +434,7 @@ func (p *planner) fill() {
 			pool, _ := p.choose(spec.PrioritySpot)
 			var why string
 			if i < empty {
-				why = reason(roleSpot, fmt.Sprintf("scale up to %d replicas (%d on spot)", p.n, p.spot))
+				why = reason(roleSpot, "scale up to "+p.spotCount())
 			} else {
 				why = fmt.Sprintf("replaces stand-in %s: spot capacity is back", holders[i-empty].ID)
 			}
@@ -421,7 +442,8 @@ func (p *planner) fill() {
 		}
 		return
 	}
-	empty := missing - min(len(holders), max(0, p.spot-countReady(spot)))
+	// Stand-ins only for the spot share: a spare is not worth on-demand.
+	empty := p.base - len(spot) - min(len(holders), max(0, p.base-countReady(spot)))
 	if empty <= 0 {
 		return
 	}
@@ -439,7 +461,7 @@ func (p *planner) fill() {
 			return
 		}
 		p.create(pool, true, "stand-in for a spot replica: no spot pool has capacity; "+
-			reason(roleSpot, fmt.Sprintf("scale up to %d replicas (%d on spot)", p.n, p.spot)))
+			reason(roleSpot, "scale up to "+p.spotCount()))
 	}
 }
 
@@ -456,7 +478,16 @@ func (p *planner) wantCover(spot []*Replica) int {
 			slow++
 		}
 	}
-	return min(slow, max(0, p.spot-countReady(spot)))
+	return min(slow, max(0, p.base-countReady(spot)))
+}
+
+// spotCount says how many replicas the service runs and how many of them
+// on spot, for reasons.
+func (p *planner) spotCount() string {
+	if p.spare > 0 {
+		return fmt.Sprintf("%d replicas (%d on spot) and %d spare spot", p.n, p.base, p.spare)
+	}
+	return fmt.Sprintf("%d replicas (%d on spot)", p.n, p.spot)
 }
 
 // cover starts n on-demand stand-ins beside spot replicas that are slow to

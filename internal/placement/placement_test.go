@@ -620,3 +620,16 @@ func BenchmarkDecide(b *testing.B) {
 		Decide(in)
 	}
 }
+
+// A pending replica whose node is on the way is not stuck, even while its
+// pool refuses further launches: replacing it would waste that node.
+func TestLaunchingPendingIsKept(t *testing.T) {
+	s := newSim(t, Input{Desired: 2, Placement: tier(spec.TierProd), MaxSurge: 1, Replicas: []Replica{
+		{ID: "r1", Version: 1, Pool: "spot-a", Priority: spec.PrioritySpot, State: Ready},
+		{ID: "r2", Version: 1, Pool: "spot-b", Priority: spec.PrioritySpot, State: Pending, Launching: true},
+	}})
+	s.setPool("spot-b", false)
+	if pl := s.step(); len(pl.Create) != 0 || len(pl.Stop) != 0 {
+		t.Errorf("plan %+v, want nothing while r2's node is on the way", pl)
+	}
+}

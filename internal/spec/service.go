@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -153,7 +154,20 @@ type PlacementSpec struct {
 	// Pools restricts replicas to the named pools; default any pool of
 	// the right priority.
 	Pools []string `yaml:"pools,omitempty" json:"pools,omitempty"`
+	// SpareSpot is how many spot replicas to run beyond the spot share,
+	// so that an eviction wave leaves the service its count while the
+	// replacements boot: "auto" (the prod default) sizes them from the
+	// spot pools' recent preemptions (none while they had none), a
+	// number fixes them, "0" turns them off (dev's and strict's default).
+	SpareSpot string `yaml:"spareSpot,omitempty" json:"spareSpot,omitempty"`
 }
+
+// SpareAuto is PlacementSpec.SpareSpot's value that sizes spares from
+// history.
+const SpareAuto = "auto"
+
+// MaxSpareSpot bounds a fixed spareSpot.
+const MaxSpareSpot = 100
 
 // Placement is a PlacementSpec with its tier applied: the values the
 // placement decision works with.
@@ -167,6 +181,10 @@ type Placement struct {
 	FallbackToOnDemand       bool     `json:"fallbackToOnDemand"`
 	StandInAfter             Duration `json:"standInAfter"`
 	Pools                    []string `json:"pools,omitempty"`
+	// SpareSpot is the fixed count of spare spot replicas, unless
+	// AutoSpare sizes them from the pools' recent preemptions.
+	SpareSpot int  `json:"spareSpot"`
+	AutoSpare bool `json:"autoSpare"`
 }
 
 // Readiness is the probe that decides when a replica gets traffic: an
@@ -250,10 +268,10 @@ func tierFloor(tier string) int {
 // Resolve applies the tier to the explicit fields, for a service whose
 // replicas.min is minReplicas:
 //
-//	tier    base  percent  spread  fallback  replicas
-//	dev     0     0        no      no        ≥ 1
-//	prod    0     0        yes     yes       ≥ 2
-//	strict  1     0        yes     yes       ≥ 2
+//	tier    base  percent  spread  fallback  spares  replicas
+//	dev     0     0        no      no        0       ≥ 1
+//	prod    0     0        yes     yes       auto    ≥ 2
+//	strict  1     0        yes     yes       0       ≥ 2
 //
 // An unset tier is prod. Explicit fields win; Validate refuses a strict
 // tier with baseOnDemand 0, so Resolve keeps a strict base of at least 1.
@@ -265,7 +283,16 @@ func (p PlacementSpec) Resolve(minReplicas int) Placement {
 		r.BaseOnDemand, r.SpreadZones, r.FallbackToOnDemand = 1, true, true
 	default:
 		r.Tier = TierProd
-		r.SpreadZones, r.FallbackToOnDemand = true, true
+		r.SpreadZones, r.FallbackToOnDemand, r.AutoSpare = true, true, true
+	}
+	switch p.SpareSpot {
+	case "":
+	case SpareAuto:
+		r.AutoSpare = true
+	default:
+		// Validate refused anything else.
+		n, _ := strconv.Atoi(p.SpareSpot)
+		r.SpareSpot, r.AutoSpare = min(MaxSpareSpot, max(0, n)), false
 	}
 	if p.BaseOnDemand != nil {
 		r.BaseOnDemand = max(0, *p.BaseOnDemand)
@@ -528,6 +555,11 @@ func (e *fieldErrors) placement(sp *ServiceSpec) {
 	}
 	if p.Pools != nil && len(p.Pools) == 0 {
 		e.add(at+".pools", "must not be empty; leave it out to use any pool")
+	}
+	if v := p.SpareSpot; v != "" && v != SpareAuto {
+		if n, err := strconv.Atoi(v); err != nil || n < 0 || n > MaxSpareSpot {
+			e.add(at+".spareSpot", "%q is neither %q nor a count from 0 to %d; write %q to size spares from the pools' recent preemptions, or a number such as 1", v, SpareAuto, MaxSpareSpot, SpareAuto)
+		}
 	}
 }
 

@@ -20,6 +20,15 @@
 // to boot), so a replacement launched at the notice is ready only after
 // boot, which is what makes a short notice hurt.
 //
+// With -traces the spot market is real instead: one spot pool per trace
+// file (as zones or regions would be), each replaying its trace
+// (spec.local.market) at -speedup from -start, and the benchmark evicts
+// nothing itself. The pools start without their market while the
+// scenarios set up; when the load starts, every scenario's pools get their
+// market at once, set so that all are at -start of their trace then.
+//
+//	go run ./bench/serving/availability -traces traces/cant-be-late/preemption_4-node_aws-08-03-2023_us-east-2a_v100_1.json,traces/cant-be-late/availability_16-node_aws-08-27-2023_us-east-2b_v100_1.json -speedup 120 -start 12h -only dev,prod,prod-nospare,strict,on-demand
+//
 // It prints, as Markdown, each scenario's success rate, latency
 // percentiles, evictions, and cost per million answered requests.
 //
@@ -82,6 +91,9 @@ type config struct {
 	only       string
 	timeout    time.Duration
 	keep       bool
+	traces     []string
+	speedup    float64
+	start      time.Duration
 }
 
 // instanceType is every pool's machine: 2 cpu, so two 1-cpu replicas fit
@@ -113,8 +125,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	fs.StringVar(&cfg.only, "only", "", "comma-separated scenarios to run (dev, prod, strict, on-demand); default all")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Minute, "give up after this long")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the data directories (logs, databases, load reports) and say where")
+	traces := fs.String("traces", "", "comma-separated trace files (see traces/): one spot pool each replays one; the benchmark then evicts nothing itself")
+	fs.Float64Var(&cfg.speedup, "speedup", 120, "with -traces: how much faster than real time the traces replay")
+	fs.DurationVar(&cfg.start, "start", 12*time.Hour, "with -traces: where in the traces the load starts (at least the setup time × -speedup)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *traces != "" {
+		for _, f := range strings.Split(*traces, ",") {
+			abs, err := filepath.Abs(strings.TrimSpace(f))
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(abs); err != nil {
+				return fmt.Errorf("-traces: %v", err)
+			}
+			cfg.traces = append(cfg.traces, abs)
+		}
+		if cfg.speedup <= 0 {
+			return errors.New("-speedup must be positive")
+		}
 	}
 	switch {
 	case cfg.duration < time.Second:
@@ -208,6 +238,7 @@ func allScenarios(replicas int) []scenario {
 		{"dev", "{tier: dev}", "all spot, not spread, no stand-ins"},
 		{"prod", "{tier: prod}", "spot spread over pools, on-demand stand-ins"},
 		{"prod-10s", "{tier: prod, standInAfter: 10s}", "prod, a stand-in after 10 s of a slow spot start"},
+		{"prod-nospare", "{tier: prod, spareSpot: \"0\"}", "prod without spare spot replicas"},
 		{"strict", "{tier: strict}", "1 on-demand + spot"},
 		{"on-demand", fmt.Sprintf("{tier: strict, baseOnDemand: %d}", replicas), "all on-demand"},
 	}
@@ -216,7 +247,7 @@ func allScenarios(replicas int) []scenario {
 func pick(only string, replicas int) ([]scenario, error) {
 	all := allScenarios(replicas)
 	if only == "" {
-		return all, nil
+		return slices.DeleteFunc(all, func(s scenario) bool { return s.name == "prod-nospare" }), nil
 	}
 	var out []scenario
 	for _, name := range strings.Split(only, ",") {
@@ -249,6 +280,7 @@ type result struct {
 	placed    string // replicas by priority and nodes, when the load started
 	load      loadReport
 	evictions []eviction
+	notices   int           // with -traces: spot nodes that got a notice during the load
 	noReady   time.Duration // time with no ready replica (sampled)
 	minReady  int
 	cost      cost.Summary // node time during the load: the difference of two reads
@@ -286,7 +318,8 @@ func (sc scenario) run(ctx context.Context, env runEnv, data string, start *barr
 	if _, err := c.CLI(ctx, "blob", "put", modelFile, "models/fmnist.onnx"); err != nil {
 		return result{err: err}
 	}
-	if err := c.Apply(ctx, "spec.yaml", sc.yaml(cfg)); err != nil {
+	applied := time.Now()
+	if err := c.Apply(ctx, "spec.yaml", sc.yaml(cfg, "")); err != nil {
 		return result{err: err}
 	}
 	say("applied (spotml up on %s, gateway %s, data %s); waiting for %d ready replicas", c.Addr, c.Gateway, data, cfg.replicas)
@@ -312,6 +345,18 @@ func (sc scenario) run(ctx context.Context, env runEnv, data string, start *barr
 		}
 	}
 
+	if len(cfg.traces) > 0 {
+		// The market from now on, at -start of every trace.
+		start := cfg.start - time.Duration(float64(time.Since(applied))*cfg.speedup)
+		if start < 0 {
+			return result{err: fmt.Errorf("setting up took %s, which is %s of trace at -speedup %g: raise -start to at least that",
+				time.Since(applied).Round(time.Second), time.Duration(float64(time.Since(applied))*cfg.speedup).Round(time.Minute), cfg.speedup)}
+		}
+		if err := c.Apply(ctx, "market.yaml", sc.yaml(cfg, start.Round(time.Second).String())); err != nil {
+			return result{err: err}
+		}
+		say("markets replaying from %s of their traces", cfg.start)
+	}
 	before, err := readCost(ctx, c)
 	if err != nil {
 		return result{err: err}
@@ -352,19 +397,20 @@ func (sc scenario) run(ctx context.Context, env runEnv, data string, start *barr
 		return result{err: costErr}
 	}
 	r.cost = costDelta(before, after)
-	if r.launched, r.unused, err = launches(ctx, c, t0); err != nil {
+	if r.launched, r.unused, r.notices, err = launches(ctx, c, t0); err != nil {
 		return result{err: err}
 	}
 	r.done = true
-	say("done: %d/%d answered, %d evictions", r.load.OK, r.load.Sent, countEvictions(r.evictions))
+	say("done: %d/%d answered, %d evictions", r.load.OK, r.load.Sent, max(r.notices, countEvictions(r.evictions)))
 	return r
 }
 
 // yaml is the scenario's pools and service. Every scenario has the same
-// pools: two spot pools in two zones and an on-demand pool, all of the
-// same instance type and all booting in cfg.boot; the spot pools' own
-// market is off (evictionRate 0): only the benchmark's schedule evicts.
-func (sc scenario) yaml(cfg config) string {
+// pools: two spot pools in two zones (with -traces, one per trace) and an
+// on-demand pool, all of the same instance type and all booting in
+// cfg.boot; the spot pools' own market is off (evictionRate 0): only the
+// benchmark's schedule evicts, or with -traces and a start, their traces.
+func (sc scenario) yaml(cfg config, start string) string {
 	boot := ""
 	if cfg.boot > 0 {
 		boot = fmt.Sprintf("  startTask: {command: [sleep, %q]}\n", strconv.FormatFloat(cfg.boot.Seconds(), 'f', -1, 64))
@@ -385,7 +431,18 @@ spec:
 `, name, priority, instanceType, zone, 2*cfg.replicas, cfg.idle, market, boot)
 	}
 	market := fmt.Sprintf("  local:\n    evictionRate: 0\n    notice: %s\n", cfg.notice)
-	return pool("spot-a", "spot", "1", market) + pool("spot-b", "spot", "2", market) + pool("od", "ondemand", "1", "") +
+	spot := pool("spot-a", "spot", "1", market) + pool("spot-b", "spot", "2", market)
+	if len(cfg.traces) > 0 {
+		spot = ""
+		for i, f := range cfg.traces {
+			m := market
+			if start != "" {
+				m += fmt.Sprintf("    market: {trace: %q, speedup: %g, start: %s}\n", f, cfg.speedup, start)
+			}
+			spot += pool("spot-"+string(rune('a'+i)), "spot", strconv.Itoa(i+1), m)
+		}
+	}
+	return spot + pool("od", "ondemand", "1", "") +
 		fmt.Sprintf(`apiVersion: spotml/v1
 kind: Service
 metadata: {name: %s}
@@ -403,6 +460,9 @@ spec:
 // name; with -target replica only those running a replica) with a
 // generator seeded alike in every scenario.
 func (sc scenario) evict(ctx context.Context, c *cluster.Cluster, cfg config, t0 time.Time, say func(string, ...any)) ([]eviction, error) {
+	if len(cfg.traces) > 0 {
+		return nil, nil // the traces evict
+	}
 	rng := rand.New(rand.NewPCG(cfg.seed, 0))
 	var out []eviction
 	for at := cfg.every; at < cfg.duration; at += cfg.every {
@@ -520,11 +580,12 @@ func plural(n int) string {
 }
 
 // launches counts the nodes launched since t0 and, of those, the ones no
-// replica was placed on, from the events.
-func launches(ctx context.Context, c *cluster.Cluster, t0 time.Time) (launched, unused int, err error) {
+// replica was placed on, and the eviction notices since t0, from the
+// events.
+func launches(ctx context.Context, c *cluster.Cluster, t0 time.Time) (launched, unused, notices int, err error) {
 	var events []store.Event
 	if err := c.API.Do(ctx, http.MethodGet, api.Prefix+"/events", nil, &events); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	used := map[string]bool{}
 	var nodes []string
@@ -536,6 +597,10 @@ func launches(ctx context.Context, c *cluster.Cluster, t0 time.Time) (launched, 
 			}
 		case "ReplicaPlaced":
 			used[strings.TrimPrefix(e.Message, "on node ")] = true
+		case "Notice":
+			if !e.Time.Before(t0) {
+				notices++
+			}
 		}
 	}
 	for _, n := range nodes {
@@ -543,7 +608,7 @@ func launches(ctx context.Context, c *cluster.Cluster, t0 time.Time) (launched, 
 			unused++
 		}
 	}
-	return len(nodes), unused, nil
+	return len(nodes), unused, notices, nil
 }
 
 func readCost(ctx context.Context, c *cluster.Cluster) (cost.Summary, error) {
@@ -607,8 +672,13 @@ func printReport(w io.Writer, args []string, cfg config, host string, scenarios 
 	if cfg.sequential {
 		mode = "one after the other (-sequential)"
 	}
-	fmt.Fprintf(w, "\n### Serving under evictions: %g requests/s for %s, a spot node evicted every %s with %s notice\n\n",
-		cfg.rate, cfg.duration, cfg.every, cfg.notice)
+	if len(cfg.traces) > 0 {
+		fmt.Fprintf(w, "\n### Serving on traced spot markets: %g requests/s for %s, %d spot pools replaying traces at %g× from %s, %s notice\n\n",
+			cfg.rate, cfg.duration, len(cfg.traces), cfg.speedup, cfg.start, cfg.notice)
+	} else {
+		fmt.Fprintf(w, "\n### Serving under evictions: %g requests/s for %s, a spot node evicted every %s with %s notice\n\n",
+			cfg.rate, cfg.duration, cfg.every, cfg.notice)
+	}
 	fmt.Fprintf(w, "command: `%s`\n\n", strings.TrimSpace("go run ./bench/serving/availability "+strings.Join(args[1:], " ")))
 	fmt.Fprintf(w, "effective flags: -duration %s -rate %g -every %s -notice %s -boot %s -replicas %d -seed %d -target %s -idle-timeout %s%s; wall time %s\n\n",
 		cfg.duration, cfg.rate, cfg.every, cfg.notice, cfg.boot, cfg.replicas, cfg.seed, cfg.target, cfg.idle,
@@ -621,14 +691,32 @@ func printReport(w io.Writer, args []string, cfg config, host string, scenarios 
 	if cfg.target == "replica" {
 		drawn = "the ready spot nodes that run a replica of the service"
 	}
-	fmt.Fprintf(w, "Evictions: at every %s of the load, `spotml evict NODE --notice %s` on a node drawn (seed %d, the same draws in every scenario) from %s; "+
-		"the spot pools' own market is off (evictionRate 0).\n\n", cfg.every, cfg.notice, cfg.seed, drawn)
-	fmt.Fprintln(w, "| scenario | replicas at start | evictions (replicas on the node) | requests | failed | success rate | p50 | p99 | max | no replica ready | nodes launched (never used) | node-hours | cost | per million answered | same node-time on demand |")
-	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	if len(cfg.traces) > 0 {
+		var names []string
+		for i, f := range cfg.traces {
+			names = append(names, fmt.Sprintf("spot-%c: `%s`", 'a'+i, filepath.Base(f)))
+		}
+		fmt.Fprintf(w, "Evictions: the spot pools' traces (%s), replayed at %g× from %s of each trace when the load starts "+
+			"(a node beyond the trace's capacity is evicted with %s notice; a launch beyond it is refused); the benchmark evicts nothing itself.\n\n",
+			strings.Join(names, ", "), cfg.speedup, cfg.start, cfg.notice)
+	} else {
+		fmt.Fprintf(w, "Evictions: at every %s of the load, `spotml evict NODE --notice %s` on a node drawn (seed %d, the same draws in every scenario) from %s; "+
+			"the spot pools' own market is off (evictionRate 0).\n\n", cfg.every, cfg.notice, cfg.seed, drawn)
+	}
+	// The all-on-demand scenario's cost, if it ran, is what the others
+	// are measured against.
+	var allOD float64
+	for i, r := range results {
+		if r.done && scenarios[i].name == "on-demand" {
+			allOD = r.cost.Spent
+		}
+	}
+	fmt.Fprintln(w, "| scenario | replicas at start | evictions (replicas on the node) | requests | failed | success rate | p50 | p99 | max | no replica ready | nodes launched (never used) | node-hours | cost | ÷ all-on-demand run | per million answered | same node-time on demand |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for i, r := range results {
 		sc := scenarios[i]
 		if !r.done {
-			fmt.Fprintf(w, "| %s | not measured: %v | | | | | | | | | | | | | |\n", sc.name, r.err)
+			fmt.Fprintf(w, "| %s | not measured: %v | | | | | | | | | | | | | | |\n", sc.name, r.err)
 			continue
 		}
 		hit := 0
@@ -639,14 +727,26 @@ func printReport(w io.Writer, args []string, cfg config, host string, scenarios 
 		if r.load.OK > 0 {
 			perM = fmt.Sprintf("$%.3f", r.cost.Spent/float64(r.load.OK)*1e6)
 		}
+		ratio := "–"
+		if allOD > 0 {
+			ratio = fmt.Sprintf("%.2f×", r.cost.Spent/allOD)
+		}
+		evicted := fmt.Sprintf("%d (%d)", countEvictions(r.evictions), hit)
+		if len(cfg.traces) > 0 {
+			evicted = fmt.Sprintf("%d notices", r.notices)
+		}
 		l := r.load.LatencyMs
-		fmt.Fprintf(w, "| %s (%s) | %s | %d (%d) | %d | %d | %s | %.1f ms | %.1f ms | %.0f ms | %s | %d (%d) | %.3f | $%.4f | %s | $%.4f |\n",
-			sc.name, sc.what, r.placed, countEvictions(r.evictions), hit, r.load.Sent, r.load.Failed, percent(r.load.SuccessRate),
-			l.P50, l.P99, l.Max, r.noReady.Round(time.Second), r.launched, r.unused, r.cost.NodeSeconds/3600, r.cost.Spent, perM, r.cost.OnDemand)
+		fmt.Fprintf(w, "| %s (%s) | %s | %s | %d | %d | %s | %.1f ms | %.1f ms | %.0f ms | %s | %d (%d) | %.3f | $%.4f | %s | %s | $%.4f |\n",
+			sc.name, sc.what, r.placed, evicted, r.load.Sent, r.load.Failed, percent(r.load.SuccessRate),
+			l.P50, l.P99, l.Max, r.noReady.Round(time.Second), r.launched, r.unused, r.cost.NodeSeconds/3600, r.cost.Spent, ratio, perM, r.cost.OnDemand)
 	}
 	fmt.Fprintln(w)
 	for i, r := range results {
 		if !r.done {
+			continue
+		}
+		if len(cfg.traces) > 0 {
+			fmt.Fprintf(w, "- %s: failures %s\n", scenarios[i].name, describeFailures(r.load))
 			continue
 		}
 		fmt.Fprintf(w, "- %s: evictions %s; failures %s\n", scenarios[i].name, describeEvictions(r.evictions), describeFailures(r.load))
