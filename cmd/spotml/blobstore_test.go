@@ -23,6 +23,12 @@ import (
 // TestMain starts a throwaway PostgreSQL cluster for the --store tests
 // (store_test.go) and stops the Azurite the blob tests started.
 func TestMain(m *testing.M) {
+	// The control-plane tests (ha_test.go) run spotml as separate
+	// processes: this test binary, which is spotml's main when asked.
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
 	code := pgtest.Main(m, &cluster)
 	blobtest.StopAzurite()
 	os.Exit(code)

@@ -134,12 +134,13 @@ var kinds = map[string]string{
 	"service": "services", "services": "services", "svc": "services",
 	"replica": "replicas", "replicas": "replicas",
 	"batchinference": "batchinferences", "batchinferences": "batchinferences", "bi": "batchinferences",
+	"controlplane": "controlplane", "cp": "controlplane",
 }
 
 func kindOf(arg string) (string, error) {
 	k, ok := kinds[strings.ToLower(arg)]
 	if !ok {
-		return "", fmt.Errorf("unknown kind %q: use pools, nodes, jobs, tasks, services, replicas, batchinferences or events", arg)
+		return "", fmt.Errorf("unknown kind %q: use pools, nodes, jobs, tasks, services, replicas, batchinferences, events or controlplane", arg)
 	}
 	return k, nil
 }
@@ -149,7 +150,7 @@ func newGetCmd(g *globals, stdout io.Writer) *cobra.Command {
 	var all bool
 	c := &cobra.Command{
 		Use:   "get KIND [NAME]",
-		Short: "List pools, nodes, jobs, tasks (of a job: get tasks JOB), services, replicas (of a service: get replicas SERVICE) or events",
+		Short: "List pools, nodes, jobs, tasks (of a job: get tasks JOB), services, replicas (of a service: get replicas SERVICE), events or controlplane (the instances and the leader)",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
 			kind, err := kindOf(args[0])
@@ -274,6 +275,22 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 				}
 				return fmt.Sprintf("%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Version, r.State, pr, r.Pool, dash(r.Node), dash(r.Addr), nt, age(r.CreatedAt))
 			})
+	case "controlplane":
+		var cp api.ControlPlane
+		if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/controlplane", nil, &cp); err != nil {
+			return err
+		}
+		if output == "json" || output == "yaml" {
+			return printObject(w, output, cp)
+		}
+		return print(w, output, cp.Instances, func(in api.CPInstance) string { return in.ID }, "INSTANCE	ROLE	TERM	ADDRESS	VERSION	STARTED	LAST SEEN", func(in api.CPInstance) string {
+			role, term := "follower", "-"
+			if in.Leader {
+				role, term = "leader", fmt.Sprint(cp.Term)
+			}
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s ago", in.ID, role, term, in.Address, in.Version, age(in.Started),
+				time.Since(in.LastSeen).Round(100*time.Millisecond))
+		})
 	case "events":
 		q := url.Values{}
 		if name != "" {
@@ -300,6 +317,24 @@ func fetchList[T any](ctx context.Context, cl *client.Client, coll, name string,
 	}
 	*out = []T{one}
 	return nil
+}
+
+// printObject writes one object as json or yaml.
+func printObject(w io.Writer, output string, v any) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	b, err := json.Marshal(v) // through JSON: the API's field names
+	if err != nil {
+		return err
+	}
+	var m any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	return yaml.NewEncoder(w).Encode(m)
 }
 
 func print[T any](w io.Writer, output string, items []T, name func(T) string, header string, row func(T) string) error {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +43,9 @@ type serverFlags struct {
 	nodeTimeout time.Duration
 	interval    time.Duration
 	retention   time.Duration
+	leaseTTL    time.Duration
+	instanceID  string
+	advertise   string
 	logLevel    string
 	api         timeouts
 	gateway     gatewayOptions
@@ -61,6 +65,10 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().DurationVar(&f.interval, "reconcile-interval", 500*time.Millisecond, "how often the control loops run")
 	c.Flags().DurationVar(&f.retention, "retention", store.DefaultRetention,
 		"how long ended nodes, node runs, attempts, replicas and events are kept (cost is kept per pool and day); 0: forever")
+	c.Flags().DurationVar(&f.leaseTTL, "lease-ttl", control.DefaultLeaseTTL,
+		"several instances over one --store: how long the leader lease lasts unrenewed (renewed every ttl/3, tried for every ttl/6 up to 500ms); a dead leader is replaced within about ttl + ttl/6")
+	c.Flags().StringVar(&f.instanceID, "instance-id", "", "this instance's ID among those sharing the store (default: host name and a random suffix, new each start)")
+	c.Flags().StringVar(&f.advertise, "advertise-url", "", "this instance's API URL as others reach it, shown by get controlplane (default: http://ADDR)")
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.api = apiTimeouts
 	f.api.bind(c.Flags(), "api-", "API", false)
@@ -108,6 +116,9 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	}
 	if err := f.gateway.timeouts.check("gateway-"); err != nil {
 		return err
+	}
+	if f.leaseTTL < 300*time.Millisecond {
+		return fmt.Errorf("--lease-ttl: %s is too short (renewals every ttl/3 would race the database); give at least 300ms, e.g. 3s", f.leaseTTL)
 	}
 	retention := f.retention
 	switch {
@@ -199,7 +210,16 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 			os.Setenv("SPOTML_ONNXRUNTIME_LIB", lib)
 		}
 	}
-	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout, Retention: retention,
+	advertise := f.advertise
+	if advertise == "" {
+		advertise = url
+	}
+	instance := store.Instance{ID: f.instanceID, Address: advertise, Version: buildVersion(), Started: time.Now()}
+	if instance.ID == "" {
+		instance.ID = control.NewInstanceID()
+	}
+	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
+		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL,
 		BatchInputs: func(ctx context.Context, in spec.BatchInput) ([]string, error) {
 			return server.ListBatchInputs(ctx, cfg.Blobs, in)
 		}})
@@ -237,7 +257,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if f.store != "" {
 		fmt.Fprintf(stdout, "  store:   %s\n", redactDSN(f.store))
 	}
-	log.Info("control plane started", "api", url, "data", data, "blobs", blobs.DefaultURL())
+	log.Info("control plane started", "api", url, "data", data, "blobs", blobs.DefaultURL(), "instance", instance.ID)
 	err = g.Wait()
 	if loc != nil {
 		stopLocalNodes(st, loc, log)
@@ -384,4 +404,13 @@ func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 	c.Flags().DurationVar(&cfg.NoticePoll, "notice-poll", time.Second, "how often to poll for an eviction notice")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return c
+}
+
+// buildVersion is this binary's module version, "(devel)" when built from
+// a checkout.
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }

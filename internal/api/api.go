@@ -174,6 +174,9 @@ type Info struct {
 	Predict    bool      `json:"predict"`    // Prefix/gateway/... reaches this process's gateway
 	Role       string    `json:"role"`       // the caller's role: admin or viewer
 	TokenName  string    `json:"tokenName"`  // the caller's token: a name, or "bootstrap" for DATA_DIR/token
+	Instance   string    `json:"instance"`   // the control-plane instance that answered
+	Leader     string    `json:"leader"`     // the instance holding the leader lease; empty: none
+	Term       int64     `json:"term"`       // the leader lease's term
 }
 
 // TokenRequest asks for a new named API token.
@@ -202,3 +205,25 @@ const (
 	BackupContentType  = "application/vnd.sqlite3"
 	BackupSHA256Header = "X-Spotml-Backup-Sha256"
 )
+
+// ControlPlane is the control-plane instances sharing the store and the
+// leader lease (GET Prefix/controlplane).
+type ControlPlane struct {
+	Leader       string       `json:"leader"`       // the instance ID holding the lease; empty: none yet
+	Term         int64        `json:"term"`         // the lease's term, incremented on every takeover
+	LeaderSince  time.Time    `json:"leaderSince"`  // when the term began
+	LeaseExpires time.Time    `json:"leaseExpires"` // when the lease lapses unless renewed (the database's clock)
+	LeaseValid   bool         `json:"leaseValid"`   // the lease has not lapsed
+	Answered     string       `json:"answeredBy"`   // the instance that answered this request
+	Instances    []CPInstance `json:"instances"`
+}
+
+// CPInstance is one control-plane instance seen lately.
+type CPInstance struct {
+	ID       string    `json:"id"`
+	Address  string    `json:"address"`
+	Version  string    `json:"version"`
+	Started  time.Time `json:"started"`
+	LastSeen time.Time `json:"lastSeen"`
+	Leader   bool      `json:"leader"`
+}

@@ -40,6 +40,12 @@ type Options struct {
 	// keys under input.uri matching input.pattern), for trigger: watch;
 	// nil: watches queue nothing new.
 	BatchInputs func(ctx context.Context, in spec.BatchInput) ([]string, error)
+	// Instance is this control-plane process among those sharing the
+	// store: its ID (default NewInstanceID()) holds the leader lease.
+	Instance store.Instance
+	// LeaseTTL is how long the leader lease lasts unrenewed; the leader
+	// renews it every LeaseTTL/3. Default DefaultLeaseTTL.
+	LeaseTTL time.Duration
 }
 
 // Plane is the control plane's set of reconcilers.
@@ -50,10 +56,10 @@ type Plane struct {
 	now       func() time.Time
 	opt       Options
 	kick      chan struct{}
-	// started is when this control plane began: heartbeats are kept in
-	// memory and flushed every few seconds, so after a restart a node
-	// gets a full NodeTimeout from here before it is called lost.
-	started time.Time
+	lead      leader
+	// created is when this Plane was made: the liveness grace for passes
+	// run outside Run (tests, tools), where no term has begun.
+	created time.Time
 
 	mu      sync.Mutex
 	backoff map[string]time.Time // pool -> no launch before
@@ -93,7 +99,16 @@ func New(st *sqlstore.Store, providers map[string]Provider, log *slog.Logger, no
 	if opt.PruneBatch == 0 {
 		opt.PruneBatch = 500
 	}
-	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt, started: now(),
+	if opt.LeaseTTL == 0 {
+		opt.LeaseTTL = DefaultLeaseTTL
+	}
+	if opt.Instance.ID == "" {
+		opt.Instance.ID = NewInstanceID()
+	}
+	if opt.Instance.Started.IsZero() {
+		opt.Instance.Started = now()
+	}
+	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt, created: now(),
 		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}, spare: map[string]spareState{}}
 }
 
@@ -102,41 +117,6 @@ func (p *Plane) Kick() {
 	select {
 	case p.kick <- struct{}{}:
 	default:
-	}
-}
-
-// Run reconciles, and records service samples, until ctx ends.
-func (p *Plane) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	// Sampling keeps its own beat: a slow reconcile pass must not leave
-	// gaps in the history.
-	wg.Go(func() { p.runSampler(ctx) })
-	if p.opt.Retention > 0 {
-		wg.Go(func() { p.runPruner(ctx) })
-	}
-	wg.Go(func() { p.runFlusher(ctx) })
-	for name, prov := range p.providers {
-		if r, ok := prov.(Runner); ok {
-			wg.Go(func() {
-				if err := r.Run(ctx, p, p); err != nil && ctx.Err() == nil {
-					p.log.Error("provider stopped", "provider", name, "err", err)
-				}
-			})
-		}
-	}
-	t := time.NewTicker(p.opt.Interval)
-	defer t.Stop()
-	for {
-		if err := p.Reconcile(ctx); err != nil && ctx.Err() == nil {
-			p.log.Error("reconcile failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		case <-p.kick:
-		}
 	}
 }
 
@@ -160,9 +140,17 @@ func (p *Plane) checkLiveness(ctx context.Context, nodes []store.Node) ([]store.
 	kept := nodes[:0:0]
 	for _, n := range nodes {
 		var why string
+		// Heartbeats are kept in memory by whichever instance heard them
+		// and flushed every few seconds, so a node gets a full
+		// NodeTimeout from when this instance began leading (not from its
+		// last stored heartbeat) before it is called lost.
 		last := n.HeartbeatAt
-		if last.Before(p.started) {
-			last = p.started
+		since := p.Leadership().Since
+		if since.IsZero() {
+			since = p.created
+		}
+		if last.Before(since) {
+			last = since
 		}
 		switch {
 		case n.State == store.NodeProvisioning && n.HeartbeatAt.IsZero() && now.Sub(n.StateAt) > p.opt.ProvisionTimeout:
@@ -207,7 +195,7 @@ func (p *Plane) runPruner(ctx context.Context) {
 	t := time.NewTicker(p.opt.PruneEvery)
 	defer t.Stop()
 	for {
-		if _, err := p.Prune(ctx); err != nil && ctx.Err() == nil {
+		if _, err := p.Prune(ctx); p.fenced(err) != nil && ctx.Err() == nil {
 			p.log.Error("prune failed", "err", err)
 		}
 		select {

@@ -51,6 +51,15 @@ func FeedGateway(ctx context.Context, st *sqlstore.Store, gw Router, log *slog.L
 		opt.QPSEvery = time.Second
 	}
 	keys := keyFiles{}
+	// On PostgreSQL a route change wakes the feed when it commits; the
+	// ticker stays, for QPS reports and as a backstop.
+	wake := make(chan struct{}, 1)
+	st.WatchRoutes(ctx, func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
 	t := time.NewTicker(opt.Interval)
 	defer t.Stop()
 	var lastQPS time.Time
@@ -76,6 +85,7 @@ func FeedGateway(ctx context.Context, st *sqlstore.Store, gw Router, log *slog.L
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-wake:
 		}
 	}
 }

@@ -47,7 +47,7 @@ func (p *Plane) runSampler(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := p.Sample(ctx); err != nil && ctx.Err() == nil {
+		if err := p.fenced(p.Sample(ctx)); err != nil && ctx.Err() == nil {
 			p.log.Error("service sample failed", "err", err)
 		}
 	}

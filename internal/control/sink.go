@@ -23,7 +23,7 @@ func (p *Plane) Notice(ctx context.Context, node string, deadline time.Time, sou
 		return nil // forgotten already: nothing to warn
 	}
 	if err != nil {
-		return err
+		return p.fenced(err)
 	}
 	if changed {
 		p.log.Info("eviction notice", "node", node, "deadline", deadline, "source", source)
@@ -45,7 +45,7 @@ func (p *Plane) Gone(ctx context.Context, node, state, reason string) error {
 		return nil
 	}
 	if err != nil {
-		return err
+		return p.fenced(err)
 	}
 	p.Kick()
 	return nil

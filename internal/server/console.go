@@ -35,7 +35,18 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
 		version = bi.Main.Version
 	}
+	var inst, leader string
+	var term int64
+	if s.cfg.Plane != nil {
+		inst = s.cfg.Plane.Leadership().Instance
+		if cp, err := s.cfg.Plane.ControlPlane(r.Context()); err == nil && cp.Lease.Valid {
+			leader, term = cp.Lease.Holder, cp.Lease.Term
+		}
+	}
 	writeJSON(w, http.StatusOK, api.Info{
+		Instance:   inst,
+		Leader:     leader,
+		Term:       term,
 		Version:    version,
 		Time:       s.cfg.Now(),
 		GatewayURL: s.cfg.GatewayURL,

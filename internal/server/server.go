@@ -104,6 +104,13 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(s.cfg.Store, s.cfg.Log, s.cfg.Now), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spotml_leader_writes_total",
+			Help: "Write transactions of this instance's reconcilers committed while it led (fenced by its lease term)."},
+			func() float64 { return float64(s.cfg.Store.Stats().LeaderWrites) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "spotml_fenced_writes_total",
+			Help: "Reconciler write transactions refused because this instance no longer held the leader lease at its term."},
+			func() float64 { return float64(s.cfg.Store.Stats().FencedWrites) }))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if s.cfg.Metadata != nil {
 		s.mux.Handle(s.cfg.MetadataPrefix+"/", http.StripPrefix(s.cfg.MetadataPrefix, s.cfg.Metadata))
@@ -128,6 +135,7 @@ func (s *Server) routes() {
 	read("GET "+p+"/cost", s.cost)
 	read("GET "+p+"/services/{name}/history", s.serviceHistory)
 	read("GET "+p+"/info", s.info)
+	read("GET "+p+"/controlplane", s.controlPlane)
 	read("GET "+p+"/watch", s.watch)
 	read("GET "+p+"/cost/history", s.costHistory)
 	// Inference through the gateway changes no state (the gateway's own

@@ -41,6 +41,9 @@ type Stats struct {
 	// Retries counts write transactions run again after a serialization
 	// failure or deadlock (PostgreSQL): contention, as the database saw it.
 	Retries int64
+	// LeaderWrites counts fenced write transactions (a leader's
+	// reconcilers') committed; FencedWrites those refused with ErrFenced.
+	LeaderWrites, FencedWrites int64
 }
 
 // RandomHex returns n random bytes as hex.

@@ -392,6 +392,12 @@ function start(info) {
   if (t) store.offset = t - Date.now();
   const v = String(store.info.version || '');
   $('#version').textContent = /^\d/.test(v) ? `v${v}` : v;
+  // Several control-plane instances share one store: which one leads
+  // (runs the reconcilers), at which lease term, and which one answers.
+  const leader = $('#leader');
+  leader.hidden = !store.info.leader;
+  leader.textContent = leader.hidden ? '' : `leader ${store.info.leader} · term ${store.info.term}`;
+  leader.title = leader.hidden ? '' : `This console is served by instance ${store.info.instance || '?'}.`;
   const role = $('#role');
   role.hidden = store.info.role !== 'viewer';
   role.textContent = role.hidden ? '' : 'viewer · read-only';

@@ -26,13 +26,20 @@ import (
 
 // Dialect is PostgreSQL's.
 var Dialect = sqlstore.Dialect{
-	Name:         "postgres",
-	Rebind:       sqlstore.Dollars,
-	Isolation:    sql.LevelSerializable,
-	Retryable:    Retryable,
-	ForUpdate:    " FOR UPDATE",
-	Arrays:       true,
-	NotAllDigits: func(expr string) string { return expr + ` ~ '[^0-9]'` },
+	Name:      "postgres",
+	Rebind:    sqlstore.Dollars,
+	Isolation: sql.LevelSerializable,
+	Retryable: Retryable,
+	ForUpdate: " FOR UPDATE",
+	ForShare:  " FOR SHARE",
+	// A follower's lease try gives up after this rather than queue
+	// behind a paused leader's open transaction (see Open's
+	// idle_in_transaction_session_timeout).
+	LeaseLockTimeout: `SET LOCAL lock_timeout = '500ms'`,
+	NowMillis:        `(extract(epoch from clock_timestamp()) * 1000)::bigint`,
+	Arrays:           true,
+	Listen:           listen,
+	NotAllDigits:     func(expr string) string { return expr + ` ~ '[^0-9]'` },
 	// Any fixed key: instances started together migrate one at a time.
 	LockMigrations: `SELECT pg_advisory_xact_lock(7316021195)`,
 }
@@ -52,6 +59,14 @@ func Open(ctx context.Context, dsn string, now func() time.Time) (*sqlstore.Stor
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", redact(dsn), err)
+	}
+	// A leader paused in the middle of a transaction (SIGSTOP, a long GC
+	// pause, a partition) holds its rows, the lease row among them, until
+	// PostgreSQL ends the session: it does after this much idle time, so
+	// that a successor can take over. No transaction of spotml's waits on
+	// its client for anywhere near as long.
+	if _, ok := cfg.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
+		cfg.RuntimeParams["idle_in_transaction_session_timeout"] = "5s"
 	}
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(MaxConns)
@@ -86,4 +101,26 @@ func redact(dsn string) string {
 		return dsn
 	}
 	return strings.Replace(dsn, ":"+cfg.Password+"@", ":…@", 1)
+}
+
+// listen holds one connection of db and calls notify on every
+// notification of channel until ctx ends or the connection fails.
+func listen(ctx context.Context, db *sql.DB, channel string, notify func()) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		c := dc.(*stdlib.Conn).Conn()
+		if _, err := c.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+			return err
+		}
+		for {
+			if _, err := c.WaitForNotification(ctx); err != nil {
+				return err
+			}
+			notify()
+		}
+	})
 }

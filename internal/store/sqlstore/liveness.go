@@ -39,6 +39,28 @@ type heard struct {
 	node  store.Node // as last read from the database, HeartbeatAt aside
 	at    time.Time
 	dirty bool // at is not yet in the database
+	// stale: another instance may have changed the node since it was
+	// read (ExpireCaches); the next heartbeat reads it again.
+	stale bool
+}
+
+// ExpireCaches makes everything the store keeps in memory of nodes (their
+// states, credentials and work) be read again from the database before it
+// is used, keeping the heartbeat times not yet flushed. The caches are
+// invalidated by this Store's own writes; when another control-plane
+// instance writes the same database, the control plane calls this every
+// beat so that nothing kept is older than one beat.
+func (s *Store) ExpireCaches() {
+	l := &s.live
+	l.mu.Lock()
+	for _, h := range l.nodes {
+		h.stale = true
+	}
+	clear(l.credNode)
+	clear(l.nodeCred)
+	l.gen++
+	l.mu.Unlock()
+	s.work.wrote(nil)
 }
 
 // forget drops a node's cached state after a transaction changed it (an
@@ -127,7 +149,7 @@ func (s *Store) Heartbeat(ctx context.Context, name string, ready bool) (store.N
 	now := s.now()
 	l := &s.live
 	l.mu.Lock()
-	if h, ok := l.nodes[name]; ok && !(ready && h.node.State == store.NodeProvisioning) {
+	if h, ok := l.nodes[name]; ok && !h.stale && !(ready && h.node.State == store.NodeProvisioning) {
 		if now.After(h.at) {
 			h.at = now
 		}

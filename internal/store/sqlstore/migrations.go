@@ -491,6 +491,53 @@ var migrations = []migration{
 		CREATE INDEX IF NOT EXISTS batch_items_state ON batch_items(batch, state, id);
 		CREATE INDEX IF NOT EXISTS batch_items_lease ON batch_items(state, lease_until);`),
 	},
+	// 9: several control-plane instances over one store: the leader
+	// lease (holder, term, expiry by the database's clock, in ms) and the
+	// instances seen lately, for `spotml get controlplane`. On PostgreSQL,
+	// a change of what gateways route on (services, replicas, a node's
+	// notice) notifies channel spotml_routes when its transaction commits
+	// (Store.WatchRoutes).
+	{
+		sqlite: `CREATE TABLE IF NOT EXISTS leases (
+			name TEXT PRIMARY KEY,
+			holder TEXT NOT NULL,
+			term INTEGER NOT NULL,
+			acquired_ms INTEGER NOT NULL,
+			expires_ms INTEGER NOT NULL
+		);
+		CREATE TABLE IF NOT EXISTS instances (
+			id TEXT PRIMARY KEY,
+			address TEXT NOT NULL,
+			version TEXT NOT NULL,
+			started_ms INTEGER NOT NULL,
+			seen_ms INTEGER NOT NULL
+		);`,
+		postgres: pg(`CREATE TABLE IF NOT EXISTS leases (
+			name TEXT PRIMARY KEY,
+			holder TEXT NOT NULL,
+			term BIGINT NOT NULL,
+			acquired_ms BIGINT NOT NULL,
+			expires_ms BIGINT NOT NULL
+		);
+		CREATE TABLE IF NOT EXISTS instances (
+			id TEXT PRIMARY KEY,
+			address TEXT NOT NULL,
+			version TEXT NOT NULL,
+			started_ms BIGINT NOT NULL,
+			seen_ms BIGINT NOT NULL
+		);
+		CREATE OR REPLACE FUNCTION spotml_notify_routes() RETURNS trigger AS $fn$
+		BEGIN PERFORM pg_notify('spotml_routes', ''); RETURN NULL; END $fn$ LANGUAGE plpgsql;
+		DROP TRIGGER IF EXISTS services_routes ON services;
+		CREATE TRIGGER services_routes AFTER INSERT OR UPDATE OR DELETE ON services
+			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_routes();
+		DROP TRIGGER IF EXISTS replicas_routes ON replicas;
+		CREATE TRIGGER replicas_routes AFTER INSERT OR UPDATE OR DELETE ON replicas
+			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_routes();
+		DROP TRIGGER IF EXISTS nodes_routes ON nodes;
+		CREATE TRIGGER nodes_routes AFTER UPDATE OF notice_deadline ON nodes
+			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_routes();`),
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

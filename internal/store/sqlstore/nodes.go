@@ -328,7 +328,12 @@ func (s *Store) requeue(ctx context.Context, tx *txn, id int64, job, task string
 
 // SetIdle records whether a node has no tasks (idleSince) for the scaler.
 func (s *Store) SetIdle(ctx context.Context, name string, since time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET idle_since = ? WHERE name = ?`, nanos(since), name)
+	// In a transaction, so that a fenced reconciler's write is checked;
+	// it changes no node's work ([]string{}: no cache entry is dropped).
+	err := s.txNodes(ctx, []string{}, func(tx *txn) error {
+		_, err := tx.ExecContext(ctx, `UPDATE nodes SET idle_since = ? WHERE name = ?`, nanos(since), name)
+		return err
+	})
 	return err
 }
 

@@ -47,6 +47,18 @@ type Dialect struct {
 	// write the same node wait for each other instead of one failing to
 	// serialize. SQLite has one writer and no row locks: "".
 	ForUpdate string
+	// ForShare ends the SELECT that checks a write's fence (" FOR SHARE"):
+	// the lease row stays as read until the write commits, so a takeover
+	// waits for it rather than overlapping it. SQLite: "" (one writer).
+	ForShare string
+	// NowMillis is an expression for the database's clock in Unix
+	// milliseconds, read afresh (not the transaction's start): leases
+	// expire by it, so the instances' clocks never decide who leads.
+	NowMillis string
+	// LeaseLockTimeout, when set, is run first in a lease transaction, so
+	// that a follower does not wait behind a paused leader's open write
+	// (which holds the lease row) but tries again at its next beat.
+	LeaseLockTimeout string
 	// NotAllDigits is a condition that holds when the text expr has a
 	// character that is not an ASCII digit.
 	NotAllDigits func(expr string) string
@@ -54,6 +66,11 @@ type Dialect struct {
 	// so that control planes started together over one database migrate it
 	// one after the other.
 	LockMigrations string
+	// Listen, when set, calls notify on each notification of channel
+	// (LISTEN) over a connection of db of its own, until ctx ends or the
+	// connection fails. nil: the database has no notifications (SQLite),
+	// and readers poll.
+	Listen func(ctx context.Context, db *sql.DB, channel string, notify func()) error
 	// Arrays: the database takes Go slices as array parameters and has
 	// unnest, so that a plan of thousands of assignments is one statement
 	// (one round trip) rather than two per assignment.
@@ -82,6 +99,8 @@ type Store struct {
 
 	nodeRows atomic.Int64 // node rows the list queries returned, for Stats
 	retries  atomic.Int64 // transactions run again (Dialect.Retryable)
+	fenced   atomic.Int64 // fenced transactions refused (ErrFenced)
+	leader   atomic.Int64 // fenced transactions committed
 }
 
 // New makes a store over db and migrates its schema. rdb is where
@@ -95,6 +114,9 @@ func New(ctx context.Context, db, rdb *sql.DB, d Dialect, now func() time.Time) 
 		d.Rebind = func(q string) string { return q }
 	} else {
 		d.Rebind = cached(d.Rebind)
+	}
+	if d.NowMillis == "" {
+		d.NowMillis = sqliteNowMillis
 	}
 	if d.Retryable == nil {
 		d.Retryable = func(error) bool { return false }
@@ -153,7 +175,7 @@ func (s *Store) readQuery(ctx context.Context, db *handle, query string, args ..
 
 // Stats returns the store's counters.
 func (s *Store) Stats() store.Stats {
-	return store.Stats{NodeRowsRead: s.nodeRows.Load(), Retries: s.retries.Load()}
+	return store.Stats{NodeRowsRead: s.nodeRows.Load(), Retries: s.retries.Load(), LeaderWrites: s.leader.Load(), FencedWrites: s.fenced.Load()}
 }
 
 // forUpdateOf is Dialect.ForUpdate for a join that changes rows of one of
@@ -332,11 +354,25 @@ func (s *Store) txOnce(ctx context.Context, fn func(*txn) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(&txn{tx, s.d.Rebind}); err != nil {
+	t := &txn{tx, s.d.Rebind}
+	f, fenced := FenceFrom(ctx)
+	if fenced {
+		if err := s.checkFence(ctx, t, f); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	if err := fn(t); err != nil {
 		tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if fenced {
+		s.leader.Add(1)
+	}
+	return nil
 }
 
 // AddEvent records an event on its own.

@@ -65,6 +65,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"BatchQueue", testBatchQueue},
 		{"BatchLeaseExpiry", testBatchLeaseExpiry},
 		{"BatchConcurrentLeases", testBatchConcurrentLeases},
+		{"LeaderLease", testLeaderLease},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
