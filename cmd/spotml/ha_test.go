@@ -37,7 +37,6 @@ type haServer struct {
 	done chan struct{}
 }
 
-
 // startServer starts `spotml server` over dsn as a process of its own
 // (this test binary as spotml) and waits for its API.
 func startServer(t *testing.T, dsn, data, id, addr string, extra ...string) *haServer {
