@@ -54,6 +54,7 @@ type Plane struct {
 	backoff map[string]time.Time // pool -> no launch before
 	gens    map[string]int64     // pool -> generation its backoff is for
 	fails   map[string]int
+	probed  map[string]time.Time // pool -> last spot probe (deadline.go)
 }
 
 // New returns a control plane over st using the given providers by name.
@@ -139,7 +140,7 @@ func (p *Plane) Reconcile(ctx context.Context) error {
 		return err
 	}
 	nodes, lerr := p.checkLiveness(ctx, nodes)
-	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
+	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.steerJobs(ctx), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
 }
 
 // checkLiveness ends nodes whose agent went silent; their tasks requeue.
