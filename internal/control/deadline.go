@@ -78,6 +78,12 @@ func DecideJob(v JobView) (st JobStatus, ok bool) {
 	st.Deadline = at
 	spotPrice, odPrice, spotPools := cheapest(v.Pools)
 	st.Changeover = measuredChangeover(j, nodes, v.Pools)
+	if st.Changeover == 0 {
+		// Nothing measured yet: a tenth of the slack, at most a minute,
+		// so that a first guess cannot force a tight job onto on-demand.
+		work, _ := workOf(j, at)
+		st.Changeover = min(defaultChangeover, max(at.Sub(j.SubmittedAt)-work, 0)/10)
+	}
 	st.SpotLife = spotLife(v.Nodes, spotPools, v.Now)
 	open := 0
 	for _, t := range j.Tasks {
@@ -275,7 +281,7 @@ func share(req, capacity spec.Resources) float64 {
 
 // measuredChangeover is the median time from a node's launch to its work
 // starting: the job's own starts on nodes launched for it, else the
-// pools' ready nodes (launch to ready); defaultChangeover without either.
+// pools' ready nodes (launch to ready); 0 without either.
 func measuredChangeover(j store.Job, nodes map[string]store.Node, pools []spec.Pool) time.Duration {
 	var samples []time.Duration
 	for _, s := range jobStints(j, nodes) {
@@ -295,7 +301,7 @@ func measuredChangeover(j store.Job, nodes map[string]store.Node, pools []spec.P
 		}
 	}
 	if len(samples) == 0 {
-		return defaultChangeover
+		return 0
 	}
 	slices.Sort(samples)
 	return samples[len(samples)/2]
