@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +17,7 @@ import (
 // deadline on a trace-driven spot pool whose capacity disappears a
 // fifth of the way in (testdata/spot-gone-halfway.json: 10 minutes of
 // spot, 30 without, then spot again, replayed 30× faster: 20 s, 60 s, then
-// back). The job needs 90 s of work by 160 s. It must start on spot, fall
+// back). The job needs 100 s of work by 180 s. It must start on spot, fall
 // behind while spot is gone and finish on time on on-demand capacity, and
 // go back to spot once spot returns.
 func TestDeadlineJobRidesOutSpotOutage(t *testing.T) {
@@ -23,16 +26,16 @@ func TestDeadlineJobRidesOutSpotOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCluster(t)
-	const steps, tick = 450, "0.2" // 90 s of work
+	const steps, tick = 100, "1" // 100 s of work; long steps, so that a busy machine adds little
 	script := strings.Replace(fmt.Sprintf(counterTask, steps, tick), `mv "$SPOTML_CHECKPOINT_DIR/step.tmp" "$SPOTML_CHECKPOINT_DIR/step";`,
 		fmt.Sprintf(`mv "$SPOTML_CHECKPOINT_DIR/step.tmp" "$SPOTML_CHECKPOINT_DIR/step"; echo "$i/%d steps" > "$SPOTML_PROGRESS_FILE";`, steps), 1)
 	var job strings.Builder
-	job.WriteString("apiVersion: spotml/v1\nkind: Job\nmetadata: {name: trainer}\nspec:\n  deadline: 160s\n  work: 90s\n  count: 1\n  template:\n    command: |\n")
+	job.WriteString("apiVersion: spotml/v1\nkind: Job\nmetadata: {name: trainer}\nspec:\n  deadline: 180s\n  work: 100s\n  count: 1\n  template:\n    command: |\n")
 	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
 		job.WriteString("      " + line + "\n")
 	}
 	job.WriteString("    checkpoint: {path: ckpt, interval: 300ms}\n    maxRetries: 0\n    resources: {cpu: 1, memory: 256Mi}\n")
-	c.apply(fmt.Sprintf(`apiVersion: spotml/v1
+	docs := fmt.Sprintf(`apiVersion: spotml/v1
 kind: Pool
 metadata: {name: spot}
 spec:
@@ -50,7 +53,8 @@ kind: Pool
 metadata: {name: od}
 spec: {provider: local, priority: ondemand, instanceType: local-small, max: 2, idleTimeout: 10s}
 ---
-`, tr) + job.String())
+`, tr) + job.String()
+	c.apply(docs)
 
 	start := time.Now()
 	// Where the task ran, in order, as seen every half second.
@@ -97,6 +101,29 @@ spec: {provider: local, priority: ondemand, instanceType: local-small, max: 2, i
 	}
 	if c := j.Cost; c.SpotHours <= 0 || c.OnDemandHours <= 0 || c.Spent >= c.AllOnDemand {
 		t.Errorf("cost %+v: want spot and on-demand hours, below the all-on-demand cost", *c)
+	}
+	// Plan vs reality: spotml plan on the same trace, offset and speed,
+	// with the changeover the run measured.
+	specFile := filepath.Join(t.TempDir(), "job.yaml")
+	if err := os.WriteFile(specFile, []byte(docs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Run struct {
+			Cost, SpotHours, OnDemandHours float64
+			Met                            bool
+		}
+	}
+	planned := c.mustCLI("plan", "-f", specFile, "--trace", tr, "--speedup", "30", "--changeover", j.Deadline.Changeover.String(),
+		"--step", "250ms", "--offsets", "1", "-o", "json")
+	if err := json.Unmarshal([]byte(planned), &p); err != nil {
+		t.Fatalf("%v\n%s", err, planned)
+	}
+	off := math.Abs(j.Cost.Spent-p.Run.Cost) / p.Run.Cost
+	t.Logf("plan vs reality: cost $%.6f planned, $%.6f spent (%.1f %% apart); spot %.2f/%.2f min, on-demand %.2f/%.2f min; deadline met %v/true",
+		p.Run.Cost, j.Cost.Spent, 100*off, 60*p.Run.SpotHours, 60*j.Cost.SpotHours, 60*p.Run.OnDemandHours, 60*j.Cost.OnDemandHours, p.Run.Met)
+	if !p.Run.Met || off > 0.25 {
+		t.Errorf("plan and reality differ by %.0f %% (met %v): want them close (target 10 %%)", 100*off, p.Run.Met)
 	}
 	out := c.mustCLI("get", "jobs")
 	if !strings.Contains(out, "DEADLINE") || !strings.Contains(out, "met by") {

@@ -72,10 +72,15 @@ func DecideJob(v JobView) (st JobStatus, ok bool) {
 	st.Cost = cost.Explain(jobStints(j, nodes), v.Now)
 	st.Steers = capSteers(j)
 	at, hasDeadline := j.Spec.DeadlineAt(j.SubmittedAt)
-	if !hasDeadline || j.State != store.JobRunning {
-		return st, hasDeadline
+	if !hasDeadline {
+		return st, false
 	}
 	st.Deadline = at
+	st.Work, st.WorkEstimated = workOf(j, at)
+	if j.State != store.JobRunning {
+		st.Done = st.Work
+		return st, true
+	}
 	spotPrice, odPrice, spotPools := cheapest(v.Pools)
 	st.Changeover = measuredChangeover(j, nodes, v.Pools)
 	if st.Changeover == 0 {
@@ -91,7 +96,6 @@ func DecideJob(v JobView) (st JobStatus, ok bool) {
 			open++
 		}
 	}
-	st.Work, st.WorkEstimated = workOf(j, at)
 	st.Done = doneOf(j, st.Work)
 	st.Mode = modeOf(j, nodes)
 
@@ -332,16 +336,16 @@ func spotLife(nodes []store.Node, spotPools map[string]bool, now time.Time) time
 	return up / time.Duration(evicted)
 }
 
-// workOf is each task's compute: spec.work, else the largest estimate
-// from a task's progress (time run over fraction done), else half the
-// time to the deadline until a task reports 1 %.
+// workOf is each task's compute: the larger of spec.work and the largest
+// estimate from a task's progress (time run over fraction done, once a
+// task reports 5 %: a job slower than its spec.work said must not be
+// planned as if it were not); without spec.work and before any report,
+// half the time to the deadline.
 func workOf(j store.Job, at time.Time) (time.Duration, bool) {
-	if w := j.Spec.Spec.Work.Duration; w > 0 {
-		return w, false
-	}
+	w := j.Spec.Spec.Work.Duration
 	var est time.Duration
 	for _, t := range j.Tasks {
-		if t.Progress == nil || *t.Progress < 0.01 {
+		if t.Progress == nil || *t.Progress < 0.05 {
 			continue
 		}
 		var ran time.Duration
@@ -354,10 +358,13 @@ func workOf(j store.Job, at time.Time) (time.Duration, bool) {
 		}
 		est = max(est, time.Duration(float64(ran) / *t.Progress))
 	}
-	if est == 0 {
-		est = at.Sub(j.SubmittedAt) / 2
+	switch {
+	case w > 0 && est <= w:
+		return w, false
+	case est > 0:
+		return est, true
 	}
-	return est, true
+	return at.Sub(j.SubmittedAt) / 2, true
 }
 
 // doneOf is the job's progress in work: the slowest open task's.

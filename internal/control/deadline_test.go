@@ -270,7 +270,7 @@ func TestDeadlineJobOnThePlane(t *testing.T) {
 		t.Fatalf("fresh deadline job: %s on %+v, want running on spot", tk.State, nodeOf(tk))
 	}
 	p.clock.Advance(time.Hour)
-	progress(0.1)
+	progress(0.17) // an hour of 6h
 	prov.short = true
 	if err := p.p.Gone(p.ctx, task().Node, store.NodePreempted, "spot capacity gone"); err != nil {
 		t.Fatal(err)
