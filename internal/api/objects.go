@@ -205,6 +205,8 @@ type Service struct {
 	Replicas   []Replica       `json:"replicas"`        // live ones
 	QPS        float64         `json:"qps"`             // as the gateways measure it
 	Ready      map[string]int  `json:"readyByPriority"` // ready replicas by priority (spot, ondemand)
+	// Cost is what its replicas cost so far (GET /services/NAME).
+	Cost *WorkCost `json:"cost,omitempty"`
 }
 
 // Replica is one running copy of one version of a service.

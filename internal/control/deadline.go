@@ -511,3 +511,36 @@ func (p *Plane) probe(ctx context.Context, pool string, changeover time.Duration
 	}
 	return nil
 }
+
+// ServiceCost explains what a service's replicas cost: each replica's
+// time on its node, the start (placement to ready) as its changeover.
+func ServiceCost(reps []store.Replica, nodes []store.Node, now time.Time) cost.Work {
+	byName := make(map[string]store.Node, len(nodes))
+	for _, n := range nodes {
+		byName[n.Name] = n
+	}
+	var stints []cost.Stint
+	for _, r := range reps {
+		n, ok := byName[r.Node]
+		if !ok {
+			continue // never placed, or its node is pruned
+		}
+		s := cost.Stint{Priority: n.Priority, Start: r.CreatedAt, End: r.EndedAt, Share: share(r.Req, n.Capacity),
+			PricePerHour: n.PricePerHour, OnDemandPerHour: n.OnDemandPrice}
+		if n.CreatedAt.After(s.Start) {
+			s.Start = n.CreatedAt // a node launched for it: its launch is the replica's start
+		}
+		if r.ReadyAt.IsZero() {
+			end := r.EndedAt
+			if end.IsZero() {
+				end = now
+			}
+			s.Changeover = end.Sub(s.Start)
+		} else {
+			s.Changeover = max(r.ReadyAt.Sub(s.Start), 0)
+		}
+		stints = append(stints, s)
+	}
+	slices.SortStableFunc(stints, func(a, b cost.Stint) int { return a.Start.Compare(b.Start) })
+	return cost.Explain(stints, now)
+}

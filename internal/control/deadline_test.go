@@ -3,6 +3,7 @@ package control_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -307,5 +308,27 @@ func TestDeadlineJobOnThePlane(t *testing.T) {
 	}
 	if j := p.job("train"); j.Evictions != 1 || j.Failures != 0 {
 		t.Errorf("job counts %d evictions, %d failures; want 1 and 0 (a move is neither)", j.Evictions, j.Failures)
+	}
+}
+
+// TestServiceCost prices a service's replicas: one on spot evicted, its
+// stand-in on on-demand still running.
+func TestServiceCost(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	nodes := []store.Node{
+		{Name: "s", Priority: spec.PrioritySpot, CreatedAt: t0, PricePerHour: 1, OnDemandPrice: 4},
+		{Name: "o", Priority: spec.PriorityOnDemand, CreatedAt: t0.Add(2 * time.Hour), PricePerHour: 4, OnDemandPrice: 4},
+	}
+	reps := []store.Replica{
+		// ready 6 minutes after its node's launch, evicted at 2h.
+		{Node: "s", CreatedAt: t0, ReadyAt: t0.Add(6 * time.Minute), EndedAt: t0.Add(2 * time.Hour)},
+		// created at 1h59, its node launched at 2h, ready at 2h06, still up at 3h.
+		{Node: "o", CreatedAt: t0.Add(119 * time.Minute), ReadyAt: t0.Add(126 * time.Minute)},
+		{Node: "", CreatedAt: t0}, // never placed: nothing spent
+	}
+	c := control.ServiceCost(reps, nodes, t0.Add(3*time.Hour))
+	if c.SpotHours != 2 || c.OnDemandHours != 1 || c.Changeovers != 1 || math.Abs(c.ChangeoverHours-0.1) > 1e-9 ||
+		math.Abs(c.Spent-6) > 1e-9 || math.Abs(c.AllOnDemand-(2+0.9)*4) > 1e-9 {
+		t.Errorf("cost %+v: want 2 spot h, 1 on-demand h, 1 changeover of 0.1h, $6 spent, $11.6 all on-demand", c)
 	}
 }

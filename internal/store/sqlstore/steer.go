@@ -54,3 +54,9 @@ func (s *Store) SteerTasks(ctx context.Context, steers []store.Steer) (int, erro
 	})
 	return changed, err
 }
+
+// ServiceReplicaHistory lists every replica of a service the store still
+// keeps, ended ones included (for its cost).
+func (s *Store) ServiceReplicaHistory(ctx context.Context, service string) ([]store.Replica, error) {
+	return s.queryReplicas(ctx, `WHERE r.service = ? ORDER BY r.id`, service)
+}
