@@ -34,7 +34,7 @@ func TestDeadlineJobRidesOutSpotOutage(t *testing.T) {
 	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
 		job.WriteString("      " + line + "\n")
 	}
-	job.WriteString("    checkpoint: {path: ckpt, interval: 300ms}\n    maxRetries: 0\n    resources: {cpu: 1, memory: 256Mi}\n")
+	job.WriteString("    checkpoint: {path: ckpt, interval: 300ms}\n    maxRetries: 0\n    resources: {cpu: 2, memory: 256Mi}\n") // a node each: its whole price is the job's
 	docs := fmt.Sprintf(`apiVersion: spotml/v1
 kind: Pool
 metadata: {name: spot}
@@ -103,9 +103,11 @@ spec: {provider: local, priority: ondemand, instanceType: local-small, max: 2, i
 		t.Errorf("cost %+v: want spot and on-demand hours, below the all-on-demand cost", *c)
 	}
 	// Plan vs reality: spotml plan on the same trace, offset and speed,
-	// with the changeover the run measured.
+	// with the work and changeover the run measured (a busy machine runs
+	// the counter slower than its nominal 100 s).
 	specFile := filepath.Join(t.TempDir(), "job.yaml")
-	if err := os.WriteFile(specFile, []byte(docs), 0o644); err != nil {
+	measured := strings.Replace(docs, "work: 100s", "work: "+j.Deadline.Work.String(), 1)
+	if err := os.WriteFile(specFile, []byte(measured), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var p struct {

@@ -77,19 +77,18 @@ func DecideJob(v JobView) (st JobStatus, ok bool) {
 	}
 	st.Deadline = at
 	st.Work, st.WorkEstimated = workOf(j, at)
-	if j.State != store.JobRunning {
-		st.Done = st.Work
-		return st, true
-	}
 	spotPrice, odPrice, spotPools := cheapest(v.Pools)
 	st.Changeover = measuredChangeover(j, nodes, v.Pools)
 	if st.Changeover == 0 {
 		// Nothing measured yet: a tenth of the slack, at most a minute,
 		// so that a first guess cannot force a tight job onto on-demand.
-		work, _ := workOf(j, at)
-		st.Changeover = min(defaultChangeover, max(at.Sub(j.SubmittedAt)-work, 0)/10)
+		st.Changeover = min(defaultChangeover, max(at.Sub(j.SubmittedAt)-st.Work, 0)/10)
 	}
 	st.SpotLife = spotLife(v.Nodes, spotPools, v.Now)
+	if j.State != store.JobRunning {
+		st.Done = st.Work
+		return st, true
+	}
 	open := 0
 	for _, t := range j.Tasks {
 		if t.State == store.TaskPending || t.State == store.TaskRunning {
