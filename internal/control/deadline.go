@@ -85,6 +85,7 @@ func DecideJob(v JobView) (st JobStatus, ok bool) {
 		st.Changeover = min(defaultChangeover, max(at.Sub(j.SubmittedAt)-st.Work, 0)/10)
 	}
 	st.SpotLife = spotLife(v.Nodes, spotPools, v.Now)
+	st.OnDemandCost = odPrice * (st.Work + st.Changeover).Hours() * float64(len(j.Tasks))
 	if j.State != store.JobRunning {
 		st.Done = st.Work
 		return st, true

@@ -73,4 +73,4 @@ func (s *Server) explainJobs(ctx context.Context, jobs []store.Job, out []api.Jo
 	return nil
 }
 
-func dur(d time.Duration) spec.Duration { return spec.Duration{Duration: d.Round(time.Second)} }
+func dur(d time.Duration) spec.Duration { return spec.Duration{Duration: d.Round(time.Millisecond)} }
