@@ -70,7 +70,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newAgentInitCmd(stderr), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr), newBatchWorkerCmd(getenv, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
 		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout),
-		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout))
+		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout), newPlanCmd(stdout))
 	return root
 }
 
@@ -219,10 +219,13 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 		if err := fetchList(ctx, cl, "jobs", name, &js); err != nil {
 			return err
 		}
-		return print(w, output, js, func(j api.Job) string { return j.Spec.Metadata.Name }, "NAME\tSTATE\tSUCCEEDED\tRUNNING\tPENDING\tFAILED\tEVICTIONS\tAGE", func(j api.Job) string {
-			return fmt.Sprintf("%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%s", j.Spec.Metadata.Name, j.State, j.Counts[api.TaskSucceeded], total(j),
-				j.Counts[api.TaskRunning], j.Counts[api.TaskPending], j.Counts[api.TaskFailed], j.Evictions, age(j.SubmittedAt))
-		})
+		// EVICTIONS are preemptions (no retry spent), RETRIES failed
+		// attempts; the deadline columns are dashes for a job without one.
+		return print(w, output, js, func(j api.Job) string { return j.Spec.Metadata.Name },
+			"NAME\tSTATE\tSUCCEEDED\tRUNNING\tPENDING\tFAILED\tEVICTIONS\tRETRIES\tDEADLINE\tPROGRESS\tMODE\tSPOT-H\tOD-H\tCOST\tAGE", func(j api.Job) string {
+				return fmt.Sprintf("%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s", j.Spec.Metadata.Name, j.State, j.Counts[api.TaskSucceeded], total(j),
+					j.Counts[api.TaskRunning], j.Counts[api.TaskPending], j.Counts[api.TaskFailed], j.Evictions, j.Failures, deadlineColumns(j), age(j.SubmittedAt))
+			})
 	case "tasks":
 		if name == "" {
 			return errors.New("get tasks JOB: name the job whose tasks to list")
@@ -366,6 +369,35 @@ func print[T any](w io.Writer, output string, items []T, name func(T) string, he
 		fmt.Fprintln(tw, row(it))
 	}
 	return tw.Flush()
+}
+
+// deadlineColumns are get jobs' DEADLINE, PROGRESS, MODE, SPOT-H, OD-H
+// and COST: time left (or how early or late it finished), progress
+// against where a job on schedule would be, where it runs, and spent →
+// projected against all on-demand.
+func deadlineColumns(j api.Job) string {
+	d := j.Deadline
+	if d == nil {
+		return "-\t-\t-\t-\t-\t-"
+	}
+	left := time.Until(d.Deadline).Round(time.Second).String() + " left"
+	switch {
+	case j.State != api.JobRunning && !j.FinishedAt.After(d.Deadline):
+		left = "met by " + d.Deadline.Sub(j.FinishedAt).Round(time.Second).String()
+	case j.State != api.JobRunning:
+		left = "missed by " + j.FinishedAt.Sub(d.Deadline).Round(time.Second).String()
+	case time.Until(d.Deadline) < 0:
+		left = "late " + (-time.Until(d.Deadline)).Round(time.Second).String()
+	}
+	progress := "-"
+	if d.Work.Duration > 0 {
+		progress = fmt.Sprintf("%.0f%% (plan %.0f%%)", 100*d.Done.Seconds()/d.Work.Seconds(), 100*d.Expected.Seconds()/d.Work.Seconds())
+	}
+	var spot, od, spent float64
+	if c := j.Cost; c != nil {
+		spot, od, spent = c.SpotHours, c.OnDemandHours, c.Spent
+	}
+	return fmt.Sprintf("%s\t%s\t%s\t%.2f\t%.2f\t$%.4f→$%.4f/$%.4f", left, progress, d.Mode, spot, od, spent, d.Projected, d.AllOnDemand)
 }
 
 func total(j api.Job) int {

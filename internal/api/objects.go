@@ -95,9 +95,55 @@ type Job struct {
 	State       string         `json:"state"` // running, succeeded, failed
 	SubmittedAt time.Time      `json:"submittedAt"`
 	FinishedAt  time.Time      `json:"finishedAt,omitzero"`
-	Counts      map[string]int `json:"counts"` // tasks by state
-	Evictions   int            `json:"evictions"`
-	Tasks       []Task         `json:"tasks,omitempty"`
+	Counts      map[string]int `json:"counts"`    // tasks by state
+	Evictions   int            `json:"evictions"` // preemptions (and lost nodes): they spend no retries
+	Failures    int            `json:"failures"`  // failed attempts, each a retry spent
+	// Deadline is the job's standing against its deadline, for a job with
+	// one; Cost what it has cost so far (GET /jobs/NAME, and GET /jobs for
+	// jobs with a deadline).
+	Deadline *JobDeadline `json:"deadline,omitempty"`
+	Cost     *WorkCost    `json:"cost,omitempty"`
+	Tasks    []Task       `json:"tasks,omitempty"`
+}
+
+// JobDeadline is how a job with a deadline stands against it.
+type JobDeadline struct {
+	Deadline time.Time `json:"deadline"`
+	Policy   string    `json:"policy"` // deadline (spotml chooses spot or on-demand) or fixed
+	// Work is each task's compute: spec.work, or estimated from the
+	// progress the tasks report (WorkEstimated).
+	Work          spec.Duration `json:"work"`
+	WorkEstimated bool          `json:"workEstimated,omitempty"`
+	Done          spec.Duration `json:"done"` // progress, in work: the slowest task's
+	// Expected is the progress a job on schedule would have made by now
+	// (the straight line from nothing at submission to Work at the
+	// deadline).
+	Expected spec.Duration `json:"expected"`
+	Mode     string        `json:"mode"` // where it runs now: spot, ondemand, wait
+	// Changeover is the start cost the policy plans with, measured from
+	// the job's own starts and the pools' launches; SpotLife the expected
+	// spot lifetime from the pools' recent evictions (absent: none seen).
+	Changeover spec.Duration `json:"changeover"`
+	SpotLife   spec.Duration `json:"spotLife,omitzero"`
+	// Projected is the job's cost at the end if it runs where it runs now;
+	// AllOnDemand what the whole job would cost on on-demand alone.
+	Projected   float64 `json:"projected"`
+	AllOnDemand float64 `json:"allOnDemand"`
+}
+
+// WorkCost explains what a job cost: spot and on-demand hours and what
+// each cost, its changeovers and their cost, beside the same work on
+// on-demand alone. USD and node-hours (a task's share of its node).
+type WorkCost struct {
+	SpotHours       float64 `json:"spotHours"`
+	SpotCost        float64 `json:"spotCost"`
+	OnDemandHours   float64 `json:"onDemandHours"`
+	OnDemandCost    float64 `json:"onDemandCost"`
+	Changeovers     int     `json:"changeovers"`
+	ChangeoverHours float64 `json:"changeoverHours"`
+	ChangeoverCost  float64 `json:"changeoverCost"`
+	Spent           float64 `json:"spent"`
+	AllOnDemand     float64 `json:"allOnDemand"`
 }
 
 // Task is one task of a job.
@@ -159,6 +205,8 @@ type Service struct {
 	Replicas   []Replica       `json:"replicas"`        // live ones
 	QPS        float64         `json:"qps"`             // as the gateways measure it
 	Ready      map[string]int  `json:"readyByPriority"` // ready replicas by priority (spot, ondemand)
+	// Cost is what its replicas cost so far (GET /services/NAME).
+	Cost *WorkCost `json:"cost,omitempty"`
 }
 
 // Replica is one running copy of one version of a service.

@@ -70,6 +70,7 @@ type Plane struct {
 	preempt   []placement.Preemption
 	preemptAt time.Time
 	spare     map[string]spareState
+	probed  map[string]time.Time // pool -> last spot probe (deadline.go)
 }
 
 // New returns a control plane over st using the given providers by name.
@@ -129,7 +130,7 @@ func (p *Plane) Reconcile(ctx context.Context) error {
 		return err
 	}
 	nodes, lerr := p.checkLiveness(ctx, nodes)
-	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.reconcileBatches(ctx), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
+	return errors.Join(lerr, p.reconcileServices(ctx, nodes), p.reconcileBatches(ctx), p.steerJobs(ctx), p.schedule(ctx, nodes), p.scalePools(ctx, nodes))
 }
 
 // checkLiveness ends nodes whose agent went silent; their tasks requeue.

@@ -12,6 +12,8 @@
 //     tenth of the slack: waiting a little for spot is cheap, and starting
 //     on-demand at the first minute without spot locks the job there);
 //     ahead, wait. A job on on-demand stays there until spot pays.
+//   - No way back: from on-demand, spot only while the time left holds
+//     the remaining work, the margin and two changeovers (there and back).
 //   - Lifetime threshold (§5.4): take spot only when its expected
 //     lifetime o, from the pool's recent spot runs, repays the changeover:
 //     o > k·d/(k−1) from waiting, o > 2k·d/(k−1) from on-demand (k the
@@ -125,7 +127,11 @@ func Decide(j Job, s State, o Options) Mode {
 	if s.Mode == Spot && s.SpotAvailable {
 		return Spot // a running stint is already paid for
 	}
-	if s.SpotAvailable && takeSpot(j, s, o) {
+	// From on-demand, a spot stint must leave room for its own start and
+	// for the start back on on-demand should it end at once; else the
+	// guard above would send it straight back (a changeover storm).
+	room := s.Mode != OnDemand || left > remaining+margin+2*d
+	if s.SpotAvailable && room && takeSpot(j, s, o) {
 		return Spot
 	}
 	if o.Greedy {

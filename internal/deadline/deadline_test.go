@@ -1,6 +1,7 @@
 package deadline
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +127,26 @@ func TestValidate(t *testing.T) {
 		if j.Validate() == nil {
 			t.Errorf("%+v: valid, want an error", j)
 		}
+	}
+}
+
+func TestSimulateSweep(t *testing.T) {
+	// Spot for the first 10h of a 40h trace, none after.
+	tr := &trace.Trace{Initial: 1, Steps: []trace.Step{{At: 10 * time.Hour, Capacity: 0}}, Duration: 40 * time.Hour}
+	j := Job{Work: 6 * time.Hour, Deadline: 10 * time.Hour, Changeover: 6 * time.Minute, SpotPrice: 1, OnDemandPrice: 3}
+	offs := Offsets(tr, j.Deadline, 4)
+	if want := []time.Duration{0, 10 * time.Hour, 20 * time.Hour, 30 * time.Hour}; !slices.Equal(offs, want) {
+		t.Fatalf("offsets %v, want %v", offs, want)
+	}
+	s := SimulateSweep(j, Market{Trace: tr}, offs, time.Minute, Options{})
+	if s.Met != 1 {
+		t.Errorf("met %.2f of the runs, want all", s.Met)
+	}
+	// From 0: all spot. From the others: no spot, all on-demand.
+	if f := s.Runs[0].Fraction(); f > 0.4 {
+		t.Errorf("all-spot run costs %.2f of on-demand", f)
+	}
+	if s.WorstFraction > 1.01 || s.WorstFraction < 0.99 {
+		t.Errorf("worst %.3f, want on-demand's cost (1.0) on the runs without spot", s.WorstFraction)
 	}
 }

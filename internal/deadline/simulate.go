@@ -131,3 +131,48 @@ func meanLife(runs []time.Duration) time.Duration {
 	}
 	return sum / time.Duration(len(runs))
 }
+
+// Sweep is a job simulated from many start offsets.
+type Sweep struct {
+	Runs []Result
+	// MeanFraction and WorstFraction are the cost as a fraction of
+	// on-demand alone, over the runs; Met the share of runs that met the
+	// deadline.
+	MeanFraction, WorstFraction float64
+	Met                         float64
+}
+
+// Offsets returns n start offsets spread evenly over the part of the
+// trace where a run of length span still fits (all at 0 if none does).
+func Offsets(t *trace.Trace, span time.Duration, n int) []time.Duration {
+	n = max(n, 1)
+	room := max(t.Duration-span, 0)
+	out := make([]time.Duration, n)
+	for i := range out {
+		if n > 1 {
+			out[i] = room * time.Duration(i) / time.Duration(n-1)
+		}
+	}
+	return out
+}
+
+// SimulateSweep runs Simulate from each offset.
+func SimulateSweep(j Job, m Market, offsets []time.Duration, step time.Duration, o Options) Sweep {
+	var s Sweep
+	met := 0
+	for _, off := range offsets {
+		r := Simulate(j, m, off, step, o)
+		s.Runs = append(s.Runs, r)
+		f := r.Fraction()
+		s.MeanFraction += f
+		s.WorstFraction = max(s.WorstFraction, f)
+		if !r.Missed {
+			met++
+		}
+	}
+	if n := len(s.Runs); n > 0 {
+		s.MeanFraction /= float64(n)
+		s.Met = float64(met) / float64(n)
+	}
+	return s
+}

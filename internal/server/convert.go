@@ -26,7 +26,7 @@ func toNode(n store.Node) api.Node {
 
 func toJob(j store.Job) api.Job {
 	out := api.Job{ID: j.ID, UID: j.UID, Spec: j.Spec, State: j.State, SubmittedAt: j.SubmittedAt,
-		FinishedAt: j.FinishedAt, Counts: j.Counts, Evictions: j.Evictions}
+		FinishedAt: j.FinishedAt, Counts: j.Counts, Evictions: j.Evictions, Failures: j.Failures}
 	if j.Tasks != nil {
 		out.Tasks = convert(j.Tasks, toTask)
 	}

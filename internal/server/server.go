@@ -531,7 +531,11 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, convert(js, toJob))
+	out := convert(js, toJob)
+	if err := s.explainJobs(r.Context(), js, out, false); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -540,7 +544,11 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, toJob(j))
+	out := []api.Job{toJob(j)}
+	if err := s.explainJobs(r.Context(), []store.Job{j}, out, true); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out[0])
 	return nil
 }
 

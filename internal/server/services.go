@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/control"
 )
 
@@ -20,7 +21,19 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, toService(v))
+	out := toService(v)
+	// What it cost: every replica it had, on the node it ran on.
+	reps, err := s.cfg.Store.ServiceReplicaHistory(r.Context(), v.Name)
+	if err != nil {
+		return err
+	}
+	nodes, err := s.cfg.Store.ListNodes(r.Context())
+	if err != nil {
+		return err
+	}
+	c := api.WorkCost(control.ServiceCost(reps, nodes, s.cfg.Now()))
+	out.Cost = &c
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -190,8 +190,8 @@ func TestDidYouMean(t *testing.T) {
 		{"Tasks", `unknown field (did you mean "tasks"?)`},
 		{"prority", `unknown field (did you mean "priority"?)`},
 		{"cuont", `unknown field (did you mean "count"?)`},
-		{"replicas", "unknown field; known fields are pool, priority, tasks, count, template"},
-		{"x", "unknown field; known fields are pool, priority, tasks, count, template"},
+		{"replicas", "unknown field; known fields are pool, priority, tasks, count, template, deadline, policy, work, onDemandAfterPreemptions"},
+		{"x", "unknown field; known fields are pool, priority, tasks, count, template, deadline, policy, work, onDemandAfterPreemptions"},
 	}
 	for _, tt := range tests {
 		if got, _ := unknownField(tt.key, fields); got != tt.want {

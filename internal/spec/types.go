@@ -182,7 +182,29 @@ type JobSpec struct {
 	Tasks    []TaskSpec `yaml:"tasks,omitempty" json:"tasks,omitempty"`
 	Count    int        `yaml:"count,omitempty" json:"count,omitempty"`
 	Template *TaskSpec  `yaml:"template,omitempty" json:"template,omitempty"`
+
+	// Deadline is when the job must be done: a duration from its
+	// submission ("36h") or an RFC 3339 time.
+	Deadline string `yaml:"deadline,omitempty" json:"deadline,omitempty"`
+	// Policy says who chooses spot or on-demand for a job with a
+	// deadline: "deadline" (the default) lets spotml choose, so that the
+	// job finishes in time at the lowest cost; "fixed" keeps the pool and
+	// priority as written and only reports progress against the deadline.
+	Policy string `yaml:"policy,omitempty" json:"policy,omitempty"`
+	// Work is the compute each task needs on one node, for the deadline
+	// policy; without it spotml estimates it from the progress the tasks
+	// report (SPOTML_PROGRESS_FILE).
+	Work Duration `yaml:"work,omitempty" json:"work,omitzero"`
+	// OnDemandAfterPreemptions moves a task to on-demand capacity once it
+	// has been preempted this many times (0: never).
+	OnDemandAfterPreemptions int `yaml:"onDemandAfterPreemptions,omitempty" json:"onDemandAfterPreemptions,omitempty"`
 }
+
+// Job policies.
+const (
+	PolicyDeadline = "deadline"
+	PolicyFixed    = "fixed"
+)
 
 // TaskSpec is one command with its files, checkpoint and limits.
 type TaskSpec struct {

@@ -375,7 +375,100 @@ func (j *Job) Validate() error {
 		}
 		errs.task("spec.template", t)
 	}
+	j.validateDeadline(&errs)
 	return errs.err()
+}
+
+// validateDeadline checks the deadline fields: a policy that chooses spot
+// or on-demand itself must be free to, so no pool or priority is pinned.
+func (j *Job) validateDeadline(errs *fieldErrors) {
+	s := &j.Spec
+	if s.Deadline != "" {
+		if _, _, err := ParseDeadline(s.Deadline); err != nil {
+			errs.add("spec.deadline", "%v", err)
+		} else if d, abs, _ := ParseDeadline(s.Deadline); !abs && s.Work.Duration >= d {
+			errs.add("spec.work", "%s leaves no room before the deadline (%s); raise spec.deadline or lower spec.work", s.Work, s.Deadline)
+		}
+	}
+	if s.Work.Duration < 0 {
+		errs.add("spec.work", "must be positive, got %s", s.Work)
+	}
+	if s.Work.Duration != 0 && s.Deadline == "" {
+		errs.add("spec.work", "only used with spec.deadline; add a deadline like deadline: 36h, or remove work")
+	}
+	switch s.Policy {
+	case "", PolicyDeadline, PolicyFixed:
+	default:
+		errs.add("spec.policy", "%q is not a policy; use %q (spotml chooses spot or on-demand to meet spec.deadline) or %q (pool and priority as written)", s.Policy, PolicyDeadline, PolicyFixed)
+	}
+	if s.Policy != "" && s.Deadline == "" {
+		errs.add("spec.policy", "needs spec.deadline; add one like deadline: 36h (or an RFC 3339 time), or remove policy")
+	}
+	if s.OnDemandAfterPreemptions < 0 {
+		errs.add("spec.onDemandAfterPreemptions", "must be 0 (never) or more, got %d", s.OnDemandAfterPreemptions)
+	}
+	steered := j.DeadlinePolicy()
+	if !steered && s.OnDemandAfterPreemptions == 0 {
+		return
+	}
+	why := "with spec.onDemandAfterPreemptions, which moves tasks to on-demand itself"
+	if steered {
+		why = "with policy deadline, which chooses spot or on-demand itself"
+	}
+	if s.Pool != "" {
+		errs.add("spec.pool", "not allowed %s; remove it (any pool of the chosen priority runs the tasks)", why)
+	}
+	if steered && s.Priority != "" {
+		errs.add("spec.priority", "not allowed %s; remove it, or set policy: fixed", why)
+	}
+	check := func(at string, t *TaskSpec) {
+		if t == nil {
+			return
+		}
+		if t.Pool != "" {
+			errs.add(at+".pool", "not allowed %s; remove it", why)
+		}
+		if steered && t.Priority != "" {
+			errs.add(at+".priority", "not allowed %s; remove it, or set policy: fixed", why)
+		}
+	}
+	for i := range s.Tasks {
+		check(fmt.Sprintf("spec.tasks[%d]", i), &s.Tasks[i])
+	}
+	check("spec.template", s.Template)
+}
+
+// DeadlinePolicy says whether spotml chooses spot or on-demand for the
+// job's tasks to meet its deadline.
+func (j *Job) DeadlinePolicy() bool {
+	return j.Spec.Deadline != "" && (j.Spec.Policy == "" || j.Spec.Policy == PolicyDeadline)
+}
+
+// ParseDeadline reads a deadline: a duration from submission ("36h"), or
+// an absolute RFC 3339 time (abs true, the time as nanoseconds since the
+// epoch in d).
+func ParseDeadline(s string) (d time.Duration, abs bool, err error) {
+	if t, err := time.Parse(time.RFC3339, strings.TrimSpace(s)); err == nil {
+		return time.Duration(t.UnixNano()), true, nil
+	}
+	d, err = parseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, false, fmt.Errorf("%q is neither a positive duration like \"36h\" nor an RFC 3339 time like \"2026-12-01T18:00:00Z\"", s)
+	}
+	return d, false, nil
+}
+
+// DeadlineAt is the job's deadline for a job submitted at submitted;
+// false without one.
+func (j *Job) DeadlineAt(submitted time.Time) (time.Time, bool) {
+	d, abs, err := ParseDeadline(j.Spec.Deadline)
+	if j.Spec.Deadline == "" || err != nil {
+		return time.Time{}, false
+	}
+	if abs {
+		return time.Unix(0, int64(d)), true
+	}
+	return submitted.Add(d), true
 }
 
 // ExpandTasks returns the tasks a job runs, defaulted, each with the job's

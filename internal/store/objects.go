@@ -22,8 +22,9 @@ type Job struct {
 	State       string         `json:"state"` // running, succeeded, failed
 	SubmittedAt time.Time      `json:"submittedAt"`
 	FinishedAt  time.Time      `json:"finishedAt,omitzero"`
-	Counts      map[string]int `json:"counts"` // tasks by state
-	Evictions   int            `json:"evictions"`
+	Counts      map[string]int `json:"counts"`    // tasks by state
+	Evictions   int            `json:"evictions"` // preemptions (and lost nodes): they spend no retries
+	Failures    int            `json:"failures"`  // failed attempts, each a retry spent
 	Tasks       []Task         `json:"tasks,omitempty"`
 }
 

@@ -44,3 +44,19 @@ type Progress struct {
 	Fraction float64 // 0..1
 	Message  string
 }
+
+// OutcomeMoved ends an attempt the control plane stopped to run the task
+// on other capacity (spot to on-demand or back, for its deadline): neither
+// a failure nor a preemption.
+const OutcomeMoved = "moved"
+
+// Steer sets where a task may run next: a pending task gets the priority
+// (and no pool) at once; a running one (when Move is set) is stopped, its
+// attempt ended as moved, and queued again with the priority, without
+// spending a retry or counting a preemption.
+type Steer struct {
+	TaskID   int64
+	Priority string
+	Move     bool
+	Why      string
+}

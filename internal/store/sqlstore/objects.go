@@ -251,7 +251,7 @@ func (s *Store) ListJobs(ctx context.Context) ([]store.Job, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	counts, err := s.db.QueryContext(ctx, `SELECT job_id, state, count(*), CAST(sum(evictions) AS BIGINT) FROM tasks GROUP BY job_id, state`)
+	counts, err := s.db.QueryContext(ctx, `SELECT job_id, state, count(*), CAST(sum(evictions) AS BIGINT), CAST(sum(failures) AS BIGINT) FROM tasks GROUP BY job_id, state`)
 	if err != nil {
 		return nil, err
 	}
@@ -264,13 +264,14 @@ func (s *Store) ListJobs(ctx context.Context) ([]store.Job, error) {
 	for counts.Next() {
 		var id int64
 		var st string
-		var n, ev int
-		if err := counts.Scan(&id, &st, &n, &ev); err != nil {
+		var n, ev, fails int
+		if err := counts.Scan(&id, &st, &n, &ev, &fails); err != nil {
 			return nil, err
 		}
 		if j := byID[id]; j != nil {
 			j.Counts[st] = n
 			j.Evictions += ev
+			j.Failures += fails
 		}
 	}
 	return out, counts.Err()
@@ -298,6 +299,7 @@ func (s *Store) GetJob(ctx context.Context, name string) (store.Job, error) {
 		j.Tasks[i].Attempts = attempts[t.ID]
 		j.Counts[t.State]++
 		j.Evictions += t.Evictions
+		j.Failures += t.Failures
 	}
 	return j, nil
 }
