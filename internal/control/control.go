@@ -70,7 +70,7 @@ type Plane struct {
 	preempt   []placement.Preemption
 	preemptAt time.Time
 	spare     map[string]spareState
-	probed  map[string]time.Time // pool -> last spot probe (deadline.go)
+	probed    map[string]time.Time // pool -> last spot probe (deadline.go)
 }
 
 // New returns a control plane over st using the given providers by name.
