@@ -217,9 +217,11 @@ func TestEvictionRequeuesTask(t *testing.T) {
 		first = task.Node
 		return err == nil && task.State == store.TaskRunning
 	})
-	if vm, ok := cloud.VM("ml", first); !ok || vm.UserData() != "" {
-		t.Errorf("the registered node's VM still holds its identity in user data (found %v)", ok)
-	}
+	// The runner empties a registered node's user data on its next poll.
+	wait("the registered node's VM to lose its identity from user data", func() bool {
+		vm, ok := cloud.VM("ml", first)
+		return ok && vm.UserData() == ""
+	})
 	// The platform evicts the Spot VM (policy Delete): it vanishes with
 	// its agent and task.
 	if err := cloud.Evict("ml", first); err != nil {

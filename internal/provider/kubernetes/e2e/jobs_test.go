@@ -109,13 +109,13 @@ func TestCheckpointedJobOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A node whose agent falls silent is lost after 10s (the machine that
-	// died without notice): shorter than the default 15s to keep the test
-	// short, long enough that a drained agent's pod ends (the node
-	// preempted) before its silence counts, on a loaded machine too.
+	// A node whose agent falls silent is lost after 20s (the machine that
+	// died without notice): long enough that a drained agent's pod ends
+	// (the node preempted) before its silence counts, on a loaded machine
+	// too (10s was not, at a load average of 10-50).
 	// Checkpoints and outputs go to S3, which every pod reaches.
 	blobURL, env := startS3(t, c.RealNodeIP())
-	p := startPlane(t, dir, c, ln, planeConfig{Options: control.Options{NodeTimeout: 10 * time.Second}, BlobURL: blobURL, AgentEnv: env})
+	p := startPlane(t, dir, c, ln, planeConfig{Options: control.Options{NodeTimeout: 20 * time.Second}, BlobURL: blobURL, AgentEnv: env})
 	pool := kubePool("spot", spec.PrioritySpot, 12, 10*time.Second)
 	pool.Default()
 	if err := pool.Validate(); err != nil {
