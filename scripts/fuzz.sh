@@ -13,6 +13,7 @@ fuzztime="${FUZZTIME:-5s}"
 targets=(
   "./internal/spec FuzzParse"          # the spec decoder (YAML and JSON)
   "./internal/inference FuzzDecode"    # both inference decoders (TF Serving, KServe v2)
+  "./internal/inference FuzzDecodeBinary"  # KServe v2's binary tensor extension
   "./internal/server FuzzAgentAPI"     # the agent API's request bodies
 )
 for t in "${targets[@]}"; do
