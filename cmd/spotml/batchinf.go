@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -110,54 +108,21 @@ func batchLogs(ctx context.Context, cl *client.Client, w io.Writer, name string)
 // waitBatch waits for a BatchInference to finish, with a progress bar;
 // exit 1 when some items failed, 2 on timeout.
 func waitBatch(ctx context.Context, cl *client.Client, name string, timeout time.Duration, progress, stdout io.Writer) error {
-	start := time.Now()
-	tty := isTerminal(progress)
-	last, lastPrint := "", time.Time{}
-	var lastErr error
-	for {
+	return waitLoop(ctx, progress, stdout, timeout, func(elapsed time.Duration) (waitStep, error) {
 		var b api.BatchInference
-		err := cl.Do(ctx, http.MethodGet, api.Prefix+"/batchinferences/"+url.PathEscape(name), nil, &b)
-		if client.Code(err) == http.StatusNotFound {
-			return exitError{1, err}
+		if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/batchinferences/"+url.PathEscape(name), nil, &b); err != nil {
+			return waitStep{}, err
 		}
-		if err != nil {
-			if lastErr == nil {
-				fmt.Fprintf(progress, "\nwaiting for the control plane: %v\n", err)
-			}
-			lastErr = err
-		} else {
-			lastErr = nil
-			line := batchProgressLine(b, time.Since(start))
-			counts := line[:strings.Index(line, "|")]
-			if tty {
-				fmt.Fprintf(progress, "\r\033[K%s", line)
-			} else if counts != last || time.Since(lastPrint) >= 15*time.Second {
-				fmt.Fprintln(progress, line)
-				last, lastPrint = counts, time.Now()
-			}
-			if b.State != "running" {
-				if tty {
-					fmt.Fprintln(progress)
-				}
-				if b.Failed > 0 {
-					return exitError{1, fmt.Errorf("batchinference/%s finished: %d done, %d failed; spotml logs batchinference/%s lists them", name, b.Done, b.Failed, name)}
-				}
-				fmt.Fprintf(stdout, "batchinference/%s succeeded: %d items scored, %d evictions survived\n", name, b.Done, b.Evictions)
-				return nil
-			}
+		st := waitStep{line: batchProgressLine(b, elapsed), done: b.State != "running"}
+		switch {
+		case !st.done:
+		case b.Failed > 0:
+			st.result = exitError{1, fmt.Errorf("batchinference/%s finished: %d done, %d failed; spotml logs batchinference/%s lists them", name, b.Done, b.Failed, name)}
+		default:
+			st.said = fmt.Sprintf("batchinference/%s succeeded: %d items scored, %d evictions survived", name, b.Done, b.Evictions)
 		}
-		if timeout > 0 && time.Since(start) > timeout {
-			if tty {
-				fmt.Fprintln(progress)
-			}
-			return exitError{2, fmt.Errorf("batchinference/%s still running after %s", name, timeout)}
-		}
-		select {
-		case <-ctx.Done():
-			return exitError{2, errors.New("interrupted")}
-		case <-time.After(time.Second):
-		}
-	}
+		return st, nil
+	}, func() string { return "batchinference/" + name + " still running" })
 }
 
 func batchProgressLine(b api.BatchInference, elapsed time.Duration) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -48,66 +49,97 @@ func newWaitCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 
 func waitJob(c *cobra.Command, cl *client.Client, name string, timeout time.Duration, progress, stdout io.Writer) error {
 	ctx := c.Context()
+	var j api.Job
+	return waitLoop(ctx, progress, stdout, timeout, func(elapsed time.Duration) (waitStep, error) {
+		j = api.Job{}
+		if err := cl.Do(ctx, http.MethodGet, api.Prefix+"/jobs/"+url.PathEscape(name), nil, &j); err != nil {
+			return waitStep{}, err
+		}
+		var s api.Cost
+		cl.Do(ctx, http.MethodGet, api.Prefix+"/cost", nil, &s)
+		st := waitStep{line: progressLine(j, s, elapsed)}
+		switch j.State {
+		case api.JobSucceeded:
+			st.done, st.said = true, fmt.Sprintf("job/%s succeeded: %d tasks, %d evictions survived", name, len(j.Tasks), j.Evictions)
+		case api.JobFailed:
+			var failed []string
+			for _, t := range j.Tasks {
+				if t.State == api.TaskFailed {
+					failed = append(failed, fmt.Sprintf("%s (exit %d: %s)", t.Name, t.ExitCode, t.Message))
+				}
+			}
+			st.done, st.result = true, exitError{1, fmt.Errorf("job/%s failed: %s; see spotml logs %s/TASK --stderr", name, strings.Join(failed, ", "), name)}
+		}
+		return st, nil
+	}, func() string { return fmt.Sprintf("job/%s still %s", name, j.State) })
+}
+
+// waitStep is what one look at the awaited object found: its progress
+// line and, once it is done, what to say on stdout and the result.
+type waitStep struct {
+	line   string
+	done   bool
+	said   string
+	result error
+}
+
+// waitLoop polls once a second with step until it says the object is
+// done, says what step says, and returns step's result. It draws step's progress line: in place
+// on a terminal; in a log, a new line when the counts (the line up to its
+// first "|") change, and every 15 s. An error from step keeps it waiting
+// (the control plane may be restarting), said once; a 404 ends it with
+// exit 1, and timeout (if set) with exit 2 and still()'s words.
+func waitLoop(ctx context.Context, progress, stdout io.Writer, timeout time.Duration,
+	step func(elapsed time.Duration) (waitStep, error), still func() string) error {
+	return waitLoopEvery(ctx, progress, stdout, timeout, time.Second, step, still)
+}
+
+// waitLoopEvery is waitLoop looking every interval.
+func waitLoopEvery(ctx context.Context, progress, stdout io.Writer, timeout, interval time.Duration,
+	step func(elapsed time.Duration) (waitStep, error), still func() string) error {
 	start := time.Now()
 	tty := isTerminal(progress)
 	last, lastPrint := "", time.Time{}
 	var lastErr error
 	for {
-		var j api.Job
-		err := cl.Do(ctx, http.MethodGet, api.Prefix+"/jobs/"+url.PathEscape(name), nil, &j)
+		st, err := step(time.Since(start))
 		if client.Code(err) == http.StatusNotFound {
 			return exitError{1, err}
 		}
 		if err != nil {
-			// The control plane may be restarting: keep waiting, but say so.
 			if lastErr == nil {
 				fmt.Fprintf(progress, "\nwaiting for the control plane: %v\n", err)
 			}
 			lastErr = err
 		} else {
 			lastErr = nil
-			var s api.Cost
-			cl.Do(ctx, http.MethodGet, api.Prefix+"/cost", nil, &s)
-			line := progressLine(j, s, time.Since(start))
-			// On a terminal the line redraws in place; in a log, a new line
-			// when the counts change, and every 15 s.
-			counts := line[:strings.Index(line, "|")]
+			counts, _, _ := strings.Cut(st.line, "|")
 			if tty {
-				fmt.Fprintf(progress, "\r\033[K%s", line)
+				fmt.Fprintf(progress, "\r\033[K%s", st.line)
 			} else if counts != last || time.Since(lastPrint) >= 15*time.Second {
-				fmt.Fprintln(progress, line)
+				fmt.Fprintln(progress, st.line)
 				last, lastPrint = counts, time.Now()
 			}
-			switch j.State {
-			case api.JobSucceeded:
+			if st.done {
 				if tty {
 					fmt.Fprintln(progress)
 				}
-				fmt.Fprintf(stdout, "job/%s succeeded: %d tasks, %d evictions survived\n", name, len(j.Tasks), j.Evictions)
-				return nil
-			case api.JobFailed:
-				if tty {
-					fmt.Fprintln(progress)
+				if st.said != "" {
+					fmt.Fprintln(stdout, st.said)
 				}
-				var failed []string
-				for _, t := range j.Tasks {
-					if t.State == api.TaskFailed {
-						failed = append(failed, fmt.Sprintf("%s (exit %d: %s)", t.Name, t.ExitCode, t.Message))
-					}
-				}
-				return exitError{1, fmt.Errorf("job/%s failed: %s; see spotml logs %s/TASK --stderr", name, strings.Join(failed, ", "), name)}
+				return st.result
 			}
 		}
 		if timeout > 0 && time.Since(start) > timeout {
 			if tty {
 				fmt.Fprintln(progress)
 			}
-			return exitError{2, fmt.Errorf("job/%s still %s after %s", name, j.State, timeout)}
+			return exitError{2, fmt.Errorf("%s after %s", still(), timeout)}
 		}
 		select {
 		case <-ctx.Done():
 			return exitError{2, errors.New("interrupted")}
-		case <-time.After(time.Second):
+		case <-time.After(interval):
 		}
 	}
 }
