@@ -376,3 +376,89 @@ spec:
 		t.Errorf("%d replicas once the preemption is %s old, want 2", n, control.SpareWindow)
 	}
 }
+
+// A preemption announced longer ahead than a replacement takes, to a node
+// that had been up a while, is ridden out by the replacement launched at
+// the notice: it brings no spare. One whose notice is shorter does.
+func TestAnnouncedPreemptionsBringNoSpares(t *testing.T) {
+	p := newPlaneWith(t, control.Options{NodeTimeout: 24 * time.Hour, Retention: -1})
+	p.apply(prodService)
+	settle := func() {
+		for range 2 {
+			for _, n := range p.nodes() {
+				if store.Live(n.State) {
+					if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			p.reconcile()
+		}
+		for _, r := range p.replicas() {
+			if r.Node != "" && r.State == store.ReplicaStarting {
+				if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		p.reconcile()
+	}
+	live := func() (n int) {
+		for _, r := range p.replicas() {
+			if r.State != store.ReplicaStopping {
+				n++
+			}
+		}
+		return n
+	}
+	// preempt gives a ready replica's node a notice, waits it out and
+	// ends the node.
+	preempt := func(notice time.Duration) {
+		t.Helper()
+		var victim store.Replica
+		for _, r := range p.replicas() {
+			if r.State == store.ReplicaReady {
+				victim = r
+			}
+		}
+		if victim.Node == "" {
+			t.Fatalf("no ready replica to preempt: %+v", p.replicas())
+		}
+		if _, err := p.st.SetNotice(p.ctx, victim.Node, p.clock.Now().Add(notice), "provider"); err != nil {
+			t.Fatal(err)
+		}
+		p.reconcile() // the replacement, at the notice
+		settle()
+		p.clock.Advance(notice)
+		if err := p.st.EndNode(p.ctx, victim.Node, store.NodePreempted, "evicted"); err != nil {
+			t.Fatal(err)
+		}
+		p.clock.Advance(11 * time.Second) // past the history's refresh
+		p.reconcile()
+		settle()
+	}
+	p.reconcile()
+	settle()
+	p.clock.Advance(10 * time.Minute) // the nodes have been up a while
+
+	// Replicas here are ready the instant they are created, so the
+	// replacement time is the stand-in delay, 30 s: a 2-minute notice
+	// covers it.
+	preempt(2 * time.Minute)
+	if n := live(); n != 2 {
+		t.Fatalf("%d replicas after a preemption announced 2 min ahead, want 2 and no spare", n)
+	}
+	evs, err := p.st.ListEvents(p.ctx, store.EventFilter{Of: "service/m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(evs, func(e store.Event) bool { return e.Kind == "Spares" }); i >= 0 {
+		t.Fatalf("a Spares event for a preemption the notice covered: %+v", evs[i])
+	}
+
+	p.clock.Advance(10 * time.Minute)
+	preempt(5 * time.Second)
+	if n := live(); n != 3 {
+		t.Fatalf("%d replicas after a preemption announced 5 s ahead, want 2 and a spare", n)
+	}
+}

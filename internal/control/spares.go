@@ -46,7 +46,11 @@ func (p *Plane) preemptions(ctx context.Context, now time.Time) ([]placement.Pre
 	var out []placement.Preemption
 	for _, n := range nodes {
 		if n.Priority == spec.PrioritySpot && (n.State == store.NodePreempted || n.State == store.NodeDeallocated) {
-			out = append(out, placement.Preemption{Pool: n.Pool, At: n.StateAt})
+			e := placement.Preemption{Pool: n.Pool, At: n.StateAt, Age: n.StateAt.Sub(n.CreatedAt)}
+			if !n.NoticeAt.IsZero() {
+				e.Warning, e.Age = n.StateAt.Sub(n.NoticeAt), n.NoticeAt.Sub(n.CreatedAt)
+			}
+			out = append(out, e)
 		}
 	}
 	p.mu.Lock()

@@ -10,6 +10,20 @@ import (
 type Preemption struct {
 	Pool string
 	At   time.Time
+	// Warning is how long before At its notice came (0: none), and Age
+	// how old the node was when it came (or at At, without one).
+	Warning, Age time.Duration
+}
+
+// threat says whether a preemption could have cost a ready replica: its
+// notice was shorter than a replacement takes, so the replacement
+// launched at the notice was not ready in time; or the node got it
+// before a replica on it could have been ready, which is what a
+// replacement that was itself taken back looks like (a flapping market).
+// A preemption announced well ahead, of a node that had been up a while,
+// is ridden out by the replacement alone and needs no spare.
+func (e Preemption) threat(replace time.Duration) bool {
+	return e.Warning < replace || e.Age < replace
 }
 
 // History is what a service's spot pools did lately, for Spares.
@@ -27,7 +41,8 @@ type History struct {
 // the spot share, spread over pools (the spot pools it may use): the
 // fewest spares s such that the worst wave in h, had it hit the spot+s
 // replicas spread over those pools, would have left at least spot of
-// them. A wave takes from each pool at most the replicas the pool holds
+// them. Only preemptions that were a threat count (see threat): where
+// notices outlast a replacement, spares buy nothing. A wave takes from each pool at most the replicas the pool holds
 // (spread: at most ⌈(spot+s)/pools⌉), so spreading over more pools needs
 // fewer spares, and a pool that loses its nodes in bulk (capacity gone)
 // costs a whole pool's share. No preemptions, no spares; at most spot
@@ -45,10 +60,19 @@ func Spares(spot int, pools []string, spread bool, h History) (int, string) {
 		return 0, "no spot replicas"
 	}
 	var seen []Preemption
+	ridden := 0
 	for _, e := range h.Preemptions {
-		if slices.Contains(pools, e.Pool) {
+		switch {
+		case !slices.Contains(pools, e.Pool):
+		case e.threat(h.Replace):
 			seen = append(seen, e)
+		default:
+			ridden++
 		}
+	}
+	if len(seen) == 0 && ridden > 0 {
+		return 0, fmt.Sprintf("%d spot preemptions in pools %v in the last %s, each announced %s or more ahead by a node up that long: replacements were ready in time",
+			ridden, pools, h.Window, h.Replace)
 	}
 	if len(seen) == 0 {
 		return 0, fmt.Sprintf("no spot preemptions in pools %v in the last %s", pools, h.Window)

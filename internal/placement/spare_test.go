@@ -13,6 +13,12 @@ func TestSpares(t *testing.T) {
 	at := func(pool string, s int) Preemption {
 		return Preemption{Pool: pool, At: t0.Add(time.Duration(s) * time.Second)}
 	}
+	// warned: a notice w seconds ahead, to a node up age seconds then.
+	warned := func(pool string, s, w, age int) Preemption {
+		e := at(pool, s)
+		e.Warning, e.Age = time.Duration(w)*time.Second, time.Duration(age)*time.Second
+		return e
+	}
 	two := []string{"a", "b"}
 	tests := []struct {
 		name   string
@@ -39,6 +45,14 @@ func TestSpares(t *testing.T) {
 		// waves of one.
 		{"uncorrelated pools", 2, two, true, []Preemption{at("a", 0), at("b", 300)}, 1, ""},
 		{"not spread: a pool may hold them all", 2, two, false, []Preemption{at("a", 0), at("a", 1)}, 2, "(not spread)"},
+		// Replace is 1 min below. Notices of 2 min to nodes up for hours:
+		// each replacement was ready before its node went.
+		{"notices longer than a replacement", 2, two, true, []Preemption{warned("a", 0, 120, 7200), warned("b", 30, 120, 7200)}, 0, "2 spot preemptions"},
+		// A 30 s notice is shorter than the minute a replacement takes.
+		{"notices shorter than a replacement", 2, two, true, []Preemption{warned("a", 0, 30, 7200), warned("b", 30, 30, 7200)}, 2, "2 preemptions within"},
+		// A long notice, but to a node 20 s old: a replacement taken back
+		// before it could be ready. Only that one counts.
+		{"a replacement taken back while it booted", 2, two, true, []Preemption{warned("a", 0, 120, 7200), warned("b", 30, 120, 20)}, 1, "1 preemptions within"},
 		{"capped at the spot share", 1, []string{"a"}, true, []Preemption{at("a", 0), at("a", 0), at("a", 0)}, 1, "capped at 1"},
 	}
 	for _, tt := range tests {

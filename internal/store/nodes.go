@@ -45,10 +45,14 @@ type Node struct {
 	HeartbeatAt    time.Time `json:"heartbeatAt,omitzero"`
 	IdleSince      time.Time `json:"idleSince,omitzero"`
 	NoticeDeadline time.Time `json:"noticeDeadline,omitzero"`
-	Reason         string    `json:"reason,omitempty"`
-	Incarnation    int       `json:"incarnation"`
-	Tasks          int       `json:"tasks"`    // running tasks, filled by ListNodes
-	Replicas       int       `json:"replicas"` // live service replicas, filled by ListNodes
+	// NoticeAt is when the node's eviction notice arrived; unlike
+	// NoticeDeadline it is kept once the node has ended, so the warning
+	// each preemption gave can be read back (placement.Spares).
+	NoticeAt    time.Time `json:"noticeAt,omitzero"`
+	Reason      string    `json:"reason,omitempty"`
+	Incarnation int       `json:"incarnation"`
+	Tasks       int       `json:"tasks"`    // running tasks, filled by ListNodes
+	Replicas    int       `json:"replicas"` // live service replicas, filled by ListNodes
 }
 
 // Placement is where a provider's platform put a node, and its prices

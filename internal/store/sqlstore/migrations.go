@@ -538,6 +538,13 @@ var migrations = []migration{
 		CREATE TRIGGER nodes_routes AFTER UPDATE OF notice_deadline ON nodes
 			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_routes();`),
 	},
+	// 10: when a node's eviction notice arrived, kept after the node ends
+	// (notice_deadline is cleared then), so that spare sizing can tell a
+	// preemption that gave time to replace from one that did not.
+	{
+		sqlite:   `ALTER TABLE nodes ADD COLUMN notice_at INTEGER NOT NULL DEFAULT 0;`,
+		postgres: `ALTER TABLE nodes ADD COLUMN IF NOT EXISTS notice_at BIGINT NOT NULL DEFAULT 0;`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

@@ -12,15 +12,16 @@ import (
 )
 
 const nodeCols = `name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, provider_id, host,
-	created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation`
+	created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation, notice_at`
 
 func scanNode(sc interface{ Scan(...any) error }) (store.Node, error) {
 	var n store.Node
-	var mem, c, st, hb, idle, nd int64
+	var mem, c, st, hb, idle, nd, na int64
 	err := sc.Scan(&n.Name, &n.Pool, &n.Priority, &n.Zone, &n.InstanceType, &n.State, &n.Capacity.CPU, &mem,
-		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.ProviderID, &n.Host, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation)
+		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.ProviderID, &n.Host, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation, &na)
 	n.Capacity.Memory = spec.Bytes(mem)
 	n.CreatedAt, n.StateAt, n.HeartbeatAt, n.IdleSince, n.NoticeDeadline = fromNanos(c), fromNanos(st), fromNanos(hb), fromNanos(idle), fromNanos(nd)
+	n.NoticeAt = fromNanos(na)
 	return n, err
 }
 
@@ -29,7 +30,7 @@ func scanNode(sc interface{ Scan(...any) error }) (store.Node, error) {
 func (s *Store) CreateNode(ctx context.Context, n store.Node) error {
 	return s.tx(ctx, func(tx *txn) error {
 		now := s.now().UnixNano()
-		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, '', 1)`,
+		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, '', 1, 0)`,
 			n.Name, n.Pool, n.Priority, n.Zone, n.InstanceType, store.NodeProvisioning, n.Capacity.CPU, int64(n.Capacity.Memory),
 			n.Capacity.GPU, n.PricePerHour, n.OnDemandPrice, n.ProviderID, n.Host, now, now, now)
 		if err != nil {
@@ -59,7 +60,7 @@ func (s *Store) RestartNode(ctx context.Context, name string) error {
 		}
 		now := s.now().UnixNano()
 		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, heartbeat_at = 0, idle_since = ?,
-			notice_deadline = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, store.NodeProvisioning, now, now, name); err != nil {
+			notice_deadline = 0, notice_at = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, store.NodeProvisioning, now, now, name); err != nil {
 			return err
 		}
 		if err := s.openRun(ctx, tx, n, now); err != nil {
@@ -232,8 +233,8 @@ func (s *Store) SetNotice(ctx context.Context, name string, deadline time.Time, 
 		if source == "agent" {
 			state = store.NodeDraining
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET notice_deadline = ?, state = ?, state_at = ? WHERE name = ?`,
-			deadline.UnixNano(), state, s.now().UnixNano(), name); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET notice_deadline = ?, notice_at = ?, state = ?, state_at = ? WHERE name = ?`,
+			deadline.UnixNano(), s.now().UnixNano(), state, s.now().UnixNano(), name); err != nil {
 			return err
 		}
 		return s.event(ctx, tx, "Notice", "node/"+name, "EvictionNotice",

@@ -591,6 +591,7 @@ func testEndNodeRequeues(t *testing.T, h *Harness) {
 	tasks := h.job("train").Tasks
 	h.Assign(3, store.Assignment{TaskID: tasks[0].ID, Node: "n1"}, store.Assignment{TaskID: tasks[1].ID, Node: "n1"},
 		store.Assignment{TaskID: tasks[2].ID, Node: "n2"})
+	noticed := h.Clock.Now()
 	if _, err := h.St.SetNotice(h.Ctx, "n1", t0.Add(30*time.Second), "agent"); err != nil {
 		t.Fatal(err)
 	}
@@ -602,6 +603,13 @@ func testEndNodeRequeues(t *testing.T, h *Harness) {
 	n := h.getNode("n1")
 	if n.State != store.NodePreempted || n.Reason != "SpotEviction" || !n.StateAt.Equal(end) || !n.NoticeDeadline.IsZero() {
 		t.Errorf("ended node: %+v", n)
+	}
+	// When the notice came stays known after the end (spare sizing).
+	if !n.NoticeAt.Equal(noticed) {
+		t.Errorf("ended node's notice arrived %s, want %s", n.NoticeAt, noticed)
+	}
+	if n2 := h.getNode("n2"); !n2.NoticeAt.IsZero() {
+		t.Errorf("node without a notice has NoticeAt %s", n2.NoticeAt)
 	}
 	j := h.job("train")
 	for _, tk := range j.Tasks[:2] {
