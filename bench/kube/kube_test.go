@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/kubetest"
 	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
 	"github.com/spotml/spotml/internal/spec"
@@ -114,6 +115,46 @@ func (s recSink) Gone(ctx context.Context, node, state, reason string) error {
 	return s.Sink.Gone(ctx, node, state, reason)
 }
 
+// routes is a real gateway whose route updates are watched: which nodes
+// it sends new requests to (a replica not draining), and since when.
+type routes struct {
+	*gateway.Gateway
+	mu      sync.Mutex
+	serving map[string]bool // node → routed to, as of the last update
+	off     map[string]time.Time
+}
+
+func (r *routes) Update(rs []gateway.Route) {
+	r.Gateway.Update(rs)
+	now := time.Now()
+	on := map[string]bool{}
+	for _, rt := range rs {
+		for _, rep := range rt.Replicas {
+			if !rep.Draining {
+				on[rep.Node] = true
+			}
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for n := range r.serving {
+		if !on[n] {
+			if _, ok := r.off[n]; !ok {
+				r.off[n] = now
+			}
+		}
+	}
+	r.serving = on
+}
+
+// routedOff says when the gateway stopped sending new requests to node,
+// and routed whether it sends them now.
+func (r *routes) state(node string) (off time.Time, routed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.off[node], r.serving[node]
+}
+
 func percentile(ds []time.Duration, q float64) time.Duration {
 	s := slices.Clone(ds)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
@@ -122,12 +163,16 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 
 // BenchmarkReaction: from a platform signal written to the apiserver to
 // spotml's reaction, per signal: the node's Notice (Gone for a Node
-// deleted), and the replacement's agent pod created. The whole control
+// deleted), the replacement's agent pod created, and a gateway fed from
+// the store (as `spotml up` and `spotml gateway` run it, polling SQLite
+// every 200 ms) no longer sending new requests to the replica on the node. The whole control
 // plane runs (SQLite store, the real kubernetes provider with its
 // informers, a pool of min 1): a Notice kicks a pass that launches the
 // replacement at once. Nodes are registered without kubelets (their agent
 // pods are bound and stay Pending): what is measured is spotml's path from
-// the API to its decisions, not a pod's start.
+// the API to its decisions, not a pod's start. The benchmark plays the
+// agent's part in the store: it marks the victim's node ready and its
+// service replica ready at a loopback address.
 //
 //	go test ./bench/kube -run '^$' -bench Reaction -benchtime 20x
 func BenchmarkReaction(b *testing.B) {
@@ -147,7 +192,7 @@ func BenchmarkReaction(b *testing.B) {
 		Interval: time.Second}, log, time.Now),
 		notice: map[string]time.Time{}, gone: map[string]time.Time{}, launched: map[string]time.Time{}}
 	cp := control.New(st, map[string]control.Provider{kubeprov.Name: prov}, log, time.Now,
-		control.Options{Interval: 500 * time.Millisecond, ProvisionTimeout: time.Hour, Retention: -1})
+		control.Options{Interval: 500 * time.Millisecond, ProvisionTimeout: time.Hour, NodeTimeout: time.Hour, Retention: -1})
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); cp.Run(runCtx) }()
@@ -164,6 +209,64 @@ func BenchmarkReaction(b *testing.B) {
 	fresh()
 	if _, err := st.Apply(ctx, []spec.Pool{pool("spot", 1, 100)}, nil); err != nil {
 		b.Fatal(err)
+	}
+	// A dev service of one replica on the pool: each victim's node holds
+	// it, and the gateway routes to it.
+	docs, err := spec.Parse([]byte(`apiVersion: spotml/v1
+kind: Service
+metadata: {name: m}
+spec:
+  model: {uri: models/m.onnx}
+  resources: {cpu: 0.5}
+  replicas: {min: 1, max: 1}
+  placement: {tier: dev}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	doc, err := control.ServiceDoc(*docs[0].Service)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Apply(ctx, nil, nil, doc); err != nil {
+		b.Fatal(err)
+	}
+	gw := &routes{Gateway: gateway.New(gateway.Config{Now: time.Now}), off: map[string]time.Time{}}
+	feedCtx, stopFeed := context.WithCancel(ctx)
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		control.FeedGateway(feedCtx, st, gw, log, time.Now, control.FeedOptions{ID: "bench"})
+	}()
+	defer func() { stopFeed(); <-fed }()
+	// serve plays the victim's agent: its node ready, the replica placed
+	// there ready, until the gateway routes to it.
+	serve := func(n store.Node) {
+		if _, err := st.Heartbeat(ctx, n.Name, true); err != nil {
+			b.Fatal(err)
+		}
+		cp.Kick()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if _, routed := gw.state(n.Name); routed {
+				return
+			}
+			reps, err := st.ListReplicas(ctx, "m")
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, r := range reps {
+				if r.Node == n.Name && r.State == store.ReplicaStarting {
+					if err := st.ReportReplicas(ctx, n.Name, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the gateway does not route to a replica on %s within 30s: %+v", n.Name, reps)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	// placed waits for the pool's one live node without a notice to be
 	// bound, and returns it.
@@ -206,9 +309,10 @@ func BenchmarkReaction(b *testing.B) {
 	}
 	for _, s := range signals {
 		b.Run(s.name, func(b *testing.B) {
-			var toReport, toReplacement []time.Duration
+			var toReport, toReplacement, toRouteOff []time.Duration
 			for range b.N {
 				victim := placed()
+				serve(victim)
 				fresh() // a node for the replacement
 				t0 := time.Now()
 				if err := s.apply(victim); err != nil {
@@ -218,9 +322,10 @@ func BenchmarkReaction(b *testing.B) {
 				if s.gone {
 					m = prov.gone
 				}
-				var reported, launched time.Time
+				var reported, launched, off time.Time
 				deadline := time.Now().Add(30 * time.Second)
-				for reported.IsZero() || launched.IsZero() {
+				for reported.IsZero() || launched.IsZero() || off.IsZero() {
+					off, _ = gw.state(victim.Name)
 					if t, ok := prov.at(m, victim.Name); ok {
 						reported = t
 					}
@@ -234,12 +339,13 @@ func BenchmarkReaction(b *testing.B) {
 					}
 					prov.mu.Unlock()
 					if time.Now().After(deadline) {
-						b.Fatalf("%s: no reaction within 30s (reported %v, replacement %v)", s.name, reported, launched)
+						b.Fatalf("%s: no reaction within 30s (reported %v, replacement %v, routed off %v)", s.name, reported, launched, off)
 					}
 					time.Sleep(2 * time.Millisecond)
 				}
 				toReport = append(toReport, reported.Sub(t0))
 				toReplacement = append(toReplacement, launched.Sub(t0))
+				toRouteOff = append(toRouteOff, off.Sub(t0))
 				// The platform finishes the job: the victim's pod goes (the
 				// kubelet's part, which no kubelet plays here) and its node
 				// takes no more pods. (Deleting the node would orphan a
@@ -254,6 +360,8 @@ func BenchmarkReaction(b *testing.B) {
 			b.ReportMetric(float64(percentile(toReport, 0.99).Microseconds())/1000, "ms-notice-p99")
 			b.ReportMetric(float64(percentile(toReplacement, 0.5).Microseconds())/1000, "ms-replacement-p50")
 			b.ReportMetric(float64(percentile(toReplacement, 0.99).Microseconds())/1000, "ms-replacement-p99")
+			b.ReportMetric(float64(percentile(toRouteOff, 0.5).Microseconds())/1000, "ms-routed-off-p50")
+			b.ReportMetric(float64(percentile(toRouteOff, 0.99).Microseconds())/1000, "ms-routed-off-p99")
 		})
 	}
 }
