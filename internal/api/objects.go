@@ -262,6 +262,10 @@ type ServiceSample struct {
 	Desired  int       `json:"desired"`  // replicas the autoscaler wanted
 	Spot     int       `json:"spot"`     // of Ready, on spot nodes
 	OnDemand int       `json:"onDemand"` // of Ready, on on-demand nodes
+	// InFlight is the requests outstanding at once, the time average
+	// over the minute before Time; InFlightMax the most at once.
+	InFlight    float64 `json:"inFlight"`
+	InFlightMax int64   `json:"inFlightMax"`
 }
 
 // Cost is what the nodes cost so far against the same node time on

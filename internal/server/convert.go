@@ -83,7 +83,7 @@ func toEvent(e store.Event) api.Event {
 
 func toSample(s store.ServiceSample) api.ServiceSample {
 	return api.ServiceSample{Time: s.Time, QPS: s.QPS, P50: s.P50, P99: s.P99, Requests: s.Requests, Errors: s.Errors,
-		Ready: s.Ready, Desired: s.Desired, Spot: s.Spot, OnDemand: s.OnDemand}
+		Ready: s.Ready, Desired: s.Desired, Spot: s.Spot, OnDemand: s.OnDemand, InFlight: s.InFlight, InFlightMax: s.InFlightMax}
 }
 
 func toCost(s cost.Summary) api.Cost {

@@ -21,6 +21,10 @@ type ServiceSample struct {
 	// gateways report them, so consecutive samples overlap.
 	Requests int64 `json:"requests"`
 	Errors   int64 `json:"errors"`
+	// InFlight is the requests outstanding at once, the time average
+	// over the minute before Time, and InFlightMax the most at once.
+	InFlight    float64 `json:"inFlight"`
+	InFlightMax int64   `json:"inFlightMax"`
 	Ready    int   `json:"ready"`    // ready replicas not on a noticed node
 	Desired  int   `json:"desired"`  // replicas the autoscaler wanted
 	Spot     int   `json:"spot"`     // of Ready, on spot nodes
