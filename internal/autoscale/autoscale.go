@@ -189,7 +189,9 @@ func Decide(in Input, st State, now time.Time) (Decision, State) {
 				prec, pwhy = hi, pwhy+fmt.Sprintf(", limited to max %d", hi)
 			}
 			if prec > rec {
-				rec, d.Signal, d.Reason = prec, "in-flight", pwhy
+				// The burst decides; the stable figures stay in the
+				// reason, to show what the other signals said.
+				rec, d.Signal, d.Reason = prec, "in-flight", pwhy+"; over "+short(StableWindow)+": "+d.Reason
 			}
 		}
 		next.PanicBound = max(next.PanicBound, rec)

@@ -68,7 +68,8 @@ func toService(v store.Service) api.Service {
 		model = sp.Spec.Model.URI
 	}
 	return api.Service{Name: v.Name, Model: model, Spec: v.Spec, Generation: v.Generation, Desired: v.Desired,
-		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt, Replicas: convert(v.Replicas, toReplica), QPS: v.QPS, Ready: v.Ready}
+		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt, Replicas: convert(v.Replicas, toReplica), QPS: v.QPS, Ready: v.Ready,
+		InFlight: v.Traffic.InFlight, P99: v.Traffic.P99}
 }
 
 func toReplica(r store.Replica) api.Replica {

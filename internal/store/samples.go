@@ -25,8 +25,8 @@ type ServiceSample struct {
 	// over the minute before Time, and InFlightMax the most at once.
 	InFlight    float64 `json:"inFlight"`
 	InFlightMax int64   `json:"inFlightMax"`
-	Ready    int   `json:"ready"`    // ready replicas not on a noticed node
-	Desired  int   `json:"desired"`  // replicas the autoscaler wanted
-	Spot     int   `json:"spot"`     // of Ready, on spot nodes
-	OnDemand int   `json:"onDemand"` // of Ready, on on-demand nodes
+	Ready       int     `json:"ready"`    // ready replicas not on a noticed node
+	Desired     int     `json:"desired"`  // replicas the autoscaler wanted
+	Spot        int     `json:"spot"`     // of Ready, on spot nodes
+	OnDemand    int     `json:"onDemand"` // of Ready, on on-demand nodes
 }
