@@ -271,7 +271,7 @@ func TestDecideSignals(t *testing.T) {
 			name: "panic: a burst is met at once, and nothing goes until a stable window passes", policy: inflight, start: 2,
 			steps: []step{
 				{At: 0, InFlight: 1.5, Panic: 7, Ready: -1, Want: 7, Signal: "in-flight",
-					Reason: "in-flight 7 over 6s / 2 ready replicas is at least 2× target 1 → 7 replicas; over 1m: in-flight 1.5 / 2 ready replicas is within 10% of target 1; stays at 2; panic: scaling up from 2 at once"},
+					Reason: "in-flight 7 over 6s / 2 ready replicas is at least 2× target 1 → 7 replicas; over 1m: in-flight 1.5 / target 1 per replica → 2 replicas; panic: scaling up from 2 at once"},
 				// The new replicas start; the burst is over.
 				{At: 5, InFlight: 2, Panic: 1, Ready: 2, Want: 7, Reason: "no scale-down until 1m without a burst"},
 				{At: 30, InFlight: 1, Panic: 1, Ready: -1, Want: 7, Reason: "panic since"},
