@@ -194,7 +194,8 @@ func Decide(in Input, st State, now time.Time) (Decision, State) {
 				rec, d.Signal, d.Reason = prec, "in-flight", pwhy+"; over "+short(StableWindow)+": "+d.Reason
 			}
 		}
-		next.PanicBound = max(next.PanicBound, rec)
+		// Within max, should the spec have lowered it since.
+		next.PanicBound = min(hi, max(next.PanicBound, rec))
 		d.Replicas, d.Recommended, d.Panic = next.PanicBound, next.PanicBound, true
 		switch {
 		case burst && next.PanicBound > in.Current:

@@ -386,3 +386,13 @@ spec:
 		t.Errorf("PolicyOf = %+v, want %+v", got, want)
 	}
 }
+
+// TestDecidePanicWithinMax: a panic remembered from before max was
+// lowered keeps the count within the new max.
+func TestDecidePanicWithinMax(t *testing.T) {
+	in := Input{Min: 1, Max: 5, TargetInFlightPerReplica: 1, Current: 5, Ready: 5, Measured: true, InFlight: 1, InFlightPanic: 1}
+	d, next := Decide(in, State{Panic: t0.Add(-10 * time.Second), PanicBound: 8}, t0)
+	if d.Replicas != 5 || !d.Panic || next.PanicBound != 5 {
+		t.Errorf("Decide = %d replicas (panic %v), next %+v; want 5, still panicking, bound 5", d.Replicas, d.Panic, next)
+	}
+}
