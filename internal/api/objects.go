@@ -202,9 +202,14 @@ type Service struct {
 	Desired    int             `json:"desired"` // replicas the autoscaler wants now
 	CreatedAt  time.Time       `json:"createdAt"`
 	UpdatedAt  time.Time       `json:"updatedAt"`
-	Replicas   []Replica       `json:"replicas"`        // live ones
-	QPS        float64         `json:"qps"`             // as the gateways measure it
-	Ready      map[string]int  `json:"readyByPriority"` // ready replicas by priority (spot, ondemand)
+	Replicas   []Replica       `json:"replicas"` // live ones
+	QPS        float64         `json:"qps"`      // as the gateways measure it
+	// InFlight is the requests outstanding at once, averaged over the
+	// last minute, and P99 the latency in seconds over it, as the
+	// gateways measure them for the autoscaler.
+	InFlight float64        `json:"inFlight"`
+	P99      float64        `json:"p99"`
+	Ready    map[string]int `json:"readyByPriority"` // ready replicas by priority (spot, ondemand)
 	// Cost is what its replicas cost so far (GET /services/NAME).
 	Cost *WorkCost `json:"cost,omitempty"`
 }
@@ -262,6 +267,10 @@ type ServiceSample struct {
 	Desired  int       `json:"desired"`  // replicas the autoscaler wanted
 	Spot     int       `json:"spot"`     // of Ready, on spot nodes
 	OnDemand int       `json:"onDemand"` // of Ready, on on-demand nodes
+	// InFlight is the requests outstanding at once, the time average
+	// over the minute before Time; InFlightMax the most at once.
+	InFlight    float64 `json:"inFlight"`
+	InFlightMax int64   `json:"inFlightMax"`
 }
 
 // Cost is what the nodes cost so far against the same node time on

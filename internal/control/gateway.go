@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spotml/spotml/internal/autoscale"
 	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
@@ -19,6 +20,7 @@ import (
 type Router interface {
 	Update(routes []gateway.Route)
 	QPS(window time.Duration) map[string]float64
+	InFlight(window time.Duration) map[string]gateway.InFlight
 	Stats() []gateway.ServiceStats
 }
 
@@ -30,6 +32,9 @@ type FeedOptions struct {
 	Interval  time.Duration // route refresh; default 200ms
 	QPSWindow time.Duration // averaging window of the QPS reported; default 10s
 	QPSEvery  time.Duration // how often QPS and latencies are reported; default 1s
+	// The windows that requests in flight are averaged over; default the
+	// autoscaler's (autoscale.StableWindow, autoscale.PanicWindow).
+	StableWindow, PanicWindow time.Duration
 }
 
 // FeedGateway keeps a gateway's routes in step with the store (ready
@@ -49,6 +54,12 @@ func FeedGateway(ctx context.Context, st *sqlstore.Store, gw Router, log *slog.L
 	}
 	if opt.QPSEvery == 0 {
 		opt.QPSEvery = time.Second
+	}
+	if opt.StableWindow == 0 {
+		opt.StableWindow = autoscale.StableWindow
+	}
+	if opt.PanicWindow == 0 {
+		opt.PanicWindow = autoscale.PanicWindow
 	}
 	keys := keyFiles{}
 	// On PostgreSQL a route change wakes the feed when it commits; the
@@ -70,7 +81,7 @@ func FeedGateway(ctx context.Context, st *sqlstore.Store, gw Router, log *slog.L
 			gw.Update(routes)
 			if now().Sub(lastQPS) >= opt.QPSEvery {
 				lastQPS = now()
-				err = st.PutGatewayStats(ctx, opt.ID, gatewayStats(gw, opt.QPSWindow))
+				err = st.PutGatewayStats(ctx, opt.ID, gatewayStats(gw, opt))
 			}
 		}
 		switch {
@@ -90,13 +101,20 @@ func FeedGateway(ctx context.Context, st *sqlstore.Store, gw Router, log *slog.L
 	}
 }
 
-// gatewayStats joins, per service, the gateway's QPS over window and its
-// last minute's latencies and counts.
-func gatewayStats(gw Router, window time.Duration) map[string]store.GatewayStat {
-	qps := gw.QPS(window)
+// gatewayStats joins, per service, the gateway's QPS over its window,
+// requests in flight over the stable and panic windows, and its last
+// minute's latencies and counts.
+func gatewayStats(gw Router, opt FeedOptions) map[string]store.GatewayStat {
+	qps := gw.QPS(opt.QPSWindow)
 	out := make(map[string]store.GatewayStat, len(qps))
 	for svc, q := range qps {
 		out[svc] = store.GatewayStat{QPS: q}
+	}
+	panicked := gw.InFlight(opt.PanicWindow)
+	for svc, f := range gw.InFlight(opt.StableWindow) {
+		st := out[svc]
+		st.InFlight, st.InFlightMax, st.InFlightPanic = f.Avg, f.Max, panicked[svc].Avg
+		out[svc] = st
 	}
 	for _, ss := range gw.Stats() {
 		st := out[ss.Service]

@@ -31,6 +31,7 @@ func (p *Plane) Sample(ctx context.Context) error {
 		spot, onDemand := svc.Ready[spec.PrioritySpot], svc.Ready[spec.PriorityOnDemand]
 		samples[svc.Name] = store.ServiceSample{
 			Time: now, QPS: tr.QPS, P50: tr.P50, P99: tr.P99, Requests: tr.Requests, Errors: tr.Errors,
+			InFlight: tr.InFlight, InFlightMax: tr.InFlightMax,
 			Ready: spot + onDemand, Desired: svc.Desired, Spot: spot, OnDemand: onDemand,
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/autoscale"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/gateway"
 	"github.com/spotml/spotml/internal/store"
@@ -58,10 +59,10 @@ func TestSample(t *testing.T) {
 	p := newPlane(t)
 	p.apply(twoTiers)
 	p.serve()
-	if err := p.st.PutGatewayStats(p.ctx, "g1", map[string]store.GatewayStat{"m": {QPS: 4, P50: 0.010, P99: 0.200, Requests: 240, Errors: 2}}); err != nil {
+	if err := p.st.PutGatewayStats(p.ctx, "g1", map[string]store.GatewayStat{"m": {QPS: 4, P50: 0.010, P99: 0.200, Requests: 240, Errors: 2, InFlight: 1.25, InFlightMax: 3}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.st.PutGatewayStats(p.ctx, "g2", map[string]store.GatewayStat{"m": {QPS: 1, P50: 0.030, P99: 0.040, Requests: 60}}); err != nil {
+	if err := p.st.PutGatewayStats(p.ctx, "g2", map[string]store.GatewayStat{"m": {QPS: 1, P50: 0.030, P99: 0.040, Requests: 60, InFlight: 0.5, InFlightMax: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.p.Sample(p.ctx); err != nil {
@@ -88,7 +89,7 @@ func TestSample(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []store.ServiceSample{
-		{Time: now, QPS: 5, P50: 0.030, P99: 0.200, Requests: 300, Errors: 2, Ready: 3, Desired: 3, Spot: 2, OnDemand: 1},
+		{Time: now, QPS: 5, P50: 0.030, P99: 0.200, Requests: 300, Errors: 2, Ready: 3, Desired: 3, Spot: 2, OnDemand: 1, InFlight: 1.75, InFlightMax: 4},
 		{Time: now.Add(control.QPSMaxAge + time.Second), Ready: 2, Desired: 3, Spot: 1, OnDemand: 1},
 	}
 	if !slices.Equal(got, want) {
@@ -129,21 +130,30 @@ func TestRunSamples(t *testing.T) {
 
 // fakeRouter is a gateway that measured fixed figures.
 type fakeRouter struct {
-	qps   map[string]float64
-	stats []gateway.ServiceStats
+	qps      map[string]float64
+	inflight map[time.Duration]map[string]gateway.InFlight // by window
+	stats    []gateway.ServiceStats
 }
 
 func (r *fakeRouter) Update([]gateway.Route)               {}
 func (r *fakeRouter) QPS(time.Duration) map[string]float64 { return r.qps }
 func (r *fakeRouter) Stats() []gateway.ServiceStats        { return r.stats }
+func (r *fakeRouter) InFlight(w time.Duration) map[string]gateway.InFlight {
+	return r.inflight[w]
+}
 
 // TestFeedGatewayReportsStats checks that the feed stores the gateway's
-// QPS beside its latencies (in seconds) and counts.
+// QPS beside its latencies (in seconds), counts and requests in flight
+// over the autoscaler's two windows.
 func TestFeedGatewayReportsStats(t *testing.T) {
 	p := newPlane(t)
 	p.apply(twoTiers)
 	gw := &fakeRouter{
-		qps:   map[string]float64{"m": 2.5},
+		qps: map[string]float64{"m": 2.5},
+		inflight: map[time.Duration]map[string]gateway.InFlight{
+			autoscale.StableWindow: {"m": {Avg: 1.5, Max: 4}},
+			autoscale.PanicWindow:  {"m": {Avg: 3, Max: 3}},
+		},
 		stats: []gateway.ServiceStats{{Service: "m", Requests: 150, Errors: 1, P50: 12 * time.Millisecond, P99: 250 * time.Millisecond}},
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
@@ -151,7 +161,8 @@ func TestFeedGatewayReportsStats(t *testing.T) {
 	go func() {
 		done <- control.FeedGateway(ctx, p.st, gw, slog.New(slog.DiscardHandler), p.clock.Now, control.FeedOptions{ID: "g", Interval: time.Millisecond})
 	}()
-	want := store.GatewayStat{QPS: 2.5, P50: 0.012, P99: 0.25, Requests: 150, Errors: 1}
+	want := store.GatewayStat{QPS: 2.5, P50: 0.012, P99: 0.25, Requests: 150, Errors: 1,
+		InFlight: 1.5, InFlightPanic: 3, InFlightMax: 4, Gateways: 1}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got, err := p.st.ServiceTraffic(p.ctx, control.QPSMaxAge)

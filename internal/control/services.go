@@ -113,7 +113,7 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 	}
 	pl := sp.Spec.ResolvedPlacement()
 
-	// Autoscaling on the QPS the gateways measured.
+	// Autoscaling on what the gateways measured.
 	current := 0
 	for _, r := range svc.Replicas {
 		if r.Version == svc.Generation && r.State == store.ReplicaReady && !r.Noticed {
@@ -127,7 +127,10 @@ func (p *Plane) reconcileService(ctx context.Context, svc store.Service, pools [
 		}
 	}
 	in0 := autoscale.PolicyOf(&sp.Spec)
-	in0.Current, in0.Ready, in0.QPS = svc.Desired, current, svc.QPS
+	tr := svc.Traffic
+	in0.Current, in0.Ready, in0.Measured, in0.QPS = svc.Desired, current, tr.Gateways > 0, tr.QPS
+	in0.InFlight, in0.InFlightPanic = tr.InFlight, tr.InFlightPanic
+	in0.P99, in0.Requests = time.Duration(tr.P99*float64(time.Second)), tr.Requests
 	dec, st := autoscale.Decide(in0, st, now)
 	desired := dec.Replicas
 	stb, err := json.Marshal(st)

@@ -31,6 +31,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 		g.refuse(w, s, fmt.Sprintf("service %q has %d requests in flight, its maxInFlight; retry later", s.name, s.maxInFlight))
 		return
 	}
+	s.state.conc.change(g.now(), 1)
 	var (
 		status int      // what the client got; 499 when it went away first
 		broken bool     // the answer broke off after its header was sent
@@ -41,6 +42,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *service, tg
 		g.buffered.Add(-body.reserved)
 		body.free()
 		g.finish(s, last, status, broken, time.Since(start))
+		s.state.conc.change(g.now(), -1)
 		s.state.inflight.Add(-1) // last: once it is 0, the figures are in
 	}()
 

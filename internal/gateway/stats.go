@@ -109,6 +109,7 @@ type serviceState struct {
 	codes codeCounts
 	rate  rateRing
 	lat   latencyWindow
+	conc  concurrency // requests outstanding over time, for the autoscaler
 }
 
 func newServiceState(name string, duration prometheus.Observer) *serviceState {

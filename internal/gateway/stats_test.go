@@ -104,3 +104,58 @@ func TestStats(t *testing.T) {
 		t.Errorf("a minute later: %+v, want the window empty", s)
 	}
 }
+
+// TestInFlight: the requests outstanding are integrated over time, not
+// sampled: two requests held for two seconds average one over four
+// seconds, though none is outstanding when the gateway reads.
+func TestInFlight(t *testing.T) {
+	rp := newReplica(t, "mnist-1")
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	clk := clock.NewFake(t0)
+	g, front := newFront(t, gateway.Config{Now: clk.Now})
+	g.Update([]gateway.Route{route("mnist", rp.replica()), route("idle", rp.replica())})
+	c := front.Client()
+	url := front.URL + "/v2/models/mnist/infer"
+
+	clk.Advance(500 * time.Millisecond)
+	a, b := holdOne(t, c, url, rp), holdOne(t, c, url, rp)
+	clk.Advance(time.Second)
+	if got := g.InFlight(time.Second)["mnist"]; got != (gateway.InFlight{Avg: 1, Max: 2}) {
+		t.Errorf("at 1.5 s, over the first second: %+v, want avg 1 (2 for its second half), max 2", got)
+	}
+	clk.Advance(time.Second) // 2.5 s
+	rp.releaseHeld()
+	for _, ch := range []<-chan answer{a, b} {
+		if ans := <-ch; ans.err != nil || ans.code != http.StatusOK {
+			t.Fatalf("held request: %d %v", ans.code, ans.err)
+		}
+	}
+	clk.Advance(1500 * time.Millisecond) // 4 s
+	for _, tc := range []struct {
+		window time.Duration
+		want   gateway.InFlight
+	}{
+		{4 * time.Second, gateway.InFlight{Avg: 1, Max: 2}},   // 2 requests × 2 s / 4 s
+		{2 * time.Second, gateway.InFlight{Avg: 0.5, Max: 2}}, // 2 × 0.5 s / 2 s
+		{time.Second, gateway.InFlight{}},                     // nothing in the last second
+	} {
+		got := g.InFlight(tc.window)
+		if got["mnist"] != tc.want || got["idle"] != (gateway.InFlight{}) || len(got) != 2 {
+			t.Errorf("InFlight(%v) = %+v, want mnist %+v and idle zero", tc.window, got, tc.want)
+		}
+	}
+	// A request held across a read counts up to the read, and goes on.
+	rp2 := newReplica(t, "mnist-2")
+	g.Update([]gateway.Route{route("mnist", rp2.replica())})
+	held := holdOne(t, c, url, rp2)
+	clk.Advance(3 * time.Second) // 7 s
+	if got := g.InFlight(2 * time.Second)["mnist"]; got != (gateway.InFlight{Avg: 1, Max: 1}) {
+		t.Errorf("held from 4 s, at 7 s over 2 s: %+v, want avg 1, max 1", got)
+	}
+	clk.Advance(time.Hour)
+	if got := g.InFlight(10 * time.Minute)["mnist"]; got != (gateway.InFlight{Avg: 1, Max: 1}) {
+		t.Errorf("held for an hour, over 10 minutes: %+v, want avg 1, max 1", got)
+	}
+	rp2.releaseHeld()
+	<-held
+}

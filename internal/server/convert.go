@@ -68,7 +68,8 @@ func toService(v store.Service) api.Service {
 		model = sp.Spec.Model.URI
 	}
 	return api.Service{Name: v.Name, Model: model, Spec: v.Spec, Generation: v.Generation, Desired: v.Desired,
-		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt, Replicas: convert(v.Replicas, toReplica), QPS: v.QPS, Ready: v.Ready}
+		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt, Replicas: convert(v.Replicas, toReplica), QPS: v.QPS, Ready: v.Ready,
+		InFlight: v.Traffic.InFlight, P99: v.Traffic.P99}
 }
 
 func toReplica(r store.Replica) api.Replica {
@@ -83,7 +84,7 @@ func toEvent(e store.Event) api.Event {
 
 func toSample(s store.ServiceSample) api.ServiceSample {
 	return api.ServiceSample{Time: s.Time, QPS: s.QPS, P50: s.P50, P99: s.P99, Requests: s.Requests, Errors: s.Errors,
-		Ready: s.Ready, Desired: s.Desired, Spot: s.Spot, OnDemand: s.OnDemand}
+		Ready: s.Ready, Desired: s.Desired, Spot: s.Spot, OnDemand: s.OnDemand, InFlight: s.InFlight, InFlightMax: s.InFlightMax}
 }
 
 func toCost(s cost.Summary) api.Cost {

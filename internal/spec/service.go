@@ -104,7 +104,8 @@ type Runtime struct {
 }
 
 // Replicas is the replica count policy: the autoscaler keeps the count
-// between Min and Max, aiming at TargetQPSPerReplica.
+// between Min and Max, aiming at each target set (QPS, in-flight requests,
+// p99 latency); when several are set the largest recommendation wins.
 type Replicas struct {
 	// Min is at least 1 (0 means the default, 1: spotml does not scale a
 	// service to zero); the placement tier may raise it, see
@@ -112,8 +113,21 @@ type Replicas struct {
 	Min int `yaml:"min,omitempty" json:"min,omitempty"`
 	// Max defaults to the effective minimum: no autoscaling unless asked.
 	Max int `yaml:"max,omitempty" json:"max,omitempty"`
-	// TargetQPSPerReplica is the load one replica is sized for. Default 50.
+	// TargetQPSPerReplica is the load one replica is sized for. Default
+	// 50, unless TargetInFlightPerReplica or TargetLatencyP99 is set:
+	// then QPS counts only when set too.
 	TargetQPSPerReplica float64 `yaml:"targetQPSPerReplica,omitempty" json:"targetQPSPerReplica,omitempty"`
+	// TargetInFlightPerReplica is the concurrency one replica is sized
+	// for: requests outstanding at once, averaged over time, as Knative's
+	// KPA scales (a 60s stable window, a 6s panic window that adds
+	// replicas at once when a burst passes twice the target). It follows
+	// the work, not the request count, where requests differ in cost.
+	TargetInFlightPerReplica float64 `yaml:"targetInFlightPerReplica,omitempty" json:"targetInFlightPerReplica,omitempty"`
+	// TargetLatencyP99 adds replicas while the p99 latency the gateways
+	// measure (over the last minute) stays above it for UpscaleDelay; it
+	// lets them go only when p99 is below half of it and the other
+	// targets agree.
+	TargetLatencyP99 *Duration `yaml:"targetLatencyP99,omitempty" json:"targetLatencyP99,omitempty"`
 	// UpscaleDelay is how long load must call for more replicas before
 	// they are added (default 10s); DownscaleDelay the same for removing
 	// them (default 60s). 0s is allowed, hence the pointers; written
@@ -373,7 +387,7 @@ func (s *Service) Default() {
 	if r.Max == 0 {
 		r.Max = max(r.Min, tierFloor(sp.Placement.Tier))
 	}
-	if r.TargetQPSPerReplica == 0 {
+	if r.TargetQPSPerReplica == 0 && r.TargetInFlightPerReplica == 0 && r.TargetLatencyP99 == nil {
 		r.TargetQPSPerReplica = DefaultTargetQPSPerReplica
 	}
 	if r.UpscaleDelay == nil {
@@ -504,6 +518,12 @@ func (e *fieldErrors) replicas(sp *ServiceSpec) {
 	}
 	if !(r.TargetQPSPerReplica >= 0) {
 		e.add(at+".targetQPSPerReplica", "must be more than 0, got %g", r.TargetQPSPerReplica)
+	}
+	if !(r.TargetInFlightPerReplica >= 0) {
+		e.add(at+".targetInFlightPerReplica", "must be more than 0 (requests outstanding at once per replica, e.g. 1 or 2.5), got %g", r.TargetInFlightPerReplica)
+	}
+	if d := r.TargetLatencyP99; d != nil && d.Duration <= 0 {
+		e.add(at+".targetLatencyP99", "must be more than 0, like 200ms, got %s", d)
 	}
 	if r.UpscaleDelay != nil && r.UpscaleDelay.Duration < 0 {
 		e.add(at+".upscaleDelay", "must not be negative, got %s", r.UpscaleDelay)

@@ -21,8 +21,12 @@ type ServiceSample struct {
 	// gateways report them, so consecutive samples overlap.
 	Requests int64 `json:"requests"`
 	Errors   int64 `json:"errors"`
-	Ready    int   `json:"ready"`    // ready replicas not on a noticed node
-	Desired  int   `json:"desired"`  // replicas the autoscaler wanted
-	Spot     int   `json:"spot"`     // of Ready, on spot nodes
-	OnDemand int   `json:"onDemand"` // of Ready, on on-demand nodes
+	// InFlight is the requests outstanding at once, the time average
+	// over the minute before Time, and InFlightMax the most at once.
+	InFlight    float64 `json:"inFlight"`
+	InFlightMax int64   `json:"inFlightMax"`
+	Ready       int     `json:"ready"`    // ready replicas not on a noticed node
+	Desired     int     `json:"desired"`  // replicas the autoscaler wanted
+	Spot        int     `json:"spot"`     // of Ready, on spot nodes
+	OnDemand    int     `json:"onDemand"` // of Ready, on on-demand nodes
 }

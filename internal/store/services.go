@@ -24,6 +24,7 @@ type Service struct {
 	UpdatedAt  time.Time       `json:"updatedAt"`       //
 	Replicas   []Replica       `json:"replicas"`        // live ones, filled by ListServices
 	QPS        float64         `json:"qps"`             // as the gateways measure it, filled by ListServices
+	Traffic    GatewayStat     `json:"-"`               // all the gateways measured, filled by ListServices
 	Ready      map[string]int  `json:"readyByPriority"` // ready replicas by priority (spot, ondemand)
 }
 
@@ -107,6 +108,14 @@ type GatewayStat struct {
 	// Requests completed in the last minute, answered or not; Errors are
 	// those that got a 5xx or an answer that broke off.
 	Requests, Errors int64
+	// InFlight is the requests outstanding at once, averaged over time
+	// over the autoscaler's stable window (60s), InFlightPanic over its
+	// panic window (6s); InFlightMax the most at once in the stable
+	// window. Summed over gateways.
+	InFlight, InFlightPanic float64
+	InFlightMax             int64
+	// Gateways is how many gateways reported (filled by ServiceTraffic).
+	Gateways int
 }
 
 // ReplicaFailures counts a service's replicas that failed recently.

@@ -1108,7 +1108,8 @@ function servicePage(name) {
     const last = ss[ss.length - 1];
     const peak = Math.max(...ss.map((x) => x.qps || 0));
     qps.set([{ label: 'QPS', color: PALETTE[0], fill: 'rgba(37,99,235,0.08)' }], [t, col('qps')],
-      `Latest ${fmtNum(last.qps, 2)} req/s, peak ${fmtNum(peak, 2)} req/s; ${ss.reduce((a, x) => a + (x.requests || 0), 0)} requests and ${ss.reduce((a, x) => a + (x.errors || 0), 0)} errors in the window.`);
+      `Latest ${fmtNum(last.qps, 2)} req/s, peak ${fmtNum(peak, 2)} req/s; ${ss.reduce((a, x) => a + (x.requests || 0), 0)} requests and ${ss.reduce((a, x) => a + (x.errors || 0), 0)} errors in the window; ` +
+      `${fmtNum(last.inFlight || 0, 2)} in flight on average over the last minute (at most ${last.inFlightMax || 0} at once).`);
     const toMs = (f) => ss.map((x) => (x[f] == null || (!x.requests && !x[f]) ? null : x[f] * 1000));
     lat.set([{ label: 'p50', color: PALETTE[2] }, { label: 'p99', color: PALETTE[7] }], [t, toMs('p50'), toMs('p99')],
       `Latest p50 ${fmtNum(last.p50 * 1000, 1)} ms, p99 ${fmtNum(last.p99 * 1000, 1)} ms.`);

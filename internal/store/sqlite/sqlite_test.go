@@ -112,6 +112,9 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 		`ALTER TABLE gateway_stats DROP COLUMN p99`,
 		`ALTER TABLE gateway_stats DROP COLUMN requests`,
 		`ALTER TABLE gateway_stats DROP COLUMN errors`,
+		`ALTER TABLE gateway_stats DROP COLUMN in_flight`, // migration 11 undone
+		`ALTER TABLE gateway_stats DROP COLUMN in_flight_panic`,
+		`ALTER TABLE gateway_stats DROP COLUMN in_flight_max`,
 		`ALTER TABLE tasks DROP COLUMN progress`,
 		`ALTER TABLE tasks DROP COLUMN progress_message`,
 		`ALTER TABLE tasks DROP COLUMN progress_at`,
@@ -138,7 +141,7 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := map[string]store.GatewayStat{"m": {QPS: 2.5}}; got["m"] != want["m"] || len(got) != 1 {
+	if want := map[string]store.GatewayStat{"m": {QPS: 2.5, Gateways: 1}}; got["m"] != want["m"] || len(got) != 1 {
 		t.Errorf("ServiceTraffic after migrating = %+v, want %+v", got, want)
 	}
 	if err := st.AddServiceSamples(t.Context(), map[string]store.ServiceSample{"m": {QPS: 2.5}}); err != nil {

@@ -545,6 +545,22 @@ var migrations = []migration{
 		sqlite:   `ALTER TABLE nodes ADD COLUMN notice_at INTEGER NOT NULL DEFAULT 0;`,
 		postgres: `ALTER TABLE nodes ADD COLUMN IF NOT EXISTS notice_at BIGINT NOT NULL DEFAULT 0;`,
 	},
+	// 11: requests in flight, as the gateways measure them for the
+	// autoscaler's concurrency target: the time average over the stable
+	// and panic windows and the most at once; samples keep the average
+	// and the most for the console.
+	{
+		sqlite: `ALTER TABLE gateway_stats ADD COLUMN in_flight REAL NOT NULL DEFAULT 0;
+		ALTER TABLE gateway_stats ADD COLUMN in_flight_panic REAL NOT NULL DEFAULT 0;
+		ALTER TABLE gateway_stats ADD COLUMN in_flight_max INTEGER NOT NULL DEFAULT 0;
+		ALTER TABLE service_samples ADD COLUMN in_flight REAL NOT NULL DEFAULT 0;
+		ALTER TABLE service_samples ADD COLUMN in_flight_max INTEGER NOT NULL DEFAULT 0;`,
+		postgres: pg(`ALTER TABLE gateway_stats ADD COLUMN in_flight DOUBLE PRECISION NOT NULL DEFAULT 0;
+		ALTER TABLE gateway_stats ADD COLUMN in_flight_panic DOUBLE PRECISION NOT NULL DEFAULT 0;
+		ALTER TABLE gateway_stats ADD COLUMN in_flight_max BIGINT NOT NULL DEFAULT 0;
+		ALTER TABLE service_samples ADD COLUMN in_flight DOUBLE PRECISION NOT NULL DEFAULT 0;
+		ALTER TABLE service_samples ADD COLUMN in_flight_max BIGINT NOT NULL DEFAULT 0;`),
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

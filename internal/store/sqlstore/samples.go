@@ -31,12 +31,13 @@ func (s *Store) AddServiceSamples(ctx context.Context, samples map[string]store.
 				continue
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO service_samples
-				(service, time, qps, p50, p99, requests, errors, ready, desired, spot, ondemand)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+				(service, time, qps, p50, p99, requests, errors, ready, desired, spot, ondemand, in_flight, in_flight_max)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 				ON CONFLICT (service, time) DO UPDATE SET qps = excluded.qps, p50 = excluded.p50, p99 = excluded.p99,
 					requests = excluded.requests, errors = excluded.errors, ready = excluded.ready, desired = excluded.desired,
-					spot = excluded.spot, ondemand = excluded.ondemand`,
-				svc, t.UnixNano(), v.QPS, v.P50, v.P99, v.Requests, v.Errors, v.Ready, v.Desired, v.Spot, v.OnDemand); err != nil {
+					spot = excluded.spot, ondemand = excluded.ondemand, in_flight = excluded.in_flight, in_flight_max = excluded.in_flight_max`,
+				svc, t.UnixNano(), v.QPS, v.P50, v.P99, v.Requests, v.Errors, v.Ready, v.Desired, v.Spot, v.OnDemand,
+				v.InFlight, v.InFlightMax); err != nil {
 				return err
 			}
 		}
@@ -55,7 +56,7 @@ func (s *Store) ServiceSamples(ctx context.Context, service string, since time.T
 		}
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT time, qps, p50, p99, requests, errors, ready, desired, spot, ondemand
+	rows, err := s.db.QueryContext(ctx, `SELECT time, qps, p50, p99, requests, errors, ready, desired, spot, ondemand, in_flight, in_flight_max
 		FROM service_samples WHERE service = ? AND time >= ? ORDER BY time`, service, nanos(since))
 	if err != nil {
 		return nil, err
@@ -65,7 +66,8 @@ func (s *Store) ServiceSamples(ctx context.Context, service string, since time.T
 	for rows.Next() {
 		var v store.ServiceSample
 		var t int64
-		if err := rows.Scan(&t, &v.QPS, &v.P50, &v.P99, &v.Requests, &v.Errors, &v.Ready, &v.Desired, &v.Spot, &v.OnDemand); err != nil {
+		if err := rows.Scan(&t, &v.QPS, &v.P50, &v.P99, &v.Requests, &v.Errors, &v.Ready, &v.Desired, &v.Spot, &v.OnDemand,
+			&v.InFlight, &v.InFlightMax); err != nil {
 			return nil, err
 		}
 		v.Time = fromNanos(t)

@@ -88,6 +88,7 @@ func (s *Store) ListServices(ctx context.Context, qpsMaxAge time.Duration) ([]st
 	for i := range out {
 		idx[out[i].Name] = i
 		out[i].QPS = traffic[out[i].Name].QPS
+		out[i].Traffic = traffic[out[i].Name]
 		out[i].Ready = map[string]int{spec.PrioritySpot: 0, spec.PriorityOnDemand: 0}
 		out[i].Replicas = []store.Replica{}
 	}
@@ -476,8 +477,9 @@ func (s *Store) PutGatewayStats(ctx context.Context, gateway string, stats map[s
 			return err
 		}
 		for svc, st := range stats {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO gateway_stats (gateway, service, qps, p50, p99, requests, errors, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-				gateway, svc, st.QPS, st.P50, st.P99, st.Requests, st.Errors, now); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO gateway_stats (gateway, service, qps, p50, p99, requests, errors,
+				in_flight, in_flight_panic, in_flight_max, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				gateway, svc, st.QPS, st.P50, st.P99, st.Requests, st.Errors, st.InFlight, st.InFlightPanic, st.InFlightMax, now); err != nil {
 				return err
 			}
 		}
@@ -486,13 +488,15 @@ func (s *Store) PutGatewayStats(ctx context.Context, gateway string, stats map[s
 }
 
 // ServiceTraffic combines, per service, what the gateways reported within
-// maxAge (a gateway that stopped reporting stops counting): QPS, requests
-// and errors summed over gateways. P50 and P99 are the highest any gateway
+// maxAge (a gateway that stopped reporting stops counting): QPS, requests,
+// errors and requests in flight summed over gateways (the most in flight
+// at once so summed is an upper bound: the gateways' peaks need not meet). P50 and P99 are the highest any gateway
 // reported: quantiles of separate windows cannot be merged from the
 // quantiles alone, and the maximum is an upper bound that never hides a
 // slow gateway behind fast ones.
 func (s *Store) ServiceTraffic(ctx context.Context, maxAge time.Duration) (map[string]store.GatewayStat, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT service, sum(qps), max(p50), max(p99), CAST(sum(requests) AS BIGINT), CAST(sum(errors) AS BIGINT)
+	rows, err := s.db.QueryContext(ctx, `SELECT service, sum(qps), max(p50), max(p99), CAST(sum(requests) AS BIGINT), CAST(sum(errors) AS BIGINT),
+		sum(in_flight), sum(in_flight_panic), CAST(sum(in_flight_max) AS BIGINT), count(*)
 		FROM gateway_stats WHERE updated_at >= ? GROUP BY service`,
 		s.now().Add(-maxAge).UnixNano())
 	if err != nil {
@@ -503,7 +507,8 @@ func (s *Store) ServiceTraffic(ctx context.Context, maxAge time.Duration) (map[s
 	for rows.Next() {
 		var svc string
 		var st store.GatewayStat
-		if err := rows.Scan(&svc, &st.QPS, &st.P50, &st.P99, &st.Requests, &st.Errors); err != nil {
+		if err := rows.Scan(&svc, &st.QPS, &st.P50, &st.P99, &st.Requests, &st.Errors,
+			&st.InFlight, &st.InFlightPanic, &st.InFlightMax, &st.Gateways); err != nil {
 			return nil, err
 		}
 		out[svc] = st

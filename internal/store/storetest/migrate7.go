@@ -22,6 +22,12 @@ func DowngradeTo6(t *testing.T, db *sql.DB, intType string) {
 		`ALTER TABLE nodes DROP COLUMN provider_id`,
 		`ALTER TABLE nodes DROP COLUMN host`,
 		`ALTER TABLE nodes DROP COLUMN notice_at`, // migration 10 undone
+		// migration 11 undone (8 and 9 create only what is missing)
+		`ALTER TABLE gateway_stats DROP COLUMN in_flight`,
+		`ALTER TABLE gateway_stats DROP COLUMN in_flight_panic`,
+		`ALTER TABLE gateway_stats DROP COLUMN in_flight_max`,
+		`ALTER TABLE service_samples DROP COLUMN in_flight`,
+		`ALTER TABLE service_samples DROP COLUMN in_flight_max`,
 		`UPDATE schema_version SET version = 6`,
 		`INSERT INTO nodes (name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
 			created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation)

@@ -48,34 +48,34 @@ func testGatewayStats(t *testing.T, h *Harness) {
 			name:    "one gateway",
 			gateway: "g1",
 			stats: map[string]store.GatewayStat{
-				"a": {QPS: 2, P50: 0.010, P99: 0.100, Requests: 100, Errors: 1},
+				"a": {QPS: 2, P50: 0.010, P99: 0.100, Requests: 100, Errors: 1, InFlight: 1.5, InFlightPanic: 2.25, InFlightMax: 4},
 				"b": {QPS: 1, P50: 0.005, P99: 0.007, Requests: 60},
 			},
 			want: map[string]store.GatewayStat{
-				"a": {QPS: 2, P50: 0.010, P99: 0.100, Requests: 100, Errors: 1},
-				"b": {QPS: 1, P50: 0.005, P99: 0.007, Requests: 60},
+				"a": {QPS: 2, P50: 0.010, P99: 0.100, Requests: 100, Errors: 1, InFlight: 1.5, InFlightPanic: 2.25, InFlightMax: 4, Gateways: 1},
+				"b": {QPS: 1, P50: 0.005, P99: 0.007, Requests: 60, Gateways: 1},
 			},
 		},
 		{
 			name:    "a second gateway adds up, the slower latency wins",
 			advance: time.Second,
 			gateway: "g2",
-			stats:   map[string]store.GatewayStat{"a": {QPS: 3, P50: 0.020, P99: 0.050, Requests: 200, Errors: 2}},
+			stats:   map[string]store.GatewayStat{"a": {QPS: 3, P50: 0.020, P99: 0.050, Requests: 200, Errors: 2, InFlight: 0.5, InFlightPanic: 0.25, InFlightMax: 2}},
 			want: map[string]store.GatewayStat{
-				"a": {QPS: 5, P50: 0.020, P99: 0.100, Requests: 300, Errors: 3},
-				"b": {QPS: 1, P50: 0.005, P99: 0.007, Requests: 60},
+				"a": {QPS: 5, P50: 0.020, P99: 0.100, Requests: 300, Errors: 3, InFlight: 2, InFlightPanic: 2.5, InFlightMax: 6, Gateways: 2},
+				"b": {QPS: 1, P50: 0.005, P99: 0.007, Requests: 60, Gateways: 1},
 			},
 		},
 		{
 			name:    "a stale gateway stops counting",
 			advance: maxAge - time.Second/2, // g1 is 5.5s old, g2 4.5s
-			want:    map[string]store.GatewayStat{"a": {QPS: 3, P50: 0.020, P99: 0.050, Requests: 200, Errors: 2}},
+			want:    map[string]store.GatewayStat{"a": {QPS: 3, P50: 0.020, P99: 0.050, Requests: 200, Errors: 2, InFlight: 0.5, InFlightPanic: 0.25, InFlightMax: 2, Gateways: 1}},
 		},
 		{
 			name:    "a report replaces the gateway's last one",
 			gateway: "g2",
 			stats:   map[string]store.GatewayStat{"b": {QPS: 4, P50: 0.001, P99: 0.002, Requests: 240}},
-			want:    map[string]store.GatewayStat{"b": {QPS: 4, P50: 0.001, P99: 0.002, Requests: 240}},
+			want:    map[string]store.GatewayStat{"b": {QPS: 4, P50: 0.001, P99: 0.002, Requests: 240, Gateways: 1}},
 		},
 	}
 	for _, st := range steps {
@@ -97,8 +97,8 @@ func testGatewayStats(t *testing.T, h *Harness) {
 			t.Fatal(err)
 		}
 		for _, svc := range svcs {
-			if svc.QPS != st.want[svc.Name].QPS {
-				t.Errorf("%s: ListServices: %s has QPS %v, want %v", st.name, svc.Name, svc.QPS, st.want[svc.Name].QPS)
+			if svc.QPS != st.want[svc.Name].QPS || svc.Traffic != st.want[svc.Name] {
+				t.Errorf("%s: ListServices: %s has QPS %v, traffic %+v, want %+v", st.name, svc.Name, svc.QPS, svc.Traffic, st.want[svc.Name])
 			}
 		}
 	}
@@ -115,7 +115,8 @@ func testServiceSamples(t *testing.T, h *Harness) {
 	if got := h.samples("m", time.Time{}); got == nil || len(got) != 0 {
 		t.Errorf("samples before any: %#v, want an empty slice", got)
 	}
-	first := store.ServiceSample{QPS: 2.5, P50: 0.012, P99: 0.25, Requests: 150, Errors: 3, Ready: 3, Desired: 4, Spot: 2, OnDemand: 1}
+	first := store.ServiceSample{QPS: 2.5, P50: 0.012, P99: 0.25, Requests: 150, Errors: 3, Ready: 3, Desired: 4, Spot: 2, OnDemand: 1,
+		InFlight: 1.75, InFlightMax: 5}
 	second := store.ServiceSample{Time: t0.Add(10 * time.Second), QPS: 1, Ready: 1, Desired: 1, OnDemand: 1}
 	// The later sample is recorded first: order comes from the times.
 	if err := h.St.AddServiceSamples(h.Ctx, map[string]store.ServiceSample{"m": second, "ghost": second}); err != nil {
