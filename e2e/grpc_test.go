@@ -102,7 +102,7 @@ func TestGRPCThroughGatewayWhileSpotEvicted(t *testing.T) {
 	c.putModel("models/fmnist.onnx")
 	c.apply(pool("spot-a", "spot", 3) + pool("od", "ondemand", 2) +
 		serviceYAML("grpcsvc", "models/fmnist.onnx", "strict", 3, 3, "") + "  auth: {keys: [grpc-e2e-key]}\n")
-	c.waitServing("grpcsvc", 3, 90*time.Second)
+	waitFor(t, 90*time.Second, "3 ready replicas of grpcsvc", func() bool { return len(c.readyReplicas("grpcsvc")) == 3 })
 	s := c.service("grpcsvc")
 	if s.Ready[spec.PriorityOnDemand] < 1 || s.Ready[spec.PrioritySpot] < 1 {
 		t.Fatalf("strict tier: want on-demand and spot replicas, have %v", s.Ready)
@@ -114,10 +114,14 @@ func TestGRPCThroughGatewayWhileSpotEvicted(t *testing.T) {
 	}
 	defer conn.Close()
 	client := kservev2.NewGRPCInferenceServiceClient(conn)
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-api-key", "grpc-e2e-key")
+	waitFor(t, 5*time.Second, "the gateway to route gRPC to grpcsvc", func() bool {
+		r, err := client.ModelReady(ctx, &kservev2.ModelReadyRequest{Name: "grpcsvc"})
+		return err == nil && r.Ready
+	})
 	if _, err := client.ModelMetadata(t.Context(), &kservev2.ModelMetadataRequest{Name: "grpcsvc"}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("ModelMetadata without the key: %v, want Unauthenticated", err)
 	}
-	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-api-key", "grpc-e2e-key")
 	md, err := client.ModelMetadata(ctx, &kservev2.ModelMetadataRequest{Name: "grpcsvc"})
 	if err != nil || len(md.Inputs) != 1 || md.Inputs[0].Datatype != "FP32" {
 		t.Fatalf("ModelMetadata: %v %v", md, err)

@@ -301,11 +301,12 @@ type grpcAttempt struct {
 	resp   *http.Response
 	err    error
 	fail   failure
+	unary  bool // a KServe v2 call: one message each way
 }
 
 // sendGRPC makes one attempt, up to the answer's headers.
 func (g *Gateway) sendGRPC(r *http.Request, e *entry, header http.Header, body *body) *grpcAttempt {
-	a := &grpcAttempt{g: g, e: e, client: r.Context(), start: time.Now()}
+	a := &grpcAttempt{g: g, e: e, client: r.Context(), start: time.Now(), unary: strings.HasPrefix(r.URL.Path, kserveService)}
 	ctx, cancel := context.WithTimeout(r.Context(), g.timeout)
 	a.cancel = cancel
 	e.b.inflight.Add(1)
@@ -358,7 +359,10 @@ func (a *grpcAttempt) relay(w http.ResponseWriter) (code codes.Code, broken bool
 		h[k] = vv
 	}
 	w.WriteHeader(resp.StatusCode)
-	readErr, writeErr := copyBody(w, resp.Body, true)
+	// A KServe call is unary: its one answer message goes out with the
+	// trailers when the handler returns (one write fewer). Other services'
+	// messages are flushed as they come, so that server streams stream.
+	readErr, writeErr := copyBody(w, resp.Body, !a.unary)
 	resp.Body.Close()
 	for k, vv := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vv
