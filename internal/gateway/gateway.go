@@ -43,6 +43,11 @@
 //   - The hop to a replica is HTTP/1.1 on keep-alive connections kept per
 //     replica (hop.go), written and read by the request's own goroutine;
 //     see hop.go for why not http.Transport.
+//   - gRPC calls (HTTP/2 requests with Content-Type application/grpc; serve
+//     the gateway with ServeProtocols for h2c) are routed by grpc.go: by the
+//     spotml-service metadata or the KServe v2 request's model name, with
+//     the same balancing, draining, ejection, keys and accounting, each
+//     answer a gRPC status, over HTTP/2 to the replica.
 package gateway
 
 import (
