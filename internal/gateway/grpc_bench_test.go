@@ -110,7 +110,7 @@ var _ encoding.Codec = rawCodec{}
 // service, forwarded as bytes to one replica.
 func startRawProxy(b *testing.B, replica string) (string, func()) {
 	cc, err := grpc.NewClient("passthrough:///"+replica, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(nil)), grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
 	if err != nil {
 		b.Fatal(err)
 	}
