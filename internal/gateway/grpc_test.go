@@ -1,9 +1,12 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -209,5 +212,51 @@ func TestGRPCBalancingDrainingAndRetries(t *testing.T) {
 	g.Update([]gateway.Route{{Service: "m"}})
 	if _, err := client.ModelInfer(t.Context(), &kservev2.ModelInferRequest{ModelName: "m"}); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no ready replica") {
 		t.Errorf("no replica: %v", err)
+	}
+}
+
+// TestGRPCMalformedCalls: a call whose message cannot be routed by its model
+// name gets INVALID_ARGUMENT saying what is wrong and how to name the
+// service instead, as a gRPC status (HTTP 200, grpc-status in the headers).
+func TestGRPCMalformedCalls(t *testing.T) {
+	g := gateway.New(gateway.Config{})
+	g.Update([]gateway.Route{{Service: "m", Replicas: []gateway.Replica{{ID: "m-1", Addr: "127.0.0.1:1"}}}})
+	front := httptest.NewUnstartedServer(g)
+	gateway.ServeProtocols(front.Config)
+	front.Start()
+	t.Cleanup(front.Close)
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	frame := func(flag byte, n uint32, msg []byte) []byte {
+		return append([]byte{flag, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, msg...)
+	}
+	name := []byte{0x0a, 0x01, 'm'} // field 1, "m"
+	for _, tc := range []struct {
+		name, path string
+		body       []byte
+		code       codes.Code
+		msg        string
+	}{
+		{"no message", "/inference.GRPCInferenceService/ModelInfer", nil, codes.InvalidArgument, "no request message"},
+		{"compressed", "/inference.GRPCInferenceService/ModelInfer", frame(1, 3, name), codes.InvalidArgument, "compressed"},
+		{"cut short", "/inference.GRPCInferenceService/ModelInfer", frame(0, 30, name), codes.InvalidArgument, "declares 30 bytes but 3 came"},
+		{"not protobuf", "/inference.GRPCInferenceService/ModelMetadata", frame(0, 2, []byte{0x0a, 0x05}), codes.InvalidArgument, "malformed"},
+		{"another service", "/my.Service/Do", frame(0, 3, name), codes.InvalidArgument, "spotml-service"},
+	} {
+		req, _ := http.NewRequest("POST", front.URL+tc.path, bytes.NewReader(tc.body))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		resp.Body.Close()
+		got, msg := resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message")
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 || got != strconv.Itoa(int(tc.code)) || !strings.Contains(msg, tc.msg) {
+			t.Errorf("%s: %s %s grpc-status %s %q, want %d with %q", tc.name, resp.Proto, resp.Status, got, msg, tc.code, tc.msg)
+		}
 	}
 }
