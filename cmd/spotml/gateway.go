@@ -97,7 +97,7 @@ func runGateway(ctx context.Context, g *errgroup.Group, st *sqlstore.Store, addr
 	}
 	log = log.With("gateway", id)
 	gw := gateway.New(gateway.Config{Log: log, Now: time.Now, MaxBufferedBytes: opts.maxBuffered})
-	srv := newServer(gw, opts.timeouts)
+	srv := newGatewayServer(gw, opts.timeouts)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -112,6 +112,14 @@ func runGateway(ctx context.Context, g *errgroup.Group, st *sqlstore.Store, addr
 		return srv.Shutdown(sctx)
 	})
 	return "http://" + ln.Addr().String(), gw, nil
+}
+
+// newGatewayServer is the HTTP server of a gateway: HTTP/1.1, and HTTP/2
+// for gRPC calls (h2c on a plain address).
+func newGatewayServer(gw *gateway.Gateway, t timeouts) *http.Server {
+	srv := newServer(gw, t)
+	gateway.ServeProtocols(srv)
+	return srv
 }
 
 // findONNXRuntime looks for ONNX Runtime's shared library where spotml's

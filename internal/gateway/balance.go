@@ -53,6 +53,7 @@ type backend struct {
 	lat   latencyWindow
 
 	conns connPool // keep-alive connections to it
+	h2    h2Hop    // its HTTP/2 client, for gRPC (grpc.go)
 }
 
 func newBackend(service, id, addr string) *backend {

@@ -43,6 +43,11 @@
 //   - The hop to a replica is HTTP/1.1 on keep-alive connections kept per
 //     replica (hop.go), written and read by the request's own goroutine;
 //     see hop.go for why not http.Transport.
+//   - gRPC calls (HTTP/2 requests with Content-Type application/grpc; serve
+//     the gateway with ServeProtocols for h2c) are routed by grpc.go: by the
+//     spotml-service metadata or the KServe v2 request's model name, with
+//     the same balancing, draining, ejection, keys and accounting, each
+//     answer a gRPC status, over HTTP/2 to the replica.
 package gateway
 
 import (
@@ -167,8 +172,9 @@ type Gateway struct {
 	ejectMax     time.Duration
 	intn         func(n int) int
 
-	metrics  *metrics
-	metricsH http.Handler
+	metrics   *metrics
+	metricsH  http.Handler
+	grpcCalls *prometheus.CounterVec // grpc.go
 
 	// table is the routing table requests read without locking; Update
 	// swaps it whole.
@@ -225,11 +231,12 @@ func New(cfg Config) *Gateway {
 	g.table.Store(&table{services: map[string]*service{}})
 
 	g.metrics = newMetrics(g)
+	g.grpcCalls = newGRPCCalls()
 	own := prometheus.NewRegistry()
-	own.MustRegister(g.metrics, g.metrics.duration)
+	own.MustRegister(g.metrics, g.metrics.duration, g.grpcCalls)
 	g.metricsH = promhttp.HandlerFor(own, promhttp.HandlerOpts{})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{g.metrics, g.metrics.duration} {
+		for _, c := range []prometheus.Collector{g.metrics, g.metrics.duration, g.grpcCalls} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				g.log.Error("gateway: register metrics", "err", err)
 			}
@@ -312,11 +319,13 @@ func (g *Gateway) Update(routes []Route) {
 			// Idle keep-alive connections to replicas that left would
 			// linger until their idle timeout.
 			b.conns.close()
+			b.h2.close()
 		}
 	}
 	for name := range g.states {
 		if states[name] == nil {
 			g.metrics.duration.DeleteLabelValues(name)
+			g.grpcCalls.DeletePartialMatch(prometheus.Labels{"service": name})
 		}
 	}
 	g.backends, g.states = backends, states
@@ -342,6 +351,10 @@ func hashKeys(keys []string) map[[32]byte]bool {
 // ServeHTTP routes one request: gateway endpoints first, then a service's
 // replicas.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 2 && isGRPC(r.Header) {
+		g.serveGRPC(w, r) // grpc.go
+		return
+	}
 	switch r.URL.Path {
 	case "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -16,7 +16,14 @@
 // interleaved rounds, so that other work on the machine hits them alike.
 // It prints Markdown tables of the medians over the rounds.
 //
+// With -grpc (callers, e.g. 1,32), the same run also measures KServe v2
+// gRPC (ModelInfer, raw tensors, a client generated from the .proto on one
+// HTTP/2 connection: bench/serving/grpcload) straight to one replica and
+// through the spotml gateway (h2c), interleaved in the same rounds;
+// -grpc-only measures only that (no wrk, no nginx).
+//
 //	go run ./bench/serving/gateway -duration 15s -connections 1,32 -rounds 3 -baseline /tmp/spotml-main
+//	go run ./bench/serving/gateway -grpc-only -grpc 1,32 -duration 10s -rounds 3
 package main
 
 import (
@@ -38,6 +45,7 @@ import (
 	"time"
 
 	"github.com/spotml/spotml/bench/cluster"
+	"github.com/spotml/spotml/bench/serving/grpcload"
 	"github.com/spotml/spotml/bench/serving/machine"
 	"github.com/spotml/spotml/bench/serving/wrk"
 )
@@ -63,6 +71,8 @@ type config struct {
 	baseline    string    // another spotml binary whose gateway runs beside
 	curve       []float64 // fractions of nginx's maximum for the open-loop curve
 	curveFor    time.Duration
+	grpc        []int // gRPC callers to measure at; none: no gRPC case
+	grpcOnly    bool
 }
 
 const (
@@ -87,8 +97,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	var curve string
 	fs.StringVar(&curve, "curve", "0.1,0.25,0.5,0.75,0.9,1,1.1,1.2", "open-loop rates for the latency-under-load curve, as fractions of nginx's requests/s at the most connections; empty: no curve")
 	fs.DurationVar(&cfg.curveFor, "curve-duration", 8*time.Second, "length of each open-loop run of the curve")
+	var grpcCallers string
+	fs.StringVar(&grpcCallers, "grpc", "1,32", "comma-separated concurrent gRPC callers (on one connection) for the gRPC case, direct and through the gateway; empty: no gRPC case")
+	fs.BoolVar(&cfg.grpcOnly, "grpc-only", false, "measure only the gRPC case (no wrk, no nginx, no curve)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	for _, s := range strings.Split(grpcCallers, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return fmt.Errorf("-grpc %q: want positive integers separated by commas", grpcCallers)
+		}
+		cfg.grpc = append(cfg.grpc, n)
+	}
+	if cfg.grpcOnly {
+		if len(cfg.grpc) == 0 {
+			return errors.New("-grpc-only needs -grpc callers, e.g. -grpc 1,32")
+		}
+		cfg.connections, cfg.curve = nil, nil
 	}
 	for _, f := range strings.Split(curve, ",") {
 		if f = strings.TrimSpace(f); f == "" {
@@ -113,13 +142,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	case cfg.rounds < 1 || cfg.threads < 1 || cfg.replicas < 1:
 		return errors.New("-rounds, -threads and -replicas must be at least 1")
 	}
-	if err := wrk.Available(); err != nil {
-		return err
-	}
-	nginx, err := exec.LookPath("nginx")
-	if err != nil {
-		if nginx, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
-			return errors.New("nginx not found: apt-get install nginx")
+	var nginx string
+	if !cfg.grpcOnly {
+		if err := wrk.Available(); err != nil {
+			return err
+		}
+		if nginx, err = exec.LookPath("nginx"); err != nil {
+			if nginx, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
+				return errors.New("nginx not found: apt-get install nginx")
+			}
 		}
 	}
 	ortLib, err := cluster.ONNXRuntime()
@@ -159,15 +190,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	slices.Sort(replicas)
 
-	ngAddr, err := cluster.FreeAddr()
-	if err != nil {
-		return err
+	var ngAddr string
+	var ngPid int
+	if !cfg.grpcOnly {
+		if ngAddr, err = cluster.FreeAddr(); err != nil {
+			return err
+		}
+		var stopNginx func()
+		if stopNginx, ngPid, err = startNginx(ctx, nginx, filepath.Join(dir, "nginx"), ngAddr, replicas); err != nil {
+			return err
+		}
+		defer stopNginx()
 	}
-	stopNginx, ngPid, err := startNginx(ctx, nginx, filepath.Join(dir, "nginx"), ngAddr, replicas)
-	if err != nil {
-		return err
-	}
-	defer stopNginx()
 
 	// The gateways run as `spotml gateway` processes of their own over
 	// up's store, as a deployment runs them, so that before and after are
@@ -190,11 +224,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		defer stopB()
 		targets = append(targets, target{name: "spotml gateway before (-baseline)", url: "http://" + bAddr + path, pids: []int{bPid}})
 	}
-	targets = append(targets, target{name: "nginx", url: "http://" + ngAddr + path, pids: []int{ngPid}})
-	for _, t := range targets {
-		if err := warmUp(ctx, t.url, 50); err != nil {
-			return fmt.Errorf("warm-up of %s: %w", t.name, err)
+	if !cfg.grpcOnly {
+		targets = append(targets, target{name: "nginx", url: "http://" + ngAddr + path, pids: []int{ngPid}})
+		for _, t := range targets {
+			if err := warmUp(ctx, t.url, 50); err != nil {
+				return fmt.Errorf("warm-up of %s: %w", t.name, err)
+			}
 		}
+	}
+	// The gRPC targets: the replica's one port and the gateway's take
+	// HTTP/2 as they take HTTP/1.1.
+	gtargets := []target{
+		{name: "gRPC direct to one replica", url: replicas[0]},
+		{name: "gRPC through the spotml gateway", url: gwAddr, pids: []int{gwPid}},
+	}
+	image, err := sampleImage()
+	if err != nil {
+		return err
+	}
+	gfigures := make([][][]wrk.Result, len(cfg.grpc))
+	gcpu := make([][][]float64, len(cfg.grpc))
+	for i := range gfigures {
+		gfigures[i] = make([][]wrk.Result, len(gtargets))
+		gcpu[i] = make([][]float64, len(gtargets))
 	}
 	// figures[conn index][target index] holds one result per round.
 	figures := make([][][]wrk.Result, len(cfg.connections))
@@ -219,8 +271,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				figures[ci][ti] = append(figures[ci][ti], r)
 			}
 		}
+		for ci, callers := range cfg.grpc {
+			for ti, t := range gtargets {
+				cpu0 := cpuTime(t.pids)
+				r, err := grpcload.Run(ctx, grpcload.Options{Addr: t.url, Model: service, Image: image, Callers: callers, Duration: cfg.duration})
+				if err != nil {
+					return fmt.Errorf("%s: %w", t.name, err)
+				}
+				if r.Requests > 0 && len(t.pids) > 0 {
+					gcpu[ci][ti] = append(gcpu[ci][ti], float64((cpuTime(t.pids)-cpu0).Microseconds())/float64(r.Requests))
+				}
+				fmt.Fprintf(stderr, "round %d, %d gRPC callers, %s: %.0f calls/s, p50 %s, p99 %s, %d errors %s\n",
+					round+1, callers, t.name, r.RPS, wrk.Ms(r.P50), wrk.Ms(r.P99), r.Errors, r.Detail)
+				gfigures[ci][ti] = append(gfigures[ci][ti], r)
+			}
+		}
 	}
-	printReport(stdout, args, cfg, host, replicas, targets, figures, cpuPerReq)
+	if !cfg.grpcOnly {
+		printReport(stdout, args, cfg, host, replicas, targets, figures, cpuPerReq)
+	}
+	if len(cfg.grpc) > 0 {
+		printGRPCReport(stdout, args, cfg, host, replicas, gtargets, gfigures, gcpu)
+	}
 	if len(cfg.curve) > 0 {
 		last := len(cfg.connections) - 1
 		peak := median(figures[last][len(targets)-1], func(r wrk.Result) float64 { return r.RPS })
@@ -616,4 +688,67 @@ func procStat(pid int) (ppid int, ticks int64, ok bool) {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return ppid, ut + st, true
+}
+
+// printGRPCReport prints the gRPC case: calls per second and latency
+// straight to one replica and through the gateway.
+func printGRPCReport(w io.Writer, args []string, cfg config, host string, replicas []string, targets []target, figures [][][]wrk.Result, cpuPerCall [][][]float64) {
+	fmt.Fprintf(w, "\n### KServe v2 gRPC through the gateway: %d replicas, %v callers, %d rounds of %s\n\n",
+		cfg.replicas, cfg.grpc, cfg.rounds, cfg.duration)
+	fmt.Fprintf(w, "command: `%s`\n\n", strings.TrimSpace("go run ./bench/serving/gateway "+strings.Join(args[1:], " ")))
+	fmt.Fprintf(w, "machine: %s\n\n", host)
+	fmt.Fprintf(w, "The same replicas (%s) and `spotml gateway` as the HTTP case. %s. "+
+		"Each cell is the median over %d interleaved rounds.\n\n", strings.Join(replicas, ", "), figures[0][0][0].Command, cfg.rounds)
+	fmt.Fprintln(w, "| callers | target | calls/s | p50 | p99 | p50 over direct | gateway CPU per call | errors |")
+	fmt.Fprintln(w, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for ci, callers := range cfg.grpc {
+		direct := median(figures[ci][0], func(r wrk.Result) time.Duration { return r.P50 })
+		for ti, t := range targets {
+			rs := figures[ci][ti]
+			p50 := median(rs, func(r wrk.Result) time.Duration { return r.P50 })
+			var errs int64
+			for _, r := range rs {
+				errs += r.Errors
+			}
+			over, cpu := "–", "–"
+			if ti > 0 {
+				over = fmt.Sprintf("%+.0f µs", float64((p50-direct).Nanoseconds())/1000)
+			}
+			if vs := slices.Sorted(slices.Values(cpuPerCall[ci][ti])); len(vs) > 0 {
+				cpu = fmt.Sprintf("%.0f µs", vs[len(vs)/2])
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d |\n", callers, t.name,
+				median(rs, func(r wrk.Result) float64 { return r.RPS }), wrk.Ms(p50),
+				wrk.Ms(median(rs, func(r wrk.Result) time.Duration { return r.P99 })), over, cpu, errs)
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "- calls/s per round, in order:")
+	for ci, callers := range cfg.grpc {
+		for ti, t := range targets {
+			var vs []string
+			for _, r := range figures[ci][ti] {
+				vs = append(vs, fmt.Sprintf("%.0f", r.RPS))
+			}
+			fmt.Fprintf(w, "  - %d callers, %s: %s\n", callers, t.name, strings.Join(vs, ", "))
+		}
+	}
+	fmt.Fprintln(w, "- \"direct to one replica\" has one replica behind it, the gateway two.")
+}
+
+// sampleImage is the image of the sample request.
+func sampleImage() ([]float32, error) {
+	b, err := os.ReadFile(requestFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: run from the root of the spotml repository", err)
+	}
+	var req struct {
+		Inputs []struct {
+			Data []float32 `json:"data"`
+		} `json:"inputs"`
+	}
+	if err := json.Unmarshal(b, &req); err != nil || len(req.Inputs) != 1 || len(req.Inputs[0].Data) != 28*28 {
+		return nil, fmt.Errorf("%s: not one 28×28 image (%v)", requestFile, err)
+	}
+	return req.Inputs[0].Data, nil
 }
