@@ -184,6 +184,9 @@ func (p *Provider) Launch(ctx context.Context, req control.LaunchRequest) (contr
 		}
 		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot, SpotOptions: so}
 	}
+	if a.API == spec.AWSFleet {
+		return p.launchFleet(ctx, c, pool, n, ud)
+	}
 	var refusals []string
 	for i, subnet := range a.Subnets {
 		in.SubnetId = awssdk.String(subnet)
