@@ -85,6 +85,19 @@ type Sink interface {
 	Placed(ctx context.Context, node string, p Placement) error
 }
 
+// RiskSink is a Sink that also takes early warnings: a platform that
+// says a node is at elevated risk of being taken before it gives notice
+// (AWS's rebalance recommendation) reports it here. The control plane
+// implements it; a provider type-asserts its Sink to use it.
+type RiskSink interface {
+	Sink
+	// AtRisk records that node is at elevated risk since at. The node
+	// stops counting toward its pool's size, so a replacement is
+	// launched, but it is not drained: its work stays until a notice
+	// comes. Idempotent; a later warning never moves the first.
+	AtRisk(ctx context.Context, node string, at time.Time, source string) error
+}
+
 // Placement is where a node landed.
 type Placement struct {
 	Zone         string

@@ -45,10 +45,15 @@ type Node struct {
 	HeartbeatAt    time.Time `json:"heartbeatAt,omitzero"`
 	IdleSince      time.Time `json:"idleSince,omitzero"`
 	NoticeDeadline time.Time `json:"noticeDeadline,omitzero"`
-	Reason         string    `json:"reason,omitempty"`
-	Incarnation    int       `json:"incarnation"`
-	Tasks          int       `json:"tasks"`    // running tasks, filled by ListNodes
-	Replicas       int       `json:"replicas"` // live service replicas, filled by ListNodes
+	// AtRisk is when the platform warned that the node is at elevated
+	// risk of being taken (AWS's rebalance recommendation): it does not
+	// count toward its pool's size, so a replacement is launched, but it
+	// keeps its work until a notice comes (or it idles out).
+	AtRisk      time.Time `json:"atRisk,omitzero"`
+	Reason      string    `json:"reason,omitempty"`
+	Incarnation int       `json:"incarnation"`
+	Tasks       int       `json:"tasks"`    // running tasks, filled by ListNodes
+	Replicas    int       `json:"replicas"` // live service replicas, filled by ListNodes
 }
 
 // Placement is where a provider's platform put a node, and its prices

@@ -538,6 +538,12 @@ var migrations = []migration{
 		CREATE TRIGGER nodes_routes AFTER UPDATE OF notice_deadline ON nodes
 			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_routes();`),
 	},
+	// 10: a node at elevated risk of being taken (AWS's rebalance
+	// recommendation), in ns since the epoch; 0 while it is not.
+	{
+		sqlite:   `ALTER TABLE nodes ADD COLUMN at_risk INTEGER NOT NULL DEFAULT 0;`,
+		postgres: `ALTER TABLE nodes ADD COLUMN IF NOT EXISTS at_risk BIGINT NOT NULL DEFAULT 0;`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

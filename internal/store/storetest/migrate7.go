@@ -21,6 +21,7 @@ func DowngradeTo6(t *testing.T, db *sql.DB, intType string) {
 		`ALTER TABLE nodes ADD COLUMN workdir TEXT NOT NULL DEFAULT ''`,
 		`ALTER TABLE nodes DROP COLUMN provider_id`,
 		`ALTER TABLE nodes DROP COLUMN host`,
+		`ALTER TABLE nodes DROP COLUMN at_risk`, // migration 10 undone
 		`UPDATE schema_version SET version = 6`,
 		`INSERT INTO nodes (name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
 			created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation)
