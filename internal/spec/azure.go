@@ -16,8 +16,11 @@ type AzurePool struct {
 	Subscription  string `yaml:"subscription" json:"subscription"`
 	ResourceGroup string `yaml:"resourceGroup" json:"resourceGroup"`
 	ScaleSet      string `yaml:"scaleSet" json:"scaleSet"`
-	// Orchestration is the scale set's orchestration mode; only Flexible,
-	// where each VM has its own profile and so its own node identity.
+	// Orchestration is the scale set's orchestration mode: Flexible (the
+	// default), where spotml makes each VM itself, or Uniform, where the
+	// scale set makes its VMs from its one profile (whose priority,
+	// eviction policy and size the pool must repeat) and spotml changes
+	// its capacity and gives each new instance its identity.
 	Orchestration string `yaml:"orchestration,omitempty" json:"orchestration,omitempty"`
 	// Image is a marketplace image URN (Publisher:Offer:Sku:Version) or an
 	// image resource ID (/subscriptions/…/images/… or a gallery version).
@@ -103,11 +106,9 @@ func (s *PoolSpec) validateAzure(errs *fieldErrors) {
 		errs.add(at+".scaleSet", "%q is not a scale set name (1-64 letters, digits, '-', '_', '.')", a.ScaleSet)
 	}
 	switch a.Orchestration {
-	case "", AzureFlexible:
-	case AzureUniform:
-		errs.add(at+".orchestration", "%q is not supported: a Uniform scale set's VMs share one profile, so no VM can get its own node credential; use a scale set in %q orchestration", AzureUniform, AzureFlexible)
+	case "", AzureFlexible, AzureUniform:
 	default:
-		errs.add(at+".orchestration", "%q is not an orchestration mode; use %q", a.Orchestration, AzureFlexible)
+		errs.add(at+".orchestration", "%q is not an orchestration mode; use %q or %q", a.Orchestration, AzureFlexible, AzureUniform)
 	}
 	switch {
 	case a.Image == "":
