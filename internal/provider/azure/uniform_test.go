@@ -117,7 +117,9 @@ func TestUniformCapacityAndMismatch(t *testing.T) {
 		mod   func(*spec.Pool)
 		field string
 	}{
-		{func(p *spec.Pool) { p.Spec.Priority, p.Spec.EvictionPolicy, p.Spec.Azure.MaxPrice = spec.PriorityOnDemand, "", nil }, "spec.priority"},
+		{func(p *spec.Pool) {
+			p.Spec.Priority, p.Spec.EvictionPolicy, p.Spec.Azure.MaxPrice = spec.PriorityOnDemand, "", nil
+		}, "spec.priority"},
 		{func(p *spec.Pool) { p.Spec.EvictionPolicy = spec.EvictionDeallocate }, "spec.evictionPolicy"},
 		{func(p *spec.Pool) { p.Spec.InstanceType = "Standard_D4s_v5" }, "spec.instanceType"},
 	} {
