@@ -7,6 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
@@ -121,5 +125,28 @@ func TestFleetOnDemandLowestPrice(t *testing.T) {
 	}
 	if in := e.ec2.Instances()[0]; in.Spot || in.Type != "g4dn.xlarge" || in.Zone != "us-east-1a" {
 		t.Errorf("on-demand fleet made %+v", in)
+	}
+}
+
+// TestSpotPriceHistory: ec2fake answers DescribeSpotPriceHistory as EC2
+// documents it, per zone of its subnets, read through the SDK.
+func TestSpotPriceHistory(t *testing.T) {
+	e := newEnv(t)
+	e.ec2.SetSpotPrice("g5.xlarge", 0.4123)
+	c, _ := e.prov.client("us-east-1")
+	out, err := c.DescribeSpotPriceHistory(context.Background(), &ec2.DescribeSpotPriceHistoryInput{
+		InstanceTypes: []types.InstanceType{"g5.xlarge", "g4dn.xlarge"}, ProductDescriptions: []string{"Linux/UNIX"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, h := range out.SpotPriceHistory {
+		got = append(got, string(h.InstanceType)+" "+awssdk.ToString(h.AvailabilityZone)+" "+awssdk.ToString(h.SpotPrice))
+		if h.Timestamp == nil || h.ProductDescription != types.RIProductDescriptionLinuxUnix {
+			t.Errorf("item %+v", h)
+		}
+	}
+	if want := []string{"g5.xlarge us-east-1a 0.412300", "g5.xlarge us-east-1b 0.412300"}; !slices.Equal(got, want) {
+		t.Errorf("history %q, want %q", got, want)
 	}
 }

@@ -1,7 +1,8 @@
 // Package ec2fake is a loopback EC2 endpoint that behaves as the EC2 API
 // reference documents for the calls spotml's aws provider makes:
 // RunInstances, DescribeInstances (filters by tag, tag-key and
-// instance-state-name; paging by NextToken) and TerminateInstances, in
+// instance-state-name; paging by NextToken), TerminateInstances, launch
+// templates and instant fleets (fleet.go) and DescribeSpotPriceHistory, in
 // EC2's query protocol (a form body in, XML out) with EC2's error shape.
 // Spot capacity runs out per zone and instance type
 // (InsufficientInstanceCapacity), a max price below the spot price is
