@@ -121,6 +121,14 @@ type Runner interface {
 	Run(ctx context.Context, sink Sink, view View) error
 }
 
+// Pricer is a provider that can tell a cloud's current Spot price of a
+// pool's instance type (in zone, if not empty), for pools that ask for
+// cloud prices. It caches what it read; an error makes the control plane
+// use the price table and record why.
+type Pricer interface {
+	SpotPrice(ctx context.Context, pool spec.Pool, zone string) (float64, error)
+}
+
 // Evicter is a provider that can evict a node on request (the CLI's and
 // console's Evict): the node gets its platform's notice and is taken away
 // when it runs out. noticeFor 0 means the pool's usual notice.

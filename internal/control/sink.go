@@ -112,6 +112,16 @@ func (p *Plane) Placed(ctx context.Context, node string, pl Placement) error {
 		ps := pool.Spec
 		ps.Spec.InstanceType = pl.InstanceType
 		price, onDemand = Prices(ps)
+		if prov, ok := p.providers[ps.Spec.Provider]; ok {
+			// A pool on cloud prices is billed at the cloud's price of
+			// the type it got, from here on (the billing run splits).
+			at := n
+			at.PricePerHour = price
+			if pl.Zone != "" {
+				at.Zone = pl.Zone
+			}
+			price = p.cloudPrice(ctx, prov, ps, at)
+		}
 	}
 	return p.store.SetNodePlacement(ctx, node, store.Placement{
 		Zone: pl.Zone, InstanceType: pl.InstanceType, Capacity: pl.Capacity, Host: pl.Host,

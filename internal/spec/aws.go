@@ -38,6 +38,29 @@ type AWSPool struct {
 	// spec.instanceType (api: fleet only); a node is priced at the type
 	// it got.
 	InstanceTypes []string `yaml:"instanceTypes,omitempty" json:"instanceTypes,omitempty"`
+	// Prices is where a Spot node's price comes from: table (the default:
+	// the price table, or spec.pricePerHour) or cloud (EC2's current Spot
+	// price from DescribeSpotPriceHistory, falling back to the table).
+	Prices string `yaml:"prices,omitempty" json:"prices,omitempty"`
+}
+
+// Where a cloud pool's prices come from.
+const (
+	PricesTable = "table"
+	PricesCloud = "cloud"
+)
+
+// validatePrices checks a cloud pool's prices setting.
+func (s *PoolSpec) validatePrices(errs *fieldErrors, field, prices string) {
+	switch {
+	case prices == "" || prices == PricesTable:
+	case prices != PricesCloud:
+		errs.add(field, "%q is not a price source; use %q or %q", prices, PricesTable, PricesCloud)
+	case s.Priority != PrioritySpot:
+		errs.add(field, "%q prices Spot nodes only; leave it out for an on-demand pool", PricesCloud)
+	case s.PricePerHour != nil:
+		errs.add(field, "%q and spec.pricePerHour both set the price; keep one", PricesCloud)
+	}
 }
 
 // AWS APIs a pool may launch through.
@@ -110,6 +133,7 @@ func (s *PoolSpec) validateAWS(errs *fieldErrors) {
 			errs.add(at+".maxPrice", "%q is not a price; use US dollars per hour above 0, such as \"0.35\", or leave it out to pay up to the On-Demand price", a.MaxPrice)
 		}
 	}
+	s.validatePrices(errs, at+".prices", a.Prices)
 	switch a.API {
 	case "", AWSRunInstances, AWSFleet:
 	default:

@@ -40,6 +40,10 @@ type AzurePool struct {
 	// Setup are shell commands cloud-init runs as root on the VM's first
 	// boot before the agent starts (drivers, packages, a model download).
 	Setup []string `yaml:"setup,omitempty" json:"setup,omitempty"`
+	// Prices is where a Spot node's price comes from: table (the default)
+	// or cloud (the Azure Retail Prices API's Spot price for the size in
+	// the scale set's region, falling back to the table).
+	Prices string `yaml:"prices,omitempty" json:"prices,omitempty"`
 }
 
 // Azure settings.
@@ -145,6 +149,7 @@ func (s *PoolSpec) validateAzure(errs *fieldErrors) {
 	case !strings.HasPrefix(a.SSHPublicKey, "ssh-") && !strings.HasPrefix(a.SSHPublicKey, "ecdsa-"):
 		errs.add(at+".sshPublicKey", "is not an OpenSSH public key; use a line such as the content of ~/.ssh/id_ed25519.pub")
 	}
+	s.validatePrices(errs, at+".prices", a.Prices)
 	if a.OSDiskSizeGB < 0 || a.OSDiskSizeGB > 4095 {
 		errs.add(at+".osDiskSizeGB", "must be between 1 and 4095, got %d", a.OSDiskSizeGB)
 	}

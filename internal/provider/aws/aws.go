@@ -63,6 +63,7 @@ type Provider struct {
 	regions map[string]*ec2.Client
 	placed  map[string]bool // instance IDs reported Placed
 	seen    map[string]bool // regions of pools seen
+	prices  map[string]cachedPrice
 }
 
 var (
@@ -82,7 +83,7 @@ func New(clients Clients, cfg Config, log *slog.Logger, now func() time.Time) *P
 		now = time.Now
 	}
 	return &Provider{clients: clients, cfg: cfg, log: log.With("provider", Name), now: now,
-		regions: map[string]*ec2.Client{}, placed: map[string]bool{}, seen: map[string]bool{}}
+		regions: map[string]*ec2.Client{}, placed: map[string]bool{}, seen: map[string]bool{}, prices: map[string]cachedPrice{}}
 }
 
 // CapacityCodes are the EC2 error codes of a launch refused for lack of

@@ -150,3 +150,27 @@ func TestSpotPriceHistory(t *testing.T) {
 		t.Errorf("history %q, want %q", got, want)
 	}
 }
+
+// TestSpotPriceFromEC2: SpotPrice reads DescribeSpotPriceHistory, once per
+// TTL, and fails where EC2 has no price.
+func TestSpotPriceFromEC2(t *testing.T) {
+	p := pool(t, spec.PrioritySpot)
+	e := newEnv(t, p)
+	e.ec2.SetSpotPrice("g4dn.xlarge", 0.1893)
+	got, err := e.prov.SpotPrice(context.Background(), p, "")
+	if err != nil || got != 0.1893 {
+		t.Fatalf("SpotPrice = %v, %v", got, err)
+	}
+	e.ec2.SetSpotPrice("g4dn.xlarge", 0.25)
+	if got, _ := e.prov.SpotPrice(context.Background(), p, ""); got != 0.1893 || e.ec2.Calls("DescribeSpotPriceHistory") != 1 {
+		t.Errorf("within the TTL: %v after %d calls, want the cached price from one", got, e.ec2.Calls("DescribeSpotPriceHistory"))
+	}
+	if got, _ := e.prov.SpotPrice(context.Background(), p, "us-east-1b"); got != 0.25 {
+		t.Errorf("zone us-east-1b: %v, want the current 0.25", got)
+	}
+	q := pool(t, spec.PrioritySpot)
+	q.Spec.InstanceType = "p5.48xlarge"
+	if _, err := e.prov.SpotPrice(context.Background(), q, ""); err == nil || !strings.Contains(err.Error(), "no Spot price") {
+		t.Errorf("a type without a price: %v", err)
+	}
+}

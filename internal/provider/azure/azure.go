@@ -53,6 +53,11 @@ type Config struct {
 	// default 15s (Azure Resource Manager allows a subscription about
 	// 12,000 reads an hour).
 	Interval time.Duration
+	// PricesURL is the Azure Retail Prices API, for pools with prices:
+	// cloud; default RetailPricesURL. HTTPClient reaches it (nil: one
+	// with a 20 s timeout).
+	PricesURL  string
+	HTTPClient *http.Client
 }
 
 // Clients makes the compute clients of a subscription:
@@ -76,6 +81,7 @@ type Provider struct {
 	view      control.View                         // Run's, for Evict
 	seen      map[string]spec.AzurePool            // scale sets of pools seen, by lower-case ID
 	profiles  map[string]string                    // custom data written into Uniform profiles, by lower-case ID
+	prices    map[string]cachedPrice               // by region/size
 
 	uniformMu sync.Mutex // one Uniform scale-out at a time
 }
@@ -105,7 +111,7 @@ func New(clients Clients, cfg Config, log *slog.Logger, now func() time.Time) *P
 	return &Provider{clients: clients, cfg: cfg, log: log.With("provider", Name), now: now,
 		factories: map[string]*armcompute.ClientFactory{}, scaleSets: map[string]scaleSet{},
 		restarted: map[string]time.Time{}, cleared: map[string]bool{}, placed: map[string]bool{}, seen: map[string]spec.AzurePool{},
-		profiles: map[string]string{}}
+		profiles: map[string]string{}, prices: map[string]cachedPrice{}}
 }
 
 // CapacityCodes are the error codes with which Azure refuses a VM for
