@@ -3,8 +3,14 @@ package azure
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
@@ -201,5 +207,47 @@ func TestUniformDeallocateThenRestartKeepsName(t *testing.T) {
 	}
 	if got := e.pass(t); len(got) != 0 {
 		t.Errorf("pass after restart reported %v", got)
+	}
+}
+
+// TestUniformStartScriptWaitsForIdentity runs the Uniform bootstrap's
+// start script in a temp directory: the instance boots before spotml
+// claims it, so its user data is empty at first; the script asks again
+// until the identity is there, then starts the agent with it.
+func TestUniformStartScriptWaitsForIdentity(t *testing.T) {
+	for _, tool := range []string{"sh", "curl", "base64", "sed"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	root := t.TempDir()
+	bins := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("#!/bin/sh\nprintf '%s\\n' \"$@\" >\"$SPOTML_ROOT/args\"\n"))
+	}))
+	defer bins.Close()
+	var reads atomic.Int32
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Metadata") != "true" || r.URL.Path != "/metadata/instance/compute/userData" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		if reads.Add(1) == 1 {
+			return // not claimed yet: empty user data
+		}
+		w.Write([]byte(Identity("gpu-a1", "cred-1")))
+	}))
+	defer imds.Close()
+	script := filepath.Join(root, "start-agent.sh")
+	if err := os.WriteFile(script, []byte(UniformBootstrap(Config{ServerURL: "http://cp", SpotmlURL: bins.URL}, nil).StartScript()), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", script)
+	cmd.Env = append(os.Environ(), "SPOTML_ROOT="+root, "SPOTML_IMDS="+imds.URL)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("start script: %v\n%s", err, out)
+	}
+	args, _ := os.ReadFile(filepath.Join(root, "args"))
+	if !strings.Contains(string(args), "--node\ngpu-a1\n") || reads.Load() != 2 {
+		t.Errorf("agent run as %q after %d reads of user data, want node gpu-a1 after 2", args, reads.Load())
 	}
 }
