@@ -210,6 +210,8 @@ func get(ctx context.Context, cl *client.Client, w io.Writer, kind, name, output
 			nt := "-"
 			if !n.NoticeDeadline.IsZero() {
 				nt = "evicted in " + time.Until(n.NoticeDeadline).Round(time.Second).String()
+			} else if !n.AtRisk.IsZero() {
+				nt = "at risk " + age(n.AtRisk) // replaced, not drained
 			}
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t$%.4f\t%s\t%d\t%s\t%s", n.Name, n.Pool, n.Priority, n.InstanceType, dash(n.Zone),
 				dash(n.Host), n.PricePerHour, n.State, n.Tasks, nt, age(n.CreatedAt))

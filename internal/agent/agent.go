@@ -152,6 +152,13 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			})
 		}()
+		if rw, ok := w.(notice.RiskWatcher); ok {
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				notice.WatchRisk(ctx, rw, a.cfg.NoticePoll, a.log, func(r notice.Risk) { a.onRisk(ctx, r) })
+			}()
+		}
 	}
 	interval := reg.HeartbeatInterval
 	if interval <= 0 {
@@ -394,6 +401,29 @@ func (a *Agent) onNotice(ctx context.Context, n notice.Notice) {
 			break
 		}
 		a.log.Warn("cannot report notice; retrying", "err", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// onRisk is called once when the watcher sees an early warning (AWS's
+// rebalance recommendation). The agent only passes it on: the control
+// plane launches a replacement, and this node keeps working until a
+// notice comes, if one does.
+func (a *Agent) onRisk(ctx context.Context, r notice.Risk) {
+	a.mu.Lock()
+	draining := !a.deadline.IsZero()
+	a.mu.Unlock()
+	if draining {
+		return // the notice came first: the replacement is on its way
+	}
+	a.log.Warn("at risk of eviction", "since", r.Since, "format", r.Format, "detail", r.Detail)
+	for i := 0; i < 5; i++ {
+		err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/at-risk",
+			api.AtRiskRequest{Node: a.cfg.Node, Since: r.Since, Format: r.Format, Detail: r.Detail}, nil)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		a.log.Warn("cannot report the early warning; retrying", "err", err)
 		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -131,6 +131,16 @@ type NoticeRequest struct {
 	Detail   string    `json:"detail,omitempty"`
 }
 
+// AtRiskRequest is an agent passing on an early warning it read: the
+// node is at elevated risk of being taken, with no notice yet (AWS's
+// rebalance recommendation, made at Since).
+type AtRiskRequest struct {
+	Node   string    `json:"node"`
+	Since  time.Time `json:"since"`
+	Format string    `json:"format"`
+	Detail string    `json:"detail,omitempty"`
+}
+
 // ApplyRequest carries one or more spec files to store together (all or
 // nothing); errors name the file, line and field.
 type ApplyRequest struct {

@@ -80,10 +80,14 @@ type Node struct {
 	HeartbeatAt    time.Time `json:"heartbeatAt,omitzero"`
 	IdleSince      time.Time `json:"idleSince,omitzero"`
 	NoticeDeadline time.Time `json:"noticeDeadline,omitzero"`
-	Reason         string    `json:"reason,omitempty"`
-	Incarnation    int       `json:"incarnation"` // goes up each time a deallocated node starts again
-	Tasks          int       `json:"tasks"`       // running tasks
-	Replicas       int       `json:"replicas"`    // live service replicas
+	// AtRisk is when the platform warned that the node may be taken soon
+	// (AWS's rebalance recommendation): a replacement is launched, the
+	// node keeps its work until a notice.
+	AtRisk      time.Time `json:"atRisk,omitzero"`
+	Reason      string    `json:"reason,omitempty"`
+	Incarnation int       `json:"incarnation"` // goes up each time a deallocated node starts again
+	Tasks       int       `json:"tasks"`       // running tasks
+	Replicas    int       `json:"replicas"`    // live service replicas
 }
 
 // Job is a submitted job with its tasks' counts; GET /jobs/NAME also

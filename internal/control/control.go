@@ -446,8 +446,11 @@ func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restar
 		if err := p.store.RestartNode(ctx, n.Name); err != nil {
 			return err
 		}
-	} else if err := p.store.CreateNode(ctx, n); err != nil {
-		return err
+	} else {
+		n.PricePerHour = p.cloudPrice(ctx, prov, pool, n)
+		if err := p.store.CreateNode(ctx, n); err != nil {
+			return err
+		}
 	}
 	// The node's own credential, bound to its name and this incarnation;
 	// the provider hands it to the agent.
@@ -463,6 +466,42 @@ func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restar
 	p.fails[pool.Metadata.Name] = 0
 	p.mu.Unlock()
 	return p.store.SetNodeLaunched(ctx, n.Name, at.ProviderID)
+}
+
+// cloudPrice is a new node's price per hour: the cloud's current Spot
+// price where its pool asks for cloud prices and the provider can tell
+// it, else the node's table price. The node's billing run opens at it, so
+// the cost report bills the price that was in effect. A failure is an
+// event, never a failed launch.
+func (p *Plane) cloudPrice(ctx context.Context, prov Provider, pool spec.Pool, n store.Node) float64 {
+	prices := ""
+	switch {
+	case pool.Spec.AWS != nil:
+		prices = pool.Spec.AWS.Prices
+	case pool.Spec.Azure != nil:
+		prices = pool.Spec.Azure.Prices
+	}
+	if prices != spec.PricesCloud || pool.Spec.Priority != spec.PrioritySpot {
+		return n.PricePerHour
+	}
+	pr, ok := prov.(Pricer)
+	err := fmt.Errorf("provider %s does not tell cloud prices", pool.Spec.Provider)
+	if ok {
+		var price float64
+		price, err = pr.SpotPrice(ctx, pool, n.Zone)
+		if err == nil && price > 0 {
+			return price
+		}
+		if err == nil {
+			err = fmt.Errorf("the cloud has no Spot price for %s", pool.Spec.InstanceType)
+		}
+	}
+	p.log.Warn("cloud price unavailable; using the price table", "pool", pool.Metadata.Name, "err", err)
+	if eerr := p.store.AddEvent(ctx, "PriceFallback", "pool/"+pool.Metadata.Name, "CloudPriceUnavailable",
+		fmt.Sprintf("node %s priced from the price table at $%.4f/h: %v", n.Name, n.PricePerHour, err)); eerr != nil {
+		p.log.Warn("cannot record the price fallback", "err", eerr)
+	}
+	return n.PricePerHour
 }
 
 // launchFailed backs the pool off after a refused launch, so a broken

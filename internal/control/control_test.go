@@ -450,3 +450,42 @@ func TestNilLogger(t *testing.T) {
 		t.Errorf("silent node: %+v, want it lost", p.nodes())
 	}
 }
+
+// TestAtRiskSinkReplaces: a provider's early warning (RiskSink.AtRisk)
+// launches a replacement and leaves the node at risk its work (PlanPools'
+// table has the rest: max, idle nodes at risk).
+func TestAtRiskSinkReplaces(t *testing.T) {
+	p := newPlane(t)
+	p.apply(cpuPool + "---" + job("train", 2))
+	p.reconcile()
+	p.heartbeat()
+	p.reconcile()
+	first := p.nodes()[0].Name
+	if got := p.prov.launches(); len(got) != 1 || p.job("train").Tasks[0].Node != first {
+		t.Fatalf("launches %q; task on %q", got, p.job("train").Tasks[0].Node)
+	}
+	var sink control.RiskSink = p.p
+	for range 2 {
+		if err := sink.AtRisk(p.ctx, first, p.clock.Now(), "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sink.AtRisk(p.ctx, "missing", p.clock.Now(), "test"); err != nil {
+		t.Errorf("warning of a missing node: %v", err)
+	}
+	p.reconcile()
+	if got := p.prov.launches(); len(got) != 2 {
+		t.Fatalf("launches %q, want a replacement", got)
+	}
+	for _, tk := range p.job("train").Tasks {
+		if tk.Node != first || tk.State != store.TaskRunning {
+			t.Errorf("task moved off the node at risk: %+v", tk)
+		}
+	}
+	if es := p.events(store.EventFilter{Kind: "AtRisk"}); len(es) != 1 || es[0].Object != "node/"+first {
+		t.Errorf("AtRisk events %+v", es)
+	}
+	if got := p.prov.stops(); len(got) != 0 {
+		t.Errorf("stopped %q", got)
+	}
+}

@@ -85,6 +85,19 @@ type Sink interface {
 	Placed(ctx context.Context, node string, p Placement) error
 }
 
+// RiskSink is a Sink that also takes early warnings: a platform that
+// says a node is at elevated risk of being taken before it gives notice
+// (AWS's rebalance recommendation) reports it here. The control plane
+// implements it; a provider type-asserts its Sink to use it.
+type RiskSink interface {
+	Sink
+	// AtRisk records that node is at elevated risk since at. The node
+	// stops counting toward its pool's size, so a replacement is
+	// launched, but it is not drained: its work stays until a notice
+	// comes. Idempotent; a later warning never moves the first.
+	AtRisk(ctx context.Context, node string, at time.Time, source string) error
+}
+
 // Placement is where a node landed.
 type Placement struct {
 	Zone         string
@@ -106,6 +119,14 @@ type View interface {
 // (a simulated market, informers on a cluster). Run returns when ctx ends.
 type Runner interface {
 	Run(ctx context.Context, sink Sink, view View) error
+}
+
+// Pricer is a provider that can tell a cloud's current Spot price of a
+// pool's instance type (in zone, if not empty), for pools that ask for
+// cloud prices. It caches what it read; an error makes the control plane
+// use the price table and record why.
+type Pricer interface {
+	SpotPrice(ctx context.Context, pool spec.Pool, zone string) (float64, error)
 }
 
 // Evicter is a provider that can evict a node on request (the CLI's and

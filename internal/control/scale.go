@@ -13,12 +13,16 @@ import (
 // nodes (restarting deallocated ones first), remove the named idle nodes.
 // A node with an eviction notice does not count toward the target, so its
 // replacement starts at once — except in a deallocate pool, where the same
-// node is restarted once it has stopped.
+// node is restarted once it has stopped. Nor does a node at risk (an early
+// warning, no notice yet): it keeps its work, a replacement is launched
+// beside it as long as the pool's max allows, and once idle it is removed
+// first.
 type PoolPlan struct {
 	Pool      string
 	Demand    int // nodes the tasks need, before min/max
 	Target    int
-	Live      int // nodes counted toward the target (no notice)
+	Live      int // nodes counted toward the target (no notice, not at risk)
+	AtRisk    int // live nodes at risk, without notice
 	Launch    int
 	Restart   []string
 	Terminate []string
@@ -88,7 +92,7 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 			need = max(need, k)
 		}
 		plan := PoolPlan{Pool: name, Demand: need, Target: min(max(need, p.Spec.Min), p.Spec.Max)}
-		var idle []store.Node
+		var idle, risky []store.Node
 		var deallocated []string
 		for _, n := range nodes {
 			if n.Pool != name {
@@ -97,6 +101,11 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 			switch {
 			case n.State == store.NodeDeallocated:
 				deallocated = append(deallocated, n.Name)
+			case store.Live(n.State) && n.NoticeDeadline.IsZero() && !n.AtRisk.IsZero():
+				plan.AtRisk++
+				if n.State == store.NodeReady && n.Tasks == 0 && n.Replicas == 0 && !n.IdleSince.IsZero() && now.Sub(n.IdleSince) >= p.Spec.IdleTimeout.Duration {
+					risky = append(risky, n)
+				}
 			case store.Live(n.State) && n.NoticeDeadline.IsZero():
 				plan.Live++
 				idleFor := p.Spec.IdleTimeout.Duration
@@ -119,7 +128,18 @@ func PlanPools(pools []spec.Pool, capacity map[string]spec.Resources, nodes []st
 				plan.Restart = append(plan.Restart, d)
 				want--
 			}
-			plan.Launch = want
+			// Replacements of nodes at risk stay within max: the node at
+			// risk may yet live for hours.
+			want = min(want, p.Spec.Max-plan.Live-plan.AtRisk-len(plan.Restart))
+			plan.Launch = max(want, 0)
+		}
+		if plan.Live >= plan.Target {
+			// A node at risk that has gone idle is not needed: its
+			// replacement is in place.
+			sort.Slice(risky, func(i, j int) bool { return risky[i].IdleSince.Before(risky[j].IdleSince) })
+			for _, n := range risky {
+				plan.Terminate = append(plan.Terminate, n.Name)
+			}
 		}
 		if plan.Live > plan.Target {
 			// Remove the nodes idle longest first.

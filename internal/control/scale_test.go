@@ -44,6 +44,8 @@ func busy(tasks int) func(*store.Node) { return func(n *store.Node) { n.Tasks = 
 
 func noticed(n *store.Node) { n.NoticeDeadline = now.Add(30 * time.Second) }
 
+func atRisk(n *store.Node) { n.AtRisk = now.Add(-time.Minute) }
+
 // tasks returns n tasks that ask for r and name pool and priority.
 func tasks(n int, pool, priority string, r spec.Resources) []store.Task {
 	out := make([]store.Task, n)
@@ -177,6 +179,28 @@ func TestPlanPools(t *testing.T) {
 			node("n3", "a", store.NodeDraining, noticed),
 		},
 		want: []control.PoolPlan{{Pool: "a", Target: 2, Live: 1, Launch: 1}},
+	}, {
+		name:    "a node at risk is replaced but keeps its work",
+		pools:   []spec.Pool{pool("a", "spot", 0, 5)},
+		nodes:   []store.Node{node("n1", "a", store.NodeReady, atRisk, busy(1)), node("n2", "a", store.NodeReady, busy(1))},
+		running: append(on("n1", tasks(1, "", "", cpu(2))), on("n2", tasks(1, "", "", cpu(2)))...),
+		want:    []control.PoolPlan{{Pool: "a", Demand: 2, Target: 2, Live: 1, AtRisk: 1, Launch: 1}},
+	}, {
+		name:    "replacements of nodes at risk stay within max",
+		pools:   []spec.Pool{pool("a", "spot", 0, 2)},
+		nodes:   []store.Node{node("n1", "a", store.NodeReady, atRisk, busy(1)), node("n2", "a", store.NodeReady, busy(1))},
+		running: append(on("n1", tasks(1, "", "", cpu(2))), on("n2", tasks(1, "", "", cpu(2)))...),
+		want:    []control.PoolPlan{{Pool: "a", Demand: 2, Target: 2, Live: 1, AtRisk: 1}},
+	}, {
+		name:  "a node at risk gone idle goes once replaced",
+		pools: []spec.Pool{pool("a", "spot", 1, 5)},
+		nodes: []store.Node{node("n1", "a", store.NodeReady, atRisk, idleFor(time.Hour)), node("n2", "a", store.NodeReady, idleFor(time.Second))},
+		want:  []control.PoolPlan{{Pool: "a", Target: 1, Live: 1, AtRisk: 1, Terminate: []string{"n1"}}},
+	}, {
+		name:  "a node at risk with a notice is a noticed node",
+		pools: []spec.Pool{pool("a", "spot", 2, 5)},
+		nodes: []store.Node{node("n1", "a", store.NodeDraining, atRisk, noticed), node("n2", "a", store.NodeReady)},
+		want:  []control.PoolPlan{{Pool: "a", Target: 2, Live: 1, Launch: 1}},
 	}, {
 		name:  "a deallocating node comes back itself",
 		pools: []spec.Pool{pool("a", "spot", 2, 5, deallocate)},

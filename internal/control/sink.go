@@ -32,6 +32,25 @@ func (p *Plane) Notice(ctx context.Context, node string, deadline time.Time, sou
 	return nil
 }
 
+var _ RiskSink = (*Plane)(nil)
+
+// AtRisk records an early warning: the pool scaler launches a replacement
+// beside the node, which keeps its work.
+func (p *Plane) AtRisk(ctx context.Context, node string, at time.Time, source string) error {
+	changed, err := p.store.SetAtRisk(ctx, node, at, source)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) {
+		return nil // forgotten or ended already: nothing to replace
+	}
+	if err != nil {
+		return p.fenced(err)
+	}
+	if changed {
+		p.log.Info("node at risk", "node", node, "since", at, "source", source)
+		p.Kick()
+	}
+	return nil
+}
+
 // Gone ends a node the platform took away; its work goes back to the queue
 // without spending retries.
 func (p *Plane) Gone(ctx context.Context, node, state, reason string) error {
@@ -93,6 +112,16 @@ func (p *Plane) Placed(ctx context.Context, node string, pl Placement) error {
 		ps := pool.Spec
 		ps.Spec.InstanceType = pl.InstanceType
 		price, onDemand = Prices(ps)
+		if prov, ok := p.providers[ps.Spec.Provider]; ok {
+			// A pool on cloud prices is billed at the cloud's price of
+			// the type it got, from here on (the billing run splits).
+			at := n
+			at.PricePerHour = price
+			if pl.Zone != "" {
+				at.Zone = pl.Zone
+			}
+			price = p.cloudPrice(ctx, prov, ps, at)
+		}
 	}
 	return p.store.SetNodePlacement(ctx, node, store.Placement{
 		Zone: pl.Zone, InstanceType: pl.InstanceType, Capacity: pl.Capacity, Host: pl.Host,

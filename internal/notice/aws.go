@@ -24,6 +24,11 @@ const (
 	awsTimeLayout     = "2006-01-02T15:04:05Z"
 )
 
+// awsRebalance is the events/recommendations/rebalance document.
+type awsRebalance struct {
+	NoticeTime string `json:"noticeTime"`
+}
+
 // awsInstanceAction is the spot/instance-action document.
 type awsInstanceAction struct {
 	Action string `json:"action"`
@@ -77,6 +82,45 @@ func (s *Server) awsTerminationTime(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain")
 	w.Write([]byte(p.notBefore.UTC().Format(awsTimeLayout)))
+}
+
+// awsRebalance is the events/recommendations/rebalance item: 404 until
+// AWS recommends a rebalance, then {"noticeTime": "…"}.
+func (s *Server) awsRebalance(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.awsToken401(w, r); !ok {
+		return
+	}
+	s.mu.Lock()
+	at := s.nodes[r.PathValue("node")].rebalance
+	s.mu.Unlock()
+	if at.IsZero() {
+		unknownNode(w)
+		return
+	}
+	doc, _ := json.Marshal(awsRebalance{NoticeTime: at.Format(awsTimeLayout)})
+	w.Header().Set("Content-Type", "text/plain")
+	w.Write(doc)
+}
+
+// awsToken401 checks a request's IMDSv2 token: a node of another format
+// answers 404, a request without a live token 401.
+func (s *Server) awsToken401(w http.ResponseWriter, r *http.Request) (*node, bool) {
+	token := r.Header.Get(awsTokenHeader)
+	s.mu.Lock()
+	n := s.nodes[r.PathValue("node")]
+	if n == nil || n.format != FormatAWS {
+		s.mu.Unlock()
+		unknownNode(w)
+		return nil, false
+	}
+	expiry, issued := n.tokens[token]
+	live := token != "" && issued && s.now().Before(expiry)
+	s.mu.Unlock()
+	if !live {
+		http.Error(w, "401 - Unauthorized", http.StatusUnauthorized)
+		return nil, false
+	}
+	return n, true
 }
 
 // awsAuthorized checks a spot item request's token and returns the node's
@@ -154,6 +198,44 @@ func (aw *awsWatcher) Poll(ctx context.Context) (Notice, bool, error) {
 			}
 		}
 		return Notice{}, false, statusError(http.MethodGet, url, resp, body)
+	}
+}
+
+var _ RiskWatcher = (*awsWatcher)(nil)
+
+// PollRisk reads events/recommendations/rebalance: 404 while EC2 has not
+// recommended a rebalance.
+func (aw *awsWatcher) PollRisk(ctx context.Context) (Risk, bool, error) {
+	url := aw.base + "/latest/meta-data/events/recommendations/rebalance"
+	for attempt := 0; ; attempt++ {
+		token, err := aw.sessionToken(ctx)
+		if err != nil {
+			return Risk{}, false, err
+		}
+		resp, body, err := fetch(ctx, aw.client, http.MethodGet, url, http.Header{awsTokenHeader: {token}})
+		if err != nil {
+			return Risk{}, false, err
+		}
+		switch resp.StatusCode {
+		case http.StatusOK:
+			var doc awsRebalance
+			if err := json.Unmarshal(body, &doc); err != nil {
+				return Risk{}, false, fmt.Errorf("GET %s: decoding the rebalance recommendation: %w", url, err)
+			}
+			at, err := time.Parse(time.RFC3339, doc.NoticeTime)
+			if err != nil {
+				return Risk{}, false, fmt.Errorf("GET %s: noticeTime %q is not RFC 3339: %w", url, doc.NoticeTime, err)
+			}
+			return Risk{Since: at.UTC(), Format: FormatAWS, Detail: "rebalance recommendation"}, true, nil
+		case http.StatusNotFound:
+			return Risk{}, false, nil
+		case http.StatusUnauthorized:
+			aw.forget(token)
+			if attempt == 0 {
+				continue
+			}
+		}
+		return Risk{}, false, statusError(http.MethodGet, url, resp, body)
 	}
 }
 

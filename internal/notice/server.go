@@ -55,6 +55,9 @@ type Server struct {
 type node struct {
 	format string
 	notice *published // nil while no eviction is announced
+	// rebalance is when AWS recommended rebalancing the node (its
+	// events/recommendations/rebalance noticeTime); zero while none.
+	rebalance time.Time
 
 	// incarnation is Azure's DocumentIncarnation: it counts changes to the
 	// event list so that a reader can tell a new document from an old one.
@@ -99,6 +102,7 @@ func NewServer(now func() time.Time, log *slog.Logger) *Server {
 	s.mux.HandleFunc("PUT /nodes/{node}/latest/api/token", s.awsToken)
 	s.mux.HandleFunc("GET /nodes/{node}/latest/meta-data/spot/instance-action", s.awsInstanceAction)
 	s.mux.HandleFunc("GET /nodes/{node}/latest/meta-data/spot/termination-time", s.awsTerminationTime)
+	s.mux.HandleFunc("GET /nodes/{node}/latest/meta-data/events/recommendations/rebalance", s.awsRebalance)
 	s.mux.HandleFunc("GET /nodes/{node}/computeMetadata/v1/instance/preempted", s.gcpPreempted)
 	return s
 }
@@ -167,6 +171,22 @@ func (s *Server) Set(name string, notBefore time.Time, action string) {
 		id = p.eventID
 	}
 	n.notice = &published{notBefore: notBefore, action: action, eventID: id}
+	n.bump()
+}
+
+// SetRebalance publishes an AWS rebalance recommendation for node, made at
+// noticeTime (truncated to the second): the early warning that its Spot
+// instance is at elevated risk of interruption, before any notice. The
+// first recommendation stays; it is AWS-only, so nodes of other formats
+// and unregistered nodes are left alone.
+func (s *Server) SetRebalance(name string, noticeTime time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[name]
+	if n == nil || n.format != FormatAWS || !n.rebalance.IsZero() {
+		return
+	}
+	n.rebalance = noticeTime.UTC().Truncate(time.Second)
 	n.bump()
 }
 

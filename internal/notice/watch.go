@@ -32,6 +32,36 @@ type Watcher interface {
 	Poll(ctx context.Context) (Notice, bool, error)
 }
 
+// Risk is an early warning a watcher saw: the VM is at elevated risk of
+// being taken, with no notice yet (AWS's rebalance recommendation).
+type Risk struct {
+	Since  time.Time // when the cloud made the recommendation
+	Format string
+	Detail string
+}
+
+// RiskWatcher is a Watcher whose cloud also warns early.
+type RiskWatcher interface {
+	// PollRisk reads the warning once and reports whether one is given.
+	PollRisk(ctx context.Context) (Risk, bool, error)
+}
+
+// WatchRisk polls every interval until ctx ends or a warning is seen, then
+// calls fn once and returns nil, as Watch does for notices.
+func WatchRisk(ctx context.Context, w RiskWatcher, interval time.Duration, logger *slog.Logger, fn func(Risk)) error {
+	return Watch(ctx, riskPoller{w}, interval, logger, func(n Notice) {
+		fn(Risk{Since: n.Deadline, Format: n.Format, Detail: n.Detail})
+	})
+}
+
+// riskPoller passes a warning through Watch's loop as a Notice.
+type riskPoller struct{ w RiskWatcher }
+
+func (p riskPoller) Poll(ctx context.Context) (Notice, bool, error) {
+	r, ok, err := p.w.PollRisk(ctx)
+	return Notice{Deadline: r.Since, Format: r.Format, Detail: r.Detail}, ok, err
+}
+
 // Acknowledger is a Watcher whose cloud takes word that the VM is ready for
 // an announced eviction: Azure, where Microsoft documents approving an event
 // (a POST of StartRequests) once the VM has done what it must before it.

@@ -128,6 +128,24 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// atRisk records an agent's early warning: the control plane launches a
+// replacement; the node is not drained.
+func (s *Server) atRisk(w http.ResponseWriter, r *http.Request) error {
+	var req api.AtRiskRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := nodeOnly(r, req.Node); err != nil {
+		return err
+	}
+	if _, err := s.cfg.Store.SetAtRisk(r.Context(), req.Node, req.Since, "agent ("+req.Format+" "+req.Detail+")"); err != nil {
+		return err
+	}
+	s.kick()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 func (s *Server) notice(w http.ResponseWriter, r *http.Request) error {
 	var req api.NoticeRequest
 	if err := decode(r, &req); err != nil {

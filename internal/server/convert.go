@@ -21,7 +21,7 @@ func toNode(n store.Node) api.Node {
 	return api.Node{Name: n.Name, Pool: n.Pool, Priority: n.Priority, Zone: n.Zone, InstanceType: n.InstanceType,
 		State: n.State, Capacity: n.Capacity, PricePerHour: n.PricePerHour, OnDemandPrice: n.OnDemandPrice,
 		Host: n.Host, CreatedAt: n.CreatedAt, StateAt: n.StateAt, HeartbeatAt: n.HeartbeatAt, IdleSince: n.IdleSince,
-		NoticeDeadline: n.NoticeDeadline, Reason: n.Reason, Incarnation: n.Incarnation, Tasks: n.Tasks, Replicas: n.Replicas}
+		NoticeDeadline: n.NoticeDeadline, AtRisk: n.AtRisk, Reason: n.Reason, Incarnation: n.Incarnation, Tasks: n.Tasks, Replicas: n.Replicas}
 }
 
 func toJob(j store.Job) api.Job {

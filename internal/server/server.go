@@ -157,6 +157,7 @@ func (s *Server) routes() {
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)
 	agent("POST "+p+"/agent/notice", s.notice)
+	agent("POST "+p+"/agent/at-risk", s.atRisk)
 	// The web console: everything outside the API.
 	// (No method in the pattern: one would conflict with the API's
 	// catch-all below. The console answers other methods with 405.)

@@ -27,7 +27,47 @@ type AWSPool struct {
 	// On-Demand price.
 	MaxPrice string   `yaml:"maxPrice,omitempty" json:"maxPrice,omitempty"`
 	Setup    []string `yaml:"setup,omitempty" json:"setup,omitempty"`
+	// API is how instances are asked for: runInstances (the default)
+	// tries spec.instanceType in each subnet in turn; fleet makes one
+	// CreateFleet request of type instant over every instance type and
+	// subnet, and EC2 picks the pool (price-capacity-optimized for Spot,
+	// lowest-price for On-Demand). fleet needs ec2:CreateLaunchTemplate,
+	// ec2:DeleteLaunchTemplate and ec2:CreateFleet besides RunInstances.
+	API string `yaml:"api,omitempty" json:"api,omitempty"`
+	// InstanceTypes are further instance types a fleet may choose besides
+	// spec.instanceType (api: fleet only); a node is priced at the type
+	// it got.
+	InstanceTypes []string `yaml:"instanceTypes,omitempty" json:"instanceTypes,omitempty"`
+	// Prices is where a Spot node's price comes from: table (the default:
+	// the price table, or spec.pricePerHour) or cloud (EC2's current Spot
+	// price from DescribeSpotPriceHistory, falling back to the table).
+	Prices string `yaml:"prices,omitempty" json:"prices,omitempty"`
 }
+
+// Where a cloud pool's prices come from.
+const (
+	PricesTable = "table"
+	PricesCloud = "cloud"
+)
+
+// validatePrices checks a cloud pool's prices setting.
+func (s *PoolSpec) validatePrices(errs *fieldErrors, field, prices string) {
+	switch {
+	case prices == "" || prices == PricesTable:
+	case prices != PricesCloud:
+		errs.add(field, "%q is not a price source; use %q or %q", prices, PricesTable, PricesCloud)
+	case s.Priority != PrioritySpot:
+		errs.add(field, "%q prices Spot nodes only; leave it out for an on-demand pool", PricesCloud)
+	case s.PricePerHour != nil:
+		errs.add(field, "%q and spec.pricePerHour both set the price; keep one", PricesCloud)
+	}
+}
+
+// AWS APIs a pool may launch through.
+const (
+	AWSRunInstances = "runInstances"
+	AWSFleet        = "fleet"
+)
 
 var (
 	awsRegion   = regexp.MustCompile(`^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$`)
@@ -91,6 +131,20 @@ func (s *PoolSpec) validateAWS(errs *fieldErrors) {
 			errs.add(at+".maxPrice", "only allowed when priority is %q", PrioritySpot)
 		case err != nil || !(v > 0):
 			errs.add(at+".maxPrice", "%q is not a price; use US dollars per hour above 0, such as \"0.35\", or leave it out to pay up to the On-Demand price", a.MaxPrice)
+		}
+	}
+	s.validatePrices(errs, at+".prices", a.Prices)
+	switch a.API {
+	case "", AWSRunInstances, AWSFleet:
+	default:
+		errs.add(at+".api", "%q is not an EC2 launch API; use %q or %q", a.API, AWSRunInstances, AWSFleet)
+	}
+	if len(a.InstanceTypes) > 0 && a.API != AWSFleet {
+		errs.add(at+".instanceTypes", "only used with api %q (one CreateFleet over several types); set api: %s or leave instanceTypes out", AWSFleet, AWSFleet)
+	}
+	for i, t := range a.InstanceTypes {
+		if !awsInstance.MatchString(t) || t == s.InstanceType {
+			errs.add(fmt.Sprintf("%s.instanceTypes[%d]", at, i), "%q is not a further EC2 instance type (family.size, such as g5.xlarge, other than spec.instanceType)", t)
 		}
 	}
 	switch {

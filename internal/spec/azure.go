@@ -16,8 +16,11 @@ type AzurePool struct {
 	Subscription  string `yaml:"subscription" json:"subscription"`
 	ResourceGroup string `yaml:"resourceGroup" json:"resourceGroup"`
 	ScaleSet      string `yaml:"scaleSet" json:"scaleSet"`
-	// Orchestration is the scale set's orchestration mode; only Flexible,
-	// where each VM has its own profile and so its own node identity.
+	// Orchestration is the scale set's orchestration mode: Flexible (the
+	// default), where spotml makes each VM itself, or Uniform, where the
+	// scale set makes its VMs from its one profile (whose priority,
+	// eviction policy and size the pool must repeat) and spotml changes
+	// its capacity and gives each new instance its identity.
 	Orchestration string `yaml:"orchestration,omitempty" json:"orchestration,omitempty"`
 	// Image is a marketplace image URN (Publisher:Offer:Sku:Version) or an
 	// image resource ID (/subscriptions/…/images/… or a gallery version).
@@ -37,6 +40,10 @@ type AzurePool struct {
 	// Setup are shell commands cloud-init runs as root on the VM's first
 	// boot before the agent starts (drivers, packages, a model download).
 	Setup []string `yaml:"setup,omitempty" json:"setup,omitempty"`
+	// Prices is where a Spot node's price comes from: table (the default)
+	// or cloud (the Azure Retail Prices API's Spot price for the size in
+	// the scale set's region, falling back to the table).
+	Prices string `yaml:"prices,omitempty" json:"prices,omitempty"`
 }
 
 // Azure settings.
@@ -103,11 +110,9 @@ func (s *PoolSpec) validateAzure(errs *fieldErrors) {
 		errs.add(at+".scaleSet", "%q is not a scale set name (1-64 letters, digits, '-', '_', '.')", a.ScaleSet)
 	}
 	switch a.Orchestration {
-	case "", AzureFlexible:
-	case AzureUniform:
-		errs.add(at+".orchestration", "%q is not supported: a Uniform scale set's VMs share one profile, so no VM can get its own node credential; use a scale set in %q orchestration", AzureUniform, AzureFlexible)
+	case "", AzureFlexible, AzureUniform:
 	default:
-		errs.add(at+".orchestration", "%q is not an orchestration mode; use %q", a.Orchestration, AzureFlexible)
+		errs.add(at+".orchestration", "%q is not an orchestration mode; use %q or %q", a.Orchestration, AzureFlexible, AzureUniform)
 	}
 	switch {
 	case a.Image == "":
@@ -144,6 +149,7 @@ func (s *PoolSpec) validateAzure(errs *fieldErrors) {
 	case !strings.HasPrefix(a.SSHPublicKey, "ssh-") && !strings.HasPrefix(a.SSHPublicKey, "ecdsa-"):
 		errs.add(at+".sshPublicKey", "is not an OpenSSH public key; use a line such as the content of ~/.ssh/id_ed25519.pub")
 	}
+	s.validatePrices(errs, at+".prices", a.Prices)
 	if a.OSDiskSizeGB < 0 || a.OSDiskSizeGB > 4095 {
 		errs.add(at+".osDiskSizeGB", "must be between 1 and 4095, got %d", a.OSDiskSizeGB)
 	}

@@ -49,6 +49,11 @@ type Node struct {
 	// NoticeDeadline it is kept once the node has ended, so the warning
 	// each preemption gave can be read back (placement.Spares).
 	NoticeAt    time.Time `json:"noticeAt,omitzero"`
+	// AtRisk is when the platform warned that the node is at elevated
+	// risk of being taken (AWS's rebalance recommendation): it does not
+	// count toward its pool's size, so a replacement is launched, but it
+	// keeps its work until a notice comes (or it idles out).
+	AtRisk      time.Time `json:"atRisk,omitzero"`
 	Reason      string    `json:"reason,omitempty"`
 	Incarnation int       `json:"incarnation"`
 	Tasks       int       `json:"tasks"`    // running tasks, filled by ListNodes

@@ -63,6 +63,7 @@ type Provider struct {
 	regions map[string]*ec2.Client
 	placed  map[string]bool // instance IDs reported Placed
 	seen    map[string]bool // regions of pools seen
+	prices  map[string]cachedPrice
 }
 
 var (
@@ -82,7 +83,7 @@ func New(clients Clients, cfg Config, log *slog.Logger, now func() time.Time) *P
 		now = time.Now
 	}
 	return &Provider{clients: clients, cfg: cfg, log: log.With("provider", Name), now: now,
-		regions: map[string]*ec2.Client{}, placed: map[string]bool{}, seen: map[string]bool{}}
+		regions: map[string]*ec2.Client{}, placed: map[string]bool{}, seen: map[string]bool{}, prices: map[string]cachedPrice{}}
 }
 
 // CapacityCodes are the EC2 error codes of a launch refused for lack of
@@ -183,6 +184,9 @@ func (p *Provider) Launch(ctx context.Context, req control.LaunchRequest) (contr
 			so.MaxPrice = awssdk.String(a.MaxPrice)
 		}
 		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot, SpotOptions: so}
+	}
+	if a.API == spec.AWSFleet {
+		return p.launchFleet(ctx, c, pool, n, ud)
 	}
 	var refusals []string
 	for i, subnet := range a.Subnets {

@@ -51,7 +51,11 @@ func (p *plane) Shortage(_ context.Context, node, reason string) error {
 func (p *plane) Placed(_ context.Context, node string, pl control.Placement) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Placed %s zone %q", node, pl.Zone))
+	c := fmt.Sprintf("Placed %s zone %q", node, pl.Zone)
+	if pl.InstanceType != "" {
+		c += fmt.Sprintf(" type %q", pl.InstanceType)
+	}
+	p.calls = append(p.calls, c)
 	return nil
 }
 

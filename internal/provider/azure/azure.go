@@ -53,6 +53,11 @@ type Config struct {
 	// default 15s (Azure Resource Manager allows a subscription about
 	// 12,000 reads an hour).
 	Interval time.Duration
+	// PricesURL is the Azure Retail Prices API, for pools with prices:
+	// cloud; default RetailPricesURL. HTTPClient reaches it (nil: one
+	// with a 20 s timeout).
+	PricesURL  string
+	HTTPClient *http.Client
 }
 
 // Clients makes the compute clients of a subscription:
@@ -75,6 +80,10 @@ type Provider struct {
 	placed    map[string]bool                      // provider IDs reported Placed
 	view      control.View                         // Run's, for Evict
 	seen      map[string]spec.AzurePool            // scale sets of pools seen, by lower-case ID
+	profiles  map[string]string                    // custom data written into Uniform profiles, by lower-case ID
+	prices    map[string]cachedPrice               // by region/size
+
+	uniformMu sync.Mutex // one Uniform scale-out at a time
 }
 
 var (
@@ -101,7 +110,8 @@ func New(clients Clients, cfg Config, log *slog.Logger, now func() time.Time) *P
 	}
 	return &Provider{clients: clients, cfg: cfg, log: log.With("provider", Name), now: now,
 		factories: map[string]*armcompute.ClientFactory{}, scaleSets: map[string]scaleSet{},
-		restarted: map[string]time.Time{}, cleared: map[string]bool{}, placed: map[string]bool{}, seen: map[string]spec.AzurePool{}}
+		restarted: map[string]time.Time{}, cleared: map[string]bool{}, placed: map[string]bool{}, seen: map[string]spec.AzurePool{},
+		profiles: map[string]string{}, prices: map[string]cachedPrice{}}
 }
 
 // CapacityCodes are the error codes with which Azure refuses a VM for
@@ -150,9 +160,11 @@ func parseVMID(id string) (sub, rg, name string, err error) {
 	return p[1], p[3], p[7], nil
 }
 
-// lookupScaleSet reads a pool's scale set once: it must exist and be
-// Flexible, and its location is where the pool's VMs are made.
-func (p *Provider) lookupScaleSet(ctx context.Context, f *armcompute.ClientFactory, a *spec.AzurePool) (scaleSet, error) {
+// lookupScaleSet reads a pool's scale set once: it must exist and be in
+// the pool's orchestration (a Uniform one making the pool's VMs), and its
+// location is where the pool's VMs are made.
+func (p *Provider) lookupScaleSet(ctx context.Context, f *armcompute.ClientFactory, pool spec.Pool) (scaleSet, error) {
+	a := pool.Spec.Azure
 	id := ScaleSetID(a)
 	p.mu.Lock()
 	ss, ok := p.scaleSets[strings.ToLower(id)]
@@ -171,8 +183,17 @@ func (p *Provider) lookupScaleSet(ctx context.Context, f *armcompute.ClientFacto
 	if got.Properties != nil && got.Properties.OrchestrationMode != nil {
 		mode = string(*got.Properties.OrchestrationMode)
 	}
-	if mode != string(armcompute.OrchestrationModeFlexible) {
-		return scaleSet{}, fmt.Errorf("spec.azure.scaleSet: scale set %s is in %s orchestration; spotml adds VMs to Flexible scale sets only", a.ScaleSet, mode)
+	want := a.Orchestration
+	if want == "" {
+		want = spec.AzureFlexible
+	}
+	if mode != want {
+		return scaleSet{}, fmt.Errorf("spec.azure.orchestration: %s, but scale set %s is in %s orchestration; say %s", want, a.ScaleSet, mode, mode)
+	}
+	if mode == spec.AzureUniform {
+		if err := checkUniform(pool, got.VirtualMachineScaleSet); err != nil {
+			return scaleSet{}, err
+		}
 	}
 	ss = scaleSet{id: id, location: deref(got.Location)}
 	p.mu.Lock()
@@ -197,6 +218,9 @@ func (p *Provider) Launch(ctx context.Context, req control.LaunchRequest) (contr
 	if err != nil {
 		return control.Launched{}, err
 	}
+	if a.Orchestration == spec.AzureUniform {
+		return p.launchUniform(ctx, f, req)
+	}
 	vms := f.NewVirtualMachinesClient()
 	if req.Restart && n.ProviderID != "" {
 		started, err := p.restart(ctx, vms, n, req.Credential)
@@ -208,7 +232,7 @@ func (p *Provider) Launch(ctx context.Context, req control.LaunchRequest) (contr
 		}
 		// The VM is gone (deleted by someone): a new one takes its name.
 	}
-	ss, err := p.lookupScaleSet(ctx, f, a)
+	ss, err := p.lookupScaleSet(ctx, f, pool)
 	if err != nil {
 		return control.Launched{}, err
 	}
@@ -365,6 +389,13 @@ func (p *Provider) Stop(ctx context.Context, n store.Node) error {
 	if n.ProviderID == "" {
 		return nil // Launch never returned a VM
 	}
+	if sub, rg, ss, id, err := parseInstanceID(n.ProviderID); err == nil {
+		f, err := p.factory(sub)
+		if err != nil {
+			return err
+		}
+		return p.deleteInstance(ctx, f, rg, ss, id)
+	}
 	sub, rg, name, err := parseVMID(n.ProviderID)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
@@ -408,6 +439,16 @@ func (p *Provider) Evict(ctx context.Context, node string, noticeFor time.Durati
 }
 
 func (p *Provider) evictNode(ctx context.Context, n store.Node) error {
+	if sub, rg, ss, id, err := parseInstanceID(n.ProviderID); err == nil {
+		f, err := p.factory(sub)
+		if err != nil {
+			return err
+		}
+		if _, err := f.NewVirtualMachineScaleSetVMsClient().SimulateEviction(ctx, rg, ss, id, nil); err != nil {
+			return fmt.Errorf("node %s: simulate eviction: %w", n.Name, err)
+		}
+		return nil
+	}
 	sub, rg, name, err := parseVMID(n.ProviderID)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
@@ -452,6 +493,17 @@ func Bootstrap(cfg Config, setup []string) cloudinit.Bootstrap {
 		Format: spec.NoticeAzure,
 		ReadIdentity: `curl -fsS --retry 20 --retry-delay 3 --retry-connrefused -H Metadata:true ` +
 			`"$imds/metadata/instance/compute/userData?api-version=2021-01-01&format=text" | base64 -d`}
+}
+
+// UniformBootstrap is the cloud-init of a Uniform scale set's VMs: the
+// same, except that an instance boots before spotml gives it its identity
+// (the scale set makes the VM; spotml then claims it), so the start script
+// waits for its user data to be set.
+func UniformBootstrap(cfg Config, setup []string) cloudinit.Bootstrap {
+	b := Bootstrap(cfg, setup)
+	b.ReadIdentity = `while :; do id=$(curl -fsS --retry 20 --retry-delay 3 --retry-connrefused -H Metadata:true ` +
+		`"$imds/metadata/instance/compute/userData?api-version=2021-01-01&format=text") && [ -n "$id" ] && break; sleep 3; done; printf '%s' "$id" | base64 -d`
+	return b
 }
 
 // Identity is the user data of a node's VM: its identity, base64 as Azure

@@ -385,12 +385,12 @@ func TestStopDeletesAndOrphansAreCollected(t *testing.T) {
 	}
 }
 
-func TestUniformScaleSetRefused(t *testing.T) {
+func TestOrchestrationMismatchRefused(t *testing.T) {
 	p := pool(t, "gpu", spec.PrioritySpot, spec.EvictionDelete)
 	e := newEnv(t, p)
 	e.cloud.AddScaleSet(rg, "gpu", "westeurope", armcompute.OrchestrationModeUniform)
 	err := e.launch(t, p, "gpu-a1", "")
-	if err == nil || !strings.Contains(err.Error(), "spec.azure.scaleSet") || !strings.Contains(err.Error(), "Uniform") {
+	if err == nil || !strings.Contains(err.Error(), "spec.azure.orchestration: Flexible") || !strings.Contains(err.Error(), "Uniform") {
 		t.Fatalf("launch into a Uniform scale set: %v", err)
 	}
 	p.Spec.Azure.ScaleSet = "nope"

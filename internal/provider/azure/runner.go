@@ -79,6 +79,9 @@ func (p *Provider) Pass(ctx context.Context, sink control.Sink, view control.Vie
 
 // passScaleSet compares one scale set's VMs with its pools' nodes.
 func (p *Provider) passScaleSet(ctx context.Context, sink control.Sink, a spec.AzurePool, pools []spec.Pool, allPools map[string]bool, nodes []store.Node) error {
+	if a.Orchestration == spec.AzureUniform {
+		return p.passUniform(ctx, sink, a, pools, allPools, nodes)
+	}
 	f, err := p.factory(a.Subscription)
 	if err != nil {
 		return err
@@ -112,7 +115,19 @@ func (p *Provider) passScaleSet(ctx context.Context, sink control.Sink, a spec.A
 		if !store.Live(n.State) || n.ProviderID == "" {
 			continue
 		}
-		errs = append(errs, p.check(ctx, sink, vms, pools, n, got[strings.ToLower(n.Name)]))
+		var o *observed
+		if vm := got[strings.ToLower(n.Name)]; vm != nil {
+			o = observeVM(vm, func(ctx context.Context) error {
+				_, rg, name, err := parseVMID(n.ProviderID)
+				if err == nil {
+					_, err = vms.BeginUpdate(ctx, rg, name, armcompute.VirtualMachineUpdate{
+						Properties: &armcompute.VirtualMachineProperties{UserData: to.Ptr("")},
+					}, nil)
+				}
+				return err
+			})
+		}
+		errs = append(errs, p.check(ctx, sink, pools, n, o))
 	}
 	// A VM tagged as a pool's whose node has ended (or was never
 	// recorded: a crash between creating it and recording the node) is
@@ -145,8 +160,47 @@ func (p *Provider) passScaleSet(ctx context.Context, sink control.Sink, a spec.A
 	return errors.Join(errs...)
 }
 
-// check reports what became of one live node's VM.
-func (p *Provider) check(ctx context.Context, sink control.Sink, vms *armcompute.VirtualMachinesClient, pools []spec.Pool, n store.Node, vm *armcompute.VirtualMachine) error {
+// observed is what check needs of a node's VM (a Flexible scale set's VM
+// or a Uniform one's instance): its states, size, zone, and how to empty
+// its user data.
+type observed struct {
+	provisioning, power, failure string
+	size, zone                   string
+	clear                        func(context.Context) error
+}
+
+// observeVM reads a Flexible scale set's VM.
+func observeVM(vm *armcompute.VirtualMachine, clear func(context.Context) error) *observed {
+	props := deref(vm.Properties)
+	o := &observed{provisioning: strings.ToLower(deref(props.ProvisioningState)), size: string(deref(deref(props.HardwareProfile).VMSize)), clear: clear}
+	if len(vm.Zones) > 0 {
+		o.zone = deref(vm.Zones[0])
+	}
+	if props.InstanceView != nil {
+		o.statuses(props.InstanceView.Statuses)
+	}
+	return o
+}
+
+// statuses reads an instance view's statuses: the power state and
+// provisioning state (the parts after "PowerState/" and
+// "ProvisioningState/"), and the error code a failed provisioning ended
+// with.
+func (o *observed) statuses(ss []*armcompute.InstanceViewStatus) {
+	for _, s := range ss {
+		c := deref(s.Code)
+		switch {
+		case strings.HasPrefix(c, "PowerState/"):
+			o.power = strings.TrimPrefix(c, "PowerState/")
+		case strings.HasPrefix(c, "ProvisioningState/failed"):
+			o.provisioning = "failed"
+			o.failure = strings.TrimPrefix(strings.TrimPrefix(c, "ProvisioningState/failed"), "/")
+		}
+	}
+}
+
+// check reports what became of one live node's VM (nil: it is gone).
+func (p *Provider) check(ctx context.Context, sink control.Sink, pools []spec.Pool, n store.Node, vm *observed) error {
 	spot := false
 	for _, pl := range pools {
 		if pl.Metadata.Name == n.Pool {
@@ -159,7 +213,7 @@ func (p *Provider) check(ctx context.Context, sink control.Sink, vms *armcompute
 		}
 		return sink.Gone(ctx, n.Name, store.NodeLost, "VMDeleted: the VM was deleted outside spotml")
 	}
-	provisioning, power, failure := states(vm)
+	provisioning, power, failure := vm.provisioning, vm.power, vm.failure
 	if provisioning == "failed" {
 		if n.State == store.NodeProvisioning && n.HeartbeatAt.IsZero() {
 			if CapacityCodes[failure] {
@@ -191,12 +245,9 @@ func (p *Provider) check(ctx context.Context, sink control.Sink, vms *armcompute
 	p.mu.Unlock()
 	var errs []error
 	if !placed {
-		pl := control.Placement{InstanceType: string(deref(deref(deref(vm.Properties).HardwareProfile).VMSize))}
-		if pl.InstanceType == n.InstanceType {
+		pl := control.Placement{InstanceType: vm.size, Zone: vm.zone}
+		if strings.EqualFold(pl.InstanceType, n.InstanceType) {
 			pl.InstanceType = ""
-		}
-		if len(vm.Zones) > 0 {
-			pl.Zone = deref(vm.Zones[0])
 		}
 		if pl.Zone == n.Zone {
 			pl.Zone = ""
@@ -215,12 +266,7 @@ func (p *Provider) check(ctx context.Context, sink control.Sink, vms *armcompute
 	if !cleared && n.State != store.NodeProvisioning {
 		// The agent has registered: its credential leaves the metadata
 		// service, where any task could read it.
-		_, rg, name, err := parseVMID(n.ProviderID)
-		if err == nil {
-			_, err = vms.BeginUpdate(ctx, rg, name, armcompute.VirtualMachineUpdate{
-				Properties: &armcompute.VirtualMachineProperties{UserData: to.Ptr("")},
-			}, nil)
-		}
+		err := vm.clear(ctx)
 		if err == nil {
 			p.mu.Lock()
 			p.cleared[id] = true
@@ -229,26 +275,4 @@ func (p *Provider) check(ctx context.Context, sink control.Sink, vms *armcompute
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// states reads a VM's instance view: its provisioning state and power
-// state (the parts after "ProvisioningState/" and "PowerState/"), and the
-// error code a failed provisioning ended with.
-func states(vm *armcompute.VirtualMachine) (provisioning, power, failure string) {
-	props := deref(vm.Properties)
-	provisioning = strings.ToLower(deref(props.ProvisioningState))
-	if props.InstanceView == nil {
-		return provisioning, "", ""
-	}
-	for _, s := range props.InstanceView.Statuses {
-		c := deref(s.Code)
-		switch {
-		case strings.HasPrefix(c, "PowerState/"):
-			power = strings.TrimPrefix(c, "PowerState/")
-		case strings.HasPrefix(c, "ProvisioningState/failed"):
-			provisioning = "failed"
-			failure = strings.TrimPrefix(strings.TrimPrefix(c, "ProvisioningState/failed"), "/")
-		}
-	}
-	return provisioning, power, failure
 }

@@ -561,6 +561,12 @@ var migrations = []migration{
 		ALTER TABLE service_samples ADD COLUMN in_flight DOUBLE PRECISION NOT NULL DEFAULT 0;
 		ALTER TABLE service_samples ADD COLUMN in_flight_max BIGINT NOT NULL DEFAULT 0;`),
 	},
+	// 12: a node at elevated risk of being taken (AWS's rebalance
+	// recommendation), in ns since the epoch; 0 while it is not.
+	{
+		sqlite:   `ALTER TABLE nodes ADD COLUMN at_risk INTEGER NOT NULL DEFAULT 0;`,
+		postgres: `ALTER TABLE nodes ADD COLUMN IF NOT EXISTS at_risk BIGINT NOT NULL DEFAULT 0;`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

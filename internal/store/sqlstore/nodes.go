@@ -12,16 +12,16 @@ import (
 )
 
 const nodeCols = `name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, provider_id, host,
-	created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation, notice_at`
+	created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation, notice_at, at_risk`
 
 func scanNode(sc interface{ Scan(...any) error }) (store.Node, error) {
 	var n store.Node
-	var mem, c, st, hb, idle, nd, na int64
+	var mem, c, st, hb, idle, nd, na, risk int64
 	err := sc.Scan(&n.Name, &n.Pool, &n.Priority, &n.Zone, &n.InstanceType, &n.State, &n.Capacity.CPU, &mem,
-		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.ProviderID, &n.Host, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation, &na)
+		&n.Capacity.GPU, &n.PricePerHour, &n.OnDemandPrice, &n.ProviderID, &n.Host, &c, &st, &hb, &idle, &nd, &n.Reason, &n.Incarnation, &na, &risk)
 	n.Capacity.Memory = spec.Bytes(mem)
 	n.CreatedAt, n.StateAt, n.HeartbeatAt, n.IdleSince, n.NoticeDeadline = fromNanos(c), fromNanos(st), fromNanos(hb), fromNanos(idle), fromNanos(nd)
-	n.NoticeAt = fromNanos(na)
+	n.NoticeAt, n.AtRisk = fromNanos(na), fromNanos(risk)
 	return n, err
 }
 
@@ -30,7 +30,7 @@ func scanNode(sc interface{ Scan(...any) error }) (store.Node, error) {
 func (s *Store) CreateNode(ctx context.Context, n store.Node) error {
 	return s.tx(ctx, func(tx *txn) error {
 		now := s.now().UnixNano()
-		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, '', 1, 0)`,
+		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, '', 1, 0, 0)`,
 			n.Name, n.Pool, n.Priority, n.Zone, n.InstanceType, store.NodeProvisioning, n.Capacity.CPU, int64(n.Capacity.Memory),
 			n.Capacity.GPU, n.PricePerHour, n.OnDemandPrice, n.ProviderID, n.Host, now, now, now)
 		if err != nil {
@@ -60,7 +60,7 @@ func (s *Store) RestartNode(ctx context.Context, name string) error {
 		}
 		now := s.now().UnixNano()
 		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, state_at = ?, heartbeat_at = 0, idle_since = ?,
-			notice_deadline = 0, notice_at = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, store.NodeProvisioning, now, now, name); err != nil {
+			notice_deadline = 0, notice_at = 0, at_risk = 0, reason = '', incarnation = incarnation + 1 WHERE name = ?`, store.NodeProvisioning, now, now, name); err != nil {
 			return err
 		}
 		if err := s.openRun(ctx, tx, n, now); err != nil {
@@ -239,6 +239,42 @@ func (s *Store) SetNotice(ctx context.Context, name string, deadline time.Time, 
 		}
 		return s.event(ctx, tx, "Notice", "node/"+name, "EvictionNotice",
 			fmt.Sprintf("evicted in %s (by %s), seen by %s", deadline.Sub(s.now()).Round(time.Second), deadline.UTC().Format(time.RFC3339), source))
+	})
+	return changed, err
+}
+
+// SetAtRisk records that the platform warned a live node is at elevated
+// risk of being taken (AWS's rebalance recommendation), at at, as source
+// saw it. It reports whether that changed anything: a node already at
+// risk, or already given its notice, is left as it is. The node keeps its
+// state and its work; the pool scaler launches a replacement beside it.
+func (s *Store) SetAtRisk(ctx context.Context, name string, at time.Time, source string) (bool, error) {
+	defer s.forget(name)
+	changed := false
+	err := s.tx(ctx, func(tx *txn) error {
+		changed = false
+		n, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = ?`+s.d.ForUpdate, name))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if !store.Live(n.State) {
+			return store.Conflict("node %s is %s", name, n.State)
+		}
+		if !n.AtRisk.IsZero() || !n.NoticeDeadline.IsZero() {
+			return nil
+		}
+		if at.IsZero() {
+			at = s.now()
+		}
+		changed = true
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET at_risk = ? WHERE name = ?`, at.UnixNano(), name); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, "AtRisk", "node/"+name, "RebalanceRecommendation",
+			fmt.Sprintf("at elevated risk of interruption since %s (seen by %s): a replacement is launched; the node keeps its work until a notice", at.UTC().Format(time.RFC3339), source))
 	})
 	return changed, err
 }

@@ -47,6 +47,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"EndNodeRequeues", testEndNodeRequeues},
 		{"JobSettles", testJobSettles},
 		{"HeartbeatAndNotice", testHeartbeatAndNotice},
+		{"AtRisk", testAtRisk},
 		{"ListEventsFilters", testListEvents},
 		{"ListEventsOf", testListEventsOf},
 		{"Runs", testRuns},
@@ -756,6 +757,45 @@ func testHeartbeatAndNotice(t *testing.T, h *Harness) {
 	}
 	if _, err := h.St.SetNotice(h.Ctx, "missing", deadline, "agent"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("notice of a missing node: %v", err)
+	}
+}
+
+// testAtRisk: a rebalance recommendation marks a node at risk once, with
+// an event, and leaves its state and work alone; a notice still drains it.
+func testAtRisk(t *testing.T, h *Harness) {
+	h.Apply(PoolCPU)
+	h.Node("n1", true)
+	at := h.Clock.Now().Add(-time.Second)
+	if changed, err := h.St.SetAtRisk(h.Ctx, "n1", at, "agent (aws)"); !changed || err != nil {
+		t.Fatalf("first warning: %v, %v", changed, err)
+	}
+	if n := h.getNode("n1"); n.State != store.NodeReady || !n.AtRisk.Equal(at) || !n.NoticeDeadline.IsZero() {
+		t.Errorf("after the warning: %+v", n)
+	}
+	if changed, err := h.St.SetAtRisk(h.Ctx, "n1", at.Add(time.Minute), "agent (aws)"); changed || err != nil {
+		t.Errorf("second warning: %v, %v", changed, err)
+	}
+	if n := h.getNode("n1"); !n.AtRisk.Equal(at) {
+		t.Errorf("a later warning moved AtRisk to %v", n.AtRisk)
+	}
+	if _, err := h.St.SetNotice(h.Ctx, "n1", h.Clock.Now().Add(2*time.Minute), "agent"); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.getNode("n1"); n.State != store.NodeDraining || !n.AtRisk.Equal(at) {
+		t.Errorf("after the notice: %+v", n)
+	}
+	want := []string{"Launched node/n1", "Ready node/n1", "AtRisk node/n1", "Notice node/n1"}
+	if got := h.events("node/"); !slices.Equal(got, want) {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	if _, err := h.St.SetAtRisk(h.Ctx, "missing", at, "agent"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("warning of a missing node: %v", err)
+	}
+	if err := h.St.EndNode(h.Ctx, "n1", store.NodePreempted, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.St.SetAtRisk(h.Ctx, "n1", at, "agent"); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("warning of an ended node: %v", err)
 	}
 }
 

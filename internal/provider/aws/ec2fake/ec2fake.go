@@ -1,7 +1,8 @@
 // Package ec2fake is a loopback EC2 endpoint that behaves as the EC2 API
 // reference documents for the calls spotml's aws provider makes:
 // RunInstances, DescribeInstances (filters by tag, tag-key and
-// instance-state-name; paging by NextToken) and TerminateInstances, in
+// instance-state-name; paging by NextToken), TerminateInstances, launch
+// templates and instant fleets (fleet.go) and DescribeSpotPriceHistory, in
 // EC2's query protocol (a form body in, XML out) with EC2's error shape.
 // Spot capacity runs out per zone and instance type
 // (InsufficientInstanceCapacity), a max price below the spot price is
@@ -53,6 +54,9 @@ type EC2 struct {
 	order     []string
 	noSpot    map[string]bool    // zone/type without spot capacity
 	spotPrice map[string]float64 // type → price
+	odPrice   map[string]float64 // type → on-demand price
+	templates map[string]*template
+	fleets    map[string]fleetResult // by client token
 	next      int
 	calls     map[string]int
 }
@@ -60,7 +64,8 @@ type EC2 struct {
 // New starts a fake EC2 on loopback with the given subnets (ID → zone).
 func New(region string, subnets map[string]string) *EC2 {
 	e := &EC2{Region: region, subnets: subnets, instances: map[string]*Instance{}, noSpot: map[string]bool{},
-		spotPrice: map[string]float64{}, calls: map[string]int{}}
+		spotPrice: map[string]float64{}, odPrice: map[string]float64{}, templates: map[string]*template{},
+		fleets: map[string]fleetResult{}, calls: map[string]int{}}
 	e.srv = httptest.NewServer(http.HandlerFunc(e.serve))
 	e.URL = e.srv.URL
 	return e
@@ -81,6 +86,14 @@ func (e *EC2) SetSpotPrice(typ string, price float64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.spotPrice[typ] = price
+}
+
+// SetOnDemandPrice sets a type's On-Demand price, by which an On-Demand
+// fleet's lowest-price strategy chooses.
+func (e *EC2) SetOnDemandPrice(typ string, price float64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.odPrice[typ] = price
 }
 
 // Instances returns copies of the instances, oldest first.
@@ -157,6 +170,14 @@ func (e *EC2) serve(w http.ResponseWriter, r *http.Request) {
 		resp, err = e.describeInstances(f)
 	case "TerminateInstances":
 		resp, err = e.terminateInstances(f)
+	case "CreateLaunchTemplate":
+		resp, err = e.createLaunchTemplate(f)
+	case "DeleteLaunchTemplate":
+		resp, err = e.deleteLaunchTemplate(f)
+	case "CreateFleet":
+		resp, err = e.createFleet(f)
+	case "DescribeSpotPriceHistory":
+		resp, err = e.describeSpotPriceHistory(f)
 	default:
 		err = &apiError{http.StatusBadRequest, "InvalidAction", "The action " + f.Get("Action") + " is not valid for this web service."}
 	}
@@ -205,7 +226,6 @@ func get(f map[string][]string, key string) string {
 }
 
 func (e *EC2) runInstances(f map[string][]string) (any, *apiError) {
-	bad := func(msg string) *apiError { return &apiError{http.StatusBadRequest, "InvalidParameterValue", msg} }
 	if get(f, "MinCount") != "1" || get(f, "MaxCount") != "1" {
 		return nil, &apiError{http.StatusBadRequest, "MissingParameter", "MinCount and MaxCount are required (this fake makes one instance at a time)"}
 	}
@@ -217,6 +237,17 @@ func (e *EC2) runInstances(f map[string][]string) (any, *apiError) {
 			}
 		}
 	}
+	in, err := e.launch(f)
+	if err != nil {
+		return nil, err
+	}
+	return reservation("RunInstancesResponse", in), nil
+}
+
+// launch makes one instance from RunInstances' parameters (or a launch
+// template's data with a fleet's override), or refuses it as EC2 would.
+func (e *EC2) launch(f map[string][]string) (*Instance, *apiError) {
+	bad := func(msg string) *apiError { return &apiError{http.StatusBadRequest, "InvalidParameterValue", msg} }
 	in := &Instance{ImageID: get(f, "ImageId"), Type: get(f, "InstanceType"), Subnet: get(f, "SubnetId"),
 		SecurityGroups: list(f, "SecurityGroupId"), KeyName: get(f, "KeyName"),
 		Profile: get(f, "IamInstanceProfile.Name") + get(f, "IamInstanceProfile.Arn"), HTTPTokens: get(f, "MetadataOptions.HttpTokens"),
@@ -296,7 +327,7 @@ func (e *EC2) runInstances(f map[string][]string) (any, *apiError) {
 	in.ID = fmt.Sprintf("i-%017x", e.next)
 	e.instances[in.ID] = in
 	e.order = append(e.order, in.ID)
-	return reservation("RunInstancesResponse", in), nil
+	return in, nil
 }
 
 // Response documents, as the API reference shows them.

@@ -67,6 +67,7 @@ type Cloud struct {
 	noSpot    map[string]bool                               // VM sizes without spot capacity
 	failAlloc map[string]bool                               // VM sizes whose allocation fails after acceptance
 	spotPrice map[string]float64                            // VM size → current spot price
+	uniform   map[string]*uniform                           // Uniform scale sets' instances, by rg/name
 	calls     map[string]int
 }
 
@@ -188,7 +189,7 @@ func (c *Cloud) ClientFactory() (*armcompute.ClientFactory, error) {
 
 // Transport is the SDK's fake server transport over this cloud.
 func (c *Cloud) Transport() *fake.ServerFactoryTransport {
-	return fake.NewServerFactoryTransport(&fake.ServerFactory{
+	f := &fake.ServerFactory{
 		VirtualMachinesServer: fake.VirtualMachinesServer{
 			BeginCreateOrUpdate: c.createOrUpdate,
 			Get:                 c.get,
@@ -202,7 +203,9 @@ func (c *Cloud) Transport() *fake.ServerFactoryTransport {
 		VirtualMachineScaleSetsServer: fake.VirtualMachineScaleSetsServer{
 			Get: c.getScaleSet,
 		},
-	})
+	}
+	c.uniformServers(f)
+	return fake.NewServerFactoryTransport(f)
 }
 
 func (c *Cloud) count(op string) {
