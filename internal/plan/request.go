@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/spotml/spotml/internal/cost"
@@ -185,10 +187,22 @@ func Services(req Request, load func(name string) (*trace.Trace, error)) (Report
 			PerReplicaQPS: sv.Spec.Replicas.TargetQPSPerReplica, Load: req.Load}
 		tp := TierPlan{Tier: tier, Spec: own, Replicas: n,
 			Run: Simulate(svc, pools, traced.Start, Options{Duration: dur})}
+		// The offsets' runs are independent: one per CPU at a time.
+		runs := make([]Run, len(offsets))
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+		for i, off := range offsets {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				runs[i] = Simulate(svc, pools, off, Options{Duration: dur, Points: -1})
+			})
+		}
+		wg.Wait()
 		tp.WorstAvailability, tp.WorstAnswered = 1, 1
 		met := 0
-		for _, off := range offsets {
-			r := Simulate(svc, pools, off, Options{Duration: dur, Points: -1})
+		for i, off := range offsets {
+			r := runs[i]
 			tp.Sweep = append(tp.Sweep, OffsetPoint{Offset: off, Availability: r.Availability, Answered: r.Answered, Fraction: r.Fraction})
 			tp.MeanAvailability += r.Availability
 			tp.WorstAvailability = min(tp.WorstAvailability, r.Availability)

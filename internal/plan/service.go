@@ -401,15 +401,20 @@ func (s *sim) decide() bool {
 			s.si++
 		}
 		s.replicas = append(s.replicas, r)
-		if nd := s.idleNode(p); nd != nil {
-			s.place(r, nd)
+	}
+	// The pool autoscaler: a pending replica gets an idle node of its
+	// pool, or a new one; a refused launch leaves it pending and backs
+	// the pool off, and the next pass sees its pool unavailable and
+	// replaces it.
+	for _, r := range s.replicas {
+		if r.node != nil || s.now < r.pool.backoff {
 			continue
 		}
-		if nd := s.launch(p); nd != nil {
+		if nd := s.idleNode(r.pool); nd != nil {
+			s.place(r, nd)
+		} else if nd := s.launch(r.pool); nd != nil {
 			s.place(r, nd)
 		}
-		// A refused launch leaves the replica pending: the next pass
-		// sees its pool unavailable and replaces it.
 	}
 	return len(plan.Create) > 0 || len(plan.Stop) > 0
 }
