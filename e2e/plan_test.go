@@ -127,13 +127,15 @@ spec:
 	// replica's start on a node that is up.
 	var boots, loads []time.Duration
 	nodeUp := map[string]time.Time{}
-	notices := 0
 	for _, n := range c.nodes() {
 		if n.State == api.NodeReady {
 			boots = append(boots, n.StateAt.Sub(n.CreatedAt))
 			nodeUp[n.Name] = n.StateAt
 		}
-		if !n.NoticeDeadline.IsZero() && n.NoticeDeadline.After(t0) {
+	}
+	notices := 0
+	for _, e := range c.events() {
+		if e.Kind == "Notice" && !e.Time.Before(t0) {
 			notices++
 		}
 	}
