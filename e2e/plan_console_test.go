@@ -41,7 +41,7 @@ func TestConsolePlan(t *testing.T) {
 		chromedp.WaitVisible("#chart-plan-avail canvas", chromedp.ByQuery))
 	b.screenshot("plan")
 	var rows int
-	b.run("rows", 5*time.Second, chromedp.Evaluate(`document.querySelectorAll('#plan-results tbody tr').length`, &rows))
+	b.run("rows", 5*time.Second, chromedp.Evaluate(`document.querySelectorAll('#plan-results tr[data-tier]').length`, &rows))
 	if rows != 3 {
 		t.Errorf("%d tier rows, want dev, prod and strict", rows)
 	}

@@ -144,7 +144,7 @@ func TestServicesOnRealTraces(t *testing.T) {
 	sv.Spec.Replicas.Min = 2
 	sv.Spec.Placement.Tier = spec.TierProd
 	start := time.Duration(-1)
-	rep, err := Services(Request{Service: sv, Traces: names, InstanceType: "m5.large", Start: start, Offsets: 20,
+	rep, err := Services(Request{Service: sv, Traces: names, InstanceType: "m5.large", Start: start, Offsets: 8, Duration: 12 * time.Hour,
 		Boot: 90 * time.Second, Load: 5 * time.Second, QPS: 40}, load)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +155,7 @@ func TestServicesOnRealTraces(t *testing.T) {
 	for _, tp := range rep.Tiers {
 		t.Logf("%s (spec %v): run %s, mean availability %.4f, worst %.4f, mean %.2f×, worst %.2f×, met %.2f, headroom %.2f",
 			tp.Tier, tp.Spec, tp.Run, tp.MeanAvailability, tp.WorstAvailability, tp.MeanFraction, tp.WorstFraction, tp.MetTarget, tp.Run.HeadroomP99)
-		if len(tp.Sweep) != 20 || len(tp.Run.Timeline) < 2 {
+		if len(tp.Sweep) != 8 || len(tp.Run.Timeline) < 2 {
 			t.Errorf("%s: %d offsets, %d timeline points", tp.Tier, len(tp.Sweep), len(tp.Run.Timeline))
 		}
 		if tp.WorstAvailability > tp.MeanAvailability || tp.MeanFraction > tp.WorstFraction || tp.MeanFraction <= 0 {
