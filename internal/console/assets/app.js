@@ -1640,7 +1640,7 @@ function planPage() {
     { label: 'Answered', cls: 'num' }, { label: 'None ready', cls: 'num' }, { label: 'p99 headroom', cls: 'num' },
     { label: 'Cost', cls: 'num' }, { label: '÷ all on-demand', cls: 'num' }, { label: 'Offsets: available mean / worst', cls: 'num' },
     { label: 'Met target', cls: 'num' }, { label: 'Offsets: cost mean / worst', cls: 'num' }], { captionVisible: true });
-  const ready = planChart('chart-plan-ready', 'Ready replicas over the run (dashed: needed)', 'replicas', 'hours', (v) => fmtNum(v, 0));
+  const ready = planChart('chart-plan-ready', 'Ready replicas over the run (dashed: needed)', 'replicas', 'hours', (v) => fmtNum(v, 0), true);
   const spent = planChart('chart-plan-cost', 'Cumulative cost over the run (dashed: all on-demand)', 'USD', 'hours', (v) => fmtUSD(v));
   const avail = planChart('chart-plan-avail', 'Availability by start offset', '%', 'offset (hours into the traces)', (v) => `${fmtNum(v, 2)} %`);
   const frac = planChart('chart-plan-frac', 'Cost ÷ all on-demand by start offset', '×', 'offset (hours into the traces)', (v) => `${fmtNum(v, 2)}×`);
@@ -1728,7 +1728,16 @@ function planPage() {
     // Over the run: each tier's own timeline, sampled on a common grid.
     const end = sec(rep.duration);
     const grid = Array.from({ length: 241 }, (_, i) => (end * i) / 240);
+    // Replicas hold their count from one point to the next; money accrues
+    // linearly between them (the nodes do not change in between).
     const at = (tl, x, key) => { let v = tl.length ? tl[0][key] : null; for (const p of tl) { if (sec(p.t) > x) break; v = p[key]; } return v; };
+    const lin = (tl, x, key) => {
+      for (let i = 1; i < tl.length; i++) {
+        const a = tl[i - 1]; const b = tl[i];
+        if (sec(b.t) >= x) return sec(b.t) === sec(a.t) ? b[key] : a[key] + ((b[key] - a[key]) * (x - sec(a.t))) / (sec(b.t) - sec(a.t));
+      }
+      return tl.length ? tl[tl.length - 1][key] : null;
+    };
     const hours = grid.map((x) => x / 3600);
     const defsR = []; const dataR = [hours];
     const defsC = []; const dataC = [hours];
@@ -1737,10 +1746,10 @@ function planPage() {
       const color = TIER_COLORS[tp.tier] || '#4b5563';
       defsR.push({ label: tp.tier, color }); dataR.push(grid.map((x) => at(tl, x, 'ready')));
       defsR.push({ label: `${tp.tier} needed`, color, dash: [6, 4], width: 1 }); dataR.push(grid.map(() => tp.run.needed));
-      defsC.push({ label: tp.tier, color }); dataC.push(grid.map((x) => at(tl, x, 'cost')));
+      defsC.push({ label: tp.tier, color }); dataC.push(grid.map((x) => lin(tl, x, 'cost')));
     }
     const od = rep.tiers[0]?.run.timeline || [];
-    defsC.push({ label: 'all on-demand (dev\'s count)', color: '#111827', dash: [6, 4], width: 1.5 }); dataC.push(grid.map((x) => at(od, x, 'allOnDemand')));
+    defsC.push({ label: 'all on-demand (dev\'s count)', color: '#111827', dash: [6, 4], width: 1.5 }); dataC.push(grid.map((x) => lin(od, x, 'allOnDemand')));
     ready.set(defsR, dataR, rep.tiers.map((tp) => `${tp.tier}: ${pct(tp.run.availability)} of the time with ${tp.run.needed} ready`).join('; '));
     spent.set(defsC, dataC, rep.tiers.map((tp) => `${tp.tier}: ${fmtUSD(tp.run.cost)} (${fmtNum(tp.run.fraction, 2)}× all on-demand)`).join('; '));
 
@@ -1763,7 +1772,7 @@ function planPage() {
 }
 
 // planChart is a uPlot over a numeric x axis (hours), with a text summary.
-function planChart(id, title, yLabel, xLabel, fmt) {
+function planChart(id, title, yLabel, xLabel, fmt, integer = false) {
   const box = h('div', { id, class: 'chart', role: 'img', 'aria-label': title });
   const summary = h('p', { class: 'chart-summary muted' }, 'No plan yet.');
   const fig = h('figure', { class: 'chart-fig' }, h('figcaption', null, title), box, summary);
@@ -1781,7 +1790,7 @@ function planChart(id, title, yLabel, xLabel, fmt) {
         }))],
         scales: { x: { time: false }, y: { range: (u, min, max) => [0, max == null ? 1 : max * 1.1 || 1] } },
         axes: [{ label: xLabel, stroke: '#4b5563', grid: { stroke: '#e5e7eb' } },
-          { label: yLabel, stroke: '#4b5563', grid: { stroke: '#e5e7eb' }, size: 64, values: (u, vals) => vals.map((v) => fmt(v)) }],
+          { label: yLabel, stroke: '#4b5563', grid: { stroke: '#e5e7eb' }, size: 64, incrs: integer ? [1, 2, 5, 10, 20, 50, 100] : undefined, values: (u, vals) => vals.map((v) => fmt(v)) }],
         legend: { live: true },
       }, data, box);
     },
