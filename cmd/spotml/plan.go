@@ -12,6 +12,7 @@ import (
 
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/deadline"
+	"github.com/spotml/spotml/internal/plan"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/trace"
 )
@@ -55,28 +56,47 @@ type PlanRun struct {
 func newPlanCmd(stdout io.Writer) *cobra.Command {
 	var (
 		files            []string
-		tracePath        string
+		traces           []string
 		speedup          float64
 		start, step      time.Duration
 		changeover       time.Duration
 		offsets          int
 		output, instType string
+		duration         time.Duration
+		boot, load       time.Duration
+		notice           time.Duration
+		qps, target      float64
 	)
 	c := &cobra.Command{
-		Use:   "plan -f JOB.yaml --trace FILE",
-		Short: "Predict a deadline job's cost against all on-demand, and whether it meets its deadline, on a spot trace (nothing is launched)",
-		Long: `plan simulates a Job with a deadline on a recorded spot market (a trace file, see traces/) with the
-same deadline policy the control plane runs, and prints its cost against all on-demand and whether it
-meets its deadline: from --start, and over --offsets start offsets spread over the trace (the share that
-meet it is the probability). Prices come from a spot and an on-demand pool in the -f files, else from
---instance-type in the price table. --speedup reads the trace as a pool with market.speedup replays it,
-so that the plan is in the same (compressed) time as that pool's real run.`,
+		Use:   "plan -f SPEC.yaml --trace FILE [--trace FILE ...]",
+		Short: "Predict what a deadline job or a service would cost against all on-demand, and whether it meets its deadline or stays up, on spot traces (nothing is launched)",
+		Long: `plan simulates a Job with a deadline or a Service on recorded spot markets (trace files, see traces/)
+with the same decisions the control plane runs, and prints its cost against all on-demand: from --start,
+and over --offsets start offsets spread over the traces (the share that meet the deadline or the
+availability --target is the probability).
+
+A Job (kind: Job with spec.deadline and spec.work) runs on one --trace with the deadline policy.
+Prices come from a spot and an on-demand pool in the -f files, else from --instance-type.
+
+A Service runs on its spot pools, one trace each: the -f files' spot pools in order take the --trace
+files (or, without --trace, replay their own spec.local.market trace, speedup and start); without spot
+pools in the files, each --trace makes one (spot-a, spot-b, ...) of --instance-type, and an on-demand pool
+is added. Placement (tiers, spreading, stand-ins, spare spot replicas) is placement.Decide and
+placement.Spares, as on the control plane. Printed per tier (dev, prod, strict: the spec's own
+placement for its tier, the bare tier for the others): availability (time with the needed ready
+replicas), requests answered at --qps, p99 headroom (capacity over load, or ready over needed, that
+the service had 99 % of the time) and cost against all on-demand. --boot is a new node's time to
+take a replica, --load a replica's start on it, --notice a spot pool's notice where its spec gives none.
+
+--speedup reads the traces as a pool with market.speedup replays them, so that the plan is in the same
+(compressed) time as that pool's real run; --start and --duration are in trace time.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if len(files) == 0 || tracePath == "" {
-				return errors.New("plan: name the job with -f FILE and the market with --trace FILE")
+			if len(files) == 0 {
+				return errors.New("plan: name the job or service with -f FILE and the market with --trace FILE")
 			}
 			var job *spec.Job
+			var svc *spec.Service
 			var pools []spec.Pool
 			for _, f := range files {
 				docs, err := spec.ParseFile(f)
@@ -87,26 +107,55 @@ so that the plan is in the same (compressed) time as that pool's real run.`,
 					switch {
 					case d.Job != nil && job == nil:
 						job = d.Job
+					case d.Service != nil && svc == nil:
+						svc = d.Service
 					case d.Pool != nil:
 						pools = append(pools, *d.Pool)
 					}
 				}
 			}
-			if job == nil {
-				return errors.New("-f: no Job in the files; plan needs one (kind: Job) with spec.deadline and spec.work")
+			if speedup < 0 {
+				return fmt.Errorf("--speedup: must be positive, got %g", speedup)
 			}
-			tr, err := trace.Load(tracePath)
+			if job == nil && svc != nil {
+				req := plan.Request{Service: *svc, Pools: pools, Traces: traces, InstanceType: instType, Speedup: speedup,
+					Start: -1, Duration: duration, Offsets: offsets, Target: target, Boot: boot, Load: load, Notice: notice, QPS: qps}
+				if c.Flags().Changed("start") {
+					req.Start = start
+				}
+				if !c.Flags().Changed("speedup") {
+					req.Speedup = 0 // the pools' own market.speedup
+				}
+				rep, err := plan.Services(req, trace.Load)
+				if err != nil {
+					return err
+				}
+				if output == "json" {
+					enc := json.NewEncoder(stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(rep)
+				}
+				printServicePlan(stdout, rep)
+				return nil
+			}
+			if job == nil {
+				return errors.New("-f: no Job or Service in the files; plan needs one (kind: Job with spec.deadline and spec.work, or kind: Service)")
+			}
+			if len(traces) != 1 {
+				return errors.New("plan: a job runs on one market; give one --trace FILE")
+			}
+			tr, err := trace.Load(traces[0])
 			if err != nil {
 				return fmt.Errorf("--trace: %w", err)
 			}
 			if speedup <= 0 {
 				return fmt.Errorf("--speedup: must be positive, got %g", speedup)
 			}
-			p, err := plan(*job, pools, instType, tr, speedup, start, changeover, step, offsets)
+			p, err := planJob(*job, pools, instType, tr, speedup, start, changeover, step, offsets)
 			if err != nil {
 				return err
 			}
-			p.Trace = tracePath
+			p.Trace = traces[0]
 			if output == "json" {
 				enc := json.NewEncoder(stdout)
 				enc.SetIndent("", "  ")
@@ -116,21 +165,72 @@ so that the plan is in the same (compressed) time as that pool's real run.`,
 			return nil
 		},
 	}
-	c.Flags().StringArrayVarP(&files, "filename", "f", nil, "YAML file with the Job (and the pools whose prices to use)")
-	c.Flags().StringVar(&tracePath, "trace", "", "spot trace file (any format under traces/)")
+	c.Flags().StringArrayVarP(&files, "filename", "f", nil, "YAML file with the Job or Service (and the pools whose prices and markets to use)")
+	c.Flags().StringArrayVar(&traces, "trace", nil, "spot trace file (any format under traces/); a service takes one per spot pool")
 	c.Flags().Float64Var(&speedup, "speedup", 1, "replay speed, as a pool's market.speedup")
-	c.Flags().DurationVar(&start, "start", 0, "offset into the trace (in trace time) of the run printed first")
-	c.Flags().IntVar(&offsets, "offsets", 100, "start offsets spread over the trace, for the mean, worst and deadline probability")
-	c.Flags().DurationVar(&changeover, "changeover", time.Minute, "time a start on new capacity costs (launch, boot, restore); spotml measures it on a live pool")
-	c.Flags().DurationVar(&step, "step", 0, "simulation step (default: the deadline / 2000, at least 1s)")
+	c.Flags().DurationVar(&start, "start", 0, "offset into the traces (in trace time) of the run printed first")
+	c.Flags().IntVar(&offsets, "offsets", 100, "start offsets spread over the traces, for the mean, worst and the probability of meeting the deadline or target")
+	c.Flags().DurationVar(&changeover, "changeover", time.Minute, "job: time a start on new capacity costs (launch, boot, restore); spotml measures it on a live pool")
+	c.Flags().DurationVar(&step, "step", 0, "job: simulation step (default: the deadline / 2000, at least 1s)")
 	c.Flags().StringVar(&instType, "instance-type", "", "price-table instance type, when -f names no pools")
 	c.Flags().StringVarP(&output, "output", "o", "", "json (default: a table)")
+	c.Flags().DurationVar(&duration, "duration", 0, "service: how much of the market a run covers, in trace time (default 24h, or what the traces have left)")
+	c.Flags().DurationVar(&boot, "boot", time.Minute, "service: a new node's time until it takes a replica (launch, boot, start task)")
+	c.Flags().DurationVar(&load, "load", 5*time.Second, "service: a replica's time to ready on a node that is up (model load)")
+	c.Flags().DurationVar(&notice, "notice", 30*time.Second, "service: eviction notice of spot pools whose spec.local.notice is unset")
+	c.Flags().Float64Var(&qps, "qps", 0, "service: requests per second; sizes the replicas (targetQPSPerReplica) and counts requests answered")
+	c.Flags().Float64Var(&target, "target", 0.999, "service: the availability an offset must reach to count as met")
 	return c
 }
 
-// plan simulates job on tr with the deadline policy (deadline.Simulate,
+// printServicePlan prints a service plan as a table.
+func printServicePlan(w io.Writer, r plan.Report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	load := "no load given (--qps)"
+	if r.QPS > 0 {
+		load = fmt.Sprintf("%g requests/s", r.QPS)
+	}
+	fmt.Fprintf(tw, "SERVICE\t%s (tier %s), %s\n", r.Service, r.Tier, load)
+	for _, p := range r.Pools {
+		if p.Trace == "" {
+			fmt.Fprintf(tw, "POOL %s\t%s, $%.4f/h, boot %s\n", p.Name, p.Priority, p.PricePerHour, p.Boot)
+			continue
+		}
+		fmt.Fprintf(tw, "POOL %s\tspot, $%.4f/h (on demand $%.4f/h), boot %s, notice %s: %s at %gx\n",
+			p.Name, p.PricePerHour, p.OnDemandPerHour, p.Boot, p.Notice, p.Trace, p.Speedup)
+	}
+	fmt.Fprintf(tw, "RUN\t%s of market (%s real) from %s; %d offsets\n", r.Span.Round(time.Second), r.Duration.Round(time.Second), r.Start, r.Offsets)
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "TIER\tREPLICAS\tAVAILABLE\tANSWERED\tNONE READY\tP99 HEADROOM\tCOST\tALL ON-DEMAND\tNOTICES\tSTAND-INS\tOVER OFFSETS: AVAILABLE MEAN/WORST\tMET %.4g%%\tCOST MEAN/WORST\n", 100*r.Target)
+	for _, t := range r.Tiers {
+		name := t.Tier
+		if t.Spec {
+			name += " (spec)"
+		}
+		answered := "-"
+		if t.Run.Answered >= 0 {
+			answered = percentOf(t.Run.Answered)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.2f\t$%.4f = %.2fx\t$%.4f\t%d\t%d\t%s / %s\t%.0f%%\t%.2fx / %.2fx\n",
+			name, t.Replicas, percentOf(t.Run.Availability), answered, t.Run.NoneReady.Round(time.Second), t.Run.HeadroomP99,
+			t.Run.Cost, t.Run.Fraction, t.Run.AllOnDemand, t.Run.Notices, t.Run.StandIns,
+			percentOf(t.MeanAvailability), percentOf(t.WorstAvailability), 100*t.MetTarget, t.MeanFraction, t.WorstFraction)
+	}
+	tw.Flush()
+}
+
+func percentOf(f float64) string {
+	if f == 1 {
+		return "100%"
+	}
+	return fmt.Sprintf("%.2f%%", 100*f)
+}
+
+// planJob simulates job on tr with the deadline policy (deadline.Simulate,
 // the same Decide the control plane runs).
-func plan(job spec.Job, pools []spec.Pool, instType string, tr *trace.Trace, speedup float64, start, changeover, step time.Duration, offsets int) (Plan, error) {
+func planJob(job spec.Job, pools []spec.Pool, instType string, tr *trace.Trace, speedup float64, start, changeover, step time.Duration, offsets int) (Plan, error) {
 	if job.Spec.Deadline == "" || job.Spec.Work.Duration <= 0 {
 		return Plan{}, fmt.Errorf("job %s: plan needs spec.deadline and spec.work (the compute each task needs), e.g. deadline: 36h, work: 24h", job.Metadata.Name)
 	}

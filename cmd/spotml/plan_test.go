@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -69,5 +70,101 @@ spec: {deadline: 10h, work: 6h, count: 1, template: {command: [train]}}
 	noWork := write("nowork.yaml", "apiVersion: spotml/v1\nkind: Job\nmetadata: {name: j}\nspec: {deadline: 10h, count: 1, template: {command: [x]}}\n")
 	if _, err := spotml(t, "", "plan", "-f", noWork, "--trace", filepath.Join(dir, "ones.json"), "--instance-type", "p3.2xlarge"); err == nil || !strings.Contains(err.Error(), "spec.work") {
 		t.Errorf("plan without spec.work: %v, want an error naming spec.work", err)
+	}
+}
+
+// TestPlanService runs spotml plan on a service over two spot pools of
+// the -f files, one stable and one that loses its capacity for an hour,
+// and checks the per-tier report in JSON and as a table.
+func TestPlanService(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ticks := func(vals ...string) string {
+		return `{"metadata": {"gap_seconds": 600}, "data": [` + strings.Join(vals, ", ") + `]}`
+	}
+	many := func(v string, n int) string { return strings.TrimSuffix(strings.Repeat(v+", ", n), ", ") }
+	stable := write("stable.json", ticks(many("2", 144)))
+	gone := write("gone.json", ticks(many("2", 30), many("0", 6), many("2", 108)))
+	svc := write("svc.yaml", `apiVersion: spotml/v1
+kind: Pool
+metadata: {name: a}
+spec: {provider: local, priority: spot, instanceType: local-small, zones: ["1"], max: 4, local: {notice: 30s}}
+---
+apiVersion: spotml/v1
+kind: Pool
+metadata: {name: b}
+spec: {provider: local, priority: spot, instanceType: local-small, zones: ["2"], max: 4}
+---
+apiVersion: spotml/v1
+kind: Pool
+metadata: {name: od}
+spec: {provider: local, priority: ondemand, instanceType: local-small, max: 4}
+---
+apiVersion: spotml/v1
+kind: Service
+metadata: {name: web}
+spec:
+  model: {uri: models/m.onnx}
+  replicas: {min: 2, targetQPSPerReplica: 10}
+  placement: {tier: prod}
+`)
+	out, err := spotml(t, "", "plan", "-f", svc, "--trace", gone, "--trace", stable, "--duration", "20h", "--offsets", "4", "--qps", "15", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Tiers []struct {
+			Tier     string
+			Spec     bool
+			Replicas int
+			Run      struct {
+				Availability, Answered, HeadroomP99, Fraction, Cost float64
+				Notices                                             int
+				Timeline                                            []struct{ Ready int }
+			}
+			Sweep []struct{ Offset int64 }
+		}
+		Pools []struct{ Name, Trace string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(rep.Tiers) != 3 || len(rep.Pools) != 3 || rep.Pools[0].Trace != gone || rep.Pools[1].Trace != stable {
+		t.Fatalf("report %s: want 3 tiers and the pools a, b with their traces in order", out)
+	}
+	for _, tp := range rep.Tiers {
+		r := tp.Run
+		t.Logf("%s: %+v", tp.Tier, r)
+		if tp.Replicas != 2 || len(tp.Sweep) != 4 || len(r.Timeline) < 2 || r.Availability <= 0.9 || r.Answered <= 0.9 || r.Fraction <= 0 || r.Fraction > 1 {
+			t.Errorf("%s: %+v", tp.Tier, tp)
+		}
+		if tp.Spec != (tp.Tier == "prod") {
+			t.Errorf("%s marked spec %v", tp.Tier, tp.Spec)
+		}
+	}
+	// dev does not spread: both replicas go to pool a, which loses them,
+	// and the curve shows the stretch without a replica; strict's
+	// on-demand replica serves throughout.
+	zero := func(tl []struct{ Ready int }) bool {
+		return slices.ContainsFunc(tl, func(p struct{ Ready int }) bool { return p.Ready == 0 })
+	}
+	if dev := rep.Tiers[0].Run; dev.Notices != 2 || !zero(dev.Timeline) {
+		t.Errorf("dev: %d notices, timeline %v; want both replicas noticed in pool a and a stretch with none ready", dev.Notices, dev.Timeline)
+	}
+	if strict := rep.Tiers[2].Run; zero(strict.Timeline) {
+		t.Errorf("strict: timeline %v has a stretch with no replica ready", strict.Timeline)
+	}
+	table, err := spotml(t, "", "plan", "-f", svc, "--trace", gone, "--trace", stable, "--duration", "20h", "--offsets", "4")
+	if err != nil || !strings.Contains(table, "prod (spec)") || !strings.Contains(table, "P99 HEADROOM") || !strings.Contains(table, "POOL a") {
+		t.Errorf("table: %v\n%s", err, table)
+	}
+	if _, err := spotml(t, "", "plan", "-f", svc, "--trace", gone, "--trace", stable, "--trace", stable); err == nil || !strings.Contains(err.Error(), "one trace per spot pool") {
+		t.Errorf("three traces for two spot pools: %v, want an error saying one per pool", err)
 	}
 }

@@ -47,6 +47,7 @@ type serverFlags struct {
 	instanceID  string
 	advertise   string
 	logLevel    string
+	tracesDir   string
 	api         timeouts
 	gateway     gatewayOptions
 	kube        kubeFlags
@@ -70,6 +71,7 @@ func (f *serverFlags) bind(c *cobra.Command) {
 	c.Flags().StringVar(&f.instanceID, "instance-id", "", "this instance's ID among those sharing the store (default: host name and a random suffix, new each start)")
 	c.Flags().StringVar(&f.advertise, "advertise-url", "", "this instance's API URL as others reach it, shown by get controlplane (default: http://ADDR)")
 	c.Flags().StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	c.Flags().StringVar(&f.tracesDir, "traces-dir", "traces", "spot traces the console's Plan view and POST /api/v1/plan may replay (see traces/README.md)")
 	f.api = apiTimeouts
 	f.api.bind(c.Flags(), "api-", "API", false)
 	f.gateway = defaultGatewayOptions
@@ -169,7 +171,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 
 	providers := map[string]control.Provider{}
 	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now,
-		Backup: backups, BackupDir: data}
+		Backup: backups, BackupDir: data, TracesDir: f.tracesDir}
 	var loc *local.Local
 	if withLocal {
 		self, err := os.Executable()

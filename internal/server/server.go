@@ -55,6 +55,9 @@ type Config struct {
 	// store has no online backup here and the endpoint answers 501.
 	Backup    Backuper
 	BackupDir string
+	// TracesDir holds the spot traces POST /plan may replay; empty or
+	// missing: none.
+	TracesDir string
 	Log       *slog.Logger // nil: discard
 	Now       func() time.Time
 }
@@ -153,6 +156,9 @@ func (s *Server) routes() {
 	// changes nothing.
 	write("GET "+p+"/backup", s.backup)
 	s.batchRoutes(read, write, agent)
+	// A plan launches nothing and writes nothing: a viewer may ask.
+	read("GET "+p+"/plan/traces", s.planTraces)
+	read("POST "+p+"/plan", s.plan)
 	s.mux.Handle("POST "+p+"/agent/register", s.auth(needJoin, s.register))
 	agent("POST "+p+"/agent/heartbeat", s.heartbeat)
 	agent("POST "+p+"/agent/tasks/{id}/report", s.report)

@@ -298,6 +298,8 @@ var routes = []struct {
 	{"POST", "/tokens", "admin"},
 	{"DELETE", "/tokens/nobody", "admin"},
 	{"GET", "/backup", "admin"},
+	{"GET", "/plan/traces", "read"},
+	{"POST", "/plan", "read"},
 	{"GET", "/no/such/route", "read"},
 	{"PATCH", "/pools", "read"},
 	{"POST", "/agent/register", "join"},

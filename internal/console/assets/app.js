@@ -477,6 +477,7 @@ function route() {
     case 'events': p = eventsPage(query); break;
     case 'cost': p = costPage(); break;
     case 'try': p = tryPage(); break;
+    case 'plan': p = planPage(); break;
     default: p = fleetPage(); kind = 'fleet'; break;
   }
   mount(p, kind);
@@ -1610,3 +1611,191 @@ function boot() {
 }
 
 boot();
+
+// ---------------------------------------------------------------- Plan
+
+// planPage asks POST /plan what a service would cost and how available it
+// would be, per tier, on traces the control plane knows (nothing is
+// launched), and draws the curves: ready replicas and cumulative cost over
+// the run from the start offset, and availability and cost over the start
+// offsets.
+// (The block runs after boot(); its constants live in the function.)
+function planPage() {
+  const PLAN_EXAMPLE = ['apiVersion: spotml/v1', 'kind: Service', 'metadata: {name: fmnist}', 'spec:',
+    '  model: {uri: models/fmnist.onnx}', '  replicas: {min: 2, targetQPSPerReplica: 50}', '  placement: {tier: prod}', ''].join('\n');
+  const TIER_COLORS = { dev: '#d97706', prod: '#2563eb', strict: '#059669' };
+  const sc = scope();
+  const specBox = h('textarea', { id: 'plan-spec', rows: 12, cols: 70, spellcheck: 'false', 'aria-describedby': 'plan-spec-help' }, PLAN_EXAMPLE);
+  const pick = h('select', { id: 'plan-pick' }, h('option', { value: '' }, 'Paste a spec, or pick a running service…'));
+  const traces = h('select', { id: 'plan-traces', multiple: true, size: 8 });
+  const num = (id, value, attrs = {}) => h('input', { id, value, size: 8, ...attrs });
+  const inputs = {
+    instanceType: num('plan-instance', 'm5.large'), speedup: num('plan-speedup', '1', { type: 'number', min: '0', step: 'any' }),
+    start: num('plan-start', '12h'), duration: num('plan-duration', '24h'), offsets: num('plan-offsets', '20', { type: 'number', min: '0', max: '500' }),
+    boot: num('plan-boot', '60s'), load: num('plan-load', '5s'), notice: num('plan-notice', '30s'), qps: num('plan-qps', '', { type: 'number', min: '0', step: 'any' }),
+  };
+  const field = (label, input, help) => h('div', { class: 'field' }, h('label', { for: input.id }, label), input, help ? h('span', { class: 'muted' }, help) : null);
+  const go = h('button', { id: 'plan-go', type: 'submit' }, 'Plan');
+  const status = h('div', { id: 'plan-status', 'aria-live': 'polite' });
+  const t = table('The service under each tier', ['Tier', { label: 'Replicas', cls: 'num' }, { label: 'Available', cls: 'num' },
+    { label: 'Answered', cls: 'num' }, { label: 'None ready', cls: 'num' }, { label: 'p99 headroom', cls: 'num' },
+    { label: 'Cost', cls: 'num' }, { label: '÷ all on-demand', cls: 'num' }, { label: 'Offsets: available mean / worst', cls: 'num' },
+    { label: 'Met target', cls: 'num' }, { label: 'Offsets: cost mean / worst', cls: 'num' }], { captionVisible: true });
+  const ready = planChart('chart-plan-ready', 'Ready replicas over the run (dashed: needed)', 'replicas', 'hours', (v) => fmtNum(v, 0), true);
+  const spent = planChart('chart-plan-cost', 'Cumulative cost over the run (dashed: all on-demand)', 'USD', 'hours', (v) => fmtUSD(v));
+  const avail = planChart('chart-plan-avail', 'Availability by start offset', '%', 'offset (hours into the traces)', (v) => `${fmtNum(v, 2)} %`);
+  const frac = planChart('chart-plan-frac', 'Cost ÷ all on-demand by start offset', '×', 'offset (hours into the traces)', (v) => `${fmtNum(v, 2)}×`);
+  for (const c of [ready, spent, avail, frac]) sc.onDestroy(() => c.destroy());
+  const results = h('div', { id: 'plan-results', hidden: true }, t.wrap,
+    h('div', { class: 'charts' }, ready.fig, spent.fig), h('div', { class: 'charts' }, avail.fig, frac.fig));
+  const form = h('form', { id: 'plan-form', onsubmit: (ev) => { ev.preventDefault(); run(); } },
+    field('Service spec (YAML; Pools too, else the traces make spot pools of the instance type)', specBox),
+    h('p', { id: 'plan-spec-help', class: 'muted' }, 'A Service, and optionally its Pools: their spec.local.market traces are used unless you pick traces here (one per spot pool).'),
+    field('Or start from a running service', pick),
+    field('Traces, one per spot pool (Ctrl/⌘-click for several)', traces),
+    h('div', { class: 'cards' }, Object.entries({
+      instanceType: 'Instance type', speedup: 'Speedup', start: 'Start (trace time)', duration: 'Duration (trace time)', offsets: 'Start offsets',
+      boot: 'Node boot', load: 'Replica start', notice: 'Notice', qps: 'Requests/s',
+    }).map(([k, label]) => field(label, inputs[k]))),
+    go, status);
+  const el = pageShell('Plan', h('p', { class: 'muted' },
+    'Simulate a service on recorded spot markets with the control plane\'s own placement, stand-ins and spare sizing, before deploying it. Nothing is launched.'),
+  form, results);
+
+  function fillPick() {
+    const svcs = store.services || [];
+    const keep = pick.value;
+    pick.replaceChildren(h('option', { value: '' }, 'Paste a spec, or pick a running service…'),
+      ...svcs.map((s) => h('option', { value: s.name }, s.name)));
+    pick.value = keep;
+  }
+  pick.addEventListener('change', () => {
+    const s = (store.services || []).find((x) => x.name === pick.value);
+    if (!s) return;
+    // JSON is YAML: the stored spec as it was applied.
+    specBox.value = JSON.stringify({ apiVersion: 'spotml/v1', kind: 'Service', metadata: { name: s.name }, spec: serviceSpec(s) }, null, 2);
+  });
+
+  (async () => {
+    try {
+      const list = await getJSON('/plan/traces');
+      const names = list.traces || [];
+      traces.replaceChildren(...names.map((n, i) => h('option', { value: n, selected: i < 2 ? true : null }, n)));
+      if (!names.length) status.replaceChildren(h('p', { class: 'muted' }, `No traces under ${list.dir || 'the traces directory'} (spotml up --traces-dir).`));
+    } catch (e) {
+      if (e.status !== 401) status.replaceChildren(errorBox(`Traces: ${e.message}`));
+    }
+  })();
+
+  async function run() {
+    const body = { spec: specBox.value, traces: [...traces.selectedOptions].map((o) => o.value) };
+    for (const [k, input] of Object.entries(inputs)) {
+      const v = input.value.trim();
+      if (v === '') continue;
+      body[k] = ['speedup', 'offsets', 'qps'].includes(k) ? Number(v) : v;
+    }
+    go.disabled = true;
+    status.replaceChildren(h('p', { class: 'muted' }, 'Simulating…'));
+    try {
+      const res = await api('/plan', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      show(await res.json());
+      status.replaceChildren();
+      announce('Plan ready.');
+    } catch (e) {
+      if (e.status !== 401) status.replaceChildren(errorBox(e));
+    } finally {
+      go.disabled = false;
+    }
+  }
+
+  function show(rep) {
+    results.hidden = false;
+    const sec = (ns) => ns / 1e9;
+    const pct = (f) => (f < 0 ? '—' : f === 1 ? '100 %' : `${fmtNum(100 * f, 2)} %`);
+    t.tbody.replaceChildren(...rep.tiers.map((tp) => {
+      const r = tp.run;
+      return h('tr', { 'data-tier': tp.tier },
+        h('th', { scope: 'row' }, tp.tier, tp.spec ? ' (spec)' : ''),
+        h('td', { class: 'num' }, tp.replicas), h('td', { class: 'num' }, pct(r.availability)), h('td', { class: 'num' }, pct(r.answered)),
+        h('td', { class: 'num' }, fmtDur(sec(r.noneReady))), h('td', { class: 'num' }, fmtNum(r.headroomP99, 2)),
+        h('td', { class: 'num' }, fmtUSD(r.cost)), h('td', { class: 'num' }, `${fmtNum(r.fraction, 2)}×`),
+        h('td', { class: 'num' }, `${pct(tp.meanAvailability)} / ${pct(tp.worstAvailability)}`),
+        h('td', { class: 'num' }, `${fmtNum(100 * tp.metTarget, 0)} % of ${rep.offsets || 1}`),
+        h('td', { class: 'num' }, `${fmtNum(tp.meanFraction, 2)}× / ${fmtNum(tp.worstFraction, 2)}×`));
+    }));
+    t.table.querySelector('caption').textContent = `${rep.service} (tier ${rep.tier}) over ${fmtDur(sec(rep.span))} of market ` +
+      `(${fmtDur(sec(rep.duration))} real) from ${fmtDur(sec(rep.start))}; target ${fmtNum(100 * rep.target, 2)} %`;
+
+    // Over the run: each tier's own timeline, sampled on a common grid.
+    const end = sec(rep.duration);
+    const grid = Array.from({ length: 241 }, (_, i) => (end * i) / 240);
+    // Replicas hold their count from one point to the next; money accrues
+    // linearly between them (the nodes do not change in between).
+    const at = (tl, x, key) => { let v = tl.length ? tl[0][key] : null; for (const p of tl) { if (sec(p.t) > x) break; v = p[key]; } return v; };
+    const lin = (tl, x, key) => {
+      for (let i = 1; i < tl.length; i++) {
+        const a = tl[i - 1]; const b = tl[i];
+        if (sec(b.t) >= x) return sec(b.t) === sec(a.t) ? b[key] : a[key] + ((b[key] - a[key]) * (x - sec(a.t))) / (sec(b.t) - sec(a.t));
+      }
+      return tl.length ? tl[tl.length - 1][key] : null;
+    };
+    const hours = grid.map((x) => x / 3600);
+    const defsR = []; const dataR = [hours];
+    const defsC = []; const dataC = [hours];
+    for (const tp of rep.tiers) {
+      const tl = tp.run.timeline || [];
+      const color = TIER_COLORS[tp.tier] || '#4b5563';
+      defsR.push({ label: tp.tier, color }); dataR.push(grid.map((x) => at(tl, x, 'ready')));
+      defsR.push({ label: `${tp.tier} needed`, color, dash: [6, 4], width: 1 }); dataR.push(grid.map(() => tp.run.needed));
+      defsC.push({ label: tp.tier, color }); dataC.push(grid.map((x) => lin(tl, x, 'cost')));
+    }
+    const od = rep.tiers[0]?.run.timeline || [];
+    defsC.push({ label: 'all on-demand (dev\'s count)', color: '#111827', dash: [6, 4], width: 1.5 }); dataC.push(grid.map((x) => lin(od, x, 'allOnDemand')));
+    ready.set(defsR, dataR, rep.tiers.map((tp) => `${tp.tier}: ${pct(tp.run.availability)} of the time with ${tp.run.needed} ready`).join('; '));
+    spent.set(defsC, dataC, rep.tiers.map((tp) => `${tp.tier}: ${fmtUSD(tp.run.cost)} (${fmtNum(tp.run.fraction, 2)}× all on-demand)`).join('; '));
+
+    // Over the offsets.
+    const sweep = rep.tiers[0]?.sweep || [];
+    if (!sweep.length) { avail.empty('No start offsets asked for.'); frac.empty('No start offsets asked for.'); return; }
+    const xs = sweep.map((o) => sec(o.offset) / 3600);
+    const defsA = []; const dataA = [xs]; const defsF = []; const dataF = [xs];
+    for (const tp of rep.tiers) {
+      const color = TIER_COLORS[tp.tier] || '#4b5563';
+      defsA.push({ label: tp.tier, color }); dataA.push((tp.sweep || []).map((o) => 100 * o.availability));
+      defsF.push({ label: tp.tier, color }); dataF.push((tp.sweep || []).map((o) => o.fraction));
+    }
+    avail.set(defsA, dataA, rep.tiers.map((tp) => `${tp.tier}: mean ${pct(tp.meanAvailability)}, worst ${pct(tp.worstAvailability)}`).join('; '));
+    frac.set(defsF, dataF, rep.tiers.map((tp) => `${tp.tier}: mean ${fmtNum(tp.meanFraction, 2)}×, worst ${fmtNum(tp.worstFraction, 2)}×`).join('; '));
+  }
+
+  fillPick();
+  return { el, update(kind) { if (!kind || kind === 'services') fillPick(); }, destroy: sc.destroy };
+}
+
+// planChart is a uPlot over a numeric x axis (hours), with a text summary.
+function planChart(id, title, yLabel, xLabel, fmt, integer = false) {
+  const box = h('div', { id, class: 'chart', role: 'img', 'aria-label': title });
+  const summary = h('p', { class: 'chart-summary muted' }, 'No plan yet.');
+  const fig = h('figure', { class: 'chart-fig' }, h('figcaption', null, title), box, summary);
+  let plot = null;
+  return {
+    fig,
+    set(defs, data, text) {
+      plot?.destroy();
+      summary.textContent = text;
+      if (!window.uPlot) { summary.textContent = `The chart library did not load. ${text}`; return; }
+      plot = new window.uPlot({
+        width: Math.max(box.clientWidth, 300), height: 240,
+        series: [{ label: xLabel, value: (u, v) => (v == null ? '—' : fmtNum(v, 2)) }, ...defs.map((d) => ({
+          label: d.label, stroke: d.color, width: d.width || 2, dash: d.dash, value: (u, v) => (v == null ? '—' : fmt(v)),
+        }))],
+        scales: { x: { time: false }, y: { range: (u, min, max) => [0, max == null ? 1 : max * 1.1 || 1] } },
+        axes: [{ label: xLabel, stroke: '#4b5563', grid: { stroke: '#e5e7eb' } },
+          { label: yLabel, stroke: '#4b5563', grid: { stroke: '#e5e7eb' }, size: 64, incrs: integer ? [1, 2, 5, 10, 20, 50, 100] : undefined, values: (u, vals) => vals.map((v) => fmt(v)) }],
+        legend: { live: true },
+      }, data, box);
+    },
+    empty(text) { plot?.destroy(); plot = null; summary.textContent = text; },
+    destroy() { plot?.destroy(); },
+  };
+}
