@@ -188,6 +188,7 @@ type node struct {
 	launched time.Duration
 	up       time.Duration // booted (ready for a replica)
 	noticed  bool
+	noticeAt time.Duration // when the notice came
 	gone     time.Duration // notice deadline
 	replica  *replica
 	idle     time.Duration // since when idle
@@ -270,7 +271,10 @@ func (s *sim) pass() bool {
 		switch {
 		case nd.noticed && nd.gone <= s.now:
 			s.end(nd)
-			s.preempt = append(s.preempt, placement.Preemption{Pool: nd.pool.Name, At: epoch.Add(s.now)})
+			// As control reads its nodes: how long the notice gave, and
+			// how old the node was when it came.
+			s.preempt = append(s.preempt, placement.Preemption{Pool: nd.pool.Name, At: epoch.Add(s.now),
+				Warning: s.now - nd.noticeAt, Age: nd.noticeAt - nd.launched})
 			changed = true
 		case !nd.noticed && nd.replica == nil && nd.up <= s.now && s.now-nd.idle >= nd.pool.IdleTimeout && s.unnoticed(nd.pool) > nd.pool.Min:
 			s.end(nd)
@@ -320,7 +324,7 @@ func (s *sim) take(p *pool, k int) bool {
 		if nd.pool != p || nd.ended || nd.noticed {
 			continue
 		}
-		nd.noticed, nd.gone = true, s.now+p.Notice
+		nd.noticed, nd.noticeAt, nd.gone = true, s.now, s.now+p.Notice
 		s.notices++
 		k--
 		took = true
