@@ -119,6 +119,8 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 		`ALTER TABLE nodes ADD COLUMN workdir TEXT NOT NULL DEFAULT ''`,
 		`ALTER TABLE nodes DROP COLUMN provider_id`,
 		`ALTER TABLE nodes DROP COLUMN host`,
+		`DROP INDEX batch_items_sent`, // migration 10 undone
+		`ALTER TABLE batch_items DROP COLUMN sent_at`,
 		`UPDATE schema_version SET version = 2`,
 		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
 	} {

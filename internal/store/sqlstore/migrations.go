@@ -538,6 +538,15 @@ var migrations = []migration{
 		CREATE TRIGGER nodes_routes AFTER UPDATE OF notice_deadline ON nodes
 			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_routes();`),
 	},
+	// 10: BatchInference over a broker: when an item was last sent to the
+	// broker (0: not sent yet, or to be sent again at once). The store keeps
+	// the ledger; the broker only carries the work.
+	{
+		sqlite: `ALTER TABLE batch_items ADD COLUMN sent_at INTEGER NOT NULL DEFAULT 0;
+		CREATE INDEX IF NOT EXISTS batch_items_sent ON batch_items(batch, state, sent_at);`,
+		postgres: pg(`ALTER TABLE batch_items ADD COLUMN IF NOT EXISTS sent_at BIGINT NOT NULL DEFAULT 0;
+		CREATE INDEX IF NOT EXISTS batch_items_sent ON batch_items(batch, state, sent_at);`),
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit
