@@ -21,6 +21,7 @@ import (
 
 	"github.com/spotml/spotml/internal/agent"
 	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/batchinf/broker"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
 	awsprov "github.com/spotml/spotml/internal/provider/aws"
@@ -218,8 +219,11 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if instance.ID == "" {
 		instance.ID = control.NewInstanceID()
 	}
+	// BatchInferences whose queue.uri is a broker send their work here.
+	publisher := broker.NewPublisher()
+	defer publisher.Close(context.WithoutCancel(ctx))
 	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
-		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL,
+		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL, BatchPublisher: publisher,
 		BatchInputs: func(ctx context.Context, in spec.BatchInput) ([]string, error) {
 			return server.ListBatchInputs(ctx, cfg.Blobs, in)
 		}})

@@ -263,4 +263,6 @@ func (p *Publisher) Close(ctx context.Context) error {
 }
 
 // IsBroker reports whether a queue.uri names a broker, not the store.
-func IsBroker(uri string) bool { return uri != "" && uri != spec.QueueStore && strings.Contains(uri, "://") }
+func IsBroker(uri string) bool {
+	return uri != "" && uri != spec.QueueStore && strings.Contains(uri, "://")
+}

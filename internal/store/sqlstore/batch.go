@@ -287,6 +287,20 @@ func (s *Store) SendBatchItems(ctx context.Context, name string, window int, res
 	return items, err
 }
 
+// UnsendBatchItems marks pending items not sent (sending them failed), so
+// that the next pass sends them at once.
+func (s *Store) UnsendBatchItems(ctx context.Context, name string, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return s.txNodes(ctx, noNodes, func(tx *txn) error {
+		in, args := idList(ids)
+		_, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = ? AND id IN (`+in+`)`,
+			append([]any{name, store.ItemPending}, args...)...)
+		return err
+	})
+}
+
 // ClaimBatchItems takes for worker, until now+ttl, the items among ids
 // that are pending in a running batch: those of a message it got from the
 // broker. Items done, failed or held by a worker are left as they are, so
