@@ -31,6 +31,12 @@ func openBrokerQueue(ctx context.Context, w *worker) (*brokerQueue, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Say so: what was sent before anyone listened goes out again.
+	var resp api.BatchCounts
+	if err := w.call(ctx, http.MethodPost, "/subscribed", api.ClaimRequest{Worker: w.cfg.Worker}, &resp); err != nil {
+		sub.Close(ctx)
+		return nil, err
+	}
 	return &brokerQueue{w: w, sub: sub, fill: 20 * time.Millisecond}, nil
 }
 

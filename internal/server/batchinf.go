@@ -32,6 +32,7 @@ func (s *Server) batchRoutes(read, write, agent func(string, func(http.ResponseW
 	agent("POST "+p+"/agent/batches/{name}/ack", s.ackItems)
 	agent("POST "+p+"/agent/batches/{name}/release", s.releaseItems)
 	agent("POST "+p+"/agent/batches/{name}/claim", s.claimItems)
+	agent("POST "+p+"/agent/batches/{name}/subscribed", s.workerSubscribed)
 }
 
 // ListBatchInputs lists the blobs under input.uri whose path relative to
@@ -445,6 +446,29 @@ func (s *Server) claimItems(w http.ResponseWriter, r *http.Request) error {
 		resp.Items[i] = api.LeasedItem{ID: it.ID, Input: it.Input}
 	}
 	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// workerSubscribed hears that a worker now receives from its batch's
+// broker: items sent before and not claimed go out again at once, since a
+// broker such as core NATS drops what nobody was subscribed for (the
+// workers of a batch scaled from zero subscribe after the first sends).
+func (s *Server) workerSubscribed(w http.ResponseWriter, r *http.Request) error {
+	var req api.ClaimRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := workerNode(r, req.Worker); err != nil {
+		return err
+	}
+	n, err := s.cfg.Store.ResendBatchItems(r.Context(), r.PathValue("name"), s.now())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.kick()
+	}
+	writeJSON(w, http.StatusOK, api.BatchCounts{Changed: n})
 	return nil
 }
 

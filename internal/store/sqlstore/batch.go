@@ -301,6 +301,25 @@ func (s *Store) UnsendBatchItems(ctx context.Context, name string, ids []int64) 
 	})
 }
 
+// ResendBatchItems marks for sending again at once the pending items sent
+// before before and not claimed: a worker subscribed then, and a broker
+// that drops what nobody is subscribed for (core NATS) may have dropped
+// them. It returns how many.
+func (s *Store) ResendBatchItems(ctx context.Context, name string, before time.Time) (int, error) {
+	var n int
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = ? AND sent_at > 0 AND sent_at < ?`,
+			name, store.ItemPending, before.UnixNano())
+		if err != nil {
+			return err
+		}
+		c, _ := r.RowsAffected()
+		n = int(c)
+		return nil
+	})
+	return n, err
+}
+
 // ClaimBatchItems takes for worker, until now+ttl, the items among ids
 // that are pending in a running batch: those of a message it got from the
 // broker. Items done, failed or held by a worker are left as they are, so

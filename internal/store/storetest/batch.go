@@ -273,6 +273,17 @@ func testBatchBrokerLedger(t *testing.T, h *Harness) {
 	if len(back) != 2 || back[0].ID != c1[1].ID || back[1].ID != r[0].ID {
 		t.Fatalf("send after release = %+v, want items 1 and 2", back)
 	}
+	// A worker subscribes: what went out before and is not claimed may
+	// have been dropped, and is sent again.
+	h.Clock.Advance(time.Second)
+	if n, err := h.St.ResendBatchItems(h.Ctx, "b4", h.Clock.Now()); err != nil || n != 5 {
+		t.Fatalf("resend on subscribe = %d, %v; want the 5 sent, unclaimed items", n, err)
+	}
+	back, _ = h.St.SendBatchItems(h.Ctx, "b4", 5, resend())
+	if len(back) != 5 || back[0].ID != c1[1].ID {
+		t.Fatalf("send after a subscribe = %+v", back)
+	}
+	back = back[:2]
 	// A vanished worker's lease runs out: sent again at once.
 	w, _ := h.St.ClaimBatchItems(h.Ctx, "b4", "w3", ids(back), time.Second)
 	if len(w) != 2 {
