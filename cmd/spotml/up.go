@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spotml/spotml/internal/agent"
-	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/batchinf/broker"
+	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
 	awsprov "github.com/spotml/spotml/internal/provider/aws"

@@ -11,10 +11,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
-	"io"
 	"net/url"
 	"os"
 	"path"
@@ -45,8 +45,8 @@ type Config struct {
 	// LibraryErr is why ONNX Runtime was not found, reported only if the
 	// builtin runtime needs it.
 	LibraryErr error
-	Dir     string // where the model is downloaded
-	Log     *slog.Logger
+	Dir        string // where the model is downloaded
+	Log        *slog.Logger
 	// Stderr takes a command runtime's output; default os.Stderr.
 	Stderr io.Writer
 	// Poll is how long the worker waits before asking again when others
