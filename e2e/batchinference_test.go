@@ -136,49 +136,7 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 	if len(got) != n {
 		t.Fatalf("%d objects under scored/, want %d", len(got), n)
 	}
-	// Each the same as scoring the file here.
-	lib := os.Getenv("SPOTML_ONNXRUNTIME_LIB")
-	model, err := inference.Open(filepath.Join("..", "examples", "fashion-mnist", "model.onnx"), inference.Options{Library: lib, Threads: 1, MaxBatch: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer model.Close()
-	pre, _ := batchinf.NewPreprocessor(spec.Preprocess{Image: &spec.ImagePreprocess{Grayscale: true, Size: []int{28, 28}, Scale: "1/255"}})
-	info := model.Inputs()[0]
-	for _, k := range keys {
-		data, err := os.ReadFile(filepath.Join(out, filepath.FromSlash(batchinf.ResultKey(k, spec.FormatJSONL))))
-		if err != nil {
-			t.Fatalf("result of %s: %v", k, err)
-		}
-		if strings.Count(string(data), "\n") != 1 {
-			t.Fatalf("result of %s has %d lines, want 1", k, strings.Count(string(data), "\n"))
-		}
-		var res batchinf.Result
-		if err := json.Unmarshal(data, &res); err != nil {
-			t.Fatalf("result of %s: %v", k, err)
-		}
-		png, _ := os.ReadFile(filepath.Join(in, filepath.FromSlash(k)))
-		row, err := pre.Row(png)
-		if err != nil {
-			t.Fatal(err)
-		}
-		shape := append([]int64{1}, info.Shape[1:]...)
-		outs, err := model.Predict(t.Context(), []inference.Tensor{{Name: info.Name, Shape: shape, Data: row}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, _ := batchinf.RowResult(k, outs, 0)
-		if res.Input != k || res.Class == nil || *res.Class != *want.Class {
-			t.Fatalf("result of %s = %s; want class %d", k, data, *want.Class)
-		}
-		for name, vs := range want.Outputs {
-			for i, v := range vs {
-				if math.Abs(res.Outputs[name][i]-v) > 1e-3*math.Max(1, math.Abs(v)) {
-					t.Fatalf("result of %s: %s[%d] = %g, scored here %g", k, name, i, res.Outputs[name][i], v)
-				}
-			}
-		}
-	}
+	checkBatchResults(t, in, out, keys)
 	// The failed items, with their reasons.
 	logs := c.mustCLI("logs", "batchinference/score")
 	for _, k := range bad {
@@ -241,5 +199,54 @@ func TestBatchInferenceWatch(t *testing.T) {
 	results, _ := filepath.Glob(filepath.Join(c.data, "blobs", "scored", "*", "*", "*.png.jsonl"))
 	if len(results) != 190 {
 		t.Fatalf("%d results, want 190", len(results))
+	}
+}
+
+// checkBatchResults checks the result of each input key under out
+// against scoring the file under in in this process: one JSON line, the
+// same class and outputs.
+func checkBatchResults(t *testing.T, in, out string, keys []string) {
+	t.Helper()
+	lib := os.Getenv("SPOTML_ONNXRUNTIME_LIB")
+	model, err := inference.Open(filepath.Join("..", "examples", "fashion-mnist", "model.onnx"), inference.Options{Library: lib, Threads: 1, MaxBatch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer model.Close()
+	pre, _ := batchinf.NewPreprocessor(spec.Preprocess{Image: &spec.ImagePreprocess{Grayscale: true, Size: []int{28, 28}, Scale: "1/255"}})
+	info := model.Inputs()[0]
+	for _, k := range keys {
+		data, err := os.ReadFile(filepath.Join(out, filepath.FromSlash(batchinf.ResultKey(k, spec.FormatJSONL))))
+		if err != nil {
+			t.Fatalf("result of %s: %v", k, err)
+		}
+		if strings.Count(string(data), "\n") != 1 {
+			t.Fatalf("result of %s has %d lines, want 1", k, strings.Count(string(data), "\n"))
+		}
+		var res batchinf.Result
+		if err := json.Unmarshal(data, &res); err != nil {
+			t.Fatalf("result of %s: %v", k, err)
+		}
+		png, _ := os.ReadFile(filepath.Join(in, filepath.FromSlash(k)))
+		row, err := pre.Row(png)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shape := append([]int64{1}, info.Shape[1:]...)
+		outs, err := model.Predict(t.Context(), []inference.Tensor{{Name: info.Name, Shape: shape, Data: row}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := batchinf.RowResult(k, outs, 0)
+		if res.Input != k || res.Class == nil || *res.Class != *want.Class {
+			t.Fatalf("result of %s = %s; want class %d", k, data, *want.Class)
+		}
+		for name, vs := range want.Outputs {
+			for i, v := range vs {
+				if math.Abs(res.Outputs[name][i]-v) > 1e-3*math.Max(1, math.Abs(v)) {
+					t.Fatalf("result of %s: %s[%d] = %g, scored here %g", k, name, i, res.Outputs[name][i], v)
+				}
+			}
+		}
 	}
 }

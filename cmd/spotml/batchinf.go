@@ -49,10 +49,9 @@ func newBatchWorkerCmd(getenv func(string) string, stderr io.Writer) *cobra.Comm
 				d := filepath.Dir(exe)
 				dirs = append(dirs, d, filepath.Join(d, "lib"), filepath.Join(d, "..", "build", "onnxruntime"))
 			}
-			lib, err := inference.FindLibrary(getenv, dirs...)
-			if err != nil {
-				return err
-			}
+			// Only the builtin runtime needs ONNX Runtime; a command's
+			// worker runs without it.
+			lib, libErr := inference.FindLibrary(getenv, dirs...)
 			wd, _ := os.Getwd()
 			// The command's context ends on SIGTERM (the node's notice): stop
 			// leasing then, but finish the batch in hand; the agent's
@@ -60,7 +59,7 @@ func newBatchWorkerCmd(getenv func(string) string, stderr io.Writer) *cobra.Comm
 			stop := c.Context()
 			st, err := batchinf.Run(stop, context.WithoutCancel(stop), batchinf.Config{
 				API: client.New(env[api.EnvServer], env[api.EnvWorkerCred]), Blobs: blobs,
-				Batch: env[api.EnvBatch], Worker: env[api.EnvWorkerID], Library: lib,
+				Batch: env[api.EnvBatch], Worker: env[api.EnvWorkerID], Library: lib, LibraryErr: libErr, Stderr: stderr,
 				Dir: filepath.Join(wd, "model"), Log: log.With("worker", env[api.EnvWorkerID]),
 			})
 			log.Info("worker done", "leased", st.Leased, "done", st.Done, "failed", st.Failed, "released", st.Released, "stopped", stop.Err() != nil)

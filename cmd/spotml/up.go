@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spotml/spotml/internal/agent"
+	"github.com/spotml/spotml/internal/batchinf/broker"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/notice"
@@ -220,8 +221,11 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	if instance.ID == "" {
 		instance.ID = control.NewInstanceID()
 	}
+	// BatchInferences whose queue.uri is a broker send their work here.
+	publisher := broker.NewPublisher()
+	defer publisher.Close(context.WithoutCancel(ctx))
 	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
-		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL,
+		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL, BatchPublisher: publisher,
 		BatchInputs: func(ctx context.Context, in spec.BatchInput) ([]string, error) {
 			return server.ListBatchInputs(ctx, cfg.Blobs, in)
 		}})

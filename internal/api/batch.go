@@ -124,8 +124,26 @@ type ItemFailed struct {
 	Reason string `json:"reason"`
 }
 
-// ReleaseRequest gives leased items back to the queue.
+// ReleaseRequest gives leased items back to the queue. With a broker,
+// IDs may also name items of messages the worker received but never
+// claimed: they are sent again at once.
 type ReleaseRequest struct {
+	Worker string  `json:"worker"`
+	IDs    []int64 `json:"ids"`
+}
+
+// BatchMessage is one message of a BatchInference's broker queue: a group
+// of up to queue.groupSize items. The ledger (the store) says what is
+// left; a worker claims a message's items before it scores them.
+type BatchMessage struct {
+	Batch string       `json:"batch"`
+	Items []LeasedItem `json:"items"`
+}
+
+// ClaimRequest takes in the ledger the items of messages a worker got
+// from the broker. The answer (a LeaseResponse) lists the items it now
+// holds: those not done, failed or held by another worker.
+type ClaimRequest struct {
 	Worker string  `json:"worker"`
 	IDs    []int64 `json:"ids"`
 }

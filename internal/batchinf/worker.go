@@ -11,17 +11,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	gblob "gocloud.dev/blob"
+	"gocloud.dev/pubsub"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spotml/spotml/internal/api"
@@ -37,9 +41,14 @@ type Config struct {
 	Blobs   *blob.Store
 	Batch   string
 	Worker  string // NODE:JOB/TASK#ATTEMPT, the lease holder
-	Library string // ONNX Runtime
-	Dir     string // where the model is downloaded
-	Log     *slog.Logger
+	Library string // ONNX Runtime, for the builtin runtime
+	// LibraryErr is why ONNX Runtime was not found, reported only if the
+	// builtin runtime needs it.
+	LibraryErr error
+	Dir        string // where the model is downloaded
+	Log        *slog.Logger
+	// Stderr takes a command runtime's output; default os.Stderr.
+	Stderr io.Writer
 	// Poll is how long the worker waits before asking again when others
 	// hold the items left; default 1s.
 	Poll time.Duration
@@ -60,6 +69,9 @@ func Run(stop, work context.Context, cfg Config) (Stats, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
 	if cfg.Poll == 0 {
 		cfg.Poll = time.Second
 	}
@@ -72,10 +84,15 @@ func Run(stop, work context.Context, cfg Config) (Stats, error) {
 		return w.stats, fmt.Errorf("batchinference %s: %w", cfg.Batch, err)
 	}
 	w.spec = st.Spec.Spec
+	defer w.close()
+	// The queue first: a broker subscription buffers what is sent while
+	// the model loads.
+	if err := w.openQueue(work); err != nil {
+		return w.stats, err
+	}
 	if err := w.open(work); err != nil {
 		return w.stats, err
 	}
-	defer w.close()
 	return w.stats, w.loop(stop, work)
 }
 
@@ -83,12 +100,51 @@ type worker struct {
 	cfg   Config
 	base  string
 	spec  spec.BatchSpec
-	model *inference.Model
+	model scorer
 	in    inference.TensorInfo
 	pre   *Preprocessor
 	src   *gblob.Bucket
 	dst   *gblob.Bucket
+	queue queue
 	stats Stats
+}
+
+// scorer runs a batch of rows through the model: ONNX Runtime in this
+// process, or the user's server (runtime command).
+type scorer interface {
+	// Input is the model's one input; a nil Shape means unknown (rows
+	// are sent as they come).
+	Input() inference.TensorInfo
+	Predict(ctx context.Context, inputs []inference.Tensor) ([]inference.Tensor, error)
+	Close()
+}
+
+// queue is where a worker's items come from: spotml's store, or a
+// broker with the store as the ledger.
+type queue interface {
+	// next returns the next leased items, or nil when this worker is done:
+	// the batch has nothing left for it, it was idle too long, or stop
+	// ended.
+	next(stop, work context.Context) (*lease, error)
+	// settle records items done and failed, then acknowledges what
+	// carried them.
+	settle(ctx context.Context, l *lease, done []int64, fails []api.ItemFailed) error
+	// release gives a lease back at once.
+	release(ctx context.Context, l *lease)
+	close(ctx context.Context)
+}
+
+func (w *worker) openQueue(ctx context.Context) error {
+	if w.spec.Queue.URI == spec.QueueStore || w.spec.Queue.URI == "" {
+		w.queue = &storeQueue{w: w}
+		return nil
+	}
+	q, err := openBrokerQueue(ctx, w)
+	if err != nil {
+		return fmt.Errorf("spec.queue.subscription: %w", err)
+	}
+	w.queue = q
+	return nil
 }
 
 func (w *worker) open(ctx context.Context) error {
@@ -101,30 +157,50 @@ func (w *worker) open(ctx context.Context) error {
 	if err := os.MkdirAll(w.cfg.Dir, 0o755); err != nil {
 		return err
 	}
-	path := filepath.Join(w.cfg.Dir, "model.onnx")
-	if err := w.cfg.Blobs.Download(ctx, sp.Model.URI, path); err != nil {
-		return fmt.Errorf("spec.model.uri: download %s: %w", sp.Model.URI, err)
+	if sp.Runtime.Type == spec.RuntimeCommand {
+		path := filepath.Join(w.cfg.Dir, path.Base(strings.TrimSuffix(sp.Model.URI, "/")))
+		if err := w.cfg.Blobs.Download(ctx, sp.Model.URI, path); err != nil {
+			return fmt.Errorf("spec.model.uri: download %s: %w", sp.Model.URI, err)
+		}
+		c, err := startCommand(ctx, w.cfg, sp.Runtime, path)
+		if err != nil {
+			return fmt.Errorf("spec.runtime.command: %w", err)
+		}
+		w.model = c
+	} else {
+		if w.cfg.LibraryErr != nil {
+			return w.cfg.LibraryErr
+		}
+		path := filepath.Join(w.cfg.Dir, "model.onnx")
+		if err := w.cfg.Blobs.Download(ctx, sp.Model.URI, path); err != nil {
+			return fmt.Errorf("spec.model.uri: download %s: %w", sp.Model.URI, err)
+		}
+		m, err := inference.Open(path, inference.Options{Library: w.cfg.Library, Threads: sp.Runtime.Threads,
+			MaxBatch: sp.Runtime.BatchSize, MaxQueue: 64, Log: w.cfg.Log})
+		if err != nil {
+			return fmt.Errorf("spec.model.uri: %s: %w", sp.Model.URI, err)
+		}
+		if ins := m.Inputs(); len(ins) != 1 {
+			m.Close()
+			return fmt.Errorf("spec.model.uri: %s has %d inputs; a BatchInference scores models of one input", sp.Model.URI, len(ins))
+		}
+		w.model = builtin{m}
 	}
-	m, err := inference.Open(path, inference.Options{Library: w.cfg.Library, Threads: sp.Runtime.Threads,
-		MaxBatch: sp.Runtime.BatchSize, MaxQueue: 64, Log: w.cfg.Log})
-	if err != nil {
-		return fmt.Errorf("spec.model.uri: %s: %w", sp.Model.URI, err)
+	w.in = w.model.Input()
+	var err2 error
+	if w.src, err2 = w.cfg.Blobs.Open(ctx, sp.Input.URI); err2 != nil {
+		return fmt.Errorf("spec.input.uri: %w", err2)
 	}
-	w.model = m
-	if ins := m.Inputs(); len(ins) != 1 {
-		return fmt.Errorf("spec.model.uri: %s has %d inputs; a BatchInference scores models of one input", sp.Model.URI, len(ins))
-	}
-	w.in = m.Inputs()[0]
-	if w.src, err = w.cfg.Blobs.Open(ctx, sp.Input.URI); err != nil {
-		return fmt.Errorf("spec.input.uri: %w", err)
-	}
-	if w.dst, err = w.cfg.Blobs.Open(ctx, sp.Output.URI); err != nil {
-		return fmt.Errorf("spec.output.uri: %w", err)
+	if w.dst, err2 = w.cfg.Blobs.Open(ctx, sp.Output.URI); err2 != nil {
+		return fmt.Errorf("spec.output.uri: %w", err2)
 	}
 	return nil
 }
 
 func (w *worker) close() {
+	if w.queue != nil {
+		w.queue.close(context.Background())
+	}
 	if w.model != nil {
 		w.model.Close()
 	}
@@ -136,11 +212,21 @@ func (w *worker) close() {
 	}
 }
 
-// lease is one leased batch with its inputs read.
+// builtin is ONNX Runtime in this process.
+type builtin struct{ *inference.Model }
+
+func (b builtin) Input() inference.TensorInfo { return b.Inputs()[0] }
+
+func (b builtin) Close() { b.Model.Close() }
+
+// lease is one leased batch with its inputs read, and, from a broker, the
+// messages that carried it.
 type lease struct {
 	items []api.LeasedItem
 	data  [][]byte
 	errs  []error
+	msgs  []*pubsub.Message
+	sent  []int64 // every item the messages carried, claimed or not
 }
 
 // loop runs a fetcher (lease, read the blobs) one batch ahead of the
@@ -156,12 +242,12 @@ func (w *worker) loop(stop, work context.Context) error {
 	var err error
 	for l := range ready {
 		if err != nil {
-			w.release(work, l.items)
+			w.release(work, l)
 			continue
 		}
 		if err = w.score(work, l); err != nil {
 			// Give back what this worker cannot finish.
-			w.release(work, l.items)
+			w.release(work, l)
 		}
 	}
 	wg.Wait()
@@ -171,69 +257,115 @@ func (w *worker) loop(stop, work context.Context) error {
 	return err
 }
 
-// fetch leases batches until the batch has nothing left or stop ends,
-// handing each to ready once its inputs are read. A batch leased when stop
-// ended is released, unread.
+// fetch leases batches until the queue has nothing more for this worker
+// or stop ends, handing each to ready once its inputs are read. A batch
+// leased when stop ended is released, unread.
 func (w *worker) fetch(stop, work context.Context, ready chan<- *lease) error {
-	idleSince := time.Now()
 	for stop.Err() == nil {
-		var resp api.LeaseResponse
-		err := w.cfg.API.Do(work, http.MethodPost, w.base+"/lease", api.LeaseRequest{Worker: w.cfg.Worker, Max: w.spec.Runtime.BatchSize}, &resp)
-		if err != nil {
-			if c := client.Code(err); c >= 400 && c < 500 {
-				return err
-			}
-			w.cfg.Log.Warn("lease failed; retrying", "err", err)
-			if !sleep(stop, w.cfg.Poll) {
-				return nil
-			}
-			continue
+		l, err := w.queue.next(stop, work)
+		if err != nil || l == nil {
+			return err
 		}
-		if stop.Err() != nil {
-			w.release(work, resp.Items)
-			return nil
-		}
-		if len(resp.Items) == 0 {
-			switch {
-			case !resp.Running:
-				return nil // finished or deleted
-			case resp.Left == 0 && w.spec.Trigger != spec.TriggerWatch:
-				return nil
-			case resp.Left == 0 && time.Since(idleSince) > w.spec.Queue.IdleTimeout.Duration:
-				w.cfg.Log.Info("idle: exiting", "after", w.spec.Queue.IdleTimeout.Duration)
-				return nil
-			}
-			// Other workers hold what is left; it may come back.
-			if !sleep(stop, w.cfg.Poll) {
-				return nil
-			}
-			continue
-		}
-		idleSince = time.Now()
-		w.stats.Leased += len(resp.Items)
-		l := w.read(work, resp.Items)
+		w.stats.Leased += len(l.items)
+		w.read(work, l)
 		select {
 		case ready <- l:
 		case <-stop.Done():
-			w.release(work, l.items)
+			w.release(work, l)
 			return nil
 		}
 	}
 	return nil
 }
 
-func (w *worker) read(ctx context.Context, items []api.LeasedItem) *lease {
-	l := &lease{items: items, data: make([][]byte, len(items)), errs: make([]error, len(items))}
+func (w *worker) release(ctx context.Context, l *lease) { w.queue.release(ctx, l) }
+
+// storeQueue leases items from spotml's store over the API.
+type storeQueue struct{ w *worker }
+
+func (q *storeQueue) next(stop, work context.Context) (*lease, error) {
+	w := q.w
+	idleSince := time.Now()
+	for stop.Err() == nil {
+		var resp api.LeaseResponse
+		err := w.cfg.API.Do(work, http.MethodPost, w.base+"/lease", api.LeaseRequest{Worker: w.cfg.Worker, Max: leaseSize(w.spec)}, &resp)
+		if err != nil {
+			if c := client.Code(err); c >= 400 && c < 500 {
+				return nil, err
+			}
+			w.cfg.Log.Warn("lease failed; retrying", "err", err)
+			if !sleep(stop, w.cfg.Poll) {
+				return nil, nil
+			}
+			continue
+		}
+		if stop.Err() != nil {
+			q.release(work, &lease{items: resp.Items})
+			return nil, nil
+		}
+		if len(resp.Items) == 0 {
+			if w.idle(resp.Running, resp.Left, idleSince) {
+				return nil, nil
+			}
+			// Other workers hold what is left; it may come back.
+			if !sleep(stop, w.cfg.Poll) {
+				return nil, nil
+			}
+			continue
+		}
+		return &lease{items: resp.Items}, nil
+	}
+	return nil, nil
+}
+
+// idle reports whether a worker that got nothing should exit: the batch
+// finished, or nothing is left (trigger once), or nothing was for the
+// idle timeout (watch).
+func (w *worker) idle(running bool, left int, since time.Time) bool {
+	switch {
+	case !running:
+		return true // finished or deleted
+	case left == 0 && w.spec.Trigger != spec.TriggerWatch:
+		return true
+	case left == 0 && time.Since(since) > w.spec.Queue.IdleTimeout.Duration:
+		w.cfg.Log.Info("idle: exiting", "after", w.spec.Queue.IdleTimeout.Duration)
+		return true
+	}
+	return false
+}
+
+func (q *storeQueue) settle(ctx context.Context, l *lease, done []int64, fails []api.ItemFailed) error {
+	return q.w.ack(ctx, done, fails)
+}
+
+func (q *storeQueue) release(ctx context.Context, l *lease) {
+	ids := make([]int64, len(l.items))
+	for i, it := range l.items {
+		ids[i] = it.ID
+	}
+	q.w.releaseIDs(ctx, ids)
+}
+
+func (q *storeQueue) close(context.Context) {}
+
+// leaseSize is how many items a worker takes at once: whole groups of
+// queue.groupSize, at least runtime.batchSize.
+func leaseSize(sp spec.BatchSpec) int {
+	g := max(sp.Queue.GroupSize, 1)
+	return (max(sp.Runtime.BatchSize, 1) + g - 1) / g * g
+}
+
+func (w *worker) read(ctx context.Context, l *lease) {
+	l.data, l.errs = make([][]byte, len(l.items)), make([]error, len(l.items))
 	g := errgroup.Group{}
 	g.SetLimit(w.cfg.IO)
-	for i, it := range items {
+	for i, it := range l.items {
 		g.Go(func() error {
 			l.data[i], l.errs[i] = w.src.ReadAll(ctx, it.Input)
 			return nil
 		})
 	}
 	g.Wait()
-	return l
 }
 
 // score runs one leased batch through the model, writes a result per
@@ -286,19 +418,33 @@ func (w *worker) score(ctx context.Context, l *lease) error {
 			done = append(done, l.items[i].ID)
 		}
 	}
-	var resp api.BatchCounts
-	if err := w.call(ctx, http.MethodPost, "/ack", api.AckRequest{Worker: w.cfg.Worker, Done: done, Failed: fails}, &resp); err != nil {
+	if err := w.queue.settle(ctx, l, done, fails); err != nil {
 		// Results are written; the items come back after their lease and
 		// are written again under the same names.
-		return fmt.Errorf("ack: %w", err)
+		return err
 	}
 	w.stats.Done += len(done)
 	w.stats.Failed += len(fails)
 	return nil
 }
 
+// ack records items done and failed in the store.
+func (w *worker) ack(ctx context.Context, done []int64, fails []api.ItemFailed) error {
+	if len(done)+len(fails) == 0 {
+		return nil
+	}
+	var resp api.BatchCounts
+	if err := w.call(ctx, http.MethodPost, "/ack", api.AckRequest{Worker: w.cfg.Worker, Done: done, Failed: fails}, &resp); err != nil {
+		return fmt.Errorf("ack: %w", err)
+	}
+	return nil
+}
+
 // checkRow checks a row's length against the model's input row.
 func (w *worker) checkRow(n int) error {
+	if w.in.Shape == nil {
+		return nil // a command's server that does not describe its input
+	}
 	known, dynamic := 1, 0
 	for _, d := range w.in.Shape[1:] {
 		if d < 0 {
@@ -313,12 +459,33 @@ func (w *worker) checkRow(n int) error {
 	return nil
 }
 
+// predict scores rows in runs of at most runtime.batchSize, and returns
+// the outputs of all of them as one batch.
 func (w *worker) predict(ctx context.Context, rows [][]float32) ([]inference.Tensor, error) {
-	n := len(rows[0])
-	data := make([]float32, 0, n*len(rows))
-	for _, r := range rows {
-		data = append(data, r...)
+	size := max(w.spec.Runtime.BatchSize, 1)
+	if len(rows) <= size {
+		return w.run(ctx, rows)
 	}
+	var all []inference.Tensor
+	for start := 0; start < len(rows); start += size {
+		outs, err := w.run(ctx, rows[start:min(start+size, len(rows))])
+		if err != nil {
+			return nil, err
+		}
+		if all, err = concatRows(all, outs); err != nil {
+			return nil, err
+		}
+	}
+	return all, nil
+}
+
+// run scores one batch of rows.
+func (w *worker) run(ctx context.Context, rows [][]float32) ([]inference.Tensor, error) {
+	n := len(rows[0])
+	if w.in.Shape == nil {
+		return w.model.Predict(ctx, []inference.Tensor{{Name: w.in.Name, Shape: []int64{int64(len(rows)), int64(n)}, Data: flatten(rows)}})
+	}
+	data := flatten(rows)
 	shape := []int64{int64(len(rows))}
 	known := 1
 	for _, d := range w.in.Shape[1:] {
@@ -446,13 +613,50 @@ func roundFloat32(v float32) float64 {
 	return f
 }
 
-func (w *worker) release(ctx context.Context, items []api.LeasedItem) {
-	if len(items) == 0 {
-		return
+func flatten(rows [][]float32) []float32 {
+	data := make([]float32, 0, len(rows[0])*len(rows))
+	for _, r := range rows {
+		data = append(data, r...)
 	}
-	ids := make([]int64, len(items))
-	for i, it := range items {
-		ids[i] = it.ID
+	return data
+}
+
+// concatRows appends a run's outputs to those of the runs before it,
+// along the batch dimension.
+func concatRows(all, outs []inference.Tensor) ([]inference.Tensor, error) {
+	if all == nil {
+		return outs, nil
+	}
+	if len(all) != len(outs) {
+		return nil, fmt.Errorf("the model gave %d outputs, then %d", len(all), len(outs))
+	}
+	for i := range all {
+		a, o := &all[i], outs[i]
+		if len(a.Shape) == 0 || len(o.Shape) == 0 {
+			return nil, fmt.Errorf("output %q has no batch dimension", o.Name)
+		}
+		switch d := a.Data.(type) {
+		case []float32:
+			a.Data = append(d, o.Data.([]float32)...)
+		case []float64:
+			a.Data = append(d, o.Data.([]float64)...)
+		case []int64:
+			a.Data = append(d, o.Data.([]int64)...)
+		case []int32:
+			a.Data = append(d, o.Data.([]int32)...)
+		default:
+			return nil, fmt.Errorf("output %q is %s; a BatchInference writes numeric outputs", a.Name, a.DataType())
+		}
+		a.Shape = append([]int64{a.Shape[0] + o.Shape[0]}, a.Shape[1:]...)
+	}
+	return all, nil
+}
+
+// releaseIDs gives items back to the queue (and, with a broker, has them
+// sent again at once).
+func (w *worker) releaseIDs(ctx context.Context, ids []int64) {
+	if len(ids) == 0 {
+		return
 	}
 	var resp api.BatchCounts
 	if err := w.call(ctx, http.MethodPost, "/release", api.ReleaseRequest{Worker: w.cfg.Worker, IDs: ids}, &resp); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/spec"
@@ -36,13 +37,14 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	active, seq := map[string]int{}, map[string]int{}
+	active, running, seq := map[string]int{}, map[string]int{}, map[string]int{}
 	for _, j := range jobs {
 		b, ok := api.BatchOfJob(j.Spec.Metadata.Name)
 		if !ok {
 			continue
 		}
 		active[b] += j.Counts[store.TaskPending] + j.Counts[store.TaskRunning]
+		running[b] += j.Counts[store.TaskRunning]
 		seq[b]++
 	}
 	var errs []error
@@ -67,8 +69,68 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 		if add := want - active[b.Name]; add > 0 {
 			errs = append(errs, p.addBatchWorkers(ctx, b, seq[b.Name]+1, add, left))
 		}
+		if sp.Queue.URI != spec.QueueStore {
+			errs = append(errs, p.sendBatch(ctx, b, running[b.Name]))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// BatchPublisher sends messages to a broker's topic.
+type BatchPublisher interface {
+	Publish(ctx context.Context, topic string, msgs []api.BatchMessage) error
+}
+
+// sendBatch sends a broker batch's pending items to its topic, in
+// messages of queue.groupSize items. The store keeps the ledger and the
+// broker carries the work: only the store can count what is left, tell a
+// redelivered item from a new one, and survive a broker (core NATS) that
+// drops what nobody is subscribed for. So items are sent while workers
+// run, at most two leases' worth per worker unclaimed at a time, and an
+// item no worker claimed within the lease timeout is sent again.
+func (p *Plane) sendBatch(ctx context.Context, b store.Batch, running int) error {
+	sp := b.Spec.Spec
+	if p.opt.BatchPublisher == nil || running == 0 {
+		return nil
+	}
+	window := running * 2 * LeaseSize(sp)
+	items, err := p.store.SendBatchItems(ctx, b.Name, window, p.now().Add(-sp.Queue.LeaseTimeout.Duration))
+	if err != nil || len(items) == 0 {
+		return err
+	}
+	msgs := BatchMessages(b.Name, items, sp.Queue.GroupSize)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.opt.BatchPublisher.Publish(pctx, sp.Queue.URI, msgs); err != nil {
+		ids := make([]int64, len(items))
+		for i, it := range items {
+			ids[i] = it.ID
+		}
+		return errors.Join(fmt.Errorf("batchinference %s: send to spec.queue.uri: %w", b.Name, err), p.store.UnsendBatchItems(ctx, b.Name, ids))
+	}
+	p.log.Debug("batch items sent", "batch", b.Name, "items", len(items), "messages", len(msgs))
+	return nil
+}
+
+// LeaseSize is how many items a worker takes at once: whole groups of
+// queue.groupSize, at least runtime.batchSize.
+func LeaseSize(sp spec.BatchSpec) int {
+	g := max(sp.Queue.GroupSize, 1)
+	return (max(sp.Runtime.BatchSize, 1) + g - 1) / g * g
+}
+
+// BatchMessages groups items, in order, into messages of size items.
+func BatchMessages(batch string, items []store.BatchItem, size int) []api.BatchMessage {
+	size = max(size, 1)
+	var out []api.BatchMessage
+	for start := 0; start < len(items); start += size {
+		m := api.BatchMessage{Batch: batch}
+		for _, it := range items[start:min(start+size, len(items))] {
+			m.Items = append(m.Items, api.LeasedItem{ID: it.ID, Input: it.Input})
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // watchBatch lists a watched batch's input once its poll interval has

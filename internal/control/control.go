@@ -40,6 +40,9 @@ type Options struct {
 	// keys under input.uri matching input.pattern), for trigger: watch;
 	// nil: watches queue nothing new.
 	BatchInputs func(ctx context.Context, in spec.BatchInput) ([]string, error)
+	// BatchPublisher sends the work of BatchInferences whose queue.uri
+	// is a broker; nil: such batches get no work.
+	BatchPublisher BatchPublisher
 	// Instance is this control-plane process among those sharing the
 	// store: its ID (default NewInstanceID()) holds the leader lease.
 	Instance store.Instance

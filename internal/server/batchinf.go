@@ -13,6 +13,7 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 
 	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/batchinf/broker"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
@@ -30,6 +31,8 @@ func (s *Server) batchRoutes(read, write, agent func(string, func(http.ResponseW
 	agent("POST "+p+"/agent/batches/{name}/lease", s.leaseItems)
 	agent("POST "+p+"/agent/batches/{name}/ack", s.ackItems)
 	agent("POST "+p+"/agent/batches/{name}/release", s.releaseItems)
+	agent("POST "+p+"/agent/batches/{name}/claim", s.claimItems)
+	agent("POST "+p+"/agent/batches/{name}/subscribed", s.workerSubscribed)
 }
 
 // ListBatchInputs lists the blobs under input.uri whose path relative to
@@ -66,14 +69,8 @@ func (s *Server) checkBatch(ctx context.Context, b spec.BatchInference, pools ma
 	if s.cfg.Blobs == nil {
 		return nil, fmt.Errorf("batchinference %s: this control plane has no blob store to read spec.input from", name)
 	}
-	model, err := s.cfg.Blobs.ReadAll(ctx, sp.Model.URI)
-	switch {
-	case blob.IsNotExist(err):
-		return nil, fmt.Errorf("batchinference %s: spec.model.uri: %q does not exist; upload it first (spotml blob put) or fix the path", name, sp.Model.URI)
-	case err != nil:
-		return nil, fmt.Errorf("batchinference %s: spec.model.uri: cannot read %q: %v", name, sp.Model.URI, err)
-	case len(model) < 16:
-		return nil, fmt.Errorf("batchinference %s: spec.model.uri: %q is %d bytes, not an ONNX model; give the model file", name, sp.Model.URI, len(model))
+	if err := s.checkBatchModel(ctx, name, sp); err != nil {
+		return nil, err
 	}
 	inputs, err := ListBatchInputs(ctx, s.cfg.Blobs, sp.Input)
 	if err != nil {
@@ -83,7 +80,40 @@ func (s *Server) checkBatch(ctx context.Context, b spec.BatchInference, pools ma
 		return nil, fmt.Errorf("batchinference %s: spec.input: nothing under %q matches pattern %q; check the prefix (spotml blob ls %s) and the pattern, or use trigger: watch to wait for inputs",
 			name, sp.Input.URI, sp.Input.Pattern, sp.Input.URI)
 	}
+	if broker.IsBroker(sp.Queue.URI) {
+		// A broker that does not answer now would leave the batch waiting
+		// for ever: refuse it while the user is there to fix the URL.
+		if err := broker.Probe(ctx, sp.Queue.URI); err != nil {
+			return nil, fmt.Errorf("batchinference %s: spec.queue.uri: the broker does not answer: %v; check the URL and that the broker runs (and its credentials: %s for nats://)", name, err, broker.EnvNATS)
+		}
+	}
 	return inputs, nil
+}
+
+// checkBatchModel checks that the model is there: for the builtin runtime
+// an ONNX file, for a command a file or a non-empty prefix (a server may
+// load a directory).
+func (s *Server) checkBatchModel(ctx context.Context, name string, sp spec.BatchSpec) error {
+	if sp.Runtime.Type == spec.RuntimeCommand && strings.HasSuffix(sp.Model.URI, "/") {
+		objs, err := s.cfg.Blobs.List(ctx, sp.Model.URI)
+		switch {
+		case err != nil:
+			return fmt.Errorf("batchinference %s: spec.model.uri: cannot list %q: %v", name, sp.Model.URI, err)
+		case len(objs) == 0:
+			return fmt.Errorf("batchinference %s: spec.model.uri: nothing under %q; upload the model first (spotml blob put) or fix the path", name, sp.Model.URI)
+		}
+		return nil
+	}
+	model, err := s.cfg.Blobs.ReadAll(ctx, sp.Model.URI)
+	switch {
+	case blob.IsNotExist(err):
+		return fmt.Errorf("batchinference %s: spec.model.uri: %q does not exist; upload it first (spotml blob put) or fix the path", name, sp.Model.URI)
+	case err != nil:
+		return fmt.Errorf("batchinference %s: spec.model.uri: cannot read %q: %v", name, sp.Model.URI, err)
+	case len(model) < 16 && sp.Runtime.Type != spec.RuntimeCommand:
+		return fmt.Errorf("batchinference %s: spec.model.uri: %q is %d bytes, not an ONNX model; give the model file", name, sp.Model.URI, len(model))
+	}
+	return nil
 }
 
 // checkBatches checks each BatchInference against the pools (stored and
@@ -379,6 +409,64 @@ func (s *Server) ackItems(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		n += m
+	}
+	writeJSON(w, http.StatusOK, api.BatchCounts{Changed: n})
+	return nil
+}
+
+// claimItems takes for a worker the items of the messages it got from
+// its batch's broker, and says how the batch stands, as a lease does.
+func (s *Server) claimItems(w http.ResponseWriter, r *http.Request) error {
+	var req api.ClaimRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := workerNode(r, req.Worker); err != nil {
+		return err
+	}
+	if len(req.IDs) > spec.MaxBatchGroupSize*4 {
+		return badRequest{fmt.Errorf("ids: %d items; claim at most %d at once", len(req.IDs), spec.MaxBatchGroupSize*4)}
+	}
+	name := r.PathValue("name")
+	b, err := s.cfg.Store.GetBatch(r.Context(), name)
+	if errors.Is(err, store.ErrNotFound) {
+		writeJSON(w, http.StatusOK, api.LeaseResponse{})
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ttl := b.Spec.Spec.Queue.LeaseTimeout.Duration
+	items, err := s.cfg.Store.ClaimBatchItems(r.Context(), name, req.Worker, req.IDs, ttl)
+	if err != nil {
+		return err
+	}
+	resp := api.LeaseResponse{LeaseTimeout: ttl, Running: b.State == store.BatchRunning, Left: b.Counts.Left(), Items: make([]api.LeasedItem, len(items))}
+	for i, it := range items {
+		resp.Items[i] = api.LeasedItem{ID: it.ID, Input: it.Input}
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// workerSubscribed hears that a worker now receives from its batch's
+// broker: items sent before and not claimed go out again at once, since a
+// broker such as core NATS drops what nobody was subscribed for (the
+// workers of a batch scaled from zero subscribe after the first sends).
+func (s *Server) workerSubscribed(w http.ResponseWriter, r *http.Request) error {
+	var req api.ClaimRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := workerNode(r, req.Worker); err != nil {
+		return err
+	}
+	n, err := s.cfg.Store.ResendBatchItems(r.Context(), r.PathValue("name"), s.now())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.kick()
 	}
 	writeJSON(w, http.StatusOK, api.BatchCounts{Changed: n})
 	return nil

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,19 @@ const (
 // QueueStore is the default queue: rows in spotml's own store.
 const QueueStore = "store"
 
+// BrokerSchemes are the queue.uri schemes of the brokers a BatchInference
+// reaches through gocloud.dev/pubsub. Those in brokerSubscriptionRequired
+// receive from another URL than they send to (a queue bound to an
+// exchange, a topic's subscription), which queue.subscription names.
+var (
+	BrokerSchemes              = []string{"nats", "rabbit", "azuresb", "awssqs", "gcppubsub"}
+	brokerSubscriptionExamples = map[string]string{
+		"rabbit":    "rabbit://QUEUE (a queue bound to the exchange queue.uri names)",
+		"azuresb":   "azuresb://TOPIC?subscription=NAME",
+		"gcppubsub": "gcppubsub://projects/PROJECT/subscriptions/NAME",
+	}
+)
+
 // Defaults of a BatchInference.
 const (
 	DefaultBatchPattern        = "**"
@@ -43,6 +57,8 @@ const (
 	DefaultBatchMaxAttempts    = 5
 	DefaultBatchIdleTimeout    = 60 * time.Second
 	DefaultBatchPollInterval   = 2 * time.Second
+	DefaultBatchStartTimeout   = 60 * time.Second
+	MaxBatchGroupSize          = 4096
 	MaxBatchPreprocessSize     = 4096
 	batchWorkerNamePrefixLimit = 40
 )
@@ -101,15 +117,29 @@ type BatchOutput struct {
 	Format string `yaml:"format,omitempty" json:"format,omitempty"` // jsonl (default) | json
 }
 
-// BatchRuntime is how workers score. Only the builtin runtime (ONNX
-// Runtime in the worker process) is implemented.
+// BatchRuntime is how workers score: builtin (ONNX Runtime in the worker
+// process) or command (a model server the user brings, which the worker
+// starts and sends batches to as KServe v2 inference requests, the same
+// contract as a Service's command replica).
 type BatchRuntime struct {
-	Type string `yaml:"type,omitempty" json:"type,omitempty"` // builtin (default)
+	Type string `yaml:"type,omitempty" json:"type,omitempty"` // builtin (default) | command
 	// BatchSize is how many items one model run scores (and one lease
 	// takes). Default 64.
 	BatchSize int `yaml:"batchSize,omitempty" json:"batchSize,omitempty"`
 	// Threads ONNX Runtime computes with. Default: resources.cpu rounded up.
+	// Builtin only.
 	Threads int `yaml:"threads,omitempty" json:"threads,omitempty"`
+	// Command starts the user's KServe v2 HTTP server (argv, or a string
+	// run by /bin/sh -c) on 127.0.0.1:$PORT, with the model's local path
+	// in SPOTML_MODEL_PATH and Env. Command only.
+	Command Command `yaml:"command,omitempty" json:"command,omitempty"`
+	// Port the server listens on; default 0: the worker picks a free one
+	// and passes it in PORT.
+	Port int               `yaml:"port,omitempty" json:"port,omitempty"`
+	Env  map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
+	// StartTimeout bounds how long the server may take to answer
+	// /v2/health/ready. Default 60s.
+	StartTimeout Duration `yaml:"startTimeout,omitempty" json:"startTimeout,omitzero"`
 }
 
 // Preprocess turns an input blob into the model's input row.
@@ -137,9 +167,19 @@ type BatchWorkers struct {
 }
 
 // BatchQueue is where items wait. URI "store" (the default) keeps them in
-// spotml's store.
+// spotml's store; a broker URL (nats://SUBJECT, rabbit://EXCHANGE,
+// azuresb://TOPIC, awssqs://QUEUE-URL, gcppubsub://projects/P/topics/T)
+// carries them as messages through gocloud.dev/pubsub, while the store
+// keeps the ledger of what is done.
 type BatchQueue struct {
 	URI string `yaml:"uri,omitempty" json:"uri,omitempty"`
+	// Subscription is where workers receive a broker's messages, when that
+	// is not URI itself (RabbitMQ, Service Bus, Pub/Sub). NATS defaults to
+	// URI with a queue group per batch, SQS to the same queue.
+	Subscription string `yaml:"subscription,omitempty" json:"subscription,omitempty"`
+	// GroupSize is how many items one message carries (a lease of the
+	// store queue takes whole groups). Default 1.
+	GroupSize int `yaml:"groupSize,omitempty" json:"groupSize,omitempty"`
 	// LeaseTimeout is how long a worker holds items before they go back to
 	// the queue, should its node vanish without a word. Default 60s.
 	LeaseTimeout Duration `yaml:"leaseTimeout,omitempty" json:"leaseTimeout,omitzero"`
@@ -173,7 +213,7 @@ func (b *BatchInference) Default() {
 	if sp.Runtime.BatchSize == 0 {
 		sp.Runtime.BatchSize = DefaultBatchSize
 	}
-	if sp.Runtime.Threads == 0 {
+	if sp.Runtime.Threads == 0 && sp.Runtime.Type == RuntimeBuiltin {
 		sp.Runtime.Threads = max(1, int(math.Ceil(sp.Resources.CPU)))
 	}
 	w := &sp.Workers
@@ -189,6 +229,12 @@ func (b *BatchInference) Default() {
 	q := &sp.Queue
 	if q.URI == "" {
 		q.URI = QueueStore
+	}
+	if q.GroupSize == 0 {
+		q.GroupSize = 1
+	}
+	if sp.Runtime.Type == RuntimeCommand && sp.Runtime.StartTimeout.Duration == 0 {
+		sp.Runtime.StartTimeout.Duration = DefaultBatchStartTimeout
 	}
 	if q.LeaseTimeout.Duration == 0 {
 		q.LeaseTimeout.Duration = DefaultLeaseTimeout
@@ -240,18 +286,12 @@ func (b *BatchInference) Validate() error {
 	switch {
 	case sp.Model.URI == "":
 		errs.add("spec.model.uri", "required; a blob URL such as s3://bucket/model.onnx, or a path in the default store such as outputs/job/out/model.onnx")
-	case strings.HasSuffix(sp.Model.URI, "/"):
-		errs.add("spec.model.uri", "%q is a directory; name the .onnx file", sp.Model.URI)
+	case strings.HasSuffix(sp.Model.URI, "/") && sp.Runtime.Type != RuntimeCommand:
+		errs.add("spec.model.uri", "%q is a directory; name the .onnx file (or use runtime type %q for a server that loads a directory)", sp.Model.URI, RuntimeCommand)
 	default:
 		errs.blobLocation("spec.model.uri", sp.Model.URI)
 	}
-	switch sp.Runtime.Type {
-	case "", RuntimeBuiltin:
-	case RuntimeCommand:
-		errs.add("spec.runtime.type", "%q is not available for a BatchInference yet; use %q (ONNX models)", RuntimeCommand, RuntimeBuiltin)
-	default:
-		errs.add("spec.runtime.type", "%q is not a runtime; use %q", sp.Runtime.Type, RuntimeBuiltin)
-	}
+	errs.batchRuntime(&sp.Runtime)
 	if sp.Runtime.BatchSize < 0 || sp.Runtime.BatchSize > 4096 {
 		errs.add("spec.runtime.batchSize", "%d is out of range; use 1 to 4096", sp.Runtime.BatchSize)
 	}
@@ -299,14 +339,9 @@ func (b *BatchInference) Validate() error {
 		errs.add("spec.trigger", "%q is not a trigger; use %q (score what is there, then finish) or %q (keep scoring what arrives)", sp.Trigger, TriggerOnce, TriggerWatch)
 	}
 	q := sp.Queue
-	if q.URI != "" && q.URI != QueueStore {
-		u, err := url.Parse(q.URI)
-		switch {
-		case err != nil || u.Scheme == "":
-			errs.add("spec.queue.uri", "%q is not a queue; use %q (spotml's store) or a broker URL such as nats://subject", q.URI, QueueStore)
-		default:
-			errs.add("spec.queue.uri", "broker queues (%s://) are not available in this build; use %q", u.Scheme, QueueStore)
-		}
+	errs.batchQueue(q)
+	if q.GroupSize < 0 || q.GroupSize > MaxBatchGroupSize {
+		errs.add("spec.queue.groupSize", "%d is out of range; use 1 to %d items per message", q.GroupSize, MaxBatchGroupSize)
 	}
 	if q.LeaseTimeout.Duration < 0 || (q.LeaseTimeout.Duration > 0 && q.LeaseTimeout.Duration < time.Second) {
 		errs.add("spec.queue.leaseTimeout", "%s is too short; use 1s or more", q.LeaseTimeout)
@@ -349,4 +384,77 @@ func ParseScale(s string) (float64, error) {
 func sameOrInside(a, b string) bool {
 	a, b = strings.TrimSuffix(a, "/")+"/", strings.TrimSuffix(b, "/")+"/"
 	return strings.HasPrefix(a, b)
+}
+
+// batchRuntime checks a BatchInference's runtime: builtin, or a command
+// as for a Service.
+func (e *fieldErrors) batchRuntime(rt *BatchRuntime) {
+	const at = "spec.runtime"
+	only := func(field, typ string, set bool) {
+		if set {
+			e.add(at+"."+field, "only allowed when type is %q", typ)
+		}
+	}
+	switch rt.Type {
+	case "", RuntimeBuiltin:
+		only("command", RuntimeCommand, rt.Command != nil)
+		only("port", RuntimeCommand, rt.Port != 0)
+		only("env", RuntimeCommand, rt.Env != nil)
+		only("startTimeout", RuntimeCommand, rt.StartTimeout.Duration != 0)
+	case RuntimeCommand:
+		only("threads", RuntimeBuiltin, rt.Threads != 0)
+		if len(rt.Command) == 0 {
+			e.add(at+".command", "required with type %q; the command that starts your KServe v2 model server on $%s", RuntimeCommand, EnvPort)
+		} else if rt.Command[0] == "" {
+			e.add(at+".command[0]", "the program to run must not be empty")
+		}
+		if rt.Port < 0 || rt.Port > 65535 {
+			e.add(at+".port", "must be between 1 and 65535, got %d; leave it out to have the worker pick one and pass it in $%s", rt.Port, EnvPort)
+		}
+		e.env(at+".env", rt.Env)
+		for k := range rt.Env {
+			if k == EnvPort || k == EnvModelPath {
+				e.add(at+".env."+k, "is set by spotml; remove it")
+			}
+		}
+		if rt.StartTimeout.Duration < 0 {
+			e.add(at+".startTimeout", "%s is negative", rt.StartTimeout)
+		}
+	default:
+		e.add(at+".type", "%q is not a runtime; use %q (ONNX models in the worker) or %q (your KServe v2 server)", rt.Type, RuntimeBuiltin, RuntimeCommand)
+	}
+}
+
+// batchQueue checks queue.uri and queue.subscription: the store, or a
+// broker gocloud.dev/pubsub reaches.
+func (e *fieldErrors) batchQueue(q BatchQueue) {
+	if q.URI == "" || q.URI == QueueStore {
+		if q.Subscription != "" {
+			e.add("spec.queue.subscription", "only allowed with a broker queue.uri; the store queue has none")
+		}
+		return
+	}
+	u, err := url.Parse(q.URI)
+	if err != nil || u.Scheme == "" {
+		e.add("spec.queue.uri", "%q is not a queue; use %q (spotml's store) or a broker URL such as nats://SUBJECT", q.URI, QueueStore)
+		return
+	}
+	if !slices.Contains(BrokerSchemes, u.Scheme) {
+		e.add("spec.queue.uri", "%s:// is not a broker spotml reaches; use %q or one of %s://", u.Scheme, QueueStore, strings.Join(BrokerSchemes, "://, "))
+		return
+	}
+	if u.Host == "" && u.Opaque == "" && strings.Trim(u.Path, "/") == "" {
+		e.add("spec.queue.uri", "%q names no subject, exchange, topic or queue; write e.g. %s://score-uploads", q.URI, u.Scheme)
+	}
+	example, needs := brokerSubscriptionExamples[u.Scheme]
+	if q.Subscription == "" {
+		if needs {
+			e.add("spec.queue.subscription", "required with %s://: where workers receive what queue.uri is sent to, e.g. %s", u.Scheme, example)
+		}
+		return
+	}
+	s, err := url.Parse(q.Subscription)
+	if err != nil || s.Scheme != u.Scheme {
+		e.add("spec.queue.subscription", "%q is not a %s:// URL like queue.uri", q.Subscription, u.Scheme)
+	}
 }

@@ -55,6 +55,19 @@ func TestBatchInferenceErrorsNameTheField(t *testing.T) {
 		{`queue: {uri: store}`, `queue: {uri: "not a url"}`, "spec.queue.uri"},
 		{`queue: {uri: store}`, `queue: {uri: store, leaseTimeout: 10ms}`, "spec.queue.leaseTimeout"},
 		{`itemsPerWorker: 500}`, `itemsPerWorker: 500, extra: 1}`, "spec.workers.extra"},
+		{`queue: {uri: store}`, `queue: {uri: "kafka://topic"}`, "spec.queue.uri"},
+		{`queue: {uri: store}`, `queue: {uri: "nats://"}`, "spec.queue.uri"},
+		{`queue: {uri: store}`, `queue: {uri: "rabbit://scores"}`, "spec.queue.subscription"},
+		{`queue: {uri: store}`, `queue: {uri: "azuresb://scores"}`, "spec.queue.subscription"},
+		{`queue: {uri: store}`, `queue: {uri: "nats://scores", subscription: "rabbit://q"}`, "spec.queue.subscription"},
+		{`queue: {uri: store}`, `queue: {uri: store, subscription: "nats://x"}`, "spec.queue.subscription"},
+		{`queue: {uri: store}`, `queue: {uri: store, groupSize: 5000}`, "spec.queue.groupSize"},
+		{`queue: {uri: store}`, `queue: {uri: store, groupSize: -1}`, "spec.queue.groupSize"},
+		{`type: builtin}`, `type: command}`, "spec.runtime.command"},
+		{`type: builtin}`, `type: builtin, command: [python3, server.py]}`, "spec.runtime.command"},
+		{`type: builtin}`, `type: command, command: [python3, s.py], threads: 2}`, "spec.runtime.threads"},
+		{`type: builtin}`, `type: command, command: [python3, s.py], env: {PORT: "1"}}`, "spec.runtime.env.PORT"},
+		{`type: builtin}`, `type: command, command: [python3, s.py], port: 70000}`, "spec.runtime.port"},
 	} {
 		in := strings.Replace(batchOK, tc.from, tc.to, 1)
 		if in == batchOK {
@@ -63,6 +76,30 @@ func TestBatchInferenceErrorsNameTheField(t *testing.T) {
 		_, err := Parse([]byte(in))
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("%s: err = %v; want it to name %s", tc.to, err, tc.field)
+		}
+	}
+}
+
+func TestBatchInferenceBrokerAndCommand(t *testing.T) {
+	for _, q := range []string{
+		`{uri: "nats://score.uploads", groupSize: 16}`,
+		`{uri: "rabbit://scores", subscription: "rabbit://scores-q"}`,
+		`{uri: "azuresb://scores", subscription: "azuresb://scores?subscription=workers"}`,
+		`{uri: "awssqs://sqs.us-east-2.amazonaws.com/123456789012/scores?awssdk=v2"}`,
+		`{uri: "gcppubsub://projects/p/topics/scores", subscription: "gcppubsub://projects/p/subscriptions/workers"}`,
+	} {
+		in := strings.Replace(batchOK, `queue: {uri: store}`, "queue: "+q, 1)
+		in = strings.Replace(in, `runtime: {type: builtin}`, `runtime: {type: command, command: "python3 serve.py", env: {MODE: fast}}`, 1)
+		docs, err := Parse([]byte(in))
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		sp := docs[0].BatchInference.Spec
+		if sp.Runtime.Threads != 0 || sp.Runtime.StartTimeout.Duration != DefaultBatchStartTimeout || len(sp.Runtime.Command) != 3 {
+			t.Errorf("%s: runtime = %+v", q, sp.Runtime)
+		}
+		if want := map[bool]int{true: 16, false: 1}[strings.Contains(q, "groupSize")]; sp.Queue.GroupSize != want {
+			t.Errorf("%s: groupSize = %d, want %d", q, sp.Queue.GroupSize, want)
 		}
 	}
 }

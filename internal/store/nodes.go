@@ -48,7 +48,7 @@ type Node struct {
 	// NoticeAt is when the node's eviction notice arrived; unlike
 	// NoticeDeadline it is kept once the node has ended, so the warning
 	// each preemption gave can be read back (placement.Spares).
-	NoticeAt    time.Time `json:"noticeAt,omitzero"`
+	NoticeAt time.Time `json:"noticeAt,omitzero"`
 	// AtRisk is when the platform warned that the node is at elevated
 	// risk of being taken (AWS's rebalance recommendation): it does not
 	// count toward its pool's size, so a replacement is launched, but it

@@ -123,7 +123,9 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 		`ALTER TABLE nodes DROP COLUMN provider_id`,
 		`ALTER TABLE nodes DROP COLUMN host`,
 		`ALTER TABLE nodes DROP COLUMN notice_at`, // migration 10 undone
-		`ALTER TABLE nodes DROP COLUMN at_risk`, // migration 12 undone
+		`ALTER TABLE nodes DROP COLUMN at_risk`,   // migration 12 undone
+		`DROP INDEX batch_items_sent`,             // migration 13 undone
+		`ALTER TABLE batch_items DROP COLUMN sent_at`,
 		`UPDATE schema_version SET version = 2`,
 		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
 	} {

@@ -213,6 +213,8 @@ func (s *Store) FailBatchItems(ctx context.Context, name string, fails []store.I
 
 // ReleaseBatchItems gives a worker's leased items back to the queue at
 // once (its node got a notice). The lease does not count as an attempt.
+// With a broker, the released items and any pending ones among ids (of
+// messages the worker received but did not claim) are sent again at once.
 func (s *Store) ReleaseBatchItems(ctx context.Context, name, worker string, ids []int64) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -220,7 +222,7 @@ func (s *Store) ReleaseBatchItems(ctx context.Context, name, worker string, ids 
 	var n int
 	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
 		in, args := idList(ids)
-		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, attempts = attempts - 1
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, attempts = attempts - 1, sent_at = 0
 			WHERE batch = ? AND state = ? AND worker = ? AND id IN (`+in+`)`,
 			append([]any{store.ItemPending, name, store.ItemLeased, worker}, args...)...)
 		if err != nil {
@@ -228,6 +230,10 @@ func (s *Store) ReleaseBatchItems(ctx context.Context, name, worker string, ids 
 		}
 		c, _ := r.RowsAffected()
 		n = int(c)
+		if _, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = ? AND id IN (`+in+`)`,
+			append([]any{name, store.ItemPending}, args...)...); err != nil {
+			return err
+		}
 		if n == 0 {
 			return nil
 		}
@@ -235,6 +241,124 @@ func (s *Store) ReleaseBatchItems(ctx context.Context, name, worker string, ids 
 		return err
 	})
 	return n, err
+}
+
+// SendBatchItems picks the pending items of a running batch to send to
+// its broker, and marks them sent now: those never sent, and those sent
+// before resendBefore that no worker claimed (a broker such as core NATS
+// drops a message nobody is subscribed for, or a worker vanished with it
+// unread). At most window items are out, sent and not claimed, at a time,
+// so that a broker never holds a backlog that would be sent again. The
+// items come in id order.
+func (s *Store) SendBatchItems(ctx context.Context, name string, window int, resendBefore time.Time) ([]store.BatchItem, error) {
+	var items []store.BatchItem
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		items = items[:0]
+		cut, now := resendBefore.UnixNano(), s.now().UnixNano()
+		var out int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = ? AND sent_at >= ?`,
+			name, store.ItemPending, cut).Scan(&out); err != nil {
+			return err
+		}
+		n := window - out
+		if n <= 0 {
+			return nil
+		}
+		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET sent_at = ?
+			WHERE batch = ? AND state = ? AND id IN (
+				SELECT i.id FROM batch_items i JOIN batches b ON b.name = i.batch
+				WHERE i.batch = ? AND i.state = ? AND i.sent_at < ? AND b.state = ? ORDER BY i.id LIMIT ?)
+			RETURNING id, input, attempts`,
+			max(now, cut+1), name, store.ItemPending, name, store.ItemPending, cut, store.BatchRunning, n)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			it := store.BatchItem{State: store.ItemPending}
+			if err := rows.Scan(&it.ID, &it.Input, &it.Attempts); err != nil {
+				return err
+			}
+			items = append(items, it)
+		}
+		return rows.Err()
+	})
+	sortItems(items)
+	return items, err
+}
+
+// UnsendBatchItems marks pending items not sent (sending them failed), so
+// that the next pass sends them at once.
+func (s *Store) UnsendBatchItems(ctx context.Context, name string, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return s.txNodes(ctx, noNodes, func(tx *txn) error {
+		in, args := idList(ids)
+		_, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = ? AND id IN (`+in+`)`,
+			append([]any{name, store.ItemPending}, args...)...)
+		return err
+	})
+}
+
+// ResendBatchItems marks for sending again at once the pending items sent
+// before before and not claimed: a worker subscribed then, and a broker
+// that drops what nobody is subscribed for (core NATS) may have dropped
+// them. It returns how many.
+func (s *Store) ResendBatchItems(ctx context.Context, name string, before time.Time) (int, error) {
+	var n int
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = ? AND sent_at > 0 AND sent_at < ?`,
+			name, store.ItemPending, before.UnixNano())
+		if err != nil {
+			return err
+		}
+		c, _ := r.RowsAffected()
+		n = int(c)
+		return nil
+	})
+	return n, err
+}
+
+// ClaimBatchItems takes for worker, until now+ttl, the items among ids
+// that are pending in a running batch: those of a message it got from the
+// broker. Items done, failed or held by a worker are left as they are, so
+// that a message delivered twice is scored once.
+func (s *Store) ClaimBatchItems(ctx context.Context, name, worker string, ids []int64, ttl time.Duration) ([]store.BatchItem, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	var items []store.BatchItem
+	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+		items = items[:0]
+		now := s.now()
+		in, args := idList(ids)
+		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = ?, lease_until = ?, attempts = attempts + 1
+			WHERE batch = ? AND state = ? AND id IN (`+in+`) AND EXISTS (SELECT 1 FROM batches b WHERE b.name = ? AND b.state = ?)
+			RETURNING id, input, attempts`,
+			append(append([]any{store.ItemLeased, worker, now.Add(ttl).UnixNano(), name, store.ItemPending}, args...), name, store.BatchRunning)...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			it := store.BatchItem{State: store.ItemLeased, Worker: worker, LeaseUntil: now.Add(ttl).UTC()}
+			if err := rows.Scan(&it.ID, &it.Input, &it.Attempts); err != nil {
+				rows.Close()
+				return err
+			}
+			items = append(items, it)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(items) > 0 {
+			_, err = tx.ExecContext(ctx, `UPDATE batches SET started_at = ? WHERE name = ? AND started_at = 0`, now.UnixNano(), name)
+		}
+		return err
+	})
+	sortItems(items)
+	return items, err
 }
 
 // ExpireBatchLeases returns to the queue every item whose lease ran out
@@ -253,7 +377,7 @@ func (s *Store) ExpireBatchLeases(ctx context.Context) (requeued, failed int, er
 		}
 		c, _ := r.RowsAffected()
 		failed = int(c)
-		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0
+		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, sent_at = 0
 			WHERE state = ? AND lease_until < ? RETURNING batch`, store.ItemPending, store.ItemLeased, now)
 		if err != nil {
 			return err

@@ -567,6 +567,15 @@ var migrations = []migration{
 		sqlite:   `ALTER TABLE nodes ADD COLUMN at_risk INTEGER NOT NULL DEFAULT 0;`,
 		postgres: `ALTER TABLE nodes ADD COLUMN IF NOT EXISTS at_risk BIGINT NOT NULL DEFAULT 0;`,
 	},
+	// 13: BatchInference over a broker: when an item was last sent to the
+	// broker (0: not sent yet, or to be sent again at once). The store keeps
+	// the ledger; the broker only carries the work.
+	{
+		sqlite: `ALTER TABLE batch_items ADD COLUMN sent_at INTEGER NOT NULL DEFAULT 0;
+		CREATE INDEX IF NOT EXISTS batch_items_sent ON batch_items(batch, state, sent_at);`,
+		postgres: pg(`ALTER TABLE batch_items ADD COLUMN IF NOT EXISTS sent_at BIGINT NOT NULL DEFAULT 0;
+		CREATE INDEX IF NOT EXISTS batch_items_sent ON batch_items(batch, state, sent_at);`),
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

@@ -218,3 +218,86 @@ func testBatchConcurrentLeases(t *testing.T, h *Harness) {
 		t.Fatalf("leased %d items, want each of 600 once", len(got))
 	}
 }
+
+// testBatchBrokerLedger: the ledger of a broker queue. Items are sent in
+// a bounded window, claimed once however often their message comes,
+// sent again when no worker claimed them in time, and at once when a
+// worker gives them back or its lease runs out.
+func testBatchBrokerLedger(t *testing.T, h *Harness) {
+	if _, err := h.St.ApplyBatch(h.Ctx, batchDoc(t, "b4", 3), inputs(10)); err != nil {
+		t.Fatal(err)
+	}
+	resend := func() time.Time { return h.Clock.Now().Add(-10 * time.Second) }
+	a, err := h.St.SendBatchItems(h.Ctx, "b4", 4, resend())
+	if err != nil || len(a) != 4 || a[0].Input != "img/0000.png" {
+		t.Fatalf("send = %+v, %v; want the first 4", a, err)
+	}
+	if more, _ := h.St.SendBatchItems(h.Ctx, "b4", 4, resend()); len(more) != 0 {
+		t.Fatalf("send with a full window = %d items, want 0", len(more))
+	}
+	// Delivered twice: claimed once.
+	c1, err := h.St.ClaimBatchItems(h.Ctx, "b4", "w1", ids(a[:2]), time.Minute)
+	if err != nil || len(c1) != 2 || c1[0].Worker != "w1" {
+		t.Fatalf("claim = %+v, %v", c1, err)
+	}
+	if again, _ := h.St.ClaimBatchItems(h.Ctx, "b4", "w2", ids(a[:2]), time.Minute); len(again) != 0 {
+		t.Fatalf("claim of held items = %+v, want none", again)
+	}
+	if c := h.batch("b4").Counts; c.Leased != 2 || c.Pending != 8 {
+		t.Fatalf("counts = %+v", c)
+	}
+	// Two claimed, so two more may go out.
+	b, _ := h.St.SendBatchItems(h.Ctx, "b4", 4, resend())
+	if len(b) != 2 || b[0].Input != "img/0004.png" {
+		t.Fatalf("send after claims = %+v, want items 4 and 5", b)
+	}
+	if n, _ := h.St.AckBatchItems(h.Ctx, "b4", ids(c1[:1])); n != 1 {
+		t.Fatal("ack")
+	}
+	if done, _ := h.St.ClaimBatchItems(h.Ctx, "b4", "w2", ids(c1[:1]), time.Minute); len(done) != 0 {
+		t.Fatalf("claim of a done item = %+v, want none", done)
+	}
+	// Items 2..5 were lost on the way: after the resend time they go out
+	// again.
+	h.Clock.Advance(11 * time.Second)
+	r, _ := h.St.SendBatchItems(h.Ctx, "b4", 4, resend())
+	if len(r) != 4 || r[0].Input != "img/0002.png" {
+		t.Fatalf("resend = %+v, want items 2..5", r)
+	}
+	// A worker gives back what it held and a message it never claimed:
+	// both are sent again at once, not after the resend time.
+	if n, err := h.St.ReleaseBatchItems(h.Ctx, "b4", "w1", []int64{c1[1].ID, r[0].ID}); err != nil || n != 1 {
+		t.Fatalf("release = %d, %v; want 1", n, err)
+	}
+	back, _ := h.St.SendBatchItems(h.Ctx, "b4", 5, resend())
+	if len(back) != 2 || back[0].ID != c1[1].ID || back[1].ID != r[0].ID {
+		t.Fatalf("send after release = %+v, want items 1 and 2", back)
+	}
+	// A worker subscribes: what went out before and is not claimed may
+	// have been dropped, and is sent again.
+	h.Clock.Advance(time.Second)
+	if n, err := h.St.ResendBatchItems(h.Ctx, "b4", h.Clock.Now()); err != nil || n != 5 {
+		t.Fatalf("resend on subscribe = %d, %v; want the 5 sent, unclaimed items", n, err)
+	}
+	back, _ = h.St.SendBatchItems(h.Ctx, "b4", 5, resend())
+	if len(back) != 5 || back[0].ID != c1[1].ID {
+		t.Fatalf("send after a subscribe = %+v", back)
+	}
+	back = back[:2]
+	// A vanished worker's lease runs out: sent again at once.
+	w, _ := h.St.ClaimBatchItems(h.Ctx, "b4", "w3", ids(back), time.Second)
+	if len(w) != 2 {
+		t.Fatalf("claim = %+v", w)
+	}
+	h.Clock.Advance(2 * time.Second)
+	if rq, _, err := h.St.ExpireBatchLeases(h.Ctx); err != nil || rq != 2 {
+		t.Fatalf("expire = %d, %v", rq, err)
+	}
+	exp, _ := h.St.SendBatchItems(h.Ctx, "b4", 8, resend())
+	if len(exp) < 2 || exp[0].ID != w[0].ID {
+		t.Fatalf("send after expiry = %+v, want items 1 and 2 first", exp)
+	}
+	if c := h.batch("b4").Counts; c.Done != 1 || c.Leased != 0 || c.Pending != 9 || c.Released != 1 || c.Expired != 2 {
+		t.Fatalf("counts = %+v", c)
+	}
+}

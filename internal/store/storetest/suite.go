@@ -64,6 +64,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"LiveNodes", testLiveNodes},
 		{"HeartbeatInMemory", testHeartbeatInMemory},
 		{"BatchQueue", testBatchQueue},
+		{"BatchBrokerLedger", testBatchBrokerLedger},
 		{"BatchLeaseExpiry", testBatchLeaseExpiry},
 		{"BatchConcurrentLeases", testBatchConcurrentLeases},
 		{"LeaderLease", testLeaderLease},

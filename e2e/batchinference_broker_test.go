@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startNATS runs a nats-server on a free loopback port for the test and
+// returns its URL. Core NATS is what gocloud's natspubsub speaks
+// (at-most-once, no JetStream): a message nobody is subscribed for is
+// dropped, which the ledger's resend covers.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		missing(t, "SPOTML_REQUIRE_NATS", "nats-server not installed (apt-get install nats-server)")
+	}
+	addr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "-a", host, "-p", port)
+	logf, err := os.Create(filepath.Join(t.TempDir(), "nats.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+	})
+	waitFor(t, 10*time.Second, "nats-server to listen", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return "nats://" + addr
+}
+
+// TestBatchInferenceBrokerNATS scores 1,200 images through a real
+// NATS broker (queue.uri nats://..., four items per message), with every
+// spot node evicted mid-run: the counts stay right while it runs, and at
+// the end there is exactly one result per good input, each the same as
+// scoring the file here. A broker that does not answer is refused at
+// apply, naming spec.queue.uri.
+func TestBatchInferenceBrokerNATS(t *testing.T) {
+	requireORT(t)
+	nats := startNATS(t)
+	// The control plane sends with it, the agents' workers receive with it.
+	t.Setenv("NATS_SERVER_URL", nats)
+	const n = 1200
+	c := newServingCluster(t)
+	in := filepath.Join(c.data, "blobs", "uploads")
+	keys := writePNGs(t, in, n)
+	os.WriteFile(filepath.Join(in, "batch-0", "broken.png"), []byte("not a png"), 0o644)
+	c.putModel("models/fmnist.onnx")
+
+	f := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("norabbit", "uploads/", "**/*.png", "spot-a", "")), 0o644)
+	bad, _ := os.ReadFile(f)
+	os.WriteFile(f, []byte(strings.Replace(string(bad), "queue: {leaseTimeout: 10s}",
+		`queue: {uri: "rabbit://scores", subscription: "rabbit://scores-q", leaseTimeout: 10s}`, 1)), 0o644)
+	if _, err := c.cli("apply", "-f", f); err == nil || !strings.Contains(err.Error(), "spec.queue.uri") || !strings.Contains(err.Error(), "does not answer") {
+		t.Fatalf("apply with a broker that does not answer: %v; want an error naming spec.queue.uri", err)
+	}
+	if out, _ := c.cli("get", "batchinference"); strings.Contains(out, "norabbit") {
+		t.Fatalf("a refused batch was stored:\n%s", out)
+	}
+
+	c.apply(pool("spot-a", "spot", 3) + strings.Replace(batchYAML("score", "uploads/", "**/*.png", "spot-a", ""),
+		"queue: {leaseTimeout: 10s}", `queue: {uri: "nats://spotml.score", groupSize: 4, leaseTimeout: 10s}`, 1))
+	start := time.Now()
+	if b := c.batch("score"); b.Total != n+1 {
+		t.Fatalf("total = %d, want %d", b.Total, n+1)
+	}
+	// Every spot node evicted as soon as anything is scored (over NATS the
+	// workers score a thousand items within seconds).
+	waitFor(t, 60*time.Second, "the first batch scored", func() bool { return c.batch("score").Done > 0 })
+	evicted := 0
+	for _, nd := range c.nodes() {
+		if nd.Pool == "spot-a" && nd.State == "ready" {
+			c.mustCLI("evict", nd.Name)
+			evicted++
+		}
+	}
+	if evicted == 0 {
+		t.Fatal("no ready spot node to evict")
+	}
+	if b := c.batch("score"); b.State != "running" || b.Evictions < evicted {
+		t.Fatalf("after the evictions: %+v; want the batch still running and %d evictions recorded (the test needs more items)", b, evicted)
+	}
+	// While it runs the ledger adds up: every item pending (waiting or on
+	// the broker), in flight, done or failed.
+	for range 10 {
+		b := c.batch("score")
+		if b.Pending+b.InFlight+b.Done+b.Failed != b.Total || b.Total != n+1 {
+			t.Fatalf("counts do not add up: %+v", b)
+		}
+		if b.State != "running" {
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	waitFor(t, 120*time.Second, "the batch to finish", func() bool { return c.batch("score").State != "running" })
+	b := c.batch("score")
+	t.Logf("scored %d items over NATS in %s, %d evictions, %d released, %d expired, %d scored again",
+		b.Done, time.Since(start).Round(time.Second), b.Evictions, b.Released, b.Expired, b.Redone)
+	if b.Done != n || b.Failed != 1 || b.Pending+b.InFlight != 0 {
+		t.Fatalf("done %d, failed %d, left %d; want %d, 1, 0", b.Done, b.Failed, b.Pending+b.InFlight, n)
+	}
+	if b.Evictions < evicted {
+		t.Errorf("evictions = %d, want at least %d", b.Evictions, evicted)
+	}
+	out := filepath.Join(c.data, "blobs", "scored")
+	got, _ := filepath.Glob(filepath.Join(out, "*", "*.png.jsonl"))
+	if len(got) != n {
+		t.Fatalf("%d results, want %d", len(got), n)
+	}
+	checkBatchResults(t, in, out, keys)
+	if logs := c.mustCLI("logs", "batchinference/score"); !strings.Contains(logs, "broken.png") {
+		t.Errorf("logs do not list broken.png:\n%s", logs)
+	}
+	waitFor(t, 30*time.Second, "workers to end", func() bool { b := c.batch("score"); return b.Workers+b.WorkersPending == 0 })
+}
+
+// kserveServer is a small KServe v2 server in Python, the kind of model
+// server a user brings: its "model" is each row's mean pixel and its
+// complement, and it refuses an all-black image (400), as a server
+// refusing bad input does.
+const kserveServer = `
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+model = open(os.environ["SPOTML_MODEL_PATH"]).read().strip()
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def send(self, code, obj):
+        b = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def do_GET(self):
+        if self.path == "/v2/health/ready":
+            return self.send(200, {})
+        if self.path == "/v2/models/" + os.environ["SPOTML_BATCH"]:
+            return self.send(200, {"name": model, "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 784]}]})
+        self.send(404, {"error": "no " + self.path})
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        t = req["inputs"][0]
+        n, w = t["shape"][0], t["shape"][1]
+        rows = [t["data"][i*w:(i+1)*w] for i in range(n)]
+        if t["name"] != "pixels":
+            return self.send(400, {"error": "unknown input " + t["name"]})
+        if any(max(r) == 0 for r in rows):
+            return self.send(400, {"error": "an all-black image"})
+        out = []
+        for r in rows:
+            m = sum(r) / len(r)
+            out += [m, 1 - m]
+        self.send(200, {"model_name": model, "outputs": [{"name": "brightness", "shape": [n, 2], "datatype": "FP32", "data": out}]})
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+`
+
+// TestBatchInferenceCommand scores images with runtime: command, a Python
+// KServe v2 server the worker starts: each result is the server's answer
+// for that image, and an image the server refuses fails with its reason.
+func TestBatchInferenceCommand(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		missing(t, "SPOTML_REQUIRE_PYTHON", "python3 not installed")
+	}
+	c := newCluster(t)
+	in := filepath.Join(c.data, "blobs", "pics")
+	const n = 60
+	var keys []string
+	for i := range n {
+		img := image.NewGray(image.Rect(0, 0, 28, 28))
+		for j := range img.Pix {
+			img.Pix[j] = uint8((i*7 + j) % 256)
+		}
+		keys = append(keys, writePNG(t, in, fmt.Sprintf("p/%03d.png", i), img))
+	}
+	writePNG(t, in, "p/black.png", image.NewGray(image.Rect(0, 0, 28, 28)))
+	dir := t.TempDir()
+	server := filepath.Join(dir, "server.py")
+	os.WriteFile(server, []byte(kserveServer), 0o644)
+	model := filepath.Join(dir, "model.txt")
+	os.WriteFile(model, []byte("brightness-v1\n"), 0o644)
+	c.mustCLI("blob", "put", model, "models/brightness.txt")
+
+	c.apply(pool("od", "ondemand", 2) + fmt.Sprintf(`apiVersion: spotml/v1
+kind: BatchInference
+metadata: {name: bright}
+spec:
+  input: {uri: pics/, pattern: "**/*.png"}
+  output: {uri: scored/, format: jsonl}
+  model: {uri: models/brightness.txt}
+  runtime: {type: command, command: [python3, %q], batchSize: 16}
+  preprocess: {image: {grayscale: true, size: [28, 28], scale: 1/255}}
+  pool: od
+  workers: {max: 2, itemsPerWorker: 30}
+  queue: {groupSize: 8}
+`, server))
+	waitFor(t, 90*time.Second, "the batch to finish", func() bool { return c.batch("bright").State != "running" })
+	b := c.batch("bright")
+	if b.Total != n+1 || b.Failed < 1 {
+		t.Fatalf("batch = %+v; want %d items, the black one failed", b, n+1)
+	}
+	// The black image fails, and so may the others of its batch (the server
+	// refuses the whole request): each of them is listed with the reason.
+	logs := c.mustCLI("logs", "batchinference/bright")
+	if !strings.Contains(logs, "black.png") || !strings.Contains(logs, "all-black") {
+		t.Fatalf("logs do not list black.png with the server's reason:\n%s", logs)
+	}
+	failed := map[string]bool{}
+	for line := range strings.SplitSeq(strings.TrimSpace(logs), "\n") {
+		k, _, _ := strings.Cut(line, "\t")
+		failed[k] = true
+	}
+	if b.Done+b.Failed != n+1 {
+		t.Fatalf("done %d + failed %d, want %d", b.Done, b.Failed, n+1)
+	}
+	scored := 0
+	for i, k := range keys {
+		data, err := os.ReadFile(filepath.Join(c.data, "blobs", "scored", k+".jsonl"))
+		if failed[k] {
+			if err == nil {
+				t.Errorf("%s failed but has a result", k)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("result of %s: %v", k, err)
+		}
+		scored++
+		var sum float64
+		for j := range 784 {
+			sum += float64(float32(float64((i*7+j)%256) * (1.0 / 255)))
+		}
+		mean := sum / 784
+		want := fmt.Sprintf(`"input":%q`, k)
+		if !strings.Contains(string(data), want) || !strings.Contains(string(data), `"brightness":[`) {
+			t.Fatalf("result of %s = %s", k, data)
+		}
+		var got struct {
+			Class   *int                 `json:"class"`
+			Outputs map[string][]float64 `json:"outputs"`
+		}
+		if err := json.Unmarshal(data, &got); err != nil {
+			t.Fatal(err)
+		}
+		br := got.Outputs["brightness"]
+		if len(br) != 2 || abs(br[0]-mean) > 1e-4 || abs(br[1]-(1-mean)) > 1e-4 || got.Class == nil || *got.Class != map[bool]int{true: 0, false: 1}[mean > 0.5] {
+			t.Fatalf("result of %s = %s; want brightness [%.5f %.5f]", k, data, mean, 1-mean)
+		}
+	}
+	if scored != b.Done {
+		t.Fatalf("%d results checked, %d done", scored, b.Done)
+	}
+}
+
+func writePNG(t *testing.T, dir, key string, img image.Image) string {
+	t.Helper()
+	p := filepath.Join(dir, filepath.FromSlash(key))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}

@@ -1,0 +1,114 @@
+package control_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/spec"
+)
+
+// recordingPublisher is the broker seen from the control plane: it keeps
+// what was sent, or refuses while err is set.
+type recordingPublisher struct {
+	mu   sync.Mutex
+	sent []api.BatchMessage
+	err  error
+}
+
+func (r *recordingPublisher) Publish(_ context.Context, topic string, msgs []api.BatchMessage) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	if topic != "nats://score" {
+		return fmt.Errorf("topic %q", topic)
+	}
+	r.sent = append(r.sent, msgs...)
+	return nil
+}
+
+func (r *recordingPublisher) items() (n int, groups []int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.sent {
+		n += len(m.Items)
+		groups = append(groups, len(m.Items))
+	}
+	return n, groups
+}
+
+// TestBatchBrokerSends: a broker batch's items go out in messages of
+// groupSize only while a worker runs, at most two leases per worker
+// unclaimed; a refused send is sent again on the next pass, and what no
+// worker claimed within the lease timeout is sent again.
+func TestBatchBrokerSends(t *testing.T) {
+	pub := &recordingPublisher{}
+	p := newPlaneWith(t, control.Options{BatchPublisher: pub})
+	p.apply(cpuPool)
+	docs, err := spec.Parse([]byte(`apiVersion: spotml/v1
+kind: BatchInference
+metadata: {name: b}
+spec:
+  input: {uri: in/}
+  output: {uri: out/}
+  model: {uri: m.onnx}
+  runtime: {batchSize: 4}
+  pool: cpu
+  workers: {max: 1}
+  queue: {uri: "nats://score", groupSize: 3, leaseTimeout: 30s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inputs []string
+	for i := range 40 {
+		inputs = append(inputs, fmt.Sprintf("%02d.png", i))
+	}
+	if _, err := p.st.ApplyBatch(p.ctx, *docs[0].BatchInference, inputs); err != nil {
+		t.Fatal(err)
+	}
+	if got := control.LeaseSize(docs[0].BatchInference.Spec); got != 6 {
+		t.Fatalf("lease size = %d, want 6 (two groups of 3 hold a batch of 4)", got)
+	}
+	p.reconcile() // a worker job, a node launched
+	if n, _ := pub.items(); n != 0 {
+		t.Fatalf("sent %d items before any worker runs; a broker may drop them", n)
+	}
+	p.heartbeat()
+	p.reconcile() // the worker runs
+	p.reconcile()
+	n, groups := pub.items()
+	if n != 12 || len(groups) != 4 || groups[0] != 3 {
+		t.Fatalf("sent %d items in groups %v; want 12 (two leases of 6) in groups of 3", n, groups)
+	}
+	// Nothing claimed: nothing more until the lease timeout, then the same
+	// items again.
+	p.reconcile()
+	if n, _ := pub.items(); n != 12 {
+		t.Fatalf("sent %d items with the window full, want 12", n)
+	}
+	pub.mu.Lock()
+	pub.err = errors.New("broker down")
+	pub.mu.Unlock()
+	p.clock.Advance(31 * time.Second)
+	p.heartbeat()
+	if err := p.p.Reconcile(p.ctx); err == nil {
+		t.Fatal("a refused send is not reported")
+	}
+	pub.mu.Lock()
+	pub.err = nil
+	first := pub.sent[0].Items[0].ID
+	pub.sent = nil
+	pub.mu.Unlock()
+	p.reconcile()
+	if n, _ := pub.items(); n != 12 || pub.sent[0].Items[0].ID != first {
+		t.Fatalf("after a refused send: %d items sent, first %d; want the same 12 again", n, pub.sent[0].Items[0].ID)
+	}
+}
