@@ -24,6 +24,7 @@ import (
 	compute "cloud.google.com/go/compute/apiv1"
 	"cloud.google.com/go/compute/apiv1/computepb"
 	"google.golang.org/api/googleapi"
+	"google.golang.org/api/option"
 
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/provider/cloudinit"
@@ -80,6 +81,7 @@ type Provider struct {
 	pending map[string]pendingOp // node → its insert still running
 	short   map[string]time.Time // pool/zone → when it last had no capacity
 	placed  map[string]bool      // provider IDs reported Placed
+	listed  map[string]bool      // provider IDs whose VM a pass has listed
 	cleared map[string]bool      // provider IDs whose credential left the metadata
 	seen    map[[2]string]bool   // project, zone of pools seen
 	view    control.View         // Run's, for Evict
@@ -111,7 +113,7 @@ func New(c Clients, cfg Config, log *slog.Logger, now func() time.Time) *Provide
 		now = time.Now
 	}
 	return &Provider{c: c, cfg: cfg, log: log.With("provider", Name), now: now,
-		pending: map[string]pendingOp{}, short: map[string]time.Time{}, placed: map[string]bool{},
+		pending: map[string]pendingOp{}, short: map[string]time.Time{}, placed: map[string]bool{}, listed: map[string]bool{},
 		cleared: map[string]bool{}, seen: map[[2]string]bool{}}
 }
 
@@ -502,3 +504,24 @@ func ptr[T any](v T) *T { return &v }
 // last is the last path element of a URL or partial URL (a zone's or a
 // machine type's name).
 func last(s string) string { return s[strings.LastIndex(s, "/")+1:] }
+
+// NewClients makes the clients with opts: none in the product
+// (Application Default Credentials, the public endpoint), an endpoint and
+// no authentication in tests. It fails when no credentials are found.
+func NewClients(ctx context.Context, opts ...option.ClientOption) (Clients, error) {
+	in, err := compute.NewInstancesRESTClient(ctx, opts...)
+	if err != nil {
+		return Clients{}, err
+	}
+	ops, err := compute.NewZoneOperationsRESTClient(ctx, opts...)
+	if err != nil {
+		in.Close()
+		return Clients{}, err
+	}
+	return Clients{Instances: in, Operations: ops}, nil
+}
+
+// Close closes the clients' connections.
+func (c Clients) Close() error {
+	return errors.Join(c.Instances.Close(), c.Operations.Close())
+}

@@ -172,8 +172,14 @@ func (p *Provider) check(ctx context.Context, sink control.Sink, pl spec.Pool, n
 		}
 	}
 	spot := pl.Spec.Priority == spec.PrioritySpot
+	p.mu.Lock()
+	listed := p.listed[n.ProviderID]
+	if in != nil {
+		p.listed[n.ProviderID] = true
+	}
+	p.mu.Unlock()
 	if in == nil {
-		if n.State == store.NodeProvisioning && n.HeartbeatAt.IsZero() && p.now().Sub(n.CreatedAt) < insertGrace {
+		if !listed && n.State == store.NodeProvisioning && n.HeartbeatAt.IsZero() && p.now().Sub(n.CreatedAt) < insertGrace {
 			return nil // its insert may not show in the list yet
 		}
 		if spot {
