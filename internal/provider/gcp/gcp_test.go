@@ -247,6 +247,35 @@ func TestOnDemandPoolIsStandard(t *testing.T) {
 	if err := e.prov.Evict(t.Context(), "od-a1", 0); err == nil || !strings.Contains(err.Error(), "not a Spot VM") {
 		t.Errorf("evict on-demand node: %v", err)
 	}
+	e.pass(t)
+	// Deleted by someone else: the node is lost, not preempted.
+	if err := e.prov.deleteVM(t.Context(), project, "us-central1-a", "od-a1"); err != nil {
+		t.Fatal(err)
+	}
+	e.pass(t)
+	if c := e.plane.took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone od-a1 lost: ") {
+		t.Errorf("sink calls %v", c)
+	}
+}
+
+// TestEveryCapacityCodeIsShortage: each code Compute Engine reports a
+// full zone or a spent quota with, in the insert's operation, is a
+// shortage; another error is the node lost.
+func TestEveryCapacityCodeIsShortage(t *testing.T) {
+	p := pool(t, "gpu", spec.PrioritySpot, spec.EvictionDelete)
+	p.Spec.Zones = []string{"us-central1-a"}
+	e := newEnv(t, p)
+	for i, code := range []string{"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "QUOTA_EXCEEDED"} {
+		e.cloud.Refuse("us-central1-a", "SPOT", code)
+		name := fmt.Sprintf("gpu-c%d", i)
+		if _, err := e.launch(t, p, name, "us-central1-a"); err != nil {
+			t.Fatalf("%s: launch: %v", code, err)
+		}
+		e.pass(t)
+		if c := e.plane.took(); len(c) != 1 || !strings.HasPrefix(c[0], "Shortage "+name+": ") || !strings.Contains(c[0], code+":") {
+			t.Errorf("%s: sink calls %v", code, c)
+		}
+	}
 }
 
 // TestCapacityShortageMovesZone: an insert Compute Engine accepts and then
