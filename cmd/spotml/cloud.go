@@ -17,6 +17,7 @@ import (
 
 	awsprov "github.com/spotml/spotml/internal/provider/aws"
 	azureprov "github.com/spotml/spotml/internal/provider/azure"
+	gcpprov "github.com/spotml/spotml/internal/provider/gcp"
 )
 
 // cloudFlags register the cloud VM providers in spotml server and up.
@@ -27,6 +28,8 @@ type cloudFlags struct {
 	spotmlURL     string
 	azureInterval time.Duration
 	awsInterval   time.Duration
+	gcp           bool
+	gcpInterval   time.Duration
 }
 
 func (f *cloudFlags) bind(c *cobra.Command) {
@@ -36,16 +39,21 @@ func (f *cloudFlags) bind(c *cobra.Command) {
 	c.Flags().DurationVar(&f.azureInterval, "azure-poll-interval", 15*time.Second, "how often the azure provider lists each scale set's VMs to see evictions")
 	c.Flags().BoolVar(&f.aws, "aws", false, "run pools of provider aws as EC2 instances (credentials: the AWS default config chain: environment, ~/.aws, SSO, instance role)")
 	c.Flags().DurationVar(&f.awsInterval, "aws-poll-interval", 15*time.Second, "how often the aws provider lists the pools' instances to see interruptions")
+	c.Flags().BoolVar(&f.gcp, "gcp", false, "run pools of provider gcp as Compute Engine VMs (credentials: Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login, the VM's service account)")
+	c.Flags().DurationVar(&f.gcpInterval, "gcp-poll-interval", 15*time.Second, "how often the gcp provider lists the pools' VMs to see preemptions")
 }
 
 // check reports the first missing or wrong flag for the enabled clouds.
 func (f *cloudFlags) check() error {
-	if !f.azure && !f.aws {
+	if !f.azure && !f.aws && !f.gcp {
 		return nil
 	}
 	with := "--azure"
 	if !f.azure {
 		with = "--aws"
+	}
+	if !f.azure && !f.aws {
+		with = "--gcp"
 	}
 	for _, u := range []struct{ flag, val, what string }{
 		{"--cloud-agent-server-url", f.agentURL, "the control plane's address as cloud VMs reach it"},
@@ -63,6 +71,9 @@ func (f *cloudFlags) check() error {
 	}
 	if f.aws && f.awsInterval < time.Second {
 		return errors.New("--aws-poll-interval: at least 1s (EC2 throttles DescribeInstances)")
+	}
+	if f.gcp && f.gcpInterval < time.Second {
+		return errors.New("--gcp-poll-interval: at least 1s (Compute Engine rate-limits read requests per project)")
 	}
 	return nil
 }
@@ -99,5 +110,20 @@ func (f *cloudFlags) awsProvider(log *slog.Logger) (*awsprov.Provider, error) {
 	}
 	return awsprov.New(clients, awsprov.Config{
 		ServerURL: strings.TrimSuffix(f.agentURL, "/"), SpotmlURL: f.spotmlURL, Interval: f.awsInterval,
+	}, log, time.Now), nil
+}
+
+// gcpProvider builds the gcp provider the flags describe, with clients
+// over Application Default Credentials, which must be found now.
+func (f *cloudFlags) gcpProvider(ctx context.Context, log *slog.Logger) (*gcpprov.Provider, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	clients, err := gcpprov.NewClients(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("--gcp: Application Default Credentials: %w; set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, run gcloud auth application-default login, or run spotml on Google Cloud with a service account", err)
+	}
+	return gcpprov.New(clients, gcpprov.Config{
+		ServerURL: strings.TrimSuffix(f.agentURL, "/"), SpotmlURL: f.spotmlURL, Interval: f.gcpInterval,
 	}, log, time.Now), nil
 }

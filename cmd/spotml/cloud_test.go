@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,5 +39,30 @@ func TestCloudFlags(t *testing.T) {
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%+v: error %v, want one naming %s", tc.f, err, tc.want)
 		}
+	}
+}
+
+// TestGCPFlags: --gcp names what it misses, and refuses to start without
+// Application Default Credentials, naming how to provide them.
+func TestGCPFlags(t *testing.T) {
+	f := cloudFlags{gcp: true, agentURL: "https://cp", gcpInterval: time.Minute}
+	if _, err := f.gcpProvider(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "--cloud-spotml-url: required with --gcp") {
+		t.Errorf("without --cloud-spotml-url: %v", err)
+	}
+	f.spotmlURL = "https://b/spotml"
+	f.gcpInterval = time.Millisecond
+	if _, err := f.gcpProvider(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "--gcp-poll-interval") {
+		t.Errorf("with a 1ms interval: %v", err)
+	}
+	f.gcpInterval = time.Minute
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(t.TempDir(), "missing.json"))
+	if _, err := f.gcpProvider(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "--gcp: Application Default Credentials") || !strings.Contains(err.Error(), "GOOGLE_APPLICATION_CREDENTIALS") {
+		t.Errorf("without credentials: %v", err)
+	}
+	key := filepath.Join(t.TempDir(), "key.json")
+	os.WriteFile(key, []byte(`{"type":"service_account","project_id":"ml-project-1","private_key_id":"1","private_key":"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n","client_email":"spotml@ml-project-1.iam.gserviceaccount.com","client_id":"1","token_uri":"https://oauth2.googleapis.com/token"}`), 0o600)
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", key)
+	if p, err := f.gcpProvider(t.Context(), nil); err != nil || p == nil {
+		t.Errorf("with a key file: %v", err)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/spotml/spotml/internal/notice"
 	awsprov "github.com/spotml/spotml/internal/provider/aws"
 	azureprov "github.com/spotml/spotml/internal/provider/azure"
+	gcpprov "github.com/spotml/spotml/internal/provider/gcp"
 	kubeprov "github.com/spotml/spotml/internal/provider/kubernetes"
 	"github.com/spotml/spotml/internal/provider/local"
 	"github.com/spotml/spotml/internal/server"
@@ -203,6 +204,13 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 			return err
 		}
 		providers[awsprov.Name] = ap
+	}
+	if f.cloud.gcp {
+		gp, err := f.cloud.gcpProvider(ctx, log)
+		if err != nil {
+			return err
+		}
+		providers[gcpprov.Name] = gp
 	}
 	if withLocal {
 		// Replicas of the builtin runtime run `spotml serve` under the

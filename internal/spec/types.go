@@ -83,6 +83,7 @@ type PoolSpec struct {
 	Kubernetes *KubernetesPool `yaml:"kubernetes,omitempty" json:"kubernetes,omitempty"`
 	Azure      *AzurePool      `yaml:"azure,omitempty" json:"azure,omitempty"`
 	AWS        *AWSPool        `yaml:"aws,omitempty" json:"aws,omitempty"`
+	GCP        *GCPPool        `yaml:"gcp,omitempty" json:"gcp,omitempty"`
 }
 
 // LocalPool is the simulated spot market of a local pool.

@@ -21,10 +21,12 @@ const (
 	ProviderAzure = "azure"
 	// ProviderAWS runs nodes as EC2 instances.
 	ProviderAWS = "aws"
+	// ProviderGCP runs nodes as Compute Engine VMs.
+	ProviderGCP = "gcp"
 )
 
 // providers lists the providers a pool may name, for error messages.
-const providers = `"local", "kubernetes", "azure" or "aws"`
+const providers = `"local", "kubernetes", "azure", "aws" or "gcp"`
 
 // Limits checked by Validate.
 const (
@@ -90,6 +92,9 @@ func (p *Pool) Default() {
 	if a := s.Azure; a != nil && s.Provider == ProviderAzure {
 		a.defaults(s.Priority)
 	}
+	if g := s.GCP; g != nil && s.Provider == ProviderGCP {
+		g.defaults()
+	}
 	if k := s.Kubernetes; k != nil && s.Provider == ProviderKubernetes {
 		if k.Namespace == "" {
 			k.Namespace = DefaultKubernetesNamespace
@@ -113,7 +118,7 @@ func (p *Pool) Validate() error {
 	errs.header(p.APIVersion, p.Kind, KindPool, p.Metadata)
 	s := &p.Spec
 	switch s.Provider {
-	case ProviderLocal, ProviderKubernetes, ProviderAzure, ProviderAWS:
+	case ProviderLocal, ProviderKubernetes, ProviderAzure, ProviderAWS, ProviderGCP:
 	case "":
 		errs.add("spec.provider", "required; use %s", providers)
 	default:
@@ -197,6 +202,12 @@ func (p *Pool) Validate() error {
 	}
 	if s.Provider == ProviderAWS {
 		s.validateAWS(&errs)
+	}
+	if s.GCP != nil && s.Provider != ProviderGCP {
+		errs.add("spec.gcp", "only allowed when provider is %q; settings for provider %q go in spec.%s", ProviderGCP, s.Provider, s.Provider)
+	}
+	if s.Provider == ProviderGCP {
+		s.validateGCP(&errs)
 	}
 	return errs.err()
 }

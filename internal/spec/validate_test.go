@@ -26,7 +26,7 @@ func TestValidateJSON(t *testing.T) {
 			name: "bad pool",
 			json: `{"apiVersion":"spotml/v1","kind":"Pool","metadata":{"name":"gpu"},
 				"spec":{"provider":"ibm","priority":"ondemand","instanceType":"x","max":1,"local":{"notice":"1m"}}}`,
-			want: `spec.provider: "ibm" is not supported yet; use "local", "kubernetes", "azure" or "aws"` + "\n" +
+			want: `spec.provider: "ibm" is not supported yet; use "local", "kubernetes", "azure", "aws" or "gcp"` + "\n" +
 				`spec.local: only allowed when provider is "local"; settings for provider "ibm" go in spec.ibm`,
 		},
 		{

@@ -84,19 +84,7 @@ exec "$bin" ` + strings.Join(args, " ") + "\n"
 
 // CloudInit renders the VM's custom data: a cloud-config document.
 func (b Bootstrap) CloudInit() (string, error) {
-	unit := `[Unit]
-Description=spotml agent
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-ExecStart=` + startScriptPath + `
-Restart=on-failure
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-`
+	unit := agentUnit
 	type file struct {
 		Path        string `yaml:"path"`
 		Permissions string `yaml:"permissions"`
