@@ -161,6 +161,10 @@ func Start(ctx context.Context, bin, data, ortLib string) (*Cluster, error) {
 	return c, nil
 }
 
+// PID is spotml up's process ID: its agents and their tasks are its
+// descendants.
+func (c *Cluster) PID() int { return c.up.Process.Pid }
+
 // Exited is closed when spotml up has exited.
 func (c *Cluster) Exited() <-chan struct{} { return c.exited }
 

@@ -238,7 +238,11 @@ func (s *Server) watchViews(ctx context.Context) ([]view, error) {
 		}
 		out = append(out, view{name: v.name, data: b, key: key})
 	}
-	return out, nil
+	batches, err := s.batchView(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, batches), nil
 }
 
 func writeSSE(w io.Writer, event string, data []byte) int {

@@ -28,6 +28,7 @@ const store = {
   events: [],        // []Event, oldest first
   eventIds: new Set(),
   cost: null,        // cost.Summary
+  batches: null,     // []BatchInference (the stream's "batches")
   offset: 0,         // server clock − browser clock, ms
 };
 
@@ -347,6 +348,7 @@ function receive(name, raw) {
     case 'services': store.services = data || []; break;
     case 'events': addEvents(data || []); break;
     case 'cost': store.cost = data; break;
+    case 'batches': store.batches = data || []; break;
     default: return;
   }
   page?.update(name);
@@ -414,7 +416,7 @@ function logout(message) {
   session.token = '';
   sessionStorage.removeItem(TOKEN_KEY);
   Object.assign(store, {
-    info: {}, fleet: null, jobs: null, services: null, events: [], eventIds: new Set(), cost: null,
+    info: {}, fleet: null, jobs: null, services: null, events: [], eventIds: new Set(), cost: null, batches: null,
   });
   $('#top').hidden = true;
   setLive('reconnecting', 'offline');
@@ -478,6 +480,7 @@ function route() {
     case 'cost': p = costPage(); break;
     case 'try': p = tryPage(); break;
     case 'plan': p = planPage(); break;
+    case 'batchinferences': p = name ? batchPage(name) : batchesPage(); kind = name ? 'batchinference' : 'batchinferences'; break;
     default: p = fleetPage(); kind = 'fleet'; break;
   }
   mount(p, kind);
@@ -1797,5 +1800,199 @@ function planChart(id, title, yLabel, xLabel, fmt, integer = false) {
     },
     empty(text) { plot?.destroy(); plot = null; summary.textContent = text; },
     destroy() { plot?.destroy(); },
+  };
+}
+
+// ---------------------------------------------------------------- BatchInference
+//
+// The list of BatchInferences and one batch's page: items total, done, in
+// flight, failed, throughput, ETA, evictions, cost against on demand, and
+// the failed items with their reasons. Status comes live from the watch
+// stream's "batches" event (store.batches), sent when a batch changes; a
+// control plane whose stream lacks it is polled (GET /batchinferences every
+// 2 s). Failed items, which can be many, are fetched by the batch's page
+// when their count changes. (Function declarations only: this block comes
+// after boot() and is hoisted.)
+
+// batchSource calls changed() whenever the batches may have changed and
+// returns a getter of the current list: the stream's, else polled.
+function batchSource(sc, changed) {
+  let polled = null;
+  let busy = false;
+  sc.every(2000, async () => {
+    if (store.batches || busy) return;
+    busy = true;
+    try {
+      polled = await getJSON('/batchinferences');
+      changed();
+    } catch (e) {
+      if (e.status !== 401) console.debug('batchinferences:', e);
+    } finally {
+      busy = false;
+    }
+  });
+  return () => store.batches || polled;
+}
+
+function batchCounts(b) {
+  const settled = (b.done || 0) + (b.failed || 0);
+  return { settled, left: Math.max(0, (b.total || 0) - settled) };
+}
+
+// batchETA is the batch's ETA (nanoseconds in the API) as text.
+function batchETA(b) {
+  if (b.state !== 'running') return '—';
+  if (!batchCounts(b).left) return b.spec?.spec?.trigger === 'watch' ? 'waiting for input' : 'finishing';
+  return b.eta ? fmtDur(b.eta / 1e9) : '—';
+}
+
+function batchRate(b) { return b.throughput ? `${fmtNum(b.throughput, b.throughput < 10 ? 1 : 0)} items/s` : '—'; }
+
+// batchCost is the workers' node time against the same time on demand.
+function batchCost(b) {
+  if (!b.onDemandCost) return fmtUSD(b.cost || 0);
+  const saved = Math.round(100 * (1 - (b.cost || 0) / b.onDemandCost));
+  return `${fmtUSD(b.cost || 0)} vs ${fmtUSD(b.onDemandCost)}${saved > 0 ? ` (−${saved} %)` : ''}`;
+}
+
+// batchCard is a card the tests can find by key (data-card).
+// title, when given, is the sub-line's longer explanation.
+function batchCard(key, label, value, cls, sub, title) {
+  const c = card(label, value, cls, sub);
+  c.dataset.card = key;
+  if (title) c.title = title;
+  return c;
+}
+
+function batchProgress(b) {
+  const { settled } = batchCounts(b);
+  return h('div', { class: 'progress' },
+    h('progress', { max: Math.max(b.total || 0, 1), value: settled, 'aria-label': `${settled} of ${b.total} items settled` }),
+    h('span', null, `${settled}/${b.total}`));
+}
+
+function batchesPage() {
+  const sc = scope();
+  const t = table('Batch inferences', ['Batch', 'State', 'Progress', { label: 'In flight', cls: 'num' },
+    { label: 'Failed', cls: 'num' }, { label: 'Throughput', cls: 'num' }, 'ETA', { label: 'Evictions', cls: 'num' },
+    { label: 'Workers', cls: 'num' }, 'Cost vs on demand', 'Duration']);
+  const status = h('div');
+  const el = pageShell('Batch inference', status, t.wrap);
+  const list = batchSource(sc, () => render());
+  sc.every(10000, () => render()); // durations of running batches
+  function render() {
+    const bs = list();
+    if (!bs) { status.replaceChildren(loading('batch inferences')); return; }
+    status.replaceChildren(bs.length ? '' : h('p', { class: 'muted' },
+      'No batch inferences yet. Score a prefix of files with spotml apply -f batch.yaml (kind: BatchInference).'));
+    const sorted = [...bs].sort((a, b) => ms(b.createdAt) - ms(a.createdAt));
+    syncRows(t.tbody, sorted, (b) => b.name,
+      (b) => JSON.stringify([b.createdAt, b.state, b.total, b.done, b.failed, b.inFlight, batchRate(b), batchETA(b),
+        b.evictions, b.workers, b.workersPending, batchCost(b), b.finishedAt, Math.floor(serverNow() / 10000)]),
+      (b) => h('tr', { 'data-batch': b.name },
+        h('th', { scope: 'row' }, h('a', { href: `#/batchinferences/${enc(b.name)}` }, b.name)),
+        h('td', null, stateBadge(b.state)),
+        h('td', null, batchProgress(b)),
+        h('td', { class: 'num' }, b.inFlight || 0),
+        h('td', { class: 'num' }, b.failed || 0),
+        h('td', { class: 'num' }, batchRate(b)),
+        h('td', null, batchETA(b)),
+        h('td', { class: 'num' }, b.evictions || 0),
+        h('td', { class: 'num', title: `${b.workersPending || 0} waiting for a node` }, b.workers || 0),
+        h('td', null, batchCost(b)),
+        h('td', null, span(b.startedAt || b.createdAt, b.finishedAt))));
+  }
+  return { el, update(kind) { if (!kind || kind === 'batches') render(); }, destroy: sc.destroy };
+}
+
+function batchPage(name) {
+  const sc = scope();
+  const status = h('div');
+  const cards = h('div');
+  const about = h('dl', { class: 'batch-spec' });
+  const workers = h('p', { class: 'muted' });
+  const failedNote = h('p', { class: 'muted' });
+  const failed = table('Failed items', ['Input', 'Reason', { label: 'Attempts', cls: 'num' }, 'When']);
+  const el = h('section', { class: 'page' },
+    h('p', { class: 'crumbs' }, h('a', { href: '#/batchinferences' }, 'Batch inference'), ' / '),
+    h('h1', null, `BatchInference ${name}`), status, cards, about, workers,
+    h('section', { 'aria-labelledby': 'failed-h', class: 'panel' },
+      h('div', { class: 'heading-row' }, h('h2', { id: 'failed-h' }, 'Failed items'),
+        h('button', { type: 'button', class: 'small', onclick: () => loadFailed(true) }, 'Refresh')),
+      failedNote, failed.wrap));
+  const list = batchSource(sc, () => render());
+  let failedFor = -1; // the failed count the table was loaded for
+  const maxFailed = 500;
+
+  function current() { return list()?.find((b) => b.name === name); }
+
+  function render() {
+    const bs = list();
+    if (!bs) { status.replaceChildren(loading(`batch inference ${name}`)); return; }
+    const b = current();
+    if (!b) {
+      status.replaceChildren(errorBox(`No batch inference named ${name}.`));
+      cards.replaceChildren();
+      return;
+    }
+    status.replaceChildren();
+    const { settled, left } = batchCounts(b);
+    cards.replaceChildren(h('div', { class: 'cards' },
+      batchCard('state', 'State', b.state, `state-${b.state}`, `created ${fmtTime(b.createdAt)}`),
+      batchCard('items', 'Items', `${settled}/${b.total}`, '', `${b.done} done, ${b.failed} failed`),
+      batchCard('inflight', 'In flight', String(b.inFlight || 0), '', `${b.pending} pending`),
+      batchCard('throughput', 'Throughput', batchRate(b), '',
+        left ? `ETA ${batchETA(b)}` : `took ${span(b.startedAt || b.createdAt, b.finishedAt)}`),
+      batchCard('evictions', 'Evictions', String(b.evictions || 0), b.evictions ? 'warn' : '',
+        `${b.released || 0} released, ${b.expired || 0} expired, ${b.redone || 0} redone`,
+        `${b.released || 0} items given back on a notice, ${b.expired || 0} leases ran out (the node vanished), ${b.redone || 0} items scored twice`),
+      batchCard('workers', 'Workers', String(b.workers || 0), '', `${b.workersPending || 0} waiting for a node`),
+      batchCard('cost', 'Cost', fmtUSD(b.cost || 0), '', `vs ${fmtUSD(b.onDemandCost || 0)} on demand`,
+        'the workers\' node time, and the same node time on demand')),
+    batchProgress(b));
+    const sp = b.spec?.spec || {};
+    const row = (k, ...v) => [h('dt', null, k), h('dd', null, ...v)];
+    about.replaceChildren(
+      ...row('Input', h('code', null, sp.input?.uri || ''), sp.input?.pattern ? ` matching ${sp.input.pattern}` : ''),
+      ...row('Output', h('code', null, sp.output?.uri || ''), sp.output?.format ? ` (${sp.output.format})` : ''),
+      ...row('Model', h('code', null, sp.model?.uri || '')),
+      ...row('Pool', sp.pool || 'any', sp.priority ? ` · ${sp.priority}` : ''),
+      ...row('Trigger', sp.trigger || 'once'),
+      ...row('Started', timeEl(b.startedAt), isZero(b.finishedAt) ? '' : [' · finished ', timeEl(b.finishedAt)]));
+    const jobs = (store.jobs || []).filter((j) => j.job?.metadata?.labels?.['spotml/batchinference'] === name);
+    workers.replaceChildren(h('span', null, jobs.length ? 'Worker jobs: ' : '', jobs.map((j, i) => [i ? ', ' : '',
+      h('a', { href: `#/jobs/${enc(j.job.metadata.name)}` }, j.job.metadata.name)])));
+    if (b.failed !== failedFor) loadFailed(false);
+  }
+
+  let seq = 0;
+  async function loadFailed(force) {
+    const b = current();
+    if (!b) return;
+    if (!force && b.failed === failedFor) return;
+    failedFor = b.failed;
+    const mine = ++seq;
+    try {
+      const items = b.failed ? await getJSON(`/batchinferences/${enc(name)}/items?state=failed&limit=${maxFailed}`) : [];
+      if (mine !== seq) return;
+      failedNote.textContent = !items.length ? 'No item has failed.'
+        : b.failed > items.length ? `The first ${items.length} of ${b.failed} (spotml logs batchinference/${name} lists them all).` : '';
+      syncRows(failed.tbody, items, (it) => it.id, (it) => JSON.stringify([it.reason, it.attempts, it.doneAt]),
+        (it) => h('tr', { 'data-item': it.input },
+          h('th', { scope: 'row' }, h('code', null, it.input)),
+          h('td', { class: 'message wrap' }, it.reason || ''),
+          h('td', { class: 'num' }, it.attempts),
+          h('td', null, timeEl(it.doneAt))));
+    } catch (e) {
+      if (mine === seq && e.status !== 401) failedNote.replaceChildren(errorBox(e));
+      failedFor = -1;
+    }
+  }
+
+  sc.every(10000, () => render()); // the duration of a running batch
+  return {
+    el,
+    update(kind) { if (!kind || kind === 'batches' || kind === 'jobs') render(); },
+    destroy: sc.destroy,
   };
 }

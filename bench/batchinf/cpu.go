@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// userHZ is the unit of /proc/PID/stat's CPU times: fixed at 100 on Linux
+// whatever the kernel's own tick.
+const userHZ = 100
+
+// treeCPU samples the CPU time of a process and all its descendants
+// (control plane, agents, workers) from /proc, so that a run's CPU is
+// counted wherever its work ran. A process is remembered once seen, so
+// one that is re-parented (its agent killed by an eviction) still counts;
+// one that ends between two samples loses at most one interval's CPU.
+type treeCPU struct {
+	root int
+	mu   sync.Mutex
+	seen map[int]procCPU
+}
+
+type procCPU struct {
+	ticks  uint64
+	worker bool // a `spotml batch-worker`
+}
+
+func newTreeCPU(root int) *treeCPU { return &treeCPU{root: root, seen: map[int]procCPU{}} }
+
+// run samples every interval until ctx ends.
+func (t *treeCPU) run(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		t.sample()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// sample reads every process once and updates those of the tree.
+func (t *treeCPU) sample() {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	parent := map[int]int{}
+	ticks := map[int]uint64{}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(d + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime(14) stime(15); comm may hold spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		ut, _ := strconv.ParseUint(f[11], 10, 64)
+		st, _ := strconv.ParseUint(f[12], 10, 64)
+		parent[pid] = ppid
+		ticks[pid] = ut + st
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var inTree func(pid, depth int) bool
+	inTree = func(pid, depth int) bool {
+		if pid == t.root {
+			return true
+		}
+		if _, ok := t.seen[pid]; ok {
+			return true
+		}
+		pp, ok := parent[pid]
+		if !ok || pp <= 1 || depth > 32 {
+			return false
+		}
+		return inTree(pp, depth+1)
+	}
+	for pid, tk := range ticks {
+		if !inTree(pid, 0) {
+			continue
+		}
+		p, ok := t.seen[pid]
+		if !ok {
+			cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			p.worker = bytes.Contains(cmd, []byte("batch-worker"))
+		}
+		p.ticks = max(p.ticks, tk)
+		t.seen[pid] = p
+	}
+}
+
+// seconds is the CPU time of the tree so far, all of it and the workers'.
+func (t *treeCPU) seconds() (all, workers float64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range t.seen {
+		all += float64(p.ticks) / userHZ
+		if p.worker {
+			workers += float64(p.ticks) / userHZ
+		}
+	}
+	return all, workers
+}

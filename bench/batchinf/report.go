@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// report is the run's figures, printed as Markdown for bench/RESULTS.md.
+type report struct {
+	cfg          config
+	args         []string
+	start        time.Time
+	elapsed      time.Duration
+	load0, load1 string
+	cores        int
+
+	ceiling                ceilingResult
+	spot, onDemand, python *measured
+}
+
+func (rep *report) print(w io.Writer) {
+	cfg, d1, d2 := rep.cfg, rep.ceiling.whole, rep.ceiling.model
+	fmt.Fprintf(w, "\n### %d Fashion-MNIST PNGs scored four ways\n\n", cfg.n)
+	fmt.Fprintf(w, "command: `go run ./bench/batchinf %s`\n\n", strings.Join(rep.args[1:], " "))
+	fmt.Fprintf(w, "effective flags: -n %d -rate %g -notice %s -max-nodes %d -workers %d -batch %d -threads %d; wall time %s; "+
+		"%d cores; load average %s at the start, %s at the end\n\n",
+		cfg.n, cfg.rate, cfg.notice, cfg.maxNodes, cfg.workers, cfg.batch, cfg.threads, rep.elapsed.Round(time.Second), rep.cores, rep.load0, rep.load1)
+
+	fmt.Fprintln(w, "| way | results | makespan | items/s | CPU-s | items per CPU-s | vs (d1) | vs (d2) | evictions | released | leases lost (items) | acks of done items | cost | on demand | results check |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+	row := func(name string, m *measured, spotml bool) {
+		if m == nil {
+			return
+		}
+		if m.err != nil && m.span.items == 0 {
+			fmt.Fprintf(w, "| %s | not measured: %v | | | | | | | | | | | | | |\n", name, m.err)
+			return
+		}
+		ev, rel, lost, acks, cost, od := "–", "–", "–", "–", "–", "–"
+		if spotml {
+			ev = fmt.Sprintf("%d", m.evictions)
+			rel = fmt.Sprintf("%d", m.released)
+			lost = fmt.Sprintf("%d (%d)", m.extraLeases, m.multi)
+			acks = fmt.Sprintf("%d", m.redoneAcks)
+			cost, od = fmt.Sprintf("$%.5f", m.cost), fmt.Sprintf("$%.5f", m.od)
+		}
+		check := fmt.Sprintf("%d objects, %d missing, %d extra, %d malformed; class = (d1) for %d, differs for %d",
+			m.results.objects, m.results.missing, m.results.extra, m.results.bad, m.results.agree, m.results.differ)
+		fmt.Fprintf(w, "| %s | %d | %s | %.0f | %.1f | %.0f | %.2f× | %.3f× | %s | %s | %s | %s | %s | %s | %s |\n", name, m.span.items,
+			m.span.wall.Round(100*time.Millisecond), m.span.rate(), m.span.cpu, m.span.perCPUSec(),
+			m.span.perCPUSec()/d1.perCPUSec(), m.span.perCPUSec()/d2.perCPUSec(), ev, rel, lost, acks, cost, od, check)
+	}
+	row("(a) spotml, spot pool, evictions", rep.spot, true)
+	row("(b) spotml, on-demand pool", rep.onDemand, true)
+	row("(c) Python + PyTorch, one process", rep.python, false)
+	fmt.Fprintf(w, "| (d1) in-process ONNX Runtime, whole job | %d | %s | %.0f | %.1f | %.0f | 1× | %.3f× | – | – | – | – | – | – | the reference classes |\n",
+		d1.items, d1.wall.Round(100*time.Millisecond), d1.rate(), d1.cpu, d1.perCPUSec(), d1.perCPUSec()/d2.perCPUSec())
+	fmt.Fprintf(w, "| (d2) in-process ONNX Runtime, model alone | %d | %s | %.0f | %.1f | %.0f | %.1f× | 1× | – | – | – | – | – | – | – |\n\n",
+		d2.items, d2.wall.Round(time.Millisecond), d2.rate(), d2.cpu, d2.perCPUSec(), d2.perCPUSec()/d1.perCPUSec())
+
+	for _, x := range []struct {
+		name string
+		m    *measured
+	}{{"(a)", rep.spot}, {"(b)", rep.onDemand}} {
+		if x.m == nil || x.m.span.cpu == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "- %s the apply (listing the input, queueing %d items) took %s of the makespan.\n", x.name, x.m.span.items, x.m.apply.Round(100*time.Millisecond))
+		fmt.Fprintf(w, "- %s CPU: %.1f s in all, %.1f s (%.0f %%) of it in the workers; %.0f items per worker CPU-second (%.2f× (d1)); load average %s at its end.\n",
+			x.name, x.m.span.cpu, x.m.workerCPU, 100*x.m.workerCPU/x.m.span.cpu, float64(x.m.span.items)/x.m.workerCPU,
+			float64(x.m.span.items)/x.m.workerCPU/d1.perCPUSec(), x.m.load)
+	}
+	if p := rep.python; p != nil && p.err == nil {
+		fmt.Fprintf(w, "- (c) the loop itself took %s of the process's %s (the rest: importing torch, loading the model); load average %s at its end.\n",
+			p.loop.Round(100*time.Millisecond), p.span.wall.Round(100*time.Millisecond), p.load)
+	}
+	if a := rep.spot; a != nil && len(a.notices) > 0 {
+		var parts []string
+		sum := 0
+		for _, e := range a.notices {
+			parts = append(parts, fmt.Sprintf("%s at %s: %d", e.node, e.at.Round(100*time.Millisecond), e.inFlight))
+			sum += e.inFlight
+		}
+		fmt.Fprintf(w, "- (a) notices seen, with the items in flight on the node then: %s (%d in all).\n", strings.Join(parts, "; "), sum)
+	}
+
+	fmt.Fprintln(w, "\nTargets:")
+	met := func(ok bool) string {
+		if ok {
+			return "**met**"
+		}
+		return "**not met**"
+	}
+	for _, x := range []struct {
+		name string
+		m    *measured
+	}{{"(a)", rep.spot}, {"(b)", rep.onDemand}} {
+		if x.m == nil || x.m.span.cpu == 0 {
+			continue
+		}
+		r1, r2 := x.m.span.perCPUSec()/d1.perCPUSec(), x.m.span.perCPUSec()/d2.perCPUSec()
+		fmt.Fprintf(w, "- ≥ 0.5× the in-process ceiling per core, %s: %.2f× (d1), the same work in one process: %s; %.3f× (d2), the model alone: %s.\n",
+			x.name, r1, met(r1 >= 0.5), r2, met(r2 >= 0.5))
+	}
+	if a, b := rep.spot, rep.onDemand; a != nil && b != nil && a.span.wall > 0 && b.span.wall > 0 {
+		ratio := a.span.wall.Seconds() / b.span.wall.Seconds()
+		fmt.Fprintf(w, "- makespan under evictions ≤ 1.3× on demand: %s / %s = %.2f×: %s (%d evictions).\n",
+			a.span.wall.Round(100*time.Millisecond), b.span.wall.Round(100*time.Millisecond), ratio, met(ratio <= 1.3), a.evictions)
+	}
+	if a := rep.spot; a != nil && a.span.cpu > 0 {
+		sum := 0
+		for _, e := range a.notices {
+			sum += e.inFlight
+		}
+		fmt.Fprintf(w, "- work redone ≤ the items in flight at each eviction, (a): %d leases lost (upper bound on items scored more than once), %d acks of done items, %d in flight at the %d notices seen: %s.\n",
+			a.extraLeases, a.redoneAcks, sum, len(a.notices), met(a.extraLeases <= sum))
+		if cost, od := a.cost, rep.onDemand; od != nil && od.cost > 0 {
+			fmt.Fprintf(w, "- cost: (a) $%.5f against (b) $%.5f on demand: %.0f %%.\n", cost, od.cost, 100*cost/od.cost)
+		}
+	}
+	for _, x := range []struct {
+		name string
+		m    *measured
+	}{{"(a)", rep.spot}, {"(b)", rep.onDemand}, {"(c)", rep.python}} {
+		if x.m == nil || x.m.span.items == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "- %d results exactly, %s: %d objects, %d missing, %d extra, %d malformed: %s.\n",
+			cfg.n, x.name, x.m.results.objects, x.m.results.missing, x.m.results.extra, x.m.results.bad, met(x.m.results.exact(cfg.n)))
+	}
+}
