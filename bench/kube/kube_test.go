@@ -429,7 +429,7 @@ func heap() uint64 {
 // nodes once synced (p50/p99), its CPU per minute while idle, and the
 // reaction to a Karpenter taint on one node (its ten nodes noticed).
 //
-//	go test ./bench/kube -run '^$' -bench Scale -benchtime 1x -timeout 30m
+//	go test ./bench/kube -run '^$' -bench 'Scale$' -benchtime 1x -timeout 30m
 func BenchmarkScale(b *testing.B) {
 	const nNodes, perNode = 1000, 10
 	c := kubetest.Start(b, clusterOptions)
