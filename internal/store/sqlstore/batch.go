@@ -126,15 +126,18 @@ func (s *Store) addItems(ctx context.Context, tx *txn, name string, inputs []str
 // leased until now+ttl. An empty answer is not an error.
 func (s *Store) LeaseBatchItems(ctx context.Context, name, worker string, n int, ttl time.Duration) ([]store.BatchItem, error) {
 	var items []store.BatchItem
-	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
+	err := s.txQueue(ctx, func(tx *txn) error {
 		items = items[:0]
 		now := s.now()
-		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = ?, lease_until = ?, attempts = attempts + 1
-			WHERE batch = ? AND state = ? AND id IN (
+		// The rows are picked once, in a materialized CTE: PostgreSQL may
+		// run a LIMIT … SKIP LOCKED subquery inside IN more than once.
+		rows, err := tx.QueryContext(ctx, `WITH picked AS MATERIALIZED (
 				SELECT i.id FROM batch_items i JOIN batches b ON b.name = i.batch
-				WHERE i.batch = ? AND i.state = ? AND b.state = ? ORDER BY i.id LIMIT ?)
+				WHERE i.batch = ? AND i.state = ? AND b.state = ? ORDER BY i.id LIMIT ?`+s.skipLocked("i")+`)
+			UPDATE batch_items SET state = ?, worker = ?, lease_until = ?, attempts = attempts + 1
+			WHERE batch = ? AND state = ? AND id IN (SELECT id FROM picked)
 			RETURNING id, input, attempts`,
-			store.ItemLeased, worker, now.Add(ttl).UnixNano(), name, store.ItemPending, name, store.ItemPending, store.BatchRunning, n)
+			name, store.ItemPending, store.BatchRunning, n, store.ItemLeased, worker, now.Add(ttl).UnixNano(), name, store.ItemPending)
 		if err != nil {
 			return err
 		}

@@ -327,9 +327,37 @@ func (s *Store) tx(ctx context.Context, fn func(*txn) error) error {
 // failure or deadlock on PostgreSQL) is run again from the start, so fn
 // must set everything it reports afresh on each run.
 func (s *Store) txNodes(ctx context.Context, nodes []string, fn func(*txn) error) error {
+	return s.txAt(ctx, nodes, s.d.Isolation, fn)
+}
+
+// txQueue is a transaction that takes rows off a queue with
+// skipLocked: where the database has row locks it runs at READ COMMITTED,
+// so that takers racing for the same queue each lock other rows and go on,
+// where SERIALIZABLE's predicate checks would fail all but one of them
+// (six workers leasing from one batch at once on a loaded machine ran out
+// of retries). Its statements must lock every row they decide on.
+func (s *Store) txQueue(ctx context.Context, fn func(*txn) error) error {
+	iso := s.d.Isolation
+	if s.d.ForUpdate != "" {
+		iso = sql.LevelReadCommitted
+	}
+	return s.txAt(ctx, noNodes, iso, fn)
+}
+
+// skipLocked ends a queue's SELECT of rows to take (alias names their
+// table): rows another transaction holds are passed over, not waited for.
+// SQLite (one writer) needs nothing.
+func (s *Store) skipLocked(alias string) string {
+	if s.d.ForUpdate == "" {
+		return ""
+	}
+	return s.forUpdateOf(alias) + " SKIP LOCKED"
+}
+
+func (s *Store) txAt(ctx context.Context, nodes []string, iso sql.IsolationLevel, fn func(*txn) error) error {
 	defer s.work.wrote(nodes) // after the commit or rollback
 	for try := 1; ; try++ {
-		err := s.txOnce(ctx, fn)
+		err := s.txOnce(ctx, iso, fn)
 		if err == nil || try == maxTries || !s.d.Retryable(err) {
 			return err
 		}
@@ -345,10 +373,10 @@ func (s *Store) txNodes(ctx context.Context, nodes []string, fn func(*txn) error
 	}
 }
 
-func (s *Store) txOnce(ctx context.Context, fn func(*txn) error) error {
+func (s *Store) txOnce(ctx context.Context, iso sql.IsolationLevel, fn func(*txn) error) error {
 	var opts *sql.TxOptions
-	if s.d.Isolation != sql.LevelDefault {
-		opts = &sql.TxOptions{Isolation: s.d.Isolation}
+	if iso != sql.LevelDefault {
+		opts = &sql.TxOptions{Isolation: iso}
 	}
 	tx, err := s.db.BeginTx(ctx, opts)
 	if err != nil {
