@@ -31,6 +31,10 @@ import (
 
 // Config says who the agent is and where things are.
 type Config struct {
+	// Server is the control plane's API URL, or a comma-separated list of
+	// its instances' URLs: the agent uses one that answers, moves to the
+	// next when it stops answering, and adds the instances the control
+	// plane names in its heartbeat answers.
 	Server string
 	// Credential is the node's own credential (the provider made it at
 	// launch). Without one the agent registers with JoinToken and gets
@@ -93,10 +97,15 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 	if token == "" {
 		token = cfg.JoinToken
 	}
-	return &Agent{cfg: cfg, api: client.New(cfg.Server, token), log: log.With("node", cfg.Node), now: now,
+	return &Agent{cfg: cfg, api: client.New(cfg.Server, token, client.TryTimeout(tryTimeout)), log: log.With("node", cfg.Node), now: now,
 		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{}),
 		terminate: make(chan notice.Notice, 1)}
 }
+
+// tryTimeout bounds one call to one control-plane instance: a hung one
+// (paused, cut off) must not hold heartbeats up for longer than a few
+// beats before the next instance is tried.
+const tryTimeout = 5 * time.Second
 
 // blobCheckTimeout bounds the check that the blob store can be reached,
 // retries included.
@@ -212,7 +221,7 @@ func (a *Agent) register(ctx context.Context) (api.RegisterResponse, error) {
 			if resp.Credential != "" {
 				// Joined with the join token: from now on this node speaks
 				// with its own credential only.
-				a.api = client.New(a.cfg.Server, resp.Credential)
+				a.api = a.api.WithToken(resp.Credential)
 				a.cfg.JoinToken, a.cfg.Credential = "", resp.Credential
 			}
 			if a.cfg.Credential == "" {
@@ -285,6 +294,11 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	for at, p := range sentProgress {
 		at.progress.ack(p)
+	}
+	if len(resp.Servers) > 0 {
+		// The instances up now, then the ones this agent was started
+		// with (one may come back on its old address).
+		a.api.SetServers(append(resp.Servers, client.ParseServers(a.cfg.Server)...))
 	}
 	want := map[int64]api.Assignment{}
 	for _, as := range resp.Tasks {

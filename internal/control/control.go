@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spotml/spotml/internal/cost"
@@ -57,6 +58,7 @@ type Plane struct {
 	opt       Options
 	kick      chan struct{}
 	lead      leader
+	servers   atomic.Pointer[[]string] // Servers: instances' API URLs
 	// created is when this Plane was made: the liveness grace for passes
 	// run outside Run (tests, tools), where no term has begun.
 	created time.Time

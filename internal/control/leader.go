@@ -78,6 +78,16 @@ func (p *Plane) ControlPlane(ctx context.Context) (store.ControlPlane, error) {
 	return p.store.ControlPlane(ctx, 3*p.opt.LeaseTTL)
 }
 
+// Servers returns the API URLs of the instances seen lately (their
+// advertised addresses), as of this instance's last presence beat; nil
+// before the first. Agents learn them from their heartbeats.
+func (p *Plane) Servers() []string {
+	if s := p.servers.Load(); s != nil {
+		return *s
+	}
+	return nil
+}
+
 // fenced steps down when err says that a write was fenced; it returns err.
 func (p *Plane) fenced(err error) error {
 	if errors.Is(err, store.ErrFenced) {
@@ -248,11 +258,16 @@ func (p *Plane) runPresence(ctx context.Context) {
 		}
 		if cp, err := p.store.ControlPlane(ctx, 3*p.opt.LeaseTTL); err == nil {
 			others := 0
+			var servers []string
 			for _, in := range cp.Instances {
 				if in.ID != p.opt.Instance.ID {
 					others++
 				}
+				if in.Address != "" {
+					servers = append(servers, in.Address)
+				}
 			}
+			p.servers.Store(&servers)
 			if others > 0 {
 				p.store.ExpireCaches()
 			}
