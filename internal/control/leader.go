@@ -108,6 +108,7 @@ func (p *Plane) Run(ctx context.Context) error {
 	defer wg.Wait()
 	wg.Go(func() { p.runFlusher(ctx) })
 	wg.Go(func() { p.runPresence(ctx) })
+	wg.Go(func() { p.runRelay(ctx) })
 	p.campaign(ctx)
 	// Stopping on purpose: hand the lease over now rather than after its
 	// TTL, and leave the instance list.
@@ -208,6 +209,8 @@ func (p *Plane) runLeader(ctx context.Context, term int64) {
 	// Sampling keeps its own beat: a slow reconcile pass must not leave
 	// gaps in the history.
 	wg.Go(func() { p.runSampler(ctx) })
+	// The other instances' kicks (API writes they took).
+	p.store.Watch(ctx, sqlstore.KickChannel, p.kickLocal)
 	if p.opt.Retention > 0 {
 		wg.Go(func() { p.runPruner(ctx) })
 	}
@@ -240,6 +243,22 @@ func (p *Plane) runLeader(ctx context.Context, term int64) {
 			return
 		case <-t.C:
 		case <-p.kick:
+		}
+	}
+}
+
+// runRelay passes this instance's kicks on to the leader while it
+// follows, one notification at a time: kicks that come while one is being
+// sent are one more notification, not one each.
+func (p *Plane) runRelay(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.relay:
+		}
+		if err := p.store.Notify(ctx, sqlstore.KickChannel); err != nil && ctx.Err() == nil {
+			p.log.Warn("pass a kick on to the leader", "err", err)
 		}
 	}
 }

@@ -36,14 +36,14 @@ const MetadataPrefix = "/imds"
 
 // Config says how to start agents.
 type Config struct {
-	Binary    string        // the spotml executable
-	ServerURL string        // this control-plane instance as agents reach it
+	Binary    string // the spotml executable
+	ServerURL string // this control-plane instance as agents reach it
 	// Servers, when set, returns the API URLs of every control-plane
 	// instance sharing the store: agents get them after ServerURL, so
 	// that they keep working when this instance goes.
-	Servers func() []string
-	DataDir   string        // node work directories go under DataDir/nodes
-	Interval  time.Duration // market tick; default 250ms
+	Servers  func() []string
+	DataDir  string        // node work directories go under DataDir/nodes
+	Interval time.Duration // market tick; default 250ms
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
 	// Rand draws capacity shortages and evictions; nil means one seeded at
