@@ -13,10 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -298,7 +301,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	if len(resp.Servers) > 0 {
 		// The instances up now, then the ones this agent was started
 		// with (one may come back on its old address).
-		a.api.SetServers(append(resp.Servers, client.ParseServers(a.cfg.Server)...))
+		given := client.ParseServers(a.cfg.Server)
+		a.api.SetServers(append(reachable(resp.Servers, given), given...))
 	}
 	want := map[int64]api.Assignment{}
 	for _, as := range resp.Tasks {
@@ -524,6 +528,36 @@ func (a *Agent) report(ctx context.Context, as api.Assignment, outcome string, c
 		case <-time.After(delay):
 		}
 	}
+}
+
+// reachable drops from learned the URLs that name this machine (loopback,
+// or an unspecified address such as an instance's default 0.0.0.0) unless
+// the agent was itself given such a URL: on another machine they would
+// name a port of this node, where a task may listen, and the agent would
+// hand it its credential.
+func reachable(learned, given []string) []string {
+	local := func(u string) bool {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return true
+		}
+		h := pu.Hostname()
+		if h == "localhost" {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	if slices.ContainsFunc(given, local) {
+		return learned
+	}
+	var out []string
+	for _, u := range learned {
+		if !local(u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // Environ returns env without spotml's secrets: whatever spotml starts
