@@ -63,7 +63,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.PersistentFlags().StringVar(&g.server, "server", "", "control plane URL (default $SPOTML_SERVER or http://127.0.0.1:8080)")
+	root.PersistentFlags().StringVar(&g.server, "server", "", "control plane URL, or its instances' URLs separated by commas (default $SPOTML_SERVER or http://127.0.0.1:8080)")
 	root.PersistentFlags().StringVar(&g.data, "data", "./spotml-data", "data directory whose token file the CLI uses when SPOTML_TOKEN is not set")
 	up := newUpCmd(stdout, stderr, true)
 	srv := newUpCmd(stdout, stderr, false)

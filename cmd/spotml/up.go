@@ -175,12 +175,15 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	cfg := server.Config{Store: st, Blobs: blobs, Token: token, JoinToken: joinToken, HeartbeatInterval: f.heartbeat, Log: log, Now: time.Now,
 		Backup: backups, BackupDir: data, TracesDir: f.tracesDir}
 	var loc *local.Local
+	var plane *control.Plane
 	if withLocal {
 		self, err := os.Executable()
 		if err != nil {
 			return err
 		}
-		loc = local.New(local.Config{Binary: self, ServerURL: url, DataDir: data}, log, time.Now)
+		// Agents get every instance's URL (plane is made below, before
+		// anything runs that launches).
+		loc = local.New(local.Config{Binary: self, ServerURL: url, DataDir: data, Servers: func() []string { return plane.Servers() }}, log, time.Now)
 		providers[local.Name] = loc
 		cfg.Metadata, cfg.MetadataPrefix = loc.Metadata(), local.MetadataPrefix
 	}
@@ -232,7 +235,7 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	// BatchInferences whose queue.uri is a broker send their work here.
 	publisher := broker.NewPublisher()
 	defer publisher.Close(context.WithoutCancel(ctx))
-	plane := control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
+	plane = control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
 		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL, BatchPublisher: publisher,
 		BatchInputs: func(ctx context.Context, in spec.BatchInput) ([]string, error) {
 			return server.ListBatchInputs(ctx, cfg.Blobs, in)
@@ -410,7 +413,7 @@ func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 	c.Flags().StringVar(&cfg.AdvertiseHost, "advertise-host", "", "the host gateways reach this node's replicas on (a pod's IP); default 127.0.0.1")
 	c.Flags().StringVar(&credFile, "credential-file", "", "file holding this node's own credential (providers write it at launch); read once and deleted")
 	c.Flags().StringVar(&joinFile, "join-token-file", "", "file holding the control plane's join token (DATA_DIR/join-token), exchanged at registration for this node's own credential; default $SPOTML_JOIN_TOKEN")
-	c.Flags().StringVar(&cfg.Server, "server", "http://127.0.0.1:8080", "control plane URL")
+	c.Flags().StringVar(&cfg.Server, "server", "http://127.0.0.1:8080", "control plane URL, or its instances' URLs separated by commas (the agent moves to the next when one stops answering)")
 	c.Flags().StringVar(&cfg.Node, "node", "", "this node's name")
 	c.Flags().StringVar(&cfg.WorkDir, "workdir", "", "this node's work directory")
 	c.Flags().StringVar(&cfg.MetadataURL, "metadata-url", "", "base URL of the instance metadata endpoint to watch for eviction notices")

@@ -13,10 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -31,6 +34,10 @@ import (
 
 // Config says who the agent is and where things are.
 type Config struct {
+	// Server is the control plane's API URL, or a comma-separated list of
+	// its instances' URLs: the agent uses one that answers, moves to the
+	// next when it stops answering, and adds the instances the control
+	// plane names in its heartbeat answers.
 	Server string
 	// Credential is the node's own credential (the provider made it at
 	// launch). Without one the agent registers with JoinToken and gets
@@ -93,10 +100,15 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) *Agent {
 	if token == "" {
 		token = cfg.JoinToken
 	}
-	return &Agent{cfg: cfg, api: client.New(cfg.Server, token), log: log.With("node", cfg.Node), now: now,
+	return &Agent{cfg: cfg, api: client.New(cfg.Server, token, client.TryTimeout(tryTimeout)), log: log.With("node", cfg.Node), now: now,
 		running: map[int64]*attempt{}, ended: map[int64]int{}, replicas: map[int64]*replica{}, drainCh: make(chan struct{}),
 		terminate: make(chan notice.Notice, 1)}
 }
+
+// tryTimeout bounds one call to one control-plane instance: a hung one
+// (paused, cut off) must not hold heartbeats up for longer than a few
+// beats before the next instance is tried.
+const tryTimeout = 5 * time.Second
 
 // blobCheckTimeout bounds the check that the blob store can be reached,
 // retries included.
@@ -219,7 +231,7 @@ func (a *Agent) register(ctx context.Context) (api.RegisterResponse, error) {
 			if resp.Credential != "" {
 				// Joined with the join token: from now on this node speaks
 				// with its own credential only.
-				a.api = client.New(a.cfg.Server, resp.Credential)
+				a.api = a.api.WithToken(resp.Credential)
 				a.cfg.JoinToken, a.cfg.Credential = "", resp.Credential
 			}
 			if a.cfg.Credential == "" {
@@ -292,6 +304,12 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 	for at, p := range sentProgress {
 		at.progress.ack(p)
+	}
+	if len(resp.Servers) > 0 {
+		// The instances up now, then the ones this agent was started
+		// with (one may come back on its old address).
+		given := client.ParseServers(a.cfg.Server)
+		a.api.SetServers(append(reachable(resp.Servers, given), given...))
 	}
 	want := map[int64]api.Assignment{}
 	for _, as := range resp.Tasks {
@@ -540,6 +558,36 @@ func (a *Agent) report(ctx context.Context, as api.Assignment, outcome string, c
 		case <-time.After(delay):
 		}
 	}
+}
+
+// reachable drops from learned the URLs that name this machine (loopback,
+// or an unspecified address such as an instance's default 0.0.0.0) unless
+// the agent was itself given such a URL: on another machine they would
+// name a port of this node, where a task may listen, and the agent would
+// hand it its credential.
+func reachable(learned, given []string) []string {
+	local := func(u string) bool {
+		pu, err := url.Parse(u)
+		if err != nil {
+			return true
+		}
+		h := pu.Hostname()
+		if h == "localhost" {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	if slices.ContainsFunc(given, local) {
+		return learned
+	}
+	var out []string
+	for _, u := range learned {
+		if !local(u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // Environ returns env without spotml's secrets: whatever spotml starts

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spotml/spotml/internal/api"
 )
@@ -23,7 +24,7 @@ func (a *Agent) batchWorker(as api.Assignment) (argv, env []string, ok bool, err
 	}
 	env = []string{
 		api.EnvBatch + "=" + batch,
-		api.EnvServer + "=" + a.cfg.Server,
+		api.EnvServer + "=" + strings.Join(a.api.Servers(), ","),
 		api.EnvWorkerCred + "=" + a.cfg.Credential,
 		api.EnvBlobURL + "=" + a.blobs.DefaultURL(),
 		api.EnvWorkerID + "=" + fmt.Sprintf("%s:%s/%s#%d", a.cfg.Node, as.Job, as.Task, as.Attempt),

@@ -70,6 +70,11 @@ const MaxProgressMessage = 200
 type HeartbeatResponse struct {
 	Tasks    []Assignment        `json:"tasks"`
 	Replicas []ReplicaAssignment `json:"replicas,omitempty"`
+	// Servers are the API URLs of the control-plane instances up now
+	// (their --advertise-url): the agent adds them to the servers it
+	// tries, so that it keeps a way in when the instances it was started
+	// with are gone.
+	Servers []string `json:"servers,omitempty"`
 }
 
 // ReplicaAssignment is one service replica a node should run.

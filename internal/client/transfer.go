@@ -25,12 +25,16 @@ func streamTransport() *http.Transport {
 // never holding more than a buffer of it. size is the body's length, or -1
 // if unknown (it is then sent chunked). The upload fails if no byte moves
 // for the client's stall timeout; there is no limit on its total time.
+// The body cannot be sent twice: with several servers, an upload that got
+// no answer fails, and the client moves on to the next server for the
+// caller's next try.
 func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader, size int64) error {
+	base := c.current()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	w := newWatchdog(c.stall, cancel)
 	defer w.stop()
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, &watchedReader{body, w})
+	req, err := http.NewRequestWithContext(ctx, method, base+path, &watchedReader{body, w})
 	if err != nil {
 		return err
 	}
@@ -44,17 +48,42 @@ func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.stream.Do(req)
 	if err != nil {
-		return c.transferError(ctx, err)
+		c.servers.skip(base)
+		return transferError(ctx, base, err)
 	}
 	defer resp.Body.Close()
 	w.stop()
-	return statusError(resp)
+	err = statusError(resp)
+	if failover(err) {
+		c.servers.skip(base)
+	}
+	return err
 }
 
 // Download starts a GET of path and returns its body as it arrives. The
 // caller closes it. Reading fails if no byte arrives for the client's
-// stall timeout; there is no limit on the total time.
+// stall timeout; there is no limit on the total time. With several
+// servers, the first that answers is read from.
 func (c *Client) Download(ctx context.Context, path string) (*Download, error) {
+	urls, cur := c.servers.get()
+	var err error
+	for i := range urls {
+		base := urls[(cur+i)%len(urls)]
+		var d *Download
+		d, err = c.download(ctx, base, path)
+		if err == nil {
+			c.servers.use(base)
+			return d, nil
+		}
+		if ctx.Err() != nil || !failover(err) {
+			return nil, err
+		}
+		c.servers.skip(base)
+	}
+	return nil, err
+}
+
+func (c *Client) download(ctx context.Context, base, path string) (*Download, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := newWatchdog(c.stall, cancel)
 	fail := func(err error) (*Download, error) {
@@ -62,21 +91,21 @@ func (c *Client) Download(ctx context.Context, path string) (*Download, error) {
 		cancel(nil)
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 	if err != nil {
 		return fail(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.stream.Do(req)
 	if err != nil {
-		return fail(c.transferError(ctx, err))
+		return fail(transferError(ctx, base, err))
 	}
 	if err := statusError(resp); err != nil {
 		resp.Body.Close()
 		return fail(err)
 	}
 	w.kick()
-	return &Download{Size: resp.ContentLength, Header: resp.Header, c: c, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, nil
+	return &Download{Size: resp.ContentLength, Header: resp.Header, base: base, ctx: ctx, body: resp.Body, w: w, cancel: cancel}, nil
 }
 
 // Download is a response body being read.
@@ -84,7 +113,7 @@ type Download struct {
 	Size   int64       // the body's length; -1 if the server did not say
 	Header http.Header // the response's header
 
-	c      *Client
+	base   string
 	ctx    context.Context
 	body   io.ReadCloser
 	w      *watchdog
@@ -97,7 +126,7 @@ func (d *Download) Read(p []byte) (int, error) {
 		d.w.kick()
 	}
 	if err != nil && err != io.EOF {
-		err = d.c.transferError(d.ctx, err)
+		err = transferError(d.ctx, d.base, err)
 	}
 	return n, err
 }
@@ -117,16 +146,16 @@ func (e errStalled) Error() string {
 	return fmt.Sprintf("no data moved for %s (the network or the server stalled); try again", time.Duration(e))
 }
 
-func (c *Client) transferError(ctx context.Context, err error) error {
+func transferError(ctx context.Context, base string, err error) error {
 	if cause := context.Cause(ctx); cause != nil {
 		if _, ok := cause.(errStalled); ok {
-			return fmt.Errorf("transfer to or from %s: %w", c.base, cause)
+			return fmt.Errorf("transfer to or from %s: %w", base, cause)
 		}
 	}
 	if _, ok := err.(*StatusError); ok {
 		return err
 	}
-	return c.unreachable(err)
+	return unreachable(base, err)
 }
 
 // statusError turns a non-2xx answer into a *StatusError.

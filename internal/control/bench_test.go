@@ -44,27 +44,42 @@ func BenchmarkControlPlaneThroughput(b *testing.B) {
 	for _, c := range []struct {
 		nodes, tasks int
 		each         bool
+		fence        bool
 	}{
-		{100, 10_000, false},
-		{1_000, 100_000, false},
-		{100, 10_000, true},
+		{100, 10_000, false, false},
+		{1_000, 100_000, false, false},
+		{1_000, 100_000, false, true},
+		{100, 10_000, true, false},
 	} {
 		mode := "wave"
 		if c.each {
 			mode = "each"
 		}
+		if c.fence {
+			// As the leader runs them: every reconciler write checks the
+			// lease term in its own transaction.
+			mode += "/fence=on"
+		}
 		for _, backend := range []string{"sqlite", "postgres"} {
 			b.Run(fmt.Sprintf("store=%s/nodes=%d/tasks=%d/report=%s", backend, c.nodes, c.tasks, mode), func(b *testing.B) {
-				ctx := context.Background()
 				var reconcile, report time.Duration
 				passes := 0
 				for range b.N {
 					b.StopTimer()
 					f := newBenchFleetOn(b, storetest.OpenBackend(b, backend, pg), c.nodes, c.tasks)
+					ctx := context.Background()
+					rctx := ctx // the reconcile passes'; reports are agents' writes, never fenced
+					if c.fence {
+						l, err := f.st.AcquireLease(ctx, "bench", time.Hour)
+						if err != nil || !l.Held {
+							b.Fatalf("leader lease: %+v, %v", l, err)
+						}
+						rctx = sqlstore.WithFence(ctx, sqlstore.Fence{Holder: "bench", Term: l.Term})
+					}
 					b.StartTimer()
 					for done := 0; done < c.tasks; {
 						t0 := time.Now()
-						if err := f.plane.Reconcile(ctx); err != nil {
+						if err := f.plane.Reconcile(rctx); err != nil {
 							b.Fatal(err)
 						}
 						t1 := time.Now()

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spotml/spotml/internal/cost"
@@ -59,7 +60,9 @@ type Plane struct {
 	now       func() time.Time
 	opt       Options
 	kick      chan struct{}
+	relay     chan struct{} // kicks for the leader, when another instance leads
 	lead      leader
+	servers   atomic.Pointer[[]string] // Servers: instances' API URLs
 	// created is when this Plane was made: the liveness grace for passes
 	// run outside Run (tests, tools), where no term has begun.
 	created time.Time
@@ -113,11 +116,26 @@ func New(st *sqlstore.Store, providers map[string]Provider, log *slog.Logger, no
 		opt.Instance.Started = now()
 	}
 	return &Plane{store: st, providers: providers, log: log, now: now, opt: opt, created: now(),
-		kick: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}, spare: map[string]spareState{}}
+		kick: make(chan struct{}, 1), relay: make(chan struct{}, 1), backoff: map[string]time.Time{}, fails: map[string]int{}, gens: map[string]int64{}, spare: map[string]spareState{}}
 }
 
 // Kick asks for a reconcile pass soon (after a submit, a report, a notice).
+// The leader runs it: an instance that does not lead passes the kick on
+// through the store (a notification the leader listens for), where the
+// store has notifications; on one SQLite store the one instance leads.
 func (p *Plane) Kick() {
+	ch := p.kick
+	if p.store.Notifies() && !p.Leadership().Leading {
+		ch = p.relay
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// kickLocal asks this instance's leader loop for a pass soon.
+func (p *Plane) kickLocal() {
 	select {
 	case p.kick <- struct{}{}:
 	default:

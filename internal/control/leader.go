@@ -78,6 +78,16 @@ func (p *Plane) ControlPlane(ctx context.Context) (store.ControlPlane, error) {
 	return p.store.ControlPlane(ctx, 3*p.opt.LeaseTTL)
 }
 
+// Servers returns the API URLs of the instances seen lately (their
+// advertised addresses), as of this instance's last presence beat; nil
+// before the first. Agents learn them from their heartbeats.
+func (p *Plane) Servers() []string {
+	if s := p.servers.Load(); s != nil {
+		return *s
+	}
+	return nil
+}
+
 // fenced steps down when err says that a write was fenced; it returns err.
 func (p *Plane) fenced(err error) error {
 	if errors.Is(err, store.ErrFenced) {
@@ -98,6 +108,7 @@ func (p *Plane) Run(ctx context.Context) error {
 	defer wg.Wait()
 	wg.Go(func() { p.runFlusher(ctx) })
 	wg.Go(func() { p.runPresence(ctx) })
+	wg.Go(func() { p.runRelay(ctx) })
 	p.campaign(ctx)
 	// Stopping on purpose: hand the lease over now rather than after its
 	// TTL, and leave the instance list.
@@ -198,6 +209,8 @@ func (p *Plane) runLeader(ctx context.Context, term int64) {
 	// Sampling keeps its own beat: a slow reconcile pass must not leave
 	// gaps in the history.
 	wg.Go(func() { p.runSampler(ctx) })
+	// The other instances' kicks (API writes they took).
+	p.store.Watch(ctx, sqlstore.KickChannel, p.kickLocal)
 	if p.opt.Retention > 0 {
 		wg.Go(func() { p.runPruner(ctx) })
 	}
@@ -234,6 +247,22 @@ func (p *Plane) runLeader(ctx context.Context, term int64) {
 	}
 }
 
+// runRelay passes this instance's kicks on to the leader while it
+// follows, one notification at a time: kicks that come while one is being
+// sent are one more notification, not one each.
+func (p *Plane) runRelay(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.relay:
+		}
+		if err := p.store.Notify(ctx, sqlstore.KickChannel); err != nil && ctx.Err() == nil {
+			p.log.Warn("pass a kick on to the leader", "err", err)
+		}
+	}
+}
+
 // runPresence keeps this instance's row fresh every LeaseTTL/3 and, while
 // other instances serve agents from the same store, expires what the
 // store keeps in memory (node states, credentials, node work) once a beat:
@@ -248,11 +277,16 @@ func (p *Plane) runPresence(ctx context.Context) {
 		}
 		if cp, err := p.store.ControlPlane(ctx, 3*p.opt.LeaseTTL); err == nil {
 			others := 0
+			var servers []string
 			for _, in := range cp.Instances {
 				if in.ID != p.opt.Instance.ID {
 					others++
 				}
+				if in.Address != "" {
+					servers = append(servers, in.Address)
+				}
 			}
+			p.servers.Store(&servers)
 			if others > 0 {
 				p.store.ExpireCaches()
 			}

@@ -99,6 +99,9 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 		}
 		resp.Replicas = append(resp.Replicas, api.ReplicaAssignment{ID: rp.ID, Name: rp.Name, Service: rp.Service, Version: rp.Version, Spec: sp})
 	}
+	if s.cfg.Plane != nil {
+		resp.Servers = s.cfg.Plane.Servers()
+	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }

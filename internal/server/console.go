@@ -16,6 +16,7 @@ import (
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/store"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 )
 
 // What the web console reads beyond the plain REST API: one live stream
@@ -24,7 +25,12 @@ import (
 
 // Watch stream tuning.
 const (
-	watchEvery      = time.Second      // how often the stream looks for changes
+	watchEvery = time.Second // how often the stream looks for changes
+	// With change notifications (PostgreSQL), streams re-read when one
+	// arrives, waiting watchSettle for the rest of a burst, and at least
+	// this often for what changes with time alone (cost, QPS ageing).
+	watchSlowEvery  = 10 * time.Second
+	watchSettle     = 50 * time.Millisecond
 	watchPing       = 15 * time.Second // keep-alive comment when nothing changed
 	watchEndedNodes = 15 * time.Minute // ended nodes stay in the fleet this long
 	watchEvents     = 500              // events sent when a stream opens
@@ -59,10 +65,12 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 }
 
 // watch streams server-sent events: each kind of view once at the start
-// and again whenever it changes, events as they are recorded. The stream
-// polls the store (every watchEvery) rather than hooking into writers: the
-// store is the one source of truth, and a separate gateway or a second
-// control plane writes to it too.
+// and again whenever it changes, events as they are recorded. The store is
+// the one source of truth (a separate gateway or another control-plane
+// instance writes to it too), so the stream follows the store, not this
+// process's writers: on PostgreSQL it re-reads when the store notifies a
+// change (triggers, in the transaction of the change, whoever made it);
+// on SQLite it polls every watchEvery.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
@@ -70,7 +78,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Check once before the headers go out, so that a broken store still
 	// answers with a status code.
-	views, err := s.views.get(r.Context(), s.watchViews)
+	views, err := s.views.get(r.Context(), s.changes.generation(), s.watchViews)
 	if err != nil {
 		return err
 	}
@@ -88,7 +96,12 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	st.send(w, views, evs)
 	flusher.Flush()
 	lastWrite := time.Now()
-	tick := time.NewTicker(watchEvery)
+	changed, live := s.changes.wait(s)
+	every := watchEvery
+	if live {
+		every = watchSlowEvery
+	}
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -97,7 +110,16 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 		case <-s.streams.Done():
 			return nil
 		case <-tick.C:
+		case <-changed:
+			select {
+			case <-r.Context().Done():
+				return nil
+			case <-time.After(watchSettle):
+			}
 		}
+		// Armed before the read: a change committed while it runs
+		// wakes the stream again.
+		changed, _ = s.changes.wait(s)
 		n, err := st.tick(r.Context(), s, w)
 		if err != nil {
 			if r.Context().Err() != nil {
@@ -129,7 +151,7 @@ func newWatcher() *watcher { return &watcher{sent: map[string][]byte{}} }
 // views whose key changed and the events recorded since. It returns the
 // bytes written.
 func (st *watcher) tick(ctx context.Context, s *Server, w io.Writer) (int, error) {
-	views, err := s.views.get(ctx, s.watchViews)
+	views, err := s.views.get(ctx, s.changes.generation(), s.watchViews)
 	if err != nil {
 		return 0, err
 	}
@@ -163,21 +185,67 @@ func (st *watcher) send(w io.Writer, views []view, evs []store.Event) int {
 type viewCache struct {
 	mu    sync.Mutex
 	at    time.Time // wall clock of the last read
+	gen   uint64    // the change generation the last read saw
 	views []view
 }
 
-func (c *viewCache) get(ctx context.Context, read func(context.Context) ([]view, error)) ([]view, error) {
+// get returns the views as read by the streams' last read, or reads them:
+// shared reads serve streams that look within watchEvery/2 of each other,
+// unless a change was notified since (gen moved).
+func (c *viewCache) get(ctx context.Context, gen uint64, read func(context.Context) ([]view, error)) ([]view, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.views != nil && time.Since(c.at) < watchEvery/2 {
+	if c.views != nil && c.gen == gen && time.Since(c.at) < watchEvery/2 {
 		return c.views, nil
 	}
 	v, err := read(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c.views, c.at = v, time.Now()
+	c.views, c.at, c.gen = v, time.Now(), gen
 	return v, nil
+}
+
+// changeFeed tells the watch streams that the store notified a change.
+// The listener starts with the first stream and runs until the streams
+// are closed (CloseStreams).
+type changeFeed struct {
+	once sync.Once
+	live bool
+	mu   sync.Mutex
+	gen  uint64
+	ch   chan struct{} // closed at the next change
+}
+
+// wait returns a channel closed at the next change notification, and
+// whether the store notifies changes at all (if not, the channel is nil
+// and streams poll).
+func (f *changeFeed) wait(s *Server) (<-chan struct{}, bool) {
+	f.once.Do(func() {
+		f.ch = make(chan struct{})
+		f.live = s.cfg.Store.Watch(s.streams, sqlstore.ChangesChannel, f.bump)
+	})
+	if !f.live {
+		return nil, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ch, true
+}
+
+// generation counts the change notifications so far.
+func (f *changeFeed) generation() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gen
+}
+
+func (f *changeFeed) bump() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gen++
+	close(f.ch)
+	f.ch = make(chan struct{})
 }
 
 // view is one named part of the watch stream: data is what is sent, key

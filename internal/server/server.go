@@ -72,6 +72,7 @@ type Server struct {
 	streams     context.Context
 	stopStreams context.CancelFunc
 	views       viewCache
+	changes     changeFeed
 }
 
 // New returns the handler. A nil cfg.Log discards what it would log.

@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -34,10 +36,14 @@ const MetadataPrefix = "/imds"
 
 // Config says how to start agents.
 type Config struct {
-	Binary    string        // the spotml executable
-	ServerURL string        // the control plane as agents reach it
-	DataDir   string        // node work directories go under DataDir/nodes
-	Interval  time.Duration // market tick; default 250ms
+	Binary    string // the spotml executable
+	ServerURL string // this control-plane instance as agents reach it
+	// Servers, when set, returns the API URLs of every control-plane
+	// instance sharing the store: agents get them after ServerURL, so
+	// that they keep working when this instance goes.
+	Servers  func() []string
+	DataDir  string        // node work directories go under DataDir/nodes
+	Interval time.Duration // market tick; default 250ms
 	// AgentArgs are extra flags passed to every agent (e.g. heartbeat).
 	AgentArgs []string
 	// Rand draws capacity shortages and evictions; nil means one seeded at
@@ -132,7 +138,7 @@ func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.
 	}
 	args := append([]string{"agent",
 		"--credential-file", credFile,
-		"--server", l.cfg.ServerURL,
+		"--server", l.servers(),
 		"--node", n.Name,
 		"--workdir", wd,
 		"--metadata-url", notice.BaseURL(l.cfg.ServerURL+MetadataPrefix, n.Name),
@@ -168,6 +174,19 @@ func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.
 	go cmd.Wait() // reap
 	l.log.Info("node launched", "node", n.Name, "pid", cmd.Process.Pid, "zone", n.Zone)
 	return control.Launched{ProviderID: wd}, nil
+}
+
+// servers is the --server list of a new agent: this instance first.
+func (l *Local) servers() string {
+	list := []string{l.cfg.ServerURL}
+	if l.cfg.Servers != nil {
+		for _, s := range l.cfg.Servers() {
+			if !slices.Contains(list, s) {
+				list = append(list, s)
+			}
+		}
+	}
+	return strings.Join(list, ",")
 }
 
 // Stop kills a node: its agent and every task process group it recorded,

@@ -39,6 +39,7 @@ var Dialect = sqlstore.Dialect{
 	NowMillis:        `(extract(epoch from clock_timestamp()) * 1000)::bigint`,
 	Arrays:           true,
 	Listen:           listen,
+	Notify:           `SELECT pg_notify(?, '')`,
 	NotAllDigits:     func(expr string) string { return expr + ` ~ '[^0-9]'` },
 	// Any fixed key: instances started together migrate one at a time.
 	LockMigrations: `SELECT pg_advisory_xact_lock(7316021195)`,

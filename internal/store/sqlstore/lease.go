@@ -198,18 +198,5 @@ const RoutesChannel = "spotml_routes"
 // A lost connection is listened on again after a second, and changed is
 // called then too, since a notification may have been missed.
 func (s *Store) WatchRoutes(ctx context.Context, changed func()) bool {
-	if s.d.Listen == nil {
-		return false
-	}
-	go func() {
-		for ctx.Err() == nil {
-			s.d.Listen(ctx, s.db.DB, RoutesChannel, changed)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-				changed()
-			}
-		}
-	}()
-	return true
+	return s.Watch(ctx, RoutesChannel, changed)
 }

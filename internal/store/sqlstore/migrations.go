@@ -576,6 +576,27 @@ var migrations = []migration{
 		postgres: pg(`ALTER TABLE batch_items ADD COLUMN IF NOT EXISTS sent_at BIGINT NOT NULL DEFAULT 0;
 		CREATE INDEX IF NOT EXISTS batch_items_sent ON batch_items(batch, state, sent_at);`),
 	},
+	// 14: on PostgreSQL, a change of anything the console's live view
+	// shows notifies channel spotml_changes when its transaction commits
+	// (Store.Watch(ChangesChannel)); a node's heartbeat (heartbeat_at
+	// alone) does not; nor do provider_id and host alone, set with a
+	// state change anyway (and named here, they could not be dropped).
+	// SQLite: nothing (its one process re-reads).
+	{
+		sqlite: `SELECT 1;`,
+		postgres: `CREATE OR REPLACE FUNCTION spotml_notify_changes() RETURNS trigger AS $fn$
+		BEGIN PERFORM pg_notify('spotml_changes', ''); RETURN NULL; END $fn$ LANGUAGE plpgsql;
+		DROP TRIGGER IF EXISTS nodes_changes ON nodes;
+		CREATE TRIGGER nodes_changes AFTER INSERT OR DELETE OR UPDATE OF state, zone, instance_type,
+			cpu, memory, gpu, price, ondemand_price, idle_since, notice_deadline, reason ON nodes
+			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_changes();
+		DO $do$ DECLARE t text; BEGIN
+			FOREACH t IN ARRAY ARRAY['pools', 'jobs', 'tasks', 'services', 'replicas', 'gateway_stats', 'events'] LOOP
+				EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t || '_changes', t);
+				EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_changes()', t || '_changes', t);
+			END LOOP;
+		END $do$;`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

@@ -71,6 +71,9 @@ type Dialect struct {
 	// connection fails. nil: the database has no notifications (SQLite),
 	// and readers poll.
 	Listen func(ctx context.Context, db *sql.DB, channel string, notify func()) error
+	// Notify is the statement that notifies the channel given as its
+	// one parameter (when Listen is set).
+	Notify string
 	// Arrays: the database takes Go slices as array parameters and has
 	// unnest, so that a plan of thousands of assignments is one statement
 	// (one round trip) rather than two per assignment.
