@@ -28,6 +28,7 @@ func TestDecisionsStayPure(t *testing.T) {
 		"github.com/spotml/spotml/internal/sched",
 		"github.com/spotml/spotml/internal/autoscale",
 		"github.com/spotml/spotml/internal/placement",
+		"github.com/spotml/spotml/internal/plan", // spotml plan's simulation, over placement's decisions
 	} {
 		out, err := exec.Command(goBin, "list", "-deps", pkg).Output()
 		if err != nil {
