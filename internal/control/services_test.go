@@ -316,34 +316,7 @@ spec:
   resources: {cpu: 0.5}
   placement: {tier: prod}
 `)
-	ready := func() {
-		for range 2 {
-			for _, n := range p.nodes() {
-				if store.Live(n.State) {
-					if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			p.reconcile()
-		}
-		for _, r := range p.replicas() {
-			if r.Node != "" && r.State == store.ReplicaStarting {
-				if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		p.reconcile()
-	}
-	live := func() (n int) {
-		for _, r := range p.replicas() {
-			if r.State != store.ReplicaStopping {
-				n++
-			}
-		}
-		return n
-	}
+	ready, live := p.settleReplicas, p.liveReplicas
 	p.reconcile()
 	ready()
 	if n := live(); n != 2 {
@@ -383,34 +356,7 @@ spec:
 func TestAnnouncedPreemptionsBringNoSpares(t *testing.T) {
 	p := newPlaneWith(t, control.Options{NodeTimeout: 24 * time.Hour, Retention: -1})
 	p.apply(prodService)
-	settle := func() {
-		for range 2 {
-			for _, n := range p.nodes() {
-				if store.Live(n.State) {
-					if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			p.reconcile()
-		}
-		for _, r := range p.replicas() {
-			if r.Node != "" && r.State == store.ReplicaStarting {
-				if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		p.reconcile()
-	}
-	live := func() (n int) {
-		for _, r := range p.replicas() {
-			if r.State != store.ReplicaStopping {
-				n++
-			}
-		}
-		return n
-	}
+	settle, live := p.settleReplicas, p.liveReplicas
 	// preempt gives a ready replica's node a notice, waits it out and
 	// ends the node.
 	preempt := func(notice time.Duration) {
@@ -461,4 +407,38 @@ func TestAnnouncedPreemptionsBringNoSpares(t *testing.T) {
 	if n := live(); n != 3 {
 		t.Fatalf("%d replicas after a preemption announced 5 s ahead, want 2 and a spare", n)
 	}
+}
+
+// settleReplicas plays the agents: every live node ready, every placed
+// replica ready, with passes between.
+func (p *plane) settleReplicas() {
+	p.t.Helper()
+	for range 2 {
+		for _, n := range p.nodes() {
+			if store.Live(n.State) {
+				if _, err := p.st.Heartbeat(p.ctx, n.Name, true); err != nil {
+					p.t.Fatal(err)
+				}
+			}
+		}
+		p.reconcile()
+	}
+	for _, r := range p.replicas() {
+		if r.Node != "" && r.State == store.ReplicaStarting {
+			if err := p.st.ReportReplicas(p.ctx, r.Node, []store.ReplicaStatus{{ID: r.ID, Ready: true, Addr: "127.0.0.1:1"}}); err != nil {
+				p.t.Fatal(err)
+			}
+		}
+	}
+	p.reconcile()
+}
+
+// liveReplicas counts the replicas not being stopped.
+func (p *plane) liveReplicas() (n int) {
+	for _, r := range p.replicas() {
+		if r.State != store.ReplicaStopping {
+			n++
+		}
+	}
+	return n
 }

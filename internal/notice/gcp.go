@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,7 +108,13 @@ type gcpWatcher struct {
 
 	mu        sync.Mutex
 	firstSeen time.Time // when TRUE was first read; zero while FALSE
+	etag      string    // of the last answer: the next read waits for a change from it
 }
+
+// gcpWaitSec is how long a read holds for a change (wait_for_change),
+// under the agent's 5 s client timeout: a preemption is heard the moment
+// the metadata server has it, not at the next poll.
+const gcpWaitSec = "4"
 
 var _ Watcher = (*gcpWatcher)(nil)
 
@@ -115,6 +122,14 @@ var _ Watcher = (*gcpWatcher)(nil)
 // is 30 s after the watcher first read TRUE, and stays so while TRUE lasts.
 func (gw *gcpWatcher) Poll(ctx context.Context) (Notice, bool, error) {
 	url := gw.base + "/computeMetadata/v1/instance/preempted"
+	gw.mu.Lock()
+	etag := gw.etag
+	gw.mu.Unlock()
+	if etag != "" {
+		// Google's way to watch a value: the request is held until it
+		// differs from the last one read, or timeout_sec passes.
+		url += "?wait_for_change=true&timeout_sec=" + gcpWaitSec + "&last_etag=" + neturl.QueryEscape(etag)
+	}
 	resp, body, err := fetch(ctx, gw.client, http.MethodGet, url, http.Header{gcpFlavorHeader: {gcpFlavor}})
 	if err != nil {
 		return Notice{}, false, err
@@ -127,6 +142,7 @@ func (gw *gcpWatcher) Poll(ctx context.Context) (Notice, bool, error) {
 	}
 	gw.mu.Lock()
 	defer gw.mu.Unlock()
+	gw.etag = resp.Header.Get("ETag")
 	switch value := strings.TrimSpace(string(body)); value {
 	case "TRUE":
 		if gw.firstSeen.IsZero() {

@@ -595,3 +595,36 @@ func TestEventIDSurvivesRestart(t *testing.T) {
 		t.Errorf("another node's eviction got the same EventId %s", first)
 	}
 }
+
+// TestGCPWatcherWaitsForChange: after its first read the GCP watcher holds
+// its request open with wait_for_change, so a preemption set while it waits
+// is heard at once rather than at the next poll; with no change it answers
+// within the agent's client timeout.
+func TestGCPWatcherWaitsForChange(t *testing.T) {
+	srv, ts := serve(t, notice.FormatGCP, newClock())
+	w := newWatcher(t, notice.FormatGCP, ts.URL+"/nodes/"+node, &http.Client{Timeout: 5 * time.Second}, time.Now)
+	if _, seen, err := w.Poll(t.Context()); seen || err != nil {
+		t.Fatalf("first read: seen %v, %v; want no notice", seen, err)
+	}
+	type result struct {
+		seen    bool
+		err     error
+		elapsed time.Duration
+	}
+	done := make(chan result)
+	start := time.Now()
+	go func() {
+		_, seen, err := w.Poll(t.Context())
+		done <- result{seen, err, time.Since(start)}
+	}()
+	time.Sleep(500 * time.Millisecond) // the request is waiting by now
+	srv.Set(node, time.Now().Add(30*time.Second), "terminate")
+	r := <-done
+	if !r.seen || r.err != nil {
+		t.Fatalf("held read: seen %v, %v; want the preemption", r.seen, r.err)
+	}
+	// A plain poll would have answered FALSE at once, before the Set.
+	if r.elapsed < 400*time.Millisecond {
+		t.Errorf("the read answered after %s, before the preemption was set: it did not wait for a change", r.elapsed)
+	}
+}

@@ -245,5 +245,3 @@ func code(err error) string {
 	}
 	return ""
 }
-
-func timeTicker(d time.Duration) *time.Ticker { return time.NewTicker(d) }

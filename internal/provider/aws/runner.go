@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/provider/poll"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -19,18 +20,7 @@ import (
 // Run lists the aws pools' instances every interval and reports what EC2
 // did to them, until ctx ends.
 func (p *Provider) Run(ctx context.Context, sink control.Sink, view control.View) error {
-	t := timeTicker(p.cfg.Interval)
-	defer t.Stop()
-	for {
-		if err := p.Pass(ctx, sink, view); err != nil && ctx.Err() == nil {
-			p.log.Error("aws pass failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	return poll.Every(ctx, p.cfg.Interval, p.log, "aws", func(ctx context.Context) error { return p.Pass(ctx, sink, view) })
 }
 
 // Pass is one look at every region with aws pools.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/api/iterator"
 
 	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/provider/poll"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -24,18 +25,7 @@ func (p *Provider) Run(ctx context.Context, sink control.Sink, view control.View
 	p.mu.Lock()
 	p.view = view
 	p.mu.Unlock()
-	t := time.NewTicker(p.cfg.Interval)
-	defer t.Stop()
-	for {
-		if err := p.Pass(ctx, sink, view); err != nil && ctx.Err() == nil {
-			p.log.Error("gcp pass failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	return poll.Every(ctx, p.cfg.Interval, p.log, "gcp", func(ctx context.Context) error { return p.Pass(ctx, sink, view) })
 }
 
 // Pass is one look at every zone with gcp pools.

@@ -82,7 +82,8 @@ func waitJob(t *testing.T, st *sqlstore.Store, name, what string, timeout time.D
 // of the real kubelet's node, GKE's graceful node shutdown (DisruptionTarget
 // TerminationByKubelet on the pod), the Node deleted, and the node's machine
 // dying without a word. Every task is requeued without spending a retry
-// (maxRetries 0), resumes from its last checkpoint on a spare spot node, and
+// (maxRetries 0), resumes from its last checkpoint on a spare spot node
+// (the control plane restarted while they are being replaced), and
 // the job completes with every output in the blob store.
 func TestCheckpointedJobOnCluster(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{RealKubelet: true})
@@ -196,6 +197,20 @@ func TestCheckpointedJobOnCluster(t *testing.T) {
 		}
 		t.Logf("%s: cluster node %s, spotml node %s, task %s", s.name, s.host, task.Node, task.Name)
 	}
+
+	// The control plane restarted mid-job, while the six tasks are being
+	// requeued and their replacements launched: the new one takes up from
+	// the store and from the cluster (its informers list what is there),
+	// and nothing is lost: the checks below hold as without the restart.
+	time.Sleep(2 * time.Second)
+	addr := ln.Addr().String()
+	p.cancel()
+	t.Log("control plane stopped mid-job; starting it again")
+	ln2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p = startPlane(t, dir, c, ln2, planeConfig{Options: control.Options{NodeTimeout: 20 * time.Second}, BlobURL: blobURL, AgentEnv: env})
 
 	j = waitJob(t, p.st, "ckpt", "the job succeeded", 150*time.Second, func(j store.Job) bool {
 		return j.State == store.JobSucceeded || j.State == store.JobFailed
