@@ -89,22 +89,20 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 		t.Fatalf("total = %d, want %d (the PNGs, not notes.txt)", b.Total, n+len(bad))
 	}
 
-	// Every spot node evicted as soon as the first batch is scored: on a
-	// fast machine the workers score the rest within seconds (3,000 in
-	// about 4 s on a quiet 2-core VM), so a later point can come too late.
-	waitFor(t, 60*time.Second, "the first batch scored", func() bool { return c.batch("score").Done >= 32 })
-	evicted := 0
-	for _, nd := range c.nodes() {
-		if nd.Pool == "spot-a" && nd.State == "ready" {
-			c.mustCLI("evict", nd.Name)
-			evicted++
-		}
-	}
-	if evicted == 0 {
-		t.Fatal("no ready spot node to evict")
-	}
-	if b := c.batch("score"); b.Done+b.Failed >= b.Total {
-		t.Fatalf("all scored before the evictions landed: %+v; the test needs more items", b)
+	// Every spot node evicted, at one instant, as soon as a worker holds
+	// items: on a quiet machine the workers score 3,000 items in about
+	// 5 s, so waiting for the first batch to be done, or evicting one
+	// node after another, left nothing for the last eviction.
+	waitFor(t, 60*time.Second, "the first items leased", func() bool { b := c.batch("score"); return b.InFlight > 0 || b.Done > 0 })
+	evicted := c.evictReady("spot-a")
+	// A worker's eviction is counted once it has given its items back;
+	// one that lands after the batch finished is not counted.
+	waitFor(t, 60*time.Second, fmt.Sprintf("%d evictions recorded", evicted), func() bool {
+		b := c.batch("score")
+		return b.Evictions >= evicted || b.State != "running"
+	})
+	if b := c.batch("score"); b.Evictions < evicted {
+		t.Fatalf("the batch finished before the evictions landed: %+v; the test needs more items", b)
 	}
 	// The control plane SIGKILLed once half is done, and restarted.
 	waitFor(t, 60*time.Second, "half the items scored", func() bool { return c.batch("score").Done >= n/2 })
@@ -149,6 +147,23 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 	}
 	// Scaled to zero: no worker left.
 	waitFor(t, 20*time.Second, "workers to end", func() bool { b := c.batch("score"); return b.Workers+b.WorkersPending == 0 })
+}
+
+// evictReady gives every ready node of pool its notice at one instant
+// (one spotml evict for all of them) and returns how many it evicted.
+func (c *cluster) evictReady(pool string) int {
+	c.t.Helper()
+	var names []string
+	for _, nd := range c.nodes() {
+		if nd.Pool == pool && nd.State == "ready" {
+			names = append(names, nd.Name)
+		}
+	}
+	if len(names) == 0 {
+		c.t.Fatalf("no ready node of pool %s to evict", pool)
+	}
+	c.mustCLI(append([]string{"evict"}, names...)...)
+	return len(names)
 }
 
 func batchYAML(name, input, pattern, pool, extra string) string {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -535,9 +536,11 @@ func newLogsCmd(g *globals, stdout io.Writer) *cobra.Command {
 func newEvictCmd(g *globals, stdout io.Writer) *cobra.Command {
 	var noticeFor time.Duration
 	c := &cobra.Command{
-		Use:   "evict NODE",
-		Short: "Evict a node of the local provider as the spot market would: a notice, then the node is gone",
-		Args:  cobra.ExactArgs(1),
+		Use:   "evict NODE [NODE...]",
+		Short: "Evict nodes of the local provider as the spot market would: a notice, then the node is gone",
+		Long: "Evict nodes of the local provider as the spot market would: a notice, then the node is gone.\n" +
+			"Several nodes are given their notices at the same instant, as a bulk reclaim takes them.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
 			if err != nil {
@@ -547,13 +550,27 @@ func newEvictCmd(g *globals, stdout io.Writer) *cobra.Command {
 			if noticeFor > 0 {
 				req.Notice = noticeFor.String()
 			}
-			var n api.Node
-			if err := cl.Do(c.Context(), http.MethodPost, api.Prefix+"/nodes/"+url.PathEscape(args[0])+"/evict", req, &n); err != nil {
-				return err
+			// All at once: a cloud reclaims capacity in bulk, and one
+			// request after another would spread the notices out.
+			nodes := make([]api.Node, len(args))
+			errs := make([]error, len(args))
+			var wg sync.WaitGroup
+			for i, name := range args {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = cl.Do(c.Context(), http.MethodPost, api.Prefix+"/nodes/"+url.PathEscape(name)+"/evict", req, &nodes[i])
+				}()
 			}
-			fmt.Fprintf(stdout, "node/%s notice given: evicted at %s (in %s)\n", n.Name, n.NoticeDeadline.Local().Format("15:04:05"),
-				time.Until(n.NoticeDeadline).Round(time.Second))
-			return nil
+			wg.Wait()
+			for i, n := range nodes {
+				if errs[i] != nil {
+					continue
+				}
+				fmt.Fprintf(stdout, "node/%s notice given: evicted at %s (in %s)\n", n.Name, n.NoticeDeadline.Local().Format("15:04:05"),
+					time.Until(n.NoticeDeadline).Round(time.Second))
+			}
+			return errors.Join(errs...)
 		},
 	}
 	c.Flags().DurationVar(&noticeFor, "notice", 0, "notice before the node is taken (default: the pool's notice)")
