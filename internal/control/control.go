@@ -486,7 +486,11 @@ func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restar
 	p.mu.Lock()
 	p.fails[pool.Metadata.Name] = 0
 	p.mu.Unlock()
-	return p.store.SetNodeLaunched(ctx, n.Name, at.ProviderID)
+	// The machine exists now: record it even if this pass is being
+	// cancelled, or nothing would know to stop it.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return p.store.SetNodeLaunched(sctx, n.Name, at.ProviderID)
 }
 
 // cloudPrice is a new node's price per hour: the cloud's current Spot

@@ -212,6 +212,12 @@ const (
 // died, long after the PID was stored, and Linux hands PIDs out again.
 func (l *Local) killNode(n store.Node) {
 	wd := n.ProviderID
+	if wd == "" {
+		// Launched, but the control plane stopped before it stored the
+		// provider ID (spotml up stopping mid-launch): the agent runs in
+		// the work directory a launch makes.
+		wd = filepath.Join(l.cfg.DataDir, "nodes", n.Name)
+	}
 	if !l.ours(wd) {
 		if wd != "" {
 			l.log.Warn("node's work directory is not under this data directory; its processes are left alone", "node", n.Name, "dir", wd)

@@ -644,3 +644,18 @@ func TestForeignWorkDirLeftAlone(t *testing.T) {
 		t.Errorf("restarted in %s, want %s", got.ProviderID, want)
 	}
 }
+
+// TestStopBeforeProviderIDStored: spotml up stopping mid-launch can leave
+// a node whose agent runs but whose provider ID was never stored;
+// stopping that node still kills its agent (it was seen left running).
+func TestStopBeforeProviderIDStored(t *testing.T) {
+	p := pool("spot-a", spec.PrioritySpot, notice.FormatAzure)
+	h := newHarness(t, p)
+	n := h.launch(p, "spot-a-1")
+	pid := agentPID(t, n)
+	n.ProviderID = ""
+	if err := h.l.Stop(h.ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+}
