@@ -261,6 +261,10 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 		return nil
 	})
 	g.Go(func() error { return plane.Run(gctx) })
+	if loc != nil {
+		// Every instance serves the local nodes' notices, leader or not.
+		g.Go(func() error { return loc.Mirror(gctx, plane) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -416,6 +420,7 @@ func newAgentCmd(stderr io.Writer, getenv func(string) string) *cobra.Command {
 	c.Flags().StringVar(&cfg.Server, "server", "http://127.0.0.1:8080", "control plane URL, or its instances' URLs separated by commas (the agent moves to the next when one stops answering)")
 	c.Flags().StringVar(&cfg.Node, "node", "", "this node's name")
 	c.Flags().StringVar(&cfg.WorkDir, "workdir", "", "this node's work directory")
+	c.Flags().StringVar(&cfg.MetadataPath, "metadata-path", "", "instead of --metadata-url: the path under every control-plane server where this node's simulated metadata is served (local provider)")
 	c.Flags().StringVar(&cfg.MetadataURL, "metadata-url", "", "base URL of the instance metadata endpoint to watch for eviction notices")
 	c.Flags().StringVar(&cfg.MetadataFormat, "metadata-format", "azure", "azure, aws or gcp")
 	c.Flags().DurationVar(&cfg.NoticePoll, "notice-poll", time.Second, "how often to poll for an eviction notice")

@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spotml/spotml/internal/api"
@@ -42,11 +43,16 @@ type Config struct {
 	// Credential is the node's own credential (the provider made it at
 	// launch). Without one the agent registers with JoinToken and gets
 	// its credential back; it forgets the join token then.
-	Credential     string
-	JoinToken      string
-	Node           string
-	WorkDir        string
-	MetadataURL    string // base URL of the instance metadata endpoint
+	Credential  string
+	JoinToken   string
+	Node        string
+	WorkDir     string
+	MetadataURL string // base URL of the instance metadata endpoint
+	// MetadataPath, instead of MetadataURL, is where every control-plane
+	// instance serves this node's simulated metadata (the local
+	// provider's): the agent reads it under each of its servers in turn
+	// while one fails, and follows the server list as it changes.
+	MetadataPath   string
 	MetadataFormat string // azure, aws, gcp
 	NoticePoll     time.Duration
 	LogUpload      time.Duration // how often running logs go to blob storage; default 3s
@@ -80,9 +86,23 @@ type Agent struct {
 	drainCh  chan struct{}
 	wg       sync.WaitGroup
 
+	// metadata is the watcher of MetadataPath under every server, set
+	// once Run starts it; the heartbeat gives it the servers as they change.
+	metadata atomic.Pointer[notice.Failover]
+
 	// terminate carries a notice from outside the metadata watcher (SIGTERM
 	// to a pod's agent); after one, Run returns once the node is drained.
 	terminate chan notice.Notice
+}
+
+// metadataURLs are MetadataPath under each server the agent knows.
+func (a *Agent) metadataURLs() []string {
+	servers := a.api.Servers()
+	urls := make([]string, len(servers))
+	for i, s := range servers {
+		urls[i] = strings.TrimSuffix(s, "/") + a.cfg.MetadataPath
+	}
+	return urls
 }
 
 // New returns an agent.
@@ -149,8 +169,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if a.cfg.MetadataURL != "" {
-		w, err := notice.NewWatcher(a.cfg.MetadataFormat, a.cfg.MetadataURL, &http.Client{Timeout: 5 * time.Second}, a.now)
+	if a.cfg.MetadataURL != "" || a.cfg.MetadataPath != "" {
+		var w notice.Watcher
+		var err error
+		hc := &http.Client{Timeout: 5 * time.Second}
+		if a.cfg.MetadataPath != "" {
+			var f notice.Failover
+			if f, err = notice.NewWatchers(a.cfg.MetadataFormat, a.metadataURLs(), hc, a.now); err == nil {
+				a.metadata.Store(&f)
+				w = f
+			}
+		} else {
+			w, err = notice.NewWatcher(a.cfg.MetadataFormat, a.cfg.MetadataURL, hc, a.now)
+		}
 		if err != nil {
 			return err
 		}
@@ -310,6 +341,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		// with (one may come back on its old address).
 		given := client.ParseServers(a.cfg.Server)
 		a.api.SetServers(append(reachable(resp.Servers, given), given...))
+		if f := a.metadata.Load(); f != nil {
+			(*f).SetBaseURLs(a.metadataURLs())
+		}
 	}
 	want := map[int64]api.Assignment{}
 	for _, as := range resp.Tasks {

@@ -223,6 +223,17 @@ func (s *Server) Remove(name string) {
 	}
 }
 
+// Names returns the nodes served, in no order.
+func (s *Server) Names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.nodes))
+	for name := range s.nodes {
+		names = append(names, name)
+	}
+	return names
+}
+
 // BaseURL is the address under which a Server at serverURL serves node: the
 // address a Watcher for that node is given.
 func BaseURL(serverURL, node string) string {

@@ -141,7 +141,7 @@ func (l *Local) Launch(ctx context.Context, req control.LaunchRequest) (control.
 		"--server", l.servers(),
 		"--node", n.Name,
 		"--workdir", wd,
-		"--metadata-url", notice.BaseURL(l.cfg.ServerURL+MetadataPrefix, n.Name),
+		"--metadata-path", notice.BaseURL(MetadataPrefix, n.Name),
 		"--metadata-format", format,
 	}, l.cfg.AgentArgs...)
 	cmd := exec.Command(l.cfg.Binary, args...)
@@ -187,6 +187,69 @@ func (l *Local) servers() string {
 		}
 	}
 	return strings.Join(list, ",")
+}
+
+// Mirror serves on this instance's metadata endpoint what the store says
+// of the local nodes, until ctx ends: their documents while they live and
+// the notices they were given, whether or not this instance leads (only
+// the leader's market gives notices). Agents read whichever instance
+// answers.
+func (l *Local) Mirror(ctx context.Context, view control.View) error {
+	t := time.NewTicker(l.cfg.Interval)
+	defer t.Stop()
+	for {
+		if err := l.mirror(ctx, view); err != nil && ctx.Err() == nil {
+			l.log.Warn("metadata mirror failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (l *Local) mirror(ctx context.Context, view control.View) error {
+	pools, err := view.ListPools(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]spec.Pool{}
+	for _, p := range pools {
+		if p.Spec.Spec.Provider == Name {
+			byName[p.Spec.Metadata.Name] = p.Spec
+		}
+	}
+	if len(byName) == 0 && len(l.metadata.Names()) == 0 {
+		return nil
+	}
+	nodes, err := view.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	ended := map[string]bool{}
+	for _, n := range nodes {
+		pool, ok := byName[n.Pool]
+		if !ok {
+			continue
+		}
+		if !store.Live(n.State) {
+			ended[n.Name] = true
+			continue
+		}
+		l.metadata.Ensure(n.Name, noticeFormat(pool))
+		if !n.NoticeDeadline.IsZero() {
+			l.publish(n.Name, n.NoticeDeadline, pool)
+		}
+	}
+	// Only nodes the store says have ended: one launched this instant is
+	// served before this pass reads its row.
+	for _, name := range l.metadata.Names() {
+		if ended[name] {
+			l.metadata.Remove(name)
+		}
+	}
+	return nil
 }
 
 // Stop kills a node: its agent and every task process group it recorded,

@@ -210,7 +210,7 @@ func TestLaunchAndStop(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, want := range []string{"agent", "--node\nspot-a-1", "--workdir\n" + n.ProviderID, "--metadata-format\naws",
-		"--metadata-url\nhttp://127.0.0.1:1/imds/nodes/spot-a-1"} {
+		"--metadata-path\n/imds/nodes/spot-a-1"} {
 		if !strings.Contains(string(args), want) {
 			t.Errorf("agent arguments %q lack %q", args, want)
 		}
