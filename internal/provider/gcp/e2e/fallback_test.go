@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,20 +19,28 @@ import (
 	"github.com/spotml/spotml/internal/spec"
 )
 
-// TestCapacityShortageFallsBackToOnDemand: Compute Engine refuses the
-// spot pool's Spot VMs with ZONE_RESOURCE_POOL_EXHAUSTED in the insert's
-// operation, which the provider reports as a capacity shortage. A prod
-// and a strict service run on on-demand stand-ins in a standard pool
-// meanwhile, and return to Spot VMs once the zone has capacity again
-// (see cloudtest.Fallback).
-func TestCapacityShortageFallsBackToOnDemand(t *testing.T) {
+// gcpCloud is gcpfake served over loopback, with its VMs booted as
+// processes on this machine (their startup script, a systemctl stand-in,
+// the real agent) and the metadata server they read, and a control plane
+// with the gcp provider.
+type gcpCloud struct {
+	*gcpfake.Cloud
+	vms       *cloudtest.Machines
+	p         *cloudtest.Plane
+	downloads atomic.Int32
+}
+
+func startGCP(t *testing.T) *gcpCloud {
+	t.Helper()
 	cloudtest.NeedTools(t, "sh", "curl", "sed")
 	bin := cloudtest.SpotmlBinary(t)
-	bins := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, bin) }))
+	c := &gcpCloud{}
+	bins := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { c.downloads.Add(1); http.ServeFile(w, r, bin) }))
 	t.Cleanup(bins.Close)
 	log := cloudtest.Log(t)
 
 	cloud := gcpfake.New()
+	c.Cloud = cloud
 	cloud.NoticeFor = 3 * time.Second
 	api := httptest.NewServer(cloud)
 	t.Cleanup(api.Close)
@@ -82,16 +91,31 @@ func TestCapacityShortageFallsBackToOnDemand(t *testing.T) {
 	t.Cleanup(func() { clients.Close() })
 	p.Start(gcpprov.Name, gcpprov.New(clients, gcpprov.Config{ServerURL: p.URL, SpotmlURL: bins.URL + "/spotml", Interval: 200 * time.Millisecond}, log, time.Now))
 
-	const zone = "us-central1-a"
-	pool := func(name string) spec.Pool {
-		return spec.Pool{APIVersion: spec.APIVersion, Kind: spec.KindPool, Metadata: spec.Metadata{Name: name},
-			Spec: spec.PoolSpec{Provider: spec.ProviderGCP, InstanceType: "n1-standard-4", Zones: []string{zone},
-				GCP: &spec.GCPPool{Project: project, Image: "projects/debian-cloud/global/images/family/debian-12"}}}
-	}
+	c.vms, c.p = machines, p
+	return c
+}
+
+const zone = "us-central1-a"
+
+func gcpPool(name string) spec.Pool {
+	return spec.Pool{APIVersion: spec.APIVersion, Kind: spec.KindPool, Metadata: spec.Metadata{Name: name},
+		Spec: spec.PoolSpec{Provider: spec.ProviderGCP, InstanceType: "n1-standard-4", Zones: []string{zone},
+			GCP: &spec.GCPPool{Project: project, Image: "projects/debian-cloud/global/images/family/debian-12"}}}
+}
+
+// TestCapacityShortageFallsBackToOnDemand: Compute Engine refuses the
+// spot pool's Spot VMs with ZONE_RESOURCE_POOL_EXHAUSTED in the insert's
+// operation, which the provider reports as a capacity shortage. A prod
+// and a strict service run on on-demand stand-ins in a standard pool
+// meanwhile, and return to Spot VMs once the zone has capacity again
+// (see cloudtest.Fallback).
+func TestCapacityShortageFallsBackToOnDemand(t *testing.T) {
+	c := startGCP(t)
+	cloud, machines, p := c.Cloud, c.vms, c.p
 	cloudtest.Fallback{
 		Plane:    p,
-		Spot:     pool("spot"),
-		OnDemand: pool("od"),
+		Spot:     gcpPool("spot"),
+		OnDemand: gcpPool("od"),
 		SetSpot: func(ok bool) {
 			code := "ZONE_RESOURCE_POOL_EXHAUSTED"
 			if ok {
