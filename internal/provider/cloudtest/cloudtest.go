@@ -7,17 +7,21 @@ package cloudtest
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/server"
@@ -228,4 +232,48 @@ func (p *Plane) LiveNodes(pool string) []store.Node {
 		}
 	}
 	return out
+}
+
+// ApplyRefused posts yaml to the control plane's apply endpoint, as
+// `spotml apply` does, and checks that it is refused (400) with an error
+// naming each of fields, and that nothing was stored: no pool, no node.
+func (p *Plane) ApplyRefused(yaml string, fields ...string) {
+	p.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, p.URL+api.Prefix+"/apply?source=pool.yaml", strings.NewReader(yaml))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer admin")
+	req.Header.Set("Content-Type", "application/yaml")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		p.t.Errorf("apply answered %s: %s; want 400", resp.Status, body)
+	}
+	var doc struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		p.t.Errorf("apply's answer %q: %v", body, err)
+	}
+	for _, f := range fields {
+		if !strings.Contains(doc.Error, f) {
+			p.t.Errorf("apply's error does not say %s:\n%s", f, doc.Error)
+		}
+	}
+	pools, err := p.Store.ListPools(p.Ctx)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	nodes, err := p.Store.ListNodes(p.Ctx)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if len(pools) != 0 || len(nodes) != 0 {
+		p.t.Errorf("a refused apply stored %d pools and %d nodes", len(pools), len(nodes))
+	}
 }

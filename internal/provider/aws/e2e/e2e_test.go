@@ -210,3 +210,26 @@ func TestInterruptionRequeuesTask(t *testing.T) {
 		return len(p.LiveNodes("gpu")) == 0 && c.spotRunning() == 0
 	})
 }
+
+// TestApplyRefusesBadPool: `spotml apply` of an AWS pool with bad
+// settings is refused by the control plane before anything is stored or
+// asked of EC2, with an error naming each wrong field.
+func TestApplyRefusesBadPool(t *testing.T) {
+	c := startAWS(t)
+	c.p.ApplyRefused(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: gpu}
+spec:
+  provider: aws
+  priority: spot
+  instanceType: g4dn
+  max: 2
+  aws:
+    region: virginia
+    subnets: [default]
+    image: ubuntu
+`, "spec.instanceType", "spec.aws.region", "spec.aws.subnets[0]", "spec.aws.image")
+	if n := c.Calls("RunInstances") + c.Calls("CreateFleet"); n != 0 || len(c.Instances()) != 0 {
+		t.Errorf("a refused apply made %d launches", n)
+	}
+}
