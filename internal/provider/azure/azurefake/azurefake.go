@@ -60,6 +60,11 @@ type Cloud struct {
 	// deleted, deallocated or evicted. Both may be nil.
 	OnBoot func(v VM)
 	OnEnd  func(v VM)
+	// OnInstanceBoot and OnInstanceEnd are the same for the instances of
+	// Uniform scale sets: made by a capacity raise or started again;
+	// deleted, removed by a capacity cut, deallocated or evicted.
+	OnInstanceBoot func(i Instance)
+	OnInstanceEnd  func(i Instance)
 
 	mu        sync.Mutex
 	scaleSets map[string]*armcompute.VirtualMachineScaleSet // by rg/name, lower case
