@@ -135,21 +135,28 @@ func (c *awsCloud) spotRunning() int {
 }
 
 // TestCapacityShortageFallsBackToOnDemand: EC2 refuses the spot pool's
-// Spot instances with InsufficientInstanceCapacity in every subnet, a
-// capacity shortage. A prod and a strict service run on on-demand
+// Spot instances with InsufficientInstanceCapacity in every subnet (to
+// RunInstances, or in CreateFleet's errors with api: fleet), a capacity
+// shortage. A prod and a strict service run on on-demand
 // stand-ins in an On-Demand pool meanwhile, and return to Spot
 // instances once EC2 has capacity again (see cloudtest.Fallback).
 func TestCapacityShortageFallsBackToOnDemand(t *testing.T) {
-	c := startAWS(t)
-	cloudtest.Fallback{
-		Plane:    c.p,
-		Spot:     awsPool("spot"),
-		OnDemand: awsPool("od"),
-		SetSpot:  func(ok bool) { c.SetSpotCapacity(zone, "g4dn.xlarge", ok) },
-		Refusal:  "InsufficientInstanceCapacity",
-		SpotVMs:  c.spotRunning,
-		Dump:     c.vms.LogBoots,
-	}.Run(t)
+	for _, api := range []string{"runInstances", "fleet"} {
+		t.Run(api, func(t *testing.T) {
+			c := startAWS(t)
+			spot := awsPool("spot")
+			spot.Spec.AWS.API = api
+			cloudtest.Fallback{
+				Plane:    c.p,
+				Spot:     spot,
+				OnDemand: awsPool("od"),
+				SetSpot:  func(ok bool) { c.SetSpotCapacity(zone, "g4dn.xlarge", ok) },
+				Refusal:  "InsufficientInstanceCapacity",
+				SpotVMs:  c.spotRunning,
+				Dump:     c.vms.LogBoots,
+			}.Run(t)
+		})
+	}
 }
 
 // TestInterruptionRequeuesTask: the real agent on a Spot instance runs
