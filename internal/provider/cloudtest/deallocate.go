@@ -1,6 +1,8 @@
 package cloudtest
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -51,8 +53,10 @@ func (d Deallocate) Run(t *testing.T) {
 	if err := pool.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	// The task runs until the test releases it, after the eviction.
+	release := filepath.Join(p.Dir, "release")
 	job := spec.Job{APIVersion: spec.APIVersion, Kind: spec.KindJob, Metadata: spec.Metadata{Name: "train"},
-		Spec: spec.JobSpec{Pool: pool.Metadata.Name, Tasks: []spec.TaskSpec{{Name: "t", Command: spec.Command{"sleep", "4"}}}}}
+		Spec: spec.JobSpec{Pool: pool.Metadata.Name, Tasks: []spec.TaskSpec{{Name: "t", Command: GatedCommand(release)}}}}
 	if _, err := p.Store.Apply(ctx, []spec.Pool{pool}, []spec.Job{job}); err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +75,13 @@ func (d Deallocate) Run(t *testing.T) {
 		es, err := p.Store.ListEvents(ctx, store.EventFilter{Object: "node/" + first, Kind: "Restarted"})
 		return err == nil && len(es) > 0
 	}, d.Dump)
+	p.Wait("the task requeued by the eviction", 30*time.Second, func() bool {
+		task, err := p.Store.GetTask(ctx, "train", "t")
+		return err == nil && task.Evictions == 1
+	}, d.Dump)
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	p.Wait("the task finished", 90*time.Second, func() bool {
 		task, err := p.Store.GetTask(ctx, "train", "t")
 		return err == nil && task.State == store.TaskSucceeded
@@ -99,4 +110,11 @@ func (d Deallocate) Run(t *testing.T) {
 	p.Wait("the idle node scaled in and its VM deleted", 60*time.Second, func() bool {
 		return len(p.LiveNodes(pool.Metadata.Name)) == 0 && d.VMID(first) == ""
 	}, d.Dump)
+}
+
+// GatedCommand is a task's command that runs until the file release
+// exists: a test makes "the task still runs when the VM is evicted" true
+// by construction, and then lets it finish.
+func GatedCommand(release string) spec.Command {
+	return spec.Command{"sh", "-c", "while [ ! -e '" + release + "' ]; do sleep 0.2; done"}
 }

@@ -10,6 +10,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -177,8 +179,9 @@ func TestInterruptionRequeuesTask(t *testing.T) {
 	if err := pool.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	release := filepath.Join(t.TempDir(), "release")
 	job := spec.Job{APIVersion: spec.APIVersion, Kind: spec.KindJob, Metadata: spec.Metadata{Name: "train"},
-		Spec: spec.JobSpec{Pool: "gpu", Tasks: []spec.TaskSpec{{Name: "t", Command: spec.Command{"sleep", "4"}}}}}
+		Spec: spec.JobSpec{Pool: "gpu", Tasks: []spec.TaskSpec{{Name: "t", Command: cloudtest.GatedCommand(release)}}}}
 	if _, err := p.Store.Apply(ctx, []spec.Pool{pool}, []spec.Job{job}); err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +203,13 @@ func TestInterruptionRequeuesTask(t *testing.T) {
 		return err == nil && !n.NoticeDeadline.IsZero()
 	}, c.vms.LogBoots)
 	if err := c.Interrupt(id); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait("the task requeued by the interruption", 30*time.Second, func() bool {
+		task, err := p.Store.GetTask(ctx, "train", "t")
+		return err == nil && task.Evictions == 1
+	}, c.vms.LogBoots)
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p.Wait("the task finished on a replacement", 90*time.Second, func() bool {

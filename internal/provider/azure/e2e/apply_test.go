@@ -30,7 +30,25 @@ spec:
     image: ubuntu
     subnet: default
     sshPublicKey: ssh-ed25519 AAAA test
-`, "spec.zones[0]", "spec.azure.subscription", "spec.azure.image", "spec.azure.subnet")
+---
+apiVersion: spotml/v1
+kind: Pool
+metadata: {name: od}
+spec:
+  provider: azure
+  priority: ondemand
+  instanceType: Standard_D2s_v5
+  max: 2
+  azure:
+    subscription: 00000000-1111-2222-3333-444444444444
+    resourceGroup: ml
+    scaleSet: od
+    image: Canonical:ubuntu-24_04-lts:server:latest
+    subnet: /subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/ml/providers/Microsoft.Network/virtualNetworks/v/subnets/s
+    sshPublicKey: ssh-ed25519 AAAA test
+    prices: cloud
+`, "spec.zones[0]", "spec.azure.subscription", "spec.azure.image", "spec.azure.subnet",
+		`spec.azure.prices: "cloud" prices Spot nodes only`)
 	if n := cloud.Calls("VirtualMachines.BeginCreateOrUpdate"); n != 0 || len(cloud.VMs()) != 0 {
 		t.Errorf("a refused apply made %d VM creates", n)
 	}
