@@ -6,6 +6,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spotml/spotml/internal/control"
+	"github.com/spotml/spotml/internal/provider/aws/ec2fake"
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
 )
 
 // TestCloudFlags: --azure needs the agents' server URL and where VMs get
@@ -64,5 +69,46 @@ func TestGCPFlags(t *testing.T) {
 	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", key)
 	if p, err := f.gcpProvider(t.Context(), nil); err != nil || p == nil {
 		t.Errorf("with a key file: %v", err)
+	}
+}
+
+// TestAWSDefaultConfigChain: --aws's provider takes its credentials and
+// endpoint from the AWS default config chain (here the environment): a
+// launch reaches EC2 (ec2fake at AWS_ENDPOINT_URL_EC2) signed with the
+// environment's access key.
+func TestAWSDefaultConfigChain(t *testing.T) {
+	fake := ec2fake.New("us-east-1", map[string]string{"subnet-0000000a": "us-east-1a"})
+	defer fake.Close()
+	dir := t.TempDir()
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDCHAINTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_ENDPOINT_URL_EC2", fake.URL)
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	f := cloudFlags{aws: true, agentURL: "https://cp", spotmlURL: "https://b/spotml", awsInterval: time.Minute}
+	prov, err := f.awsProvider(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := spec.Parse([]byte(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: gpu}
+spec:
+  provider: aws
+  priority: spot
+  instanceType: g4dn.xlarge
+  max: 1
+  aws: {region: us-east-1, subnets: [subnet-0000000a], image: ami-0123456789abcdef0}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := store.Node{Name: "gpu-a1", Pool: "gpu", Priority: spec.PrioritySpot, InstanceType: "g4dn.xlarge", State: store.NodeProvisioning, Incarnation: 1}
+	if _, err := prov.Launch(t.Context(), control.LaunchRequest{Pool: *docs[0].Pool, Node: n, Credential: "cred"}); err != nil {
+		t.Fatal(err)
+	}
+	if ins := fake.Instances(); len(ins) != 1 || !fake.SignedBy("AKIDCHAINTEST") {
+		t.Errorf("%d instances, signed by the environment's key: %v", len(ins), fake.SignedBy("AKIDCHAINTEST"))
 	}
 }

@@ -50,6 +50,9 @@ type Options struct {
 	// LeaseTTL is how long the leader lease lasts unrenewed; the leader
 	// renews it every LeaseTTL/3. Default DefaultLeaseTTL.
 	LeaseTTL time.Duration
+	// RepriceEvery is how often nodes of pools on cloud prices are
+	// priced again (see Reprice); default DefaultRepriceEvery.
+	RepriceEvery time.Duration
 }
 
 // Plane is the control plane's set of reconcilers.
@@ -105,6 +108,9 @@ func New(st *sqlstore.Store, providers map[string]Provider, log *slog.Logger, no
 	}
 	if opt.PruneBatch == 0 {
 		opt.PruneBatch = 500
+	}
+	if opt.RepriceEvery <= 0 {
+		opt.RepriceEvery = DefaultRepriceEvery
 	}
 	if opt.LeaseTTL == 0 {
 		opt.LeaseTTL = DefaultLeaseTTL
@@ -499,14 +505,7 @@ func (p *Plane) launch(ctx context.Context, pool spec.Pool, n store.Node, restar
 // the cost report bills the price that was in effect. A failure is an
 // event, never a failed launch.
 func (p *Plane) cloudPrice(ctx context.Context, prov Provider, pool spec.Pool, n store.Node) float64 {
-	prices := ""
-	switch {
-	case pool.Spec.AWS != nil:
-		prices = pool.Spec.AWS.Prices
-	case pool.Spec.Azure != nil:
-		prices = pool.Spec.Azure.Prices
-	}
-	if prices != spec.PricesCloud || pool.Spec.Priority != spec.PrioritySpot {
+	if !cloudPrices(pool) {
 		return n.PricePerHour
 	}
 	pr, ok := prov.(Pricer)

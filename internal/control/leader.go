@@ -214,6 +214,8 @@ func (p *Plane) runLeader(ctx context.Context, term int64) {
 	if p.opt.Retention > 0 {
 		wg.Go(func() { p.runPruner(ctx) })
 	}
+	// Cloud prices move: running nodes follow them (see Reprice).
+	wg.Go(func() { p.runRepricer(ctx) })
 	for name, prov := range p.providers {
 		if r, ok := prov.(Runner); ok {
 			wg.Go(func() {

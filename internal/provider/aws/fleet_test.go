@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -167,6 +168,13 @@ func TestSpotPriceFromEC2(t *testing.T) {
 	}
 	if got, _ := e.prov.SpotPrice(context.Background(), p, "us-east-1b"); got != 0.25 {
 		t.Errorf("zone us-east-1b: %v, want the current 0.25", got)
+	}
+	// Past the TTL the price is read again: a running node's price
+	// follows EC2's (control.Plane.Reprice).
+	at := time.Now().Add(priceTTL + time.Second)
+	e.prov.now = func() time.Time { return at }
+	if got, _ := e.prov.SpotPrice(context.Background(), p, ""); got != 0.25 || e.ec2.Calls("DescribeSpotPriceHistory") != 3 {
+		t.Errorf("past the TTL: %v after %d calls, want the new 0.25 read again", got, e.ec2.Calls("DescribeSpotPriceHistory"))
 	}
 	q := pool(t, spec.PrioritySpot)
 	q.Spec.InstanceType = "p5.48xlarge"

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/spotml/spotml/internal/spec"
 )
@@ -62,6 +63,12 @@ func TestSpotPriceFromRetailPrices(t *testing.T) {
 	}
 	if got, _ := e.prov.SpotPrice(context.Background(), p, "2"); got != 0.1578 || calls.Load() != 2 {
 		t.Errorf("second read: %v after %d requests, want the cached price (two pages once)", got, calls.Load())
+	}
+	// Past the TTL it is read again (a running node's price follows the
+	// cloud's, control.Plane.Reprice); a failed read is no price.
+	e.now = e.now.Add(priceTTL + time.Second)
+	if got, _ := e.prov.SpotPrice(context.Background(), p, "2"); got != 0.1578 || calls.Load() != 4 {
+		t.Errorf("past the TTL: %v after %d requests, want the price read again", got, calls.Load())
 	}
 	fail.Store(true)
 	q := p

@@ -251,3 +251,35 @@ func TestUniformStartScriptWaitsForIdentity(t *testing.T) {
 		t.Errorf("agent run as %q after %d reads of user data, want node gpu-a1 after 2", args, reads.Load())
 	}
 }
+
+// TestUniformRegularInstanceDeletedIsLost: an instance of a Regular
+// (on-demand) Uniform scale set deleted outside spotml (az vmss
+// delete-instances) is the node lost, not preempted.
+func TestUniformRegularInstanceDeletedIsLost(t *testing.T) {
+	e, p := uniformEnv(t, spec.PriorityOnDemand, "")
+	if err := e.launch(t, p, "gpu-a1", ""); err != nil {
+		t.Fatal(err)
+	}
+	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
+	e.pass(t)
+	f, err := e.cloud.ClientFactory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := e.cloud.Instances(rg, "gpu")
+	if len(ins) != 1 {
+		t.Fatalf("%d instances, want 1", len(ins))
+	}
+	poller, err := f.NewVirtualMachineScaleSetsClient().BeginDeleteInstances(context.Background(), rg, "gpu",
+		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: []*string{ins[0].Model.InstanceID}}, nil)
+	if err == nil {
+		_, err = poller.PollUntilDone(context.Background(), nil)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.pass(t)
+	if len(got) != 1 || !strings.HasPrefix(got[0], "Gone gpu-a1 lost: ") {
+		t.Errorf("pass = %q, want the node lost", got)
+	}
+}

@@ -59,13 +59,14 @@ type EC2 struct {
 	fleets    map[string]fleetResult // by client token
 	next      int
 	calls     map[string]int
+	keys      map[string]bool // access key IDs requests were signed with
 }
 
 // New starts a fake EC2 on loopback with the given subnets (ID → zone).
 func New(region string, subnets map[string]string) *EC2 {
 	e := &EC2{Region: region, subnets: subnets, instances: map[string]*Instance{}, noSpot: map[string]bool{},
 		spotPrice: map[string]float64{}, odPrice: map[string]float64{}, templates: map[string]*template{},
-		fleets: map[string]fleetResult{}, calls: map[string]int{}}
+		fleets: map[string]fleetResult{}, calls: map[string]int{}, keys: map[string]bool{}}
 	e.srv = httptest.NewServer(http.HandlerFunc(e.serve))
 	e.URL = e.srv.URL
 	return e
@@ -112,6 +113,13 @@ func (e *EC2) Calls(action string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.calls[action]
+}
+
+// SignedBy says whether a request was signed with the access key ID.
+func (e *EC2) SignedBy(key string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.keys[key]
 }
 
 // Interrupt is EC2 reclaiming a Spot instance (after its two-minute
@@ -161,6 +169,11 @@ func (e *EC2) serve(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls[f.Get("Action")]++
+	// Authorization: AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/ec2/aws4_request, …
+	if _, cred, ok := strings.Cut(r.Header.Get("Authorization"), "Credential="); ok {
+		key, _, _ := strings.Cut(cred, "/")
+		e.keys[key] = true
+	}
 	var resp any
 	var err *apiError
 	switch f.Get("Action") {

@@ -60,12 +60,17 @@ type Cloud struct {
 	// deleted, deallocated or evicted. Both may be nil.
 	OnBoot func(v VM)
 	OnEnd  func(v VM)
+	// OnInstanceBoot and OnInstanceEnd are the same for the instances of
+	// Uniform scale sets: made by a capacity raise or started again;
+	// deleted, removed by a capacity cut, deallocated or evicted.
+	OnInstanceBoot func(i Instance)
+	OnInstanceEnd  func(i Instance)
 
 	mu        sync.Mutex
 	scaleSets map[string]*armcompute.VirtualMachineScaleSet // by rg/name, lower case
 	vms       map[string]*VM                                // by rg/name, lower case
 	noSpot    map[string]bool                               // VM sizes without spot capacity
-	failAlloc map[string]bool                               // VM sizes whose allocation fails after acceptance
+	failAlloc map[string]string                             // VM size → the code its allocation fails with after acceptance
 	spotPrice map[string]float64                            // VM size → current spot price
 	uniform   map[string]*uniform                           // Uniform scale sets' instances, by rg/name
 	calls     map[string]int
@@ -74,7 +79,7 @@ type Cloud struct {
 // New returns an empty subscription.
 func New(subscription string) *Cloud {
 	return &Cloud{Subscription: subscription, scaleSets: map[string]*armcompute.VirtualMachineScaleSet{},
-		vms: map[string]*VM{}, noSpot: map[string]bool{}, failAlloc: map[string]bool{},
+		vms: map[string]*VM{}, noSpot: map[string]bool{}, failAlloc: map[string]string{},
 		spotPrice: map[string]float64{}, calls: map[string]int{}}
 }
 
@@ -108,9 +113,20 @@ func (c *Cloud) SetSpotCapacity(size string, available bool) {
 // (provisioning state Failed, AllocationFailed), as Azure does when the
 // allocation fails after the request was taken.
 func (c *Cloud) SetAllocationFailure(size string, fail bool) {
+	code := ""
+	if fail {
+		code = "AllocationFailed"
+	}
+	c.SetAllocationFailureCode(size, code)
+}
+
+// SetAllocationFailureCode is SetAllocationFailure with the code the
+// allocation fails with (AllocationFailed, ZonalAllocationFailed,
+// OverconstrainedAllocationRequest, …); "" lifts it.
+func (c *Cloud) SetAllocationFailureCode(size, code string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.failAlloc[strings.ToLower(size)] = fail
+	c.failAlloc[strings.ToLower(size)] = code
 }
 
 // SetSpotPrice sets a size's current spot price, checked against max prices.
@@ -266,8 +282,8 @@ func (c *Cloud) createOrUpdate(_ context.Context, rg, name string, vm armcompute
 	p.VMID = to.Ptr(fmt.Sprintf("%08x-0000-4000-8000-%012x", len(c.vms)+1, time.Now().UnixNano()&0xffffffffffff))
 	p.TimeCreated = to.Ptr(time.Now().UTC())
 	v := &VM{ResourceGroup: rg, Model: vm, Power: "running"}
-	if c.failAlloc[size] {
-		v.Power, v.Failed = "", "AllocationFailed"
+	if code := c.failAlloc[size]; code != "" {
+		v.Power, v.Failed = "", code
 		p.ProvisioningState = to.Ptr("Failed")
 	} else {
 		p.ProvisioningState = to.Ptr("Succeeded")

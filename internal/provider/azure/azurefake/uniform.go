@@ -98,24 +98,43 @@ func (c *Cloud) Capacity(rg, scaleSet string) int64 {
 // scale set, as its profile's eviction policy says.
 func (c *Cloud) EvictInstance(rg, scaleSet, id string) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	u, ss := c.uniform[key(rg, scaleSet)], c.scaleSets[key(rg, scaleSet)]
 	if u == nil || u.instances[id] == nil {
+		c.mu.Unlock()
 		return fmt.Errorf("instance %s of %s not found", id, scaleSet)
 	}
 	p := ss.Properties.VirtualMachineProfile
 	if deref(p.Priority) != armcompute.VirtualMachinePriorityTypesSpot {
+		c.mu.Unlock()
 		return fmt.Errorf("scale set %s is not Spot", scaleSet)
 	}
+	in := u.instances[id]
 	if deref(p.EvictionPolicy) == armcompute.VirtualMachineEvictionPolicyTypesDeallocate {
-		in := u.instances[id]
 		in.Power = "deallocated"
 		in.Evictions++
-		return nil
+	} else {
+		delete(u.instances, id)
+		*ss.SKU.Capacity--
 	}
-	delete(u.instances, id)
-	*ss.SKU.Capacity--
+	ended := *in
+	c.mu.Unlock()
+	c.hooks(nil, []Instance{ended})
 	return nil
+}
+
+// hooks calls the instance hooks for booted and ended instances, without
+// the cloud's lock.
+func (c *Cloud) hooks(booted, ended []Instance) {
+	for _, i := range ended {
+		if c.OnInstanceEnd != nil {
+			c.OnInstanceEnd(i)
+		}
+	}
+	for _, i := range booted {
+		if c.OnInstanceBoot != nil {
+			c.OnInstanceBoot(i)
+		}
+	}
 }
 
 func (u *uniform) ids() []string {
@@ -155,8 +174,9 @@ func (c *Cloud) lookupUniform(rg, name string) (*armcompute.VirtualMachineScaleS
 // updateScaleSet is PATCH virtualMachineScaleSets/{name}: the capacity, and
 // the VM profile's custom data (for instances made from then on).
 func (c *Cloud) updateScaleSet(_ context.Context, rg, name string, upd armcompute.VirtualMachineScaleSetUpdate, _ *armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions) (resp azfake.PollerResponder[armcompute.VirtualMachineScaleSetsClientUpdateResponse], errResp azfake.ErrorResponder) {
+	var booted, ended []Instance
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer func() { c.mu.Unlock(); c.hooks(booted, ended) }()
 	c.count("VirtualMachineScaleSets.BeginUpdate")
 	ss, u, code := c.lookupUniform(rg, name)
 	if code != "" {
@@ -198,9 +218,11 @@ func (c *Cloud) updateScaleSet(_ context.Context, rg, name string, upd armcomput
 					OSProfile: &armcompute.OSProfile{ComputerName: to.Ptr(fmt.Sprintf("%s%06x", deref(profile.OSProfile.ComputerNamePrefix), u.next-1)),
 						CustomData: profile.OSProfile.CustomData}},
 			}}
+			booted = append(booted, *u.instances[id])
 		}
 		ids := u.ids()
 		for ; have > want; have-- {
+			ended = append(ended, *u.instances[ids[have-1]])
 			delete(u.instances, ids[have-1])
 		}
 		ss.SKU.Capacity = to.Ptr(want)
@@ -213,8 +235,9 @@ func (c *Cloud) updateScaleSet(_ context.Context, rg, name string, upd armcomput
 // named instances go and the capacity drops by as many. IDs not in the
 // scale set are refused.
 func (c *Cloud) deleteInstances(_ context.Context, rg, name string, ids armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs, _ *armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions) (resp azfake.PollerResponder[armcompute.VirtualMachineScaleSetsClientDeleteInstancesResponse], errResp azfake.ErrorResponder) {
+	var ended []Instance
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer func() { c.mu.Unlock(); c.hooks(nil, ended) }()
 	c.count("VirtualMachineScaleSets.BeginDeleteInstances")
 	ss, u, code := c.lookupUniform(rg, name)
 	if code != "" {
@@ -232,6 +255,9 @@ func (c *Cloud) deleteInstances(_ context.Context, rg, name string, ids armcompu
 		}
 	}
 	for _, id := range ids.InstanceIDs {
+		if in := u.instances[deref(id)]; in.Power == "running" {
+			ended = append(ended, *in)
+		}
 		delete(u.instances, deref(id))
 		*ss.SKU.Capacity--
 	}
@@ -350,8 +376,9 @@ func (c *Cloud) updateInstance(_ context.Context, rg, name, id string, vm armcom
 // startInstance starts a deallocated instance; a Spot one needs capacity
 // again.
 func (c *Cloud) startInstance(_ context.Context, rg, name, id string, _ *armcompute.VirtualMachineScaleSetVMsClientBeginStartOptions) (resp azfake.PollerResponder[armcompute.VirtualMachineScaleSetVMsClientStartResponse], errResp azfake.ErrorResponder) {
+	var booted []Instance
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer func() { c.mu.Unlock(); c.hooks(booted, nil) }()
 	c.count("VirtualMachineScaleSetVMs.BeginStart")
 	ss, in, code := c.instance(rg, name, id)
 	if code != "" {
@@ -363,7 +390,10 @@ func (c *Cloud) startInstance(_ context.Context, rg, name, id string, _ *armcomp
 		errResp.SetResponseError(http.StatusConflict, "SkuNotAvailable")
 		return
 	}
-	in.Power = "running"
+	if in.Power != "running" {
+		in.Power = "running"
+		booted = append(booted, *in)
+	}
 	resp.SetTerminalResponse(http.StatusOK, armcompute.VirtualMachineScaleSetVMsClientStartResponse{}, nil)
 	return
 }
