@@ -242,9 +242,10 @@ func probePool(pools []spec.Pool, spotPools, short map[string]bool) string {
 // changeover runs to its first progress report (its start, and the restore
 // of a checkpoint when it resumed one), or to its start for a task that
 // reports no progress; it begins at the node's launch when the node was
-// launched after the task's previous attempt ended (or the job was
-// submitted), else at the attempt's start. launched says which stints pay
-// a launch.
+// launched for it: after the task's previous attempt started (a
+// replacement is launched on the eviction notice, before that attempt
+// ends) or the job was submitted; else at the attempt's start. launched
+// says which stints pay a launch.
 func jobStints(j store.Job, nodes map[string]store.Node) (out []cost.Stint, launched []bool) {
 	type stint struct {
 		cost.Stint
@@ -270,9 +271,7 @@ func jobStints(j store.Job, nodes map[string]store.Node) (out []cost.Stint, laun
 			}
 			s.Changeover = working.Sub(s.Start)
 			all = append(all, s)
-			if !a.EndedAt.IsZero() {
-				prev = a.EndedAt
-			}
+			prev = a.StartedAt
 		}
 	}
 	slices.SortStableFunc(all, func(a, b stint) int { return a.Start.Compare(b.Start) })

@@ -350,7 +350,7 @@ func TestChangeoverCountsRestore(t *testing.T) {
 			Attempts: []store.Attempt{
 				// launched at 0, started at 1m, working at 2m.
 				{Node: "s1", StartedAt: at(time.Minute), FirstProgressAt: at(2 * time.Minute), EndedAt: at(time.Hour), Outcome: "preempted"},
-				// launched at 1h, started at 1h01, restored until 1h09.
+				// launched on its notice at 59m, started at 1h01, restored until 1h09.
 				{Node: "s2", StartedAt: at(61 * time.Minute), FirstProgressAt: at(69 * time.Minute), EndedAt: at(2 * time.Hour), Outcome: "preempted"},
 				// launched at 2h, started at 2h01, restored until 2h12.
 				{Node: "s3", StartedAt: at(121 * time.Minute), FirstProgressAt: at(132 * time.Minute)},
@@ -359,17 +359,17 @@ func TestChangeoverCountsRestore(t *testing.T) {
 		return store.Node{Name: name, Pool: "spot", Priority: spec.PrioritySpot, State: state, CreatedAt: at(from), StateAt: at(to),
 			PricePerHour: 1, OnDemandPrice: 4}
 	}
-	nodes := []store.Node{spot("s1", 0, time.Hour, store.NodePreempted), spot("s2", time.Hour, 2*time.Hour, store.NodePreempted),
+	nodes := []store.Node{spot("s1", 0, time.Hour, store.NodePreempted), spot("s2", 59*time.Minute, 2*time.Hour, store.NodePreempted),
 		spot("s3", 2*time.Hour, 2*time.Hour+time.Minute, store.NodeReady)}
 	st, _ := control.DecideJob(control.JobView{Job: j, Nodes: nodes, Pools: pools, Now: at(3 * time.Hour)})
-	if st.Changeover != 9*time.Minute { // the median of 2m, 9m and 12m
-		t.Errorf("changeover %s, want 9m (launch to first progress)", st.Changeover)
+	if st.Changeover != 10*time.Minute { // the median of 2m, 10m and 12m
+		t.Errorf("changeover %s, want 10m (launch to first progress)", st.Changeover)
 	}
-	// The cost report's changeovers are the two after the first: 9m + 12m.
-	if c := st.Cost; c.Changeovers != 2 || math.Abs(c.ChangeoverHours-21.0/60) > 1e-9 || math.Abs(c.ChangeoverCost-21.0/60) > 1e-9 {
-		t.Errorf("cost %+v: want 2 changeovers of 21m in all, $0.35", c)
+	// The cost report's changeovers are the two after the first: 10m + 12m.
+	if c := st.Cost; c.Changeovers != 2 || math.Abs(c.ChangeoverHours-22.0/60) > 1e-9 || math.Abs(c.ChangeoverCost-22.0/60) > 1e-9 {
+		t.Errorf("cost %+v: want 2 changeovers of 22m in all, $0.37", c)
 	}
-	// A task that reports no progress: launch to start, as before.
+	// A task that reports no progress: launch to start (1m, 2m, 1m).
 	for i := range j.Tasks[0].Attempts {
 		j.Tasks[0].Attempts[i].FirstProgressAt = time.Time{}
 	}

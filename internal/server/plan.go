@@ -91,7 +91,18 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) error {
 		return badRequest{fmt.Errorf("offsets: %d is more than 500; ask for fewer", req.Offsets)}
 	}
 	pr.Traces, pr.InstanceType, pr.Speedup, pr.Offsets, pr.QPS, pr.Target = req.Traces, req.InstanceType, req.Speedup, req.Offsets, req.QPS, req.Target
-	rep, err := plan.Services(pr, s.loadTrace)
+	// A trace named pool/NAME is that pool's own recorded history.
+	load := func(name string) (*trace.Trace, error) {
+		if pool, ok := strings.CutPrefix(name, "pool/"); ok {
+			b, err := s.historyTrace(r.Context(), pool, 0, 0)
+			if err != nil {
+				return nil, err
+			}
+			return trace.Parse(b)
+		}
+		return s.loadTrace(name)
+	}
+	rep, err := plan.Services(pr, load)
 	if err != nil {
 		return badRequest{err}
 	}
