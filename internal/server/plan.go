@@ -20,7 +20,8 @@ import (
 )
 
 // planTraces lists the traces under Config.TracesDir, by their names
-// relative to it (what POST /plan takes).
+// relative to it (what POST /plan takes), then the spot pools' own
+// histories as pool/NAME.
 func (s *Server) planTraces(w http.ResponseWriter, r *http.Request) error {
 	names := []string{}
 	if dir := s.cfg.TracesDir; dir != "" {
@@ -42,6 +43,15 @@ func (s *Server) planTraces(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	slices.Sort(names)
+	pools, err := s.cfg.Store.ListPools(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		if p.Spec.Spec.Priority == spec.PrioritySpot {
+			names = append(names, "pool/"+p.Spec.Metadata.Name)
+		}
+	}
 	writeJSON(w, http.StatusOK, api.PlanTraces{Dir: s.cfg.TracesDir, Traces: names})
 	return nil
 }

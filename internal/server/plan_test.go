@@ -121,7 +121,11 @@ spec: {provider: local, priority: ondemand, instanceType: m5.large, max: 2}
 	node("c")
 	a.clock.Advance(300 * time.Second)
 
-	r := a.do("GET", api.Prefix+"/pools/spot/history?gap=1s", viewer, nil)
+	r := a.do("GET", api.Prefix+"/plan/traces", viewer, nil)
+	if got := decode[api.PlanTraces](t, r); strings.Join(got.Traces, ",") != "pool/spot" {
+		t.Errorf("traces %v, want the spot pool's history alone", got.Traces)
+	}
+	r = a.do("GET", api.Prefix+"/pools/spot/history?gap=1s", viewer, nil)
 	if r.code != http.StatusOK {
 		t.Fatal(r)
 	}
