@@ -201,3 +201,128 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// TestPlanFromPoolHistory runs a checkpointing job with a deadline on a
+// spot pool of `spotml up` and evicts its node twice (spotml evict). Each
+// resumed attempt restores for 3 s before it counts on; the changeover
+// the deadline policy plans with (launch to the attempt's first progress)
+// and the job's cost report take that in. Then `spotml plan --pool`
+// replays what the server recorded for the pool, and sees both evictions.
+func TestPlanFromPoolHistory(t *testing.T) {
+	c := newCluster(t)
+	const steps = 16
+	// A resumed attempt "restores" for 3 s; every step reports progress.
+	script := strings.Replace(fmt.Sprintf(counterTask, steps, "0.5"), `mv "$SPOTML_CHECKPOINT_DIR/step.tmp" "$SPOTML_CHECKPOINT_DIR/step";`,
+		fmt.Sprintf(`mv "$SPOTML_CHECKPOINT_DIR/step.tmp" "$SPOTML_CHECKPOINT_DIR/step"; echo "$i/%d steps" > "$SPOTML_PROGRESS_FILE";`, steps), 1)
+	script = strings.Replace(script, "trap ", `[ "$i" -gt 0 ] && sleep 3
+trap `, 1)
+	var job strings.Builder
+	job.WriteString("apiVersion: spotml/v1\nkind: Job\nmetadata: {name: train}\nspec:\n  deadline: 10m\n  work: 8s\n  count: 1\n  template:\n    command: |\n")
+	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
+		job.WriteString("      " + line + "\n")
+	}
+	job.WriteString("    checkpoint: {path: ckpt, interval: 200ms}\n    maxRetries: 0\n    resources: {cpu: 2, memory: 256Mi}\n")
+	c.apply(`apiVersion: spotml/v1
+kind: Pool
+metadata: {name: spot}
+spec:
+  provider: local
+  priority: spot
+  instanceType: local-small
+  max: 1
+  idleTimeout: 60s
+  local: {notice: 1s}
+---
+apiVersion: spotml/v1
+kind: Pool
+metadata: {name: od}
+spec: {provider: local, priority: ondemand, instanceType: local-small, max: 1, idleTimeout: 10s}
+---
+` + job.String())
+
+	// Evict the task's node once its attempt works (first progress), twice.
+	for attempt := 1; attempt <= 2; attempt++ {
+		var node string
+		waitFor(t, 60*time.Second, fmt.Sprintf("attempt %d to make progress", attempt), func() bool {
+			tk := c.job("train").Tasks[0]
+			if tk.State != api.TaskRunning || len(tk.Attempts) != attempt || tk.Attempts[attempt-1].FirstProgressAt.IsZero() {
+				return false
+			}
+			node = tk.Node
+			return true
+		})
+		c.mustCLI("evict", node, "--notice", "1s")
+	}
+	var j api.Job
+	waitFor(t, 120*time.Second, "the job to finish", func() bool {
+		j = c.job("train")
+		return j.State != api.JobRunning
+	})
+	if j.State != api.JobSucceeded || j.Evictions != 2 {
+		t.Fatalf("job %s with %d evictions, want succeeded after 2", j.State, j.Evictions)
+	}
+	created := map[string]time.Time{}
+	var all []api.Node
+	if err := json.Unmarshal([]byte(c.mustCLI("get", "nodes", "--all", "-o", "json")), &all); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range all {
+		created[n.Name] = n.CreatedAt
+	}
+	// What launch to start alone would have measured, beside launch to
+	// first progress.
+	var toStart []time.Duration
+	for i, a := range j.Tasks[0].Attempts {
+		if at, ok := created[a.Node]; ok {
+			toStart = append(toStart, a.StartedAt.Sub(at))
+		}
+		restore := a.FirstProgressAt.Sub(a.StartedAt)
+		t.Logf("attempt %d on %s: launched %s before its start, first progress %s after it", a.Attempt, a.Node, a.StartedAt.Sub(created[a.Node]), restore)
+		if i > 0 && restore < 3*time.Second {
+			t.Errorf("resumed attempt %d: first progress %s after its start, want its 3 s restore in it", a.Attempt, restore)
+		}
+	}
+	changeover := j.Deadline.Changeover.Duration
+	t.Logf("changeover %s (launch to start: %s); cost %+v", changeover, median(toStart), *j.Cost)
+	if changeover < 3*time.Second || changeover < median(toStart)+time.Second {
+		t.Errorf("changeover %s: want launch to first progress, with the restore (launch to start is %s)", changeover, median(toStart))
+	}
+	if c := j.Cost; c.Changeovers != 2 || c.ChangeoverHours < 6.0/3600 {
+		t.Errorf("cost %+v: want 2 changeovers of at least the two 3 s restores", *c)
+	}
+
+	// The pool's history, as a trace: its two evictions are two dips.
+	hist := c.mustCLI("plan", "--pool", "spot", "--gap", "200ms", "-o", "trace")
+	var doc struct{ Data []int }
+	if err := json.Unmarshal([]byte(hist), &doc); err != nil {
+		t.Fatalf("%v\n%s", err, hist)
+	}
+	dips := 0
+	for i, v := range doc.Data {
+		if v == 0 && (i == 0 || doc.Data[i-1] > 0) {
+			dips++
+		}
+	}
+	if dips != 2 {
+		t.Errorf("history %v: %d dips to no spot, want the 2 evictions", doc.Data, dips)
+	}
+	// A job planned on that history (prices from the server's pools) is
+	// preempted where the pool's node was.
+	specFile := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(specFile, []byte("apiVersion: spotml/v1\nkind: Job\nmetadata: {name: train}\nspec: {deadline: 1h, work: 10m, count: 1, template: {command: [train]}}\n"), 0o644)
+	out := c.mustCLI("plan", "-f", specFile, "--pool", "spot", "--changeover", "100ms", "--offsets", "1", "-o", "json")
+	var p struct {
+		Trace string
+		Run   struct {
+			Preemptions int
+			Met         bool
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("plan on the pool's history: %s", out)
+	if p.Trace != "pool/spot" || p.Run.Preemptions != 2 || !p.Run.Met {
+		t.Errorf("plan on pool/spot: %+v; want the 2 evictions as preemptions and the deadline met", p)
+	}
+}

@@ -71,7 +71,7 @@ func newRoot(ctx context.Context, getenv func(string) string, stdout, stderr io.
 	root.AddCommand(up, srv, newAgentCmd(stderr, getenv), newAgentInitCmd(stderr), newGatewayCmd(stdout, stderr), newServeCmd(getenv, stdout, stderr), newBatchWorkerCmd(getenv, stderr),
 		newApplyCmd(g, stdout), newGetCmd(g, stdout), newDescribeCmd(g, stdout), newDeleteCmd(g, stdout),
 		newLogsCmd(g, stdout), newWaitCmd(g, stdout, stderr), newEvictCmd(g, stdout), newCostCmd(g, stdout), newBlobCmd(g, stdout, stderr), newTokenCmd(g, stdout),
-		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout), newPlanCmd(stdout))
+		newBackupCmd(g, stdout, stderr), newRestoreCmd(g, stdout), newPlanCmd(g, stdout))
 	return root
 }
 

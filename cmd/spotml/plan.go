@@ -1,15 +1,22 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/client"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/deadline"
 	"github.com/spotml/spotml/internal/plan"
@@ -53,10 +60,12 @@ type PlanRun struct {
 	Met           bool          `json:"met"`
 }
 
-func newPlanCmd(stdout io.Writer) *cobra.Command {
+func newPlanCmd(g *globals, stdout io.Writer) *cobra.Command {
 	var (
 		files            []string
 		traces           []string
+		histories        []string
+		window, gap      time.Duration
 		speedup          float64
 		start, step      time.Duration
 		changeover       time.Duration
@@ -68,7 +77,7 @@ func newPlanCmd(stdout io.Writer) *cobra.Command {
 		qps, target      float64
 	)
 	c := &cobra.Command{
-		Use:   "plan -f SPEC.yaml --trace FILE [--trace FILE ...]",
+		Use:   "plan -f SPEC.yaml (--trace FILE | --pool NAME) ...",
 		Short: "Predict what a deadline job or a service would cost against all on-demand, and whether it meets its deadline or stays up, on spot traces (nothing is launched)",
 		Long: `plan simulates a Job with a deadline or a Service on recorded spot markets (trace files, see traces/)
 with the same decisions the control plane runs, and prints its cost against all on-demand: from --start,
@@ -89,11 +98,43 @@ the service had 99 % of the time) and cost against all on-demand. --boot is a ne
 take a replica, --load a replica's start on it, --notice a spot pool's notice where its spec gives none.
 
 --speedup reads the traces as a pool with market.speedup replays them, so that the plan is in the same
-(compressed) time as that pool's real run; --start and --duration are in trace time.`,
+(compressed) time as that pool's real run; --start and --duration are in trace time.
+
+--pool NAME plans on what a running spotml (--server) recorded for its spot pool NAME over --window
+instead of a trace file: the pool's evictions, and its launches refused for lack of capacity, as a
+trace (GET /api/v1/pools/NAME/history). A job takes one --pool; a service one per spot pool, in the
+order of the -f files' spot pools, or, without them, the server's pools named. Prices come from the
+-f files' pools, else the server's. -o trace prints that history (a trace file --trace and a pool's
+market.trace read) instead of planning.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if len(histories) > 0 && len(traces) > 0 {
+				return errors.New("--pool: plan on traces (--trace) or on pools' histories (--pool), not both")
+			}
+			var hist *poolHistories
+			if len(histories) > 0 {
+				cl, err := g.client()
+				if err != nil {
+					return err
+				}
+				hist = &poolHistories{ctx: c.Context(), cl: cl, window: window, gap: gap}
+				if output == "trace" {
+					if len(histories) != 1 {
+						return errors.New("-o trace: name one pool (--pool NAME)")
+					}
+					b, err := hist.raw(histories[0])
+					if err != nil {
+						return err
+					}
+					_, err = stdout.Write(append(b, '\n'))
+					return err
+				}
+			}
+			if output == "trace" {
+				return errors.New("-o trace: prints a pool's history; name the pool with --pool NAME")
+			}
 			if len(files) == 0 {
-				return errors.New("plan: name the job or service with -f FILE and the market with --trace FILE")
+				return errors.New("plan: name the job or service with -f FILE and the market with --trace FILE or --pool NAME")
 			}
 			var job *spec.Job
 			var svc *spec.Service
@@ -117,7 +158,22 @@ take a replica, --load a replica's start on it, --notice a spot pool's notice wh
 			if speedup < 0 {
 				return fmt.Errorf("--speedup: must be positive, got %g", speedup)
 			}
+			var err error
+			if hist != nil && !slices.ContainsFunc(pools, func(p spec.Pool) bool { return p.Spec.Priority == spec.PrioritySpot }) {
+				// The server's pools: the named ones in order, then the
+				// on-demand ones.
+				if pools, err = hist.pools(histories); err != nil {
+					return err
+				}
+			}
 			if job == nil && svc != nil {
+				loadTrace := trace.Load
+				if hist != nil {
+					traces, loadTrace = nil, hist.load
+					for _, h := range histories {
+						traces = append(traces, "pool/"+h)
+					}
+				}
 				req := plan.Request{Service: *svc, Pools: pools, Traces: traces, InstanceType: instType, Speedup: speedup,
 					Start: -1, Duration: duration, Offsets: offsets, Target: target, Boot: boot, Load: load, Notice: notice, QPS: qps}
 				if c.Flags().Changed("start") {
@@ -126,7 +182,15 @@ take a replica, --load a replica's start on it, --notice a spot pool's notice wh
 				if !c.Flags().Changed("speedup") {
 					req.Speedup = 0 // the pools' own market.speedup
 				}
-				rep, err := plan.Services(req, trace.Load)
+				if hist != nil {
+					// A history is in real time, from its start: not a
+					// replay of the pool's market.trace.
+					req.Speedup = speedup
+					if !c.Flags().Changed("start") {
+						req.Start = 0
+					}
+				}
+				rep, err := plan.Services(req, loadTrace)
 				if err != nil {
 					return err
 				}
@@ -141,21 +205,32 @@ take a replica, --load a replica's start on it, --notice a spot pool's notice wh
 			if job == nil {
 				return errors.New("-f: no Job or Service in the files; plan needs one (kind: Job with spec.deadline and spec.work, or kind: Service)")
 			}
-			if len(traces) != 1 {
-				return errors.New("plan: a job runs on one market; give one --trace FILE")
+			if len(traces)+len(histories) != 1 {
+				return errors.New("plan: a job runs on one market; give one --trace FILE or one --pool NAME")
 			}
-			tr, err := trace.Load(traces[0])
-			if err != nil {
-				return fmt.Errorf("--trace: %w", err)
+			var tr *trace.Trace
+			var tick time.Duration
+			name := ""
+			if hist != nil {
+				name = "pool/" + histories[0]
+				if tr, err = hist.load(name); err != nil {
+					return err
+				}
+				tick = hist.tick
+			} else {
+				name = traces[0]
+				if tr, err = trace.Load(traces[0]); err != nil {
+					return fmt.Errorf("--trace: %w", err)
+				}
 			}
 			if speedup <= 0 {
 				return fmt.Errorf("--speedup: must be positive, got %g", speedup)
 			}
-			p, err := planJob(*job, pools, instType, tr, speedup, start, changeover, step, offsets)
+			p, err := planJob(*job, pools, instType, tr, speedup, start, changeover, step, tick, offsets)
 			if err != nil {
 				return err
 			}
-			p.Trace = traces[0]
+			p.Trace = name
 			if output == "json" {
 				enc := json.NewEncoder(stdout)
 				enc.SetIndent("", "  ")
@@ -167,13 +242,16 @@ take a replica, --load a replica's start on it, --notice a spot pool's notice wh
 	}
 	c.Flags().StringArrayVarP(&files, "filename", "f", nil, "YAML file with the Job or Service (and the pools whose prices and markets to use)")
 	c.Flags().StringArrayVar(&traces, "trace", nil, "spot trace file (any format under traces/); a service takes one per spot pool")
+	c.Flags().StringArrayVar(&histories, "pool", nil, "spot pool of the running spotml (--server) whose recorded history to plan on, instead of --trace")
+	c.Flags().DurationVar(&window, "window", 0, "--pool: how much of the pool's history to read (default 48h, at most since the pool was made)")
+	c.Flags().DurationVar(&gap, "gap", 0, "--pool: the history's tick (default: the window in 10,000 ticks, at least 1s)")
 	c.Flags().Float64Var(&speedup, "speedup", 1, "replay speed, as a pool's market.speedup")
 	c.Flags().DurationVar(&start, "start", 0, "offset into the traces (in trace time) of the run printed first")
 	c.Flags().IntVar(&offsets, "offsets", 100, "start offsets spread over the traces, for the mean, worst and the probability of meeting the deadline or target")
 	c.Flags().DurationVar(&changeover, "changeover", time.Minute, "job: time a start on new capacity costs (launch, boot, restore); spotml measures it on a live pool")
 	c.Flags().DurationVar(&step, "step", 0, "job: simulation step (default: the deadline / 2000, at least 1s)")
 	c.Flags().StringVar(&instType, "instance-type", "", "price-table instance type, when -f names no pools")
-	c.Flags().StringVarP(&output, "output", "o", "", "json (default: a table)")
+	c.Flags().StringVarP(&output, "output", "o", "", "json, or trace (with --pool: print the pool's history as a trace file); default: a table")
 	c.Flags().DurationVar(&duration, "duration", 0, "service: how much of the market a run covers, in trace time (default 24h, or what the traces have left)")
 	c.Flags().DurationVar(&boot, "boot", time.Minute, "service: a new node's time until it takes a replica (launch, boot, start task)")
 	c.Flags().DurationVar(&load, "load", 5*time.Second, "service: a replica's time to ready on a node that is up (model load)")
@@ -229,8 +307,9 @@ func percentOf(f float64) string {
 }
 
 // planJob simulates job on tr with the deadline policy (deadline.Simulate,
-// the same Decide the control plane runs).
-func planJob(job spec.Job, pools []spec.Pool, instType string, tr *trace.Trace, speedup float64, start, changeover, step time.Duration, offsets int) (Plan, error) {
+// the same Decide the control plane runs). A tick (a pool's history has
+// one) caps the default step, so that a dip a tick long is seen.
+func planJob(job spec.Job, pools []spec.Pool, instType string, tr *trace.Trace, speedup float64, start, changeover, step, tick time.Duration, offsets int) (Plan, error) {
 	if job.Spec.Deadline == "" || job.Spec.Work.Duration <= 0 {
 		return Plan{}, fmt.Errorf("job %s: plan needs spec.deadline and spec.work (the compute each task needs), e.g. deadline: 36h, work: 24h", job.Metadata.Name)
 	}
@@ -252,6 +331,9 @@ func planJob(job spec.Job, pools []spec.Pool, instType string, tr *trace.Trace, 
 	}
 	if step <= 0 {
 		step = max(dl/2000, time.Second)
+		if tick > 0 {
+			step = min(step, tick)
+		}
 	}
 	// The job's tasks run together: spot is there when the trace has a
 	// node for each (a gang).
@@ -340,4 +422,84 @@ func printPlan(w io.Writer, p Plan) {
 		p.Start, p.Run.Cost, p.Run.Fraction, p.Run.AllOnDemand, p.Run.SpotHours, p.Run.OnDemandHours, p.Run.Changeovers, p.Run.Preemptions, p.Run.Finished, met)
 	fmt.Fprintf(tw, "OVER %d STARTS\tmean %.2fx, worst %.2fx all on-demand; deadline met in %.0f%%\n", p.Offsets, p.MeanFraction, p.WorstFraction, 100*p.MetFraction)
 	tw.Flush()
+}
+
+// poolHistories fetches pools' recorded histories from a running spotml
+// (GET /pools/NAME/history) as traces named pool/NAME.
+type poolHistories struct {
+	ctx         context.Context
+	cl          *client.Client
+	window, gap time.Duration
+	tick        time.Duration // of the last history read
+}
+
+// raw is pool's history as trace JSON.
+func (h *poolHistories) raw(pool string) ([]byte, error) {
+	q := url.Values{}
+	if h.window > 0 {
+		q.Set("window", h.window.String())
+	}
+	if h.gap > 0 {
+		q.Set("gap", h.gap.String())
+	}
+	path := api.Prefix + "/pools/" + url.PathEscape(pool) + "/history"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var b []byte
+	if err := h.cl.Do(h.ctx, http.MethodGet, path, nil, &b); err != nil {
+		return nil, fmt.Errorf("--pool %s: %w", pool, err)
+	}
+	return b, nil
+}
+
+// load reads the trace named pool/NAME.
+func (h *poolHistories) load(name string) (*trace.Trace, error) {
+	pool, ok := strings.CutPrefix(name, "pool/")
+	if !ok {
+		return nil, fmt.Errorf("%s: not a pool's history (pool/NAME)", name)
+	}
+	b, err := h.raw(pool)
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Metadata struct {
+			GapSeconds float64 `json:"gap_seconds"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("--pool %s: history: %w", pool, err)
+	}
+	h.tick = time.Duration(doc.Metadata.GapSeconds * float64(time.Second))
+	tr, err := trace.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("--pool %s: history: %w", pool, err)
+	}
+	return tr, nil
+}
+
+// pools are the server's pools named, in order, then its on-demand pools.
+func (h *poolHistories) pools(names []string) ([]spec.Pool, error) {
+	var all []api.Pool
+	if err := h.cl.Do(h.ctx, http.MethodGet, api.Prefix+"/pools", nil, &all); err != nil {
+		return nil, err
+	}
+	var out []spec.Pool
+	for _, n := range names {
+		i := slices.IndexFunc(all, func(p api.Pool) bool { return p.Spec.Metadata.Name == n })
+		if i < 0 {
+			return nil, fmt.Errorf("--pool %s: no such pool on the server (spotml get pools lists them)", n)
+		}
+		if all[i].Spec.Spec.Priority != spec.PrioritySpot {
+			return nil, fmt.Errorf("--pool %s: the pool is %s; name a spot pool", n, all[i].Spec.Spec.Priority)
+		}
+		out = append(out, all[i].Spec)
+	}
+	for _, p := range all {
+		if p.Spec.Spec.Priority == spec.PriorityOnDemand {
+			out = append(out, p.Spec)
+		}
+	}
+	return out, nil
 }

@@ -168,3 +168,23 @@ spec:
 		t.Errorf("three traces for two spot pools: %v, want an error saying one per pool", err)
 	}
 }
+
+// TestPlanPoolFlags: --pool and --trace do not mix, -o trace needs one
+// pool, and a job takes one market; each error names the flag.
+func TestPlanPoolFlags(t *testing.T) {
+	dir := t.TempDir()
+	job := filepath.Join(dir, "job.yaml")
+	os.WriteFile(job, []byte("apiVersion: spotml/v1\nkind: Job\nmetadata: {name: j}\nspec: {deadline: 1h, work: 10m, count: 1, template: {command: [x]}}\n"), 0o644)
+	for _, tt := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"-f", job, "--pool", "a", "--trace", "t.json"}, "--pool"},
+		{[]string{"-o", "trace"}, "--pool NAME"},
+		{[]string{"--pool", "a", "--pool", "b", "-o", "trace"}, "one pool"},
+	} {
+		if _, err := spotml(t, "http://127.0.0.1:1", append([]string{"plan"}, tt.args...)...); err == nil || !strings.Contains(err.Error(), tt.says) {
+			t.Errorf("plan %v: %v, want an error saying %q", tt.args, err, tt.says)
+		}
+	}
+}

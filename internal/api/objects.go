@@ -188,6 +188,9 @@ type Attempt struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	Outcome   string    `json:"outcome,omitempty"` // succeeded, failed, preempted, evicted, lost
 	ExitCode  int       `json:"exitCode"`
+	// FirstProgressAt is when the attempt first reported progress (its
+	// work running again, after any restore of a checkpoint).
+	FirstProgressAt time.Time `json:"firstProgressAt,omitzero"`
 }
 
 // ApplyResult says what an apply did with one document.

@@ -6,7 +6,9 @@ package api
 type PlanRequest struct {
 	// Spec is YAML with a Service and, optionally, its Pools.
 	Spec string `json:"spec"`
-	// Traces name traces of GET /plan/traces, one per spot pool.
+	// Traces name traces of GET /plan/traces, one per spot pool: files
+	// under the server's traces directory, or pool/NAME, the history the
+	// server recorded for its spot pool NAME.
 	Traces       []string `json:"traces,omitempty"`
 	InstanceType string   `json:"instanceType,omitempty"`
 	Speedup      float64  `json:"speedup,omitempty"`
@@ -20,7 +22,8 @@ type PlanRequest struct {
 	QPS          float64  `json:"qps,omitempty"`
 }
 
-// PlanTraces lists the traces a plan may replay.
+// PlanTraces lists the traces a plan may replay: the files, then the spot
+// pools' histories (pool/NAME).
 type PlanTraces struct {
 	Dir    string   `json:"dir"`
 	Traces []string `json:"traces"`

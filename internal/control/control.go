@@ -545,15 +545,15 @@ func (p *Plane) launchFailed(ctx context.Context, pool, node string, restart boo
 	if end != nil {
 		return end
 	}
-	reason := "NoCapacity"
+	reason := ReasonNoCapacity
 	if !errors.Is(err, ErrNoCapacity) {
 		reason = "ProviderError"
 	}
-	if err := p.store.AddEvent(ctx, "LaunchFailed", "pool/"+pool, reason,
+	if err := p.store.AddEvent(ctx, EventLaunchFailed, "pool/"+pool, reason,
 		fmt.Sprintf("%s; retrying in %s", err, delay)); err != nil {
 		return err
 	}
-	if reason == "NoCapacity" {
+	if reason == ReasonNoCapacity {
 		return nil
 	}
 	return fmt.Errorf("launch %s: %w", node, err)

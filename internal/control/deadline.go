@@ -40,7 +40,7 @@ type JobStatus struct {
 	Work          time.Duration // each task's compute
 	WorkEstimated bool          // Work comes from the tasks' progress, not spec.work
 	Done          time.Duration // progress, in Work (the slowest task's)
-	Changeover    time.Duration // measured: launch to start, median of recent starts
+	Changeover    time.Duration // measured: launch to first progress (start, restore), median of recent starts
 	SpotLife      time.Duration // expected spot lifetime from the pools' recent evictions; 0 unknown
 	SpotAvailable bool
 	Mode          deadline.Mode // where the job runs now
@@ -69,7 +69,8 @@ func DecideJob(v JobView) (st JobStatus, ok bool) {
 	for _, n := range v.Nodes {
 		nodes[n.Name] = n
 	}
-	st.Cost = cost.Explain(jobStints(j, nodes), v.Now)
+	stints, _ := jobStints(j, nodes)
+	st.Cost = cost.Explain(stints, v.Now)
 	st.Steers = capSteers(j)
 	at, hasDeadline := j.Spec.DeadlineAt(j.SubmittedAt)
 	if !hasDeadline {
@@ -237,31 +238,48 @@ func probePool(pools []spec.Pool, spotPools, short map[string]bool) string {
 	return first
 }
 
-// jobStints are the job's attempts as paid node time. An attempt on a
-// node launched after the task's previous attempt ended (or the job was
-// submitted) pays the node's launch as its changeover.
-func jobStints(j store.Job, nodes map[string]store.Node) []cost.Stint {
-	var out []cost.Stint
+// jobStints are the job's attempts as paid node time. An attempt's
+// changeover runs to its first progress report (its start, and the restore
+// of a checkpoint when it resumed one), or to its start for a task that
+// reports no progress; it begins at the node's launch when the node was
+// launched for it: after the task's previous attempt started (a
+// replacement is launched on the eviction notice, before that attempt
+// ends) or the job was submitted; else at the attempt's start. launched
+// says which stints pay a launch.
+func jobStints(j store.Job, nodes map[string]store.Node) (out []cost.Stint, launched []bool) {
+	type stint struct {
+		cost.Stint
+		launched bool
+	}
+	var all []stint
 	for _, t := range j.Tasks {
 		prev := j.SubmittedAt
 		for _, a := range t.Attempts {
 			n, ok := nodes[a.Node]
-			s := cost.Stint{Priority: t.Priority, Start: a.StartedAt, End: a.EndedAt}
+			s := stint{Stint: cost.Stint{Priority: t.Priority, Start: a.StartedAt, End: a.EndedAt}}
+			working := a.StartedAt
+			if !a.FirstProgressAt.IsZero() && a.FirstProgressAt.After(a.StartedAt) &&
+				(a.EndedAt.IsZero() || !a.FirstProgressAt.After(a.EndedAt)) {
+				working = a.FirstProgressAt
+			}
 			if ok {
 				s.Priority, s.PricePerHour, s.OnDemandPerHour = n.Priority, n.PricePerHour, n.OnDemandPrice
 				s.Share = share(t.Req, n.Capacity)
 				if !n.CreatedAt.Before(prev) && n.CreatedAt.Before(a.StartedAt) {
-					s.Start, s.Changeover = n.CreatedAt, a.StartedAt.Sub(n.CreatedAt)
+					s.Start, s.launched = n.CreatedAt, true
 				}
 			}
-			out = append(out, s)
-			if !a.EndedAt.IsZero() {
-				prev = a.EndedAt
-			}
+			s.Changeover = working.Sub(s.Start)
+			all = append(all, s)
+			prev = a.StartedAt
 		}
 	}
-	slices.SortStableFunc(out, func(a, b cost.Stint) int { return a.Start.Compare(b.Start) })
-	return out
+	slices.SortStableFunc(all, func(a, b stint) int { return a.Start.Compare(b.Start) })
+	out, launched = make([]cost.Stint, len(all)), make([]bool, len(all))
+	for i, s := range all {
+		out[i], launched[i] = s.Stint, s.launched
+	}
+	return out, launched
 }
 
 // share is the part of a node a request takes: its largest fraction of
@@ -283,13 +301,16 @@ func share(req, capacity spec.Resources) float64 {
 	return f
 }
 
-// measuredChangeover is the median time from a node's launch to its work
-// starting: the job's own starts on nodes launched for it, else the
-// pools' ready nodes (launch to ready); 0 without either.
+// measuredChangeover is the median time from a node's launch to the work
+// running on it: the job's own starts on nodes launched for them, each to
+// the attempt's first progress (launch, start and the restore of a
+// checkpoint; to the attempt's start for a task that reports no progress),
+// else the pools' ready nodes (launch to ready); 0 without either.
 func measuredChangeover(j store.Job, nodes map[string]store.Node, pools []spec.Pool) time.Duration {
 	var samples []time.Duration
-	for _, s := range jobStints(j, nodes) {
-		if s.Changeover > 0 {
+	stints, launched := jobStints(j, nodes)
+	for i, s := range stints {
+		if launched[i] && s.Changeover > 0 {
 			samples = append(samples, s.Changeover)
 		}
 	}

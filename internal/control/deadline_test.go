@@ -332,3 +332,131 @@ func TestServiceCost(t *testing.T) {
 		t.Errorf("cost %+v: want 2 spot h, 1 on-demand h, 1 changeover of 0.1h, $6 spent, $11.6 all on-demand", c)
 	}
 }
+
+// TestChangeoverCountsRestore: the changeover a job plans with is measured
+// from each node's launch to the attempt's first progress, so a resumed
+// attempt's restore of its checkpoint is in it (launch to start alone
+// would say 1m here).
+func TestChangeoverCountsRestore(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	pools := []spec.Pool{
+		{Metadata: spec.Metadata{Name: "od"}, Spec: spec.PoolSpec{Priority: spec.PriorityOnDemand, InstanceType: "local-small", Max: 4}},
+		{Metadata: spec.Metadata{Name: "spot"}, Spec: spec.PoolSpec{Priority: spec.PrioritySpot, InstanceType: "local-small", Max: 4}},
+	}
+	p := 0.5
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	j := store.Job{Spec: spec.Job{Spec: spec.JobSpec{Deadline: "10h", Work: spec.Duration{Duration: 6 * time.Hour}}}, State: store.JobRunning,
+		SubmittedAt: t0, Tasks: []store.Task{{ID: 1, State: store.TaskRunning, Node: "s3", Progress: &p, ProgressAt: at(3 * time.Hour),
+			Attempts: []store.Attempt{
+				// launched at 0, started at 1m, working at 2m.
+				{Node: "s1", StartedAt: at(time.Minute), FirstProgressAt: at(2 * time.Minute), EndedAt: at(time.Hour), Outcome: "preempted"},
+				// launched on its notice at 59m, started at 1h01, restored until 1h09.
+				{Node: "s2", StartedAt: at(61 * time.Minute), FirstProgressAt: at(69 * time.Minute), EndedAt: at(2 * time.Hour), Outcome: "preempted"},
+				// launched at 2h, started at 2h01, restored until 2h12.
+				{Node: "s3", StartedAt: at(121 * time.Minute), FirstProgressAt: at(132 * time.Minute)},
+			}}}}
+	spot := func(name string, from, to time.Duration, state string) store.Node {
+		return store.Node{Name: name, Pool: "spot", Priority: spec.PrioritySpot, State: state, CreatedAt: at(from), StateAt: at(to),
+			PricePerHour: 1, OnDemandPrice: 4}
+	}
+	nodes := []store.Node{spot("s1", 0, time.Hour, store.NodePreempted), spot("s2", 59*time.Minute, 2*time.Hour, store.NodePreempted),
+		spot("s3", 2*time.Hour, 2*time.Hour+time.Minute, store.NodeReady)}
+	st, _ := control.DecideJob(control.JobView{Job: j, Nodes: nodes, Pools: pools, Now: at(3 * time.Hour)})
+	if st.Changeover != 10*time.Minute { // the median of 2m, 10m and 12m
+		t.Errorf("changeover %s, want 10m (launch to first progress)", st.Changeover)
+	}
+	// The cost report's changeovers are the two after the first: 10m + 12m.
+	if c := st.Cost; c.Changeovers != 2 || math.Abs(c.ChangeoverHours-22.0/60) > 1e-9 || math.Abs(c.ChangeoverCost-22.0/60) > 1e-9 {
+		t.Errorf("cost %+v: want 2 changeovers of 22m in all, $0.37", c)
+	}
+	// A task that reports no progress: launch to start (1m, 2m, 1m).
+	for i := range j.Tasks[0].Attempts {
+		j.Tasks[0].Attempts[i].FirstProgressAt = time.Time{}
+	}
+	if st, _ := control.DecideJob(control.JobView{Job: j, Nodes: nodes, Pools: pools, Now: at(3 * time.Hour)}); st.Changeover != time.Minute {
+		t.Errorf("changeover without progress reports %s, want 1m (launch to start)", st.Changeover)
+	}
+}
+
+// TestResumedRestoreOnThePlane runs a job through the control plane over a
+// real store: its first attempt works a minute after its node booted, the
+// attempt resumed after a preemption restores its checkpoint for six; the
+// changeover the policy plans with, and the job's cost report, count the
+// restore.
+func TestResumedRestoreOnThePlane(t *testing.T) {
+	p := newPlane(t)
+	p.apply(deadlinePools)
+	task := func() store.Task { return p.job("train").Tasks[0] }
+	progress := func(f float64) {
+		t.Helper()
+		tk := task()
+		if err := p.st.SetProgress(p.ctx, tk.Node, []store.Progress{{TaskID: tk.ID, Attempt: tk.Attempt, Fraction: f}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// start launches a node, boots it for a minute and starts the task.
+	start := func() {
+		t.Helper()
+		p.reconcile()
+		p.clock.Advance(time.Minute)
+		for range 3 {
+			p.heartbeat()
+			p.reconcile()
+		}
+		if tk := task(); tk.State != store.TaskRunning {
+			t.Fatalf("task %s after its node booted, want running", tk.State)
+		}
+	}
+	decide := func() control.JobStatus {
+		t.Helper()
+		st, ok := control.DecideJob(control.JobView{Job: p.job("train"), Nodes: p.nodes(), Pools: poolsOf(t, p), Now: p.clock.Now()})
+		if !ok {
+			t.Fatal("a deadline job was not decided")
+		}
+		return st
+	}
+
+	start()
+	p.clock.Advance(time.Minute)
+	progress(0.01) // working 2m after its node's launch
+	p.clock.Advance(time.Hour)
+	progress(0.17)
+	if err := p.p.Gone(p.ctx, task().Node, store.NodePreempted, "spot capacity gone"); err != nil {
+		t.Fatal(err)
+	}
+	start()
+	if st := decide(); st.Changeover != 2*time.Minute {
+		t.Fatalf("changeover before the resumed attempt works: %s, want 2m (the first attempt's)", st.Changeover)
+	}
+	p.clock.Advance(6 * time.Minute) // restoring the checkpoint
+	progress(0.17)
+	p.clock.Advance(time.Minute)
+	progress(0.18)
+	tk := task()
+	if len(tk.Attempts) != 2 {
+		t.Fatalf("attempts %+v, want 2", tk.Attempts)
+	}
+	if got := tk.Attempts[1].FirstProgressAt.Sub(tk.Attempts[1].StartedAt); got != 6*time.Minute {
+		t.Errorf("resumed attempt's first progress %s after its start, want 6m", got)
+	}
+	st := decide()
+	if st.Changeover != 7*time.Minute { // the larger of 2m and 1m + 6m
+		t.Errorf("changeover %s, want 7m: the resumed attempt's launch, boot and restore", st.Changeover)
+	}
+	if c := st.Cost; c.Changeovers != 1 || math.Abs(c.ChangeoverHours-7.0/60) > 1e-9 {
+		t.Errorf("cost %+v: want one changeover of 7m", c)
+	}
+}
+
+func poolsOf(t *testing.T, p *plane) []spec.Pool {
+	t.Helper()
+	stored, err := p.st.ListPools(p.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]spec.Pool, len(stored))
+	for i, pl := range stored {
+		out[i] = pl.Spec
+	}
+	return out
+}

@@ -46,7 +46,8 @@ func toTask(t store.Task) api.Task {
 }
 
 func toAttempt(a store.Attempt) api.Attempt {
-	return api.Attempt{Attempt: a.Attempt, Node: a.Node, StartedAt: a.StartedAt, EndedAt: a.EndedAt, Outcome: a.Outcome, ExitCode: a.ExitCode}
+	return api.Attempt{Attempt: a.Attempt, Node: a.Node, StartedAt: a.StartedAt, EndedAt: a.EndedAt, Outcome: a.Outcome, ExitCode: a.ExitCode,
+		FirstProgressAt: a.FirstProgressAt}
 }
 
 func toApplyResult(r store.ApplyResult) api.ApplyResult {

@@ -20,7 +20,8 @@ import (
 )
 
 // planTraces lists the traces under Config.TracesDir, by their names
-// relative to it (what POST /plan takes).
+// relative to it (what POST /plan takes), then the spot pools' own
+// histories as pool/NAME.
 func (s *Server) planTraces(w http.ResponseWriter, r *http.Request) error {
 	names := []string{}
 	if dir := s.cfg.TracesDir; dir != "" {
@@ -42,6 +43,15 @@ func (s *Server) planTraces(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	slices.Sort(names)
+	pools, err := s.cfg.Store.ListPools(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		if p.Spec.Spec.Priority == spec.PrioritySpot {
+			names = append(names, "pool/"+p.Spec.Metadata.Name)
+		}
+	}
 	writeJSON(w, http.StatusOK, api.PlanTraces{Dir: s.cfg.TracesDir, Traces: names})
 	return nil
 }
@@ -91,7 +101,18 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request) error {
 		return badRequest{fmt.Errorf("offsets: %d is more than 500; ask for fewer", req.Offsets)}
 	}
 	pr.Traces, pr.InstanceType, pr.Speedup, pr.Offsets, pr.QPS, pr.Target = req.Traces, req.InstanceType, req.Speedup, req.Offsets, req.QPS, req.Target
-	rep, err := plan.Services(pr, s.loadTrace)
+	// A trace named pool/NAME is that pool's own recorded history.
+	load := func(name string) (*trace.Trace, error) {
+		if pool, ok := strings.CutPrefix(name, "pool/"); ok {
+			b, err := s.historyTrace(r.Context(), pool, 0, 0)
+			if err != nil {
+				return nil, err
+			}
+			return trace.Parse(b)
+		}
+		return s.loadTrace(name)
+	}
+	rep, err := plan.Services(pr, load)
 	if err != nil {
 		return badRequest{err}
 	}

@@ -123,6 +123,7 @@ func (s *Server) routes() {
 	write("POST "+p+"/apply", s.apply)
 	read("GET "+p+"/pools", s.listPools)
 	read("GET "+p+"/pools/{name}", s.getPool)
+	read("GET "+p+"/pools/{name}/history", s.poolHistory)
 	write("DELETE "+p+"/pools/{name}", s.deletePool)
 	read("GET "+p+"/nodes", s.listNodes)
 	read("GET "+p+"/nodes/{name}", s.getNode)

@@ -35,6 +35,10 @@ type Attempt struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	Outcome   string    `json:"outcome,omitempty"` // succeeded, failed, preempted, evicted, lost
 	ExitCode  int       `json:"exitCode"`
+	// FirstProgressAt is when the attempt first reported progress: its
+	// work running, after the start and any restore of a checkpoint; zero
+	// before that, or for a task that reports none.
+	FirstProgressAt time.Time `json:"firstProgressAt,omitzero"`
 }
 
 // Progress is what a running attempt last reported of itself.

@@ -286,3 +286,23 @@ func (t *Trace) Between(from, to time.Duration) []Step {
 	}
 	return t.Steps[t.after(from):t.after(to)]
 }
+
+// EncodeJSON writes capacities, one a tick of gap, as a Can't Be Late JSON
+// trace (what Parse reads back): how a pool's recorded history is handed
+// to spotml plan, or saved for a market to replay.
+func EncodeJSON(gap time.Duration, data []int) ([]byte, error) {
+	if gap <= 0 {
+		return nil, fmt.Errorf("gap: %s must be positive", gap)
+	}
+	if len(data) == 0 {
+		return nil, errors.New("data: no tick to write")
+	}
+	var doc struct {
+		Metadata struct {
+			GapSeconds float64 `json:"gap_seconds"`
+		} `json:"metadata"`
+		Data []int `json:"data"`
+	}
+	doc.Metadata.GapSeconds, doc.Data = gap.Seconds(), data
+	return json.Marshal(doc)
+}

@@ -2,6 +2,7 @@ package trace
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -165,5 +166,28 @@ func TestPrices(t *testing.T) {
 	}
 	if _, err := Parse([]byte(`{"metadata": {"gap_seconds": 10}, "data": [1, 1], "prices": [0.5]}`)); err == nil || !strings.Contains(err.Error(), "1 prices for 2 data ticks") {
 		t.Errorf("prices of the wrong length: %v", err)
+	}
+}
+
+// TestEncodeJSON: what EncodeJSON writes, Parse reads back as the same
+// capacities; a zero gap or no data is refused.
+func TestEncodeJSON(t *testing.T) {
+	b, err := EncodeJSON(1500*time.Millisecond, []int{2, 2, 0, 1, 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Parse(b)
+	if err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	want := []Step{{At: 3 * time.Second, Capacity: 0}, {At: 4500 * time.Millisecond, Capacity: 1}, {At: 6 * time.Second, Capacity: 2}}
+	if tr.Initial != 2 || tr.Duration != 7500*time.Millisecond || !slices.Equal(tr.Steps, want) {
+		t.Errorf("parsed %+v, want initial 2, 7.5s, steps %+v", tr, want)
+	}
+	if _, err := EncodeJSON(0, []int{1}); err == nil {
+		t.Error("a zero gap was written")
+	}
+	if _, err := EncodeJSON(time.Second, nil); err == nil {
+		t.Error("no data was written")
 	}
 }

@@ -597,6 +597,13 @@ var migrations = []migration{
 			END LOOP;
 		END $do$;`,
 	},
+	// 15: when an attempt first reported progress (0: not yet), so that a
+	// changeover is measured to the work running again (launch, start and
+	// the restore of a checkpoint), not to the attempt's start.
+	{
+		sqlite:   `ALTER TABLE attempts ADD COLUMN first_progress_at INTEGER NOT NULL DEFAULT 0;`,
+		postgres: `ALTER TABLE attempts ADD COLUMN IF NOT EXISTS first_progress_at BIGINT NOT NULL DEFAULT 0;`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

@@ -256,7 +256,7 @@ func (s *Store) endAttempt(ctx context.Context, tx *txn, taskID int64, attempt i
 
 // attemptsOf returns the attempts of a job's tasks by task id.
 func (s *Store) attemptsOf(ctx context.Context, jobID int64) (map[int64][]store.Attempt, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT a.task_id, a.attempt, a.node, a.started_at, a.ended_at, a.outcome, a.exit_code
+	rows, err := s.db.QueryContext(ctx, `SELECT a.task_id, a.attempt, a.node, a.started_at, a.ended_at, a.outcome, a.exit_code, a.first_progress_at
 		FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.job_id = ? ORDER BY a.task_id, a.attempt`, jobID)
 	if err != nil {
 		return nil, err
@@ -264,12 +264,12 @@ func (s *Store) attemptsOf(ctx context.Context, jobID int64) (map[int64][]store.
 	defer rows.Close()
 	out := map[int64][]store.Attempt{}
 	for rows.Next() {
-		var id, st, en int64
+		var id, st, en, fp int64
 		var a store.Attempt
-		if err := rows.Scan(&id, &a.Attempt, &a.Node, &st, &en, &a.Outcome, &a.ExitCode); err != nil {
+		if err := rows.Scan(&id, &a.Attempt, &a.Node, &st, &en, &a.Outcome, &a.ExitCode, &fp); err != nil {
 			return nil, err
 		}
-		a.StartedAt, a.EndedAt = fromNanos(st), fromNanos(en)
+		a.StartedAt, a.EndedAt, a.FirstProgressAt = fromNanos(st), fromNanos(en), fromNanos(fp)
 		out[id] = append(out[id], a)
 	}
 	return out, rows.Err()
@@ -279,6 +279,8 @@ func (s *Store) attemptsOf(ctx context.Context, jobID int64) (map[int64][]store.
 // attempts it runs. A report for an attempt that is no longer the task's
 // current one on that node (requeued, finished, moved) is ignored, as
 // reports are. No event: progress changes too often for the timeline.
+// An attempt's first report is kept on the attempt (FirstProgressAt): the
+// end of its changeover.
 func (s *Store) SetProgress(ctx context.Context, node string, ps []store.Progress) error {
 	if len(ps) == 0 {
 		return nil
@@ -287,9 +289,18 @@ func (s *Store) SetProgress(ctx context.Context, node string, ps []store.Progres
 	return s.txNodes(ctx, []string{node}, func(tx *txn) error {
 		now := nanos(s.now())
 		for _, p := range ps {
-			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET progress = ?, progress_message = ?, progress_at = ?
+			res, err := tx.ExecContext(ctx, `UPDATE tasks SET progress = ?, progress_message = ?, progress_at = ?
 				WHERE id = ? AND attempt = ? AND node = ? AND state = ?`,
-				p.Fraction, p.Message, now, p.TaskID, p.Attempt, node, store.TaskRunning); err != nil {
+				p.Fraction, p.Message, now, p.TaskID, p.Attempt, node, store.TaskRunning)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE attempts SET first_progress_at = ?
+				WHERE task_id = ? AND attempt = ? AND first_progress_at = 0 AND ended_at = 0`,
+				now, p.TaskID, p.Attempt); err != nil {
 				return err
 			}
 		}

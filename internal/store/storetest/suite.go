@@ -35,6 +35,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"BootstrapSecret", testBootstrapSecret},
 		{"NodeCredentials", testNodeCredentials},
 		{"NodeWork", testNodeWork},
+		{"FirstProgress", testFirstProgress},
 		{"APITokens", testAPITokens},
 		{"ApplyPools", testApplyPools},
 		{"ApplyJobImmutable", testApplyJobImmutable},
