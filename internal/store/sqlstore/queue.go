@@ -1,0 +1,159 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+
+	"github.com/spotml/spotml/internal/spec"
+	"github.com/spotml/spotml/internal/store"
+)
+
+// Chunks of the queue EachPending reads: the first small, as a pass
+// usually has room for a few tasks; doubling up to the most, so that a
+// pass with room for many reads them in few round trips.
+const (
+	firstChunk = 1024
+	maxChunk   = 16384
+)
+
+// EachPending hands fn the queue in FIFO order (the job submitted first,
+// then by task index), without specs, a chunk at a time, each chunk
+// after the ones before it. fn returns whether only tasks that ask for no
+// CPU can still be placed (sched.Planner.Full; it stays so for the rest
+// of the read): from then on only those are read, through the partial
+// index tasks_nocpu, so that a pass reads as much of a 100,000-task
+// queue as its nodes can take, not all of it. The chunk is reused: fn
+// must not keep it.
+//
+// The chunks are separate statements, not one snapshot: a task that
+// becomes pending meanwhile may be missed until the next pass, and one
+// that stops being pending may still be handed over (Assign checks).
+func (s *Store) EachPending(ctx context.Context, fn func([]store.QueuedTask) (full bool)) error {
+	type job struct{ id, submitted int64 }
+	var jobs []job
+	rows, err := s.db.QueryContext(ctx, `SELECT j.id, j.submitted_at FROM jobs j
+		WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.state = 'pending' AND t.job_id = j.id) ORDER BY j.submitted_at, j.id`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var j job
+		if err := rows.Scan(&j.id, &j.submitted); err != nil {
+			rows.Close()
+			return err
+		}
+		jobs = append(jobs, j)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	const cols = `SELECT id, idx, pool, priority, cpu, memory, gpu FROM tasks`
+	all := cols + ` WHERE state = 'pending' AND job_id = ? AND idx > ? ORDER BY idx LIMIT ?`
+	// Literals, not parameters, so that the planners can use the partial
+	// index; SQLite is told to, as it prefers tasks_state otherwise.
+	indexed := ""
+	if s.d.Name == "sqlite" {
+		indexed = " INDEXED BY tasks_nocpu"
+	}
+	noCPU := cols + indexed + ` WHERE state = 'pending' AND cpu <= 0 AND job_id = ? AND idx > ? ORDER BY idx LIMIT ?`
+	var (
+		full       bool
+		chunk      = firstChunk
+		buf        []store.QueuedTask
+		pool, prio sql.RawBytes
+		names      = map[string]string{}
+		intern     = func(b []byte) string {
+			if n, ok := names[string(b)]; ok {
+				return n
+			}
+			n := string(b)
+			names[n] = n
+			return n
+		}
+	)
+	for _, j := range jobs {
+		after := -1
+		for {
+			q := all
+			if full {
+				q = noCPU
+			}
+			rows, err := s.db.QueryContext(ctx, q, j.id, after, chunk)
+			if err != nil {
+				return err
+			}
+			buf = buf[:0]
+			for rows.Next() {
+				t := store.QueuedTask{JobID: j.id, Order: j.submitted}
+				var mem int64
+				if err := rows.Scan(&t.ID, &t.Index, &pool, &prio, &t.Req.CPU, &mem, &t.Req.GPU); err != nil {
+					rows.Close()
+					return err
+				}
+				t.Req.Memory = spec.Bytes(mem)
+				t.Pool, t.Priority = intern(pool), intern(prio)
+				buf = append(buf, t)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if len(buf) == 0 {
+				break
+			}
+			after = buf[len(buf)-1].Index
+			if fn(buf) {
+				full = true
+			}
+			if len(buf) < chunk {
+				break
+			}
+			chunk = min(2*chunk, maxChunk)
+		}
+	}
+	return nil
+}
+
+// PendingDemand returns the queue as the pool scaler counts it: the
+// requests of tasks that name a pool summed per pool in the database,
+// and the few that name none one by one (see store.Demand).
+func (s *Store) PendingDemand(ctx context.Context) (store.Demand, error) {
+	d := store.Demand{Pinned: map[string]spec.Resources{}}
+	rows, err := s.db.QueryContext(ctx, `SELECT pool, sum(cpu), CAST(sum(memory) AS BIGINT), CAST(sum(gpu) AS BIGINT)
+		FROM tasks WHERE state = 'pending' AND pool <> '' GROUP BY pool`)
+	if err != nil {
+		return d, err
+	}
+	for rows.Next() {
+		var pool string
+		var r spec.Resources
+		var mem int64
+		if err := rows.Scan(&pool, &r.CPU, &mem, &r.GPU); err != nil {
+			rows.Close()
+			return d, err
+		}
+		r.Memory = spec.Bytes(mem)
+		d.Pinned[pool] = r
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return d, err
+	}
+	rows, err = s.db.QueryContext(ctx, `SELECT t.id, t.job_id, t.idx, j.submitted_at, t.priority, t.cpu, t.memory, t.gpu
+		FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.state = 'pending' AND t.pool = '' ORDER BY j.submitted_at, j.id, t.idx`)
+	if err != nil {
+		return d, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t store.QueuedTask
+		var mem int64
+		if err := rows.Scan(&t.ID, &t.JobID, &t.Index, &t.Order, &t.Priority, &t.Req.CPU, &mem, &t.Req.GPU); err != nil {
+			return d, err
+		}
+		t.Req.Memory = spec.Bytes(mem)
+		d.Loose = append(d.Loose, t)
+	}
+	return d, rows.Err()
+}
