@@ -265,7 +265,7 @@ func (p *Plane) schedule(ctx context.Context, nodes []store.Node) error {
 	if err != nil {
 		return err
 	}
-	running, err := p.store.RunningTasks(ctx)
+	running, err := p.store.RunningLoad(ctx)
 	if err != nil {
 		return err
 	}
@@ -356,7 +356,7 @@ func (p *Plane) scalePools(ctx context.Context, live []store.Node) error {
 	if err != nil {
 		return err
 	}
-	running, err := p.store.RunningTasks(ctx)
+	running, err := p.store.RunningLoad(ctx)
 	if err != nil {
 		return err
 	}
