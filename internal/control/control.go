@@ -273,8 +273,13 @@ func (p *Plane) schedule(ctx context.Context, nodes []store.Node) error {
 	pl := sched.NewPlanner(snap.Nodes)
 	// Replicas come first (their Order is below every task's), in ID order.
 	pl.Add(snap.Pending)
+	// Room for how many 1-cpu tasks: the first chunk of the queue to read.
+	room := 0
+	for _, n := range snap.Nodes {
+		room += int(max(n.Free.CPU, 0))
+	}
 	var buf []sched.Task
-	err = p.store.EachPending(ctx, func(ts []store.QueuedTask) bool {
+	err = p.store.EachPending(ctx, room, func(ts []store.QueuedTask) bool {
 		buf = buf[:0]
 		for _, t := range ts {
 			buf = append(buf, sched.Task{ID: t.ID, Order: t.Order, Pool: t.Pool, Priority: t.Priority, Req: t.Req})

@@ -8,9 +8,9 @@ import (
 	"github.com/spotml/spotml/internal/store"
 )
 
-// Chunks of the queue EachPending reads: the first small, as a pass
-// usually has room for a few tasks; doubling up to the most, so that a
-// pass with room for many reads them in few round trips.
+// Chunks of the queue EachPending reads: the first as large as the room
+// the reader expects but at least firstChunk; then doubling up to the
+// most.
 const (
 	firstChunk = 1024
 	maxChunk   = 16384
@@ -28,7 +28,11 @@ const (
 // The chunks are separate statements, not one snapshot: a task that
 // becomes pending meanwhile may be missed until the next pass, and one
 // that stops being pending may still be handed over (Assign checks).
-func (s *Store) EachPending(ctx context.Context, fn func([]store.QueuedTask) (full bool)) error {
+//
+// room is how many tasks the reader expects to place (a hint: the first
+// chunk's size, within bounds), so that a pass with room for 16,000 reads
+// about that many in one round trip rather than in five growing ones.
+func (s *Store) EachPending(ctx context.Context, room int, fn func([]store.QueuedTask) (full bool)) error {
 	type job struct{ id, submitted int64 }
 	var jobs []job
 	rows, err := s.db.QueryContext(ctx, `SELECT j.id, j.submitted_at FROM jobs j

@@ -31,7 +31,7 @@ func testPendingQueue(t *testing.T, h *Harness) {
 		t.Helper()
 		var got []string
 		calls := 0
-		err := h.St.EachPending(h.Ctx, func(ts []store.QueuedTask) bool {
+		err := h.St.EachPending(h.Ctx, 0, func(ts []store.QueuedTask) bool {
 			calls++
 			for _, tk := range ts {
 				got = append(got, name[tk.ID])
