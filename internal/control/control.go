@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -260,26 +262,41 @@ func (p *Plane) Prune(ctx context.Context) (store.PruneStats, error) {
 }
 
 // schedule assigns pending replicas, then pending tasks, to nodes with
-// room.
+// room. The queue is read in FIFO order a chunk at a time into the
+// planner, and once no node has CPU left only the tasks that ask for none
+// are read (store.EachPending): a pass reads what the nodes can take, not
+// the whole queue.
 func (p *Plane) schedule(ctx context.Context, nodes []store.Node) error {
-	pending, err := p.store.PendingTasks(ctx)
-	if err != nil {
-		return err
-	}
 	reps, err := p.store.ListReplicas(ctx, "")
 	if err != nil {
 		return err
 	}
-	queue := replicaQueue(reps)
-	if len(pending) == 0 && len(queue) == 0 {
-		return nil
-	}
-	running, err := p.store.RunningTasks(ctx)
+	running, err := p.store.RunningLoad(ctx)
 	if err != nil {
 		return err
 	}
-	snap := Snapshot(append(queue, pending...), nodes, append(running, replicaLoad(reps)...))
-	plan := sched.Schedule(snap)
+	snap := Snapshot(replicaQueue(reps), nodes, append(running, replicaLoad(reps)...))
+	pl := sched.NewPlanner(snap.Nodes)
+	// Replicas come first (their Order is below every task's), in ID order.
+	pl.Add(snap.Pending)
+	// Room for how many 1-cpu tasks: the first chunk of the queue to read.
+	room := 0
+	for _, n := range snap.Nodes {
+		room += int(max(n.Free.CPU, 0))
+	}
+	var buf []sched.Task
+	err = p.store.EachPending(ctx, room, func(ts []store.QueuedTask) bool {
+		buf = buf[:0]
+		for _, t := range ts {
+			buf = append(buf, sched.Task{ID: t.ID, Order: t.Order, Pool: t.Pool, Priority: t.Priority, Req: t.Req})
+		}
+		pl.Add(buf)
+		return pl.Full()
+	})
+	if err != nil {
+		return err
+	}
+	plan := pl.Plan()
 	if len(plan.Assignments) == 0 {
 		return nil
 	}
@@ -346,11 +363,11 @@ func (p *Plane) scalePools(ctx context.Context, live []store.Node) error {
 	if err != nil {
 		return err
 	}
-	pending, err := p.store.PendingTasks(ctx)
+	demand, err := p.store.PendingDemand(ctx)
 	if err != nil {
 		return err
 	}
-	running, err := p.store.RunningTasks(ctx)
+	running, err := p.store.RunningLoad(ctx)
 	if err != nil {
 		return err
 	}
@@ -358,6 +375,7 @@ func (p *Plane) scalePools(ctx context.Context, live []store.Node) error {
 	if err != nil {
 		return err
 	}
+	pending := demandTasks(demand)
 	nodes := withLoad(live, running, reps)
 	pending = append(replicaQueue(reps), pending...)
 	running = append(running, replicaLoad(reps)...)
@@ -430,6 +448,21 @@ func (p *Plane) scalePools(ctx context.Context, live []store.Node) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// demandTasks is the queue as PlanPools counts it: one task per pool that
+// tasks name, asking for their sum (demand adds up), then the tasks that
+// name no pool one by one in FIFO order.
+func demandTasks(d store.Demand) []store.Task {
+	out := make([]store.Task, 0, len(d.Pinned)+len(d.Loose))
+	for _, pool := range slices.Sorted(maps.Keys(d.Pinned)) {
+		out = append(out, store.Task{Pool: pool, Req: d.Pinned[pool], State: store.TaskPending})
+	}
+	for _, t := range d.Loose {
+		out = append(out, store.Task{ID: t.ID, JobID: t.JobID, Index: t.Index, Order: t.Order, Priority: t.Priority, Req: t.Req,
+			State: store.TaskPending})
+	}
+	return out
 }
 
 // withLoad returns a copy of the pass's nodes with their task and replica

@@ -424,7 +424,7 @@ func modeOf(j store.Job, nodes map[string]store.Node) deadline.Mode {
 // running job that has one, and carries its choices out: re-labels and
 // moves tasks, and launches a spot node to probe for spot.
 func (p *Plane) steerJobs(ctx context.Context) error {
-	jobs, err := p.store.ListJobs(ctx)
+	jobs, err := p.store.RunningJobs(ctx)
 	if err != nil {
 		return err
 	}

@@ -70,7 +70,7 @@ func (p *Plane) reconcileServices(ctx context.Context, nodes []store.Node) error
 	if err != nil {
 		return err
 	}
-	running, err := p.store.RunningTasks(ctx)
+	running, err := p.store.RunningLoad(ctx)
 	if err != nil {
 		return err
 	}

@@ -72,19 +72,40 @@ type Plan struct {
 // CPU is compared in whole millicores, so requests such as 0.1 add up
 // exactly. The snapshot is not modified.
 func Schedule(s Snapshot) Plan {
-	var plan Plan
 	if len(s.Pending) == 0 {
-		return plan
+		return Plan{}
 	}
-	tasks := fifo(s.Pending)
-	st := newState(s.Nodes)
+	p := NewPlanner(s.Nodes)
+	p.Add(fifo(s.Pending))
+	return p.Plan()
+}
 
+// Planner is Schedule over a queue read a piece at a time: Add each piece
+// in FIFO order, every task of it after all tasks added before. The plan
+// is the one Schedule makes for the whole queue, as a task picks before
+// every later task and never sees them; once Full, the queue's readers
+// can stop reading tasks that ask for CPU (see Full), so a pass over a
+// queue of 100,000 reads what the nodes can take, not all of it.
+type Planner struct {
+	st   *state
+	plan Plan
+}
+
+// NewPlanner starts a plan over nodes (not modified).
+func NewPlanner(nodes []Node) *Planner {
+	return &Planner{st: newState(nodes)}
+}
+
+// Add places tasks, which come after every task added before, in the
+// order given.
+func (p *Planner) Add(tasks []Task) {
+	st := p.st
 	for _, t := range tasks {
 		req := toReq(t.Req)
 		if st.open == 0 && req.milli > 0 {
 			// No node has any CPU left: only tasks that ask for none can
 			// still be placed, so the rest of the queue is decided cheaply.
-			plan.Unplaced++
+			p.plan.Unplaced++
 			continue
 		}
 		var n *node
@@ -94,7 +115,7 @@ func Schedule(s Snapshot) Plan {
 			n = st.pick(st.match(t.Pool, t.Priority), req)
 		}
 		if n == nil {
-			plan.Unplaced++
+			p.plan.Unplaced++
 			continue
 		}
 		st.place(n, req)
@@ -104,10 +125,19 @@ func Schedule(s Snapshot) Plan {
 			}
 			n.spread[t.Spread] = true
 		}
-		plan.Assignments = append(plan.Assignments, Assignment{TaskID: t.ID, Node: n.name})
+		p.plan.Assignments = append(p.plan.Assignments, Assignment{TaskID: t.ID, Node: n.name})
 	}
-	return plan
 }
+
+// Full reports that no node has CPU left: from now on only tasks that ask
+// for no CPU can be placed, and every other task added counts as unplaced
+// without a look. A reader may then skip the tasks that ask for CPU
+// (Unplaced then counts only the tasks added).
+func (p *Planner) Full() bool { return p.st.open == 0 }
+
+// Plan returns the plan so far: the assignments in FIFO order, and the
+// tasks added that fit nowhere.
+func (p *Planner) Plan() Plan { return p.plan }
 
 // fifo returns a copy of tasks in the order they get to pick.
 func fifo(pending []Task) []Task {

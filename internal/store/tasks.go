@@ -2,6 +2,8 @@ package store
 
 import (
 	"time"
+
+	"github.com/spotml/spotml/internal/spec"
 )
 
 // Assignment places one pending task on a node.
@@ -63,4 +65,26 @@ type Steer struct {
 	Priority string
 	Move     bool
 	Why      string
+}
+
+// QueuedTask is a pending task as the scheduler reads it (Store.EachPending):
+// no spec, no history.
+type QueuedTask struct {
+	ID       int64
+	JobID    int64
+	Index    int
+	Order    int64 // the job's submit time: the FIFO key, as in Task
+	Pool     string
+	Priority string
+	Req      spec.Resources
+}
+
+// Demand is the queue summed for the pool scaler (Store.PendingDemand).
+type Demand struct {
+	// Pinned sums the requests of the pending tasks that name a pool, by
+	// pool.
+	Pinned map[string]spec.Resources
+	// Loose are the pending tasks that name no pool, in FIFO order: which
+	// pool each counts toward depends on those before it.
+	Loose []QueuedTask
 }

@@ -604,6 +604,28 @@ var migrations = []migration{
 		sqlite:   `ALTER TABLE attempts ADD COLUMN first_progress_at INTEGER NOT NULL DEFAULT 0;`,
 		postgres: `ALTER TABLE attempts ADD COLUMN IF NOT EXISTS first_progress_at BIGINT NOT NULL DEFAULT 0;`,
 	},
+	// 16: the pending tasks that ask for no CPU, by job and index: once a
+	// scheduling pass has filled every node's CPU, they are all it can
+	// still place, and it reads them alone (Store.EachPending) instead of
+	// the rest of the queue.
+	{
+		sqlite:   `CREATE INDEX IF NOT EXISTS tasks_nocpu ON tasks(job_id, idx) WHERE state = 'pending' AND cpu <= 0;`,
+		postgres: `CREATE INDEX IF NOT EXISTS tasks_nocpu ON tasks(job_id, idx) WHERE state = 'pending' AND cpu <= 0;`,
+	},
+	// 17: on PostgreSQL, a BatchInference's progress (an item's state: leased,
+	// done, failed, requeued; the batch's own counts and state) notifies
+	// spotml_changes too, as migration 14 does for the other kinds; a
+	// lease's renewal (lease_until), a send (sent_at) and a listing
+	// (listed_at) do not. SQLite: nothing.
+	{
+		sqlite: `SELECT 1;`,
+		postgres: `DROP TRIGGER IF EXISTS batch_items_changes ON batch_items;
+		CREATE TRIGGER batch_items_changes AFTER INSERT OR DELETE OR UPDATE OF state ON batch_items
+			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_changes();
+		DROP TRIGGER IF EXISTS batches_changes ON batches;
+		CREATE TRIGGER batches_changes AFTER INSERT OR DELETE OR UPDATE OF state, started_at, finished_at, released, expired, redone ON batches
+			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_changes();`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

@@ -103,8 +103,19 @@ func (s *Store) Report(ctx context.Context, taskID int64, node string, attempt i
 }
 
 // ReportBatch records many reports in one transaction (group commit: one
-// disk sync for all of them), each fenced like Report.
+// disk sync for all of them), each fenced like Report, as if applied one
+// after the other in the order given (a task reported twice takes the
+// first report that fits). The work per report is a few rows of a few
+// statements: on PostgreSQL (Dialect.Arrays) one statement reads and locks
+// every reported task and one each writes the attempts, the tasks and the
+// events, whatever the number of reports; elsewhere each of those is one
+// statement prepared once per batch and run per row.
 func (s *Store) ReportBatch(ctx context.Context, rs []store.Report) ([]bool, error) {
+	for _, r := range rs {
+		if !validOutcome(r.Outcome) {
+			return nil, fmt.Errorf("report outcome %q: want succeeded, failed or preempted", r.Outcome)
+		}
+	}
 	oks := make([]bool, len(rs))
 	nodes := make([]string, 0, len(rs))
 	for _, r := range rs {
@@ -116,20 +127,27 @@ func (s *Store) ReportBatch(ctx context.Context, rs []store.Report) ([]bool, err
 	gone := map[string][]int64{}
 	err := s.txNodes(ctx, []string{}, func(tx *txn) error {
 		clear(gone)
+		clear(oks)
+		cur, err := s.reportedTasks(ctx, tx, rs)
+		if err != nil {
+			return err
+		}
+		now := s.now().UnixNano()
+		var w reportWrites
 		jobs := map[int64]string{}
 		for i, r := range rs {
-			if !validOutcome(r.Outcome) {
-				return fmt.Errorf("report outcome %q: want succeeded, failed or preempted", r.Outcome)
+			t, found := cur[r.TaskID]
+			if !found || t.state != store.TaskRunning || t.node != r.Node || t.attempt != r.Attempt {
+				continue // job deleted meanwhile, or the attempt is no longer current
 			}
-			ok, jobID, job, err := s.report(ctx, tx, r)
-			if err != nil {
-				return err
-			}
-			oks[i] = ok
-			if ok {
-				jobs[jobID] = job
-				gone[r.Node] = append(gone[r.Node], r.TaskID)
-			}
+			oks[i] = true
+			jobs[t.jobID] = t.job
+			gone[r.Node] = append(gone[r.Node], r.TaskID)
+			w.add(r, t, now)
+			cur[r.TaskID] = t.after(r, now) // as a later report in this batch finds it
+		}
+		if err := s.applyReports(ctx, tx, &w, now); err != nil {
+			return err
 		}
 		for id, name := range jobs {
 			if err := s.settleJob(ctx, tx, id, name); err != nil {
@@ -152,65 +170,183 @@ func validOutcome(o string) bool {
 	return o == store.OutcomeSucceeded || o == store.OutcomeFailed || o == store.OutcomePreempted
 }
 
-func (s *Store) report(ctx context.Context, tx *txn, r store.Report) (bool, int64, string, error) {
-	taskID, node, attempt, outcome, exitCode, message := r.TaskID, r.Node, r.Attempt, r.Outcome, r.ExitCode, r.Message
-	var job, task, state, curNode string
-	var curAttempt, failures, maxRetries int
-	var jobID int64
-	err := tx.QueryRowContext(ctx, `SELECT j.id, j.name, t.name, t.state, t.node, t.attempt, t.failures, t.max_retries
-		FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?`+s.forUpdateOf("t"), taskID).
-		Scan(&jobID, &job, &task, &state, &curNode, &curAttempt, &failures, &maxRetries)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, 0, "", nil // job deleted meanwhile
-	}
-	if err != nil {
-		return false, 0, "", err
-	}
-	if state != store.TaskRunning || curNode != node || curAttempt != attempt {
-		return false, 0, "", nil
-	}
-	return true, jobID, job, s.recordOutcome(ctx, tx, taskID, job, task, node, attempt, failures, maxRetries, outcome, exitCode, message)
+// reportedTask is a reported task's row as the report reads it, and then
+// as the report leaves it.
+type reportedTask struct {
+	jobID                                    int64
+	job, task, state, node, message          string
+	attempt, failures, maxRetries, evictions int
+	exitCode                                 int
+	finishedAt                               int64
 }
 
-func (s *Store) recordOutcome(ctx context.Context, tx *txn, taskID int64, job, task, node string, attempt, failures, maxRetries int, outcome string, exitCode int, message string) error {
-	now := s.now().UnixNano()
-	obj := "task/" + job + "/" + task
-	if err := s.endAttempt(ctx, tx, taskID, attempt, outcome, exitCode); err != nil {
+// after is t once r is applied (r fits t): the row recorded.
+func (t reportedTask) after(r store.Report, now int64) reportedTask {
+	switch r.Outcome {
+	case store.OutcomeSucceeded:
+		t.state, t.exitCode, t.message, t.finishedAt = store.TaskSucceeded, 0, r.Message, now
+	case store.OutcomePreempted:
+		t.state, t.node, t.attempt, t.evictions, t.message = store.TaskPending, "", t.attempt+1, t.evictions+1,
+			"requeued: eviction notice on "+r.Node
+	case store.OutcomeFailed:
+		t.failures++
+		t.exitCode, t.message = r.ExitCode, r.Message
+		if t.failures <= t.maxRetries {
+			t.state, t.node, t.attempt = store.TaskPending, "", t.attempt+1
+		} else {
+			t.state, t.finishedAt = store.TaskFailed, now
+		}
+	}
+	return t
+}
+
+// reportWrites are a batch's rows to write, column by column (the
+// PostgreSQL statements take each column as one array).
+type reportWrites struct {
+	// attempts ended
+	aTask           []int64
+	aAttempt, aExit []int
+	aOutcome        []string
+	// tasks, every column a report may change
+	tID                                        []int64
+	tState, tNode, tMessage                    []string
+	tAttempt, tFailures, tEvictions, tExitCode []int
+	tFinished                                  []int64
+	// events, in report order
+	eKind, eObject, eReason, eMessage []string
+}
+
+func (w *reportWrites) add(r store.Report, t reportedTask, now int64) {
+	w.aTask, w.aAttempt, w.aExit, w.aOutcome = append(w.aTask, r.TaskID), append(w.aAttempt, r.Attempt),
+		append(w.aExit, r.ExitCode), append(w.aOutcome, r.Outcome)
+	n := t.after(r, now)
+	w.tID, w.tState, w.tNode, w.tMessage = append(w.tID, r.TaskID), append(w.tState, n.state), append(w.tNode, n.node),
+		append(w.tMessage, n.message)
+	w.tAttempt, w.tFailures, w.tEvictions, w.tExitCode, w.tFinished = append(w.tAttempt, n.attempt),
+		append(w.tFailures, n.failures), append(w.tEvictions, n.evictions), append(w.tExitCode, n.exitCode),
+		append(w.tFinished, n.finishedAt)
+	obj := "task/" + t.job + "/" + t.task
+	var kind, reason, msg string
+	switch {
+	case r.Outcome == store.OutcomeSucceeded:
+		kind, reason, msg = "Succeeded", "Completed", fmt.Sprintf("attempt %d on %s", r.Attempt, r.Node)
+	case r.Outcome == store.OutcomePreempted:
+		kind, reason, msg = "Requeued", "Evicted", fmt.Sprintf("attempt %d ended by eviction (%s); attempt %d queued, retries not used",
+			r.Attempt, "eviction notice on "+r.Node, r.Attempt+1)
+	case n.state == store.TaskPending:
+		kind, reason, msg = "Retrying", "Failed", fmt.Sprintf("attempt %d exited %d (%s); retry %d of %d",
+			r.Attempt, r.ExitCode, r.Message, n.failures, t.maxRetries)
+	default:
+		kind, reason, msg = "Failed", "RetriesExhausted", fmt.Sprintf("attempt %d exited %d (%s) after %d retries",
+			r.Attempt, r.ExitCode, r.Message, t.maxRetries)
+	}
+	w.eKind, w.eObject, w.eReason, w.eMessage = append(w.eKind, kind), append(w.eObject, obj), append(w.eReason, reason),
+		append(w.eMessage, msg)
+}
+
+const reportedCols = `SELECT t.id, j.id, j.name, t.name, t.state, t.node, t.message, t.attempt, t.failures, t.max_retries,
+	t.evictions, t.exit_code, t.finished_at FROM tasks t JOIN jobs j ON j.id = t.job_id`
+
+// reportedTasks reads (on PostgreSQL: and locks, in ID order) the rows of
+// the reported tasks that exist, by ID.
+func (s *Store) reportedTasks(ctx context.Context, tx *txn, rs []store.Report) (map[int64]reportedTask, error) {
+	out := make(map[int64]reportedTask, len(rs))
+	scan := func(sc interface{ Scan(...any) error }) error {
+		var id int64
+		var t reportedTask
+		if err := sc.Scan(&id, &t.jobID, &t.job, &t.task, &t.state, &t.node, &t.message, &t.attempt, &t.failures, &t.maxRetries,
+			&t.evictions, &t.exitCode, &t.finishedAt); err != nil {
+			return err
+		}
+		out[id] = t
+		return nil
+	}
+	if s.d.Arrays {
+		ids := make([]int64, 0, len(rs))
+		for _, r := range rs {
+			ids = append(ids, r.TaskID)
+		}
+		rows, err := tx.QueryContext(ctx, reportedCols+` WHERE t.id = ANY(?::bigint[]) ORDER BY t.id`+s.forUpdateOf("t"), ids)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				return nil, err
+			}
+		}
+		return out, rows.Err()
+	}
+	st, err := tx.PrepareContext(ctx, reportedCols+` WHERE t.id = ?`)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	for _, r := range rs {
+		if _, ok := out[r.TaskID]; ok {
+			continue
+		}
+		if err := scan(st.QueryRowContext(ctx, r.TaskID)); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// applyReports writes a batch's rows: three statements on PostgreSQL,
+// three prepared statements run per row elsewhere.
+func (s *Store) applyReports(ctx context.Context, tx *txn, w *reportWrites, now int64) error {
+	if len(w.tID) == 0 {
+		return nil
+	}
+	if s.d.Arrays {
+		if _, err := tx.ExecContext(ctx, `UPDATE attempts a SET ended_at = ?, outcome = u.outcome, exit_code = u.exit_code
+			FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::bigint[]) AS u(task_id, attempt, outcome, exit_code)
+			WHERE a.task_id = u.task_id AND a.attempt = u.attempt AND a.ended_at = 0`,
+			now, w.aTask, w.aAttempt, w.aOutcome, w.aExit); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE tasks t SET state = u.state, node = u.node, message = u.message, attempt = u.attempt,
+				failures = u.failures, evictions = u.evictions, exit_code = u.exit_code, finished_at = u.finished_at
+			FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[])
+				AS u(id, state, node, message, attempt, failures, evictions, exit_code, finished_at)
+			WHERE t.id = u.id`,
+			w.tID, w.tState, w.tNode, w.tMessage, w.tAttempt, w.tFailures, w.tEvictions, w.tExitCode, w.tFinished); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO events (time, kind, object, reason, message)
+			SELECT ?, kind, object, reason, message FROM unnest(?::text[], ?::text[], ?::text[], ?::text[])
+				WITH ORDINALITY AS u(kind, object, reason, message, n) ORDER BY n`,
+			now, w.eKind, w.eObject, w.eReason, w.eMessage)
 		return err
 	}
-	switch outcome {
-	case store.OutcomeSucceeded:
-		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, exit_code = 0, message = ?, finished_at = ? WHERE id = ?`,
-			store.TaskSucceeded, message, now, taskID); err != nil {
+	att, err := tx.PrepareContext(ctx, `UPDATE attempts SET ended_at = ?, outcome = ?, exit_code = ? WHERE task_id = ? AND attempt = ? AND ended_at = 0`)
+	if err != nil {
+		return err
+	}
+	defer att.Close()
+	upd, err := tx.PrepareContext(ctx, `UPDATE tasks SET state = ?, node = ?, message = ?, attempt = ?, failures = ?, evictions = ?,
+		exit_code = ?, finished_at = ? WHERE id = ?`)
+	if err != nil {
+		return err
+	}
+	defer upd.Close()
+	ev, err := tx.PrepareContext(ctx, `INSERT INTO events (time, kind, object, reason, message) VALUES (?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer ev.Close()
+	for i := range w.tID {
+		if _, err := att.ExecContext(ctx, now, w.aOutcome[i], w.aExit[i], w.aTask[i], w.aAttempt[i]); err != nil {
 			return err
 		}
-		if err := s.event(ctx, tx, "Succeeded", obj, "Completed", fmt.Sprintf("attempt %d on %s", attempt, node)); err != nil {
+		if _, err := upd.ExecContext(ctx, w.tState[i], w.tNode[i], w.tMessage[i], w.tAttempt[i], w.tFailures[i], w.tEvictions[i],
+			w.tExitCode[i], w.tFinished[i], w.tID[i]); err != nil {
 			return err
 		}
-	case store.OutcomePreempted:
-		if err := s.requeue(ctx, tx, taskID, job, task, attempt, "eviction notice on "+node); err != nil {
+		if _, err := ev.ExecContext(ctx, now, w.eKind[i], w.eObject[i], w.eReason[i], w.eMessage[i]); err != nil {
 			return err
-		}
-	case store.OutcomeFailed:
-		failures++
-		if failures <= maxRetries {
-			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, node = '', attempt = attempt + 1, failures = ?, exit_code = ?, message = ?
-				WHERE id = ?`, store.TaskPending, failures, exitCode, message, taskID); err != nil {
-				return err
-			}
-			if err := s.event(ctx, tx, "Retrying", obj, "Failed", fmt.Sprintf("attempt %d exited %d (%s); retry %d of %d",
-				attempt, exitCode, message, failures, maxRetries)); err != nil {
-				return err
-			}
-		} else {
-			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET state = ?, failures = ?, exit_code = ?, message = ?, finished_at = ? WHERE id = ?`,
-				store.TaskFailed, failures, exitCode, message, now, taskID); err != nil {
-				return err
-			}
-			if err := s.event(ctx, tx, "Failed", obj, "RetriesExhausted", fmt.Sprintf("attempt %d exited %d (%s) after %d retries",
-				attempt, exitCode, message, maxRetries)); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

@@ -43,6 +43,7 @@ func Run(t *testing.T, newDB func(t *testing.T) Opener) {
 		{"Assign", testAssign},
 		{"ReportFencing", testReportFencing},
 		{"ReportBatch", testReportBatch},
+		{"PendingQueue", testPendingQueue},
 		{"FailedRetriedThenFailed", testFailedRetried},
 		{"PreemptedOutcomeRequeues", testPreemptedOutcome},
 		{"EndNodeRequeues", testEndNodeRequeues},
