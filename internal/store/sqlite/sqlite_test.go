@@ -126,6 +126,7 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 		`ALTER TABLE nodes DROP COLUMN at_risk`,   // migration 12 undone
 		`DROP INDEX batch_items_sent`,             // migration 13 undone
 		`ALTER TABLE batch_items DROP COLUMN sent_at`,
+		`ALTER TABLE batches DROP COLUMN listing`, // migration 15 undone
 		`UPDATE schema_version SET version = 2`,
 		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
 	} {

@@ -31,6 +31,7 @@ func DowngradeTo6(t *testing.T, db *sql.DB, intType string) {
 		`ALTER TABLE nodes DROP COLUMN at_risk`, // migration 12 undone
 		`DROP INDEX batch_items_sent`,           // migration 13 undone
 		`ALTER TABLE batch_items DROP COLUMN sent_at`,
+		`ALTER TABLE batches DROP COLUMN listing`, // migration 15 undone
 		`UPDATE schema_version SET version = 6`,
 		`INSERT INTO nodes (name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
 			created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation)
