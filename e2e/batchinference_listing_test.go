@@ -25,10 +25,10 @@ import (
 // it is opened: a BatchInference's listing is mid-way, by construction,
 // however fast the machine.
 type listGate struct {
-	next    http.Handler
-	held    atomic.Int32 // requests for a later page that came to the gate
-	open    chan struct{}
-	opened  atomic.Bool
+	next   http.Handler
+	held   atomic.Int32 // requests for a later page that came to the gate
+	open   chan struct{}
+	opened atomic.Bool
 }
 
 func (g *listGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -406,14 +406,18 @@ func (w *worker) score(ctx context.Context, l *lease) error {
 		} else if err != nil {
 			return fmt.Errorf("score: %w", err)
 		}
+		// Each result is synced and renamed into place as it is written;
+		// their directories are synced once for the batch, before the ack
+		// (one sync per result directory, not one per result).
+		wctx, syncs := blob.DeferDirSyncs(ctx)
 		g := errgroup.Group{}
 		g.SetLimit(w.cfg.IO)
 		for r, i := range scored {
 			g.Go(func() error {
-				return w.write(ctx, l.items[i].Input, outs, r)
+				return w.write(wctx, l.items[i].Input, outs, r)
 			})
 		}
-		if err := g.Wait(); err != nil {
+		if err := errors.Join(g.Wait(), syncs.Sync()); err != nil {
 			return err
 		}
 		for _, i := range scored {

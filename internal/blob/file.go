@@ -136,8 +136,9 @@ func (b *fileBucket) Copy(ctx context.Context, dstKey, srcKey string, opts *driv
 }
 
 // fileWriter writes an object to a temporary file beside it and, on Close,
-// syncs it, renames it into place and syncs the directory, in that order.
-// A cancelled context discards the write.
+// syncs it, renames it into place and syncs the directory, in that order
+// (the last step left to a DirSyncs the context carries). A cancelled
+// context discards the write.
 type fileWriter struct {
 	ctx  context.Context
 	disk *fileDisk
@@ -186,7 +187,7 @@ func (w *fileWriter) Close() error {
 		_ = w.disk.Remove(tmp)
 		return err
 	}
-	return w.disk.SyncDir(filepath.Dir(w.path))
+	return syncDir(w.ctx, w.disk, w.path)
 }
 
 // fileDisk is what a Store's file buckets write through: the disk, and the
