@@ -406,10 +406,10 @@ func (w *worker) score(ctx context.Context, l *lease) error {
 		} else if err != nil {
 			return fmt.Errorf("score: %w", err)
 		}
-		// Each result is synced and renamed into place as it is written;
-		// their directories are synced once for the batch, before the ack
-		// (one sync per result directory, not one per result).
-		wctx, syncs := blob.DeferDirSyncs(ctx)
+		// The results are made durable together, before the ack: two
+		// file-system syncs a batch instead of two syncs a result, each
+		// result still written whole or not at all (blob.Syncs).
+		wctx, syncs := blob.DeferSyncs(ctx)
 		g := errgroup.Group{}
 		g.SetLimit(w.cfg.IO)
 		for r, i := range scored {

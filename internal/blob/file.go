@@ -137,7 +137,7 @@ func (b *fileBucket) Copy(ctx context.Context, dstKey, srcKey string, opts *driv
 
 // fileWriter writes an object to a temporary file beside it and, on Close,
 // syncs it, renames it into place and syncs the directory, in that order
-// (the last step left to a DirSyncs the context carries). A cancelled
+// (or leaves all three to a Syncs the context carries). A cancelled
 // context discards the write.
 type fileWriter struct {
 	ctx  context.Context
@@ -174,6 +174,18 @@ func (w *fileWriter) Close() error {
 	if err == nil {
 		err = w.ctx.Err()
 	}
+	if run := deferredSyncs(w.ctx); run != nil {
+		// Synced and renamed into place with the rest of the run.
+		if cerr := w.f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			_ = w.disk.Remove(tmp)
+			return err
+		}
+		run.add(pendingWrite{fs: w.disk, tmp: tmp, path: w.path})
+		return nil
+	}
 	if err == nil {
 		err = w.f.Sync()
 	}
@@ -187,7 +199,7 @@ func (w *fileWriter) Close() error {
 		_ = w.disk.Remove(tmp)
 		return err
 	}
-	return syncDir(w.ctx, w.disk, w.path)
+	return w.disk.SyncDir(filepath.Dir(w.path))
 }
 
 // fileDisk is what a Store's file buckets write through: the disk, and the

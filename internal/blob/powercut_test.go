@@ -246,11 +246,10 @@ func TestCheckpointSaveFailsAtEveryStep(t *testing.T) {
 	}
 }
 
-// TestDeferDirSyncs: objects written under DeferDirSyncs are whole or
-// absent after a power cut before Sync (each is synced and renamed into
-// place), and certain to survive once Sync returned; their directory is
-// synced once, not once per object.
-func TestDeferDirSyncs(t *testing.T) {
+// TestDeferSyncs: objects written under DeferSyncs are absent after a
+// power cut before Sync and certain to survive, whole, once Sync
+// returned; the run costs two file-system syncs, none per object.
+func TestDeferSyncs(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
 	d, err := powercut.New(root)
@@ -266,32 +265,31 @@ func TestDeferDirSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	// The directory exists and is durable before the run, as a worker's
-	// output directory is after its first batch.
-	if err := b.WriteAll(ctx, "r/first", []byte("first"), nil); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{"r/a": "result a", "r/b": "result b, longer", "r/c": "c"}
-	dctx, syncs := DeferDirSyncs(ctx)
+	want := map[string]string{"r/a": "result a", "r/b": "result b, longer", "r/c": "c", "q/d": "in another directory"}
+	dctx, syncs := DeferSyncs(ctx)
 	before := len(d.Steps())
 	for k, v := range want {
 		if err := b.WriteAll(dctx, k, []byte(v), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	check := func(certain bool) {
+	check := func(after bool) {
 		t.Helper()
-		dst := t.TempDir()
-		if err := d.MaterializeCertain(dst); err != nil {
-			t.Fatal(err)
-		}
-		for k, v := range want {
-			got, err := os.ReadFile(filepath.Join(dst, "blobs", "out", filepath.FromSlash(k)))
-			switch {
-			case err == nil && string(got) != v:
-				t.Errorf("%s after a cut: %q, want %q or nothing", k, got, v)
-			case err != nil && certain:
-				t.Errorf("%s lost in a cut after Sync: %v", k, err)
+		for i := range d.Outcomes() {
+			dst := t.TempDir()
+			if err := d.Materialize(i, dst); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range want {
+				got, err := os.ReadFile(filepath.Join(dst, "blobs", "out", filepath.FromSlash(k)))
+				switch {
+				case err == nil && string(got) != v:
+					t.Errorf("%s after a cut (outcome %d): %q, want %q or nothing", k, i, got, v)
+				case err != nil && after:
+					t.Errorf("%s lost in a cut after Sync (outcome %d): %v", k, i, err)
+				case err == nil && !after:
+					t.Errorf("%s in place before Sync (outcome %d)", k, i)
+				}
 			}
 		}
 	}
@@ -300,13 +298,16 @@ func TestDeferDirSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(true)
-	dirSyncs := 0
+	var fsSyncs, fileSyncs int
 	for _, st := range d.Steps()[before:] {
-		if strings.HasPrefix(st, "syncdir") || strings.HasPrefix(st, "SyncDir") {
-			dirSyncs++
+		switch {
+		case strings.HasPrefix(st, "syncfs "):
+			fsSyncs++
+		case strings.HasPrefix(st, "sync "):
+			fileSyncs++
 		}
 	}
-	if dirSyncs != 1 {
-		t.Errorf("%d directory syncs for three objects in one directory, want 1: %q", dirSyncs, d.Steps()[before:])
+	if fsSyncs != 2 || fileSyncs != 0 {
+		t.Errorf("%d file-system syncs and %d file syncs for four objects, want 2 and 0: %q", fsSyncs, fileSyncs, d.Steps()[before:])
 	}
 }
