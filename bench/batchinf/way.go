@@ -25,7 +25,8 @@ type measured struct {
 	span      span    // results, makespan, CPU of every process involved
 	workerCPU float64 // of that, the workers' (spotml)
 	loop      time.Duration
-	apply     time.Duration // spotml: the apply call (listing and queueing the inputs)
+	apply     time.Duration // spotml: the apply call (checks, the first page of the input queued)
+	listed    time.Duration // spotml: from the apply until the whole input was queued
 	load      string        // load average at the end
 
 	// spotml only.
@@ -102,6 +103,9 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 			r.notices = append(r.notices, eviction{node: n.Name, at: time.Since(start), inFlight: max(prev[n.Name], leased[n.Name])})
 		}
 		prev = leased
+		if r.listed == 0 && !b.Listing {
+			r.listed = time.Since(start)
+		}
 		if b.State != store.BatchRunning {
 			break
 		}
