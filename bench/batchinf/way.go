@@ -84,6 +84,7 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	lastPrint := time.Now()
 	for {
 		leased, err := leasedByNode(ctx, c, name)
+		b = api.BatchInference{} // decoding leaves out what the answer omits (listing: false)
 		if err == nil {
 			err = c.API.Do(ctx, http.MethodGet, api.Prefix+"/batchinferences/"+name, nil, &b)
 		}
