@@ -83,6 +83,7 @@ func TestBatchInferenceBrokerNATS(t *testing.T) {
 	c.apply(pool("spot-a", "spot", 3) + strings.Replace(batchYAML("score", "uploads/", "**/*.png", "spot-a", ""),
 		"queue: {leaseTimeout: 10s}", `queue: {uri: "nats://spotml.score", groupSize: 4, leaseTimeout: 10s}`, 1))
 	start := time.Now()
+	waitFor(t, 30*time.Second, "the input listed", func() bool { return !c.batch("score").Listing })
 	if b := c.batch("score"); b.Total != n+1 {
 		t.Fatalf("total = %d, want %d", b.Total, n+1)
 	}

@@ -85,6 +85,7 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 
 	c.apply(pool("spot-a", "spot", 3) + batchYAML("score", "uploads/", "**/*.png", "spot-a", ""))
 	start := time.Now()
+	waitFor(t, 30*time.Second, "the input listed", func() bool { return !c.batch("score").Listing })
 	if b := c.batch("score"); b.Total != n+len(bad) {
 		t.Fatalf("total = %d, want %d (the PNGs, not notes.txt)", b.Total, n+len(bad))
 	}

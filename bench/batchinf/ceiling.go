@@ -37,7 +37,8 @@ type ceilingResult struct {
 // ceiling scores the files in this process on one ONNX Runtime thread, in
 // batches of batch, twice: (d1) as a worker does, reading, decoding and
 // scoring each batch and writing each result through spotml's blob store
-// (synced, as the worker's are), and (d2) the model alone over the same
+// (durable before the next batch, made so together as the worker's are),
+// and (d2) the model alone over the same
 // batches decoded beforehand.
 func ceiling(ctx context.Context, lib, model, in, out string, keys []string, batch int) (ceilingResult, error) {
 	r := ceilingResult{classes: make(map[string]int, len(keys))}
@@ -88,6 +89,8 @@ func ceiling(ctx context.Context, lib, model, in, out string, keys []string, bat
 		if err != nil {
 			return r, err
 		}
+		// As a worker writes them: made durable together per batch.
+		wctx, syncs := blob.DeferSyncs(ctx)
 		for i, k := range ks {
 			res, err := batchinf.RowResult(k, outs, i)
 			if err != nil {
@@ -97,10 +100,13 @@ func ceiling(ctx context.Context, lib, model, in, out string, keys []string, bat
 			if err != nil {
 				return r, err
 			}
-			if err := dst.WriteAll(ctx, batchinf.ResultKey(k, spec.FormatJSONL), b, nil); err != nil {
+			if err := dst.WriteAll(wctx, batchinf.ResultKey(k, spec.FormatJSONL), b, nil); err != nil {
 				return r, err
 			}
 			r.classes[k] = *res.Class
+		}
+		if err := syncs.Sync(); err != nil {
+			return r, err
 		}
 	}
 	r.whole = span{items: len(keys), wall: time.Since(t0), cpu: cpuSelf() - cpu0}

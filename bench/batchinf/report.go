@@ -67,7 +67,8 @@ func (rep *report) print(w io.Writer) {
 		if x.m == nil || x.m.span.cpu == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "- %s the apply (listing the input, queueing %d items) took %s of the makespan.\n", x.name, x.m.span.items, x.m.apply.Round(100*time.Millisecond))
+		fmt.Fprintf(w, "- %s the apply took %s; the control plane had listed the input and queued all %d items %s after it (scoring meanwhile).\n",
+			x.name, x.m.apply.Round(10*time.Millisecond), x.m.span.items, x.m.listed.Round(100*time.Millisecond))
 		fmt.Fprintf(w, "- %s CPU: %.1f s in all, %.1f s (%.0f %%) of it in the workers; %.0f items per worker CPU-second (%.2f× (d1)); load average %s at its end.\n",
 			x.name, x.m.span.cpu, x.m.workerCPU, 100*x.m.workerCPU/x.m.span.cpu, float64(x.m.span.items)/x.m.workerCPU,
 			float64(x.m.span.items)/x.m.workerCPU/d1.perCPUSec(), x.m.load)

@@ -25,7 +25,8 @@ type measured struct {
 	span      span    // results, makespan, CPU of every process involved
 	workerCPU float64 // of that, the workers' (spotml)
 	loop      time.Duration
-	apply     time.Duration // spotml: the apply call (listing and queueing the inputs)
+	apply     time.Duration // spotml: the apply call (checks, the first page of the input queued)
+	listed    time.Duration // spotml: from the apply until the whole input was queued
 	load      string        // load average at the end
 
 	// spotml only.
@@ -83,6 +84,7 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	lastPrint := time.Now()
 	for {
 		leased, err := leasedByNode(ctx, c, name)
+		b = api.BatchInference{} // decoding leaves out what the answer omits (listing: false)
 		if err == nil {
 			err = c.API.Do(ctx, http.MethodGet, api.Prefix+"/batchinferences/"+name, nil, &b)
 		}
@@ -102,6 +104,9 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 			r.notices = append(r.notices, eviction{node: n.Name, at: time.Since(start), inFlight: max(prev[n.Name], leased[n.Name])})
 		}
 		prev = leased
+		if r.listed == 0 && !b.Listing {
+			r.listed = time.Since(start)
+		}
 		if b.State != store.BatchRunning {
 			break
 		}

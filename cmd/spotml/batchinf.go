@@ -83,7 +83,11 @@ func getBatches(ctx context.Context, cl *client.Client, w io.Writer, name, outpu
 			if b.ETA > 0 {
 				eta = b.ETA.String()
 			}
-			return fmt.Sprintf("%s\t%s\t%d\t%d\t%d\t%d\t%.1f\t%s\t%d/%d\t%d\t$%.4f\t$%.4f\t%s", b.Name, b.State, b.Total, b.Done, b.InFlight, b.Failed,
+			state := b.State
+			if b.Listing {
+				state += "+listing" // the input is still being queued: TOTAL grows
+			}
+			return fmt.Sprintf("%s\t%s\t%d\t%d\t%d\t%d\t%.1f\t%s\t%d/%d\t%d\t$%.4f\t$%.4f\t%s", b.Name, state, b.Total, b.Done, b.InFlight, b.Failed,
 				b.Throughput, eta, b.Workers, b.Workers+b.WorkersPending, b.Evictions, b.Cost, b.OnDemandCost, age(b.CreatedAt))
 		})
 }
@@ -133,6 +137,10 @@ func batchProgressLine(b api.BatchInference, elapsed time.Duration) string {
 	if b.ETA > 0 {
 		eta = ", ETA " + b.ETA.String()
 	}
-	return fmt.Sprintf("[%s] %d/%d items done, %d in flight, %d failed, %d workers, %d evictions | %.1f items/s%s | cost $%.4f (on-demand $%.4f) | %s",
-		bar(frac), b.Done, b.Total, b.InFlight, b.Failed, b.Workers, b.Evictions, b.Throughput, eta, b.Cost, b.OnDemandCost, elapsed.Round(time.Second))
+	total := fmt.Sprint(b.Total)
+	if b.Listing {
+		total += "+ (listing)"
+	}
+	return fmt.Sprintf("[%s] %d/%s items done, %d in flight, %d failed, %d workers, %d evictions | %.1f items/s%s | cost $%.4f (on-demand $%.4f) | %s",
+		bar(frac), b.Done, total, b.InFlight, b.Failed, b.Workers, b.Evictions, b.Throughput, eta, b.Cost, b.OnDemandCost, elapsed.Round(time.Second))
 }

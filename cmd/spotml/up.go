@@ -237,8 +237,8 @@ func serve(ctx context.Context, f serverFlags, withLocal bool, log *slog.Logger,
 	defer publisher.Close(context.WithoutCancel(ctx))
 	plane = control.New(st, providers, log, time.Now, control.Options{Interval: f.interval, NodeTimeout: f.nodeTimeout,
 		Retention: retention, Instance: instance, LeaseTTL: f.leaseTTL, BatchPublisher: publisher,
-		BatchInputs: func(ctx context.Context, in spec.BatchInput) ([]string, error) {
-			return server.ListBatchInputs(ctx, cfg.Blobs, in)
+		BatchInputs: func(ctx context.Context, in spec.BatchInput, page func([]string) error) error {
+			return server.BatchInputPages(ctx, cfg.Blobs, in, page)
 		}})
 	cfg.Plane, cfg.Evictor = plane, plane
 	g, gctx := errgroup.WithContext(ctx)

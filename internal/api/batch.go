@@ -47,17 +47,20 @@ const (
 // BatchInference is a BatchInference's status, as `spotml get
 // batchinference` shows it.
 type BatchInference struct {
-	Name       string              `json:"name"`
-	Spec       spec.BatchInference `json:"spec"`
-	State      string              `json:"state"` // running, succeeded
-	CreatedAt  time.Time           `json:"createdAt"`
-	StartedAt  time.Time           `json:"startedAt,omitzero"`
-	FinishedAt time.Time           `json:"finishedAt,omitzero"`
-	Total      int                 `json:"total"`
-	Pending    int                 `json:"pending"`
-	InFlight   int                 `json:"inFlight"` // leased by a worker
-	Done       int                 `json:"done"`
-	Failed     int                 `json:"failed"`
+	Name  string              `json:"name"`
+	Spec  spec.BatchInference `json:"spec"`
+	State string              `json:"state"` // running, succeeded
+	// Listing is true while the control plane is still listing the input
+	// and queueing its items: Total grows, and the batch cannot finish.
+	Listing    bool      `json:"listing,omitempty"`
+	CreatedAt  time.Time `json:"createdAt"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	Total      int       `json:"total"`
+	Pending    int       `json:"pending"`
+	InFlight   int       `json:"inFlight"` // leased by a worker
+	Done       int       `json:"done"`
+	Failed     int       `json:"failed"`
 	// Throughput is items per second over the last minute (or since the
 	// start, when shorter); ETA how long what is left takes at that rate.
 	Throughput float64       `json:"throughput"`
@@ -103,6 +106,9 @@ type LeaseResponse struct {
 	// included: when it is not zero but nothing came, others hold them.
 	Running bool `json:"running"`
 	Left    int  `json:"left"`
+	// Listing is true while the batch's input is still being queued:
+	// nothing left now does not mean nothing more will come.
+	Listing bool `json:"listing,omitempty"`
 }
 
 // LeasedItem is one item a worker holds.

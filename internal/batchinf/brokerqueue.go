@@ -85,7 +85,7 @@ func (q *brokerQueue) next(stop, work context.Context) (*lease, error) {
 			if err := w.call(work, http.MethodGet, "", nil, &st); err != nil {
 				return nil, err
 			}
-			if w.idle(st.State == "running", st.Pending+st.InFlight, idleSince) {
+			if w.idle(st.State == "running", st.Listing, st.Pending+st.InFlight, idleSince) {
 				return nil, nil
 			}
 			continue

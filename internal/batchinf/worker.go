@@ -304,7 +304,7 @@ func (q *storeQueue) next(stop, work context.Context) (*lease, error) {
 			return nil, nil
 		}
 		if len(resp.Items) == 0 {
-			if w.idle(resp.Running, resp.Left, idleSince) {
+			if w.idle(resp.Running, resp.Listing, resp.Left, idleSince) {
 				return nil, nil
 			}
 			// Other workers hold what is left; it may come back.
@@ -319,12 +319,14 @@ func (q *storeQueue) next(stop, work context.Context) (*lease, error) {
 }
 
 // idle reports whether a worker that got nothing should exit: the batch
-// finished, or nothing is left (trigger once), or nothing was for the
-// idle timeout (watch).
-func (w *worker) idle(running bool, left int, since time.Time) bool {
+// finished, or nothing is left and the input is listed (trigger once), or
+// nothing was for the idle timeout (watch).
+func (w *worker) idle(running, listing bool, left int, since time.Time) bool {
 	switch {
 	case !running:
 		return true // finished or deleted
+	case listing:
+		return false // more items are being queued
 	case left == 0 && w.spec.Trigger != spec.TriggerWatch:
 		return true
 	case left == 0 && time.Since(since) > w.spec.Queue.IdleTimeout.Duration:
@@ -404,14 +406,18 @@ func (w *worker) score(ctx context.Context, l *lease) error {
 		} else if err != nil {
 			return fmt.Errorf("score: %w", err)
 		}
+		// The results are made durable together, before the ack: two
+		// file-system syncs a batch instead of two syncs a result, each
+		// result still written whole or not at all (blob.Syncs).
+		wctx, syncs := blob.DeferSyncs(ctx)
 		g := errgroup.Group{}
 		g.SetLimit(w.cfg.IO)
 		for r, i := range scored {
 			g.Go(func() error {
-				return w.write(ctx, l.items[i].Input, outs, r)
+				return w.write(wctx, l.items[i].Input, outs, r)
 			})
 		}
-		if err := g.Wait(); err != nil {
+		if err := errors.Join(g.Wait(), syncs.Sync()); err != nil {
 			return err
 		}
 		for _, i := range scored {

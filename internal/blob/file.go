@@ -136,8 +136,9 @@ func (b *fileBucket) Copy(ctx context.Context, dstKey, srcKey string, opts *driv
 }
 
 // fileWriter writes an object to a temporary file beside it and, on Close,
-// syncs it, renames it into place and syncs the directory, in that order.
-// A cancelled context discards the write.
+// syncs it, renames it into place and syncs the directory, in that order
+// (or leaves all three to a Syncs the context carries). A cancelled
+// context discards the write.
 type fileWriter struct {
 	ctx  context.Context
 	disk *fileDisk
@@ -172,6 +173,18 @@ func (w *fileWriter) Close() error {
 	err := w.err
 	if err == nil {
 		err = w.ctx.Err()
+	}
+	if run := deferredSyncs(w.ctx); run != nil {
+		// Synced and renamed into place with the rest of the run.
+		if cerr := w.f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			_ = w.disk.Remove(tmp)
+			return err
+		}
+		run.add(pendingWrite{fs: w.disk, tmp: tmp, path: w.path})
+		return nil
 	}
 	if err == nil {
 		err = w.f.Sync()

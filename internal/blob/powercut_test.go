@@ -245,3 +245,69 @@ func TestCheckpointSaveFailsAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// TestDeferSyncs: objects written under DeferSyncs are absent after a
+// power cut before Sync and certain to survive, whole, once Sync
+// returned; the run costs two file-system syncs, none per object.
+func TestDeferSyncs(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := powercut.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore("file://"+filepath.ToSlash(root)+"/blobs", WithDisk(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Open(ctx, "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	want := map[string]string{"r/a": "result a", "r/b": "result b, longer", "r/c": "c", "q/d": "in another directory"}
+	dctx, syncs := DeferSyncs(ctx)
+	before := len(d.Steps())
+	for k, v := range want {
+		if err := b.WriteAll(dctx, k, []byte(v), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(after bool) {
+		t.Helper()
+		for i := range d.Outcomes() {
+			dst := t.TempDir()
+			if err := d.Materialize(i, dst); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range want {
+				got, err := os.ReadFile(filepath.Join(dst, "blobs", "out", filepath.FromSlash(k)))
+				switch {
+				case err == nil && string(got) != v:
+					t.Errorf("%s after a cut (outcome %d): %q, want %q or nothing", k, i, got, v)
+				case err != nil && after:
+					t.Errorf("%s lost in a cut after Sync (outcome %d): %v", k, i, err)
+				case err == nil && !after:
+					t.Errorf("%s in place before Sync (outcome %d)", k, i)
+				}
+			}
+		}
+	}
+	check(false)
+	if err := syncs.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	check(true)
+	var fsSyncs, fileSyncs int
+	for _, st := range d.Steps()[before:] {
+		switch {
+		case strings.HasPrefix(st, "syncfs "):
+			fsSyncs++
+		case strings.HasPrefix(st, "sync "):
+			fileSyncs++
+		}
+	}
+	if fsSyncs != 2 || fileSyncs != 0 {
+		t.Errorf("%d file-system syncs and %d file syncs for four objects, want 2 and 0: %q", fsSyncs, fileSyncs, d.Steps()[before:])
+	}
+}

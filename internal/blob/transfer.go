@@ -203,6 +203,47 @@ func (s *Store) list(ctx context.Context, location string) ([]Object, error) {
 	return objs, nil
 }
 
+// ListPages lists the objects under location like List, handing them to
+// page a page at a time (up to size objects; 1,000 when size is 0) in
+// key order, so that a caller can act on a large prefix as it is listed.
+// An error from page ends the listing and is returned.
+func (s *Store) ListPages(ctx context.Context, location string, size int, page func([]Object) error) error {
+	r, err := s.resolve(location)
+	if err != nil {
+		return s.explain(location, err)
+	}
+	b, err := s.root(ctx, r)
+	if err != nil {
+		return s.explain(location, err)
+	}
+	defer b.Close()
+	if size <= 0 {
+		size = 1000
+	}
+	prefix := dirKey(r.key)
+	token := blob.FirstPageToken
+	for len(token) > 0 {
+		objs, next, err := b.ListPage(ctx, token, size, &blob.ListOptions{Prefix: prefix})
+		if err != nil {
+			return s.explain(location, fmt.Errorf("list %s: %w", r.with(prefix).url(), err))
+		}
+		out := make([]Object, 0, len(objs))
+		for _, o := range objs {
+			if o.IsDir || strings.HasSuffix(o.Key, "/") || (r.scheme == fileblob.Scheme && fileTempRE.MatchString(o.Key)) {
+				continue // as in listObjects
+			}
+			out = append(out, Object{Key: strings.TrimPrefix(o.Key, prefix), Size: o.Size, ModTime: o.ModTime})
+		}
+		if len(out) > 0 {
+			if err := page(out); err != nil {
+				return err
+			}
+		}
+		token = next
+	}
+	return nil
+}
+
 // objectRef resolves a location that must name a single object.
 func (s *Store) objectRef(location string) (ref, error) {
 	r, err := s.resolve(location)

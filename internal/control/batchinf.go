@@ -59,7 +59,7 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 			b.Counts.Pending += n
 		}
 		left := b.Counts.Left()
-		if left == 0 && sp.Trigger != spec.TriggerWatch {
+		if left == 0 && !b.Listing && sp.Trigger != spec.TriggerWatch {
 			msg := fmt.Sprintf("%d done, %d failed", b.Counts.Done, b.Counts.Failed)
 			p.log.Info("batch finished", "batch", b.Name, "done", b.Counts.Done, "failed", b.Counts.Failed)
 			errs = append(errs, p.store.FinishBatch(ctx, b.Name, store.BatchSucceeded, msg))
@@ -136,21 +136,88 @@ func BatchMessages(batch string, items []store.BatchItem, size int) []api.BatchM
 // watchBatch lists a watched batch's input once its poll interval has
 // passed and queues what is new. The store queues an input once per batch
 // ((batch, input) is unique), so a blob is never scored twice, whatever
-// restarts.
+// restarts. The batch's first listing is the lister's.
 func (p *Plane) watchBatch(ctx context.Context, b store.Batch) (int, error) {
 	sp := b.Spec.Spec
-	if p.opt.BatchInputs == nil || p.now().Sub(b.ListedAt) < sp.Queue.PollInterval.Duration {
+	if p.opt.BatchInputs == nil || b.Listing || p.now().Sub(b.ListedAt) < sp.Queue.PollInterval.Duration {
 		return 0, nil
 	}
-	inputs, err := p.opt.BatchInputs(ctx, sp.Input)
-	if err != nil {
-		return 0, fmt.Errorf("batchinference %s: list spec.input: %w", b.Name, err)
-	}
-	n, err := p.store.AddBatchItems(ctx, b.Name, inputs)
+	n, err := p.queueInputs(ctx, b)
 	if n > 0 {
 		p.log.Info("batch inputs queued", "batch", b.Name, "new", n)
 	}
 	return n, err
+}
+
+// queueInputs lists b's input and queues what is not queued yet, one
+// transaction per listing page, so that queueing starts with the first
+// page and a listing cut short keeps what it queued. It returns how many
+// items were new.
+func (p *Plane) queueInputs(ctx context.Context, b store.Batch) (int, error) {
+	n := 0
+	err := p.opt.BatchInputs(ctx, b.Spec.Spec.Input, func(inputs []string) error {
+		k, err := p.store.AddBatchItems(ctx, b.Name, inputs)
+		n += k
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("batchinference %s: list spec.input: %w", b.Name, err)
+	}
+	return n, nil
+}
+
+// runBatchLister lists the input of every batch still listing (applied,
+// or cut short by a restart), one batch after another, beside the
+// reconcile loop: an apply stores the batch and returns, and 70,000 inputs
+// take longer to list and queue than an apply should wait, or than a
+// reconcile pass should stall the rest. A listing cut short (a crash, a
+// lost lease) is done again from the start by the next leader: an input
+// is queued once per batch, so nothing is lost or queued twice.
+func (p *Plane) runBatchLister(ctx context.Context) {
+	t := time.NewTicker(p.opt.Interval)
+	defer t.Stop()
+	for {
+		if err := p.fenced(p.ListBatchInputs(ctx)); err != nil && ctx.Err() == nil {
+			p.log.Error("batch listing failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ListBatchInputs lists and queues the whole input of each batch still
+// listing, then ends its listing; the batch can then finish.
+func (p *Plane) ListBatchInputs(ctx context.Context) error {
+	bs, err := p.store.ListingBatches(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, b := range bs {
+		start := p.now()
+		var n int
+		var err error
+		if p.opt.BatchInputs != nil {
+			n, err = p.queueInputs(ctx, b)
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			continue // deleted while listed
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := p.store.EndBatchListing(ctx, b.Name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.log.Info("batch input listed", "batch", b.Name, "new", n, "took", p.now().Sub(start))
+		p.kickLocal()
+	}
+	return errors.Join(errs...)
 }
 
 // BatchWorkers is how many workers a queue of left items calls for:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -110,5 +111,95 @@ spec:
 	p.reconcile()
 	if n, _ := pub.items(); n != 12 || pub.sent[0].Items[0].ID != first {
 		t.Fatalf("after a refused send: %d items sent, first %d; want the same 12 again", n, pub.sent[0].Items[0].ID)
+	}
+}
+
+// TestBatchListing: after an apply the control plane lists the input a
+// page at a time; a listing cut short (a crash: here the lister fails
+// after two pages) keeps what it queued, and the next listing queues the
+// rest, each input once; the batch does not finish while it lists, even
+// with every queued item settled.
+func TestBatchListing(t *testing.T) {
+	var all []string
+	for i := range 10 {
+		all = append(all, fmt.Sprintf("%02d.png", i))
+	}
+	failAfter := 2 // pages; 0: never
+	list := func(_ context.Context, _ spec.BatchInput, page func([]string) error) error {
+		for i, start := 0, 0; start < len(all); i, start = i+1, start+3 {
+			if failAfter > 0 && i == failAfter {
+				return errors.New("control plane killed")
+			}
+			if err := page(all[start:min(start+3, len(all))]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	p := newPlaneWith(t, control.Options{BatchInputs: list})
+	p.apply(cpuPool)
+	docs, err := spec.Parse([]byte(`apiVersion: spotml/v1
+kind: BatchInference
+metadata: {name: b}
+spec:
+  input: {uri: in/}
+  output: {uri: out/}
+  model: {uri: m.onnx}
+  pool: cpu
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.st.ApplyBatch(p.ctx, *docs[0].BatchInference, all[:3]); err != nil {
+		t.Fatal(err)
+	}
+	settle := func() {
+		t.Helper()
+		items, err := p.st.LeaseBatchItems(p.ctx, "b", "n:w", 100, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []int64
+		for _, it := range items {
+			ids = append(ids, it.ID)
+		}
+		if _, err := p.st.AckBatchItems(p.ctx, "b", ids); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.p.ListBatchInputs(p.ctx); err == nil {
+		t.Fatal("a listing cut short is not reported")
+	}
+	b, err := p.st.GetBatch(p.ctx, "b")
+	if err != nil || !b.Listing || b.Counts.Total != 6 {
+		t.Fatalf("after a listing cut short: %+v, %v; want listing with 6 items", b, err)
+	}
+	settle()
+	p.reconcile()
+	if b, _ := p.st.GetBatch(p.ctx, "b"); b.State != "running" {
+		t.Fatalf("finished while listing: %+v", b)
+	}
+	failAfter = 0
+	if err := p.p.ListBatchInputs(p.ctx); err != nil {
+		t.Fatal(err)
+	}
+	items, err := p.st.BatchItems(p.ctx, "b", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, it := range items {
+		got = append(got, it.Input)
+	}
+	if !slices.Equal(got, all) {
+		t.Fatalf("items after the listing: %q; want each input once: %q", got, all)
+	}
+	if b, _ := p.st.GetBatch(p.ctx, "b"); b.Listing || b.State != "running" {
+		t.Fatalf("after the listing: %+v; want running (4 items left), listed", b)
+	}
+	settle()
+	p.reconcile()
+	if b, _ := p.st.GetBatch(p.ctx, "b"); b.State != "succeeded" || b.Counts.Done != 10 {
+		t.Fatalf("all settled: %+v; want succeeded with 10 done", b)
 	}
 }

@@ -40,9 +40,10 @@ type Options struct {
 	PruneEvery time.Duration // default 1m
 	PruneBatch int           // rows of each kind per transaction; default 500
 	// BatchInputs lists a BatchInference's inputs (the blob store's
-	// keys under input.uri matching input.pattern), for trigger: watch;
-	// nil: watches queue nothing new.
-	BatchInputs func(ctx context.Context, in spec.BatchInput) ([]string, error)
+	// keys under input.uri matching input.pattern) in key order, a page at
+	// a time, for the listing after an apply and for trigger: watch; nil:
+	// batches queue only what their apply did.
+	BatchInputs func(ctx context.Context, in spec.BatchInput, page func([]string) error) error
 	// BatchPublisher sends the work of BatchInferences whose queue.uri
 	// is a broker; nil: such batches get no work.
 	BatchPublisher BatchPublisher

@@ -225,6 +225,7 @@ func (p *Plane) runLeader(ctx context.Context, term int64) {
 			})
 		}
 	}
+	wg.Go(func() { p.runBatchLister(ctx) })
 	t := time.NewTicker(p.opt.Interval)
 	defer t.Stop()
 	first := true

@@ -56,9 +56,19 @@ func TestBatchInferenceApplyAndQueue(t *testing.T) {
 	}
 
 	a.admin("POST", "/apply", applyFiles("b.yaml", poolYAML+"---\n"+batchDoc("in/", "")), http.StatusOK)
+	// The apply queues the first page of the listing and leaves the rest
+	// to the control plane, which lists the input again and ends the
+	// listing: still one item per input.
 	b := decode[api.BatchInference](t, a.admin("GET", "/batchinferences/b", nil, http.StatusOK))
-	if b.Total != 5 || b.Pending != 5 || b.State != "running" {
+	if b.Total != 5 || b.Pending != 5 || b.State != "running" || !b.Listing {
 		t.Fatalf("after apply: %+v", b)
+	}
+	if err := a.plane.ListBatchInputs(a.ctx); err != nil {
+		t.Fatal(err)
+	}
+	b = decode[api.BatchInference](t, a.admin("GET", "/batchinferences/b", nil, http.StatusOK))
+	if b.Total != 5 || b.Pending != 5 || b.Listing {
+		t.Fatalf("after the listing: %+v", b)
 	}
 	if err := a.plane.Reconcile(a.ctx); err != nil {
 		t.Fatal(err)
@@ -89,7 +99,7 @@ func TestBatchInferenceApplyAndQueue(t *testing.T) {
 	w1 := n1 + ":" + worker + "/task-0#1"
 	lease(n1, "other-node:"+worker+"/task-1#1", 3, http.StatusForbidden) // only its own workers
 	l := lease(n1, w1, 3, http.StatusOK)
-	if len(l.Items) != 3 || l.Items[0].Input != "5.png" || l.LeaseTimeout != 30*time.Second || !l.Running || l.Left != 5 {
+	if len(l.Items) != 3 || l.Items[0].Input != "5.png" || l.LeaseTimeout != 30*time.Second || !l.Running || l.Left < 3 || l.Listing {
 		t.Fatalf("lease: %+v", l)
 	}
 	a.agentAs(a.cred(n1), "/batches/b/ack", api.AckRequest{Worker: w1, Done: []int64{l.Items[0].ID},

@@ -85,7 +85,10 @@ func newAPI(t *testing.T, opts ...func(*server.Config)) *apiServer {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	prov := &recorder{}
-	plane := control.New(st, map[string]control.Provider{spec.ProviderLocal: prov}, log, clock.Now, control.Options{})
+	plane := control.New(st, map[string]control.Provider{spec.ProviderLocal: prov}, log, clock.Now, control.Options{
+		BatchInputs: func(ctx context.Context, in spec.BatchInput, page func([]string) error) error {
+			return server.BatchInputPages(ctx, blobs, in, page)
+		}})
 	cfg := server.Config{Store: st, Blobs: blobs, Plane: plane, Token: adminToken, JoinToken: joinToken,
 		HeartbeatInterval: time.Second, Log: log, Now: clock.Now}
 	for _, o := range opts {

@@ -31,8 +31,11 @@ type Batch struct {
 	StartedAt  time.Time           `json:"startedAt,omitzero"` // first lease
 	FinishedAt time.Time           `json:"finishedAt,omitzero"`
 	// ListedAt is when a watch last listed the input.
-	ListedAt time.Time   `json:"listedAt,omitzero"`
-	Counts   BatchCounts `json:"counts"`
+	ListedAt time.Time `json:"listedAt,omitzero"`
+	// Listing is true until the control plane has listed the whole input
+	// once: the items are still being queued, and the batch cannot finish.
+	Listing bool        `json:"listing,omitempty"`
+	Counts  BatchCounts `json:"counts"`
 }
 
 // BatchCounts counts a batch's items.

@@ -7,6 +7,8 @@ package disk
 import (
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // FS is a file system that changes names and contents only through these
@@ -25,6 +27,11 @@ type FS interface {
 	// SyncDir makes the directory's entries durable: the names created,
 	// renamed into or removed from it so far.
 	SyncDir(name string) error
+	// SyncFS makes everything written so far to the file system that
+	// holds name durable: every file's data and every directory's entries
+	// (syncfs(2)). One SyncFS costs about one file's sync, whatever was
+	// written.
+	SyncFS(name string) error
 }
 
 // File is a file being written.
@@ -60,6 +67,18 @@ func (OS) SyncDir(name string) error {
 		return err
 	}
 	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (OS) SyncFS(name string) error {
+	d, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = unix.Syncfs(int(d.Fd()))
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}

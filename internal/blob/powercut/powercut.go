@@ -274,6 +274,25 @@ func (d *Disk) SyncDir(name string) error {
 	return nil
 }
 
+// SyncFS makes every file's data and every name change durable.
+func (d *Disk) SyncFS(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.step("syncfs " + name); err != nil {
+		return err
+	}
+	if d.noSync {
+		return nil
+	}
+	for _, in := range d.inodes {
+		in.synced = append([]byte(nil), in.data...)
+	}
+	for i := range d.ops {
+		d.ops[i].unsynced = nil
+	}
+	return nil
+}
+
 // durable returns how many of the first ops a cut now certainly keeps: all
 // up to the last one that is durable, since changes survive in order.
 func (d *Disk) durable() int {

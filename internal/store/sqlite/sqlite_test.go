@@ -127,6 +127,7 @@ func TestSQLiteMigrateFrom2(t *testing.T) {
 		`DROP INDEX batch_items_sent`,             // migration 13 undone
 		`ALTER TABLE batch_items DROP COLUMN sent_at`,
 		`ALTER TABLE attempts DROP COLUMN first_progress_at`, // migration 15 undone
+		`ALTER TABLE batches DROP COLUMN listing`,            // migration 18 undone
 		`UPDATE schema_version SET version = 2`,
 		`INSERT INTO gateway_stats (gateway, service, qps, updated_at) VALUES ('g', 'm', 2.5, 9e18)`,
 	} {

@@ -19,10 +19,12 @@ import (
 // the batch queue is not part of a heartbeat's answer.
 var noNodes = []string{}
 
-// ApplyBatch stores a BatchInference and queues one item per input, in one
-// transaction. Like a job it is immutable: the same spec again is
-// "unchanged" (and queues nothing), a different one under the same name is
-// ErrConflict.
+// ApplyBatch stores a BatchInference and queues one item per input given
+// (the first listed, if any), in one transaction. The batch is stored as
+// listing: the control plane lists the rest of its input (AddBatchItems,
+// a page at a time) and then ends the listing (EndBatchListing). Like a
+// job it is immutable: the same spec again is "unchanged" (and queues
+// nothing), a different one under the same name is ErrConflict.
 func (s *Store) ApplyBatch(ctx context.Context, b spec.BatchInference, inputs []string) (store.ApplyResult, error) {
 	body, err := json.Marshal(b)
 	if err != nil {
@@ -43,7 +45,7 @@ func (s *Store) ApplyBatch(ctx context.Context, b spec.BatchInference, inputs []
 			return err
 		}
 		now := s.now().UnixNano()
-		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (name, uid, spec, state, max_attempts, created_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (name, uid, spec, state, max_attempts, created_at, listed_at, listing) VALUES (?, ?, ?, ?, ?, ?, ?, 1)`,
 			name, store.RandomHex(4), string(body), store.BatchRunning, b.Spec.Queue.MaxAttempts, now, now); err != nil {
 			return err
 		}
@@ -52,19 +54,22 @@ func (s *Store) ApplyBatch(ctx context.Context, b spec.BatchInference, inputs []
 			return err
 		}
 		res = store.ApplyResult{Kind: spec.KindBatchInference, Name: name, Action: "created"}
-		return s.event(ctx, tx, "Submitted", "batchinference/"+name, "Applied", fmt.Sprintf("%d items", n))
+		return s.event(ctx, tx, "Submitted", "batchinference/"+name, "Applied", fmt.Sprintf("%d items so far; listing the input", n))
 	})
 	return res, err
 }
 
 // AddBatchItems queues the inputs a running batch does not have yet (a
-// watch's new blobs) and records when the input was listed. It returns how
-// many were new.
+// page of its first listing, a watch's new blobs) and records when the
+// input was listed. It returns how many were new. An input queued already
+// is left as it is, so a listing cut short (a restart) is simply done
+// again.
 func (s *Store) AddBatchItems(ctx context.Context, name string, inputs []string) (int, error) {
 	var n int
 	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
 		var state string
-		if err := tx.QueryRowContext(ctx, `SELECT state FROM batches WHERE name = ?`, name).Scan(&state); err != nil {
+		var listing int
+		if err := tx.QueryRowContext(ctx, `SELECT state, listing FROM batches WHERE name = ?`, name).Scan(&state, &listing); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("batchinference %q: %w", name, store.ErrNotFound)
 			}
@@ -81,7 +86,7 @@ func (s *Store) AddBatchItems(ctx context.Context, name string, inputs []string)
 		if _, err := tx.ExecContext(ctx, `UPDATE batches SET listed_at = ? WHERE name = ?`, s.now().UnixNano(), name); err != nil {
 			return err
 		}
-		if n > 0 {
+		if n > 0 && listing == 0 {
 			return s.event(ctx, tx, "Queued", "batchinference/"+name, "NewInputs", fmt.Sprintf("%d items", n))
 		}
 		return nil
@@ -89,15 +94,40 @@ func (s *Store) AddBatchItems(ctx context.Context, name string, inputs []string)
 	return n, err
 }
 
+// EndBatchListing records that a batch's whole input has been listed and
+// queued: from now on it finishes once its items are settled.
+func (s *Store) EndBatchListing(ctx context.Context, name string) error {
+	return s.txNodes(ctx, noNodes, func(tx *txn) error {
+		r, err := tx.ExecContext(ctx, `UPDATE batches SET listing = 0, listed_at = ? WHERE name = ? AND listing = 1`, s.now().UnixNano(), name)
+		if err != nil {
+			return err
+		}
+		if c, _ := r.RowsAffected(); c == 0 {
+			return nil
+		}
+		var total int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM batch_items WHERE batch = ?`, name).Scan(&total); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, "Listed", "batchinference/"+name, "InputListed", fmt.Sprintf("%d items queued", total))
+	})
+}
+
+// ListingBatches returns the batches whose input is still being listed,
+// without their counts.
+func (s *Store) ListingBatches(ctx context.Context) ([]store.Batch, error) {
+	return s.batches(ctx, false, ` WHERE listing = 1`)
+}
+
 // addItems inserts the inputs not queued yet, numbering them after the
-// batch's last item, a few hundred rows a statement.
+// batch's last item, up to a thousand rows a statement (a listing's page).
 func (s *Store) addItems(ctx context.Context, tx *txn, name string, inputs []string) (int, error) {
 	var next int64
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM batch_items WHERE batch = ?`, name).Scan(&next); err != nil {
 		return 0, err
 	}
 	added := 0
-	const chunk = 400
+	const chunk = 1000
 	for start := 0; start < len(inputs); start += chunk {
 		part := inputs[start:min(start+chunk, len(inputs))]
 		var q strings.Builder
@@ -414,10 +444,10 @@ func (s *Store) ExpireBatchLeases(ctx context.Context) (requeued, failed int, er
 }
 
 // FinishBatch ends a batch in state (succeeded); workers lease nothing
-// more from it.
+// more from it. A batch still listing its input does not finish.
 func (s *Store) FinishBatch(ctx context.Context, name, state, message string) error {
 	return s.txNodes(ctx, noNodes, func(tx *txn) error {
-		r, err := tx.ExecContext(ctx, `UPDATE batches SET state = ?, finished_at = ? WHERE name = ? AND state = ?`,
+		r, err := tx.ExecContext(ctx, `UPDATE batches SET state = ?, finished_at = ? WHERE name = ? AND state = ? AND listing = 0`,
 			state, s.now().UnixNano(), name, store.BatchRunning)
 		if err != nil {
 			return err
@@ -446,16 +476,27 @@ func (s *Store) DeleteBatch(ctx context.Context, name string) error {
 	})
 }
 
-const batchCols = `name, uid, spec, state, created_at, started_at, finished_at, listed_at, released, expired, redone`
+const batchCols = `name, uid, spec, state, created_at, started_at, finished_at, listed_at, released, expired, redone, listing`
 
 // ListBatches returns every batch with its counts, oldest first.
 func (s *Store) ListBatches(ctx context.Context) ([]store.Batch, error) {
-	return s.batches(ctx, ``)
+	return s.batches(ctx, true, ``)
 }
 
 // GetBatch returns one batch with its counts.
 func (s *Store) GetBatch(ctx context.Context, name string) (store.Batch, error) {
-	bs, err := s.batches(ctx, ` WHERE name = ?`, name)
+	return s.getBatch(ctx, name, true)
+}
+
+// GetBatchSpec returns one batch without its items' counts (Counts holds
+// only the batch's own tallies: released, expired, redone): counting reads
+// every item, which a worker's lease or ack does not need.
+func (s *Store) GetBatchSpec(ctx context.Context, name string) (store.Batch, error) {
+	return s.getBatch(ctx, name, false)
+}
+
+func (s *Store) getBatch(ctx context.Context, name string, counts bool) (store.Batch, error) {
+	bs, err := s.batches(ctx, counts, ` WHERE name = ?`, name)
 	if err != nil {
 		return store.Batch{}, err
 	}
@@ -465,7 +506,15 @@ func (s *Store) GetBatch(ctx context.Context, name string) (store.Batch, error) 
 	return bs[0], nil
 }
 
-func (s *Store) batches(ctx context.Context, where string, args ...any) ([]store.Batch, error) {
+// BatchLeft counts a batch's items not yet done or failed.
+func (s *Store) BatchLeft(ctx context.Context, name string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state IN (?, ?)`,
+		name, store.ItemPending, store.ItemLeased).Scan(&n)
+	return n, err
+}
+
+func (s *Store) batches(ctx context.Context, counts bool, where string, args ...any) ([]store.Batch, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+batchCols+` FROM batches`+where+` ORDER BY created_at, name`, args...)
 	if err != nil {
 		return nil, err
@@ -474,8 +523,8 @@ func (s *Store) batches(ctx context.Context, where string, args ...any) ([]store
 	for rows.Next() {
 		var b store.Batch
 		var body string
-		var c, st, fin, listed int64
-		if err := rows.Scan(&b.Name, &b.UID, &body, &b.State, &c, &st, &fin, &listed, &b.Counts.Released, &b.Counts.Expired, &b.Counts.Redone); err != nil {
+		var c, st, fin, listed, listing int64
+		if err := rows.Scan(&b.Name, &b.UID, &body, &b.State, &c, &st, &fin, &listed, &b.Counts.Released, &b.Counts.Expired, &b.Counts.Redone, &listing); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -484,11 +533,12 @@ func (s *Store) batches(ctx context.Context, where string, args ...any) ([]store
 			return nil, fmt.Errorf("stored batchinference %s: %w", b.Name, err)
 		}
 		b.CreatedAt, b.StartedAt, b.FinishedAt, b.ListedAt = fromNanos(c), fromNanos(st), fromNanos(fin), fromNanos(listed)
+		b.Listing = listing != 0
 		out = append(out, b)
 	}
 	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
+	if err := rows.Err(); err != nil || !counts {
+		return out, err
 	}
 	recent := s.now().Add(-time.Minute).UnixNano()
 	for i := range out {

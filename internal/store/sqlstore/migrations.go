@@ -626,6 +626,13 @@ var migrations = []migration{
 		CREATE TRIGGER batches_changes AFTER INSERT OR DELETE OR UPDATE OF state, started_at, finished_at, released, expired, redone ON batches
 			FOR EACH STATEMENT EXECUTE FUNCTION spotml_notify_changes();`,
 	},
+	// 18: a BatchInference's input is listed by the control plane after
+	// the apply returns: listing is 1 until the whole input is queued (a
+	// restarted control plane lists it again; (batch, input) is unique).
+	{
+		sqlite:   `ALTER TABLE batches ADD COLUMN listing INTEGER NOT NULL DEFAULT 0;`,
+		postgres: `ALTER TABLE batches ADD COLUMN IF NOT EXISTS listing BIGINT NOT NULL DEFAULT 0;`,
+	},
 }
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit

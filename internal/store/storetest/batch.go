@@ -128,6 +128,26 @@ func testBatchQueue(t *testing.T, h *Harness) {
 		t.Fatalf("total = %d, want 1010", c.Total)
 	}
 
+	// Applied, a batch is listing until the control plane has listed its
+	// whole input; till then it does not finish.
+	if bs, err := h.St.ListingBatches(h.Ctx); err != nil || len(bs) != 1 || bs[0].Name != "b1" || !bs[0].Listing {
+		t.Fatalf("listing batches = %+v, %v; want b1", bs, err)
+	}
+	if err := h.St.FinishBatch(h.Ctx, "b1", store.BatchSucceeded, "done"); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.batch("b1"); b.State != store.BatchRunning {
+		t.Fatalf("finished while listing: %+v", b)
+	}
+	if err := h.St.EndBatchListing(h.Ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if bs, err := h.St.ListingBatches(h.Ctx); err != nil || len(bs) != 0 || h.batch("b1").Listing {
+		t.Fatalf("after the listing: listing batches = %+v, %v", bs, err)
+	}
+	if left, err := h.St.BatchLeft(h.Ctx, "b1"); err != nil || left != h.batch("b1").Counts.Left() {
+		t.Fatalf("left = %d, %v; want %d", left, err, h.batch("b1").Counts.Left())
+	}
 	if err := h.St.FinishBatch(h.Ctx, "b1", store.BatchSucceeded, "done"); err != nil {
 		t.Fatal(err)
 	}

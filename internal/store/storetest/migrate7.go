@@ -32,6 +32,7 @@ func DowngradeTo6(t *testing.T, db *sql.DB, intType string) {
 		`DROP INDEX batch_items_sent`,           // migration 13 undone
 		`ALTER TABLE batch_items DROP COLUMN sent_at`,
 		`ALTER TABLE attempts DROP COLUMN first_progress_at`, // migration 15 undone
+		`ALTER TABLE batches DROP COLUMN listing`,            // migration 18 undone
 		`UPDATE schema_version SET version = 6`,
 		`INSERT INTO nodes (name, pool, priority, zone, instance_type, state, cpu, memory, gpu, price, ondemand_price, pid, workdir,
 			created_at, state_at, heartbeat_at, idle_since, notice_deadline, reason, incarnation)
