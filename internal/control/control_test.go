@@ -81,16 +81,24 @@ type plane struct {
 func newPlane(t *testing.T) *plane { return newPlaneWith(t, control.Options{}) }
 
 func newPlaneWith(t *testing.T, opt control.Options) *plane {
+	prov := &fakeProvider{}
+	p := newPlaneOn(t, map[string]control.Provider{spec.ProviderLocal: prov}, opt)
+	p.prov = prov
+	return p
+}
+
+// newPlaneOn is a plane over a fresh SQLite store on a fake clock, with
+// the providers given.
+func newPlaneOn(t *testing.T, providers map[string]control.Provider, opt control.Options) *plane {
 	clock := clock.NewFake(now)
 	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	prov := &fakeProvider{}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p := control.New(st, map[string]control.Provider{spec.ProviderLocal: prov}, log, clock.Now, opt)
-	return &plane{t: t, ctx: t.Context(), st: st, clock: clock, prov: prov, p: p}
+	p := control.New(st, providers, log, clock.Now, opt)
+	return &plane{t: t, ctx: t.Context(), st: st, clock: clock, p: p}
 }
 
 func (p *plane) apply(yaml string) {

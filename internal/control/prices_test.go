@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spotml/spotml/internal/clock"
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/cost"
 	"github.com/spotml/spotml/internal/spec"
@@ -44,15 +43,9 @@ func (p *pricedProvider) set(price float64, err error) {
 // provider's Spot price (its billing run opens at it); when the provider
 // cannot tell, the table's price, with an event saying why.
 func TestCloudPrices(t *testing.T) {
-	clk := clock.NewFake(now)
-	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	prov := &pricedProvider{price: 0.1234}
-	p := &plane{t: t, ctx: t.Context(), st: st, clock: clk,
-		p: control.New(st, map[string]control.Provider{spec.ProviderAWS: prov}, slog.New(slog.NewTextHandler(io.Discard, nil)), clk.Now, control.Options{})}
+	p := newPlaneOn(t, map[string]control.Provider{spec.ProviderAWS: prov}, control.Options{})
+	clk, st := p.clock, p.st
 	p.apply(`
 apiVersion: spotml/v1
 kind: Pool
@@ -175,15 +168,9 @@ func runsOf(t *testing.T, st interface {
 // leaves the node at the price it has. A pool on the price table is never
 // priced again.
 func TestRepriceFollowsTheCloud(t *testing.T) {
-	clk := clock.NewFake(now)
-	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "spotml.db"), clk.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	prov := &pricedProvider{price: 0.1}
-	p := &plane{t: t, ctx: t.Context(), st: st, clock: clk,
-		p: control.New(st, map[string]control.Provider{spec.ProviderAWS: prov}, slog.New(slog.NewTextHandler(io.Discard, nil)), clk.Now, control.Options{})}
+	p := newPlaneOn(t, map[string]control.Provider{spec.ProviderAWS: prov}, control.Options{})
+	clk, st := p.clock, p.st
 	p.apply(cloudPool)
 	p.reconcile()
 	var node, tableNode store.Node

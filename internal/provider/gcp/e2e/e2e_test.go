@@ -144,28 +144,7 @@ func TestPreemptionRequeuesTaskThenScalesIn(t *testing.T) {
 	api := httptest.NewServer(cloud)
 	defer api.Close()
 	events := notice.NewServer(time.Now, log)
-	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// /nodes/{vm}/computeMetadata/v1/instance/attributes/{key}: the
-		// VM's metadata, as the metadata server answers it.
-		rest, ok := strings.CutPrefix(r.URL.Path, "/nodes/")
-		name, path, _ := strings.Cut(rest, "/")
-		if key, isAttr := strings.CutPrefix(path, "computeMetadata/v1/instance/attributes/"); ok && isAttr {
-			w.Header().Set("Metadata-Flavor", "Google")
-			if r.Header.Get("Metadata-Flavor") != "Google" {
-				http.Error(w, "Missing Metadata-Flavor:Google header.", http.StatusForbidden)
-				return
-			}
-			for _, vm := range cloud.Instances() {
-				if v, found := vm.Metadata(key); found && vm.Name() == name {
-					w.Write([]byte(v))
-					return
-				}
-			}
-			http.NotFound(w, r)
-			return
-		}
-		events.ServeHTTP(w, r)
-	}))
+	imds := httptest.NewServer(metadataServer(cloud, events))
 	defer imds.Close()
 	fakebin := filepath.Join(dir, "bin")
 	os.MkdirAll(fakebin, 0o755)
@@ -285,5 +264,32 @@ func TestPreemptionRequeuesTaskThenScalesIn(t *testing.T) {
 			}
 		}
 		return len(cloud.Instances()) == 0
+	})
+}
+
+// metadataServer answers as each VM's metadata server would under
+// /nodes/{vm}/: computeMetadata/v1/instance/attributes/{key} from the fake
+// cloud's instance metadata (with GCP's Metadata-Flavor check), the rest
+// (preempted, its waits) from events.
+func metadataServer(cloud *gcpfake.Cloud, events *notice.Server) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest, ok := strings.CutPrefix(r.URL.Path, "/nodes/")
+		name, path, _ := strings.Cut(rest, "/")
+		if key, isAttr := strings.CutPrefix(path, "computeMetadata/v1/instance/attributes/"); ok && isAttr {
+			w.Header().Set("Metadata-Flavor", "Google")
+			if r.Header.Get("Metadata-Flavor") != "Google" {
+				http.Error(w, "Missing Metadata-Flavor:Google header.", http.StatusForbidden)
+				return
+			}
+			for _, vm := range cloud.Instances() {
+				if v, found := vm.Metadata(key); found && vm.Name() == name {
+					w.Write([]byte(v))
+					return
+				}
+			}
+			http.NotFound(w, r)
+			return
+		}
+		events.ServeHTTP(w, r)
 	})
 }

@@ -5,7 +5,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,26 +44,7 @@ func startGCP(t *testing.T) *gcpCloud {
 	api := httptest.NewServer(cloud)
 	t.Cleanup(api.Close)
 	events := notice.NewServer(time.Now, log)
-	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rest, ok := strings.CutPrefix(r.URL.Path, "/nodes/")
-		name, path, _ := strings.Cut(rest, "/")
-		if key, isAttr := strings.CutPrefix(path, "computeMetadata/v1/instance/attributes/"); ok && isAttr {
-			w.Header().Set("Metadata-Flavor", "Google")
-			if r.Header.Get("Metadata-Flavor") != "Google" {
-				http.Error(w, "Missing Metadata-Flavor:Google header.", http.StatusForbidden)
-				return
-			}
-			for _, vm := range cloud.Instances() {
-				if v, found := vm.Metadata(key); found && vm.Name() == name {
-					w.Write([]byte(v))
-					return
-				}
-			}
-			http.NotFound(w, r)
-			return
-		}
-		events.ServeHTTP(w, r)
-	}))
+	imds := httptest.NewServer(metadataServer(cloud, events))
 	t.Cleanup(imds.Close)
 	fakebin := filepath.Join(t.TempDir(), "bin")
 	os.MkdirAll(fakebin, 0o755)
