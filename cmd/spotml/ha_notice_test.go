@@ -58,6 +58,23 @@ spec: {provider: local, priority: spot, instanceType: local-small, min: 1, max: 
 		}
 		return ready == 3
 	})
+	// An agent learns the other instances from its heartbeat answers: let
+	// every agent hear of both before its launcher goes (one that heard of
+	// none has nowhere else to turn, by design).
+	waitFor(t, 20*time.Second, "both instances listed", func() bool {
+		return len(controlPlane(ctx, insts[0].client(t, data)).Instances) == 2
+	})
+	seenBoth := time.Now()
+	waitFor(t, 20*time.Second, "every agent to heartbeat after both were listed", func() bool {
+		var ns []api.Node
+		insts[0].client(t, data).Do(ctx, http.MethodGet, api.Prefix+"/nodes", nil, &ns)
+		for _, n := range ns {
+			if n.State == "ready" && n.HeartbeatAt.Before(seenBoth.Add(2*time.Second)) {
+				return false
+			}
+		}
+		return len(ns) > 0
+	})
 	// The leader launched them; it goes.
 	var leader, survivor *haServer
 	waitFor(t, 10*time.Second, "a leader", func() bool {

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -67,6 +68,10 @@ type Local struct {
 	view control.View
 
 	replay replays
+
+	// ticked is when the market last ran (time.Now, UnixNano): while it
+	// runs here it serves the notices itself, and Mirror has nothing to add.
+	ticked atomic.Int64
 }
 
 var (
@@ -210,6 +215,9 @@ func (l *Local) Mirror(ctx context.Context, view control.View) error {
 }
 
 func (l *Local) mirror(ctx context.Context, view control.View) error {
+	if time.Since(time.Unix(0, l.ticked.Load())) < 2*l.cfg.Interval {
+		return nil // this instance leads: its market serves them
+	}
 	pools, err := view.ListPools(ctx)
 	if err != nil {
 		return err
@@ -395,6 +403,7 @@ func (l *Local) Run(ctx context.Context, sink control.Sink, view control.View) e
 		case <-t.C:
 		}
 		now := l.now()
+		l.ticked.Store(time.Now().UnixNano())
 		if err := l.tick(ctx, sink, view, now.Sub(last)); err != nil && ctx.Err() == nil {
 			l.log.Error("market tick failed", "err", err)
 		}
