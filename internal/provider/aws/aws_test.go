@@ -3,12 +3,9 @@ package aws
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -16,79 +13,10 @@ import (
 
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/provider/aws/ec2fake"
+	"github.com/spotml/spotml/internal/provider/providertest"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
-
-// plane is a recording Sink and a View, as far as a provider sees the
-// control plane.
-type plane struct {
-	mu    sync.Mutex
-	pools []store.Pool
-	nodes map[string]*store.Node
-	calls []string
-}
-
-func (p *plane) Notice(context.Context, string, time.Time, string) error { return nil }
-
-func (p *plane) Gone(_ context.Context, node, state, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Gone %s %s: %s", node, state, reason))
-	if n := p.nodes[node]; n != nil && store.Live(n.State) {
-		n.State = state
-	}
-	return nil
-}
-
-func (p *plane) Shortage(_ context.Context, node, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, "Shortage "+node)
-	return nil
-}
-
-func (p *plane) Placed(_ context.Context, node string, pl control.Placement) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c := fmt.Sprintf("Placed %s zone %q", node, pl.Zone)
-	if pl.InstanceType != "" {
-		c += fmt.Sprintf(" type %q", pl.InstanceType)
-	}
-	p.calls = append(p.calls, c)
-	return nil
-}
-
-func (p *plane) ListPools(context.Context) ([]store.Pool, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.pools), nil
-}
-
-func (p *plane) ListNodes(context.Context) ([]store.Node, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []store.Node
-	for _, n := range p.nodes {
-		out = append(out, *n)
-	}
-	return out, nil
-}
-
-func (p *plane) took() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c := p.calls
-	p.calls = nil
-	slices.Sort(c)
-	return c
-}
-
-func (p *plane) set(name string, f func(*store.Node)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(p.nodes[name])
-}
 
 func pool(t *testing.T, priority string) spec.Pool {
 	t.Helper()
@@ -107,16 +35,16 @@ func pool(t *testing.T, priority string) spec.Pool {
 type env struct {
 	ec2   *ec2fake.EC2
 	prov  *Provider
-	plane *plane
+	plane *providertest.Plane
 }
 
 func newEnv(t *testing.T, pools ...spec.Pool) *env {
 	t.Helper()
 	e := &env{ec2: ec2fake.New("us-east-1", map[string]string{"subnet-0000000a": "us-east-1a", "subnet-0000000b": "us-east-1b"}),
-		plane: &plane{nodes: map[string]*store.Node{}}}
+		plane: providertest.NewPlane()}
 	t.Cleanup(e.ec2.Close)
 	for _, p := range pools {
-		e.plane.pools = append(e.plane.pools, store.Pool{Spec: p})
+		e.plane.AddPool(store.Pool{Spec: p})
 	}
 	e.prov = New(func(region string) (*ec2.Client, error) {
 		return ec2.New(ec2.Options{Region: region, BaseEndpoint: awssdk.String(e.ec2.URL),
@@ -134,9 +62,7 @@ func (e *env) launch(t *testing.T, p spec.Pool, name string) error {
 		return err
 	}
 	n.ProviderID = at.ProviderID
-	e.plane.mu.Lock()
-	e.plane.nodes[name] = &n
-	e.plane.mu.Unlock()
+	e.plane.AddNode(n)
 	return nil
 }
 
@@ -145,7 +71,7 @@ func (e *env) pass(t *testing.T) []string {
 	if err := e.prov.Pass(context.Background(), e.plane, e.plane); err != nil {
 		t.Fatal(err)
 	}
-	return e.plane.took()
+	return e.plane.Took()
 }
 
 func TestLaunchRunsTaggedSpotInstance(t *testing.T) {
@@ -171,7 +97,7 @@ func TestLaunchRunsTaggedSpotInstance(t *testing.T) {
 			t.Errorf("user data lacks %q:\n%s", want, in.UserData)
 		}
 	}
-	if got := e.plane.nodes["gpu-a1"].ProviderID; got != "us-east-1/"+in.ID {
+	if got := e.plane.Node("gpu-a1").ProviderID; got != "us-east-1/"+in.ID {
 		t.Errorf("provider ID %s", got)
 	}
 	want := []string{`Placed gpu-a1 zone "us-east-1a"`}
@@ -246,7 +172,7 @@ func TestStopTerminatesAndOrphansGo(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n1 := *e.plane.nodes["gpu-a1"]
+	n1 := e.plane.Node("gpu-a1")
 	for range 2 {
 		if err := e.prov.Stop(context.Background(), n1); err != nil {
 			t.Fatal(err)
@@ -260,15 +186,13 @@ func TestStopTerminatesAndOrphansGo(t *testing.T) {
 	if _, err := c.TerminateInstances(context.Background(), &ec2.TerminateInstancesInput{InstanceIds: []string{e.ec2.Instances()[1].ID}}); err != nil {
 		t.Fatal(err)
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeTerminated })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeTerminated })
 	got := e.pass(t)
 	if !slices.Contains(got, "Gone gpu-a2 lost: the instance was terminated outside spotml (Client.UserInitiatedShutdown)") {
 		t.Errorf("pass = %q", got)
 	}
 	// The pool deleted: its instances are terminated.
-	e.plane.mu.Lock()
-	e.plane.pools = nil
-	e.plane.mu.Unlock()
+	e.plane.SetPools()
 	e.pass(t)
 	for _, in := range e.ec2.Instances() {
 		if in.State != "terminated" {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/provider/azure/azurefake"
+	"github.com/spotml/spotml/internal/provider/providertest"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -22,81 +22,6 @@ const (
 	sub = "00000000-1111-2222-3333-444444444444"
 	rg  = "ml"
 )
-
-// plane is a recording Sink and a View over its own pools and nodes, as
-// far as a provider sees the control plane.
-type plane struct {
-	mu    sync.Mutex
-	pools []store.Pool
-	nodes map[string]*store.Node
-	calls []string
-}
-
-func (p *plane) Notice(_ context.Context, node string, deadline time.Time, source string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, "Notice "+node+" "+source)
-	return nil
-}
-
-func (p *plane) Gone(_ context.Context, node, state, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Gone %s %s: %s", node, state, reason))
-	if n := p.nodes[node]; n != nil && store.Live(n.State) {
-		n.State, n.Reason = state, reason
-	}
-	return nil
-}
-
-func (p *plane) Shortage(_ context.Context, node, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Shortage %s: %s", node, reason))
-	delete(p.nodes, node)
-	return nil
-}
-
-func (p *plane) Placed(_ context.Context, node string, pl control.Placement) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Placed %s zone %q type %q", node, pl.Zone, pl.InstanceType))
-	if n := p.nodes[node]; n != nil && pl.Zone != "" {
-		n.Zone = pl.Zone
-	}
-	return nil
-}
-
-func (p *plane) ListPools(context.Context) ([]store.Pool, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.pools), nil
-}
-
-func (p *plane) ListNodes(context.Context) ([]store.Node, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []store.Node
-	for _, n := range p.nodes {
-		out = append(out, *n)
-	}
-	return out, nil
-}
-
-func (p *plane) took() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c := p.calls
-	p.calls = nil
-	slices.Sort(c)
-	return c
-}
-
-func (p *plane) set(name string, f func(n *store.Node)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(p.nodes[name])
-}
 
 // pool is a valid azure pool, defaulted.
 func pool(t *testing.T, name, priority, eviction string) spec.Pool {
@@ -119,16 +44,16 @@ func pool(t *testing.T, name, priority, eviction string) spec.Pool {
 type env struct {
 	cloud *azurefake.Cloud
 	prov  *Provider
-	plane *plane
+	plane *providertest.Plane
 	now   time.Time
 }
 
 func newEnv(t *testing.T, pools ...spec.Pool) *env {
 	t.Helper()
-	e := &env{cloud: azurefake.New(sub), plane: &plane{nodes: map[string]*store.Node{}}, now: time.Now()}
+	e := &env{cloud: azurefake.New(sub), plane: providertest.NewPlane(), now: time.Now()}
 	e.cloud.AddScaleSet(rg, "gpu", "westeurope", armcompute.OrchestrationModeFlexible)
 	for _, p := range pools {
-		e.plane.pools = append(e.plane.pools, store.Pool{Spec: p})
+		e.plane.AddPool(store.Pool{Spec: p})
 	}
 	e.prov = New(func(s string) (*armcompute.ClientFactory, error) {
 		if s != sub {
@@ -144,17 +69,13 @@ func (e *env) launch(t *testing.T, p spec.Pool, name, zone string) error {
 	t.Helper()
 	n := store.Node{Name: name, Pool: p.Metadata.Name, Priority: p.Spec.Priority, Zone: zone,
 		InstanceType: p.Spec.InstanceType, State: store.NodeProvisioning, Incarnation: 1}
-	e.plane.mu.Lock()
-	e.plane.nodes[name] = &n
-	e.plane.mu.Unlock()
+	e.plane.AddNode(n)
 	at, err := e.prov.Launch(context.Background(), control.LaunchRequest{Pool: p, Node: n, Credential: "cred-" + name})
 	if err != nil {
-		e.plane.mu.Lock()
-		delete(e.plane.nodes, name)
-		e.plane.mu.Unlock()
+		e.plane.RemoveNode(name)
 		return err
 	}
-	e.plane.set(name, func(n *store.Node) { n.ProviderID = at.ProviderID })
+	e.plane.Set(name, func(n *store.Node) { n.ProviderID = at.ProviderID })
 	return nil
 }
 
@@ -163,7 +84,7 @@ func (e *env) pass(t *testing.T) []string {
 	if err := e.prov.Pass(context.Background(), e.plane, e.plane); err != nil {
 		t.Fatal(err)
 	}
-	return e.plane.took()
+	return e.plane.Took()
 }
 
 func TestLaunchMakesSpotVMInScaleSet(t *testing.T) {
@@ -198,7 +119,7 @@ func TestLaunchMakesSpotVMInScaleSet(t *testing.T) {
 	if strings.Contains(ci, "cred-gpu-a1") {
 		t.Error("custom data holds the credential; it must only be in the user data")
 	}
-	if got := e.plane.node("gpu-a1").ProviderID; got != VMID(sub, rg, "gpu-a1") {
+	if got := e.plane.Node("gpu-a1").ProviderID; got != VMID(sub, rg, "gpu-a1") {
 		t.Errorf("provider ID = %s", got)
 	}
 	// The VM runs; nothing to report but placement (none: the zone was asked).
@@ -206,20 +127,11 @@ func TestLaunchMakesSpotVMInScaleSet(t *testing.T) {
 		t.Errorf("pass reported %v", got)
 	}
 	// Once the agent registered, the credential leaves the user data.
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
 	e.pass(t)
 	if vm, _ := e.cloud.VM(rg, "gpu-a1"); vm.UserData() != "" {
 		t.Errorf("user data after registration = %q, want empty", vm.UserData())
 	}
-}
-
-func (p *plane) node(name string) store.Node {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := p.nodes[name]; n != nil {
-		return *n
-	}
-	return store.Node{}
 }
 
 func TestRegularPoolHasNoSpotSettings(t *testing.T) {
@@ -287,7 +199,7 @@ func TestEvictionDeleteIsPreemption(t *testing.T) {
 		if err := e.launch(t, p, n, ""); err != nil {
 			t.Fatal(err)
 		}
-		e.plane.set(n, func(n *store.Node) { n.State = store.NodeReady })
+		e.plane.Set(n, func(n *store.Node) { n.State = store.NodeReady })
 	}
 	e.pass(t)
 	// Through the provider's Evicter: Azure's SimulateEviction.
@@ -313,7 +225,7 @@ func TestEvictionDeallocateThenRestart(t *testing.T) {
 	if err := e.launch(t, p, "gpu-a1", "1"); err != nil {
 		t.Fatal(err)
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
 	e.pass(t)
 	if err := e.cloud.Evict(rg, "gpu-a1"); err != nil {
 		t.Fatal(err)
@@ -327,9 +239,9 @@ func TestEvictionDeallocateThenRestart(t *testing.T) {
 
 	// The control plane restarts it: same name, same VM (and disk), a new
 	// credential in its user data before it boots.
-	n := e.plane.node("gpu-a1")
+	n := e.plane.Node("gpu-a1")
 	n.State, n.Incarnation = store.NodeProvisioning, 2
-	e.plane.set("gpu-a1", func(m *store.Node) { *m = n })
+	e.plane.Set("gpu-a1", func(m *store.Node) { *m = n })
 	e.cloud.SetSpotCapacity("Standard_NC4as_T4_v3", false)
 	_, err := e.prov.Launch(context.Background(), control.LaunchRequest{Pool: p, Node: n, Credential: "cred-2", Restart: true})
 	if !errors.Is(err, control.ErrNoCapacity) {
@@ -365,7 +277,7 @@ func TestStopDeletesAndOrphansAreCollected(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n1 := e.plane.node("gpu-a1")
+	n1 := e.plane.Node("gpu-a1")
 	if err := e.prov.Stop(context.Background(), n1); err != nil {
 		t.Fatal(err)
 	}
@@ -377,8 +289,8 @@ func TestStopDeletesAndOrphansAreCollected(t *testing.T) {
 	}
 	// A node that ended while its VM stayed (a deletion that failed) has
 	// its VM deleted by the runner.
-	e.plane.set("gpu-a2", func(n *store.Node) { n.State = store.NodeTerminated })
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeTerminated })
+	e.plane.Set("gpu-a2", func(n *store.Node) { n.State = store.NodeTerminated })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeTerminated })
 	e.pass(t)
 	if _, ok := e.cloud.VM(rg, "gpu-a2"); ok {
 		t.Error("VM of an ended node not collected")
@@ -406,9 +318,7 @@ func TestDeletedPoolsVMsAreDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.pass(t)
-	e.plane.mu.Lock()
-	e.plane.pools = nil
-	e.plane.mu.Unlock()
+	e.plane.SetPools()
 	e.pass(t)
 	if vms := e.cloud.VMs(); len(vms) != 0 {
 		t.Errorf("%d VMs remain after the pool's deletion", len(vms))

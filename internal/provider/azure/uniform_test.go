@@ -66,7 +66,7 @@ func TestUniformScalesOutAndIn(t *testing.T) {
 		if want := "node=" + name + "\ncredential=cred-" + name + "\n"; in.UserData() != want {
 			t.Errorf("instance %s user data %q, want %q", in.InstanceID(), in.UserData(), want)
 		}
-		if got := e.plane.node(name).ProviderID; got != InstanceID(sub, rg, "gpu", in.InstanceID()) {
+		if got := e.plane.Node(name).ProviderID; got != InstanceID(sub, rg, "gpu", in.InstanceID()) {
 			t.Errorf("provider ID %s", got)
 		}
 	}
@@ -83,7 +83,7 @@ func TestUniformScalesOutAndIn(t *testing.T) {
 	}
 
 	// Stop deletes the instance; the capacity drops with it.
-	n1 := e.plane.node("gpu-a1")
+	n1 := e.plane.Node("gpu-a1")
 	for range 2 {
 		if err := e.prov.Stop(context.Background(), n1); err != nil {
 			t.Fatal(err)
@@ -92,8 +92,8 @@ func TestUniformScalesOutAndIn(t *testing.T) {
 	if ins := e.cloud.Instances(rg, "gpu"); len(ins) != 1 || *ins[0].Model.Tags[TagNode] != "gpu-a2" || e.cloud.Capacity(rg, "gpu") != 1 {
 		t.Errorf("after Stop: %d instances, capacity %d", len(ins), e.cloud.Capacity(rg, "gpu"))
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeTerminated })
-	e.plane.set("gpu-a2", func(n *store.Node) { n.State = store.NodeReady })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeTerminated })
+	e.plane.Set("gpu-a2", func(n *store.Node) { n.State = store.NodeReady })
 	if got := e.pass(t); len(got) != 0 {
 		t.Errorf("pass = %q", got)
 	}
@@ -101,7 +101,7 @@ func TestUniformScalesOutAndIn(t *testing.T) {
 		t.Errorf("user data of a registered node's instance: %q, want it emptied", got)
 	}
 	// A node ended while its instance stayed: the runner deletes it.
-	e.plane.set("gpu-a2", func(n *store.Node) { n.State = store.NodeTerminated })
+	e.plane.Set("gpu-a2", func(n *store.Node) { n.State = store.NodeTerminated })
 	e.pass(t)
 	if c := e.cloud.Capacity(rg, "gpu"); c != 0 {
 		t.Errorf("capacity %d after every node ended", c)
@@ -148,7 +148,7 @@ func TestUniformEvictionDeleteIsPreemption(t *testing.T) {
 		if err := e.launch(t, p, n, ""); err != nil {
 			t.Fatal(err)
 		}
-		e.plane.set(n, func(n *store.Node) { n.State = store.NodeReady })
+		e.plane.Set(n, func(n *store.Node) { n.State = store.NodeReady })
 	}
 	e.pass(t)
 	// Evict asks Azure (SimulateEviction) through the instance.
@@ -173,7 +173,7 @@ func TestUniformDeallocateThenRestartKeepsName(t *testing.T) {
 	if err := e.launch(t, p, "gpu-a1", ""); err != nil {
 		t.Fatal(err)
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
 	e.pass(t)
 	id := e.cloud.Instances(rg, "gpu")[0].InstanceID()
 	if err := e.cloud.EvictInstance(rg, "gpu", id); err != nil {
@@ -183,9 +183,9 @@ func TestUniformDeallocateThenRestartKeepsName(t *testing.T) {
 	if got := e.pass(t); !slices.Equal(got, want) {
 		t.Fatalf("pass = %q, want %q", got, want)
 	}
-	n := e.plane.node("gpu-a1")
+	n := e.plane.Node("gpu-a1")
 	n.State, n.Incarnation = store.NodeProvisioning, 2
-	e.plane.set("gpu-a1", func(m *store.Node) { *m = n })
+	e.plane.Set("gpu-a1", func(m *store.Node) { *m = n })
 	e.cloud.SetSpotCapacity(size, false)
 	if _, err := e.prov.Launch(context.Background(), control.LaunchRequest{Pool: p, Node: n, Credential: "cred-2", Restart: true}); !errors.Is(err, control.ErrNoCapacity) {
 		t.Fatalf("restart without capacity: %v", err)
@@ -260,7 +260,7 @@ func TestUniformRegularInstanceDeletedIsLost(t *testing.T) {
 	if err := e.launch(t, p, "gpu-a1", ""); err != nil {
 		t.Fatal(err)
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
 	e.pass(t)
 	f, err := e.cloud.ClientFactory()
 	if err != nil {

@@ -1,13 +1,11 @@
 package gcp
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,86 +13,12 @@ import (
 
 	"github.com/spotml/spotml/internal/control"
 	"github.com/spotml/spotml/internal/provider/gcp/gcpfake"
+	"github.com/spotml/spotml/internal/provider/providertest"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
 
 const project = "ml-project-1"
-
-// plane is a recording Sink and a View over its own pools and nodes, as
-// far as a provider sees the control plane.
-type plane struct {
-	mu    sync.Mutex
-	pools []store.Pool
-	nodes map[string]*store.Node
-	calls []string
-}
-
-func (p *plane) Notice(_ context.Context, node string, deadline time.Time, source string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, "Notice "+node+" "+source)
-	return nil
-}
-
-func (p *plane) Gone(_ context.Context, node, state, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Gone %s %s: %s", node, state, reason))
-	if n := p.nodes[node]; n != nil && store.Live(n.State) {
-		n.State, n.Reason = state, reason
-	}
-	return nil
-}
-
-func (p *plane) Shortage(_ context.Context, node, reason string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Shortage %s: %s", node, reason))
-	delete(p.nodes, node)
-	return nil
-}
-
-func (p *plane) Placed(_ context.Context, node string, pl control.Placement) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls = append(p.calls, fmt.Sprintf("Placed %s zone %q type %q", node, pl.Zone, pl.InstanceType))
-	if n := p.nodes[node]; n != nil && pl.Zone != "" {
-		n.Zone = pl.Zone
-	}
-	return nil
-}
-
-func (p *plane) ListPools(context.Context) ([]store.Pool, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.pools), nil
-}
-
-func (p *plane) ListNodes(context.Context) ([]store.Node, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []store.Node
-	for _, n := range p.nodes {
-		out = append(out, *n)
-	}
-	return out, nil
-}
-
-func (p *plane) took() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c := p.calls
-	p.calls = nil
-	slices.Sort(c)
-	return c
-}
-
-func (p *plane) set(name string, f func(n *store.Node)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(p.nodes[name])
-}
 
 // pool is a valid gcp pool, defaulted.
 func pool(t *testing.T, name, priority, eviction string) spec.Pool {
@@ -117,7 +41,7 @@ func pool(t *testing.T, name, priority, eviction string) spec.Pool {
 type env struct {
 	cloud *gcpfake.Cloud
 	prov  *Provider
-	plane *plane
+	plane *providertest.Plane
 	now   time.Time
 }
 
@@ -125,7 +49,7 @@ type env struct {
 // client at it.
 func newEnv(t *testing.T, pools ...spec.Pool) *env {
 	t.Helper()
-	e := &env{cloud: gcpfake.New(), plane: &plane{nodes: map[string]*store.Node{}}, now: time.Now()}
+	e := &env{cloud: gcpfake.New(), plane: providertest.NewPlane(), now: time.Now()}
 	srv := httptest.NewServer(e.cloud)
 	t.Cleanup(srv.Close)
 	c, err := NewClients(t.Context(), option.WithEndpoint(srv.URL), option.WithoutAuthentication())
@@ -134,7 +58,7 @@ func newEnv(t *testing.T, pools ...spec.Pool) *env {
 	}
 	t.Cleanup(func() { c.Close() })
 	for _, p := range pools {
-		e.plane.pools = append(e.plane.pools, store.Pool{Spec: p})
+		e.plane.AddPool(store.Pool{Spec: p})
 	}
 	e.prov = New(c, Config{ServerURL: "https://spotml.example:8080", SpotmlURL: "https://blobs.example/spotml"}, nil,
 		func() time.Time { return e.now })
@@ -152,9 +76,7 @@ func (e *env) launch(t *testing.T, p spec.Pool, name, zone string) (store.Node, 
 		return n, err
 	}
 	n.ProviderID = at.ProviderID
-	e.plane.mu.Lock()
-	e.plane.nodes[name] = &n
-	e.plane.mu.Unlock()
+	e.plane.AddNode(n)
 	return n, nil
 }
 
@@ -222,7 +144,7 @@ func TestLaunchMakesLabelledSpotVM(t *testing.T) {
 	}
 	// The runner sees the insert done and the VM where it was asked.
 	e.pass(t)
-	if c := e.plane.took(); len(c) != 0 {
+	if c := e.plane.Took(); len(c) != 0 {
 		t.Errorf("sink calls %v", c)
 	}
 }
@@ -253,7 +175,7 @@ func TestOnDemandPoolIsStandard(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.pass(t)
-	if c := e.plane.took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone od-a1 lost: ") {
+	if c := e.plane.Took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone od-a1 lost: ") {
 		t.Errorf("sink calls %v", c)
 	}
 }
@@ -272,7 +194,7 @@ func TestEveryCapacityCodeIsShortage(t *testing.T) {
 			t.Fatalf("%s: launch: %v", code, err)
 		}
 		e.pass(t)
-		if c := e.plane.took(); len(c) != 1 || !strings.HasPrefix(c[0], "Shortage "+name+": ") || !strings.Contains(c[0], code+":") {
+		if c := e.plane.Took(); len(c) != 1 || !strings.HasPrefix(c[0], "Shortage "+name+": ") || !strings.Contains(c[0], code+":") {
 			t.Errorf("%s: sink calls %v", code, c)
 		}
 	}
@@ -290,7 +212,7 @@ func TestCapacityShortageMovesZone(t *testing.T) {
 		t.Fatalf("launch: %v (the refusal comes in the operation)", err)
 	}
 	e.pass(t)
-	c := e.plane.took()
+	c := e.plane.Took()
 	if len(c) != 1 || !strings.HasPrefix(c[0], "Shortage gpu-a1: ") || !strings.Contains(c[0], "ZONE_RESOURCE_POOL_EXHAUSTED") {
 		t.Fatalf("sink calls %v, want a shortage", c)
 	}
@@ -302,7 +224,7 @@ func TestCapacityShortageMovesZone(t *testing.T) {
 		t.Errorf("provider ID %q, want the other zone", n.ProviderID)
 	}
 	e.pass(t)
-	if c := e.plane.took(); !slices.Equal(c, []string{`Placed gpu-a2 zone "us-central1-b" type ""`}) {
+	if c := e.plane.Took(); !slices.Equal(c, []string{`Placed gpu-a2 zone "us-central1-b"`}) {
 		t.Errorf("sink calls %v", c)
 	}
 
@@ -346,7 +268,7 @@ func TestPreemptionDeleteIsPreempted(t *testing.T) {
 		t.Error("VM still there after preemption with action DELETE")
 	}
 	e.pass(t)
-	if c := e.plane.took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone gpu-a1 preempted: Preempted") {
+	if c := e.plane.Took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone gpu-a1 preempted: Preempted") {
 		t.Errorf("sink calls %v", c)
 	}
 }
@@ -374,7 +296,7 @@ func TestPreemptionStopThenRestart(t *testing.T) {
 	}
 	<-ended
 	e.pass(t)
-	if c := e.plane.took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone gpu-a1 deallocated: Preempted") || !strings.Contains(c[0], "disk is kept") {
+	if c := e.plane.Took(); len(c) != 1 || !strings.HasPrefix(c[0], "Gone gpu-a1 deallocated: Preempted") || !strings.Contains(c[0], "disk is kept") {
 		t.Fatalf("sink calls %v", c)
 	}
 	// A restart the zone refuses leaves the VM stopped, disk and all.
@@ -403,9 +325,9 @@ func TestPreemptionStopThenRestart(t *testing.T) {
 	if v, _ := after.Metadata(KeyCredential); v != "cred-3" {
 		t.Errorf("credential after restart %q", v)
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State, n.Incarnation = store.NodeProvisioning, 3 })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State, n.Incarnation = store.NodeProvisioning, 3 })
 	e.pass(t)
-	if c := e.plane.took(); len(c) != 0 {
+	if c := e.plane.Took(); len(c) != 0 {
 		t.Errorf("sink calls after restart %v", c)
 	}
 }
@@ -423,7 +345,7 @@ func TestCredentialLeavesMetadata(t *testing.T) {
 	if _, ok := mustVM(t, e, "gpu-a1").Metadata(KeyCredential); !ok {
 		t.Fatal("credential removed before the agent registered")
 	}
-	e.plane.set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
+	e.plane.Set("gpu-a1", func(n *store.Node) { n.State = store.NodeReady })
 	e.pass(t)
 	vm := mustVM(t, e, "gpu-a1")
 	if _, ok := vm.Metadata(KeyCredential); ok {
@@ -470,11 +392,10 @@ func TestStopDeletesAndOrphansGo(t *testing.T) {
 	}
 	// gpu-a2's node ends without its VM being deleted (a Stop that
 	// failed); pool old is deleted.
-	e.plane.set("gpu-a2", func(n *store.Node) { n.State = store.NodeTerminated })
-	e.plane.mu.Lock()
-	e.plane.pools = e.plane.pools[:1]
-	delete(e.plane.nodes, "old-a1")
-	e.plane.mu.Unlock()
+	e.plane.Set("gpu-a2", func(n *store.Node) { n.State = store.NodeTerminated })
+	pools, _ := e.plane.ListPools(t.Context())
+	e.plane.SetPools(pools[0])
+	e.plane.RemoveNode("old-a1")
 	e.pass(t)
 	if vms := e.cloud.Instances(); len(vms) != 0 {
 		t.Errorf("VMs left: %v", vms)
