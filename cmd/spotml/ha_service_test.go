@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,35 +220,13 @@ spec:
 		loads[i].run(lctx, g.url+"/services/echo/", stops[i], &wg)
 	}
 
-	var job api.Job
-	deadline := time.Now().Add(within)
-	kills := 0
-	next := time.Now().Add(every)
-	for {
-		if time.Now().After(deadline) {
-			t.Fatalf("job not done after %s and %d kills: %+v", within, kills, job)
-		}
+	job, kills := killLeadersUntilDone(t, within, every, insts, start, func() (api.Job, error) {
+		var job api.Job
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		err := cl().Do(rctx, http.MethodGet, api.Prefix+"/jobs/train", nil, &job)
-		cancel()
-		if err == nil && (job.State == "succeeded" || job.State == "failed") {
-			break
-		}
-		if time.Now().After(next) {
-			leader := controlPlane(ctx, cl()).Leader
-			for i, in := range insts {
-				if in.id == leader {
-					in.cmd.Process.Kill()
-					<-in.done
-					kills++
-					t.Logf("killed leader %s (%s)", leader, in.url)
-					start(i) // on a new port
-				}
-			}
-			next = time.Now().Add(every)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return job, err
+	}, func() string { return controlPlane(ctx, cl()).Leader })
 	// A few more seconds of load past the last takeover.
 	time.Sleep(2 * time.Second)
 	for i, l := range loads {
@@ -261,32 +238,7 @@ spec:
 			t.Errorf("gateway %d answered nothing: the load did not run", i)
 		}
 	}
-	if job.State != "succeeded" {
-		t.Fatalf("job %s after %d kills: %+v", job.State, kills, job)
-	}
-	if kills < 2 {
-		t.Errorf("only %d leader kills during the job: the test did not test failover", kills)
-	}
-	for _, tk := range job.Tasks {
-		b, err := os.ReadFile(filepath.Join(data, "blobs", "outputs", "train", "out", tk.Name, "done"))
-		if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(steps) {
-			t.Errorf("task %s output: %q, %v", tk.Name, b, err)
-		}
-		for i, a := range tk.Attempts {
-			for _, b := range tk.Attempts[i+1:] {
-				aEnd, bEnd := a.EndedAt, b.EndedAt
-				if aEnd.IsZero() {
-					aEnd = time.Now()
-				}
-				if bEnd.IsZero() {
-					bEnd = time.Now()
-				}
-				if a.StartedAt.Before(bEnd) && b.StartedAt.Before(aEnd) {
-					t.Errorf("task %s: attempts %d (%s) and %d (%s) overlap", tk.Name, a.Attempt, a.Node, b.Attempt, b.Node)
-				}
-			}
-		}
-	}
+	checkJobThroughKills(t, job, kills, data, steps)
 	var nodes []api.Node
 	if err := cl().Do(ctx, http.MethodGet, api.Prefix+"/nodes", nil, &nodes); err != nil {
 		t.Fatal(err)

@@ -301,40 +301,58 @@ spec:
 		t.Fatalf("apply: %v", err)
 	}
 
-	var job api.Job
-	deadline := time.Now().Add(within)
-	kills := 0
-	next := time.Now().Add(every)
-	for {
-		if time.Now().After(deadline) {
-			t.Fatalf("job not done after %s and %d kills: %+v", within, kills, job)
-		}
+	job, kills := killLeadersUntilDone(t, within, every, insts, start, func() (api.Job, error) {
+		var job api.Job
+		var err error
 		for _, in := range insts {
 			c := client.New(in.url, strings.TrimSpace(string(token)))
 			rctx, cancel := context.WithTimeout(ctx, time.Second)
-			err := c.Do(rctx, http.MethodGet, api.Prefix+"/jobs/train", nil, &job)
+			err = c.Do(rctx, http.MethodGet, api.Prefix+"/jobs/train", nil, &job)
 			cancel()
 			if err == nil {
 				break
 			}
 		}
-		if job.State == "succeeded" || job.State == "failed" {
-			break
+		return job, err
+	}, func() string {
+		for _, in := range insts {
+			if cp := controlPlane(ctx, client.New(in.url, strings.TrimSpace(string(token)))); cp.Leader != "" {
+				return cp.Leader
+			}
+		}
+		return ""
+	})
+	checkJobThroughKills(t, job, kills, data, steps)
+}
+
+// killLeadersUntilDone polls the job (through whichever instance
+// answers) until it ends, SIGKILLing the leader every interval and
+// starting a fresh instance in its slot, as a supervisor would. It
+// returns the ended job and the number of kills.
+func killLeadersUntilDone(t *testing.T, within, every time.Duration, insts []*haServer, start func(int), job func() (api.Job, error), leader func() string) (api.Job, int) {
+	t.Helper()
+	var j api.Job
+	deadline := time.Now().Add(within)
+	kills := 0
+	next := time.Now().Add(every)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("job not done after %s and %d kills: %+v", within, kills, j)
+		}
+		if got, err := job(); err == nil {
+			j = got
+			if j.State == "succeeded" || j.State == "failed" {
+				return j, kills
+			}
 		}
 		if time.Now().After(next) {
-			leader := ""
-			for _, in := range insts {
-				if cp := controlPlane(ctx, client.New(in.url, strings.TrimSpace(string(token)))); cp.Leader != "" {
-					leader = cp.Leader
-					break
-				}
-			}
+			l := leader()
 			for i, in := range insts {
-				if in.id == leader {
+				if in.id == l {
 					in.cmd.Process.Kill()
 					<-in.done
 					kills++
-					t.Logf("killed leader %s", leader)
+					t.Logf("killed leader %s (%s)", l, in.url)
 					start(i)
 				}
 			}
@@ -342,6 +360,14 @@ spec:
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// checkJobThroughKills checks that the checkpointed job (see
+// checkpointedTask) succeeded through at least two leader kills, that
+// every task's output counts all its steps, and that no task ever had
+// two attempts at once.
+func checkJobThroughKills(t *testing.T, job api.Job, kills int, data string, steps int) {
+	t.Helper()
 	if job.State != "succeeded" {
 		t.Fatalf("job %s after %d kills: %+v", job.State, kills, job)
 	}
