@@ -39,7 +39,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Store.AddEvent(r.Context(), "Joined", "node/"+n.Name, "AgentRegistered", fmt.Sprintf("pid %d", req.PID)); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, resp)
+	writeCompactJSON(w, http.StatusOK, resp)
 	return nil
 }
 
@@ -102,7 +102,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Plane != nil {
 		resp.Servers = s.cfg.Plane.Servers()
 	}
-	writeJSON(w, http.StatusOK, resp)
+	writeCompactJSON(w, http.StatusOK, resp)
 	return nil
 }
 
@@ -127,7 +127,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.kick()
-	writeJSON(w, http.StatusOK, api.ReportResponse{Accepted: ok})
+	writeCompactJSON(w, http.StatusOK, api.ReportResponse{Accepted: ok})
 	return nil
 }
 

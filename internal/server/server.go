@@ -214,6 +214,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// writeCompactJSON is writeJSON without the indentation, for what only
+// agents read at fleet rate (heartbeats, reports): indenting was ~a
+// quarter of a heartbeat's encoding and made its answer about twice as
+// long on the wire.
+func writeCompactJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
 func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
 	dec.DisallowUnknownFields()
