@@ -62,8 +62,24 @@ func TestEvictionRequeuesTask(t *testing.T) {
 		vm, ok := cloud.VM("ml", first)
 		return ok && vm.UserData() == ""
 	})
+	// Azure publishes a Preempt event in the VM's Scheduled Events: the
+	// agent reports the notice, its task is stopped and requeued, and
+	// once the node is drained the agent approves the event (POST
+	// StartRequests), as Microsoft documents, so that Azure may evict it
+	// before NotBefore.
+	cloud.events.Set(first, time.Now().Add(30*time.Second), "")
+	wait("the agent's notice at the control plane", func() bool {
+		n, err := st.GetNode(ctx, first)
+		return err == nil && !n.NoticeDeadline.IsZero()
+	})
+	wait("the agent to acknowledge the Preempt event once drained", func() bool {
+		return len(cloud.events.Acknowledged(first)) > 0
+	})
+	if task, _ := st.GetTask(ctx, "train", "t"); task.Node == first && task.State == store.TaskRunning {
+		t.Errorf("the agent acknowledged the eviction while its task still ran there")
+	}
 	// The platform evicts the Spot VM (policy Delete): it vanishes with
-	// its agent and task.
+	// its agent.
 	if err := cloud.Evict("ml", first); err != nil {
 		t.Fatal(err)
 	}

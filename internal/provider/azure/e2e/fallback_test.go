@@ -24,6 +24,8 @@ import (
 type azureCloud struct {
 	*azurefake.Cloud
 	vms *cloudtest.Machines
+	// events is the Scheduled Events endpoint the VMs read.
+	events *notice.Server
 	// uniform are the Uniform scale sets (resource group ml), whose
 	// instances the metadata service looks up too.
 	uniform []string
@@ -34,6 +36,7 @@ func startAzure(t *testing.T) *azureCloud {
 	log := cloudtest.Log(t)
 	c := &azureCloud{Cloud: azurefake.New(sub), vms: cloudtest.NewMachines(t)}
 	events := notice.NewServer(time.Now, log)
+	c.events = events
 	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rest, ok := strings.CutPrefix(r.URL.Path, "/nodes/")
 		name, path, _ := strings.Cut(rest, "/")
