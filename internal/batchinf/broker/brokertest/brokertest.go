@@ -191,8 +191,8 @@ func Start() (*Rabbit, error) {
 
 	files := map[string]string{
 		// Keep publishers from blocking on a test machine's full disk.
-		"rabbitmq.conf":   "listeners.tcp.default = 127.0.0.1:" + amqpPort + "\ndisk_free_limit.absolute = 1MB\n",
-		"enabled_plugins": "[].\n",
+		"rabbitmq.conf":     "listeners.tcp.default = 127.0.0.1:" + amqpPort + "\ndisk_free_limit.absolute = 1MB\n",
+		"enabled_plugins":   "[].\n",
 		"rabbitmq-env.conf": "",
 	}
 	for name, body := range files {
