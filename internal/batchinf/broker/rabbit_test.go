@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,10 +15,14 @@ import (
 	"github.com/spotml/spotml/internal/spec"
 )
 
-// rabbitBatch is a batch spec over RabbitMQ with names of the test's own
-// (the broker is shared by the package's tests).
+// queues numbers the tests' queues: the broker is shared by the
+// package's tests and keeps (durable) queues across -count runs.
+var queues atomic.Int64
+
+// rabbitBatch is a batch spec over RabbitMQ with an exchange and a queue
+// of the test's own.
 func rabbitBatch(t *testing.T, batchSize, groupSize int) spec.BatchSpec {
-	name := strings.ToLower(strings.NewReplacer("/", ".", "_", ".").Replace(t.Name()))
+	name := fmt.Sprintf("%s.%d", strings.ToLower(t.Name()), queues.Add(1))
 	var sp spec.BatchSpec
 	sp.Queue = spec.BatchQueue{URI: "rabbit://" + name, Subscription: "rabbit://" + name + "-q", GroupSize: groupSize}
 	sp.Runtime.BatchSize = batchSize
@@ -157,9 +162,10 @@ func TestRabbitPrefetch(t *testing.T) {
 		t.Fatal("a message before any was sent")
 	}
 	publish(t, sp.Queue.URI, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-	if m, _ := receive(t, a, 10*time.Second); m == nil {
+	if m, _ = receive(t, a, 10*time.Second); m == nil {
 		t.Fatal("the first worker received nothing")
 	}
+	defer m.Ack()
 	b, err := Subscribe(t.Context(), "b", sp)
 	if err != nil {
 		t.Fatal(err)
