@@ -5,62 +5,62 @@ import (
 	"fmt"
 	"image"
 	"image/png"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spotml/spotml/internal/batchinf/broker/brokertest"
 )
 
-// startNATS runs a nats-server on a free loopback port for the test and
-// returns its URL. Core NATS is what gocloud's natspubsub speaks
-// (at-most-once, no JetStream): a message nobody is subscribed for is
-// dropped, which the ledger's resend covers.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		missing(t, "SPOTML_REQUIRE_NATS", "nats-server not installed (apt-get install nats-server)")
-	}
-	addr := freeAddr(t)
-	host, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "-a", host, "-p", port)
-	logf, err := os.Create(filepath.Join(t.TempDir(), "nats.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	})
-	waitFor(t, 10*time.Second, "nats-server to listen", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return "nats://" + addr
+// brokers are the real brokers the broker test runs against, each started
+// for the test from Debian's package (brokertest): core NATS (what
+// gocloud's natspubsub speaks: at most once, no JetStream, so a message
+// nobody is subscribed for is dropped and the ledger's resend covers it),
+// and RabbitMQ (acknowledged delivery: a worker's nack, or its connection
+// ending with its node, hands its messages to another worker).
+var brokers = []struct {
+	name  string
+	env   string                  // where the control plane and workers find the server
+	start func(testing.TB) string // starts the server, returns its URL
+	queue string                  // the spec's queue, less leaseTimeout
+	// other is a broker queue whose server setting is not set: apply
+	// must refuse it.
+	other string
+}{
+	{"nats", "NATS_SERVER_URL", brokertest.NATS,
+		`uri: "nats://spotml.score", groupSize: 4`,
+		`uri: "rabbit://scores", subscription: "rabbit://scores-q"`},
+	{"rabbitmq", "RABBIT_SERVER_URL", brokertest.RabbitMQ,
+		`uri: "rabbit://spotml.score", subscription: "rabbit://spotml.score-workers", groupSize: 4`,
+		`uri: "nats://spotml.score"`},
 }
 
-// TestBatchInferenceBrokerNATS scores 3,000 images through a real
-// NATS broker (queue.uri nats://..., four items per message), with every
-// spot node evicted mid-run: the counts stay right while it runs, and at
-// the end there is exactly one result per good input, each the same as
-// scoring the file here. A broker that does not answer is refused at
-// apply, naming spec.queue.uri.
-func TestBatchInferenceBrokerNATS(t *testing.T) {
+// TestBatchInferenceBroker scores 3,000 images through each real broker
+// (four items per message), with every spot node evicted mid-run: the
+// counts stay right while it runs, and at the end there is exactly one
+// result per good input, each the same as scoring the file here. A broker
+// that does not answer is refused at apply, naming spec.queue.uri.
+func TestBatchInferenceBroker(t *testing.T) {
 	requireORT(t)
-	nats := startNATS(t)
-	// The control plane sends with it, the agents' workers receive with it.
-	t.Setenv("NATS_SERVER_URL", nats)
+	for _, bk := range brokers {
+		t.Run(bk.name, func(t *testing.T) {
+			server := bk.start(t)
+			// The control plane sends with it, the agents' workers receive
+			// with it; the other brokers' settings are cleared, whatever
+			// the caller's environment holds.
+			for _, other := range brokers {
+				t.Setenv(other.env, "")
+			}
+			t.Setenv(bk.env, server)
+			testBatchInferenceBroker(t, bk.name, bk.queue, bk.other)
+		})
+	}
+}
+
+func testBatchInferenceBroker(t *testing.T, broker, queue, other string) {
 	const n = 3000
 	c := newServingCluster(t)
 	in := filepath.Join(c.data, "blobs", "uploads")
@@ -69,27 +69,28 @@ func TestBatchInferenceBrokerNATS(t *testing.T) {
 	c.putModel("models/fmnist.onnx")
 
 	f := filepath.Join(t.TempDir(), "bad.yaml")
-	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("norabbit", "uploads/", "**/*.png", "spot-a", "")), 0o644)
+	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("refused", "uploads/", "**/*.png", "spot-a", "")), 0o644)
 	bad, _ := os.ReadFile(f)
 	os.WriteFile(f, []byte(strings.Replace(string(bad), "queue: {leaseTimeout: 10s}",
-		`queue: {uri: "rabbit://scores", subscription: "rabbit://scores-q", leaseTimeout: 10s}`, 1)), 0o644)
+		"queue: {"+other+", leaseTimeout: 10s}", 1)), 0o644)
 	if _, err := c.cli("apply", "-f", f); err == nil || !strings.Contains(err.Error(), "spec.queue.uri") || !strings.Contains(err.Error(), "does not answer") {
 		t.Fatalf("apply with a broker that does not answer: %v; want an error naming spec.queue.uri", err)
 	}
-	if out, _ := c.cli("get", "batchinference"); strings.Contains(out, "norabbit") {
+	if out, _ := c.cli("get", "batchinference"); strings.Contains(out, "refused") {
 		t.Fatalf("a refused batch was stored:\n%s", out)
 	}
 
 	c.apply(pool("spot-a", "spot", 3) + strings.Replace(batchYAML("score", "uploads/", "**/*.png", "spot-a", ""),
-		"queue: {leaseTimeout: 10s}", `queue: {uri: "nats://spotml.score", groupSize: 4, leaseTimeout: 10s}`, 1))
+		"queue: {leaseTimeout: 10s}", "queue: {"+queue+", leaseTimeout: 10s}", 1))
 	start := time.Now()
 	waitFor(t, 30*time.Second, "the input listed", func() bool { return !c.batch("score").Listing })
 	if b := c.batch("score"); b.Total != n+1 {
 		t.Fatalf("total = %d, want %d", b.Total, n+1)
 	}
-	// Every spot node evicted as soon as a worker holds items (over NATS
-	// on a quiet machine the workers score 1,200 items in under 5 s, so
-	// waiting for the first to be done left nothing for the evictions).
+	// Every spot node evicted, at one instant, as soon as a worker holds
+	// items (over NATS on a quiet machine the workers score 1,200 items in
+	// under 5 s, so waiting for the first to be done left nothing for the
+	// evictions).
 	waitFor(t, 60*time.Second, "the first items leased", func() bool { b := c.batch("score"); return b.InFlight > 0 || b.Done > 0 })
 	evicted := c.evictReady("spot-a")
 	// A worker's eviction is counted once it has given its items back;
@@ -115,8 +116,8 @@ func TestBatchInferenceBrokerNATS(t *testing.T) {
 	}
 	waitFor(t, 120*time.Second, "the batch to finish", func() bool { return c.batch("score").State != "running" })
 	b := c.batch("score")
-	t.Logf("scored %d items over NATS in %s, %d evictions, %d released, %d expired, %d scored again",
-		b.Done, time.Since(start).Round(time.Second), b.Evictions, b.Released, b.Expired, b.Redone)
+	t.Logf("scored %d items over %s in %s, %d evictions, %d released, %d expired, %d scored again",
+		b.Done, broker, time.Since(start).Round(time.Second), b.Evictions, b.Released, b.Expired, b.Redone)
 	if b.Done != n || b.Failed != 1 || b.Pending+b.InFlight != 0 {
 		t.Fatalf("done %d, failed %d, left %d; want %d, 1, 0", b.Done, b.Failed, b.Pending+b.InFlight, n)
 	}

@@ -27,7 +27,7 @@ type brokerQueue struct {
 }
 
 func openBrokerQueue(ctx context.Context, w *worker) (*brokerQueue, error) {
-	sub, err := broker.OpenSubscription(ctx, broker.SubscriptionURL(w.cfg.Batch, w.spec.Queue))
+	sub, err := broker.Subscribe(ctx, w.cfg.Batch, w.spec)
 	if err != nil {
 		return nil, err
 	}

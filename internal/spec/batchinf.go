@@ -41,7 +41,7 @@ const QueueStore = "store"
 var (
 	BrokerSchemes              = []string{"nats", "rabbit", "azuresb", "awssqs", "gcppubsub"}
 	brokerSubscriptionExamples = map[string]string{
-		"rabbit":    "rabbit://QUEUE (a queue bound to the exchange queue.uri names)",
+		"rabbit":    "rabbit://QUEUE (spotml declares the queue and binds it to the exchange queue.uri names)",
 		"azuresb":   "azuresb://TOPIC?subscription=NAME",
 		"gcppubsub": "gcppubsub://projects/PROJECT/subscriptions/NAME",
 	}

@@ -21,20 +21,23 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"gocloud.dev/pubsub"
 	"gocloud.dev/pubsub/natspubsub"
+	"gocloud.dev/pubsub/rabbitpubsub"
 
 	// The brokers a queue.uri may name, registered with pubsub's default
-	// URL mux (NATS is opened here, see open).
+	// URL mux (NATS and RabbitMQ are opened here, see OpenTopic).
 	_ "gocloud.dev/pubsub/awssnssqs"
 	_ "gocloud.dev/pubsub/azuresb"
 	_ "gocloud.dev/pubsub/gcppubsub"
-	_ "gocloud.dev/pubsub/rabbitpubsub"
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/spec"
@@ -43,6 +46,11 @@ import (
 // EnvNATS names the NATS server a nats:// queue connects to, as gocloud's
 // natspubsub reads it: a nats:// URL names a subject, not a server.
 const EnvNATS = "NATS_SERVER_URL"
+
+// EnvRabbit names the RabbitMQ server (amqp://USER:PASSWORD@HOST:PORT/VHOST)
+// a rabbit:// queue connects to, as gocloud's rabbitpubsub reads it: a
+// rabbit:// URL names an exchange or a queue, not a server.
+const EnvRabbit = "RABBIT_SERVER_URL"
 
 // probeKey marks the message apply sends to see that the broker answers;
 // workers drop it.
@@ -69,14 +77,14 @@ func Decode(m *pubsub.Message) (msg api.BatchMessage, ok bool, err error) {
 // Topic is an open topic with what it holds open.
 type Topic struct {
 	*pubsub.Topic
-	conn *nats.Conn
+	conn func() // closes the connection spotml dialled for it, if any
 }
 
 // Close flushes what was sent and closes the topic.
 func (t *Topic) Close(ctx context.Context) error {
 	err := t.Shutdown(ctx)
 	if t.conn != nil {
-		t.conn.Close()
+		t.conn()
 	}
 	return err
 }
@@ -84,67 +92,240 @@ func (t *Topic) Close(ctx context.Context) error {
 // Subscription is an open subscription with what it holds open.
 type Subscription struct {
 	*pubsub.Subscription
-	conn *nats.Conn
+	conn func()
 }
 
 // Close stops receiving; messages received and not acknowledged come back
-// (on brokers that redeliver).
+// (on brokers that redeliver: RabbitMQ hands them to another consumer
+// once the connection that held them is closed).
 func (s *Subscription) Close(ctx context.Context) error {
 	err := s.Shutdown(ctx)
 	if s.conn != nil {
-		s.conn.Close()
+		s.conn()
 	}
 	return err
 }
 
 // OpenTopic opens the topic the control plane sends a batch's work to.
+//
+// NATS and RabbitMQ are dialled here, one connection per topic, not by
+// gocloud's default openers, which share one connection per process: a
+// NATS broker that was down at one apply would stay "down" until a
+// restart, and a RabbitMQ subscription's unacknowledged messages would
+// only come back when that shared connection ends.
 func OpenTopic(ctx context.Context, uri string) (*Topic, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, err
 	}
-	if u.Scheme != natspubsub.Scheme {
-		t, err := pubsub.OpenTopic(ctx, uri)
-		return &Topic{Topic: t}, err
+	switch u.Scheme {
+	case natspubsub.Scheme:
+		nc, err := dialNATS()
+		if err != nil {
+			return nil, err
+		}
+		o := natspubsub.URLOpener{Connection: nc, UseV2: true}
+		t, err := o.OpenTopicURL(ctx, u)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		return &Topic{Topic: t, conn: nc.Close}, nil
+	case rabbitpubsub.Scheme:
+		conn, err := dialRabbit()
+		if err != nil {
+			return nil, err
+		}
+		o := rabbitpubsub.URLOpener{Connection: conn}
+		t, err := o.OpenTopicURL(ctx, u)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return &Topic{Topic: t, conn: func() { conn.Close() }}, nil
 	}
-	// NATS is dialled here, not by natspubsub's default opener, which
-	// dials once per process and keeps the first failure for good: a
-	// broker that was down at one apply would stay "down" until a restart.
-	nc, err := dialNATS()
-	if err != nil {
-		return nil, err
-	}
-	o := natspubsub.URLOpener{Connection: nc, UseV2: true}
-	t, err := o.OpenTopicURL(ctx, u)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	return &Topic{Topic: t, conn: nc}, nil
+	t, err := pubsub.OpenTopic(ctx, uri)
+	return &Topic{Topic: t}, err
 }
 
-// OpenSubscription opens the subscription workers receive a batch's work
-// from.
+// OpenSubscription opens the subscription uri (see SubscriptionURL).
 func OpenSubscription(ctx context.Context, uri string) (*Subscription, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, err
 	}
-	if u.Scheme != natspubsub.Scheme {
-		s, err := pubsub.OpenSubscription(ctx, uri)
-		return &Subscription{Subscription: s}, err
+	switch u.Scheme {
+	case natspubsub.Scheme:
+		nc, err := dialNATS()
+		if err != nil {
+			return nil, err
+		}
+		o := natspubsub.URLOpener{Connection: nc, UseV2: true}
+		s, err := o.OpenSubscriptionURL(ctx, u)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		return &Subscription{Subscription: s, conn: nc.Close}, nil
+	case rabbitpubsub.Scheme:
+		conn, err := dialRabbit()
+		if err != nil {
+			return nil, err
+		}
+		o := rabbitpubsub.URLOpener{Connection: conn}
+		s, err := o.OpenSubscriptionURL(ctx, u)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return &Subscription{Subscription: s, conn: func() { conn.Close() }}, nil
 	}
-	nc, err := dialNATS()
-	if err != nil {
+	s, err := pubsub.OpenSubscription(ctx, uri)
+	return &Subscription{Subscription: s}, err
+}
+
+// Subscribe opens the subscription a batch's worker receives from, after
+// setting up the broker's side of the queue (Declare): a broker that lost
+// it since apply (a new RabbitMQ at the same address) gets it back when a
+// worker starts, and the control plane sends again what it had sent.
+//
+// A RabbitMQ consumer takes at most two batches' worth of messages ahead
+// (prefetch_count, unless the subscription sets it): the default, no
+// limit, hands every message on the queue to the first worker.
+func Subscribe(ctx context.Context, batch string, sp spec.BatchSpec) (*Subscription, error) {
+	if err := Declare(ctx, sp.Queue); err != nil {
 		return nil, err
 	}
-	o := natspubsub.URLOpener{Connection: nc, UseV2: true}
-	s, err := o.OpenSubscriptionURL(ctx, u)
-	if err != nil {
-		nc.Close()
-		return nil, err
+	uri := SubscriptionURL(batch, sp.Queue)
+	if u, err := url.Parse(uri); err == nil && u.Scheme == rabbitpubsub.Scheme && !u.Query().Has("prefetch_count") {
+		perBatch := (max(sp.Runtime.BatchSize, 1) + max(sp.Queue.GroupSize, 1) - 1) / max(sp.Queue.GroupSize, 1)
+		v := u.Query()
+		v.Set("prefetch_count", strconv.Itoa(2*perBatch))
+		u.RawQuery = v.Encode()
+		uri = u.String()
 	}
-	return &Subscription{Subscription: s, conn: nc}, nil
+	return OpenSubscription(ctx, uri)
+}
+
+// Declare sets up the broker's side of a queue where spotml does it, so
+// that what the control plane sends to queue.uri reaches the workers on
+// queue.subscription. For RabbitMQ it makes sure the exchange queue.uri
+// names exists (declared durable, fanout, where absent), that the queue
+// queue.subscription names exists (declared durable where absent), and
+// that the queue is bound to the exchange (with the empty routing key
+// gocloud publishes with). What exists already is used as it is, whatever
+// its kind or arguments; binding again is a no-op. Other brokers' topics
+// and subscriptions are the user's to create (their cloud's tools do it).
+func Declare(ctx context.Context, q spec.BatchQueue) error {
+	u, err := url.Parse(q.URI)
+	if err != nil || u.Scheme != rabbitpubsub.Scheme {
+		return nil
+	}
+	if q.Subscription == "" {
+		return fmt.Errorf("spec.queue.subscription is required with rabbit://: the queue workers receive from, e.g. rabbit://%s-q", rabbitName(u))
+	}
+	su, err := url.Parse(q.Subscription)
+	if err != nil || su.Scheme != rabbitpubsub.Scheme {
+		return fmt.Errorf("spec.queue.subscription %q is not a rabbit:// URL like spec.queue.uri", q.Subscription)
+	}
+	exchange, queue := rabbitName(u), rabbitName(su)
+	conn, err := dialRabbit()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	done := make(chan error, 1)
+	go func() { done <- declareRabbit(conn, exchange, queue) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		// Closing the connection ends the calls waiting on it.
+		conn.Close()
+		<-done
+		return fmt.Errorf("RabbitMQ did not declare exchange %q and queue %q: %w", exchange, queue, ctx.Err())
+	}
+}
+
+func declareRabbit(conn *amqp.Connection, exchange, queue string) error {
+	// A passive declaration that fails closes its channel: each check
+	// gets a channel of its own.
+	ensure := func(what string, passive, declare func(*amqp.Channel) error) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		err = passive(ch)
+		if err == nil {
+			return ch.Close()
+		}
+		var aerr *amqp.Error
+		if !errors.As(err, &aerr) || aerr.Code != amqp.NotFound {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if ch, err = conn.Channel(); err != nil {
+			return err
+		}
+		defer ch.Close()
+		if err := declare(ch); err != nil {
+			return fmt.Errorf("%s: cannot declare it: %w", what, err)
+		}
+		return nil
+	}
+	err := ensure(fmt.Sprintf("spec.queue.uri: RabbitMQ exchange %q", exchange),
+		func(ch *amqp.Channel) error {
+			return ch.ExchangeDeclarePassive(exchange, amqp.ExchangeFanout, true, false, false, false, nil)
+		},
+		func(ch *amqp.Channel) error {
+			return ch.ExchangeDeclare(exchange, amqp.ExchangeFanout, true, false, false, false, nil)
+		})
+	if err != nil {
+		return err
+	}
+	err = ensure(fmt.Sprintf("spec.queue.subscription: RabbitMQ queue %q", queue),
+		func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+			return err
+		},
+		func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
+			return err
+		})
+	if err != nil {
+		return err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.QueueBind(queue, "", exchange, false, nil); err != nil {
+		return fmt.Errorf("RabbitMQ cannot bind queue %q (spec.queue.subscription) to exchange %q (spec.queue.uri): %w", queue, exchange, err)
+	}
+	return nil
+}
+
+// rabbitName is the exchange or queue a rabbit:// URL names, as
+// rabbitpubsub reads it.
+func rabbitName(u *url.URL) string { return path.Join(u.Host, u.Path) }
+
+func dialRabbit() (*amqp.Connection, error) {
+	server := os.Getenv(EnvRabbit)
+	if server == "" {
+		return nil, fmt.Errorf("%s is not set: a rabbit:// queue names an exchange and a queue; set %s (e.g. amqp://guest:guest@127.0.0.1:5672/) where the control plane and the agents run", EnvRabbit, EnvRabbit)
+	}
+	shown := server
+	if u, err := url.Parse(server); err == nil {
+		shown = u.Redacted()
+	}
+	conn, err := amqp.DialConfig(server, amqp.Config{
+		Dial:       amqp.DefaultDial(5 * time.Second),
+		Properties: amqp.Table{"connection_name": "spotml"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("RabbitMQ server %s (%s) does not answer: %w", shown, EnvRabbit, err)
+	}
+	return conn, nil
 }
 
 func dialNATS() (*nats.Conn, error) {
@@ -176,11 +357,17 @@ func SubscriptionURL(batch string, q spec.BatchQueue) string {
 	return u.String()
 }
 
-// Probe sends apply's probe to the topic uri, to see that the broker
-// answers before a BatchInference is stored. Workers drop the probe.
-func Probe(ctx context.Context, uri string) error {
+// Probe sets up the queue where spotml does (Declare) and sends apply's
+// probe to queue.uri, to see that the broker answers, and takes what is
+// sent there (RabbitMQ refuses a message no queue is bound for), before a
+// BatchInference is stored. Workers drop the probe.
+func Probe(ctx context.Context, q spec.BatchQueue) error {
+	uri := q.URI
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if err := Declare(ctx, q); err != nil {
+		return err
+	}
 	t, err := OpenTopic(ctx, uri)
 	if err != nil {
 		return err

@@ -4,51 +4,35 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/batchinf/broker/brokertest"
 	"github.com/spotml/spotml/internal/spec"
 )
 
-// natsServer starts a nats-server on a free loopback port and points
-// NATS_SERVER_URL at it.
-func natsServer(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		if os.Getenv("SPOTML_REQUIRE_NATS") == "1" {
-			t.Fatal("nats-server not installed (SPOTML_REQUIRE_NATS=1 makes this a failure)")
-		}
-		t.Skip("nats-server not installed (apt-get install nats-server)")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server did not listen: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Setenv(EnvNATS, "nats://"+addr)
-	return "nats://" + addr
+// rabbit is the RabbitMQ broker this package's tests share (it takes
+// seconds to boot).
+var rabbit brokertest.Shared
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	rabbit.Stop()
+	os.Exit(code)
+}
+
+// natsServer starts a nats-server and points NATS_SERVER_URL at it.
+func natsServer(t *testing.T) {
+	t.Setenv(EnvNATS, brokertest.NATS(t))
+}
+
+// rabbitServer points RABBIT_SERVER_URL at the package's RabbitMQ.
+func rabbitServer(t *testing.T) string {
+	url := rabbit.URL(t)
+	t.Setenv(EnvRabbit, url)
+	return url
 }
 
 // TestNATSRoundTrip: what the publisher sends, a worker's subscription
@@ -63,7 +47,7 @@ func TestNATSRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close(ctx)
-	if err := Probe(ctx, q.URI); err != nil {
+	if err := Probe(ctx, q); err != nil {
 		t.Fatalf("probe: %v", err)
 	}
 	p := NewPublisher()
@@ -107,16 +91,21 @@ func TestBrokerDoesNotAnswer(t *testing.T) {
 	l.Close()
 	t.Setenv(EnvNATS, "nats://"+addr)
 	ctx := context.Background()
-	if err := Probe(ctx, "nats://spotml.x"); err == nil || !strings.Contains(err.Error(), "does not answer") {
+	if err := Probe(ctx, spec.BatchQueue{URI: "nats://spotml.x"}); err == nil || !strings.Contains(err.Error(), "does not answer") {
 		t.Fatalf("probe of a dead NATS server: %v", err)
 	}
 	t.Setenv(EnvNATS, "")
-	if err := Probe(ctx, "nats://spotml.x"); err == nil || !strings.Contains(err.Error(), EnvNATS) {
+	if err := Probe(ctx, spec.BatchQueue{URI: "nats://spotml.x"}); err == nil || !strings.Contains(err.Error(), EnvNATS) {
 		t.Fatalf("probe without %s: %v", EnvNATS, err)
 	}
-	t.Setenv("RABBIT_SERVER_URL", "")
-	if err := Probe(ctx, "rabbit://x"); err == nil {
-		t.Fatal("probe of rabbit:// without RABBIT_SERVER_URL succeeded")
+	rq := spec.BatchQueue{URI: "rabbit://x", Subscription: "rabbit://x-q"}
+	t.Setenv(EnvRabbit, "amqp://guest:guest@"+addr+"/")
+	if err := Probe(ctx, rq); err == nil || !strings.Contains(err.Error(), "does not answer") || !strings.Contains(err.Error(), EnvRabbit) {
+		t.Fatalf("probe of a dead RabbitMQ server: %v", err)
+	}
+	t.Setenv(EnvRabbit, "")
+	if err := Probe(ctx, rq); err == nil || !strings.Contains(err.Error(), EnvRabbit+" is not set") {
+		t.Fatalf("probe of rabbit:// without %s: %v", EnvRabbit, err)
 	}
 }
 

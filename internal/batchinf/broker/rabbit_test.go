@@ -1,0 +1,270 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"gocloud.dev/pubsub"
+
+	"github.com/spotml/spotml/internal/api"
+	"github.com/spotml/spotml/internal/spec"
+)
+
+// queues numbers the tests' queues: the broker is shared by the
+// package's tests and keeps (durable) queues across -count runs.
+var queues atomic.Int64
+
+// rabbitBatch is a batch spec over RabbitMQ with an exchange and a queue
+// of the test's own.
+func rabbitBatch(t *testing.T, batchSize, groupSize int) spec.BatchSpec {
+	name := fmt.Sprintf("%s.%d", strings.ToLower(t.Name()), queues.Add(1))
+	var sp spec.BatchSpec
+	sp.Queue = spec.BatchQueue{URI: "rabbit://" + name, Subscription: "rabbit://" + name + "-q", GroupSize: groupSize}
+	sp.Runtime.BatchSize = batchSize
+	return sp
+}
+
+// receive waits up to d for a message of the batch; nil when none came.
+func receive(t *testing.T, sub *Subscription, d time.Duration) (*pubsub.Message, *api.BatchMessage) {
+	t.Helper()
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), d)
+		m, err := sub.Receive(ctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			t.Fatalf("receive: %v", err)
+		}
+		msg, ok, err := Decode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok { // apply's probe
+			m.Ack()
+			continue
+		}
+		return m, &msg
+	}
+}
+
+func publish(t *testing.T, uri string, ids ...int64) {
+	t.Helper()
+	p := NewPublisher()
+	defer p.Close(t.Context())
+	var msgs []api.BatchMessage
+	for _, id := range ids {
+		msgs = append(msgs, api.BatchMessage{Batch: "b", Items: []api.LeasedItem{{ID: id, Input: fmt.Sprintf("%d.png", id)}}})
+	}
+	if err := p.Publish(t.Context(), uri, msgs); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+}
+
+// TestRabbitRoundTrip: apply's probe declares the exchange, the queue and
+// the binding (twice is a no-op), what the publisher sends a worker's
+// subscription receives once, and an acknowledged message does not come
+// back.
+func TestRabbitRoundTrip(t *testing.T) {
+	rabbitServer(t)
+	sp := rabbitBatch(t, 4, 2)
+	for range 2 {
+		if err := Probe(t.Context(), sp.Queue); err != nil {
+			t.Fatalf("probe: %v", err)
+		}
+	}
+	sub, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(context.Background())
+	publish(t, sp.Queue.URI, 1, 2, 3)
+	got := map[int64]int{}
+	for range 3 {
+		m, msg := receive(t, sub, 10*time.Second)
+		if m == nil {
+			t.Fatalf("received %v, want items 1-3", got)
+		}
+		got[msg.Items[0].ID]++
+		m.Ack()
+	}
+	if m, msg := receive(t, sub, 500*time.Millisecond); m != nil {
+		t.Fatalf("item %d came again after its ack (received %v)", msg.Items[0].ID, got)
+	}
+	if got[1] != 1 || got[2] != 1 || got[3] != 1 {
+		t.Fatalf("received %v, want items 1-3 once each", got)
+	}
+}
+
+// TestRabbitRedelivery: a message a worker nacks (it gave its items back
+// on a notice) comes back at once, and so do those a worker received and
+// never settled when its connection ends (its node was evicted): another
+// worker gets them.
+func TestRabbitRedelivery(t *testing.T) {
+	rabbitServer(t)
+	sp := rabbitBatch(t, 1, 1)
+	if err := Probe(t.Context(), sp.Queue); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, sp.Queue.URI, 7)
+	m, msg := receive(t, a, 10*time.Second)
+	if m == nil || msg.Items[0].ID != 7 {
+		t.Fatalf("received %v, want item 7", msg)
+	}
+	m.Nack()
+	m, msg = receive(t, a, 10*time.Second)
+	if m == nil || msg.Items[0].ID != 7 {
+		t.Fatalf("after a nack, received %v; want item 7 again", msg)
+	}
+	// Held, neither acked nor nacked, when the worker goes.
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	m, msg = receive(t, b, 10*time.Second)
+	if m == nil || msg.Items[0].ID != 7 {
+		t.Fatalf("after the first worker went, the second received %v; want item 7", msg)
+	}
+	m.Ack()
+}
+
+// TestRabbitPrefetch: a worker holds at most two batches' worth of
+// messages ahead, so one that subscribed first leaves the rest to the
+// others (RabbitMQ's default would hand it every message on the queue).
+func TestRabbitPrefetch(t *testing.T) {
+	rabbitServer(t)
+	sp := rabbitBatch(t, 2, 2) // one message a batch: prefetch 2
+	if err := Probe(t.Context(), sp.Queue); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	// a's consumer is on the queue before anything is sent.
+	m, _ := receive(t, a, 300*time.Millisecond)
+	if m != nil {
+		t.Fatal("a message before any was sent")
+	}
+	publish(t, sp.Queue.URI, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	if m, _ = receive(t, a, 10*time.Second); m == nil {
+		t.Fatal("the first worker received nothing")
+	}
+	defer m.Ack()
+	b, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	n := 0
+	for n < 8 {
+		m, _ := receive(t, b, 10*time.Second)
+		if m == nil {
+			t.Fatalf("the second worker received %d messages, want the 8 the first does not hold", n)
+		}
+		m.Ack()
+		n++
+	}
+}
+
+// TestRabbitDeclareUsesWhatExists: an exchange and a queue the user
+// declared (here a non-durable topic exchange, unlike spotml's) are used as
+// they are, and spotml's binding makes what is sent reach the queue.
+func TestRabbitDeclareUsesWhatExists(t *testing.T) {
+	url := rabbitServer(t)
+	sp := rabbitBatch(t, 1, 1)
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, q := strings.TrimPrefix(sp.Queue.URI, "rabbit://"), strings.TrimPrefix(sp.Queue.Subscription, "rabbit://")
+	if err := ch.ExchangeDeclare(ex, amqp.ExchangeTopic, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q, false, false, false, false, amqp.Table{"x-max-length": int32(100)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Probe(t.Context(), sp.Queue); err != nil {
+		t.Fatalf("probe over the user's exchange and queue: %v", err)
+	}
+	sub, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(context.Background())
+	publish(t, sp.Queue.URI, 5)
+	if m, msg := receive(t, sub, 10*time.Second); m == nil || msg.Items[0].ID != 5 {
+		t.Fatalf("received %v, want item 5", msg)
+	}
+	if _, err := ch.QueueDeclarePassive(q, false, false, false, false, amqp.Table{"x-max-length": int32(100)}); err != nil {
+		t.Fatalf("the user's queue changed: %v", err)
+	}
+}
+
+// TestRabbitBadQueue: a rabbit:// queue without a subscription, or with
+// one of another broker, is refused naming the field; a publish to an
+// exchange that is gone fails (the control plane sends those items
+// again), and a worker's Subscribe sets the queue up again.
+func TestRabbitBadQueue(t *testing.T) {
+	url := rabbitServer(t)
+	ctx := t.Context()
+	if err := Probe(ctx, spec.BatchQueue{URI: "rabbit://x"}); err == nil || !strings.Contains(err.Error(), "spec.queue.subscription") {
+		t.Fatalf("probe without a subscription: %v", err)
+	}
+	if err := Probe(ctx, spec.BatchQueue{URI: "rabbit://x", Subscription: "nats://x"}); err == nil || !strings.Contains(err.Error(), "spec.queue.subscription") {
+		t.Fatalf("probe with a nats:// subscription: %v", err)
+	}
+	sp := rabbitBatch(t, 1, 1)
+	if err := Probe(ctx, sp.Queue); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := strings.TrimPrefix(sp.Queue.URI, "rabbit://")
+	if err := ch.ExchangeDelete(ex, false, false); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher()
+	defer p.Close(ctx)
+	if err := p.Publish(ctx, sp.Queue.URI, []api.BatchMessage{{Batch: "b", Items: []api.LeasedItem{{ID: 1}}}}); err == nil {
+		t.Fatal("publish to a deleted exchange succeeded")
+	}
+	sub, err := Subscribe(ctx, "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(context.Background())
+	if err := p.Publish(ctx, sp.Queue.URI, []api.BatchMessage{{Batch: "b", Items: []api.LeasedItem{{ID: 2}}}}); err != nil {
+		t.Fatalf("publish once a worker set the queue up again: %v", err)
+	}
+	if m, msg := receive(t, sub, 10*time.Second); m == nil || msg.Items[0].ID != 2 {
+		t.Fatalf("received %v, want item 2", msg)
+	}
+}
