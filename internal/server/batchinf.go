@@ -97,7 +97,9 @@ func (s *Server) checkBatch(ctx context.Context, b spec.BatchInference, pools ma
 	if broker.IsBroker(sp.Queue.URI) {
 		// A broker that does not answer now would leave the batch waiting
 		// for ever: refuse it while the user is there to fix the URL.
-		if err := broker.Probe(ctx, sp.Queue); err != nil {
+		if err := broker.Probe(ctx, sp.Queue); errors.As(err, new(broker.Refused)) {
+			return nil, fmt.Errorf("batchinference %s: %v", name, err)
+		} else if err != nil {
 			return nil, fmt.Errorf("batchinference %s: spec.queue.uri: the broker does not answer: %v; check the URL and that the broker runs (and its address and credentials: %s for nats://, %s for rabbit://)", name, err, broker.EnvNATS, broker.EnvRabbit)
 		}
 	}

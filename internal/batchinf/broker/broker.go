@@ -222,11 +222,11 @@ func Declare(ctx context.Context, q spec.BatchQueue) error {
 		return nil
 	}
 	if q.Subscription == "" {
-		return fmt.Errorf("spec.queue.subscription is required with rabbit://: the queue workers receive from, e.g. rabbit://%s-q", rabbitName(u))
+		return Refused{fmt.Errorf("spec.queue.subscription is required with rabbit://: the queue workers receive from, e.g. rabbit://%s-q", rabbitName(u))}
 	}
 	su, err := url.Parse(q.Subscription)
 	if err != nil || su.Scheme != rabbitpubsub.Scheme {
-		return fmt.Errorf("spec.queue.subscription %q is not a rabbit:// URL like spec.queue.uri", q.Subscription)
+		return Refused{fmt.Errorf("spec.queue.subscription %q is not a rabbit:// URL like spec.queue.uri", q.Subscription)}
 	}
 	exchange, queue := rabbitName(u), rabbitName(su)
 	conn, err := dialRabbit()
@@ -235,7 +235,14 @@ func Declare(ctx context.Context, q spec.BatchQueue) error {
 	}
 	defer conn.Close()
 	done := make(chan error, 1)
-	go func() { done <- declareRabbit(conn, exchange, queue) }()
+	go func() {
+		if err := declareRabbit(conn, exchange, queue); err != nil {
+			// RabbitMQ answered: the error names what it refused.
+			done <- Refused{err}
+			return
+		}
+		done <- nil
+	}()
 	select {
 	case err := <-done:
 		return err
@@ -246,6 +253,14 @@ func Declare(ctx context.Context, q spec.BatchQueue) error {
 		return fmt.Errorf("RabbitMQ did not declare exchange %q and queue %q: %w", exchange, queue, ctx.Err())
 	}
 }
+
+// Refused is an error from a broker that answered but refused what the
+// spec asks (or from a spec the broker cannot be asked with); its text
+// names the field. Any other error from Probe is a broker that did not
+// answer.
+type Refused struct{ error }
+
+func (r Refused) Unwrap() error { return r.error }
 
 func declareRabbit(conn *amqp.Connection, exchange, queue string) error {
 	// A passive declaration that fails closes its channel: each check

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -233,6 +234,18 @@ func TestRabbitBadQueue(t *testing.T) {
 	}
 	if err := Probe(ctx, spec.BatchQueue{URI: "rabbit://x", Subscription: "nats://x"}); err == nil || !strings.Contains(err.Error(), "spec.queue.subscription") {
 		t.Fatalf("probe with a nats:// subscription: %v", err)
+	}
+	// RabbitMQ answers but refuses the queue (names under amq. are its
+	// own): the error says so, naming the field, not that the broker
+	// did not answer.
+	err := Probe(ctx, spec.BatchQueue{URI: "rabbit://spotml.badq", Subscription: "rabbit://amq.spotml-q"})
+	if err == nil || !errors.As(err, new(Refused)) || !strings.Contains(err.Error(), `spec.queue.subscription: RabbitMQ queue "amq.spotml-q": cannot declare it`) {
+		t.Fatalf("probe with a queue RabbitMQ refuses: %v", err)
+	}
+	for _, q := range []spec.BatchQueue{{URI: "rabbit://x"}, {URI: "rabbit://x", Subscription: "nats://x"}} {
+		if err := Probe(ctx, q); !errors.As(err, new(Refused)) {
+			t.Errorf("probe %+v: %v is not a Refused", q, err)
+		}
 	}
 	sp := rabbitBatch(t, 1, 1)
 	if err := Probe(ctx, sp.Queue); err != nil {
