@@ -72,6 +72,8 @@ func (rep *report) print(w io.Writer) {
 		fmt.Fprintf(w, "- %s CPU: %.1f s in all, %.1f s (%.0f %%) of it in the workers; %.0f items per worker CPU-second (%.2f× (d1)); load average %s at its end.\n",
 			x.name, x.m.span.cpu, x.m.workerCPU, 100*x.m.workerCPU/x.m.span.cpu, float64(x.m.span.items)/x.m.workerCPU,
 			float64(x.m.span.items)/x.m.workerCPU/d1.perCPUSec(), x.m.load)
+		fmt.Fprintf(w, "  %s the rest: spotml up (control plane, API, simulated market; with this benchmark's %d polls of 3 API calls) %.1f s, the agents %.1f s.\n",
+			x.name, x.m.polls, x.m.upCPU, x.m.agentCPU)
 	}
 	if p := rep.python; p != nil && p.err == nil {
 		fmt.Fprintf(w, "- (c) the loop itself took %s of the process's %s (the rest: importing torch, loading the model); load average %s at its end.\n",

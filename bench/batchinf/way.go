@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spotml/spotml/bench/cluster"
@@ -24,6 +25,9 @@ import (
 type measured struct {
 	span      span    // results, makespan, CPU of every process involved
 	workerCPU float64 // of that, the workers' (spotml)
+	upCPU     float64 // of that, spotml up's: control plane, API (this benchmark's polls too), simulated market
+	agentCPU  float64 // of that, the agents'
+	polls     int     // rounds of this benchmark's 3 API calls, counted in upCPU
 	loop      time.Duration
 	apply     time.Duration // spotml: the apply call (checks, the first page of the input queued)
 	listed    time.Duration // spotml: from the apply until the whole input was queued
@@ -70,8 +74,10 @@ type way struct {
 func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg config, keys []string, classes map[string]int, progress io.Writer) *measured {
 	r := &measured{}
 	name, out := "score-"+w.pool, "scored-"+w.pool
+	profileCut(c)
 	cpu.sample()
 	all0, work0 := cpu.seconds()
+	roles0 := cpu.byRole()
 	start := time.Now()
 	if err := applyLong(ctx, c, name+".yaml", batchYAML(cfg, name, w.pool, out+"/")); err != nil {
 		r.err = err
@@ -82,7 +88,9 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	noticed := map[string]bool{}
 	var prev map[string]int
 	lastPrint := time.Now()
+	polls := 0
 	for {
+		polls++
 		leased, err := leasedByNode(ctx, c, name)
 		b = api.BatchInference{} // decoding leaves out what the answer omits (listing: false)
 		if err == nil {
@@ -127,6 +135,10 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	}
 	cpu.sample()
 	all1, work1 := cpu.seconds()
+	roles1 := cpu.byRole()
+	r.upCPU, r.agentCPU = roles1[roleUp]-roles0[roleUp], roles1[roleAgent]-roles0[roleAgent]
+	r.polls = polls
+	profileCut(c)
 	r.span = span{items: b.Done, wall: b.FinishedAt.Sub(start), cpu: all1 - all0}
 	r.workerCPU = work1 - work0
 	r.load = loadAvg()
@@ -149,6 +161,14 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 		r.err = fmt.Errorf("batch %s: %s, %d done, %d failed of %d", name, b.State, b.Done, b.Failed, len(keys))
 	}
 	return r
+}
+
+// profileCut has spotml up start its next CPU profile when it writes
+// them (SPOTML_CPUPROFILE), so that each way's profile is its own.
+func profileCut(c *cluster.Cluster) {
+	if os.Getenv("SPOTML_CPUPROFILE") != "" {
+		c.Signal(syscall.SIGUSR1)
+	}
 }
 
 // applyLong applies a document through the API as `spotml apply` does,
