@@ -15,10 +15,10 @@ func TestLeaseFor(t *testing.T) {
 		want int
 	}{
 		{32, time.Second, 32},             // 32 items/s: less than a unit in leaseWork, still one
-		{32, 100 * time.Millisecond, 160}, // 320/s: 160 in 0.5 s, whole units
-		{32, 110 * time.Millisecond, 128}, // 291/s: 145 rounds down to 4 units
-		{128, 10 * time.Millisecond, 256}, // very fast: at most maxLeaseBatches units
-		{32, 0, 256},                      // too fast to time
+		{32, 200 * time.Millisecond, 64},  // 160/s: 80 in 0.5 s, rounds down to 2 units
+		{32, 160 * time.Millisecond, 96},  // 200/s: 100 in 0.5 s, 3 units
+		{128, 10 * time.Millisecond, 128}, // very fast: at most maxLeaseBatches units
+		{32, 0, 128},                      // too fast to time
 	} {
 		if got := leaseFor(sp, c.n, c.took); got != c.want {
 			t.Errorf("leaseFor(%d in %s) = %d, want %d", c.n, c.took, got, c.want)
@@ -26,7 +26,7 @@ func TestLeaseFor(t *testing.T) {
 	}
 	// Whole groups: a unit of 3 groups of 4 for a batch of 10.
 	sp = spec.BatchSpec{Runtime: spec.BatchRuntime{BatchSize: 10}, Queue: spec.BatchQueue{GroupSize: 4}}
-	if got := leaseFor(sp, 12, 100*time.Millisecond); got != 60 {
-		t.Errorf("grouped leaseFor = %d, want 60 (5 units of 12)", got)
+	if got := leaseFor(sp, 12, 200*time.Millisecond); got != 24 {
+		t.Errorf("grouped leaseFor = %d, want 24 (2 units of 12)", got)
 	}
 }

@@ -234,9 +234,10 @@ type lease struct {
 }
 
 // loop runs a fetcher (lease, read the blobs) one batch ahead of the
-// scorer, so that reading overlaps the model.
+// scorer, so that reading overlaps the model. The hand-over is unbuffered:
+// a worker holds at most the lease it scores and the one read ahead.
 func (w *worker) loop(stop, work context.Context) error {
-	ready := make(chan *lease, 1)
+	ready := make(chan *lease)
 	var fetchErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -373,7 +374,7 @@ func leaseSize(sp spec.BatchSpec) int {
 // worker can take from the others.
 const (
 	leaseWork       = 500 * time.Millisecond
-	maxLeaseBatches = 8
+	maxLeaseBatches = 4
 )
 
 // leaseFor is how many items to lease next, having scored n in took:
