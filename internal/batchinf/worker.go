@@ -108,12 +108,6 @@ type worker struct {
 	dst   *gblob.Bucket
 	queue queue
 	stats Stats
-	// writeIO is how many results are written at once: cfg.IO to a
-	// remote store (round trips overlap), one to the local file system,
-	// where parallel creates in one directory only contend in the kernel
-	// for the directory's lock (a worker's profile: 27 % of its CPU in
-	// open at 16 at once).
-	writeIO int
 	// want is how many items the next store lease asks for: set by the
 	// scorer from its rate (leaseFor), read by the fetcher.
 	want atomic.Int64
@@ -197,10 +191,6 @@ func (w *worker) open(ctx context.Context) error {
 		w.model = builtin{m}
 	}
 	w.in = w.model.Input()
-	w.writeIO = w.cfg.IO
-	if w.cfg.Blobs.Local(sp.Output.URI) {
-		w.writeIO = 1
-	}
 	var err2 error
 	if w.src, err2 = w.cfg.Blobs.Open(ctx, sp.Input.URI); err2 != nil {
 		return fmt.Errorf("spec.input.uri: %w", err2)
@@ -453,7 +443,7 @@ func (w *worker) score(ctx context.Context, l *lease) error {
 		// result still written whole or not at all (blob.Syncs).
 		wctx, syncs := blob.DeferSyncs(ctx)
 		g := errgroup.Group{}
-		g.SetLimit(w.writeIO)
+		g.SetLimit(w.cfg.IO)
 		for r, i := range scored {
 			g.Go(func() error {
 				return w.write(wctx, l.items[i].Input, outs, r)

@@ -170,14 +170,6 @@ func (r ref) with(key string) ref {
 	return r
 }
 
-// Local reports whether location is in this machine's file system (a
-// file URL, or a path in a default store that is one): writing there costs
-// CPU, not a round trip, so running many writes at once buys nothing.
-func (s *Store) Local(location string) bool {
-	r, err := s.resolve(location)
-	return err == nil && r.scheme == fileblob.Scheme
-}
-
 func (s *Store) resolve(location string) (ref, error) {
 	if !hasScheme(location) {
 		return s.resolveRelative(location)
