@@ -17,8 +17,8 @@ func TestLeaseFor(t *testing.T) {
 		{32, time.Second, 32},             // 32 items/s: less than a unit in leaseWork, still one
 		{32, 200 * time.Millisecond, 64},  // 160/s: 80 in 0.5 s, rounds down to 2 units
 		{32, 160 * time.Millisecond, 96},  // 200/s: 100 in 0.5 s, 3 units
-		{128, 10 * time.Millisecond, 128}, // very fast: at most maxLeaseBatches units
-		{32, 0, 128},                      // too fast to time
+		{128, 10 * time.Millisecond, 256}, // very fast: at most maxLeaseBatches units
+		{32, 0, 256},                      // too fast to time
 	} {
 		if got := leaseFor(sp, c.n, c.took); got != c.want {
 			t.Errorf("leaseFor(%d in %s) = %d, want %d", c.n, c.took, got, c.want)

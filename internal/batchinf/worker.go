@@ -374,7 +374,7 @@ func leaseSize(sp spec.BatchSpec) int {
 // worker can take from the others.
 const (
 	leaseWork       = 500 * time.Millisecond
-	maxLeaseBatches = 4
+	maxLeaseBatches = 8
 )
 
 // leaseFor is how many items to lease next, having scored n in took:
