@@ -28,6 +28,7 @@ type measured struct {
 	upCPU     float64 // of that, spotml up's: control plane, API (this benchmark's polls too), simulated market
 	agentCPU  float64 // of that, the agents'
 	polls     int     // rounds of this benchmark's 3 API calls, counted in upCPU
+	forced    int     // notices this benchmark gave (-evict-at)
 	loop      time.Duration
 	apply     time.Duration // spotml: the apply call (checks, the first page of the input queued)
 	listed    time.Duration // spotml: from the apply until the whole input was queued
@@ -89,6 +90,7 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	var prev map[string]int
 	lastPrint := time.Now()
 	polls := 0
+	evictAt := cfg.evictAt
 	for {
 		polls++
 		leased, err := leasedByNode(ctx, c, name)
@@ -112,6 +114,23 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 			r.notices = append(r.notices, eviction{node: n.Name, at: time.Since(start), inFlight: max(prev[n.Name], leased[n.Name])})
 		}
 		prev = leased
+		// The benchmark's own notices: at each fraction of the items done,
+		// one ready node of the pool that has none (spotml evict: the
+		// same notice the market gives), so that every run has evictions
+		// however short the market's draws leave it.
+		if w.pool == "spot" && len(evictAt) > 0 && b.Done >= int(evictAt[0]*float64(cfg.n)) {
+			for _, n := range nodes {
+				if n.Pool == w.pool && n.State == store.NodeReady && n.NoticeDeadline.IsZero() {
+					if _, err := c.CLI(ctx, "evict", n.Name); err != nil {
+						r.err = err
+						return r
+					}
+					r.forced++
+					break
+				}
+			}
+			evictAt = evictAt[1:]
+		}
 		if r.listed == 0 && !b.Listing {
 			r.listed = time.Since(start)
 		}
