@@ -27,9 +27,18 @@ type treeCPU struct {
 }
 
 type procCPU struct {
-	ticks  uint64
-	worker bool // a `spotml batch-worker`
+	ticks uint64
+	role  role
 }
+
+// role is what a process of the tree is.
+type role int
+
+const (
+	roleUp     role = iota // `spotml up`: control plane, API, simulated market
+	roleAgent              // a node's agent (and anything else it starts)
+	roleWorker             // a `spotml batch-worker`
+)
 
 func newTreeCPU(root int) *treeCPU { return &treeCPU{root: root, seen: map[int]procCPU{}} }
 
@@ -99,7 +108,14 @@ func (t *treeCPU) sample() {
 		p, ok := t.seen[pid]
 		if !ok {
 			cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-			p.worker = bytes.Contains(cmd, []byte("batch-worker"))
+			switch {
+			case pid == t.root:
+				p.role = roleUp
+			case bytes.Contains(cmd, []byte("batch-worker")):
+				p.role = roleWorker
+			default:
+				p.role = roleAgent
+			}
 		}
 		p.ticks = max(p.ticks, tk)
 		t.seen[pid] = p
@@ -108,13 +124,16 @@ func (t *treeCPU) sample() {
 
 // seconds is the CPU time of the tree so far, all of it and the workers'.
 func (t *treeCPU) seconds() (all, workers float64) {
+	r := t.byRole()
+	return r[roleUp] + r[roleAgent] + r[roleWorker], r[roleWorker]
+}
+
+// byRole is the CPU time of the tree so far by what the processes are.
+func (t *treeCPU) byRole() (out [3]float64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, p := range t.seen {
-		all += float64(p.ticks) / userHZ
-		if p.worker {
-			workers += float64(p.ticks) / userHZ
-		}
+		out[p.role] += float64(p.ticks) / userHZ
 	}
-	return all, workers
+	return out
 }

@@ -36,6 +36,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -66,6 +67,7 @@ type config struct {
 	skip     string
 	timeout  time.Duration
 	keep     bool
+	evictAt  []float64
 }
 
 func (c config) skipped(way string) bool {
@@ -96,8 +98,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	fs.StringVar(&cfg.skip, "skip", "", "ways to leave out, comma-separated: a, b, c")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Minute, "give up after this long")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the data directory (logs, database, results) and say where")
+	evictAt := fs.String("evict-at", "0.25,0.5", "in (a), also give one ready spot node a notice (spotml evict) when this fraction of the items is done, comma-separated; \"\" for the market's draws alone")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	for _, f := range strings.Split(*evictAt, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil || v <= 0 || v >= 1 {
+			return fmt.Errorf("-evict-at %q: give fractions between 0 and 1, such as 0.25,0.5", *evictAt)
+		}
+		if len(cfg.evictAt) > 0 && v <= cfg.evictAt[len(cfg.evictAt)-1] {
+			return fmt.Errorf("-evict-at %q: give the fractions in increasing order", *evictAt)
+		}
+		cfg.evictAt = append(cfg.evictAt, v)
 	}
 	switch {
 	case cfg.n < 1 || cfg.n > 70000:

@@ -24,9 +24,9 @@ func (rep *report) print(w io.Writer) {
 	cfg, d1, d2 := rep.cfg, rep.ceiling.whole, rep.ceiling.model
 	fmt.Fprintf(w, "\n### %d Fashion-MNIST PNGs scored four ways\n\n", cfg.n)
 	fmt.Fprintf(w, "command: `go run ./bench/batchinf %s`\n\n", strings.Join(rep.args[1:], " "))
-	fmt.Fprintf(w, "effective flags: -n %d -rate %g -notice %s -max-nodes %d -workers %d -batch %d -threads %d; wall time %s; "+
+	fmt.Fprintf(w, "effective flags: -n %d -rate %g -notice %s -evict-at %s -max-nodes %d -workers %d -batch %d -threads %d; wall time %s; "+
 		"%d cores; load average %s at the start, %s at the end\n\n",
-		cfg.n, cfg.rate, cfg.notice, cfg.maxNodes, cfg.workers, cfg.batch, cfg.threads, rep.elapsed.Round(time.Second), rep.cores, rep.load0, rep.load1)
+		cfg.n, cfg.rate, cfg.notice, fmt.Sprint(cfg.evictAt), cfg.maxNodes, cfg.workers, cfg.batch, cfg.threads, rep.elapsed.Round(time.Second), rep.cores, rep.load0, rep.load1)
 
 	fmt.Fprintln(w, "| way | results | makespan | items/s | CPU-s | items per CPU-s | vs (d1) | vs (d2) | evictions | released | leases lost (items) | acks of done items | cost | on demand | results check |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -72,6 +72,8 @@ func (rep *report) print(w io.Writer) {
 		fmt.Fprintf(w, "- %s CPU: %.1f s in all, %.1f s (%.0f %%) of it in the workers; %.0f items per worker CPU-second (%.2f× (d1)); load average %s at its end.\n",
 			x.name, x.m.span.cpu, x.m.workerCPU, 100*x.m.workerCPU/x.m.span.cpu, float64(x.m.span.items)/x.m.workerCPU,
 			float64(x.m.span.items)/x.m.workerCPU/d1.perCPUSec(), x.m.load)
+		fmt.Fprintf(w, "  %s the rest: spotml up (control plane, API, simulated market; with this benchmark's %d polls of 3 API calls) %.1f s, the agents %.1f s.\n",
+			x.name, x.m.polls, x.m.upCPU, x.m.agentCPU)
 	}
 	if p := rep.python; p != nil && p.err == nil {
 		fmt.Fprintf(w, "- (c) the loop itself took %s of the process's %s (the rest: importing torch, loading the model); load average %s at its end.\n",
@@ -84,7 +86,7 @@ func (rep *report) print(w io.Writer) {
 			parts = append(parts, fmt.Sprintf("%s at %s: %d", e.node, e.at.Round(100*time.Millisecond), e.inFlight))
 			sum += e.inFlight
 		}
-		fmt.Fprintf(w, "- (a) notices seen, with the items in flight on the node then: %s (%d in all).\n", strings.Join(parts, "; "), sum)
+		fmt.Fprintf(w, "- (a) notices seen, with the items in flight on the node then: %s (%d in all); %d of them given by this benchmark (-evict-at), the rest the market's.\n", strings.Join(parts, "; "), sum, rep.spot.forced)
 	}
 
 	fmt.Fprintln(w, "\nTargets:")

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spotml/spotml/bench/cluster"
@@ -24,6 +25,10 @@ import (
 type measured struct {
 	span      span    // results, makespan, CPU of every process involved
 	workerCPU float64 // of that, the workers' (spotml)
+	upCPU     float64 // of that, spotml up's: control plane, API (this benchmark's polls too), simulated market
+	agentCPU  float64 // of that, the agents'
+	polls     int     // rounds of this benchmark's 3 API calls, counted in upCPU
+	forced    int     // notices this benchmark gave (-evict-at)
 	loop      time.Duration
 	apply     time.Duration // spotml: the apply call (checks, the first page of the input queued)
 	listed    time.Duration // spotml: from the apply until the whole input was queued
@@ -66,12 +71,14 @@ type way struct {
 }
 
 // run applies the way's BatchInference, watches it to its end (every
-// 500ms: the batch, the nodes and the leased items) and checks its results.
+// pollEvery: the batch, the nodes and the leased items) and checks its results.
 func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg config, keys []string, classes map[string]int, progress io.Writer) *measured {
 	r := &measured{}
 	name, out := "score-"+w.pool, "scored-"+w.pool
+	profileCut(c)
 	cpu.sample()
 	all0, work0 := cpu.seconds()
+	roles0 := cpu.byRole()
 	start := time.Now()
 	if err := applyLong(ctx, c, name+".yaml", batchYAML(cfg, name, w.pool, out+"/")); err != nil {
 		r.err = err
@@ -82,7 +89,10 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	noticed := map[string]bool{}
 	var prev map[string]int
 	lastPrint := time.Now()
+	polls := 0
+	evictAt := cfg.evictAt
 	for {
+		polls++
 		leased, err := leasedByNode(ctx, c, name)
 		b = api.BatchInference{} // decoding leaves out what the answer omits (listing: false)
 		if err == nil {
@@ -104,6 +114,23 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 			r.notices = append(r.notices, eviction{node: n.Name, at: time.Since(start), inFlight: max(prev[n.Name], leased[n.Name])})
 		}
 		prev = leased
+		// The benchmark's own notices: at each fraction of the items done,
+		// one ready node of the pool that has none (spotml evict: the
+		// same notice the market gives), so that every run has evictions
+		// however short the market's draws leave it.
+		if w.pool == "spot" && len(evictAt) > 0 && b.Done >= int(evictAt[0]*float64(cfg.n)) {
+			for _, n := range nodes {
+				if n.Pool == w.pool && n.State == store.NodeReady && n.NoticeDeadline.IsZero() {
+					if _, err := c.CLI(ctx, "evict", n.Name); err != nil {
+						r.err = err
+						return r
+					}
+					r.forced++
+					break
+				}
+			}
+			evictAt = evictAt[1:]
+		}
 		if r.listed == 0 && !b.Listing {
 			r.listed = time.Since(start)
 		}
@@ -122,11 +149,15 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 		case <-c.Exited():
 			r.err = errors.New("spotml up exited; see " + filepath.Join(c.Data, "up.log"))
 			return r
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(pollEvery):
 		}
 	}
 	cpu.sample()
 	all1, work1 := cpu.seconds()
+	roles1 := cpu.byRole()
+	r.upCPU, r.agentCPU = roles1[roleUp]-roles0[roleUp], roles1[roleAgent]-roles0[roleAgent]
+	r.polls = polls
+	profileCut(c)
 	r.span = span{items: b.Done, wall: b.FinishedAt.Sub(start), cpu: all1 - all0}
 	r.workerCPU = work1 - work0
 	r.load = loadAvg()
@@ -149,6 +180,20 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 		r.err = fmt.Errorf("batch %s: %s, %d done, %d failed of %d", name, b.State, b.Done, b.Failed, len(keys))
 	}
 	return r
+}
+
+// pollEvery is how often the benchmark looks at the batch, its nodes and
+// its leased items while it runs: three API calls whose CPU in spotml up
+// counts against spotml (about a fifth of up's CPU at every 500 ms, from a
+// profile, with the leased items' list the largest part).
+const pollEvery = time.Second
+
+// profileCut has spotml up start its next CPU profile when it writes
+// them (SPOTML_CPUPROFILE), so that each way's profile is its own.
+func profileCut(c *cluster.Cluster) {
+	if os.Getenv("SPOTML_CPUPROFILE") != "" {
+		c.Signal(syscall.SIGUSR1)
+	}
 }
 
 // applyLong applies a document through the API as `spotml apply` does,

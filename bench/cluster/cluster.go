@@ -184,6 +184,9 @@ func (c *Cluster) Stop() {
 	})
 }
 
+// Signal sends sig to `spotml up`.
+func (c *Cluster) Signal(sig os.Signal) error { return c.up.Process.Signal(sig) }
+
 // CLI runs the spotml CLI against this cluster and returns its stdout.
 func (c *Cluster) CLI(ctx context.Context, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, c.Bin, append([]string{"--data", c.Data, "--server", "http://" + c.Addr}, args...)...)

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,6 +33,14 @@ func newBatchWorkerCmd(getenv func(string) string, stderr io.Writer) *cobra.Comm
 			log, err := newLogger(stderr, logLevel)
 			if err != nil {
 				return err
+			}
+			if getenv("GOGC") == "" {
+				// A worker's live heap is a few batches of images and
+				// results (ONNX Runtime's memory is not Go's), allocated and
+				// dropped at a high rate: collecting at 4× the live heap
+				// rather than 2× runs the collector a third as often (7 % of a
+				// worker's, from a profile) for a few MiB more.
+				debug.SetGCPercent(300)
 			}
 			env := map[string]string{}
 			for _, k := range []string{api.EnvBatch, api.EnvServer, api.EnvWorkerCred, api.EnvBlobURL, api.EnvWorkerID} {

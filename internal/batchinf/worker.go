@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gblob "gocloud.dev/blob"
@@ -107,6 +108,9 @@ type worker struct {
 	dst   *gblob.Bucket
 	queue queue
 	stats Stats
+	// want is how many items the next store lease asks for: set by the
+	// scorer from its rate (leaseFor), read by the fetcher.
+	want atomic.Int64
 }
 
 // scorer runs a batch of rows through the model: ONNX Runtime in this
@@ -230,9 +234,10 @@ type lease struct {
 }
 
 // loop runs a fetcher (lease, read the blobs) one batch ahead of the
-// scorer, so that reading overlaps the model.
+// scorer, so that reading overlaps the model. The hand-over is unbuffered:
+// a worker holds at most the lease it scores and the one read ahead.
 func (w *worker) loop(stop, work context.Context) error {
-	ready := make(chan *lease, 1)
+	ready := make(chan *lease)
 	var fetchErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -245,10 +250,13 @@ func (w *worker) loop(stop, work context.Context) error {
 			w.release(work, l)
 			continue
 		}
+		t0 := time.Now()
 		if err = w.score(work, l); err != nil {
 			// Give back what this worker cannot finish.
 			w.release(work, l)
+			continue
 		}
+		w.want.Store(int64(leaseFor(w.spec, len(l.items), time.Since(t0))))
 	}
 	wg.Wait()
 	if fetchErr != nil && stop.Err() == nil {
@@ -288,7 +296,7 @@ func (q *storeQueue) next(stop, work context.Context) (*lease, error) {
 	idleSince := time.Now()
 	for stop.Err() == nil {
 		var resp api.LeaseResponse
-		err := w.cfg.API.Do(work, http.MethodPost, w.base+"/lease", api.LeaseRequest{Worker: w.cfg.Worker, Max: leaseSize(w.spec)}, &resp)
+		err := w.cfg.API.Do(work, http.MethodPost, w.base+"/lease", api.LeaseRequest{Worker: w.cfg.Worker, Max: max(int(w.want.Load()), leaseSize(w.spec))}, &resp)
 		if err != nil {
 			if c := client.Code(err); c >= 400 && c < 500 {
 				return nil, err
@@ -355,6 +363,30 @@ func (q *storeQueue) close(context.Context) {}
 func leaseSize(sp spec.BatchSpec) int {
 	g := max(sp.Queue.GroupSize, 1)
 	return (max(sp.Runtime.BatchSize, 1) + g - 1) / g * g
+}
+
+// leaseWork is how long the scoring of one store lease should take, and
+// maxLeaseBatches how many leaseSize units a lease may hold at most. Each
+// lease costs the control plane a lease and an ack (a request and a
+// commit each), so a worker that scores fast asks for more at once; the
+// bound in time keeps what a notice finds in hand (finished within the
+// notice) and the last leases' tail short, the bound in units what one
+// worker can take from the others.
+const (
+	leaseWork       = 500 * time.Millisecond
+	maxLeaseBatches = 8
+)
+
+// leaseFor is how many items to lease next, having scored n in took:
+// about leaseWork of scoring at that rate, in whole leaseSize units, at
+// least one and at most maxLeaseBatches of them.
+func leaseFor(sp spec.BatchSpec, n int, took time.Duration) int {
+	unit := leaseSize(sp)
+	if took <= 0 {
+		return unit * maxLeaseBatches
+	}
+	k := int(float64(n) * float64(leaseWork) / float64(took) / float64(unit))
+	return unit * min(max(k, 1), maxLeaseBatches)
 }
 
 func (w *worker) read(ctx context.Context, l *lease) {

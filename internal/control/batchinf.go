@@ -29,7 +29,10 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 	if requeued+failed > 0 {
 		p.log.Info("batch leases expired", "requeued", requeued, "failed", failed)
 	}
-	bs, err := p.store.ListBatches(ctx)
+	// Without counts: a running batch's left is counted from its
+	// pending and leased items alone (an index range), the whole batch
+	// only when it finishes.
+	bs, err := p.store.ListBatchSpecs(ctx)
 	if err != nil || len(bs) == 0 {
 		return err
 	}
@@ -54,12 +57,19 @@ func (p *Plane) reconcileBatches(ctx context.Context) error {
 		}
 		sp := b.Spec.Spec
 		if sp.Trigger == spec.TriggerWatch {
-			n, err := p.watchBatch(ctx, b)
+			_, err := p.watchBatch(ctx, b)
 			errs = append(errs, err)
-			b.Counts.Pending += n
 		}
-		left := b.Counts.Left()
+		left, err := p.store.BatchLeft(ctx, b.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		if left == 0 && !b.Listing && sp.Trigger != spec.TriggerWatch {
+			if b, err = p.store.GetBatch(ctx, b.Name); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			msg := fmt.Sprintf("%d done, %d failed", b.Counts.Done, b.Counts.Failed)
 			p.log.Info("batch finished", "batch", b.Name, "done", b.Counts.Done, "failed", b.Counts.Failed)
 			errs = append(errs, p.store.FinishBatch(ctx, b.Name, store.BatchSucceeded, msg))

@@ -345,17 +345,16 @@ func (s *Server) batchStatus(ctx context.Context, bs []store.Batch) ([]api.Batch
 	return out, nil
 }
 
-// workerBatch tells a worker its batch's spec.
+// workerBatch tells a worker its batch's spec and state, without the
+// counts, cost and workers of GET /batchinferences/NAME: counting reads
+// every item, and every worker that starts asks.
 func (s *Server) workerBatch(w http.ResponseWriter, r *http.Request) error {
-	b, err := s.cfg.Store.GetBatch(r.Context(), r.PathValue("name"))
+	b, err := s.cfg.Store.GetBatchSpec(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
-	out, err := s.batchStatus(r.Context(), []store.Batch{b})
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, out[0])
+	writeJSON(w, http.StatusOK, api.BatchInference{Name: b.Name, Spec: b.Spec, State: b.State, Listing: b.Listing,
+		CreatedAt: b.CreatedAt, StartedAt: b.StartedAt, FinishedAt: b.FinishedAt})
 	return nil
 }
 

@@ -483,6 +483,14 @@ func (s *Store) ListBatches(ctx context.Context) ([]store.Batch, error) {
 	return s.batches(ctx, true, ``)
 }
 
+// ListBatchSpecs returns every batch without its items' counts (as
+// GetBatchSpec), oldest first: what the control loop reads every pass,
+// where counting every item of every batch, finished ones too, cost more
+// than all the leases and acks of a running one.
+func (s *Store) ListBatchSpecs(ctx context.Context) ([]store.Batch, error) {
+	return s.batches(ctx, false, ``)
+}
+
 // GetBatch returns one batch with its counts.
 func (s *Store) GetBatch(ctx context.Context, name string) (store.Batch, error) {
 	return s.getBatch(ctx, name, true)

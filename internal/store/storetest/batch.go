@@ -148,6 +148,16 @@ func testBatchQueue(t *testing.T, h *Harness) {
 	if left, err := h.St.BatchLeft(h.Ctx, "b1"); err != nil || left != h.batch("b1").Counts.Left() {
 		t.Fatalf("left = %d, %v; want %d", left, err, h.batch("b1").Counts.Left())
 	}
+	// The control loop's read: every batch, its spec and state, no counts.
+	specs, err := h.St.ListBatchSpecs(h.Ctx)
+	if err != nil || len(specs) == 0 {
+		t.Fatalf("batch specs = %+v, %v", specs, err)
+	}
+	for _, b := range specs {
+		if b.Name == "b1" && (b.State != store.BatchRunning || b.Spec.Metadata.Name != "b1" || b.Counts.Total != 0) {
+			t.Fatalf("spec of b1 = %+v; want running, its spec, no counts", b)
+		}
+	}
 	if err := h.St.FinishBatch(h.Ctx, "b1", store.BatchSucceeded, "done"); err != nil {
 		t.Fatal(err)
 	}
