@@ -162,6 +162,12 @@ func OpenSubscription(ctx context.Context, uri string) (*Subscription, error) {
 		}
 		o := natspubsub.URLOpener{Connection: nc, UseV2: true}
 		s, err := o.OpenSubscriptionURL(ctx, u)
+		if err == nil {
+			// Core NATS delivers only to subscribers the server knows:
+			// wait until it has this one (a round trip after the SUB),
+			// so that what is published from now on reaches it.
+			err = nc.FlushWithContext(ctx)
+		}
 		if err != nil {
 			nc.Close()
 			return nil, err
