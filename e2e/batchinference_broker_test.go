@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,14 +63,17 @@ func TestBatchInferenceBroker(t *testing.T) {
 
 func testBatchInferenceBroker(t *testing.T, broker, queue, other string) {
 	const n = 3000
-	c := newServingCluster(t)
-	in := filepath.Join(c.data, "blobs", "uploads")
+	in := t.TempDir()
 	keys := writePNGs(t, in, n)
 	os.WriteFile(filepath.Join(in, "batch-0", "broken.png"), []byte("not a png"), 0o644)
+	// The workers read from a bucket that holds their reads after the
+	// first 600, so that the evictions land mid-run on any machine.
+	input, gate := gatedS3Input(t, in, append(slices.Clone(keys), "batch-0/broken.png"), 600)
+	c := newServingCluster(t)
 	c.putModel("models/fmnist.onnx")
 
 	f := filepath.Join(t.TempDir(), "bad.yaml")
-	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("refused", "uploads/", "**/*.png", "spot-a", "")), 0o644)
+	os.WriteFile(f, []byte(pool("spot-a", "spot", 3)+batchYAML("refused", input, "**/*.png", "spot-a", "")), 0o644)
 	bad, _ := os.ReadFile(f)
 	os.WriteFile(f, []byte(strings.Replace(string(bad), "queue: {leaseTimeout: 10s}",
 		"queue: {"+other+", leaseTimeout: 10s}", 1)), 0o644)
@@ -80,28 +84,30 @@ func testBatchInferenceBroker(t *testing.T, broker, queue, other string) {
 		t.Fatalf("a refused batch was stored:\n%s", out)
 	}
 
-	c.apply(pool("spot-a", "spot", 3) + strings.Replace(batchYAML("score", "uploads/", "**/*.png", "spot-a", ""),
+	c.apply(pool("spot-a", "spot", 3) + strings.Replace(batchYAML("score", input, "**/*.png", "spot-a", ""),
 		"queue: {leaseTimeout: 10s}", "queue: {"+queue+", leaseTimeout: 10s}", 1))
 	start := time.Now()
 	waitFor(t, 30*time.Second, "the input listed", func() bool { return !c.batch("score").Listing })
 	if b := c.batch("score"); b.Total != n+1 {
 		t.Fatalf("total = %d, want %d", b.Total, n+1)
 	}
-	// Every spot node evicted, at one instant, as soon as a worker holds
-	// items (over NATS on a quiet machine the workers score 1,200 items in
-	// under 5 s, so waiting for the first to be done left nothing for the
-	// evictions).
-	waitFor(t, 60*time.Second, "the first items leased", func() bool { b := c.batch("score"); return b.InFlight > 0 || b.Done > 0 })
+	// Every spot node evicted, at one instant, while the workers hold
+	// messages they cannot finish (their reads held at the bucket).
+	waitFor(t, 60*time.Second, "the workers held at the bucket", gate.holding)
 	evicted := c.evictReady("spot-a")
-	// A worker's eviction is counted once it has given its items back;
-	// one that lands after the batch finished is not counted.
+	// Noticed, the workers may finish what they hold (reads for up to 3
+	// leases of 256 let through) and give back the rest.
+	c.waitNoticed("spot-a", evicted)
+	gate.raise(768)
+	// A worker's eviction is counted once its task ends.
 	waitFor(t, 60*time.Second, fmt.Sprintf("%d evictions recorded", evicted), func() bool {
 		b := c.batch("score")
 		return b.Evictions >= evicted || b.State != "running"
 	})
 	if b := c.batch("score"); b.Evictions < evicted {
-		t.Fatalf("the batch finished before the evictions landed: %+v; the test needs more items", b)
+		t.Fatalf("the batch finished before the evictions landed: %+v", b)
 	}
+	gate.setLimit(-1)
 	// While it runs the ledger adds up: every item pending (waiting or on
 	// the broker), in flight, done or failed.
 	for range 10 {

@@ -1,20 +1,29 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"image"
 	"image/png"
 	"math"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/batchinf"
+	"github.com/spotml/spotml/internal/blob/blobtest"
 	"github.com/spotml/spotml/internal/inference"
 	"github.com/spotml/spotml/internal/spec"
 )
@@ -58,22 +67,118 @@ func (c *cluster) batch(name string) api.BatchInference {
 	return bs[0]
 }
 
-// TestBatchInferenceExactlyOnce scores Fashion-MNIST PNGs with the shipped
-// model on a spot pool. Mid-run every spot node is evicted (3s notice),
-// later the control plane is SIGKILLed and restarted. At the end there is
-// exactly one result per good input, each the same as scoring the file in
-// this process, none for the undecodable inputs, which are listed as
-// failed with their reason.
+// readGate lets an S3 stand-in serve a set number of object reads and
+// holds the rest until the limit is raised: the workers of a
+// BatchInference are mid-run, holding leases, by construction, however
+// fast the machine.
+type readGate struct {
+	next    http.Handler
+	mu      sync.Mutex
+	cond    *sync.Cond
+	served  int // object reads let through
+	limit   int // -1: no limit
+	waiting int // reads held now
+}
+
+func newReadGate(next http.Handler, limit int) *readGate {
+	g := &readGate{next: next, limit: limit}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+func (g *readGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// /BUCKET/KEY is an object; /BUCKET?list-type=2 a listing.
+	object := strings.Count(strings.Trim(r.URL.Path, "/"), "/") > 0
+	if r.Method == http.MethodGet && object {
+		g.mu.Lock()
+		for g.limit >= 0 && g.served >= g.limit {
+			g.waiting++
+			g.cond.Wait()
+			g.waiting--
+		}
+		g.served++
+		g.mu.Unlock()
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+// setLimit lets reads through up to limit in all (-1: all of them).
+func (g *readGate) setLimit(limit int) {
+	g.mu.Lock()
+	g.limit = limit
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
+// raise lets by more reads through than have been so far.
+func (g *readGate) raise(by int) {
+	g.mu.Lock()
+	g.limit = g.served + by
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
+// holding says whether the gate has let limit reads through and holds
+// at least one more.
+func (g *readGate) holding() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.limit >= 0 && g.served >= g.limit && g.waiting > 0
+}
+
+// gatedS3Input uploads the files keys (relative to dir) to a bucket of an
+// S3 stand-in under uploads/, behind a readGate letting limit reads
+// through, points this test's processes at it (call it before starting
+// the cluster), and returns the input URI
+// (quoted for YAML) and the gate, which opens when the test ends.
+func gatedS3Input(t *testing.T, dir string, keys []string, limit int) (string, *readGate) {
+	t.Helper()
+	for _, kv := range blobtest.S3Env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	backend := s3mem.New()
+	bucket := blobtest.BucketName()
+	if err := backend.CreateBucket(bucket); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(k)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := backend.PutObject(bucket, "uploads/"+k, map[string]string{}, bytes.NewReader(b), int64(len(b)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gate := newReadGate(gofakes3.New(backend).Server(), limit)
+	srv := httptest.NewServer(gate)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { gate.setLimit(-1) })
+	q := url.Values{"endpoint": {srv.URL}, "use_path_style": {"true"}, "region": {"us-east-1"}, "response_checksum_validation": {"when_required"}}
+	return `"s3://` + bucket + "/uploads/?" + q.Encode() + `"`, gate
+}
+
+// TestBatchInferenceExactlyOnce scores Fashion-MNIST PNGs, read from an
+// S3 bucket, with the shipped model on a spot pool. Mid-run every spot
+// node is evicted (3s notice), later the control plane is SIGKILLed and
+// restarted; the bucket holds the workers' reads at each point, so both
+// land mid-run on any machine. At the end there is exactly one result per
+// good input, each the same as scoring the file in this process, none for
+// the undecodable inputs, which are listed as failed with their reason.
 func TestBatchInferenceExactlyOnce(t *testing.T) {
 	requireORT(t)
 	const n = 3000
-	c := newServingCluster(t)
-	in := filepath.Join(c.data, "blobs", "uploads")
+	in := t.TempDir()
 	keys := writePNGs(t, in, n)
 	bad := []string{"batch-0/broken.png", "batch-1/empty.png"}
 	os.WriteFile(filepath.Join(in, "batch-0", "broken.png"), []byte("not a png"), 0o644)
 	os.WriteFile(filepath.Join(in, "batch-1", "empty.png"), nil, 0o644)
 	os.WriteFile(filepath.Join(in, "batch-2", "notes.txt"), []byte("not matched by the pattern"), 0o644)
+	// Before the cluster starts: its processes take the S3 settings from
+	// the environment.
+	input, gate := gatedS3Input(t, in, append(append(slices.Clone(keys), bad...), "batch-2/notes.txt"), 600)
+	c := newServingCluster(t)
 	c.putModel("models/fmnist.onnx")
 
 	// Bad input is refused at apply time, naming the field.
@@ -83,33 +188,39 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 		t.Fatalf("apply with an empty prefix: %v; want an error naming spec.input", err)
 	}
 
-	c.apply(pool("spot-a", "spot", 3) + batchYAML("score", "uploads/", "**/*.png", "spot-a", ""))
+	c.apply(pool("spot-a", "spot", 3) + batchYAML("score", input, "**/*.png", "spot-a", ""))
 	start := time.Now()
 	waitFor(t, 30*time.Second, "the input listed", func() bool { return !c.batch("score").Listing })
 	if b := c.batch("score"); b.Total != n+len(bad) {
 		t.Fatalf("total = %d, want %d (the PNGs, not notes.txt)", b.Total, n+len(bad))
 	}
 
-	// Every spot node evicted, at one instant, as soon as a worker holds
-	// items: on a quiet machine the workers score 3,000 items in about
-	// 5 s, so waiting for the first batch to be done, or evicting one
-	// node after another, left nothing for the last eviction.
-	waitFor(t, 60*time.Second, "the first items leased", func() bool { b := c.batch("score"); return b.InFlight > 0 || b.Done > 0 })
+	// Every spot node evicted, at one instant, while the workers hold
+	// leases they cannot finish (the bucket holds their reads after the
+	// first 600).
+	waitFor(t, 60*time.Second, "the workers held at the bucket", gate.holding)
 	evicted := c.evictReady("spot-a")
-	// A worker's eviction is counted once it has given its items back;
-	// one that lands after the batch finished is not counted.
+	// Noticed, the workers may finish the leases in hand (reads for up to
+	// 3 leases of 256 let through) and give back the rest; the
+	// replacements' reads are held again after those.
+	c.waitNoticed("spot-a", evicted)
+	gate.raise(768)
+	// A worker's eviction is counted once its task ends.
 	waitFor(t, 60*time.Second, fmt.Sprintf("%d evictions recorded", evicted), func() bool {
 		b := c.batch("score")
 		return b.Evictions >= evicted || b.State != "running"
 	})
 	if b := c.batch("score"); b.Evictions < evicted {
-		t.Fatalf("the batch finished before the evictions landed: %+v; the test needs more items", b)
+		t.Fatalf("the batch finished before the evictions landed: %+v", b)
 	}
-	// The control plane SIGKILLed once half is done, and restarted.
-	waitFor(t, 60*time.Second, "half the items scored", func() bool { return c.batch("score").Done >= n/2 })
+	// The control plane SIGKILLed while the replacements' workers hold
+	// leases again (reads held after 600 more), and restarted.
+	gate.raise(600)
+	waitFor(t, 60*time.Second, "the replacement workers held at the bucket", gate.holding)
 	c.stop(syscall.SIGKILL)
 	time.Sleep(time.Second)
 	c.start()
+	gate.setLimit(-1)
 
 	waitFor(t, 90*time.Second, "the batch to finish", func() bool { return c.batch("score").State != "running" })
 	b := c.batch("score")
@@ -148,6 +259,20 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 	}
 	// Scaled to zero: no worker left.
 	waitFor(t, 20*time.Second, "workers to end", func() bool { b := c.batch("score"); return b.Workers+b.WorkersPending == 0 })
+}
+
+// waitNoticed waits until n nodes of pool have had their notice.
+func (c *cluster) waitNoticed(pool string, n int) {
+	c.t.Helper()
+	waitFor(c.t, 30*time.Second, fmt.Sprintf("%d nodes of %s noticed", n, pool), func() bool {
+		k := 0
+		for _, nd := range c.nodes() {
+			if nd.Pool == pool && nd.State != "ready" && nd.State != "provisioning" {
+				k++
+			}
+		}
+		return k >= n
+	})
 }
 
 // evictReady gives every ready node of pool its notice at one instant

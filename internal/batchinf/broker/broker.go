@@ -166,7 +166,9 @@ func OpenSubscription(ctx context.Context, uri string) (*Subscription, error) {
 			// Core NATS delivers only to subscribers the server knows:
 			// wait until it has this one (a round trip after the SUB),
 			// so that what is published from now on reaches it.
-			err = nc.FlushWithContext(ctx)
+			// (FlushWithContext wants a deadline; a worker's context
+			// has none.)
+			err = nc.FlushTimeout(10 * time.Second)
 		}
 		if err != nil {
 			nc.Close()
