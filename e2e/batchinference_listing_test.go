@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,11 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/johannesboyne/gofakes3"
-	"github.com/johannesboyne/gofakes3/backend/s3mem"
-
 	"github.com/spotml/spotml/internal/api"
-	"github.com/spotml/spotml/internal/blob/blobtest"
 )
 
 // listGate holds an S3 stand-in's listings after their first page until
@@ -56,34 +49,21 @@ func (g *listGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestBatchInferenceListing(t *testing.T) {
 	requireORT(t)
 	const n = 5000
-	for _, kv := range blobtest.S3Env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	backend := s3mem.New()
-	bucket := blobtest.BucketName()
-	if err := backend.CreateBucket(bucket); err != nil {
-		t.Fatal(err)
-	}
 	var keys []string
-	for i := range n {
-		key := fmt.Sprintf("uploads/%02d/%05d.png", i/1000, i)
-		keys = append(keys, strings.TrimPrefix(key, "uploads/"))
-		// Not images: each item fails at once, which settles it.
-		if _, err := backend.PutObject(bucket, key, map[string]string{}, bytes.NewReader([]byte("x")), 1, nil); err != nil {
-			t.Fatal(err)
+	gate := &listGate{open: make(chan struct{})}
+	input := s3Uploads(t, func(put func(string, []byte)) {
+		for i := range n {
+			key := fmt.Sprintf("%02d/%05d.png", i/1000, i)
+			keys = append(keys, key)
+			// Not images: each item fails at once, which settles it.
+			put(key, []byte("x"))
 		}
-	}
-	gate := &listGate{next: gofakes3.New(backend).Server(), open: make(chan struct{})}
-	srv := httptest.NewServer(gate)
-	t.Cleanup(srv.Close)
+	}, func(h http.Handler) http.Handler { gate.next = h; return gate })
 	t.Cleanup(func() {
 		if gate.opened.CompareAndSwap(false, true) {
 			close(gate.open)
 		}
 	})
-	q := url.Values{"endpoint": {srv.URL}, "use_path_style": {"true"}, "region": {"us-east-1"}, "response_checksum_validation": {"when_required"}}
-	input := "s3://" + bucket + "/uploads/?" + q.Encode()
 
 	c := newServingCluster(t)
 	c.putModel("models/fmnist.onnx")

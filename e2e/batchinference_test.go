@@ -126,12 +126,10 @@ func (g *readGate) holding() bool {
 	return g.limit >= 0 && g.served >= g.limit && g.waiting > 0
 }
 
-// gatedS3Input uploads the files keys (relative to dir) to a bucket of an
-// S3 stand-in under uploads/, behind a readGate letting limit reads
-// through, points this test's processes at it (call it before starting
-// the cluster), and returns the input URI
-// (quoted for YAML) and the gate, which opens when the test ends.
-func gatedS3Input(t *testing.T, dir string, keys []string, limit int) (string, *readGate) {
+// s3Uploads points this test's processes at an S3 stand-in (call it
+// before starting the cluster), fills a bucket under uploads/ with what
+// fill puts, serves it through wrap and returns the input URI.
+func s3Uploads(t *testing.T, fill func(put func(key string, data []byte)), wrap func(http.Handler) http.Handler) string {
 	t.Helper()
 	for _, kv := range blobtest.S3Env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -142,21 +140,35 @@ func gatedS3Input(t *testing.T, dir string, keys []string, limit int) (string, *
 	if err := backend.CreateBucket(bucket); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
-		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(k)))
-		if err != nil {
+	fill(func(key string, b []byte) {
+		if _, err := backend.PutObject(bucket, "uploads/"+key, map[string]string{}, bytes.NewReader(b), int64(len(b)), nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := backend.PutObject(bucket, "uploads/"+k, map[string]string{}, bytes.NewReader(b), int64(len(b)), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	gate := newReadGate(gofakes3.New(backend).Server(), limit)
-	srv := httptest.NewServer(gate)
+	})
+	srv := httptest.NewServer(wrap(gofakes3.New(backend).Server()))
 	t.Cleanup(srv.Close)
-	t.Cleanup(func() { gate.setLimit(-1) })
 	q := url.Values{"endpoint": {srv.URL}, "use_path_style": {"true"}, "region": {"us-east-1"}, "response_checksum_validation": {"when_required"}}
-	return `"s3://` + bucket + "/uploads/?" + q.Encode() + `"`, gate
+	return "s3://" + bucket + "/uploads/?" + q.Encode()
+}
+
+// gatedS3Input uploads the files keys (relative to dir) to an S3
+// stand-in (see s3Uploads) behind a readGate letting limit reads
+// through, and returns the input URI (quoted for YAML) and the gate,
+// which opens when the test ends.
+func gatedS3Input(t *testing.T, dir string, keys []string, limit int) (string, *readGate) {
+	t.Helper()
+	var gate *readGate
+	input := s3Uploads(t, func(put func(string, []byte)) {
+		for _, k := range keys {
+			b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(k)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			put(k, b)
+		}
+	}, func(h http.Handler) http.Handler { gate = newReadGate(h, limit); return gate })
+	t.Cleanup(func() { gate.setLimit(-1) })
+	return `"` + input + `"`, gate
 }
 
 // TestBatchInferenceExactlyOnce scores Fashion-MNIST PNGs, read from an
