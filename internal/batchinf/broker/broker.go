@@ -118,34 +118,20 @@ func OpenTopic(ctx context.Context, uri string) (*Topic, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch u.Scheme {
-	case natspubsub.Scheme:
-		nc, err := dialNATS()
-		if err != nil {
-			return nil, err
-		}
-		o := natspubsub.URLOpener{Connection: nc, UseV2: true}
-		t, err := o.OpenTopicURL(ctx, u)
-		if err != nil {
-			nc.Close()
-			return nil, err
-		}
-		return &Topic{Topic: t, conn: nc.Close}, nil
-	case rabbitpubsub.Scheme:
-		conn, err := dialRabbit()
-		if err != nil {
-			return nil, err
-		}
-		o := rabbitpubsub.URLOpener{Connection: conn}
-		t, err := o.OpenTopicURL(ctx, u)
-		if err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return &Topic{Topic: t, conn: func() { conn.Close() }}, nil
+	d, ok, err := dial(u.Scheme)
+	if err != nil {
+		return nil, err
 	}
-	t, err := pubsub.OpenTopic(ctx, uri)
-	return &Topic{Topic: t}, err
+	if !ok {
+		t, err := pubsub.OpenTopic(ctx, uri)
+		return &Topic{Topic: t}, err
+	}
+	t, err := d.topics.OpenTopicURL(ctx, u)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	return &Topic{Topic: t, conn: d.close}, nil
 }
 
 // OpenSubscription opens the subscription uri (see SubscriptionURL).
@@ -154,42 +140,61 @@ func OpenSubscription(ctx context.Context, uri string) (*Subscription, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch u.Scheme {
+	d, ok, err := dial(u.Scheme)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		s, err := pubsub.OpenSubscription(ctx, uri)
+		return &Subscription{Subscription: s}, err
+	}
+	s, err := d.subs.OpenSubscriptionURL(ctx, u)
+	if err == nil && d.subscribed != nil {
+		err = d.subscribed()
+	}
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	return &Subscription{Subscription: s, conn: d.close}, nil
+}
+
+// dialed is a connection spotml dialled for one topic or subscription,
+// with gocloud's openers over it.
+type dialed struct {
+	topics pubsub.TopicURLOpener
+	subs   pubsub.SubscriptionURLOpener
+	// subscribed, if set, is called once a subscription is open.
+	subscribed func() error
+	close      func()
+}
+
+// dial connects to the broker of scheme for one topic or subscription
+// (see OpenTopic); ok is false for the schemes gocloud's default openers
+// serve.
+func dial(scheme string) (d dialed, ok bool, err error) {
+	switch scheme {
 	case natspubsub.Scheme:
 		nc, err := dialNATS()
 		if err != nil {
-			return nil, err
+			return d, true, err
 		}
-		o := natspubsub.URLOpener{Connection: nc, UseV2: true}
-		s, err := o.OpenSubscriptionURL(ctx, u)
-		if err == nil {
-			// Core NATS delivers only to subscribers the server knows:
-			// wait until it has this one (a round trip after the SUB),
-			// so that what is published from now on reaches it.
-			// (FlushWithContext wants a deadline; a worker's context
-			// has none.)
-			err = nc.FlushTimeout(10 * time.Second)
-		}
-		if err != nil {
-			nc.Close()
-			return nil, err
-		}
-		return &Subscription{Subscription: s, conn: nc.Close}, nil
+		o := &natspubsub.URLOpener{Connection: nc, UseV2: true}
+		// Core NATS delivers only to subscribers the server knows: a
+		// subscription is open once the server has it (a round trip
+		// after the SUB), so that what is published from then on
+		// reaches it. (FlushWithContext wants a deadline; a worker's
+		// context has none.)
+		return dialed{topics: o, subs: o, close: nc.Close, subscribed: func() error { return nc.FlushTimeout(10 * time.Second) }}, true, nil
 	case rabbitpubsub.Scheme:
 		conn, err := dialRabbit()
 		if err != nil {
-			return nil, err
+			return d, true, err
 		}
-		o := rabbitpubsub.URLOpener{Connection: conn}
-		s, err := o.OpenSubscriptionURL(ctx, u)
-		if err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return &Subscription{Subscription: s, conn: func() { conn.Close() }}, nil
+		o := &rabbitpubsub.URLOpener{Connection: conn}
+		return dialed{topics: o, subs: o, close: func() { conn.Close() }}, true, nil
 	}
-	s, err := pubsub.OpenSubscription(ctx, uri)
-	return &Subscription{Subscription: s}, err
+	return d, false, nil
 }
 
 // Subscribe opens the subscription a batch's worker receives from, after
