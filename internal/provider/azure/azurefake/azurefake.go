@@ -22,6 +22,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7/fake"
@@ -203,8 +204,25 @@ func (c *Cloud) ClientFactory() (*armcompute.ClientFactory, error) {
 	})
 }
 
-// Transport is the SDK's fake server transport over this cloud.
-func (c *Cloud) Transport() *fake.ServerFactoryTransport {
+// Transport is the SDK's fake server transport over this cloud, called
+// without its request's cancellation: the generated fake answers from a
+// goroutine over a channel that it closes when the caller's context ends
+// first, and that goroutine can then send on the closed channel and
+// panic ("send on closed channel", armcompute v7.3.0
+// fake/virtualmachines_server.go), which a control plane stopped mid-call
+// at a test's end did. The fake answers from memory at once, so nothing
+// waits on it.
+func (c *Cloud) Transport() policy.Transporter {
+	return detached{c.serverTransport()}
+}
+
+type detached struct{ next policy.Transporter }
+
+func (d detached) Do(req *http.Request) (*http.Response, error) {
+	return d.next.Do(req.WithContext(context.WithoutCancel(req.Context())))
+}
+
+func (c *Cloud) serverTransport() *fake.ServerFactoryTransport {
 	f := &fake.ServerFactory{
 		VirtualMachinesServer: fake.VirtualMachinesServer{
 			BeginCreateOrUpdate: c.createOrUpdate,
