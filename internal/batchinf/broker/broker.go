@@ -29,6 +29,9 @@ import (
 
 	raw "cloud.google.com/go/pubsub/apiv1"
 	pb "cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/nats-io/nats.go"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"gocloud.dev/pubsub"
@@ -43,7 +46,7 @@ import (
 	// The brokers a queue.uri may name, registered with pubsub's default
 	// URL mux (NATS and RabbitMQ, and Pub/Sub's emulator, are opened
 	// here, see OpenTopic).
-	_ "gocloud.dev/pubsub/awssnssqs"
+	"gocloud.dev/pubsub/awssnssqs"
 	_ "gocloud.dev/pubsub/azuresb"
 
 	"github.com/spotml/spotml/internal/api"
@@ -445,6 +448,9 @@ func Probe(ctx context.Context, q spec.BatchQueue) error {
 	}
 	err = checkPubSub(ctx, t, q)
 	if err == nil {
+		err = checkSQS(ctx, t, q)
+	}
+	if err == nil {
 		err = t.Send(ctx, &pubsub.Message{Body: []byte("{}"), Metadata: map[string]string{probeKey: "1"}})
 	}
 	if cerr := t.Close(ctx); err == nil {
@@ -462,11 +468,23 @@ func Probe(ctx context.Context, q spec.BatchQueue) error {
 // URI reaches, where one did.
 func whereFrom(uri string) string {
 	u, err := url.Parse(uri)
-	if err != nil || u.Scheme != gcppubsub.Scheme {
+	if err != nil {
 		return ""
 	}
-	if host := os.Getenv(EnvPubSubEmulator); host != "" {
-		return fmt.Sprintf(" (the Pub/Sub emulator %s=%s)", EnvPubSubEmulator, host)
+	switch u.Scheme {
+	case gcppubsub.Scheme:
+		if host := os.Getenv(EnvPubSubEmulator); host != "" {
+			return fmt.Sprintf(" (the Pub/Sub emulator %s=%s)", EnvPubSubEmulator, host)
+		}
+	case awssnssqs.SQSScheme:
+		if ep := u.Query().Get("endpoint"); ep != "" {
+			return fmt.Sprintf(" (the endpoint %s)", ep)
+		}
+		for _, env := range []string{"AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"} {
+			if ep := os.Getenv(env); ep != "" {
+				return fmt.Sprintf(" (the endpoint %s=%s)", env, ep)
+			}
+		}
 	}
 	return ""
 }
@@ -539,6 +557,53 @@ func checkPubSub(ctx context.Context, t *Topic, q spec.BatchQueue) error {
 		return Refused{fmt.Errorf("spec.queue.subscription: Pub/Sub subscription %s is a subscription of %s, not of %s (spec.queue.uri): the workers would not receive what is sent; name a subscription of %s", subPath, sub.Topic, topicPath, topicPath)}
 	}
 	return nil
+}
+
+// checkSQS checks, for an awssqs:// queue, that the queue exists: spotml
+// does not create it (a cloud resource with its own settings: visibility
+// timeout, retention, dead-letter queue), and SQS's answer to a send to a
+// queue that is not there would read as a broker that does not answer.
+// Credentials that may send but not read the queue's attributes
+// (sqs:GetQueueAttributes) skip the check.
+func checkSQS(ctx context.Context, t *Topic, q spec.BatchQueue) error {
+	u, err := url.Parse(q.URI)
+	if err != nil || u.Scheme != awssnssqs.SQSScheme {
+		return nil
+	}
+	var c *sqs.Client
+	if !t.As(&c) {
+		return nil
+	}
+	// The queue URL as gocloud's awssnssqs makes it from queue.uri.
+	queueURL := "https://" + path.Join(u.Host, u.Path)
+	_, err = c.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(queueURL),
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameVisibilityTimeout},
+	})
+	var missing *sqstypes.QueueDoesNotExist
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &missing):
+		return Refused{fmt.Errorf("spec.queue.uri: SQS queue %s does not exist; create it (aws sqs create-queue --queue-name %s, in the queue's region and account) or fix the URL", queueURL, path.Base(u.Path))}
+	case isAccessDenied(err):
+		return nil
+	}
+	return err
+}
+
+// isAccessDenied reports whether an AWS error says the credentials may
+// not do what was asked.
+func isAccessDenied(err error) bool {
+	var ae interface{ ErrorCode() string }
+	if !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.ErrorCode() {
+	case "AccessDenied", "AccessDeniedException", "UnauthorizedOperation":
+		return true
+	}
+	return false
 }
 
 // pubSubPath is the full path (projects/P/KIND/NAME) a gcppubsub:// URL
