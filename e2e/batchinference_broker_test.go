@@ -25,8 +25,10 @@ import (
 // Google's own Pub/Sub fake (pstest, in this process, on a loopback port
 // the control plane and agents reach through PUBSUB_EMULATOR_HOST), with
 // the topic and subscription a user would create, at the default 10s ack
-// deadline: a nacked message, or one whose worker vanished, comes back
-// when its ack deadline passes.
+// deadline: a nacked message comes back at once, one whose worker
+// vanished when its ack deadline passes; and Amazon SQS as moto_server
+// serves it (brokertest.SQS), reached through the AWS SDK's
+// AWS_ENDPOINT_URL_SQS, with a queue of a 10s visibility timeout.
 var brokers = []struct {
 	name  string
 	env   string                  // where the control plane and workers find the server
@@ -45,6 +47,9 @@ var brokers = []struct {
 	{"gcppubsub", "PUBSUB_EMULATOR_HOST", pubSubFake,
 		`uri: "gcppubsub://projects/spotml-e2e/topics/score", subscription: "gcppubsub://projects/spotml-e2e/subscriptions/score-workers", groupSize: 4`,
 		`uri: "rabbit://scores", subscription: "rabbit://scores-q"`},
+	{"awssqs", "AWS_ENDPOINT_URL_SQS", sqsFake,
+		`uri: "awssqs://sqs.us-east-1.amazonaws.com/123456789012/spotml-score?region=us-east-1", groupSize: 4`,
+		`uri: "nats://spotml.score"`},
 }
 
 // pubSubFake starts Google's Pub/Sub fake with the topic and subscription
@@ -54,6 +59,18 @@ func pubSubFake(t testing.TB) string {
 	topic := ps.Topic(t, "spotml-e2e", "score")
 	ps.Subscription(t, "spotml-e2e", "score-workers", topic, 10*time.Second)
 	return ps.Addr
+}
+
+// sqsFake starts moto_server with the queue the awssqs case's queue names,
+// sets the AWS SDK's credentials for it (moto takes any), and returns its
+// endpoint.
+func sqsFake(t testing.TB) string {
+	s := brokertest.NewSQS(t)
+	for k, v := range s.SQSEnv() {
+		t.Setenv(k, v)
+	}
+	s.Queue(t, "spotml-score", 10*time.Second)
+	return s.Endpoint
 }
 
 // TestBatchInferenceBroker scores 3,000 images through each broker
