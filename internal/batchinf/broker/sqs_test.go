@@ -85,12 +85,14 @@ func TestSQSRedelivery(t *testing.T) {
 	if m == nil || msg.Items[0].ID != 7 {
 		t.Fatalf("received %v, want item 7", msg)
 	}
+	// The copy received after the nack was received no sooner than this:
+	// its visibility timeout runs from then.
+	held := time.Now()
 	m.Nack()
 	m, msg = receive(t, a, 10*time.Second)
 	if m == nil || msg.Items[0].ID != 7 {
 		t.Fatalf("after a nack, received %v; want item 7 again", msg)
 	}
-	held := time.Now()
 	// Held, neither acked nor nacked, when the worker goes.
 	if err := a.Close(context.Background()); err != nil {
 		t.Fatal(err)
