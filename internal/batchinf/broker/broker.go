@@ -432,9 +432,9 @@ func SubscriptionURL(batch string, q spec.BatchQueue) string {
 // Probe sets up the queue where spotml does (Declare) and sends apply's
 // probe to queue.uri, to see that the broker answers, and takes what is
 // sent there (RabbitMQ refuses a message no queue is bound for), before a
-// BatchInference is stored. Workers drop the probe. For Pub/Sub it first
-// checks that the topic and the subscription exist and that the one is
-// the other's (checkPubSub).
+// BatchInference is stored. Workers drop the probe. For Pub/Sub and SQS
+// it first checks that what queue.uri and queue.subscription name exists
+// (checkPubSub, checkSQS).
 func Probe(ctx context.Context, q spec.BatchQueue) error {
 	uri := q.URI
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
