@@ -21,7 +21,14 @@ import (
 // gocloud's natspubsub speaks: at most once, no JetStream, so a message
 // nobody is subscribed for is dropped and the ledger's resend covers it),
 // and RabbitMQ (acknowledged delivery: a worker's nack, or its connection
-// ending with its node, hands its messages to another worker).
+// ending with its node, hands its messages to another worker); and
+// Google's own Pub/Sub fake (pstest, in this process, on a loopback port
+// the control plane and agents reach through PUBSUB_EMULATOR_HOST), with
+// the topic and subscription a user would create, at the default 10s ack
+// deadline: a nacked message comes back at once, one whose worker
+// vanished when its ack deadline passes; and Amazon SQS as moto_server
+// serves it (brokertest.SQS), reached through the AWS SDK's
+// AWS_ENDPOINT_URL_SQS, with a queue of a 10s visibility timeout.
 var brokers = []struct {
 	name  string
 	env   string                  // where the control plane and workers find the server
@@ -37,9 +44,36 @@ var brokers = []struct {
 	{"rabbitmq", "RABBIT_SERVER_URL", brokertest.RabbitMQ,
 		`uri: "rabbit://spotml.score", subscription: "rabbit://spotml.score-workers", groupSize: 4`,
 		`uri: "nats://spotml.score"`},
+	{"gcppubsub", "PUBSUB_EMULATOR_HOST", pubSubFake,
+		`uri: "gcppubsub://projects/spotml-e2e/topics/score", subscription: "gcppubsub://projects/spotml-e2e/subscriptions/score-workers", groupSize: 4`,
+		`uri: "rabbit://scores", subscription: "rabbit://scores-q"`},
+	{"awssqs", "AWS_ENDPOINT_URL_SQS", sqsFake,
+		`uri: "awssqs://sqs.us-east-1.amazonaws.com/123456789012/spotml-score?region=us-east-1", groupSize: 4`,
+		`uri: "nats://spotml.score"`},
 }
 
-// TestBatchInferenceBroker scores 3,000 images through each real broker
+// pubSubFake starts Google's Pub/Sub fake with the topic and subscription
+// the gcppubsub case's queue names, and returns its address.
+func pubSubFake(t testing.TB) string {
+	ps := brokertest.NewPubSub(t)
+	topic := ps.Topic(t, "spotml-e2e", "score")
+	ps.Subscription(t, "spotml-e2e", "score-workers", topic, 10*time.Second)
+	return ps.Addr
+}
+
+// sqsFake starts moto_server with the queue the awssqs case's queue names,
+// sets the AWS SDK's credentials for it (moto takes any), and returns its
+// endpoint.
+func sqsFake(t testing.TB) string {
+	s := brokertest.NewSQS(t)
+	for k, v := range s.SQSEnv() {
+		t.Setenv(k, v)
+	}
+	s.Queue(t, "spotml-score", 10*time.Second)
+	return s.Endpoint
+}
+
+// TestBatchInferenceBroker scores 3,000 images through each broker
 // (four items per message), with every spot node evicted mid-run: the
 // counts stay right while it runs, and at the end there is exactly one
 // result per good input, each the same as scoring the file here. A broker
@@ -79,6 +113,15 @@ func testBatchInferenceBroker(t *testing.T, broker, queue, other string) {
 		"queue: {"+other+", leaseTimeout: 10s}", 1)), 0o644)
 	if _, err := c.cli("apply", "-f", f); err == nil || !strings.Contains(err.Error(), "spec.queue.uri") || !strings.Contains(err.Error(), "does not answer") {
 		t.Fatalf("apply with a broker that does not answer: %v; want an error naming spec.queue.uri", err)
+	}
+	if broker == "gcppubsub" {
+		// A subscription that does not exist would lose what is sent
+		// (Pub/Sub keeps messages only for the subscriptions there are).
+		os.WriteFile(f, []byte(strings.Replace(string(bad), "queue: {leaseTimeout: 10s}",
+			"queue: {"+strings.Replace(queue, "score-workers", "nope", 1)+", leaseTimeout: 10s}", 1)), 0o644)
+		if _, err := c.cli("apply", "-f", f); err == nil || !strings.Contains(err.Error(), "spec.queue.subscription") || !strings.Contains(err.Error(), "does not exist") {
+			t.Fatalf("apply with a Pub/Sub subscription that does not exist: %v; want an error naming spec.queue.subscription", err)
+		}
 	}
 	if out, _ := c.cli("get", "batchinference"); strings.Contains(out, "refused") {
 		t.Fatalf("a refused batch was stored:\n%s", out)

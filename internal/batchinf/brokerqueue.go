@@ -81,11 +81,15 @@ func (q *brokerQueue) next(stop, work context.Context) (*lease, error) {
 			return nil, nil
 		}
 		if len(l.msgs) == 0 {
-			var st api.BatchInference
-			if err := w.call(work, http.MethodGet, "", nil, &st); err != nil {
+			// A claim of nothing says how the batch stands, with what is
+			// left counted (the batch's GET does not count: a worker that
+			// read "nothing left" there would exit whenever a poll came
+			// back empty, as one on SQS's short polls does).
+			var st api.LeaseResponse
+			if err := w.call(work, http.MethodPost, "/claim", api.ClaimRequest{Worker: w.cfg.Worker}, &st); err != nil {
 				return nil, err
 			}
-			if w.idle(st.State == "running", st.Listing, st.Pending+st.InFlight, idleSince) {
+			if w.idle(st.Running, st.Listing, st.Left, idleSince) {
 				return nil, nil
 			}
 			continue

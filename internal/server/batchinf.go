@@ -100,7 +100,7 @@ func (s *Server) checkBatch(ctx context.Context, b spec.BatchInference, pools ma
 		if err := broker.Probe(ctx, sp.Queue); errors.As(err, new(broker.Refused)) {
 			return nil, fmt.Errorf("batchinference %s: %v", name, err)
 		} else if err != nil {
-			return nil, fmt.Errorf("batchinference %s: spec.queue.uri: the broker does not answer: %v; check the URL and that the broker runs (and its address and credentials: %s for nats://, %s for rabbit://)", name, err, broker.EnvNATS, broker.EnvRabbit)
+			return nil, fmt.Errorf("batchinference %s: spec.queue.uri: the broker does not answer: %v; check the URL and that the broker runs (and its address and credentials: %s for nats://, %s for rabbit://, Google's Application Default Credentials or %s for gcppubsub://, the AWS SDK's credentials and region, or AWS_ENDPOINT_URL_SQS, for awssqs://)", name, err, broker.EnvNATS, broker.EnvRabbit, broker.EnvPubSubEmulator)
 		}
 	}
 	return inputs, nil

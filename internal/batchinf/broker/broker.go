@@ -27,17 +27,27 @@ import (
 	"sync"
 	"time"
 
+	raw "cloud.google.com/go/pubsub/apiv1"
+	pb "cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/nats-io/nats.go"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"gocloud.dev/pubsub"
+	"gocloud.dev/pubsub/gcppubsub"
 	"gocloud.dev/pubsub/natspubsub"
 	"gocloud.dev/pubsub/rabbitpubsub"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	// The brokers a queue.uri may name, registered with pubsub's default
-	// URL mux (NATS and RabbitMQ are opened here, see OpenTopic).
-	_ "gocloud.dev/pubsub/awssnssqs"
+	// URL mux (NATS and RabbitMQ, and Pub/Sub's emulator, are opened
+	// here, see OpenTopic).
+	"gocloud.dev/pubsub/awssnssqs"
 	_ "gocloud.dev/pubsub/azuresb"
-	_ "gocloud.dev/pubsub/gcppubsub"
 
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/spec"
@@ -51,6 +61,12 @@ const EnvNATS = "NATS_SERVER_URL"
 // a rabbit:// queue connects to, as gocloud's rabbitpubsub reads it: a
 // rabbit:// URL names an exchange or a queue, not a server.
 const EnvRabbit = "RABBIT_SERVER_URL"
+
+// EnvPubSubEmulator names a Pub/Sub emulator (HOST:PORT, plain gRPC, no
+// credentials) that gcppubsub:// queues reach instead of Google's Pub/Sub,
+// as Google's own clients read it. Unset, gcppubsub:// reaches Google's
+// Pub/Sub with the Application Default Credentials.
+const EnvPubSubEmulator = "PUBSUB_EMULATOR_HOST"
 
 // probeKey marks the message apply sends to see that the broker answers;
 // workers drop it.
@@ -112,7 +128,10 @@ func (s *Subscription) Close(ctx context.Context) error {
 // gocloud's default openers, which share one connection per process: a
 // NATS broker that was down at one apply would stay "down" until a
 // restart, and a RabbitMQ subscription's unacknowledged messages would
-// only come back when that shared connection ends.
+// only come back when that shared connection ends. So is a Pub/Sub
+// emulator (PUBSUB_EMULATOR_HOST): gocloud's default opener reads that
+// variable once per process, at its first open, and keeps that address
+// for good.
 func OpenTopic(ctx context.Context, uri string) (*Topic, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -193,8 +212,33 @@ func dial(scheme string) (d dialed, ok bool, err error) {
 		}
 		o := &rabbitpubsub.URLOpener{Connection: conn}
 		return dialed{topics: o, subs: o, close: func() { conn.Close() }}, true, nil
+	case gcppubsub.Scheme:
+		host := os.Getenv(EnvPubSubEmulator)
+		if host == "" {
+			// Google's Pub/Sub, through gocloud's default opener and
+			// the Application Default Credentials.
+			return d, false, nil
+		}
+		conn, err := dialPubSubEmulator(host)
+		if err != nil {
+			return d, true, err
+		}
+		o := &gcppubsub.URLOpener{Conn: conn}
+		return dialed{topics: o, subs: o, close: func() { conn.Close() }}, true, nil
 	}
 	return d, false, nil
+}
+
+// dialPubSubEmulator makes the connection to a Pub/Sub emulator as
+// gocloud's default opener does (plain gRPC), without connecting yet: the
+// first call does, and a call to one that does not answer fails when its
+// context ends.
+func dialPubSubEmulator(host string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("%s=%q is not a Pub/Sub emulator address (HOST:PORT): %w", EnvPubSubEmulator, host, err)
+	}
+	return conn, nil
 }
 
 // Subscribe opens the subscription a batch's worker receives from, after
@@ -388,7 +432,9 @@ func SubscriptionURL(batch string, q spec.BatchQueue) string {
 // Probe sets up the queue where spotml does (Declare) and sends apply's
 // probe to queue.uri, to see that the broker answers, and takes what is
 // sent there (RabbitMQ refuses a message no queue is bound for), before a
-// BatchInference is stored. Workers drop the probe.
+// BatchInference is stored. Workers drop the probe. For Pub/Sub and SQS
+// it first checks that what queue.uri and queue.subscription name exists
+// (checkPubSub, checkSQS).
 func Probe(ctx context.Context, q spec.BatchQueue) error {
 	uri := q.URI
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -400,14 +446,189 @@ func Probe(ctx context.Context, q spec.BatchQueue) error {
 	if err != nil {
 		return err
 	}
-	err = t.Send(ctx, &pubsub.Message{Body: []byte("{}"), Metadata: map[string]string{probeKey: "1"}})
+	err = checkPubSub(ctx, t, q)
+	if err == nil {
+		err = checkSQS(ctx, t, q)
+	}
+	if err == nil {
+		err = t.Send(ctx, &pubsub.Message{Body: []byte("{}"), Metadata: map[string]string{probeKey: "1"}})
+	}
 	if cerr := t.Close(ctx); err == nil {
 		err = cerr
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s does not answer within 10s", uri)
+	if err != nil && !errors.As(err, new(Refused)) && ctx.Err() != nil {
+		// gRPC clients (Pub/Sub) retry a server that refuses
+		// connections until the context ends.
+		return fmt.Errorf("%s does not answer within 10s%s: %w", uri, whereFrom(uri), err)
 	}
 	return err
+}
+
+// whereFrom says, for an error, which setting named the server a queue
+// URI reaches, where one did.
+func whereFrom(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return ""
+	}
+	switch u.Scheme {
+	case gcppubsub.Scheme:
+		if host := os.Getenv(EnvPubSubEmulator); host != "" {
+			return fmt.Sprintf(" (the Pub/Sub emulator %s=%s)", EnvPubSubEmulator, host)
+		}
+	case awssnssqs.SQSScheme:
+		if ep := u.Query().Get("endpoint"); ep != "" {
+			return fmt.Sprintf(" (the endpoint %s)", ep)
+		}
+		for _, env := range []string{"AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"} {
+			if ep := os.Getenv(env); ep != "" {
+				return fmt.Sprintf(" (the endpoint %s=%s)", env, ep)
+			}
+		}
+	}
+	return ""
+}
+
+// checkPubSub checks, for a gcppubsub:// queue, that the topic queue.uri
+// names and the subscription queue.subscription names exist, and that the
+// subscription is the topic's. spotml does not create them: they are
+// cloud resources with their own settings (ack deadline, retention,
+// dead-lettering) and permissions, the user's to create with their
+// cloud's tools. Pub/Sub keeps a message only for the subscriptions that
+// exist when it is published, so a batch sent to a topic without the
+// workers' subscription would be lost: it is refused here, naming the
+// field and the fix. Credentials that may publish but not read the
+// topic's or subscription's settings (pubsub.topics.get,
+// pubsub.subscriptions.get) skip the check rather than refuse a queue
+// that may be right.
+func checkPubSub(ctx context.Context, t *Topic, q spec.BatchQueue) error {
+	u, err := url.Parse(q.URI)
+	if err != nil || u.Scheme != gcppubsub.Scheme {
+		return nil
+	}
+	topicPath := pubSubPath(u, "topics")
+	if topicPath == "" {
+		return Refused{fmt.Errorf("spec.queue.uri %q names no Pub/Sub topic; write gcppubsub://projects/PROJECT/topics/TOPIC", q.URI)}
+	}
+	su, err := url.Parse(q.Subscription)
+	if err != nil || su.Scheme != gcppubsub.Scheme {
+		return Refused{fmt.Errorf("spec.queue.subscription %q is not a gcppubsub:// URL; write gcppubsub://projects/PROJECT/subscriptions/NAME, a subscription of %s", q.Subscription, topicPath)}
+	}
+	subPath := pubSubPath(su, "subscriptions")
+	if subPath == "" {
+		return Refused{fmt.Errorf("spec.queue.subscription %q names no Pub/Sub subscription; write gcppubsub://projects/PROJECT/subscriptions/NAME, a subscription of %s", q.Subscription, topicPath)}
+	}
+	var pc *raw.PublisherClient
+	if !t.As(&pc) {
+		return nil
+	}
+	_, err = pc.GetTopic(ctx, &pb.GetTopicRequest{Topic: topicPath})
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.NotFound:
+		return Refused{fmt.Errorf("spec.queue.uri: Pub/Sub topic %s does not exist; create it (gcloud pubsub topics create %s --project %s) or fix the URL", topicPath, path.Base(topicPath), pubSubProject(topicPath))}
+	case codes.PermissionDenied:
+		return nil
+	default:
+		return err
+	}
+	// Opened, a subscription receives nothing until asked to: this one
+	// only reads the subscription's settings.
+	s, err := OpenSubscription(ctx, q.Subscription)
+	if err != nil {
+		return err
+	}
+	defer s.Close(ctx)
+	var sc *raw.SubscriberClient
+	if !s.As(&sc) {
+		return nil
+	}
+	sub, err := sc.GetSubscription(ctx, &pb.GetSubscriptionRequest{Subscription: subPath})
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.NotFound:
+		return Refused{fmt.Errorf("spec.queue.subscription: Pub/Sub subscription %s does not exist; create it on the topic spec.queue.uri names (gcloud pubsub subscriptions create %s --topic %s --project %s) before applying: Pub/Sub keeps a message only for the subscriptions that exist when it is sent", subPath, path.Base(subPath), topicPath, pubSubProject(subPath))}
+	case codes.PermissionDenied:
+		return nil
+	default:
+		return err
+	}
+	if sub.Topic != topicPath {
+		return Refused{fmt.Errorf("spec.queue.subscription: Pub/Sub subscription %s is a subscription of %s, not of %s (spec.queue.uri): the workers would not receive what is sent; name a subscription of %s", subPath, sub.Topic, topicPath, topicPath)}
+	}
+	return nil
+}
+
+// checkSQS checks, for an awssqs:// queue, that the queue exists: spotml
+// does not create it (a cloud resource with its own settings: visibility
+// timeout, retention, dead-letter queue), and SQS's answer to a send to a
+// queue that is not there would read as a broker that does not answer.
+// Credentials that may send but not read the queue's attributes
+// (sqs:GetQueueAttributes) skip the check.
+func checkSQS(ctx context.Context, t *Topic, q spec.BatchQueue) error {
+	u, err := url.Parse(q.URI)
+	if err != nil || u.Scheme != awssnssqs.SQSScheme {
+		return nil
+	}
+	var c *sqs.Client
+	if !t.As(&c) {
+		return nil
+	}
+	// The queue URL as gocloud's awssnssqs makes it from queue.uri.
+	queueURL := "https://" + path.Join(u.Host, u.Path)
+	_, err = c.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(queueURL),
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameVisibilityTimeout},
+	})
+	var missing *sqstypes.QueueDoesNotExist
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &missing):
+		return Refused{fmt.Errorf("spec.queue.uri: SQS queue %s does not exist; create it (aws sqs create-queue --queue-name %s, in the queue's region and account) or fix the URL", queueURL, path.Base(u.Path))}
+	case isAccessDenied(err):
+		return nil
+	}
+	return err
+}
+
+// isAccessDenied reports whether an AWS error says the credentials may
+// not do what was asked.
+func isAccessDenied(err error) bool {
+	var ae interface{ ErrorCode() string }
+	if !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.ErrorCode() {
+	case "AccessDenied", "AccessDeniedException", "UnauthorizedOperation":
+		return true
+	}
+	return false
+}
+
+// pubSubPath is the full path (projects/P/KIND/NAME) a gcppubsub:// URL
+// names, in either of the forms gocloud's gcppubsub reads
+// (gcppubsub://projects/P/KIND/NAME or gcppubsub://P/NAME); "" if
+// neither.
+func pubSubPath(u *url.URL, kind string) string {
+	p := path.Join(u.Host, u.Path)
+	parts := strings.Split(p, "/")
+	switch {
+	case len(parts) == 4 && parts[0] == "projects" && parts[1] != "" && parts[2] == kind && parts[3] != "":
+		return p
+	case len(parts) == 2 && parts[0] != "" && parts[1] != "":
+		return "projects/" + parts[0] + "/" + kind + "/" + parts[1]
+	}
+	return ""
+}
+
+// pubSubProject is P in projects/P/….
+func pubSubProject(p string) string {
+	parts := strings.Split(p, "/")
+	if len(parts) < 2 {
+		return ""
+	}
+	return parts[1]
 }
 
 // Publisher sends batches' work, keeping one topic open per URI.

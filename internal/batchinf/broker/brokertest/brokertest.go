@@ -1,7 +1,10 @@
 // Package brokertest starts real message brokers from Debian's packages
 // for tests: nats-server and rabbitmq-server, each in a temporary
 // directory, listening on free loopback ports only, stopped when the test
-// (or, for the RabbitMQ a package shares, the test binary) ends.
+// (or, for the RabbitMQ a package shares, the test binary) ends. For the
+// cloud brokers it starts what stands in for them: Google's own Pub/Sub
+// fake, in process (NewPubSub), and moto's SQS server (NewSQS), each on a
+// free loopback port.
 //
 //	url := brokertest.NATS(t)              // nats://127.0.0.1:PORT
 //
@@ -10,8 +13,9 @@
 //	func TestX(t *testing.T) { url := rabbit.URL(t) … } // amqp://guest:guest@127.0.0.1:PORT/
 //
 // Where a broker is not installed the tests that ask for it are skipped,
-// saying so, unless SPOTML_REQUIRE_NATS=1 or SPOTML_REQUIRE_RABBITMQ=1
-// (CI), where they fail.
+// saying so, unless SPOTML_REQUIRE_NATS=1, SPOTML_REQUIRE_RABBITMQ=1 or
+// SPOTML_REQUIRE_MOTO=1 (CI), where they fail. The Pub/Sub fake is a Go
+// module: it is always there.
 package brokertest
 
 import (
