@@ -39,8 +39,9 @@ type ceilingResult struct {
 // scoring each batch and writing each result through spotml's blob store
 // (durable before the next batch, made so together as the worker's are),
 // and (d2) the model alone over the same
-// batches decoded beforehand.
-func ceiling(ctx context.Context, lib, model, in, out string, keys []string, batch int) (ceilingResult, error) {
+// batches decoded beforehand (unless wholeOnly: the run that brackets the
+// spotml ways measures (d1) again, see report.d1).
+func ceiling(ctx context.Context, lib, model, in, out string, keys []string, batch int, wholeOnly bool) (ceilingResult, error) {
 	r := ceilingResult{classes: make(map[string]int, len(keys))}
 	m, err := inference.Open(model, inference.Options{Library: lib, Threads: 1, MaxBatch: batch})
 	if err != nil {
@@ -110,6 +111,9 @@ func ceiling(ctx context.Context, lib, model, in, out string, keys []string, bat
 		}
 	}
 	r.whole = span{items: len(keys), wall: time.Since(t0), cpu: cpuSelf() - cpu0}
+	if wholeOnly {
+		return r, nil
+	}
 
 	// (d2) the model alone, on the same batches decoded beforehand.
 	var batches [][][]float32
