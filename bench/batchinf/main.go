@@ -13,7 +13,8 @@
 //	(d) the ceiling: ONNX Runtime in this process on one thread over the
 //	    same batches, (d1) doing a worker's whole job per item (read,
 //	    decode, score, write the result durably) and (d2) the model alone
-//	    on rows decoded beforehand.
+//	    on rows decoded beforehand. (d1) is read again after (a) and (b),
+//	    and the ratios are taken against both readings.
 //
 // (a) and (b) run on one `spotml up` (control plane, simulated market,
 // agent processes) that stores the PNGs in its blob store. For each way it
