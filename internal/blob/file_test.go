@@ -23,26 +23,32 @@ import (
 	"github.com/spotml/spotml/internal/blob/powercut"
 )
 
-// TestFileKeysMatchFileblob writes keys that fileblob escapes through the
-// file store and reads them back through plain fileblob, and the other way
-// round: both map a key to the same file.
-func TestFileKeysMatchFileblob(t *testing.T) {
-	ctx := context.Background()
+// withFileblob opens a file store's bucket over a new directory and a
+// plain fileblob bucket over the same one, with opts.
+func withFileblob(t *testing.T, opts *fileblob.Options) (ours, theirs *blob.Bucket) {
+	t.Helper()
 	root := t.TempDir()
 	s, err := NewStore("file://" + filepath.ToSlash(root))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours, err := s.Open(ctx, "")
-	if err != nil {
+	if ours, err = s.Open(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
-	defer ours.Close()
-	theirs, err := fileblob.OpenBucket(root, &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
-	if err != nil {
+	t.Cleanup(func() { ours.Close() })
+	if theirs, err = fileblob.OpenBucket(root, opts); err != nil {
 		t.Fatal(err)
 	}
-	defer theirs.Close()
+	t.Cleanup(func() { theirs.Close() })
+	return ours, theirs
+}
+
+// TestFileKeysMatchFileblob writes keys that fileblob escapes through the
+// file store and reads them back through plain fileblob, and the other way
+// round: both map a key to the same file.
+func TestFileKeysMatchFileblob(t *testing.T) {
+	ctx := context.Background()
+	ours, theirs := withFileblob(t, &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
 	keys := []string{"plain.txt", "a/b/c", "x/../../up", "dots../y", "a//b", "__0x2f__", "ctl\x01char", "sp ace/ü"}
 	for i, key := range keys {
 		for _, w := range []struct {
@@ -81,21 +87,7 @@ func TestFileKeysMatchFileblob(t *testing.T) {
 // as not found.
 func TestFileReaderAsFileblob(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	s, err := NewStore("file://" + filepath.ToSlash(root))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ours, err := s.Open(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ours.Close()
-	theirs, err := fileblob.OpenBucket(root, &fileblob.Options{Metadata: fileblob.MetadataInSidecar})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer theirs.Close()
+	ours, theirs := withFileblob(t, &fileblob.Options{Metadata: fileblob.MetadataInSidecar})
 	if err := theirs.WriteAll(ctx, "d/typed.txt", []byte("0123456789"), &blob.WriterOptions{ContentType: "text/x-spotml"}); err != nil {
 		t.Fatal(err)
 	}

@@ -51,21 +51,7 @@ func TestPubSubRoundTrip(t *testing.T) {
 	defer sub.Close(context.Background())
 	// The short form gocloud also reads (gcppubsub://PROJECT/TOPIC).
 	publish(t, "gcppubsub://proj/scores", 1, 2, 3)
-	got := map[int64]int{}
-	for range 3 {
-		m, msg := receive(t, sub, 10*time.Second)
-		if m == nil {
-			t.Fatalf("received %v, want items 1-3", got)
-		}
-		got[msg.Items[0].ID]++
-		m.Ack()
-	}
-	if m, msg := receive(t, sub, time.Second); m != nil {
-		t.Fatalf("item %d came again after its ack (received %v)", msg.Items[0].ID, got)
-	}
-	if got[1] != 1 || got[2] != 1 || got[3] != 1 {
-		t.Fatalf("received %v, want items 1-3 once each", got)
-	}
+	receiveEach(t, sub, time.Second, 1, 2, 3)
 }
 
 // TestPubSubRedelivery: a message a worker nacks (it gave its items back
@@ -76,24 +62,7 @@ func TestPubSubRedelivery(t *testing.T) {
 	ps, sp := pubSub(t, 1)
 	var ahead atomic.Int64 // how far the fake's clock is ahead of ours
 	ps.Server.SetTimeNowFunc(func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) })
-	a, err := Subscribe(t.Context(), "b", sp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish(t, sp.Queue.URI, 7)
-	m, msg := receive(t, a, 10*time.Second)
-	if m == nil || msg.Items[0].ID != 7 {
-		t.Fatalf("received %v, want item 7", msg)
-	}
-	m.Nack()
-	m, msg = receive(t, a, 10*time.Second)
-	if m == nil || msg.Items[0].ID != 7 {
-		t.Fatalf("after a nack, received %v; want item 7 again", msg)
-	}
-	// Held, neither acked nor nacked, when the worker goes.
-	if err := a.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	nackThenVanish(t, sp, 7)
 	b, err := Subscribe(t.Context(), "b", sp)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +72,7 @@ func TestPubSubRedelivery(t *testing.T) {
 		t.Fatalf("item %d came back inside its ack deadline", msg.Items[0].ID)
 	}
 	ahead.Store(int64(11 * time.Second))
-	m, msg = receive(t, b, 10*time.Second)
+	m, msg := receive(t, b, 10*time.Second)
 	if m == nil || msg.Items[0].ID != 7 {
 		t.Fatalf("after the ack deadline, the second worker received %v; want item 7", msg)
 	}

@@ -68,6 +68,60 @@ func publish(t *testing.T, uri string, ids ...int64) {
 	}
 }
 
+// receiveEach receives one message for each of ids, acknowledging each,
+// and fails unless every one came exactly once; then that none comes
+// again within again.
+func receiveEach(t *testing.T, sub *Subscription, again time.Duration, ids ...int64) {
+	t.Helper()
+	got := map[int64]int{}
+	for range ids {
+		m, msg := receive(t, sub, 10*time.Second)
+		if m == nil {
+			t.Fatalf("received %v, want items %v", got, ids)
+		}
+		got[msg.Items[0].ID]++
+		m.Ack()
+	}
+	if again > 0 {
+		if m, msg := receive(t, sub, again); m != nil {
+			t.Fatalf("item %d came again after its ack (received %v)", msg.Items[0].ID, got)
+		}
+	}
+	for _, id := range ids {
+		if got[id] != 1 {
+			t.Fatalf("received %v, want items %v once each", got, ids)
+		}
+	}
+}
+
+// nackThenVanish plays a worker that receives item id, nacks it (it gave
+// its items back on a notice), must receive it again at once, and then
+// goes holding it, neither acked nor nacked (its node vanished). It
+// returns when the nack was sent: the redelivered copy was received no
+// sooner.
+func nackThenVanish(t *testing.T, sp spec.BatchSpec, id int64) (nacked time.Time) {
+	t.Helper()
+	a, err := Subscribe(t.Context(), "b", sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, sp.Queue.URI, id)
+	m, msg := receive(t, a, 10*time.Second)
+	if m == nil || msg.Items[0].ID != id {
+		t.Fatalf("received %v, want item %d", msg, id)
+	}
+	nacked = time.Now()
+	m.Nack()
+	m, msg = receive(t, a, 10*time.Second)
+	if m == nil || msg.Items[0].ID != id {
+		t.Fatalf("after a nack, received %v; want item %d again", msg, id)
+	}
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return nacked
+}
+
 // TestRabbitRoundTrip: apply's probe declares the exchange, the queue and
 // the binding (twice is a no-op), what the publisher sends a worker's
 // subscription receives once, and an acknowledged message does not come
@@ -86,21 +140,7 @@ func TestRabbitRoundTrip(t *testing.T) {
 	}
 	defer sub.Close(context.Background())
 	publish(t, sp.Queue.URI, 1, 2, 3)
-	got := map[int64]int{}
-	for range 3 {
-		m, msg := receive(t, sub, 10*time.Second)
-		if m == nil {
-			t.Fatalf("received %v, want items 1-3", got)
-		}
-		got[msg.Items[0].ID]++
-		m.Ack()
-	}
-	if m, msg := receive(t, sub, 500*time.Millisecond); m != nil {
-		t.Fatalf("item %d came again after its ack (received %v)", msg.Items[0].ID, got)
-	}
-	if got[1] != 1 || got[2] != 1 || got[3] != 1 {
-		t.Fatalf("received %v, want items 1-3 once each", got)
-	}
+	receiveEach(t, sub, 500*time.Millisecond, 1, 2, 3)
 }
 
 // TestRabbitRedelivery: a message a worker nacks (it gave its items back
@@ -113,30 +153,13 @@ func TestRabbitRedelivery(t *testing.T) {
 	if err := Probe(t.Context(), sp.Queue); err != nil {
 		t.Fatal(err)
 	}
-	a, err := Subscribe(t.Context(), "b", sp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish(t, sp.Queue.URI, 7)
-	m, msg := receive(t, a, 10*time.Second)
-	if m == nil || msg.Items[0].ID != 7 {
-		t.Fatalf("received %v, want item 7", msg)
-	}
-	m.Nack()
-	m, msg = receive(t, a, 10*time.Second)
-	if m == nil || msg.Items[0].ID != 7 {
-		t.Fatalf("after a nack, received %v; want item 7 again", msg)
-	}
-	// Held, neither acked nor nacked, when the worker goes.
-	if err := a.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	nackThenVanish(t, sp, 7)
 	b, err := Subscribe(t.Context(), "b", sp)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close(context.Background())
-	m, msg = receive(t, b, 10*time.Second)
+	m, msg := receive(t, b, 10*time.Second)
 	if m == nil || msg.Items[0].ID != 7 {
 		t.Fatalf("after the first worker went, the second received %v; want item 7", msg)
 	}

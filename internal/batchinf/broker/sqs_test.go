@@ -47,18 +47,7 @@ func TestSQSRoundTrip(t *testing.T) {
 	}
 	defer sub.Close(context.Background())
 	publish(t, sp.Queue.URI, 1, 2, 3)
-	got := map[int64]int{}
-	for range 3 {
-		m, msg := receive(t, sub, 10*time.Second)
-		if m == nil {
-			t.Fatalf("received %v, want items 1-3", got)
-		}
-		got[msg.Items[0].ID]++
-		m.Ack()
-	}
-	if got[1] != 1 || got[2] != 1 || got[3] != 1 {
-		t.Fatalf("received %v, want items 1-3 once each", got)
-	}
+	receiveEach(t, sub, 0, 1, 2, 3)
 	// Acks are sent in batches, after Ack returns: the queue empties
 	// once they are.
 	deadline := time.Now().Add(10 * time.Second)
@@ -76,33 +65,15 @@ func TestSQSRoundTrip(t *testing.T) {
 // visibility timeout has passed, and not before.
 func TestSQSRedelivery(t *testing.T) {
 	_, sp, _ := sqsQueue(t, 1, 3*time.Second)
-	a, err := Subscribe(t.Context(), "b", sp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish(t, sp.Queue.URI, 7)
-	m, msg := receive(t, a, 10*time.Second)
-	if m == nil || msg.Items[0].ID != 7 {
-		t.Fatalf("received %v, want item 7", msg)
-	}
-	// The copy received after the nack was received no sooner than this:
-	// its visibility timeout runs from then.
-	held := time.Now()
-	m.Nack()
-	m, msg = receive(t, a, 10*time.Second)
-	if m == nil || msg.Items[0].ID != 7 {
-		t.Fatalf("after a nack, received %v; want item 7 again", msg)
-	}
-	// Held, neither acked nor nacked, when the worker goes.
-	if err := a.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	// The copy received after the nack was received no sooner than the
+	// nack: its visibility timeout runs from then.
+	held := nackThenVanish(t, sp, 7)
 	b, err := Subscribe(t.Context(), "b", sp)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close(context.Background())
-	m, msg = receive(t, b, 15*time.Second)
+	m, msg := receive(t, b, 15*time.Second)
 	if m == nil || msg.Items[0].ID != 7 {
 		t.Fatalf("after the first worker went, the second received %v; want item 7", msg)
 	}
