@@ -148,7 +148,9 @@ type BatchMessage struct {
 
 // ClaimRequest takes in the ledger the items of messages a worker got
 // from the broker. The answer (a LeaseResponse) lists the items it now
-// holds: those not done, failed or held by another worker.
+// holds: those not done, failed or held by another worker. A claim of no
+// items changes nothing: its answer says whether the batch runs and how
+// many items are left (a worker whose broker had nothing asks so).
 type ClaimRequest struct {
 	Worker string  `json:"worker"`
 	IDs    []int64 `json:"ids"`

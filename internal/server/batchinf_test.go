@@ -112,6 +112,13 @@ func TestBatchInferenceApplyAndQueue(t *testing.T) {
 	if b.Done != 1 || b.Failed != 1 || b.Pending != 3 || b.Released != 1 {
 		t.Fatalf("after ack and release: %+v", b)
 	}
+	// An empty claim changes nothing and says how the batch stands, with
+	// what is left counted: a broker worker whose poll came back empty
+	// asks so before it decides whether to exit.
+	st := decode[api.LeaseResponse](t, a.agentAs(a.cred(n1), "/batches/b/claim", api.ClaimRequest{Worker: w1}, http.StatusOK))
+	if !st.Running || st.Left != 3 || len(st.Items) != 0 {
+		t.Fatalf("empty claim: %+v; want running, 3 left, no items", st)
+	}
 	failed := decode[[]api.BatchItem](t, a.admin("GET", "/batchinferences/b/items?state=failed", nil, http.StatusOK))
 	if len(failed) != 1 || !strings.Contains(failed[0].Reason, "png") {
 		t.Fatalf("failed items: %+v", failed)
