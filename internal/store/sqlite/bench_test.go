@@ -18,3 +18,13 @@ func BenchmarkHeartbeat(b *testing.B) {
 	defer st.Close()
 	storetest.BenchHeartbeat(b, st)
 }
+
+// BenchmarkBatchLedger: storetest.BenchBatchLedger over SQLite.
+func BenchmarkBatchLedger(b *testing.B) {
+	st, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), time.Now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	storetest.BenchBatchLedger(b, st)
+}

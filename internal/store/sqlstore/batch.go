@@ -15,6 +15,15 @@ import (
 	"github.com/spotml/spotml/internal/store"
 )
 
+// The items' states as SQL literals: a query that reads a state's partial
+// index (migration 19) must name the state as a literal for SQLite to use it.
+const (
+	sqlPending = "'" + store.ItemPending + "'"
+	sqlLeased  = "'" + store.ItemLeased + "'"
+	sqlDone    = "'" + store.ItemDone + "'"
+	sqlFailed  = "'" + store.ItemFailed + "'"
+)
+
 // noNodes is txNodes' list for a transaction that changes no node's work:
 // the batch queue is not part of a heartbeat's answer.
 var noNodes = []string{}
@@ -160,14 +169,17 @@ func (s *Store) LeaseBatchItems(ctx context.Context, name, worker string, n int,
 		items = items[:0]
 		now := s.now()
 		// The rows are picked once, in a materialized CTE: PostgreSQL may
-		// run a LIMIT … SKIP LOCKED subquery inside IN more than once.
+		// run a LIMIT … SKIP LOCKED subquery inside IN more than once. The
+		// UPDATE does not ask their state again: they are locked (SQLite:
+		// one writer), and with it PostgreSQL's planner read every pending
+		// item rather than the picked ones by primary key.
 		rows, err := tx.QueryContext(ctx, `WITH picked AS MATERIALIZED (
 				SELECT i.id FROM batch_items i JOIN batches b ON b.name = i.batch
-				WHERE i.batch = ? AND i.state = ? AND b.state = ? ORDER BY i.id LIMIT ?`+s.skipLocked("i")+`)
+				WHERE i.batch = ? AND i.state = `+sqlPending+` AND b.state = ? ORDER BY i.id LIMIT ?`+s.skipLocked("i")+`)
 			UPDATE batch_items SET state = ?, worker = ?, lease_until = ?, attempts = attempts + 1
-			WHERE batch = ? AND state = ? AND id IN (SELECT id FROM picked)
+			WHERE batch = ? AND `+s.inPicked("id", `SELECT id FROM picked`)+`
 			RETURNING id, input, attempts`,
-			name, store.ItemPending, store.BatchRunning, n, store.ItemLeased, worker, now.Add(ttl).UnixNano(), name, store.ItemPending)
+			name, store.BatchRunning, n, store.ItemLeased, worker, now.Add(ttl).UnixNano(), name)
 		if err != nil {
 			return err
 		}
@@ -289,8 +301,8 @@ func (s *Store) SendBatchItems(ctx context.Context, name string, window int, res
 		items = items[:0]
 		cut, now := resendBefore.UnixNano(), s.now().UnixNano()
 		var out int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = ? AND sent_at >= ?`,
-			name, store.ItemPending, cut).Scan(&out); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = `+sqlPending+` AND sent_at > 0 AND sent_at >= ?`,
+			name, cut).Scan(&out); err != nil {
 			return err
 		}
 		n := window - out
@@ -298,11 +310,11 @@ func (s *Store) SendBatchItems(ctx context.Context, name string, window int, res
 			return nil
 		}
 		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET sent_at = ?
-			WHERE batch = ? AND state = ? AND id IN (
+			WHERE batch = ? AND `+s.inPicked("id", `
 				SELECT i.id FROM batch_items i JOIN batches b ON b.name = i.batch
-				WHERE i.batch = ? AND i.state = ? AND i.sent_at < ? AND b.state = ? ORDER BY i.id LIMIT ?)
+				WHERE i.batch = ? AND i.state = `+sqlPending+` AND i.sent_at < ? AND b.state = ? ORDER BY i.id LIMIT ?`)+`
 			RETURNING id, input, attempts`,
-			max(now, cut+1), name, store.ItemPending, name, store.ItemPending, cut, store.BatchRunning, n)
+			max(now, cut+1), name, name, cut, store.BatchRunning, n)
 		if err != nil {
 			return err
 		}
@@ -341,8 +353,8 @@ func (s *Store) UnsendBatchItems(ctx context.Context, name string, ids []int64) 
 func (s *Store) ResendBatchItems(ctx context.Context, name string, before time.Time) (int, error) {
 	var n int
 	err := s.txNodes(ctx, noNodes, func(tx *txn) error {
-		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = ? AND sent_at > 0 AND sent_at < ?`,
-			name, store.ItemPending, before.UnixNano())
+		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET sent_at = 0 WHERE batch = ? AND state = `+sqlPending+` AND sent_at > 0 AND sent_at < ?`,
+			name, before.UnixNano())
 		if err != nil {
 			return err
 		}
@@ -403,15 +415,15 @@ func (s *Store) ExpireBatchLeases(ctx context.Context) (requeued, failed int, er
 		now := s.now().UnixNano()
 		r, err := tx.ExecContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, done_at = ?,
 				reason = 'leased ' || attempts || ' times; each lease ran out before the item was scored (its worker vanished or hung)'
-			WHERE state = ? AND lease_until < ? AND attempts >= (SELECT b.max_attempts FROM batches b WHERE b.name = batch_items.batch)`,
-			store.ItemFailed, now, store.ItemLeased, now)
+			WHERE state = `+sqlLeased+` AND lease_until < ? AND attempts >= (SELECT b.max_attempts FROM batches b WHERE b.name = batch_items.batch)`,
+			store.ItemFailed, now, now)
 		if err != nil {
 			return err
 		}
 		c, _ := r.RowsAffected()
 		failed = int(c)
 		rows, err := tx.QueryContext(ctx, `UPDATE batch_items SET state = ?, worker = '', lease_until = 0, sent_at = 0
-			WHERE state = ? AND lease_until < ? RETURNING batch`, store.ItemPending, store.ItemLeased, now)
+			WHERE state = `+sqlLeased+` AND lease_until < ? RETURNING batch`, store.ItemPending, now)
 		if err != nil {
 			return err
 		}
@@ -517,8 +529,10 @@ func (s *Store) getBatch(ctx context.Context, name string, counts bool) (store.B
 // BatchLeft counts a batch's items not yet done or failed.
 func (s *Store) BatchLeft(ctx context.Context, name string) (int, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state IN (?, ?)`,
-		name, store.ItemPending, store.ItemLeased).Scan(&n)
+	err := s.db.QueryRowContext(ctx, `SELECT
+			(SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = `+sqlPending+`) +
+			(SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = `+sqlLeased+`)`,
+		name, name).Scan(&n)
 	return n, err
 }
 
@@ -551,36 +565,20 @@ func (s *Store) batches(ctx context.Context, counts bool, where string, args ...
 	recent := s.now().Add(-time.Minute).UnixNano()
 	for i := range out {
 		b := &out[i]
-		rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*), MAX(done_at), SUM(CASE WHEN done_at >= ? THEN 1 ELSE 0 END)
-			FROM batch_items WHERE batch = ? GROUP BY state`, recent, b.Name)
-		if err != nil {
+		// One count per state, each from its partial index (migration 19).
+		var last int64
+		if err := s.db.QueryRowContext(ctx, `SELECT
+				(SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = `+sqlPending+`),
+				(SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = `+sqlLeased+`),
+				(SELECT COUNT(*) FROM batch_items WHERE batch = ? AND state = `+sqlFailed+`),
+				COUNT(*), COALESCE(MAX(done_at), 0), COUNT(CASE WHEN done_at >= ? THEN 1 END)
+			FROM batch_items WHERE batch = ? AND state = `+sqlDone,
+			b.Name, b.Name, b.Name, recent, b.Name).Scan(&b.Counts.Pending, &b.Counts.Leased, &b.Counts.Failed,
+			&b.Counts.Done, &last, &b.Counts.DoneRecently); err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var state string
-			var n, last, rec int64
-			if err := rows.Scan(&state, &n, &last, &rec); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			b.Counts.Total += int(n)
-			switch state {
-			case store.ItemPending:
-				b.Counts.Pending = int(n)
-			case store.ItemLeased:
-				b.Counts.Leased = int(n)
-			case store.ItemDone:
-				b.Counts.Done = int(n)
-				b.Counts.DoneRecently = int(rec)
-				b.Counts.LastDoneAt = fromNanos(last)
-			case store.ItemFailed:
-				b.Counts.Failed = int(n)
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
+		b.Counts.Total = b.Counts.Pending + b.Counts.Leased + b.Counts.Failed + b.Counts.Done
+		b.Counts.LastDoneAt = fromNanos(last)
 	}
 	return out, nil
 }
@@ -615,6 +613,19 @@ func (s *Store) BatchItems(ctx context.Context, name, state string, limit int) (
 		out = append(out, it)
 	}
 	return out, rows.Err()
+}
+
+// inPicked is "col IN (sub)", for the rows a statement picked in sub (a
+// LIMIT of a queue's next items). On PostgreSQL it is "col = ANY(ARRAY(sub))",
+// an index lookup per picked id: with IN, before the table's first
+// ANALYZE (a new batch's rows), the planner joined every pending item
+// against the picked ones in a nested loop, 2.3 million comparisons and
+// a quarter of a second for a lease of 256 with 10,000 pending (4 ms now).
+func (s *Store) inPicked(col, sub string) string {
+	if s.d.Name == "postgres" {
+		return col + " = ANY(ARRAY(" + sub + "))"
+	}
+	return col + " IN (" + sub + ")"
 }
 
 func idList(ids []int64) (string, []any) {

@@ -633,7 +633,27 @@ var migrations = []migration{
 		sqlite:   `ALTER TABLE batches ADD COLUMN listing INTEGER NOT NULL DEFAULT 0;`,
 		postgres: `ALTER TABLE batches ADD COLUMN IF NOT EXISTS listing BIGINT NOT NULL DEFAULT 0;`,
 	},
+	// 19: a BatchInference item is in one partial index per state, by
+	// batch, instead of three indexes over every item that each moved at
+	// every lease and ack (state, lease_until and sent_at): a lease moves
+	// an item from pending to leased, an ack from leased to done, two
+	// small index changes each, not six. The counts read them too. Their
+	// queries name the state as a literal, which is what lets SQLite use a
+	// partial index. Only a pending item sent to a broker is in _sent.
+	{
+		sqlite:   batchItemsByState,
+		postgres: batchItemsByState,
+	},
 }
+
+const batchItemsByState = `DROP INDEX IF EXISTS batch_items_state;
+		DROP INDEX IF EXISTS batch_items_lease;
+		DROP INDEX IF EXISTS batch_items_sent;
+		CREATE INDEX IF NOT EXISTS batch_items_pending ON batch_items(batch, id) WHERE state = 'pending';
+		CREATE INDEX IF NOT EXISTS batch_items_leased ON batch_items(batch, lease_until) WHERE state = 'leased';
+		CREATE INDEX IF NOT EXISTS batch_items_done ON batch_items(batch, done_at) WHERE state = 'done';
+		CREATE INDEX IF NOT EXISTS batch_items_failed ON batch_items(batch) WHERE state = 'failed';
+		CREATE INDEX IF NOT EXISTS batch_items_sent ON batch_items(batch, sent_at) WHERE state = 'pending' AND sent_at > 0;`
 
 // pg writes PostgreSQL's steps: times are nanoseconds (BIGINT, not 32-bit
 // INTEGER), floats DOUBLE PRECISION (REAL is 32-bit there), and text

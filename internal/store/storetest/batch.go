@@ -12,7 +12,7 @@ import (
 	"github.com/spotml/spotml/internal/store"
 )
 
-func batchDoc(t *testing.T, name string, maxAttempts int) spec.BatchInference {
+func batchDoc(t testing.TB, name string, maxAttempts int) spec.BatchInference {
 	t.Helper()
 	docs, err := spec.Parse(fmt.Appendf(nil, `apiVersion: spotml/v1
 kind: BatchInference
