@@ -8,6 +8,9 @@ import (
 	"syscall"
 	"time"
 
+	gblob "gocloud.dev/blob"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/spotml/spotml/internal/batchinf"
 	"github.com/spotml/spotml/internal/blob"
 	"github.com/spotml/spotml/internal/inference"
@@ -31,6 +34,7 @@ func (s span) perCPUSec() float64 { return float64(s.items) / s.cpu }
 // class of each input (what the other ways' results are checked against).
 type ceilingResult struct {
 	whole, model span
+	allCores     *span // (d1) on every core at once (ceiling's cores > 1)
 	classes      map[string]int
 }
 
@@ -41,7 +45,13 @@ type ceilingResult struct {
 // and (d2) the model alone over the same
 // batches decoded beforehand (unless wholeOnly: the run that brackets the
 // spotml ways measures (d1) again, see report.d1).
-func ceiling(ctx context.Context, lib, model, in, out string, keys []string, batch int, wholeOnly bool) (ceilingResult, error) {
+//
+// With cores > 1 (d1) runs once more, on that many goroutines at once,
+// each taking every cores-th batch, through the same session: what the
+// same work costs a core while every core works, as spotml's workers
+// make them (two busy vCPUs of this VM each do less per CPU-second than
+// one does alone).
+func ceiling(ctx context.Context, lib, model, in, out string, keys []string, batch int, wholeOnly bool, cores int) (ceilingResult, error) {
 	r := ceilingResult{classes: make(map[string]int, len(keys))}
 	m, err := inference.Open(model, inference.Options{Library: lib, Threads: 1, MaxBatch: batch})
 	if err != nil {
@@ -72,45 +82,70 @@ func ceiling(ctx context.Context, lib, model, in, out string, keys []string, bat
 		return m.Predict(ctx, []inference.Tensor{{Name: info.Name, Shape: shape, Data: data}})
 	}
 
-	// (d1) the whole job.
-	cpu0, t0 := cpuSelf(), time.Now()
-	for s := 0; s < len(keys); s += batch {
-		ks := keys[s:min(s+batch, len(keys))]
-		rows := make([][]float32, len(ks))
-		for i, k := range ks {
-			b, err := os.ReadFile(filepath.Join(in, filepath.FromSlash(k)))
-			if err != nil {
-				return r, err
+	// (d1) the whole job: the batches from the first-th, every step-th,
+	// into dst.
+	whole := func(dst *gblob.Bucket, first, step int, classes map[string]int) error {
+		for s := first * batch; s < len(keys); s += step * batch {
+			ks := keys[s:min(s+batch, len(keys))]
+			rows := make([][]float32, len(ks))
+			for i, k := range ks {
+				b, err := os.ReadFile(filepath.Join(in, filepath.FromSlash(k)))
+				if err != nil {
+					return err
+				}
+				if rows[i], err = pre.Row(b); err != nil {
+					return fmt.Errorf("%s: %w", k, err)
+				}
 			}
-			if rows[i], err = pre.Row(b); err != nil {
-				return r, fmt.Errorf("%s: %w", k, err)
+			outs, err := predict(rows)
+			if err != nil {
+				return err
+			}
+			// As a worker writes them: made durable together per batch.
+			wctx, syncs := blob.DeferSyncs(ctx)
+			for i, k := range ks {
+				res, err := batchinf.RowResult(k, outs, i)
+				if err != nil {
+					return err
+				}
+				b, err := res.Encode(spec.FormatJSONL)
+				if err != nil {
+					return err
+				}
+				if err := dst.WriteAll(wctx, batchinf.ResultKey(k, spec.FormatJSONL), b, nil); err != nil {
+					return err
+				}
+				if classes != nil {
+					classes[k] = *res.Class
+				}
+			}
+			if err := syncs.Sync(); err != nil {
+				return err
 			}
 		}
-		outs, err := predict(rows)
+		return nil
+	}
+	cpu0, t0 := cpuSelf(), time.Now()
+	if err := whole(dst, 0, 1, r.classes); err != nil {
+		return r, err
+	}
+	r.whole = span{items: len(keys), wall: time.Since(t0), cpu: cpuSelf() - cpu0}
+	if cores > 1 {
+		par, err := blobs.Open(ctx, "scored-all-cores")
 		if err != nil {
 			return r, err
 		}
-		// As a worker writes them: made durable together per batch.
-		wctx, syncs := blob.DeferSyncs(ctx)
-		for i, k := range ks {
-			res, err := batchinf.RowResult(k, outs, i)
-			if err != nil {
-				return r, err
-			}
-			b, err := res.Encode(spec.FormatJSONL)
-			if err != nil {
-				return r, err
-			}
-			if err := dst.WriteAll(wctx, batchinf.ResultKey(k, spec.FormatJSONL), b, nil); err != nil {
-				return r, err
-			}
-			r.classes[k] = *res.Class
+		defer par.Close()
+		cpu0, t0 := cpuSelf(), time.Now()
+		var g errgroup.Group
+		for c := range cores {
+			g.Go(func() error { return whole(par, c, cores, nil) })
 		}
-		if err := syncs.Sync(); err != nil {
+		if err := g.Wait(); err != nil {
 			return r, err
 		}
+		r.allCores = &span{items: len(keys), wall: time.Since(t0), cpu: cpuSelf() - cpu0}
 	}
-	r.whole = span{items: len(keys), wall: time.Since(t0), cpu: cpuSelf() - cpu0}
 	if wholeOnly {
 		return r, nil
 	}

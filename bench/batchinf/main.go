@@ -68,6 +68,7 @@ type config struct {
 	skip     string
 	timeout  time.Duration
 	keep     bool
+	settle   time.Duration
 	evictAt  []float64
 }
 
@@ -99,6 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	fs.StringVar(&cfg.skip, "skip", "", "ways to leave out, comma-separated: a, b, c")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Minute, "give up after this long")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the data directory (logs, database, results) and say where")
+	fs.DurationVar(&cfg.settle, "settle", 7*time.Minute, "before the ways, wait up to this long for creating a file to cost under 40 µs of CPU (see fsprobe.go: after a mass delete, such as the previous run's workspace, it can cost 10 times that for minutes); 0: do not wait")
 	evictAt := fs.String("evict-at", "0.25,0.5", "in (a), also give one ready spot node a notice (spotml evict) when this fraction of the items is done, comma-separated; \"\" for the market's draws alone")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -172,9 +174,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		return err
 	}
 	rep := report{cfg: cfg, args: args, start: time.Now(), load0: loadAvg(), cores: runtime.NumCPU()}
+	// What a new file costs beside each way's output, read just before it.
+	probe := func(label, dir string) {
+		us, err := newFileCost(dir)
+		if err != nil {
+			fmt.Fprintf(stderr, "probing %s: %v\n", dir, err)
+			return
+		}
+		rep.newFile = append(rep.newFile, fileCost{label, us})
+	}
+	settle(cfg.settle, ws.Dir, stderr)
+	probe("(d1)", filepath.Join(ws.Dir, "ceiling-probe"))
 
 	fmt.Fprintln(stderr, "(d) in-process ONNX Runtime ...")
-	rep.ceiling, err = ceiling(ctx, lib, model, in, filepath.Join(ws.Dir, "ceiling"), keys, cfg.batch, false)
+	rep.ceiling, err = ceiling(ctx, lib, model, in, filepath.Join(ws.Dir, "ceiling"), keys, cfg.batch, false, rep.cores)
 	if err != nil {
 		return fmt.Errorf("(d): %w", err)
 	}
@@ -192,6 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		if cfg.skipped(w.name) {
 			continue
 		}
+		probe("("+w.name+")", filepath.Join(c.Data, "blobs", "scored-"+w.pool+"-probe"))
 		fmt.Fprintf(stderr, "(%s) spotml BatchInference on the %s pool ...\n", w.name, w.pool)
 		r := w.run(ctx, c, cpu, cfg, keys, rep.ceiling.classes, stderr)
 		fmt.Fprintf(stderr, "(%s) %s\n", w.name, r.summary())
@@ -208,11 +222,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		// of the same build; the ratios are taken against the two
 		// readings' mean, which brackets the ways in time.
 		fmt.Fprintln(stderr, "(d1) again ...")
-		again, err := ceiling(ctx, lib, model, in, filepath.Join(ws.Dir, "ceiling-again"), keys, cfg.batch, true)
+		probe("(d1) again", filepath.Join(ws.Dir, "ceiling-again-probe"))
+		again, err := ceiling(ctx, lib, model, in, filepath.Join(ws.Dir, "ceiling-again"), keys, cfg.batch, true, rep.cores)
 		if err != nil {
 			return fmt.Errorf("(d1) again: %w", err)
 		}
-		rep.d1Again = &again.whole
+		rep.d1Again, rep.d1AllAgain = &again.whole, again.allCores
 	}
 	rep.load1 = loadAvg()
 	rep.elapsed = time.Since(rep.start)
