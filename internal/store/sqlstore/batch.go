@@ -588,7 +588,13 @@ func (s *Store) batches(ctx context.Context, counts bool, where string, args ...
 func (s *Store) BatchItems(ctx context.Context, name, state string, limit int) ([]store.BatchItem, error) {
 	q := `SELECT id, input, state, worker, lease_until, attempts, reason, done_at FROM batch_items WHERE batch = ?`
 	args := []any{name}
-	if state != "" {
+	switch state {
+	case "":
+	case store.ItemPending, store.ItemLeased, store.ItemDone, store.ItemFailed:
+		// A literal, so that SQLite reads the state's partial index (the
+		// leased or failed few) rather than every item of the batch.
+		q += ` AND state = '` + state + `'`
+	default:
 		q += ` AND state = ?`
 		args = append(args, state)
 	}
