@@ -75,6 +75,7 @@ type Agent struct {
 	blobs *blob.Store
 
 	mu      sync.Mutex
+	pidsMu  sync.Mutex // one writePIDs at a time: one temporary file, the latest list last
 	running map[int64]*attempt
 	// ended holds, per task, the last attempt that ended here, until the
 	// control plane stops listing the task: a heartbeat answered before
@@ -539,8 +540,12 @@ func (a *Agent) stopAll() {
 
 // writePIDs records the task process groups, each with its leader's start
 // time, so that whoever kills this node (the local provider) can kill its
-// tasks too, and only them (proc.KillGroup).
+// tasks too, and only them (proc.KillGroup). Attempts that end together (a
+// notice stops them all) call it at once: each writes the list it read
+// while no other writes.
 func (a *Agent) writePIDs() {
+	a.pidsMu.Lock()
+	defer a.pidsMu.Unlock()
 	a.mu.Lock()
 	var groups []proc.ID
 	for _, at := range a.running {
