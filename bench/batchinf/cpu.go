@@ -106,7 +106,10 @@ func (t *treeCPU) sample() {
 			continue
 		}
 		p, ok := t.seen[pid]
-		if !ok {
+		// A process first seen as an agent is looked at again: a worker
+		// caught between its agent's fork and its exec still shows the
+		// agent's command line.
+		if !ok || p.role == roleAgent {
 			cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 			switch {
 			case pid == t.root:
