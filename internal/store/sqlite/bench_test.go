@@ -6,25 +6,22 @@ import (
 	"time"
 
 	"github.com/spotml/spotml/internal/store/sqlite"
+	"github.com/spotml/spotml/internal/store/sqlstore"
 	"github.com/spotml/spotml/internal/store/storetest"
 )
 
-// BenchmarkHeartbeat: storetest.BenchHeartbeat over SQLite.
-func BenchmarkHeartbeat(b *testing.B) {
+// benchStore is an empty SQLite store for one benchmark, closed after it.
+func benchStore(b *testing.B) *sqlstore.Store {
 	st, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), time.Now)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer st.Close()
-	storetest.BenchHeartbeat(b, st)
+	b.Cleanup(func() { st.Close() })
+	return st
 }
 
+// BenchmarkHeartbeat: storetest.BenchHeartbeat over SQLite.
+func BenchmarkHeartbeat(b *testing.B) { storetest.BenchHeartbeat(b, benchStore(b)) }
+
 // BenchmarkBatchLedger: storetest.BenchBatchLedger over SQLite.
-func BenchmarkBatchLedger(b *testing.B) {
-	st, err := sqlite.Open(b.Context(), filepath.Join(b.TempDir(), "spotml.db"), time.Now)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	storetest.BenchBatchLedger(b, st)
-}
+func BenchmarkBatchLedger(b *testing.B) { storetest.BenchBatchLedger(b, benchStore(b)) }
