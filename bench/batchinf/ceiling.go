@@ -30,6 +30,11 @@ type span struct {
 func (s span) rate() float64      { return float64(s.items) / s.wall.Seconds() }
 func (s span) perCPUSec() float64 { return float64(s.items) / s.cpu }
 
+// plus is s and o together: their items, wall and CPU time summed.
+func (s span) plus(o span) span {
+	return span{items: s.items + o.items, wall: s.wall + o.wall, cpu: s.cpu + o.cpu}
+}
+
 // ceilingResult is (d): the whole job per item, the model alone, and the
 // class of each input (what the other ways' results are checked against).
 type ceilingResult struct {

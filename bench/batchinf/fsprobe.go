@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -57,7 +58,7 @@ func threadCPU() time.Duration {
 // under dir costs under 40 µs of CPU, probing every 30 s, and says so on
 // log: a run started right after the previous one removed its workspace
 // (some 300,000 files) otherwise measures that removal.
-func settle(max time.Duration, dir string, log io.Writer) {
+func settle(ctx context.Context, max time.Duration, dir string, log io.Writer) {
 	deadline := time.Now().Add(max)
 	for i := 0; ; i++ {
 		us, err := newFileCost(filepath.Join(dir, fmt.Sprintf("settle-%d", i)))
@@ -70,6 +71,10 @@ func settle(max time.Duration, dir string, log io.Writer) {
 			return
 		}
 		fmt.Fprintf(log, "creating a file costs %.0f µs of CPU here (inodes deleted nearby lately, see fsprobe.go): waiting 30 s\n", us)
-		time.Sleep(30 * time.Second)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
 	}
 }

@@ -14,7 +14,12 @@
 //	    same batches, (d1) doing a worker's whole job per item (read,
 //	    decode, score, write the result durably) and (d2) the model alone
 //	    on rows decoded beforehand. (d1) is read again after (a) and (b),
-//	    and the ratios are taken against both readings.
+//	    and the ratios are taken against both readings; each time it also
+//	    runs on every core at once, the second reference.
+//
+// Before the ways it waits (-settle) until creating a file is cheap
+// again, and before each way it reads what creating one costs beside its
+// output (fsprobe.go: on ext4 without a journal that varies tenfold).
 //
 // (a) and (b) run on one `spotml up` (control plane, simulated market,
 // agent processes) that stores the PNGs in its blob store. For each way it
@@ -183,7 +188,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 		rep.newFile = append(rep.newFile, fileCost{label, us})
 	}
-	settle(cfg.settle, ws.Dir, stderr)
+	settle(ctx, cfg.settle, ws.Dir, stderr)
 	probe("(d1)", filepath.Join(ws.Dir, "ceiling-probe"))
 
 	fmt.Fprintln(stderr, "(d) in-process ONNX Runtime ...")

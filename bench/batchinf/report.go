@@ -35,7 +35,7 @@ type fileCost struct {
 func (rep *report) d1() span {
 	d := rep.ceiling.whole
 	if a := rep.d1Again; a != nil {
-		d = span{items: d.items + a.items, wall: d.wall + a.wall, cpu: d.cpu + a.cpu}
+		d = d.plus(*a)
 	}
 	return d
 }
@@ -48,7 +48,8 @@ func (rep *report) d1All() *span {
 		return nil
 	}
 	if a := rep.d1AllAgain; a != nil {
-		return &span{items: d.items + a.items, wall: d.wall + a.wall, cpu: d.cpu + a.cpu}
+		both := d.plus(*a)
+		return &both
 	}
 	return d
 }

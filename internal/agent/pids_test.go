@@ -12,7 +12,8 @@ import (
 
 // TestWritePIDsConcurrent: attempts that end at once (a notice stops every
 // task of a node) each record the task process groups; no write may fail
-// for another's (one temporary file) or leave an older list last.
+// for another's (they shared one temporary file). That an older list
+// cannot land last follows from the same lock; this test does not see it.
 func TestWritePIDsConcurrent(t *testing.T) {
 	var logs strings.Builder
 	var mu sync.Mutex
