@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/spotml/spotml/internal/api"
 )
 
 // userHZ is the unit of /proc/PID/stat's CPU times: fixed at 100 on Linux
@@ -22,6 +25,7 @@ const userHZ = 100
 // one that ends between two samples loses at most one interval's CPU.
 type treeCPU struct {
 	root int
+	t0   time.Time
 	mu   sync.Mutex
 	seen map[int]procCPU
 }
@@ -29,6 +33,10 @@ type treeCPU struct {
 type procCPU struct {
 	ticks uint64
 	role  role
+	// first and last are when the process was first and last seen, after
+	// t0; worker is a worker's lease holder (SPOTML_WORKER).
+	first, last time.Duration
+	worker      string
 }
 
 // role is what a process of the tree is.
@@ -40,7 +48,9 @@ const (
 	roleWorker             // a `spotml batch-worker`
 )
 
-func newTreeCPU(root int) *treeCPU { return &treeCPU{root: root, seen: map[int]procCPU{}} }
+func newTreeCPU(root int) *treeCPU {
+	return &treeCPU{root: root, t0: time.Now(), seen: map[int]procCPU{}}
+}
 
 // run samples every interval until ctx ends.
 func (t *treeCPU) run(ctx context.Context, interval time.Duration) {
@@ -85,6 +95,7 @@ func (t *treeCPU) sample() {
 		parent[pid] = ppid
 		ticks[pid] = ut + st
 	}
+	now := time.Since(t.t0)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var inTree func(pid, depth int) bool
@@ -109,6 +120,9 @@ func (t *treeCPU) sample() {
 		// A process first seen as an agent is looked at again: a worker
 		// caught between its agent's fork and its exec still shows the
 		// agent's command line.
+		if !ok {
+			p.first = now
+		}
 		if !ok || p.role == roleAgent {
 			cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 			switch {
@@ -116,13 +130,33 @@ func (t *treeCPU) sample() {
 				p.role = roleUp
 			case bytes.Contains(cmd, []byte("batch-worker")):
 				p.role = roleWorker
+				p.worker = workerID(pid)
 			default:
 				p.role = roleAgent
 			}
 		}
+		p.last = now
 		p.ticks = max(p.ticks, tk)
 		t.seen[pid] = p
 	}
+}
+
+// workerID is a batch-worker's lease holder, from its environment.
+func workerID(pid int) string {
+	env, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	for _, kv := range bytes.Split(env, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte(api.EnvWorkerID+"=")); ok {
+			return string(v)
+		}
+	}
+	return ""
+}
+
+// procs is a copy of every process seen so far, by PID.
+func (t *treeCPU) procs() map[int]procCPU {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.seen)
 }
 
 // seconds is the CPU time of the tree so far, all of it and the workers'.

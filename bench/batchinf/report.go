@@ -120,6 +120,17 @@ func (rep *report) print(w io.Writer) {
 			float64(x.m.span.items)/x.m.workerCPU/d1.perCPUSec(), x.m.load)
 		fmt.Fprintf(w, "  %s the rest: spotml up (control plane, API, simulated market; with this benchmark's %d polls of 3 API calls) %.1f s, the agents %.1f s.\n",
 			x.name, x.m.polls, x.m.upCPU, x.m.agentCPU)
+		var parts []string
+		for _, p := range x.m.procs {
+			what := "agent"
+			if p.role == roleWorker {
+				what = "worker " + p.worker
+			}
+			parts = append(parts, fmt.Sprintf("%s (seen %.1f–%.1f s, %.2f CPU-s)", what, p.first.Seconds(), p.last.Seconds(), p.cpu))
+		}
+		if len(parts) > 0 {
+			fmt.Fprintf(w, "  %s its processes: %s.\n", x.name, strings.Join(parts, "; "))
+		}
 	}
 	if len(rep.newFile) > 0 {
 		var parts []string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -45,7 +47,37 @@ type measured struct {
 	cost, od    float64    // the workers' node time, and the same on demand
 
 	results resultCheck
+	procs   []procRow // the processes this way started
 	err     error
+}
+
+// procRow is one process a spotml way started: when it was first and last
+// seen (after the apply) and its CPU.
+type procRow struct {
+	role        role
+	worker      string
+	first, last time.Duration
+	cpu         float64
+}
+
+// newProcs lists the processes seen in after but not in before, the
+// workers first, each kind by when it started.
+func newProcs(before, after map[int]procCPU, apply time.Duration) []procRow {
+	var rows []procRow
+	for pid, p := range after {
+		if _, ok := before[pid]; ok || p.role == roleUp {
+			continue
+		}
+		rows = append(rows, procRow{role: p.role, worker: p.worker, first: p.first - apply, last: p.last - apply,
+			cpu: float64(p.ticks) / userHZ})
+	}
+	slices.SortFunc(rows, func(a, b procRow) int {
+		if a.role != b.role {
+			return cmp.Compare(b.role, a.role)
+		}
+		return cmp.Compare(a.first, b.first)
+	})
+	return rows
 }
 
 // eviction is one worker node's notice, with the items its workers held
@@ -79,6 +111,7 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	cpu.sample()
 	all0, work0 := cpu.seconds()
 	roles0 := cpu.byRole()
+	procs0 := cpu.procs()
 	start := time.Now()
 	if err := applyLong(ctx, c, name+".yaml", batchYAML(cfg, name, w.pool, out+"/")); err != nil {
 		r.err = err
@@ -156,6 +189,7 @@ func (w way) run(ctx context.Context, c *cluster.Cluster, cpu *treeCPU, cfg conf
 	all1, work1 := cpu.seconds()
 	roles1 := cpu.byRole()
 	r.upCPU, r.agentCPU = roles1[roleUp]-roles0[roleUp], roles1[roleAgent]-roles0[roleAgent]
+	r.procs = newProcs(procs0, cpu.procs(), start.Sub(cpu.t0))
 	r.polls = polls
 	profileCut(c)
 	r.span = span{items: b.Done, wall: b.FinishedAt.Sub(start), cpu: all1 - all0}

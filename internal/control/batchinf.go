@@ -247,7 +247,7 @@ func (p *Plane) addBatchWorkers(ctx context.Context, b store.Batch, seq, n, left
 	sp := b.Spec.Spec
 	j := spec.Job{APIVersion: spec.APIVersion, Kind: spec.KindJob,
 		Metadata: spec.Metadata{Name: api.BatchWorkerJob(b.Name, seq), Labels: map[string]string{"spotml/batchinference": b.Name}},
-		Spec: spec.JobSpec{Pool: sp.Pool, Priority: sp.Priority, Count: n, Template: &spec.TaskSpec{
+		Spec: spec.JobSpec{Pool: sp.Pool, Priority: sp.Priority, OnDemandAfterPreemptions: sp.OnDemandAfterPreemptions, Count: n, Template: &spec.TaskSpec{
 			Command:    spec.Command{"spotml", api.BatchWorkerCmd},
 			Env:        map[string]string{api.EnvBatch: b.Name},
 			Resources:  sp.Resources,

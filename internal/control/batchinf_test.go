@@ -203,3 +203,33 @@ spec:
 		t.Fatalf("all settled: %+v; want succeeded with 10 done", b)
 	}
 }
+
+// TestBatchWorkersFallBackToOnDemand: a BatchInference's
+// onDemandAfterPreemptions reaches its worker jobs, which the control
+// plane then steers like any job's tasks (TestOnDemandAfterPreemptions).
+func TestBatchWorkersFallBackToOnDemand(t *testing.T) {
+	p := newPlane(t)
+	p.apply(deadlinePools)
+	docs, err := spec.Parse([]byte(`apiVersion: spotml/v1
+kind: BatchInference
+metadata: {name: b}
+spec:
+  input: {uri: in/}
+  output: {uri: out/}
+  model: {uri: m.onnx}
+  priority: spot
+  onDemandAfterPreemptions: 1
+  workers: {max: 1}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.st.ApplyBatch(p.ctx, *docs[0].BatchInference, []string{"a.png", "b.png"}); err != nil {
+		t.Fatal(err)
+	}
+	p.reconcile()
+	j := p.job(api.BatchWorkerJob("b", 1))
+	if js := j.Spec.Spec; js.OnDemandAfterPreemptions != 1 || js.Priority != spec.PrioritySpot || js.Pool != "" || !control.Steered(j.Spec) {
+		t.Fatalf("worker job spec = %+v; want priority spot, onDemandAfterPreemptions 1, steered", js)
+	}
+}

@@ -95,6 +95,10 @@ type BatchSpec struct {
 	// priority instead, as for a job.
 	Pool     string `yaml:"pool,omitempty" json:"pool,omitempty"`
 	Priority string `yaml:"priority,omitempty" json:"priority,omitempty"`
+	// OnDemandAfterPreemptions moves a worker to on-demand capacity once
+	// it has been preempted this many times (0: never), as for a job's
+	// tasks: the fallback when spot capacity keeps being taken back.
+	OnDemandAfterPreemptions int `yaml:"onDemandAfterPreemptions,omitempty" json:"onDemandAfterPreemptions,omitempty"`
 	// Resources one worker needs; default 1 CPU.
 	Resources Resources    `yaml:"resources,omitempty" json:"resources"`
 	Workers   BatchWorkers `yaml:"workers,omitempty" json:"workers"`
@@ -317,6 +321,12 @@ func (b *BatchInference) Validate() error {
 	errs.priority("spec.priority", sp.Priority)
 	if sp.Pool != "" {
 		errs.name("spec.pool", sp.Pool, MaxNameLen)
+	}
+	switch {
+	case sp.OnDemandAfterPreemptions < 0:
+		errs.add("spec.onDemandAfterPreemptions", "must be 0 (never) or more, got %d", sp.OnDemandAfterPreemptions)
+	case sp.OnDemandAfterPreemptions > 0 && sp.Pool != "":
+		errs.add("spec.pool", "not allowed with spec.onDemandAfterPreemptions, which moves workers to on-demand itself; remove it, and set priority: spot to start on any spot pool")
 	}
 	errs.resources("spec.resources", sp.Resources)
 	w := sp.Workers

@@ -37,6 +37,14 @@ func TestBatchInferenceParses(t *testing.T) {
 	if s, err := ParseScale(sp.Preprocess.Image.Scale); err != nil || s != 1.0/255 {
 		t.Fatalf("scale = %v, %v", s, err)
 	}
+	// The fallback: any spot pool, then on-demand after 2 preemptions.
+	docs, err = Parse([]byte(strings.Replace(batchOK, "pool: spot-a", "priority: spot\n  onDemandAfterPreemptions: 2", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp := docs[0].BatchInference.Spec; sp.Priority != PrioritySpot || sp.OnDemandAfterPreemptions != 2 {
+		t.Fatalf("spec = %+v", sp)
+	}
 }
 
 func TestBatchInferenceErrorsNameTheField(t *testing.T) {
@@ -68,6 +76,8 @@ func TestBatchInferenceErrorsNameTheField(t *testing.T) {
 		{`type: builtin}`, `type: command, command: [python3, s.py], threads: 2}`, "spec.runtime.threads"},
 		{`type: builtin}`, `type: command, command: [python3, s.py], env: {PORT: "1"}}`, "spec.runtime.env.PORT"},
 		{`type: builtin}`, `type: command, command: [python3, s.py], port: 70000}`, "spec.runtime.port"},
+		{`pool: spot-a`, "pool: spot-a\n  onDemandAfterPreemptions: 2", "spec.pool"},
+		{`pool: spot-a`, "priority: spot\n  onDemandAfterPreemptions: -1", "spec.onDemandAfterPreemptions"},
 	} {
 		in := strings.Replace(batchOK, tc.from, tc.to, 1)
 		if in == batchOK {
