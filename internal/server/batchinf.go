@@ -15,6 +15,7 @@ import (
 	"github.com/spotml/spotml/internal/api"
 	"github.com/spotml/spotml/internal/batchinf/broker"
 	"github.com/spotml/spotml/internal/blob"
+	"github.com/spotml/spotml/internal/inference"
 	"github.com/spotml/spotml/internal/spec"
 	"github.com/spotml/spotml/internal/store"
 )
@@ -126,8 +127,11 @@ func (s *Server) checkBatchModel(ctx context.Context, name string, sp spec.Batch
 		return fmt.Errorf("batchinference %s: spec.model.uri: %q does not exist; upload it first (spotml blob put) or fix the path", name, sp.Model.URI)
 	case err != nil:
 		return fmt.Errorf("batchinference %s: spec.model.uri: cannot read %q: %v", name, sp.Model.URI, err)
-	case len(model) < 16 && sp.Runtime.Type != spec.RuntimeCommand:
-		return fmt.Errorf("batchinference %s: spec.model.uri: %q is %d bytes, not an ONNX model; give the model file", name, sp.Model.URI, len(model))
+	case sp.Runtime.Type == spec.RuntimeCommand:
+		return nil // the user's server reads it, in whatever format it takes
+	}
+	if err := inference.CheckONNX(model); err != nil {
+		return fmt.Errorf("batchinference %s: spec.model.uri: %q (%d bytes): %v; the builtin runtime takes an ONNX file (export the model with torch.onnx.export or tf2onnx), or use runtime: command for another format", name, sp.Model.URI, len(model), err)
 	}
 	return nil
 }

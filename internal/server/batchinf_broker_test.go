@@ -14,7 +14,11 @@ import (
 func TestBatchInferenceApplyRefusesDeadBroker(t *testing.T) {
 	a := newAPI(t)
 	for _, k := range []string{"in/1.png", "models/m.onnx"} {
-		if err := a.blobs.Write(a.ctx, k, bytes.NewReader(bytes.Repeat([]byte{8}, 64))); err != nil {
+		data := bytes.Repeat([]byte{8}, 64)
+		if k == "models/m.onnx" {
+			data = onnxModel(t)
+		}
+		if err := a.blobs.Write(a.ctx, k, bytes.NewReader(data)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -3,6 +3,8 @@ package server_test
 import (
 	"bytes"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,13 +42,17 @@ func TestBatchInferenceApplyAndQueue(t *testing.T) {
 	for _, k := range []string{"in/a/1.png", "in/a/2.png", "in/b/3.png", "in/b/4.png", "in/5.png", "in/b/notes.txt"} {
 		put(k, []byte("x"))
 	}
-	for _, tc := range []struct{ docs, field string }{
-		{poolYAML + "---\n" + batchDoc("in/", ""), "spec.model.uri"},
-		{poolYAML + "---\n" + batchDoc("nothing/", ""), "spec.input"},
-		{batchDoc("in/", ""), "spec.pool"},
+	for _, tc := range []struct {
+		model       []byte // put as the model first, if not nil
+		docs, field string
+	}{
+		{nil, poolYAML + "---\n" + batchDoc("in/", ""), "spec.model.uri"},
+		{bytes.Repeat([]byte{8}, 64), poolYAML + "---\n" + batchDoc("in/", ""), "spec.model.uri: \"models/m.onnx\" (64 bytes): not an ONNX model"},
+		{onnxModel(t), poolYAML + "---\n" + batchDoc("nothing/", ""), "spec.input"},
+		{nil, batchDoc("in/", ""), "spec.pool"},
 	} {
-		if strings.Contains(tc.field, "input") || tc.field == "spec.pool" {
-			put("models/m.onnx", bytes.Repeat([]byte{8}, 64))
+		if tc.model != nil {
+			put("models/m.onnx", tc.model)
 		}
 		msg := a.admin("POST", "/apply", applyFiles("b.yaml", tc.docs), http.StatusBadRequest).errorText(t)
 		if !strings.Contains(msg, tc.field) {
@@ -144,4 +150,15 @@ func TestBatchInferenceApplyAndQueue(t *testing.T) {
 	a.admin("DELETE", "/batchinferences/b", nil, http.StatusNoContent)
 	a.admin("GET", "/jobs/"+worker, nil, http.StatusNotFound)
 	_ = spec.KindBatchInference
+}
+
+// onnxModel is the shipped example's model: apply checks that a builtin
+// runtime's model is an ONNX file.
+func onnxModel(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "fashion-mnist", "model.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
