@@ -57,6 +57,9 @@ type Config struct {
 	NoticePoll     time.Duration
 	LogUpload      time.Duration // how often running logs go to blob storage; default 3s
 	AdvertiseHost  string        // the host gateways reach this node's replicas on; default 127.0.0.1
+	// BatchWorker is the command of a BatchInference's worker tasks;
+	// default this binary's `spotml batch-worker`.
+	BatchWorker []string
 }
 
 func (c Config) advertiseHost() string {

@@ -260,6 +260,9 @@ loop:
 	at.finishing = true
 	at.mu.Unlock()
 	code := exitCode(waitErr)
+	if code != 0 {
+		at.a.releaseBatchWorker(agentCtx, as, log)
+	}
 	var logsDone chan struct{}
 	if preempted {
 		// The notice leaves little time: the logs go up alongside the

@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"strings"
 
@@ -18,16 +22,49 @@ func (a *Agent) batchWorker(as api.Assignment) (argv, env []string, ok bool, err
 	if !ok {
 		return nil, nil, false, nil
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, nil, true, fmt.Errorf("find the spotml executable: %w", err)
+	argv = a.cfg.BatchWorker
+	if len(argv) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, nil, true, fmt.Errorf("find the spotml executable: %w", err)
+		}
+		argv = []string{exe, api.BatchWorkerCmd}
 	}
 	env = []string{
 		api.EnvBatch + "=" + batch,
 		api.EnvServer + "=" + strings.Join(a.api.Servers(), ","),
 		api.EnvWorkerCred + "=" + a.cfg.Credential,
 		api.EnvBlobURL + "=" + a.blobs.DefaultURL(),
-		api.EnvWorkerID + "=" + fmt.Sprintf("%s:%s/%s#%d", a.cfg.Node, as.Job, as.Task, as.Attempt),
+		api.EnvWorkerID + "=" + a.workerID(as),
 	}
-	return []string{exe, api.BatchWorkerCmd}, env, true, nil
+	return argv, env, true, nil
+}
+
+// workerID is the lease holder of a worker task's attempt:
+// NODE:JOB/TASK#ATTEMPT.
+func (a *Agent) workerID(as api.Assignment) string {
+	return fmt.Sprintf("%s:%s/%s#%d", a.cfg.Node, as.Job, as.Task, as.Attempt)
+}
+
+// releaseBatchWorker gives back at once whatever a BatchInference worker
+// still held when it ended without finishing: killed as the notice ran
+// out, or crashed. A worker that exits by itself has released or acked
+// all it leased; the control plane would otherwise wait out the leases.
+func (a *Agent) releaseBatchWorker(ctx context.Context, as api.Assignment, log *slog.Logger) {
+	batch, ok := api.BatchOfJob(as.Job)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, tryTimeout)
+	defer cancel()
+	var resp api.BatchCounts
+	err := a.api.Do(ctx, http.MethodPost, api.Prefix+"/agent/batches/"+url.PathEscape(batch)+"/release",
+		api.ReleaseRequest{Worker: a.workerID(as), All: true}, &resp)
+	if err != nil {
+		log.Warn("cannot give back the worker's items; they come back when their leases run out", "err", err)
+		return
+	}
+	if resp.Changed > 0 {
+		log.Info("gave back the items the worker held", "items", resp.Changed)
+	}
 }

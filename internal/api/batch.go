@@ -136,6 +136,10 @@ type ItemFailed struct {
 type ReleaseRequest struct {
 	Worker string  `json:"worker"`
 	IDs    []int64 `json:"ids"`
+	// All gives back every item Worker still holds, instead of IDs: its
+	// agent asks so when the worker ended without finishing (killed as
+	// its node's notice ran out, or crashed).
+	All bool `json:"all,omitempty"`
 }
 
 // BatchMessage is one message of a BatchInference's broker queue: a group

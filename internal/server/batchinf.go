@@ -511,7 +511,26 @@ func (s *Server) releaseItems(w http.ResponseWriter, r *http.Request) error {
 	if err := workerNode(r, req.Worker); err != nil {
 		return err
 	}
-	n, err := s.cfg.Store.ReleaseBatchItems(r.Context(), r.PathValue("name"), req.Worker, req.IDs)
+	name := r.PathValue("name")
+	if req.All {
+		if len(req.IDs) > 0 {
+			return badRequest{errors.New("ids: give either ids or all, not both")}
+		}
+		held, err := s.cfg.Store.BatchItems(r.Context(), name, store.ItemLeased, 0)
+		if err != nil {
+			return err
+		}
+		for _, it := range held {
+			if it.Worker == req.Worker {
+				req.IDs = append(req.IDs, it.ID)
+			}
+		}
+		if len(req.IDs) == 0 {
+			writeJSON(w, http.StatusOK, api.BatchCounts{})
+			return nil
+		}
+	}
+	n, err := s.cfg.Store.ReleaseBatchItems(r.Context(), name, req.Worker, req.IDs)
 	if err != nil {
 		return err
 	}

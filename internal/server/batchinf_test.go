@@ -125,6 +125,28 @@ func TestBatchInferenceApplyAndQueue(t *testing.T) {
 	if !st.Running || st.Left != 3 || len(st.Items) != 0 {
 		t.Fatalf("empty claim: %+v; want running, 3 left, no items", st)
 	}
+	// A worker killed while it held items: its agent gives back all it
+	// held, and only its own.
+	w2 := n1 + ":" + worker + "/task-1#1"
+	held := lease(n1, w1, 2, http.StatusOK)
+	other := lease(n1, w2, 1, http.StatusOK)
+	if len(held.Items) != 2 || len(other.Items) != 1 {
+		t.Fatalf("leases: %+v, %+v", held, other)
+	}
+	a.agentAs(a.cred(n1), "/batches/b/release", api.ReleaseRequest{Worker: w1, All: true, IDs: []int64{held.Items[0].ID}}, http.StatusBadRequest)
+	a.agentAs(a.cred(n1), "/batches/b/release", api.ReleaseRequest{Worker: "other-node:" + worker + "/task-1#1", All: true}, http.StatusForbidden)
+	rel = decode[api.BatchCounts](t, a.agentAs(a.cred(n1), "/batches/b/release", api.ReleaseRequest{Worker: w1, All: true}, http.StatusOK))
+	if rel.Changed != 2 {
+		t.Fatalf("release all: %+v, want the 2 items w1 held", rel)
+	}
+	if rel = decode[api.BatchCounts](t, a.agentAs(a.cred(n1), "/batches/b/release", api.ReleaseRequest{Worker: w1, All: true}, http.StatusOK)); rel.Changed != 0 {
+		t.Fatalf("release all again: %+v, want nothing", rel)
+	}
+	a.agentAs(a.cred(n1), "/batches/b/release", api.ReleaseRequest{Worker: w2, IDs: []int64{other.Items[0].ID}}, http.StatusOK)
+	b = decode[api.BatchInference](t, a.admin("GET", "/batchinferences/b", nil, http.StatusOK))
+	if b.Pending != 3 || b.InFlight != 0 || b.Released != 4 {
+		t.Fatalf("after the releases: %+v", b)
+	}
 	failed := decode[[]api.BatchItem](t, a.admin("GET", "/batchinferences/b/items?state=failed", nil, http.StatusOK))
 	if len(failed) != 1 || !strings.Contains(failed[0].Reason, "png") {
 		t.Fatalf("failed items: %+v", failed)
