@@ -266,7 +266,9 @@ func TestBatchInferenceExactlyOnce(t *testing.T) {
 			t.Errorf("spotml logs batchinference/score does not list %s with its reason:\n%s", k, logs)
 		}
 	}
-	if table := c.mustCLI("get", "batchinference"); !strings.Contains(table, "score") || !strings.Contains(table, "succeeded") {
+	if table := c.mustCLI("get", "batchinference"); !strings.Contains(table, "score") || !strings.Contains(table, "succeeded") ||
+		!strings.Contains(table, "TOTAL") || !strings.Contains(table, "IN-FLIGHT") || !strings.Contains(table, "ETA") ||
+		!strings.Contains(table, "EVICTIONS") || !strings.Contains(table, "ON-DEMAND") {
 		t.Errorf("get batchinference:\n%s", table)
 	}
 	// Scaled to zero: no worker left.

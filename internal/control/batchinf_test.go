@@ -233,3 +233,24 @@ spec:
 		t.Fatalf("worker job spec = %+v; want priority spot, onDemandAfterPreemptions 1, steered", js)
 	}
 }
+
+// BatchWorkers: ceil(left / itemsPerWorker), within min and max; min when
+// nothing is left (0: scaled to zero).
+func TestBatchWorkers(t *testing.T) {
+	for _, c := range []struct {
+		w          spec.BatchWorkers
+		left, want int
+	}{
+		{spec.BatchWorkers{Max: 8, ItemsPerWorker: 500}, 0, 0},
+		{spec.BatchWorkers{Min: 1, Max: 8, ItemsPerWorker: 500}, 0, 1},
+		{spec.BatchWorkers{Max: 8, ItemsPerWorker: 500}, 1, 1},
+		{spec.BatchWorkers{Max: 8, ItemsPerWorker: 500}, 1001, 3},
+		{spec.BatchWorkers{Max: 8, ItemsPerWorker: 500}, 70000, 8},
+		{spec.BatchWorkers{Min: 2, Max: 8, ItemsPerWorker: 500}, 10, 2},
+		{spec.BatchWorkers{Max: 4}, 3, 3}, // itemsPerWorker unset: one a worker
+	} {
+		if got := control.BatchWorkers(c.w, c.left); got != c.want {
+			t.Errorf("BatchWorkers(%+v, %d) = %d, want %d", c.w, c.left, got, c.want)
+		}
+	}
+}
