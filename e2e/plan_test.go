@@ -310,7 +310,9 @@ spec: {provider: local, priority: ondemand, instanceType: local-small, max: 1, i
 	// preempted where the pool's node was.
 	specFile := filepath.Join(t.TempDir(), "job.yaml")
 	os.WriteFile(specFile, []byte("apiVersion: spotml/v1\nkind: Job\nmetadata: {name: train}\nspec: {deadline: 1h, work: 10m, count: 1, template: {command: [train]}}\n"), 0o644)
-	out := c.mustCLI("plan", "-f", specFile, "--pool", "spot", "--changeover", "100ms", "--offsets", "1", "-o", "json")
+	// At the same tick as the trace above: at the default (1 s here) a
+	// dip shorter than a tick can fall between two ticks.
+	out := c.mustCLI("plan", "-f", specFile, "--pool", "spot", "--gap", "200ms", "--changeover", "100ms", "--offsets", "1", "-o", "json")
 	var p struct {
 		Trace string
 		Run   struct {
