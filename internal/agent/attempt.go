@@ -260,7 +260,7 @@ loop:
 	at.finishing = true
 	at.mu.Unlock()
 	code := exitCode(waitErr)
-	if code != 0 {
+	if preempted && code != 0 {
 		at.a.releaseBatchWorker(agentCtx, as, log)
 	}
 	var logsDone chan struct{}

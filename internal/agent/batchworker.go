@@ -47,9 +47,11 @@ func (a *Agent) workerID(as api.Assignment) string {
 }
 
 // releaseBatchWorker gives back at once whatever a BatchInference worker
-// still held when it ended without finishing: killed as the notice ran
-// out, or crashed. A worker that exits by itself has released or acked
-// all it leased; the control plane would otherwise wait out the leases.
+// still held when its node's notice ran out and it was killed: the control
+// plane would otherwise wait out the leases. A worker that exits by itself
+// has released or acked all it leased. A crash is left to the leases: an
+// expired lease counts as an attempt, so an input that crashes its
+// workers is failed after maxAttempts, while a release does not count.
 func (a *Agent) releaseBatchWorker(ctx context.Context, as api.Assignment, log *slog.Logger) {
 	batch, ok := api.BatchOfJob(as.Job)
 	if !ok {

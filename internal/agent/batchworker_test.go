@@ -37,3 +37,34 @@ func TestBatchWorkerKilledReleases(t *testing.T) {
 		t.Errorf("reports = %+v, want attempt 2 preempted", p.reports)
 	}
 }
+
+// A worker that crashes is not released: its leases run out and count as
+// attempts, so an input that crashes every worker is failed after
+// maxAttempts rather than handed out for ever.
+func TestBatchWorkerCrashLeavesLeases(t *testing.T) {
+	started := filepath.Join(t.TempDir(), "started")
+	p := newFakePlane(t, api.Assignment{TaskID: 3, Attempt: 1, Job: api.BatchWorkerJob("score", 1), JobUID: "u", Task: "task-0", Spec: spec.TaskSpec{Command: spec.Command{"unused"}}})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	_, done := p.start(t, ctx, agent.Config{BatchWorker: []string{"/bin/sh", "-c", "touch " + started + "; exit 3"}}, started)
+	for {
+		p.mu.Lock()
+		reported := len(p.reports)
+		p.mu.Unlock()
+		if reported > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the crash was never reported")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.releases) != 0 || p.reports[0].Outcome != store.OutcomeFailed {
+		t.Errorf("releases %+v, reports %+v; want no release and the attempt failed", p.releases, p.reports)
+	}
+}

@@ -137,8 +137,8 @@ type ReleaseRequest struct {
 	Worker string  `json:"worker"`
 	IDs    []int64 `json:"ids"`
 	// All gives back every item Worker still holds, instead of IDs: its
-	// agent asks so when the worker ended without finishing (killed as
-	// its node's notice ran out, or crashed).
+	// agent asks so when the worker was killed as its node's notice ran
+	// out.
 	All bool `json:"all,omitempty"`
 }
 
